@@ -1,0 +1,168 @@
+//! IMAP benchmark (`cargo bench --bench imap`): drains a local Dovecot mailbox of generated
+//! form emails through the whole pipeline, and fetches the same mailbox raw with the same IMAP
+//! client and no processing, as the ceiling. Prints messages per second and peak memory.
+//! `COUNTERSIGN_BENCH_IMAP_EMAILS` sets the mailbox size (default 5000).
+
+#[allow(dead_code)]
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use common::dovecot;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use countersign::calendar::WorkingCalendar;
+use countersign::engine::{Engine, EngineConfig, SystemClock};
+use countersign::ingest::imap::ImapPoller;
+use countersign::mail::MailSettings;
+use countersign::pdf::ExtractLimits;
+use countersign::policy::PolicySettings;
+use countersign::storage::Db;
+use countersign::workflow::WorkflowSet;
+use futures::TryStreamExt;
+use sqlx::Connection;
+
+fn peak_rss_mib() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+        })
+        .map(|kb| kb / 1024.0)
+        .unwrap_or(f64::NAN)
+}
+
+fn engine(db: Db, workflows: &WorkflowSet) -> Engine {
+    Engine {
+        db,
+        workflows: Arc::new(workflows.clone()),
+        calendar: Arc::new(WorkingCalendar::shipped()),
+        config: EngineConfig {
+            policy: PolicySettings::default(),
+            mail: MailSettings {
+                authserv_id: countersign::config::Settings::defaults().authserv_id,
+                our_addresses: vec![],
+            },
+            limits: ExtractLimits::default(),
+        },
+        clock: Arc::new(SystemClock),
+        wakers: Default::default(),
+    }
+}
+
+/// Fetches every message one UID at a time, as the poller does, but does nothing with it.
+async fn raw_fetch(server: &dovecot::Dovecot) -> (usize, usize) {
+    let mut session = server.session().await;
+    session.examine("INBOX").await.unwrap();
+    let mut uids: Vec<u32> = session.uid_search("ALL").await.unwrap().into_iter().collect();
+    uids.sort_unstable();
+    let mut bytes = 0;
+    for uid in &uids {
+        let fetches: Vec<_> = session
+            .uid_fetch(uid.to_string(), "(UID BODY.PEEK[])")
+            .await
+            .unwrap()
+            .try_collect()
+            .await
+            .unwrap();
+        bytes += fetches.iter().filter_map(|f| f.body()).map(<[u8]>::len).sum::<usize>();
+    }
+    session.logout().await.ok();
+    (uids.len(), bytes)
+}
+
+async fn run(n: usize) {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let workflows = WorkflowSet::load(&root.join("workflows"), &root.join("templates")).unwrap();
+    let authserv = countersign::config::Settings::defaults().authserv_id;
+    let corpus =
+        countersign::samples::sample_emails(&workflows, n, chrono::Local::now().date_naive(), &authserv).unwrap();
+    let server = dovecot::Dovecot::start();
+    let start = Instant::now();
+    server.deliver("INBOX", &corpus).await;
+    println!(
+        "delivered {n} emails by APPEND in {:.1} s",
+        start.elapsed().as_secs_f64()
+    );
+
+    let start = Instant::now();
+    let (count, bytes) = raw_fetch(&server).await;
+    let raw_rate = count as f64 / start.elapsed().as_secs_f64();
+    println!(
+        "raw fetch (no processing):   {count} messages, {:.1} MiB, {raw_rate:.0} messages/s",
+        bytes as f64 / 1048576.0
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}?mode=rwc", dir.path().join("bench.db").display());
+    let sqlite = engine(Db::connect(&url).await.unwrap(), &workflows);
+    let start = Instant::now();
+    let summary = ImapPoller::new(sqlite.clone(), server.settings())
+        .drain_once()
+        .await
+        .unwrap();
+    let rate = summary.ingested as f64 / start.elapsed().as_secs_f64();
+    println!(
+        "full pipeline into SQLite:   {} messages, {rate:.0} messages/s ({:.0}% of raw)",
+        summary.ingested,
+        100.0 * rate / raw_rate
+    );
+    sqlite.db.close().await;
+
+    let admin =
+        std::env::var("TEST_DATABASE_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
+    if let Ok(mut conn) = sqlx::PgConnection::connect(&admin).await {
+        server.move_all("Processed", "INBOX").await;
+        let name = format!("countersign_bench_{}", uuid::Uuid::new_v4().simple());
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+            .execute(&mut conn)
+            .await
+            .unwrap();
+        let mut url = url::Url::parse(&admin).unwrap();
+        url.set_path(&format!("/{name}"));
+        let pg = engine(Db::connect(url.as_str()).await.unwrap(), &workflows);
+        let start = Instant::now();
+        let summary = ImapPoller::new(pg.clone(), server.settings())
+            .drain_once()
+            .await
+            .unwrap();
+        let rate = summary.ingested as f64 / start.elapsed().as_secs_f64();
+        println!(
+            "full pipeline into Postgres: {} messages, {rate:.0} messages/s ({:.0}% of raw)",
+            summary.ingested,
+            100.0 * rate / raw_rate
+        );
+        pg.db.close().await;
+        sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE {name} WITH (FORCE)")))
+            .execute(&mut conn)
+            .await
+            .unwrap();
+    }
+    println!(
+        "peak memory (RSS high-water mark, whole run): {:.1} MiB",
+        peak_rss_mib()
+    );
+}
+
+fn main() {
+    if !std::env::args().any(|a| a == "--bench") {
+        return;
+    }
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("COUNTERSIGN_LOG").unwrap_or_else(|_| "warn".into()),
+        )
+        .init();
+    let n = std::env::var("COUNTERSIGN_BENCH_IMAP_EMAILS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(5000);
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(run(n));
+}

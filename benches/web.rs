@@ -1,0 +1,156 @@
+//! Page render times with 100,000 cases in the database (`cargo bench --bench web`):
+//! server-side time for the queue (first page, deep in the keyset, filtered, searched), a case
+//! page and the JSON API, through the real router. `COUNTERSIGN_BENCH_CASES` sets the count.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::body::Body;
+use axum::http::{Request, header};
+use countersign::calendar::WorkingCalendar;
+use countersign::engine::{Engine, EngineConfig, SystemClock};
+use countersign::mail::MailSettings;
+use countersign::storage::Db;
+use countersign::workflow::{ActorRole, WorkflowSet};
+use http_body_util::BodyExt;
+use tower::ServiceExt;
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+async fn run(cases: usize) {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let workflows = WorkflowSet::load(&root.join("workflows"), &root.join("templates")).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}?mode=rwc", dir.path().join("web.db").display());
+    let engine = Engine {
+        db: Db::connect(&url).await.unwrap(),
+        workflows: Arc::new(workflows.clone()),
+        calendar: Arc::new(WorkingCalendar::shipped()),
+        config: EngineConfig {
+            policy: Default::default(),
+            mail: MailSettings {
+                authserv_id: "mx.bench".into(),
+                our_addresses: vec![],
+            },
+            limits: Default::default(),
+        },
+        clock: Arc::new(SystemClock),
+        wakers: Default::default(),
+    };
+    // A few real cases (with events, mail and timers), then many more written directly.
+    let samples =
+        countersign::samples::sample_emails(&workflows, 20, chrono::Local::now().date_naive(), "mx.bench").unwrap();
+    for email in &samples {
+        engine.intake(email, "bench").await.unwrap();
+    }
+    let start = Instant::now();
+    let mut tx = engine.db.pool.begin().await.unwrap();
+    let states = [
+        "needs_review",
+        "validated",
+        "awaiting_information",
+        "authorised",
+        "provisioned",
+        "rejected",
+    ];
+    let now = engine.now_ms();
+    for n in 0..cases {
+        sqlx::query(
+            "INSERT INTO cases (reference, workflow, state, version, fields, findings, org_ods_code, org_name, sender, origin_message_id, created_at, updated_at, due_at)
+             VALUES ($1, 'primary_user_gp', $2, 1, '{}', $3, $4, $5, $6, 1, $7, $7, $8)",
+        )
+        .bind(format!("CS-2025-{:06}", n + 1))
+        .bind(states[n % states.len()])
+        .bind(if n % 7 == 0 { r#"[{"code":"signatory_role_not_allowed","field":"signatory_role","message":"x"}]"# } else { "[]" })
+        .bind(format!("A{:05}", n % 90_000))
+        .bind(format!("Practice {n}"))
+        .bind(format!("manager{n}@nhs.net"))
+        .bind(now - (n as i64 % 1000) * 3_600_000)
+        .bind(now + ((n as i64 * 7919) % 2_000_000) * 1000)
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    }
+    tx.commit().await.unwrap();
+    println!("{cases} cases written in {:.1} s", start.elapsed().as_secs_f64());
+
+    let mut conn = engine.db.pool.acquire().await.unwrap();
+    let (user, token) = countersign::users::add(&mut conn, "bench@nhs.net", "Bench", ActorRole::Caseworker, now)
+        .await
+        .unwrap();
+    countersign::users::set_password_with_token(&mut conn, &token, "river otter lantern", now)
+        .await
+        .unwrap();
+    let session = countersign::users::start_session(&mut conn, user.id, now)
+        .await
+        .unwrap();
+    let deep: (i64, i64) = {
+        use sqlx::Row;
+        let row = sqlx::query("SELECT due_at, id FROM cases ORDER BY due_at, id LIMIT 1 OFFSET $1")
+            .bind((cases as i64 * 9) / 10)
+            .fetch_one(&mut *conn)
+            .await
+            .unwrap();
+        (row.get(0), row.get(1))
+    };
+    drop(conn);
+    let state = countersign::web::AppState::new(engine.clone(), &root.join("templates"), false, "http://bench".into())
+        .await
+        .unwrap();
+    let app = countersign::web::router(state);
+    let pages = [
+        ("queue, first page", "/".to_string()),
+        ("queue, 90% deep (keyset)", format!("/?after={}:{}", deep.0, deep.1)),
+        (
+            "queue, filtered by finding",
+            "/?finding=signatory_role_not_allowed".to_string(),
+        ),
+        ("queue, searched by ODS code", "/?q=a0123".to_string()),
+        (
+            "case page",
+            "/cases/CS-2026-000005".replace("2026", &chrono::Local::now().format("%Y").to_string()),
+        ),
+        ("API: queue as JSON", "/api/cases".to_string()),
+    ];
+    println!("\nserver-side render time, {} runs each (release build, SQLite):", 50);
+    for (name, path) in pages {
+        let mut times = Vec::new();
+        for i in 0..55 {
+            let request = Request::get(&path)
+                .header(header::COOKIE, format!("cs_session={session}"))
+                .body(Body::empty())
+                .unwrap();
+            let started = Instant::now();
+            let response = app.clone().oneshot(request).await.unwrap();
+            let status = response.status();
+            let _ = response.into_body().collect().await.unwrap();
+            if i >= 5 {
+                times.push(started.elapsed());
+            }
+            assert!(status.is_success(), "{name}: {status}");
+        }
+        times.sort();
+        println!(
+            "  {name:<30} median {:>6.2} ms   p99 {:>6.2} ms",
+            percentile(&times, 0.5).as_secs_f64() * 1e3,
+            percentile(&times, 0.99).as_secs_f64() * 1e3
+        );
+    }
+}
+
+fn main() {
+    if !std::env::args().any(|a| a == "--bench") {
+        return;
+    }
+    let cases = std::env::var("COUNTERSIGN_BENCH_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(100_000);
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(run(cases));
+}

@@ -1,0 +1,44 @@
+//! Ingests generated emails into a fresh SQLite database in a loop: a target for profilers.
+//! Usage: ingest_loop [COUNT]
+
+use std::sync::Arc;
+
+#[tokio::main]
+async fn main() {
+    let count: usize = std::env::args().nth(1).and_then(|n| n.parse().ok()).unwrap_or(3000);
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let workflows =
+        countersign::workflow::WorkflowSet::load(&root.join("workflows"), &root.join("templates")).expect("workflows");
+    let corpus =
+        countersign::samples::sample_emails(&workflows, count, chrono::Local::now().date_naive(), "mx.example")
+            .expect("corpus");
+    let dir = std::env::temp_dir().join(format!("ingest-loop-{}", std::process::id()));
+    let url = format!("sqlite://{}?mode=rwc", dir.join("loop.db").display());
+    let engine = countersign::engine::Engine {
+        db: countersign::storage::Db::connect(&url).await.expect("database"),
+        workflows: Arc::new(workflows),
+        calendar: Arc::new(countersign::calendar::WorkingCalendar::shipped()),
+        config: countersign::engine::EngineConfig {
+            policy: Default::default(),
+            mail: countersign::mail::MailSettings {
+                authserv_id: "mx.example".into(),
+                our_addresses: vec![],
+            },
+            limits: Default::default(),
+        },
+        clock: Arc::new(countersign::engine::SystemClock),
+        wakers: Default::default(),
+    };
+    let started = std::time::Instant::now();
+    for email in &corpus {
+        engine.intake(email, "loop").await.expect("intake");
+    }
+    let elapsed = started.elapsed();
+    println!(
+        "{count} emails in {:.2} s = {:.0}/s",
+        elapsed.as_secs_f64(),
+        count as f64 / elapsed.as_secs_f64()
+    );
+    engine.db.close().await;
+    let _ = std::fs::remove_dir_all(dir);
+}

@@ -1,0 +1,149 @@
+//! Working days on England and Wales's calendar: weekends and bank holidays do not count.
+//!
+//! Bank holidays are read from a file in the format of the GOV.UK bank-holidays JSON, so the
+//! file can be replaced each year without a release. The shipped copy is compiled in as the
+//! fallback.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+
+use chrono::{Datelike, Days, NaiveDate, Weekday};
+
+pub const SHIPPED_BANK_HOLIDAYS: &str = include_str!("../workflows/bank-holidays.json");
+
+#[derive(Debug, thiserror::Error)]
+pub enum CalendarError {
+    #[error("cannot read bank holidays file {path}: {source}")]
+    Read { path: String, source: std::io::Error },
+    #[error("bank holidays file {path} is not in the GOV.UK format: {message}")]
+    Format { path: String, message: String },
+}
+
+#[derive(Debug, serde::Deserialize)]
+struct GovUkFile {
+    #[serde(rename = "england-and-wales")]
+    england_and_wales: GovUkDivision,
+}
+
+#[derive(Debug, serde::Deserialize)]
+struct GovUkDivision {
+    events: Vec<GovUkEvent>,
+}
+
+#[derive(Debug, serde::Deserialize)]
+struct GovUkEvent {
+    date: NaiveDate,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct WorkingCalendar {
+    holidays: BTreeSet<NaiveDate>,
+}
+
+impl WorkingCalendar {
+    pub fn from_govuk_json(text: &str, path: &str) -> Result<Self, CalendarError> {
+        let file: GovUkFile = serde_json::from_str(text).map_err(|e| CalendarError::Format {
+            path: path.to_string(),
+            message: e.to_string(),
+        })?;
+        Ok(WorkingCalendar {
+            holidays: file.england_and_wales.events.into_iter().map(|e| e.date).collect(),
+        })
+    }
+
+    pub fn shipped() -> Self {
+        Self::from_govuk_json(SHIPPED_BANK_HOLIDAYS, "shipped bank-holidays.json").unwrap_or_default()
+    }
+
+    pub fn load(path: &Path) -> Result<Self, CalendarError> {
+        let shown = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|source| CalendarError::Read {
+            path: shown.clone(),
+            source,
+        })?;
+        Self::from_govuk_json(&text, &shown)
+    }
+
+    pub fn is_working_day(&self, date: NaiveDate) -> bool {
+        !matches!(date.weekday(), Weekday::Sat | Weekday::Sun) && !self.holidays.contains(&date)
+    }
+
+    /// The date `days` working days after `start`. A start on a non-working day counts from
+    /// the next working day, as a form received on Saturday is worked from Monday.
+    pub fn add_working_days(&self, start: NaiveDate, days: u32) -> NaiveDate {
+        let next_day = |d: NaiveDate| d.checked_add_days(Days::new(1));
+        let mut date = start;
+        while !self.is_working_day(date) {
+            let Some(next) = next_day(date) else { return date };
+            date = next;
+        }
+        let mut left = days;
+        while left > 0 {
+            let Some(next) = next_day(date) else { return date };
+            date = next;
+            if self.is_working_day(date) {
+                left -= 1;
+            }
+        }
+        date
+    }
+
+    /// Working days from `from` to `to` (0 when `to` is not after `from`).
+    pub fn working_days_between(&self, from: NaiveDate, to: NaiveDate) -> i64 {
+        from.iter_days()
+            .skip(1)
+            .take_while(|d| *d <= to)
+            .filter(|d| self.is_working_day(*d))
+            .count() as i64
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn day(y: i32, m: u32, d: u32) -> NaiveDate {
+        NaiveDate::from_ymd_opt(y, m, d).unwrap()
+    }
+
+    #[test]
+    fn weekends_do_not_count() {
+        let cal = WorkingCalendar::default();
+        // Friday 20 Nov 2026 + 1 working day = Monday 23 Nov.
+        assert_eq!(cal.add_working_days(day(2026, 11, 20), 1), day(2026, 11, 23));
+        assert_eq!(cal.add_working_days(day(2026, 11, 16), 5), day(2026, 11, 23));
+    }
+
+    #[test]
+    fn bank_holidays_do_not_count() {
+        let cal = WorkingCalendar::shipped();
+        assert!(!cal.is_working_day(day(2026, 12, 25)));
+        assert!(!cal.is_working_day(day(2026, 12, 28)), "Boxing Day substitute");
+        // Thu 24 Dec 2026 + 1 working day: skips Fri 25 (Christmas), the weekend and Mon 28.
+        assert_eq!(cal.add_working_days(day(2026, 12, 24), 1), day(2026, 12, 29));
+        assert_eq!(
+            WorkingCalendar::default().add_working_days(day(2026, 12, 24), 1),
+            day(2026, 12, 25)
+        );
+    }
+
+    #[test]
+    fn a_start_on_a_weekend_counts_from_monday() {
+        let cal = WorkingCalendar::default();
+        assert_eq!(cal.add_working_days(day(2026, 11, 21), 0), day(2026, 11, 23));
+        assert_eq!(cal.add_working_days(day(2026, 11, 21), 1), day(2026, 11, 24));
+    }
+
+    #[test]
+    fn working_days_between_counts_only_working_days() {
+        let cal = WorkingCalendar::shipped();
+        assert_eq!(cal.working_days_between(day(2026, 11, 20), day(2026, 11, 27)), 5);
+        assert_eq!(cal.working_days_between(day(2026, 12, 24), day(2026, 12, 29)), 1);
+        assert_eq!(cal.working_days_between(day(2026, 11, 27), day(2026, 11, 20)), 0);
+    }
+
+    #[test]
+    fn a_file_in_another_format_is_refused() {
+        assert!(WorkingCalendar::from_govuk_json("{\"scotland\": {}}", "x.json").is_err());
+    }
+}

@@ -1,0 +1,679 @@
+//! Settings, in three layers: built-in defaults (a SQLite file and a drop folder under
+//! `./data`, so nothing needs configuring) < an optional TOML file < `COUNTERSIGN_*`
+//! environment variables. Secrets (the database password) never appear in logs: the `Debug`
+//! form redacts them.
+
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::domain::NhsDomains;
+use crate::pdf::ExtractLimits;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("config file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("environment variable {name}: {message}")]
+    Env { name: String, message: String },
+}
+
+#[derive(Clone)]
+pub struct Settings {
+    pub database_url: String,
+    pub data_dir: PathBuf,
+    pub workflows_dir: PathBuf,
+    pub templates_dir: PathBuf,
+    /// GOV.UK-format bank holidays; the shipped copy when unset.
+    pub bank_holidays_file: Option<PathBuf>,
+    /// Where `.eml` files are dropped when no IMAP server is configured.
+    pub drop_folder: PathBuf,
+    pub nhs_domains: NhsDomains,
+    /// The authserv-id our receiving mail server writes in `Authentication-Results`.
+    pub authserv_id: String,
+    pub max_pdf_bytes: usize,
+    pub pdf_timeout: Duration,
+    /// The mailbox to take mail from; when unset, the drop folder is used.
+    pub imap: Option<ImapSettings>,
+    /// Outbound mail, timers and scheduled jobs.
+    pub mailer: MailerSettings,
+    /// Where the web app listens.
+    pub web_bind: String,
+    /// The web app's address as users reach it, for links in mail and set-password links.
+    pub web_base_url: String,
+    /// Mark cookies `Secure`: set it when the app is served over HTTPS.
+    pub web_secure_cookies: bool,
+}
+
+/// How outbound mail is sent, to whom internal mail goes, and the scheduled jobs.
+#[derive(Debug, Clone)]
+pub struct MailerSettings {
+    /// The SMTP server; when unset, mail is written as `.eml` files to `mail_folder` instead.
+    pub smtp: Option<SmtpSettings>,
+    pub mail_folder: PathBuf,
+    /// Our address: the From of everything we send, and never answered automatically.
+    pub from_address: String,
+    pub from_name: String,
+    /// Where nudges about unpicked cases go.
+    pub team_address: Option<String>,
+    /// Where escalations and the daily digest go.
+    pub managers_address: Option<String>,
+    /// Automatic messages to one recipient per hour, at most; more wait for the next hour.
+    pub per_recipient_per_hour: i64,
+    /// Attempts before a message is marked failed.
+    pub max_attempts: i64,
+    /// cron expressions (seconds first), in local time.
+    pub digest_schedule: String,
+    pub housekeeping_schedule: String,
+    /// Raw message bytes are cleared this many days after receipt, once their cases are
+    /// closed; the case record and the form stay.
+    pub raw_retention_days: i64,
+}
+
+impl Default for MailerSettings {
+    fn default() -> Self {
+        MailerSettings {
+            smtp: None,
+            mail_folder: PathBuf::from("data").join("sent-mail"),
+            from_address: "pcse.openexeter@nhs.net".into(),
+            from_name: "PCSE Open Exeter".into(),
+            team_address: None,
+            managers_address: None,
+            per_recipient_per_hour: 5,
+            max_attempts: 10,
+            digest_schedule: "0 0 8 * * Mon-Fri".into(),
+            housekeeping_schedule: "0 30 2 * * *".into(),
+            raw_retention_days: 730,
+        }
+    }
+}
+
+pub type SmtpSecurity = ImapSecurity;
+
+#[derive(Debug, Clone)]
+pub struct SmtpSettings {
+    pub host: String,
+    pub port: u16,
+    pub security: SmtpSecurity,
+    /// Credentials, when the server wants them.
+    pub user: Option<String>,
+    pub password: Option<Secret>,
+    /// Extra CA certificates (PEM) to trust besides the system's.
+    pub ca_file: Option<PathBuf>,
+}
+
+/// A secret string: its `Debug` and `Display` never show it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Secret(value.into())
+    }
+
+    /// The secret itself, for the one place that must send it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(REDACTED)")
+    }
+}
+
+/// How the IMAP connection is protected.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ImapSecurity {
+    /// Implicit TLS (port 993).
+    Tls,
+    /// Plain connection upgraded with STARTTLS (port 143).
+    Starttls,
+    /// No encryption: refused except to a loopback address.
+    Plain,
+}
+
+impl std::str::FromStr for ImapSecurity {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "tls" => Ok(ImapSecurity::Tls),
+            "starttls" => Ok(ImapSecurity::Starttls),
+            "plain" => Ok(ImapSecurity::Plain),
+            other => Err(format!("`{other}` is not tls, starttls or plain")),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct ImapSettings {
+    pub host: String,
+    pub port: u16,
+    pub user: String,
+    pub password: Secret,
+    pub security: ImapSecurity,
+    /// Extra CA certificates (PEM) to trust besides the system's, e.g. a private CA.
+    pub ca_file: Option<PathBuf>,
+    pub mailbox: String,
+    pub processed_folder: String,
+    pub quarantine_folder: String,
+    /// How long to wait between polls when the server has no IDLE (and the longest IDLE).
+    pub poll_interval: Duration,
+    pub use_idle: bool,
+    /// Larger messages go to quarantine unread.
+    pub max_message_bytes: usize,
+    /// After this many failed attempts a message goes to quarantine.
+    pub max_attempts: i64,
+}
+
+impl ImapSettings {
+    /// The key the mailbox's position and lease are stored under.
+    pub fn mailbox_key(&self) -> String {
+        format!("imap://{}@{}:{}/{}", self.user, self.host, self.port, self.mailbox)
+    }
+
+    fn defaults(host: String, user: String, password: Secret) -> Self {
+        ImapSettings {
+            host,
+            port: 993,
+            user,
+            password,
+            security: ImapSecurity::Tls,
+            ca_file: None,
+            mailbox: "INBOX".into(),
+            processed_folder: "Processed".into(),
+            quarantine_folder: "Quarantine".into(),
+            poll_interval: Duration::from_secs(30),
+            use_idle: true,
+            max_message_bytes: 50 * 1024 * 1024,
+            max_attempts: 5,
+        }
+    }
+}
+
+impl Settings {
+    pub fn defaults() -> Self {
+        let data_dir = PathBuf::from("data");
+        Settings {
+            database_url: format!("sqlite://{}?mode=rwc", data_dir.join("countersign.db").display()),
+            drop_folder: data_dir.join("inbox"),
+            data_dir,
+            workflows_dir: PathBuf::from("workflows"),
+            templates_dir: PathBuf::from("templates"),
+            bank_holidays_file: None,
+            nhs_domains: NhsDomains::default(),
+            authserv_id: "mx.countersign.local".into(),
+            max_pdf_bytes: ExtractLimits::default().max_bytes,
+            pdf_timeout: ExtractLimits::default().timeout,
+            imap: None,
+            mailer: MailerSettings::default(),
+            web_bind: "127.0.0.1:8080".into(),
+            web_base_url: "http://127.0.0.1:8080".into(),
+            web_secure_cookies: false,
+        }
+    }
+
+    /// Loads the layers. `file` is the `--config` path; without it, `countersign.toml` in the
+    /// working directory is read if present.
+    pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
+        let mut settings = Settings::defaults();
+        let env_file = std::env::var_os("COUNTERSIGN_CONFIG").map(PathBuf::from);
+        let path = file.map(Path::to_path_buf).or(env_file);
+        let (path, must_exist) = match path {
+            Some(p) => (p, true),
+            None => (PathBuf::from("countersign.toml"), false),
+        };
+        if must_exist || path.exists() {
+            let text = std::fs::read_to_string(&path).map_err(|source| ConfigError::Read {
+                path: path.clone(),
+                source,
+            })?;
+            let layer: FileLayer = toml::from_str(&text).map_err(|e| ConfigError::Parse {
+                path: path.clone(),
+                message: e.to_string(),
+            })?;
+            settings.apply(layer)?;
+        }
+        settings.apply(FileLayer::from_env(|name| std::env::var(name).ok())?)?;
+        Ok(settings)
+    }
+
+    fn apply(&mut self, layer: FileLayer) -> Result<(), ConfigError> {
+        if let Some(v) = &layer.web_bind {
+            self.web_bind = v.clone();
+        }
+        if let Some(v) = &layer.web_base_url {
+            self.web_base_url = v.clone();
+        }
+        if let Some(v) = layer.web_secure_cookies {
+            self.web_secure_cookies = v;
+        }
+        self.apply_imap(&layer)?;
+        self.apply_mailer(&layer)?;
+        if let Some(data_dir) = layer.data_dir {
+            // The default database and drop folder live in the data folder, so follow it
+            // unless they are set explicitly.
+            if self.database_url == Settings::defaults().database_url {
+                self.database_url = format!("sqlite://{}?mode=rwc", data_dir.join("countersign.db").display());
+            }
+            if self.drop_folder == Settings::defaults().drop_folder {
+                self.drop_folder = data_dir.join("inbox");
+            }
+            if self.mailer.mail_folder == MailerSettings::default().mail_folder {
+                self.mailer.mail_folder = data_dir.join("sent-mail");
+            }
+            self.data_dir = data_dir;
+        }
+        if let Some(v) = layer.database_url {
+            self.database_url = v;
+        }
+        if let Some(v) = layer.workflows_dir {
+            self.workflows_dir = v;
+        }
+        if let Some(v) = layer.templates_dir {
+            self.templates_dir = v;
+        }
+        if let Some(v) = layer.bank_holidays_file {
+            self.bank_holidays_file = Some(v);
+        }
+        if let Some(v) = layer.drop_folder {
+            self.drop_folder = v;
+        }
+        if let Some(v) = layer.nhs_domains {
+            self.nhs_domains = NhsDomains::new(v);
+        }
+        if let Some(v) = layer.authserv_id {
+            self.authserv_id = v;
+        }
+        if let Some(v) = layer.max_pdf_bytes {
+            self.max_pdf_bytes = v;
+        }
+        if let Some(v) = layer.pdf_timeout_secs {
+            self.pdf_timeout = Duration::from_secs(v);
+        }
+        Ok(())
+    }
+
+    fn apply_mailer(&mut self, layer: &FileLayer) -> Result<(), ConfigError> {
+        let m = &mut self.mailer;
+        if let Some(host) = &layer.smtp_host {
+            let security: SmtpSecurity = match &layer.smtp_security {
+                Some(v) => v.parse().map_err(|message| ConfigError::Env {
+                    name: "smtp_security".into(),
+                    message,
+                })?,
+                None => ImapSecurity::Starttls,
+            };
+            let default_port = match security {
+                ImapSecurity::Tls => 465,
+                ImapSecurity::Starttls => 587,
+                ImapSecurity::Plain => 25,
+            };
+            let password = secret_from(&layer.smtp_password, &layer.smtp_password_file)?;
+            m.smtp = Some(SmtpSettings {
+                host: host.clone(),
+                port: layer.smtp_port.unwrap_or(default_port),
+                security,
+                user: layer.smtp_user.clone(),
+                password,
+                ca_file: layer.smtp_ca_file.clone(),
+            });
+        }
+        if let Some(v) = &layer.mail_folder {
+            m.mail_folder = v.clone();
+        }
+        if let Some(v) = &layer.mail_from {
+            m.from_address = v.clone();
+        }
+        if let Some(v) = &layer.mail_from_name {
+            m.from_name = v.clone();
+        }
+        if let Some(v) = &layer.team_address {
+            m.team_address = Some(v.clone());
+        }
+        if let Some(v) = &layer.managers_address {
+            m.managers_address = Some(v.clone());
+        }
+        if let Some(v) = layer.mail_rate_per_hour {
+            m.per_recipient_per_hour = v as i64;
+        }
+        for (name, value, target) in [
+            ("digest_schedule", &layer.digest_schedule, &mut m.digest_schedule),
+            (
+                "housekeeping_schedule",
+                &layer.housekeeping_schedule,
+                &mut m.housekeeping_schedule,
+            ),
+        ] {
+            if let Some(expression) = value {
+                cron::Schedule::from_str(expression).map_err(|e| ConfigError::Env {
+                    name: name.into(),
+                    message: format!("`{expression}` is not a cron expression (seconds first): {e}"),
+                })?;
+                *target = expression.clone();
+            }
+        }
+        if let Some(v) = layer.raw_retention_days {
+            m.raw_retention_days = v as i64;
+        }
+        Ok(())
+    }
+
+    /// IMAP is configured when a host is: then user and password (or a password file) are needed.
+    fn apply_imap(&mut self, layer: &FileLayer) -> Result<(), ConfigError> {
+        let missing = |key: &str| ConfigError::Env {
+            name: key.to_string(),
+            message: "needed when imap_host is set".into(),
+        };
+        let password = secret_from(&layer.imap_password, &layer.imap_password_file)?;
+        let imap = match (self.imap.take(), &layer.imap_host) {
+            (Some(mut existing), host) => {
+                if let Some(host) = host {
+                    existing.host = host.clone();
+                }
+                if let Some(user) = &layer.imap_user {
+                    existing.user = user.clone();
+                }
+                if let Some(password) = password {
+                    existing.password = password;
+                }
+                existing
+            }
+            (None, Some(host)) => ImapSettings::defaults(
+                host.clone(),
+                layer.imap_user.clone().ok_or_else(|| missing("imap_user"))?,
+                password.ok_or_else(|| missing("imap_password or imap_password_file"))?,
+            ),
+            (None, None) => return Ok(()),
+        };
+        let mut imap = imap;
+        if let Some(v) = &layer.imap_security {
+            imap.security = v.parse().map_err(|message| ConfigError::Env {
+                name: "imap_security".into(),
+                message,
+            })?;
+            if layer.imap_port.is_none() {
+                imap.port = if imap.security == ImapSecurity::Tls { 993 } else { 143 };
+            }
+        }
+        if let Some(v) = layer.imap_port {
+            imap.port = v;
+        }
+        if let Some(v) = &layer.imap_ca_file {
+            imap.ca_file = Some(v.clone());
+        }
+        if let Some(v) = &layer.imap_mailbox {
+            imap.mailbox = v.clone();
+        }
+        if let Some(v) = &layer.imap_processed_folder {
+            imap.processed_folder = v.clone();
+        }
+        if let Some(v) = &layer.imap_quarantine_folder {
+            imap.quarantine_folder = v.clone();
+        }
+        if let Some(v) = layer.imap_poll_secs {
+            imap.poll_interval = Duration::from_secs(v.max(1));
+        }
+        if let Some(v) = layer.imap_idle {
+            imap.use_idle = v;
+        }
+        self.imap = Some(imap);
+        Ok(())
+    }
+
+    pub fn extract_limits(&self) -> ExtractLimits {
+        ExtractLimits {
+            max_bytes: self.max_pdf_bytes,
+            timeout: self.pdf_timeout,
+            ..ExtractLimits::default()
+        }
+    }
+}
+
+/// A secret given directly, or read from a file (its trailing newline dropped); the direct
+/// value wins.
+fn secret_from(value: &Option<String>, file: &Option<PathBuf>) -> Result<Option<Secret>, ConfigError> {
+    match (value, file) {
+        (Some(value), _) => Ok(Some(Secret::new(value.clone()))),
+        (None, Some(path)) => {
+            let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                path: path.clone(),
+                source,
+            })?;
+            Ok(Some(Secret::new(text.trim_end().to_string())))
+        }
+        (None, None) => Ok(None),
+    }
+}
+
+/// The database URL with any password replaced, for logs and `Debug`.
+pub fn redact_url(raw: &str) -> String {
+    match url::Url::parse(raw) {
+        Ok(mut parsed) if parsed.password().is_some() => {
+            let _ = parsed.set_password(Some("REDACTED"));
+            parsed.to_string()
+        }
+        Ok(_) => raw.to_string(),
+        Err(_) => "(unparseable URL)".into(),
+    }
+}
+
+impl std::fmt::Debug for Settings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Settings")
+            .field("database_url", &redact_url(&self.database_url))
+            .field("data_dir", &self.data_dir)
+            .field("workflows_dir", &self.workflows_dir)
+            .field("templates_dir", &self.templates_dir)
+            .field("bank_holidays_file", &self.bank_holidays_file)
+            .field("drop_folder", &self.drop_folder)
+            .field("nhs_domains", &self.nhs_domains.entries())
+            .field("authserv_id", &self.authserv_id)
+            .field("max_pdf_bytes", &self.max_pdf_bytes)
+            .field("pdf_timeout", &self.pdf_timeout)
+            .field("imap", &self.imap)
+            .field("mailer", &self.mailer)
+            .finish()
+    }
+}
+
+/// One layer of optional settings: the config file has these keys, and each has a
+/// `COUNTERSIGN_<KEY>` environment variable.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileLayer {
+    database_url: Option<String>,
+    data_dir: Option<PathBuf>,
+    workflows_dir: Option<PathBuf>,
+    templates_dir: Option<PathBuf>,
+    bank_holidays_file: Option<PathBuf>,
+    drop_folder: Option<PathBuf>,
+    nhs_domains: Option<Vec<String>>,
+    authserv_id: Option<String>,
+    max_pdf_bytes: Option<usize>,
+    pdf_timeout_secs: Option<u64>,
+    imap_host: Option<String>,
+    imap_port: Option<u16>,
+    imap_user: Option<String>,
+    imap_password: Option<String>,
+    imap_password_file: Option<PathBuf>,
+    imap_security: Option<String>,
+    imap_ca_file: Option<PathBuf>,
+    imap_mailbox: Option<String>,
+    imap_processed_folder: Option<String>,
+    imap_quarantine_folder: Option<String>,
+    imap_poll_secs: Option<u64>,
+    imap_idle: Option<bool>,
+    web_bind: Option<String>,
+    web_base_url: Option<String>,
+    web_secure_cookies: Option<bool>,
+    smtp_host: Option<String>,
+    smtp_port: Option<u16>,
+    smtp_security: Option<String>,
+    smtp_user: Option<String>,
+    smtp_password: Option<String>,
+    smtp_password_file: Option<PathBuf>,
+    smtp_ca_file: Option<PathBuf>,
+    mail_folder: Option<PathBuf>,
+    mail_from: Option<String>,
+    mail_from_name: Option<String>,
+    team_address: Option<String>,
+    managers_address: Option<String>,
+    mail_rate_per_hour: Option<u64>,
+    digest_schedule: Option<String>,
+    housekeeping_schedule: Option<String>,
+    raw_retention_days: Option<u64>,
+}
+
+impl FileLayer {
+    fn from_env(get: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let number = |name: &str| -> Result<Option<u64>, ConfigError> {
+            get(name)
+                .map(|v| {
+                    v.trim().parse::<u64>().map_err(|e| ConfigError::Env {
+                        name: name.into(),
+                        message: e.to_string(),
+                    })
+                })
+                .transpose()
+        };
+        Ok(FileLayer {
+            database_url: get("COUNTERSIGN_DATABASE_URL"),
+            data_dir: get("COUNTERSIGN_DATA_DIR").map(PathBuf::from),
+            workflows_dir: get("COUNTERSIGN_WORKFLOWS_DIR").map(PathBuf::from),
+            templates_dir: get("COUNTERSIGN_TEMPLATES_DIR").map(PathBuf::from),
+            bank_holidays_file: get("COUNTERSIGN_BANK_HOLIDAYS_FILE").map(PathBuf::from),
+            drop_folder: get("COUNTERSIGN_DROP_FOLDER").map(PathBuf::from),
+            nhs_domains: get("COUNTERSIGN_NHS_DOMAINS").map(|v| {
+                v.split(',')
+                    .map(|d| d.trim().to_string())
+                    .filter(|d| !d.is_empty())
+                    .collect()
+            }),
+            authserv_id: get("COUNTERSIGN_AUTHSERV_ID"),
+            max_pdf_bytes: number("COUNTERSIGN_MAX_PDF_BYTES")?.map(|v| v as usize),
+            pdf_timeout_secs: number("COUNTERSIGN_PDF_TIMEOUT_SECS")?,
+            imap_host: get("COUNTERSIGN_IMAP_HOST"),
+            imap_port: number("COUNTERSIGN_IMAP_PORT")?.map(|p| p as u16),
+            imap_user: get("COUNTERSIGN_IMAP_USER"),
+            imap_password: get("COUNTERSIGN_IMAP_PASSWORD"),
+            imap_password_file: get("COUNTERSIGN_IMAP_PASSWORD_FILE").map(PathBuf::from),
+            imap_security: get("COUNTERSIGN_IMAP_SECURITY"),
+            imap_ca_file: get("COUNTERSIGN_IMAP_CA_FILE").map(PathBuf::from),
+            imap_mailbox: get("COUNTERSIGN_IMAP_MAILBOX"),
+            imap_processed_folder: get("COUNTERSIGN_IMAP_PROCESSED_FOLDER"),
+            imap_quarantine_folder: get("COUNTERSIGN_IMAP_QUARANTINE_FOLDER"),
+            imap_poll_secs: number("COUNTERSIGN_IMAP_POLL_SECS")?,
+            web_bind: get("COUNTERSIGN_WEB_BIND"),
+            web_base_url: get("COUNTERSIGN_WEB_BASE_URL"),
+            web_secure_cookies: get("COUNTERSIGN_WEB_SECURE_COOKIES")
+                .map(|v| matches!(v.trim().to_ascii_lowercase().as_str(), "1" | "true" | "yes" | "on")),
+            smtp_host: get("COUNTERSIGN_SMTP_HOST"),
+            smtp_port: number("COUNTERSIGN_SMTP_PORT")?.map(|p| p as u16),
+            smtp_security: get("COUNTERSIGN_SMTP_SECURITY"),
+            smtp_user: get("COUNTERSIGN_SMTP_USER"),
+            smtp_password: get("COUNTERSIGN_SMTP_PASSWORD"),
+            smtp_password_file: get("COUNTERSIGN_SMTP_PASSWORD_FILE").map(PathBuf::from),
+            smtp_ca_file: get("COUNTERSIGN_SMTP_CA_FILE").map(PathBuf::from),
+            mail_folder: get("COUNTERSIGN_MAIL_FOLDER").map(PathBuf::from),
+            mail_from: get("COUNTERSIGN_MAIL_FROM"),
+            mail_from_name: get("COUNTERSIGN_MAIL_FROM_NAME"),
+            team_address: get("COUNTERSIGN_TEAM_ADDRESS"),
+            managers_address: get("COUNTERSIGN_MANAGERS_ADDRESS"),
+            mail_rate_per_hour: number("COUNTERSIGN_MAIL_RATE_PER_HOUR")?,
+            digest_schedule: get("COUNTERSIGN_DIGEST_SCHEDULE"),
+            housekeeping_schedule: get("COUNTERSIGN_HOUSEKEEPING_SCHEDULE"),
+            raw_retention_days: number("COUNTERSIGN_RAW_RETENTION_DAYS")?,
+            imap_idle: get("COUNTERSIGN_IMAP_IDLE")
+                .map(|v| matches!(v.trim().to_ascii_lowercase().as_str(), "1" | "true" | "yes" | "on")),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_overrides_defaults_and_env_overrides_file() {
+        let mut settings = Settings::defaults();
+        settings
+            .apply(toml::from_str("data_dir = \"/srv/cs\"\nauthserv_id = \"mx.file\"").unwrap())
+            .unwrap();
+        assert_eq!(settings.database_url, "sqlite:///srv/cs/countersign.db?mode=rwc");
+        assert_eq!(settings.drop_folder, PathBuf::from("/srv/cs/inbox"));
+        assert_eq!(settings.authserv_id, "mx.file");
+        let env = FileLayer::from_env(|name| match name {
+            "COUNTERSIGN_AUTHSERV_ID" => Some("mx.env".into()),
+            "COUNTERSIGN_NHS_DOMAINS" => Some("nhs.net, *.nhs.uk".into()),
+            _ => None,
+        })
+        .unwrap();
+        settings.apply(env).unwrap();
+        assert_eq!(settings.authserv_id, "mx.env");
+        assert_eq!(settings.nhs_domains, NhsDomains::new(["nhs.net", "*.nhs.uk"]));
+    }
+
+    #[test]
+    fn a_bad_number_in_the_environment_is_an_error_naming_it() {
+        let err = FileLayer::from_env(|n| (n == "COUNTERSIGN_MAX_PDF_BYTES").then(|| "lots".into())).unwrap_err();
+        assert!(err.to_string().contains("COUNTERSIGN_MAX_PDF_BYTES"));
+    }
+
+    #[test]
+    fn unknown_keys_in_the_file_are_refused() {
+        assert!(toml::from_str::<FileLayer>("databse_url = \"x\"").is_err());
+    }
+
+    #[test]
+    fn imap_is_configured_by_its_host_and_needs_credentials() {
+        let mut settings = Settings::defaults();
+        let layer: FileLayer = toml::from_str("imap_host = \"mail.example\"").unwrap();
+        assert!(settings.apply(layer).unwrap_err().to_string().contains("imap_user"));
+        let layer: FileLayer = toml::from_str(
+            "imap_host = \"mail.example\"\nimap_user = \"pcse\"\nimap_password = \"hunter2\"\nimap_security = \"starttls\"",
+        )
+        .unwrap();
+        settings.apply(layer).unwrap();
+        let imap = settings.imap.as_ref().unwrap();
+        assert_eq!((imap.port, imap.security), (143, ImapSecurity::Starttls));
+        assert_eq!(imap.password.expose(), "hunter2");
+        assert!(!format!("{settings:?}").contains("hunter2"));
+        assert_eq!(imap.mailbox_key(), "imap://pcse@mail.example:143/INBOX");
+    }
+
+    #[test]
+    fn a_password_file_is_read_without_its_newline() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("pw");
+        std::fs::write(&file, "s3cret\n").unwrap();
+        assert_eq!(
+            secret_from(&None, &Some(file.clone())).unwrap().unwrap().expose(),
+            "s3cret"
+        );
+        assert_eq!(
+            secret_from(&Some("direct".into()), &Some(file))
+                .unwrap()
+                .unwrap()
+                .expose(),
+            "direct"
+        );
+        assert!(secret_from(&None, &Some(dir.path().join("missing"))).is_err());
+        assert!(secret_from(&None, &None).unwrap().is_none());
+    }
+
+    #[test]
+    fn passwords_never_reach_debug_output() {
+        let mut settings = Settings::defaults();
+        settings.database_url = "postgres://cs:s3cret@db.example/cs".into();
+        let shown = format!("{settings:?}");
+        assert!(!shown.contains("s3cret"), "{shown}");
+        assert!(shown.contains("REDACTED"));
+    }
+}

@@ -1,0 +1,287 @@
+//! Validated domain types: once a value is one of these, it has been checked at the edge.
+//!
+//! ```
+//! use countersign::domain::{EmailAddress, NhsDomains, OdsCode};
+//!
+//! let practice = OdsCode::parse(" a81001 ").unwrap();
+//! assert_eq!(practice.as_str(), "A81001");
+//! assert!(practice.is_gp_practice());
+//!
+//! let nhs = NhsDomains::default();
+//! assert!(nhs.contains(&EmailAddress::parse("jo.bloggs@nhs.net").unwrap()));
+//! assert!(!nhs.contains(&EmailAddress::parse("jo@nhs.net.example.com").unwrap()));
+//! ```
+
+use std::fmt;
+
+use chrono::{Datelike, NaiveDate};
+
+/// An Organisation Data Service code, upper-cased and trimmed.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+pub struct OdsCode(String);
+
+impl OdsCode {
+    /// ODS codes are 3 to 6 letters and digits (trusts `RX1`, sites `RX101`, ICBs `QE1`,
+    /// practices `A81001`), with at least one letter. Spaces and case are forgiven.
+    pub fn parse(text: &str) -> Option<Self> {
+        let code: String = text
+            .chars()
+            .filter(|c| !c.is_whitespace())
+            .collect::<String>()
+            .to_ascii_uppercase();
+        let well_formed = (3..=6).contains(&code.len())
+            && code.chars().all(|c| c.is_ascii_alphanumeric())
+            && code.chars().any(|c| c.is_ascii_alphabetic());
+        well_formed.then_some(OdsCode(code))
+    }
+
+    /// GP practice codes are one letter and five digits, e.g. `A81001`.
+    pub fn is_gp_practice(&self) -> bool {
+        let bytes = self.0.as_bytes();
+        bytes.len() == 6 && bytes[0].is_ascii_alphabetic() && bytes[1..].iter().all(u8::is_ascii_digit)
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for OdsCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A syntactically valid email address, with its domain lower-cased.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct EmailAddress {
+    local: String,
+    domain: String,
+}
+
+impl EmailAddress {
+    pub fn parse(text: &str) -> Option<Self> {
+        let text = text.trim();
+        let parsed = email_address::EmailAddress::parse_with_options(
+            text,
+            email_address::Options::default()
+                .without_display_text()
+                .without_domain_literal(),
+        )
+        .ok()?;
+        let domain = parsed.domain().trim_end_matches('.').to_ascii_lowercase();
+        // A bare host (`user@localhost`) is not a mailbox a practice would have.
+        if !domain.contains('.') {
+            return None;
+        }
+        Some(EmailAddress {
+            local: parsed.local_part().to_string(),
+            domain,
+        })
+    }
+
+    pub fn domain(&self) -> &str {
+        &self.domain
+    }
+
+    /// Addresses compare case-insensitively in practice (NHSmail treats them so).
+    pub fn same_mailbox(&self, other: &EmailAddress) -> bool {
+        self.domain == other.domain && self.local.eq_ignore_ascii_case(&other.local)
+    }
+}
+
+impl fmt::Display for EmailAddress {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}@{}", self.local, self.domain)
+    }
+}
+
+/// The domains that count as NHS mail. An entry `nhs.net` matches that domain only; an entry
+/// `*.nhs.uk` matches any subdomain. Labels are compared whole, so `nhs.net.example.com` and
+/// `fakenhs.net` are not NHS.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NhsDomains(Vec<String>);
+
+impl NhsDomains {
+    pub fn new(entries: impl IntoIterator<Item = impl Into<String>>) -> Self {
+        NhsDomains(
+            entries
+                .into_iter()
+                .map(|e| e.into().trim().trim_end_matches('.').to_ascii_lowercase())
+                .collect(),
+        )
+    }
+
+    pub fn contains(&self, address: &EmailAddress) -> bool {
+        let domain = address.domain();
+        self.0.iter().any(|entry| match entry.strip_prefix("*.") {
+            Some(parent) => domain
+                .strip_suffix(parent)
+                .is_some_and(|rest| rest.ends_with('.') && rest.len() > 1),
+            None => domain == entry,
+        })
+    }
+
+    pub fn entries(&self) -> &[String] {
+        &self.0
+    }
+}
+
+impl Default for NhsDomains {
+    fn default() -> Self {
+        NhsDomains::new(["nhs.net", "nhs.uk", "*.nhs.uk"])
+    }
+}
+
+/// A human-friendly case reference, `CS-2026-000123`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+pub struct CaseRef(String);
+
+impl CaseRef {
+    pub fn new(year: i32, number: i64) -> Self {
+        CaseRef(format!("CS-{year}-{number:06}"))
+    }
+
+    pub fn parse(text: &str) -> Option<Self> {
+        let text = text.trim().to_ascii_uppercase();
+        let rest = text.strip_prefix("CS-")?;
+        let (year, number) = rest.split_once('-')?;
+        let ok = year.len() == 4
+            && year.bytes().all(|b| b.is_ascii_digit())
+            && number.len() >= 6
+            && number.bytes().all(|b| b.is_ascii_digit());
+        ok.then_some(CaseRef(text))
+    }
+
+    /// Finds a case reference in free text such as a reply's subject: `Re: [CS-2026-000123] …`.
+    pub fn find_in(text: &str) -> Option<Self> {
+        let upper = text.to_ascii_uppercase();
+        upper.match_indices("CS-").find_map(|(i, _)| {
+            let candidate: String = upper[i..]
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '-')
+                .collect();
+            CaseRef::parse(&candidate)
+        })
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for CaseRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Parses a UK date as people type it on a form: `DD/MM/YYYY`, also with `-` or `.`, one-digit
+/// day or month, or ISO `YYYY-MM-DD` (some PDF viewers' date pickers write that).
+pub fn parse_form_date(text: &str) -> Option<NaiveDate> {
+    let text = text.trim();
+    if let Ok(date) = NaiveDate::parse_from_str(text, "%Y-%m-%d")
+        && text.len() == 10
+    {
+        return Some(date);
+    }
+    let parts: Vec<&str> = text.split(['/', '-', '.']).collect();
+    let [day, month, year] = parts.as_slice() else {
+        return None;
+    };
+    if year.len() != 4 || day.is_empty() || day.len() > 2 || month.is_empty() || month.len() > 2 {
+        return None;
+    }
+    let date = NaiveDate::from_ymd_opt(year.parse().ok()?, month.parse().ok()?, day.parse().ok()?)?;
+    (date.year() >= 1900).then_some(date)
+}
+
+/// Normalises a role as typed: lower case, punctuation and repeated spaces folded, `&` as
+/// `and`. Used to match signatory roles tolerantly without ever matching a different role.
+pub fn normalise_role(text: &str) -> String {
+    let replaced = text.replace('&', " and ");
+    replaced
+        .split(|c: char| !c.is_alphanumeric())
+        .filter(|w| !w.is_empty())
+        .map(|w| w.to_lowercase())
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ods_codes_are_normalised_and_checked() {
+        assert_eq!(OdsCode::parse(" a81001 ").map(|c| c.to_string()), Some("A81001".into()));
+        assert!(OdsCode::parse("RX1").is_some());
+        assert!(OdsCode::parse("AB").is_none(), "too short");
+        assert!(OdsCode::parse("A810012").is_none(), "too long");
+        assert!(OdsCode::parse("A8-001").is_none(), "punctuation");
+        assert!(OdsCode::parse("12345").is_none(), "no letter");
+    }
+
+    #[test]
+    fn gp_practice_codes_are_a_letter_and_five_digits() {
+        assert!(OdsCode::parse("A81001").unwrap().is_gp_practice());
+        assert!(!OdsCode::parse("RX101").unwrap().is_gp_practice());
+        assert!(!OdsCode::parse("AB1001").unwrap().is_gp_practice());
+    }
+
+    #[test]
+    fn nhs_domains_compare_whole_labels() {
+        let nhs = NhsDomains::default();
+        let is_nhs = |a: &str| nhs.contains(&EmailAddress::parse(a).unwrap());
+        assert!(is_nhs("jo.bloggs@nhs.net"));
+        assert!(is_nhs("jo.bloggs@NHS.NET"));
+        assert!(is_nhs("jo@nhs.uk"));
+        assert!(is_nhs("jo@gp-a81001.nhs.uk"));
+        assert!(!is_nhs("jo@nhs.net.example.com"));
+        assert!(!is_nhs("jo@fakenhs.net"));
+        assert!(!is_nhs("jo@evilnhs.uk"));
+        assert!(
+            !is_nhs("jo@sub.nhs.net"),
+            "nhs.net has no subdomain mailboxes unless configured"
+        );
+        assert!(!is_nhs("jo@gmail.com"));
+    }
+
+    #[test]
+    fn email_addresses_need_a_dotted_domain() {
+        assert!(EmailAddress::parse("a@b.com").is_some());
+        assert!(EmailAddress::parse("a@localhost").is_none());
+        assert!(EmailAddress::parse("not an email").is_none());
+        assert!(EmailAddress::parse("").is_none());
+    }
+
+    #[test]
+    fn case_refs_are_formatted_and_found_in_subjects() {
+        assert_eq!(CaseRef::new(2026, 123).as_str(), "CS-2026-000123");
+        assert_eq!(
+            CaseRef::find_in("Re: [cs-2026-000123] your form").unwrap().as_str(),
+            "CS-2026-000123"
+        );
+        assert!(CaseRef::find_in("Re: CS-26-1").is_none());
+    }
+
+    #[test]
+    fn form_dates_are_read_day_first() {
+        assert_eq!(parse_form_date("02/03/2026"), NaiveDate::from_ymd_opt(2026, 3, 2));
+        assert_eq!(parse_form_date("2.3.2026"), NaiveDate::from_ymd_opt(2026, 3, 2));
+        assert_eq!(parse_form_date("2026-03-02"), NaiveDate::from_ymd_opt(2026, 3, 2));
+        assert_eq!(parse_form_date("31/02/2026"), None);
+        assert_eq!(parse_form_date("02/03/26"), None);
+        assert_eq!(parse_form_date("yesterday"), None);
+    }
+
+    #[test]
+    fn roles_are_normalised_for_matching() {
+        assert_eq!(normalise_role("  GP-Partner "), "gp partner");
+        assert_eq!(
+            normalise_role("Member of the Board of Directors."),
+            "member of the board of directors"
+        );
+        assert_eq!(normalise_role("Caldicott  Guardian"), "caldicott guardian");
+    }
+}

@@ -1,0 +1,847 @@
+//! The IMAP source: takes every message in a mailbox exactly once, whatever happens to the
+//! network, the server or the process.
+//!
+//! - Messages are fetched with `BODY.PEEK[]` (never marking them seen), in UID order, from the
+//!   last UID taken under the mailbox's current UIDVALIDITY. A new UIDVALIDITY means a rescan,
+//!   which deduplication turns into no new cases.
+//! - The message and its cases commit first; only then is the message moved (MOVE where the
+//!   server has it, else COPY + `\Deleted` + UID EXPUNGE), and the position saved.
+//! - A message that cannot be read as an email is moved to the quarantine folder (its case
+//!   says why); one that fails to store `max_attempts` times is quarantined with an ingest
+//!   error. Quarantined mail is retried on request (`countersign mailbox retry`).
+//! - A lease in the database keeps two instances from polling one mailbox at once.
+//! - IDLE where the server offers it, polling where not; reconnection with backoff on any error.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use async_imap::types::Capabilities;
+use futures::TryStreamExt;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+use tracing::{info, instrument, warn};
+
+use super::HealthHandle;
+use crate::config::{ImapSecurity, ImapSettings};
+use crate::engine::Engine;
+use crate::storage::{self, QueryContext, StorageError};
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
+/// The longest any one IMAP command may take (a 50 MB fetch on a slow link fits).
+const COMMAND_TIMEOUT: Duration = Duration::from_secs(300);
+const MAX_BACKOFF: Duration = Duration::from_secs(60);
+/// Messages committed before they are moved out of the mailbox together.
+const MOVE_BATCH: usize = 100;
+
+/// Messages taken but not yet moved.
+#[derive(Debug, Default)]
+struct MoveBatch {
+    processed: Vec<u32>,
+    /// UID, source and reason.
+    quarantined: Vec<(u32, String, String)>,
+    /// The highest UID dealt with, moved or not there any more.
+    last_uid: Option<u32>,
+}
+
+impl MoveBatch {
+    fn len(&self) -> usize {
+        self.processed.len() + self.quarantined.len()
+    }
+}
+
+/// A compact IMAP UID set for sorted UIDs: `1:3,7,9:10`.
+fn uid_set(uids: &[u32]) -> String {
+    let mut sorted = uids.to_vec();
+    sorted.sort_unstable();
+    sorted.dedup();
+    let mut parts = Vec::new();
+    let mut i = 0;
+    while i < sorted.len() {
+        let start = sorted[i];
+        let mut end = start;
+        while i + 1 < sorted.len() && sorted[i + 1] == end + 1 {
+            i += 1;
+            end = sorted[i];
+        }
+        parts.push(if start == end {
+            start.to_string()
+        } else {
+            format!("{start}:{end}")
+        });
+        i += 1;
+    }
+    parts.join(",")
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ImapError {
+    #[error("cannot connect to the IMAP server {server}: {source}")]
+    Connect { server: String, source: std::io::Error },
+    #[error("TLS with the IMAP server {server} failed: {message}")]
+    Tls { server: String, message: String },
+    #[error("refusing a plain-text IMAP connection to {host}: use tls or starttls for anything but loopback")]
+    PlainNotLoopback { host: String },
+    #[error("IMAP login as {user} failed: {message}")]
+    Login { user: String, message: String },
+    #[error("IMAP error while {context}: {source}")]
+    Protocol {
+        context: &'static str,
+        source: async_imap::error::Error,
+    },
+    #[error("the IMAP server did not answer in time while {context}")]
+    Timeout { context: &'static str },
+    #[error("the IMAP server gave no UIDVALIDITY for {mailbox}")]
+    NoUidValidity { mailbox: String },
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+}
+
+trait ImapContext<T> {
+    fn imap(self, context: &'static str) -> Result<T, ImapError>;
+}
+
+impl<T> ImapContext<T> for Result<T, async_imap::error::Error> {
+    fn imap(self, context: &'static str) -> Result<T, ImapError> {
+        self.map_err(|source| ImapError::Protocol { context, source })
+    }
+}
+
+/// Runs an IMAP step with the command timeout, so a stalled server becomes an error (and a
+/// reconnect) rather than a hang.
+async fn within<T>(context: &'static str, step: impl Future<Output = Result<T, ImapError>>) -> Result<T, ImapError> {
+    tokio::time::timeout(COMMAND_TIMEOUT, step)
+        .await
+        .map_err(|_| ImapError::Timeout { context })?
+}
+
+/// A TCP connection, with or without TLS.
+#[derive(Debug)]
+pub enum ImapStream {
+    Plain(TcpStream),
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+}
+
+impl AsyncRead for ImapStream {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            ImapStream::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            ImapStream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for ImapStream {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            ImapStream::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            ImapStream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            ImapStream::Plain(s) => Pin::new(s).poll_flush(cx),
+            ImapStream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            ImapStream::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            ImapStream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
+
+pub type ImapSession = async_imap::Session<ImapStream>;
+
+fn is_loopback(host: &str) -> bool {
+    host == "localhost" || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
+fn tls_connector(settings: &ImapSettings) -> Result<tokio_rustls::TlsConnector, ImapError> {
+    use tokio_rustls::rustls;
+    let server = settings.host.clone();
+    let tls_error = |message: String| ImapError::Tls {
+        server: server.clone(),
+        message,
+    };
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls_native_certs::load_native_certs().certs {
+        // A system certificate rustls cannot parse is skipped, as browsers do.
+        let _ = roots.add(cert);
+    }
+    if let Some(path) = &settings.ca_file {
+        use rustls_pki_types::pem::PemObject;
+        let certs = rustls_pki_types::CertificateDer::pem_file_iter(path)
+            .map_err(|e| tls_error(format!("cannot read CA file {}: {e}", path.display())))?;
+        for cert in certs {
+            let cert = cert.map_err(|e| tls_error(format!("bad certificate in {}: {e}", path.display())))?;
+            roots.add(cert).map_err(|e| tls_error(e.to_string()))?;
+        }
+    }
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| tls_error(e.to_string()))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(tokio_rustls::TlsConnector::from(Arc::new(config)))
+}
+
+async fn tls_wrap(settings: &ImapSettings, tcp: TcpStream) -> Result<ImapStream, ImapError> {
+    let server = settings.host.clone();
+    let name = rustls_pki_types::ServerName::try_from(settings.host.clone()).map_err(|e| ImapError::Tls {
+        server: server.clone(),
+        message: e.to_string(),
+    })?;
+    let stream = tls_connector(settings)?
+        .connect(name, tcp)
+        .await
+        .map_err(|e| ImapError::Tls {
+            server,
+            message: e.to_string(),
+        })?;
+    Ok(ImapStream::Tls(Box::new(stream)))
+}
+
+/// Connects, protects and logs in. The password goes only to the server.
+pub async fn connect(settings: &ImapSettings) -> Result<ImapSession, ImapError> {
+    let server = format!("{}:{}", settings.host, settings.port);
+    if settings.security == ImapSecurity::Plain && !is_loopback(&settings.host) {
+        return Err(ImapError::PlainNotLoopback {
+            host: settings.host.clone(),
+        });
+    }
+    let tcp = tokio::time::timeout(
+        CONNECT_TIMEOUT,
+        TcpStream::connect((settings.host.as_str(), settings.port)),
+    )
+    .await
+    .map_err(|_| ImapError::Connect {
+        server: server.clone(),
+        source: std::io::ErrorKind::TimedOut.into(),
+    })?
+    .map_err(|source| ImapError::Connect {
+        server: server.clone(),
+        source,
+    })?;
+    let _ = tcp.set_nodelay(true);
+    let stream = match settings.security {
+        ImapSecurity::Plain => ImapStream::Plain(tcp),
+        ImapSecurity::Tls => tls_wrap(settings, tcp).await?,
+        ImapSecurity::Starttls => {
+            let mut client = async_imap::Client::new(ImapStream::Plain(tcp));
+            within("reading the greeting", async {
+                client.read_response().await.map_err(|e| ImapError::Protocol {
+                    context: "reading the greeting",
+                    source: e.into(),
+                })
+            })
+            .await?;
+            within("starting TLS", async {
+                client
+                    .run_command_and_check_ok("STARTTLS", None)
+                    .await
+                    .imap("starting TLS")
+            })
+            .await?;
+            let ImapStream::Plain(tcp) = client.into_inner() else {
+                unreachable!("STARTTLS starts from a plain stream")
+            };
+            tls_wrap(settings, tcp).await?
+        }
+    };
+    let mut client = async_imap::Client::new(stream);
+    if settings.security != ImapSecurity::Starttls {
+        // async-imap does not read the greeting itself (there is none after STARTTLS).
+        within("reading the greeting", async {
+            client.read_response().await.map_err(|e| ImapError::Protocol {
+                context: "reading the greeting",
+                source: e.into(),
+            })
+        })
+        .await?;
+    }
+    within("logging in", async {
+        client
+            .login(&settings.user, settings.password.expose())
+            .await
+            .map_err(|(e, _)| ImapError::Login {
+                user: settings.user.clone(),
+                message: e.to_string(),
+            })
+    })
+    .await
+}
+
+/// What one poll did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PollSummary {
+    /// Whether this instance held the mailbox lease (if not, it did nothing).
+    pub lease_held: bool,
+    pub backlog: usize,
+    pub ingested: usize,
+    /// Messages that were already stored (a crash between commit and move, or a rescan).
+    pub already_ingested: usize,
+    pub quarantined: usize,
+    /// The UIDs this poll took, in order (tests use it to prove no two pollers share one).
+    pub uids: Vec<u32>,
+}
+
+/// Called after a message's cases commit and before the message is moved: the seam tests use
+/// to kill a poller at the worst moment.
+pub type AfterCommitHook = Arc<dyn Fn(u32) -> Pin<Box<dyn Future<Output = ()> + Send>> + Send + Sync>;
+
+/// The server's relevant capabilities, asked again after login (Dovecot adds MOVE then).
+#[derive(Debug, Clone, Copy, Default)]
+struct ServerFeatures {
+    r#move: bool,
+    uidplus: bool,
+    idle: bool,
+}
+
+impl ServerFeatures {
+    fn from(caps: &Capabilities) -> Self {
+        ServerFeatures {
+            r#move: caps.has_str("MOVE"),
+            uidplus: caps.has_str("UIDPLUS"),
+            idle: caps.has_str("IDLE"),
+        }
+    }
+}
+
+pub struct ImapPoller {
+    engine: Engine,
+    settings: ImapSettings,
+    /// This instance's name in the lease.
+    holder: String,
+    health: HealthHandle,
+    after_commit: Option<AfterCommitHook>,
+}
+
+impl ImapPoller {
+    pub fn new(engine: Engine, settings: ImapSettings) -> Self {
+        let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "countersign".into());
+        let holder = format!("{host}-{}-{}", std::process::id(), uuid::Uuid::new_v4().simple());
+        ImapPoller {
+            engine,
+            settings,
+            holder,
+            health: HealthHandle::default(),
+            after_commit: None,
+        }
+    }
+
+    pub fn with_after_commit_hook(mut self, hook: AfterCommitHook) -> Self {
+        self.after_commit = Some(hook);
+        self
+    }
+
+    pub fn health(&self) -> HealthHandle {
+        self.health.clone()
+    }
+
+    /// The lease lasts long enough to cover one wait between polls, with room to spare.
+    fn lease_duration(&self) -> Duration {
+        (self.settings.poll_interval * 3).max(Duration::from_secs(60))
+    }
+
+    async fn features(session: &mut ImapSession) -> Result<ServerFeatures, ImapError> {
+        let caps = within("asking for capabilities", async {
+            session.capabilities().await.imap("asking for capabilities")
+        })
+        .await?;
+        Ok(ServerFeatures::from(&caps))
+    }
+
+    async fn ensure_folder(session: &mut ImapSession, folder: &str) -> Result<(), ImapError> {
+        let existing: Vec<_> = within("listing folders", async {
+            session
+                .list(None, Some(folder))
+                .await
+                .imap("listing folders")?
+                .try_collect::<Vec<_>>()
+                .await
+                .imap("listing folders")
+        })
+        .await?;
+        if existing.is_empty() {
+            within("creating a folder", async {
+                session.create(folder).await.imap("creating a folder")
+            })
+            .await?;
+        }
+        Ok(())
+    }
+
+    async fn fetch_body(session: &mut ImapSession, uid: u32) -> Result<Option<Vec<u8>>, ImapError> {
+        within("fetching a message", async {
+            let fetches: Vec<_> = session
+                .uid_fetch(uid.to_string(), "(UID BODY.PEEK[])")
+                .await
+                .imap("fetching a message")?
+                .try_collect()
+                .await
+                .imap("fetching a message")?;
+            Ok(fetches
+                .into_iter()
+                .find(|f| f.uid == Some(uid))
+                .and_then(|f| f.body().map(<[u8]>::to_vec)))
+        })
+        .await
+    }
+
+    async fn move_messages(
+        session: &mut ImapSession,
+        features: ServerFeatures,
+        set: &str,
+        folder: &str,
+    ) -> Result<(), ImapError> {
+        within("moving a message", async {
+            if features.r#move {
+                session.uid_mv(&set, folder).await.imap("moving a message")?;
+            } else {
+                session.uid_copy(&set, folder).await.imap("copying a message")?;
+                let _: Vec<_> = session
+                    .uid_store(&set, "+FLAGS.SILENT (\\Deleted)")
+                    .await
+                    .imap("flagging a message deleted")?
+                    .try_collect()
+                    .await
+                    .imap("flagging a message deleted")?;
+                if features.uidplus {
+                    let _: Vec<_> = session
+                        .uid_expunge(&set)
+                        .await
+                        .imap("expunging a message")?
+                        .try_collect()
+                        .await
+                        .imap("expunging a message")?;
+                } else {
+                    let _: Vec<_> = session
+                        .expunge()
+                        .await
+                        .imap("expunging")?
+                        .try_collect()
+                        .await
+                        .imap("expunging")?;
+                }
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    /// Moves a batch of committed messages out of the mailbox, then saves the position.
+    /// Moving in batches keeps the server from rewriting its index once per message; a crash
+    /// before the move only means the batch is found again, already ingested, and moved then.
+    /// Returns whether this instance still holds the mailbox lease.
+    async fn flush(
+        &self,
+        session: &mut ImapSession,
+        features: ServerFeatures,
+        uidvalidity: i64,
+        batch: &mut MoveBatch,
+        summary: &mut PollSummary,
+    ) -> Result<bool, ImapError> {
+        let key = self.settings.mailbox_key();
+        if !batch.processed.is_empty() {
+            Self::move_messages(
+                session,
+                features,
+                &uid_set(&batch.processed),
+                &self.settings.processed_folder,
+            )
+            .await?;
+        }
+        if !batch.quarantined.is_empty() {
+            let uids: Vec<u32> = batch.quarantined.iter().map(|(uid, _, _)| *uid).collect();
+            Self::move_messages(session, features, &uid_set(&uids), &self.settings.quarantine_folder).await?;
+        }
+        let mut conn = self.engine.db.pool.acquire().await.context("connecting")?;
+        let now = chrono::Utc::now().timestamp_millis();
+        for (uid, source, reason) in &batch.quarantined {
+            storage::record_ingest_error(&mut conn, source, &key, reason, now).await?;
+            storage::mark_quarantined(&mut conn, source).await?;
+            warn!(uid, reason = %reason, "message quarantined");
+        }
+        if let Some(last) = batch.last_uid {
+            storage::set_mailbox_position(&mut conn, &key, uidvalidity, i64::from(last)).await?;
+        }
+        drop(conn);
+        let (moved, quarantined) = (batch.processed.len(), batch.quarantined.len());
+        summary.uids.extend(
+            batch
+                .processed
+                .iter()
+                .copied()
+                .chain(batch.quarantined.iter().map(|(uid, _, _)| *uid)),
+        );
+        summary.quarantined += quarantined;
+        self.health.update(|h| {
+            h.backlog = h.backlog.saturating_sub(moved + quarantined);
+            h.ingested += moved as u64;
+            h.quarantined += quarantined as u64;
+        });
+        *batch = MoveBatch::default();
+        // Renewed per batch, so a long drain never outlives the lease.
+        self.hold_lease().await
+    }
+
+    async fn hold_lease(&self) -> Result<bool, ImapError> {
+        let now = chrono::Utc::now().timestamp_millis();
+        let until = now + self.lease_duration().as_millis() as i64;
+        let mut conn = self.engine.db.pool.acquire().await.context("connecting")?;
+        Ok(storage::try_acquire_lease(&mut conn, &self.settings.mailbox_key(), &self.holder, now, until).await?)
+    }
+
+    /// Takes every new message in the mailbox once. Stops early (between messages) when
+    /// `stop` is set.
+    #[instrument(skip_all, fields(mailbox = %self.settings.mailbox_key()))]
+    pub async fn poll_once(
+        &self,
+        session: &mut ImapSession,
+        stop: &watch::Receiver<bool>,
+    ) -> Result<PollSummary, ImapError> {
+        let key = self.settings.mailbox_key();
+        let mut summary = PollSummary::default();
+        if !self.hold_lease().await? {
+            self.health.update(|h| h.state = "waiting for the mailbox lease".into());
+            return Ok(summary);
+        }
+        summary.lease_held = true;
+        let features = Self::features(session).await?;
+        Self::ensure_folder(session, &self.settings.processed_folder).await?;
+        Self::ensure_folder(session, &self.settings.quarantine_folder).await?;
+        let mailbox = within("selecting the mailbox", async {
+            session
+                .select(&self.settings.mailbox)
+                .await
+                .imap("selecting the mailbox")
+        })
+        .await?;
+        let uidvalidity = i64::from(mailbox.uid_validity.ok_or_else(|| ImapError::NoUidValidity {
+            mailbox: self.settings.mailbox.clone(),
+        })?);
+
+        let mut conn = self.engine.db.pool.acquire().await.context("connecting")?;
+        let (stored_validity, stored_last) = storage::mailbox_position(&mut conn, &key).await?;
+        let last_uid = match stored_validity {
+            Some(v) if v == uidvalidity => stored_last.unwrap_or(0),
+            Some(v) => {
+                warn!(
+                    old = v,
+                    new = uidvalidity,
+                    "UIDVALIDITY changed: rescanning the mailbox; deduplication keeps it from re-importing"
+                );
+                0
+            }
+            None => 0,
+        };
+        storage::set_mailbox_position(&mut conn, &key, uidvalidity, last_uid).await?;
+        drop(conn);
+
+        // Dovecot answers `UID n:*` with the highest UID even when it is below n: filter.
+        let mut uids: Vec<u32> = within("searching for new mail", async {
+            session
+                .uid_search(format!("UID {}:*", last_uid + 1))
+                .await
+                .imap("searching for new mail")
+        })
+        .await?
+        .into_iter()
+        .filter(|uid| i64::from(*uid) > last_uid)
+        .collect();
+        uids.sort_unstable();
+        summary.backlog = uids.len();
+        self.health.update(|h| {
+            h.state = "polling".into();
+            h.backlog = uids.len();
+        });
+
+        let mut batch = MoveBatch::default();
+        // Where a drain spends its time, logged at debug level for tuning.
+        let (mut fetching, mut ingesting, mut moving) = (Duration::ZERO, Duration::ZERO, Duration::ZERO);
+        for uid in uids {
+            if *stop.borrow() {
+                break;
+            }
+            if batch.len() >= MOVE_BATCH {
+                let started = std::time::Instant::now();
+                let still_held = self
+                    .flush(session, features, uidvalidity, &mut batch, &mut summary)
+                    .await?;
+                moving += started.elapsed();
+                if !still_held {
+                    warn!("lost the mailbox lease; another instance has it");
+                    return Ok(summary);
+                }
+            }
+            let source = format!("{key};UIDVALIDITY={uidvalidity};UID={uid}");
+            let started = std::time::Instant::now();
+            let fetched = Self::fetch_body(session, uid).await?;
+            fetching += started.elapsed();
+            let started = std::time::Instant::now();
+            let Some(raw) = fetched else {
+                // Expunged by someone else since the search: nothing to take.
+                batch.last_uid = Some(uid);
+                continue;
+            };
+            let quarantine_because = if raw.len() > self.settings.max_message_bytes {
+                Some(format!(
+                    "the message is {} bytes, over the limit of {}",
+                    raw.len(),
+                    self.settings.max_message_bytes
+                ))
+            } else {
+                match self.engine.intake(&raw, &source).await {
+                    Ok(report) => {
+                        if let Some(hook) = &self.after_commit {
+                            hook(uid).await;
+                        }
+                        if report.already_ingested {
+                            summary.already_ingested += 1;
+                        } else {
+                            summary.ingested += 1;
+                        }
+                        let malformed = report
+                            .cases
+                            .iter()
+                            .any(|c| c.finding_codes.iter().any(|f| f == "message_malformed"));
+                        malformed.then(|| {
+                            let refs: Vec<&str> = report.cases.iter().map(|c| c.reference.as_str()).collect();
+                            format!(
+                                "the message could not be read as an email; it is kept on case {}",
+                                refs.join(", ")
+                            )
+                        })
+                    }
+                    Err(error) => {
+                        let mut conn = self.engine.db.pool.acquire().await.context("connecting")?;
+                        let now = chrono::Utc::now().timestamp_millis();
+                        let attempts =
+                            storage::record_ingest_error(&mut conn, &source, &key, &format!("{error:#}"), now).await?;
+                        drop(conn);
+                        if attempts < self.settings.max_attempts {
+                            // Likely passing (the database is down): move what is done, leave
+                            // this one, and retry from here on the next poll.
+                            self.flush(session, features, uidvalidity, &mut batch, &mut summary)
+                                .await?;
+                            return Err(ImapError::Storage(match error {
+                                crate::engine::EngineError::Storage(e) => e,
+                                other => StorageError::Corrupt {
+                                    context: "ingesting a message",
+                                    message: other.to_string(),
+                                },
+                            }));
+                        }
+                        Some(format!("ingesting failed {attempts} times: {error:#}"))
+                    }
+                }
+            };
+            ingesting += started.elapsed();
+            match quarantine_because {
+                Some(reason) => batch.quarantined.push((uid, source, reason)),
+                None => batch.processed.push(uid),
+            }
+            batch.last_uid = Some(uid);
+        }
+        let started = std::time::Instant::now();
+        self.flush(session, features, uidvalidity, &mut batch, &mut summary)
+            .await?;
+        moving += started.elapsed();
+        tracing::debug!(?fetching, ?ingesting, ?moving, "drain timings");
+        let now = chrono::Utc::now().timestamp_millis();
+        let backlog = summary.backlog - summary.uids.len();
+        let mut conn = self.engine.db.pool.acquire().await.context("connecting")?;
+        storage::record_poll(&mut conn, &key, now, Some(backlog as i64), None).await?;
+        self.health.update(|h| {
+            h.last_poll_at = Some(now);
+            h.last_success_at = Some(now);
+            h.last_error = None;
+        });
+        info!(
+            ingested = summary.ingested,
+            already = summary.already_ingested,
+            quarantined = summary.quarantined,
+            "poll done"
+        );
+        Ok(summary)
+    }
+
+    /// Connects, polls once and logs out: `serve --once`, and tests.
+    pub async fn drain_once(&self) -> Result<PollSummary, ImapError> {
+        let (_keep, stop) = watch::channel(false);
+        let mut session = connect(&self.settings).await?;
+        let summary = self.poll_once(&mut session, &stop).await;
+        let _ = tokio::time::timeout(Duration::from_secs(5), session.logout()).await;
+        summary
+    }
+
+    /// Waits for new mail: IDLE where the server has it, else sleeps. Returns the session and
+    /// whether to stop.
+    async fn wait_for_mail(
+        &self,
+        session: ImapSession,
+        features: ServerFeatures,
+        stop: &mut watch::Receiver<bool>,
+    ) -> Result<(ImapSession, bool), ImapError> {
+        if !(features.idle && self.settings.use_idle) {
+            let stopped = tokio::select! {
+                _ = stop.changed() => true,
+                _ = tokio::time::sleep(self.settings.poll_interval) => false,
+            };
+            return Ok((session, stopped || *stop.borrow()));
+        }
+        self.health.update(|h| h.state = "idle".into());
+        let mut idle = session.idle();
+        within("starting IDLE", async { idle.init().await.imap("starting IDLE") }).await?;
+        let stopped = {
+            let (wait, interrupt) = idle.wait_with_timeout(self.settings.poll_interval);
+            tokio::pin!(wait);
+            tokio::select! {
+                result = &mut wait => {
+                    result.imap("waiting in IDLE")?;
+                    false
+                }
+                _ = stop.changed() => {
+                    drop(interrupt);
+                    true
+                }
+            }
+        };
+        let session = within("ending IDLE", async { idle.done().await.imap("ending IDLE") }).await?;
+        Ok((session, stopped || *stop.borrow()))
+    }
+
+    async fn run_session(&self, stop: &mut watch::Receiver<bool>, backoff: &mut Duration) -> Result<(), ImapError> {
+        let mut session = connect(&self.settings).await?;
+        let features = Self::features(&mut session).await?;
+        loop {
+            self.poll_once(&mut session, stop).await?;
+            *backoff = Duration::from_secs(1);
+            if *stop.borrow() {
+                break;
+            }
+            let (next, stopped) = self.wait_for_mail(session, features, stop).await?;
+            session = next;
+            if stopped {
+                break;
+            }
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(5), session.logout()).await;
+        Ok(())
+    }
+
+    /// Polls until `stop` is set, reconnecting with exponential backoff after any error.
+    /// A message being ingested when the signal comes is finished first.
+    pub async fn run_until_stopped(&self, mut stop: watch::Receiver<bool>) {
+        let mut backoff = Duration::from_secs(1);
+        while !*stop.borrow() {
+            match self.run_session(&mut stop, &mut backoff).await {
+                Ok(()) => break,
+                Err(error) => {
+                    warn!(error = %error, retry_in = ?backoff, "mailbox poll failed");
+                    let message = error.to_string();
+                    self.health.update(|h| {
+                        h.state = "reconnecting".into();
+                        h.last_error = Some(message.clone());
+                    });
+                    if let Ok(mut conn) = self.engine.db.pool.acquire().await {
+                        let now = chrono::Utc::now().timestamp_millis();
+                        let _ =
+                            storage::record_poll(&mut conn, &self.settings.mailbox_key(), now, None, Some(&message))
+                                .await;
+                    }
+                    tokio::select! {
+                        _ = stop.changed() => {}
+                        _ = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                }
+            }
+        }
+        if let Ok(mut conn) = self.engine.db.pool.acquire().await {
+            let _ = storage::release_lease(&mut conn, &self.settings.mailbox_key(), &self.holder).await;
+        }
+        self.health.update(|h| h.state = "stopped".into());
+    }
+}
+
+/// Sends everything in the quarantine folder back to the mailbox for another try, and marks
+/// the mailbox's open ingest errors resolved. Returns how many messages were moved.
+pub async fn retry_quarantined(engine: &Engine, settings: &ImapSettings) -> Result<usize, ImapError> {
+    let mut session = connect(settings).await?;
+    let features = ImapPoller::features(&mut session).await?;
+    ImapPoller::ensure_folder(&mut session, &settings.quarantine_folder).await?;
+    let mailbox = within("selecting quarantine", async {
+        session
+            .select(&settings.quarantine_folder)
+            .await
+            .imap("selecting quarantine")
+    })
+    .await?;
+    let count = mailbox.exists as usize;
+    if count > 0 {
+        within("moving quarantined mail back", async {
+            if features.r#move {
+                session
+                    .mv("1:*", &settings.mailbox)
+                    .await
+                    .imap("moving quarantined mail back")
+            } else {
+                session
+                    .copy("1:*", &settings.mailbox)
+                    .await
+                    .imap("copying quarantined mail back")?;
+                let _: Vec<_> = session
+                    .store("1:*", "+FLAGS.SILENT (\\Deleted)")
+                    .await
+                    .imap("flagging")?
+                    .try_collect()
+                    .await
+                    .imap("flagging")?;
+                let _: Vec<_> = session
+                    .expunge()
+                    .await
+                    .imap("expunging")?
+                    .try_collect()
+                    .await
+                    .imap("expunging")?;
+                Ok(())
+            }
+        })
+        .await?;
+    }
+    let _ = session.logout().await;
+    let mut conn = engine.db.pool.acquire().await.context("connecting")?;
+    storage::resolve_ingest_errors(
+        &mut conn,
+        &settings.mailbox_key(),
+        chrono::Utc::now().timestamp_millis(),
+    )
+    .await?;
+    Ok(count)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn uid_sets_are_compact_ranges() {
+        assert_eq!(uid_set(&[1, 2, 3, 7, 9, 10]), "1:3,7,9:10");
+        assert_eq!(uid_set(&[5]), "5");
+        assert_eq!(uid_set(&[3, 1, 2, 2]), "1:3");
+    }
+
+    #[test]
+    fn plain_text_is_refused_for_anything_but_loopback() {
+        assert!(is_loopback("127.0.0.1") && is_loopback("::1") && is_loopback("localhost"));
+        assert!(!is_loopback("mail.example.com") && !is_loopback("10.0.0.1"));
+    }
+}

@@ -1,0 +1,513 @@
+//! Reading one email: its headers, its sender-authentication verdict, and every PDF it carries,
+//! including PDFs inside forwarded messages. MIME is mail-parser's job; this module only decides
+//! what in the parsed message matters to a case.
+//!
+//! ```
+//! use countersign::mail::{parse, MailSettings};
+//!
+//! let raw = b"From: Jo <jo@nhs.net>\r\nSubject: Form\r\nMessage-ID: <1@nhs.net>\r\n\
+//! Authentication-Results: mx.example; dmarc=pass header.from=nhs.net\r\n\r\nHello";
+//! let email = parse(raw, &MailSettings { authserv_id: "mx.example".into(), our_addresses: vec![] });
+//! assert_eq!(email.from_address.as_deref(), Some("jo@nhs.net"));
+//! assert!(email.sender_auth.passed());
+//! assert!(email.attachments.is_empty());
+//! ```
+
+use mail_parser::{MessageParser, MimeHeaders};
+use sha2::{Digest, Sha256};
+
+/// How deep forwarded messages are followed. Real forwards nest two or three deep; the limit
+/// stops a hostile message from making us recurse without end.
+const MAX_FORWARD_DEPTH: usize = 8;
+
+/// Whether the sender's domain is proven, according to our own receiving server.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "verdict", rename_all = "snake_case")]
+pub enum SenderAuth {
+    /// DMARC passed for the From domain, or DKIM passed for an aligned domain.
+    Pass { method: String },
+    /// Our server checked, and the checks did not pass.
+    Fail { reason: String },
+    /// Our server left no verdict.
+    Missing { reason: String },
+}
+
+impl SenderAuth {
+    pub fn passed(&self) -> bool {
+        matches!(self, SenderAuth::Pass { .. })
+    }
+}
+
+/// A part of the email that may be a form.
+#[derive(Debug, Clone)]
+pub struct Attachment {
+    pub filename: Option<String>,
+    /// The content type the message claims; not trusted.
+    pub claimed_type: String,
+    /// The content type detected from the bytes themselves.
+    pub detected_type: Option<String>,
+    pub sha256: String,
+    pub bytes: Vec<u8>,
+    /// Found inside a forwarded (`message/rfc822`) part.
+    pub forwarded: bool,
+}
+
+impl Attachment {
+    fn new(filename: Option<String>, claimed_type: String, bytes: Vec<u8>, forwarded: bool) -> Self {
+        let detected_type = detect_type(&bytes);
+        Attachment {
+            filename,
+            claimed_type,
+            detected_type,
+            sha256: sha256_hex(&bytes),
+            bytes,
+            forwarded,
+        }
+    }
+
+    /// A PDF by content, by claimed type, or by name (`application/octet-stream` with a `.pdf`
+    /// name is what many mail clients send). A part that only claims to be a PDF still counts,
+    /// so that a broken form becomes a finding rather than vanishing.
+    pub fn looks_like_pdf(&self) -> bool {
+        self.detected_type.as_deref() == Some("application/pdf")
+            || self.claimed_type.eq_ignore_ascii_case("application/pdf")
+            || self.claimed_type.eq_ignore_ascii_case("application/x-pdf")
+            || self
+                .filename
+                .as_deref()
+                .is_some_and(|n| n.to_ascii_lowercase().ends_with(".pdf"))
+    }
+}
+
+/// What Countersign keeps from one email.
+#[derive(Debug, Clone)]
+pub struct ParsedEmail {
+    pub message_id: Option<String>,
+    pub from_address: Option<String>,
+    pub from_name: Option<String>,
+    pub subject: Option<String>,
+    /// Unix milliseconds, from the Date header.
+    pub date_ms: Option<i64>,
+    pub in_reply_to: Vec<String>,
+    pub references: Vec<String>,
+    pub text_body: Option<String>,
+    pub sender_auth: SenderAuth,
+    /// Why the message is automatic (auto-reply, bounce, list mail), if it is.
+    pub automatic: Option<String>,
+    pub attachments: Vec<Attachment>,
+    /// Set when the bytes could not be read as an email at all.
+    pub malformed: Option<String>,
+}
+
+/// Settings for reading mail.
+#[derive(Debug, Clone)]
+pub struct MailSettings {
+    /// The authserv-id our own receiving server writes in `Authentication-Results`.
+    pub authserv_id: String,
+    /// Our own addresses: mail from them is never answered automatically.
+    pub our_addresses: Vec<String>,
+}
+
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
+/// Detects a content type from the bytes. PDF readers accept a header anywhere in the first
+/// kilobyte, so we do too.
+pub fn detect_type(bytes: &[u8]) -> Option<String> {
+    let head = &bytes[..bytes.len().min(1024)];
+    if head.windows(5).any(|w| w == b"%PDF-") {
+        return Some("application/pdf".into());
+    }
+    infer::get(bytes).map(|t| t.mime_type().to_string())
+}
+
+/// Parses raw RFC 5322 bytes. Never fails: an unreadable message comes back with `malformed`
+/// set, so the caller can still open a case for it.
+pub fn parse(raw: &[u8], settings: &MailSettings) -> ParsedEmail {
+    // mail-parser reads almost anything; a message with none of the headers every email has
+    // (From, Date, Message-ID, Subject, To) is not one.
+    let looks_like_mail = |m: &mail_parser::Message<'_>| {
+        m.from().is_some()
+            || m.date().is_some()
+            || m.message_id().is_some()
+            || m.subject().is_some()
+            || m.to().is_some()
+    };
+    let Some(message) = MessageParser::default().parse(raw).filter(looks_like_mail) else {
+        return ParsedEmail {
+            message_id: None,
+            from_address: None,
+            from_name: None,
+            subject: None,
+            date_ms: None,
+            in_reply_to: vec![],
+            references: vec![],
+            text_body: None,
+            sender_auth: SenderAuth::Missing {
+                reason: "the message could not be read".into(),
+            },
+            automatic: None,
+            attachments: vec![],
+            malformed: Some("the bytes are not an email message (no headers could be read)".into()),
+        };
+    };
+    let from = message.from().and_then(|a| a.first());
+    let from_address = from.and_then(|a| a.address()).map(str::to_string);
+    let from_name = from.and_then(|a| a.name()).map(str::to_string);
+    let mut attachments = Vec::new();
+    collect_attachments(&message, false, 0, &mut attachments);
+    let from_domain = from_address
+        .as_deref()
+        .and_then(|a| a.rsplit_once('@'))
+        .map(|(_, d)| d.to_ascii_lowercase());
+    let auth_headers: Vec<&str> = message
+        .headers_raw()
+        .filter(|(name, _)| name.eq_ignore_ascii_case("Authentication-Results"))
+        .map(|(_, v)| v)
+        .collect();
+    ParsedEmail {
+        message_id: message
+            .message_id()
+            .map(|id| id.trim().to_string())
+            .filter(|id| !id.is_empty()),
+        subject: message.subject().map(str::to_string),
+        date_ms: message.date().map(|d| d.to_timestamp() * 1000),
+        in_reply_to: message
+            .in_reply_to()
+            .as_text_list()
+            .unwrap_or_default()
+            .into_iter()
+            .map(|s| s.to_string())
+            .collect(),
+        references: message
+            .references()
+            .as_text_list()
+            .unwrap_or_default()
+            .into_iter()
+            .map(|s| s.to_string())
+            .collect(),
+        text_body: message.body_text(0).map(|b| b.into_owned()),
+        sender_auth: sender_auth(&auth_headers, from_domain.as_deref(), &settings.authserv_id),
+        automatic: automatic_reason(&message, from_address.as_deref(), &settings.our_addresses),
+        from_address,
+        from_name,
+        attachments,
+        malformed: None,
+    }
+}
+
+fn collect_attachments(message: &mail_parser::Message<'_>, forwarded: bool, depth: usize, out: &mut Vec<Attachment>) {
+    for part in message.attachments() {
+        if let Some(inner) = part.message() {
+            if depth < MAX_FORWARD_DEPTH {
+                collect_attachments(inner, true, depth + 1, out);
+            }
+            continue;
+        }
+        let claimed_type = part
+            .content_type()
+            .map(|ct| match ct.subtype() {
+                Some(sub) => format!("{}/{}", ct.ctype(), sub).to_ascii_lowercase(),
+                None => ct.ctype().to_ascii_lowercase(),
+            })
+            .unwrap_or_else(|| "application/octet-stream".into());
+        out.push(Attachment::new(
+            part.attachment_name().map(str::to_string),
+            claimed_type,
+            part.contents().to_vec(),
+            forwarded,
+        ));
+    }
+}
+
+/// RFC 3834 and common practice: the signs that a message was sent by a machine, which we must
+/// never answer automatically.
+fn automatic_reason(message: &mail_parser::Message<'_>, from: Option<&str>, ours: &[String]) -> Option<String> {
+    if let Some(from) = from
+        && ours.iter().any(|o| o.eq_ignore_ascii_case(from))
+    {
+        return Some("our own mail".into());
+    }
+    let header = |name: &str| message.header_raw(name).map(|v| v.trim().to_ascii_lowercase());
+    if let Some(auto) = header("Auto-Submitted")
+        && !auto.starts_with("no")
+    {
+        return Some(format!("Auto-Submitted: {auto}"));
+    }
+    if let Some(precedence) = header("Precedence")
+        && ["bulk", "list", "junk", "auto_reply"].contains(&precedence.as_str())
+    {
+        return Some(format!("Precedence: {precedence}"));
+    }
+    if header("List-Id").is_some() {
+        return Some("mailing-list mail (List-Id)".into());
+    }
+    if header("X-Autoreply").is_some() || header("X-Autorespond").is_some() {
+        return Some("auto-reply header".into());
+    }
+    if let Some(ct) = message.content_type()
+        && ct.ctype().eq_ignore_ascii_case("multipart")
+        && ct.subtype().is_some_and(|s| s.eq_ignore_ascii_case("report"))
+    {
+        return Some("delivery report (multipart/report)".into());
+    }
+    if header("Return-Path").is_some_and(|rp| rp == "<>") {
+        return Some("null return path (a bounce)".into());
+    }
+    let local = from.and_then(|a| a.split('@').next()).map(str::to_ascii_lowercase);
+    if local
+        .as_deref()
+        .is_some_and(|l| l == "mailer-daemon" || l == "postmaster")
+    {
+        return Some("sent by a mail system (MAILER-DAEMON or postmaster)".into());
+    }
+    None
+}
+
+/// One `method=result` clause of an `Authentication-Results` header, with its properties.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct AuthResult {
+    method: String,
+    result: String,
+    properties: Vec<(String, String)>,
+}
+
+impl AuthResult {
+    fn property(&self, name: &str) -> Option<&str> {
+        self.properties
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// Removes RFC 5322 comments, which may nest: `(p=reject (strict))`.
+fn strip_comments(text: &str) -> String {
+    let mut depth = 0usize;
+    let mut out = String::with_capacity(text.len());
+    let mut in_quote = false;
+    for c in text.chars() {
+        match c {
+            '"' if depth == 0 => {
+                in_quote = !in_quote;
+                out.push(c);
+            }
+            '(' if !in_quote => depth += 1,
+            ')' if !in_quote && depth > 0 => depth -= 1,
+            _ if depth == 0 => out.push(c),
+            _ => {}
+        }
+    }
+    out
+}
+
+/// Parses an RFC 8601 `Authentication-Results` value into its authserv-id and results.
+fn parse_authentication_results(value: &str) -> Option<(String, Vec<AuthResult>)> {
+    let unfolded = strip_comments(&value.replace(['\r', '\n'], " "));
+    let mut clauses = unfolded.split(';');
+    let authserv_id = clauses.next()?.split_whitespace().next()?.to_ascii_lowercase();
+    let results = clauses
+        .filter_map(|clause| {
+            let mut tokens = clause.split_whitespace();
+            let (method, result) = tokens.next()?.split_once('=')?;
+            let properties = tokens
+                .filter_map(|t| t.split_once('='))
+                .map(|(k, v)| (k.to_ascii_lowercase(), v.trim_matches('"').to_ascii_lowercase()))
+                .collect();
+            Some(AuthResult {
+                method: method.to_ascii_lowercase(),
+                result: result.to_ascii_lowercase(),
+                properties,
+            })
+        })
+        .collect();
+    Some((authserv_id, results))
+}
+
+/// A DKIM signing domain is aligned with the From domain when it is the same domain or a
+/// parent of it (relaxed alignment, as DMARC uses by default).
+fn aligned(signing_domain: &str, from_domain: &str) -> bool {
+    let d = signing_domain.trim_start_matches('@').rsplit('@').next().unwrap_or("");
+    !d.is_empty() && d.contains('.') && (from_domain == d || from_domain.ends_with(&format!(".{d}")))
+}
+
+/// Judges the sender by the topmost `Authentication-Results` header that our own server wrote.
+/// Headers from other servers, and any of ours further down (which a sender could have forged
+/// before the message reached us), are ignored.
+pub fn sender_auth(headers_top_down: &[&str], from_domain: Option<&str>, authserv_id: &str) -> SenderAuth {
+    let ours = headers_top_down
+        .iter()
+        .filter_map(|v| parse_authentication_results(v))
+        .find(|(id, _)| id.eq_ignore_ascii_case(authserv_id));
+    let Some((_, results)) = ours else {
+        return SenderAuth::Missing {
+            reason: format!("no Authentication-Results header from our mail server ({authserv_id})"),
+        };
+    };
+    let Some(from_domain) = from_domain else {
+        return SenderAuth::Fail {
+            reason: "the email has no From address to check".into(),
+        };
+    };
+    let dmarc_pass = results.iter().any(|r| {
+        r.method == "dmarc" && r.result == "pass" && r.property("header.from").is_none_or(|d| d == from_domain)
+    });
+    if dmarc_pass {
+        return SenderAuth::Pass { method: "dmarc".into() };
+    }
+    let dkim_aligned = results.iter().any(|r| {
+        r.method == "dkim"
+            && r.result == "pass"
+            && (r.property("header.d").is_some_and(|d| aligned(d, from_domain))
+                || r.property("header.i").is_some_and(|i| aligned(i, from_domain)))
+    });
+    if dkim_aligned {
+        return SenderAuth::Pass { method: "dkim".into() };
+    }
+    let reason = match results.iter().find(|r| r.method == "dmarc") {
+        Some(r) => format!("DMARC result for {from_domain} was {}", r.result),
+        None => format!("no DMARC pass and no DKIM signature aligned with {from_domain}"),
+    };
+    SenderAuth::Fail { reason }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const OURS: &str = "mx.countersign.test";
+
+    fn verdict(headers: &[&str], from: &str) -> SenderAuth {
+        sender_auth(headers, Some(from), OURS)
+    }
+
+    #[test]
+    fn dmarc_pass_from_our_server_authenticates_the_sender() {
+        let h = [
+            "mx.countersign.test; spf=pass smtp.mailfrom=nhs.net; dkim=pass header.d=nhs.net; dmarc=pass (p=reject) header.from=nhs.net",
+        ];
+        assert_eq!(verdict(&h, "nhs.net"), SenderAuth::Pass { method: "dmarc".into() });
+    }
+
+    #[test]
+    fn aligned_dkim_pass_authenticates_without_dmarc() {
+        let h = ["mx.countersign.test; dkim=pass header.d=nhs.uk header.s=s1"];
+        assert_eq!(
+            verdict(&h, "practice.nhs.uk"),
+            SenderAuth::Pass { method: "dkim".into() }
+        );
+    }
+
+    #[test]
+    fn unaligned_dkim_pass_does_not_authenticate() {
+        let h = ["mx.countersign.test; dkim=pass header.d=example.com"];
+        assert!(matches!(verdict(&h, "nhs.net"), SenderAuth::Fail { .. }));
+        let h = ["mx.countersign.test; dkim=pass header.d=net"];
+        assert!(
+            matches!(verdict(&h, "nhs.net"), SenderAuth::Fail { .. }),
+            "a bare TLD is no alignment"
+        );
+    }
+
+    #[test]
+    fn dmarc_pass_for_another_domain_does_not_count() {
+        let h = ["mx.countersign.test; dmarc=pass header.from=evil.example"];
+        assert!(matches!(verdict(&h, "nhs.net"), SenderAuth::Fail { .. }));
+    }
+
+    #[test]
+    fn headers_from_other_servers_are_ignored() {
+        let h = ["mx.elsewhere.example; dmarc=pass header.from=nhs.net"];
+        assert!(matches!(verdict(&h, "nhs.net"), SenderAuth::Missing { .. }));
+    }
+
+    #[test]
+    fn only_the_topmost_of_our_headers_counts() {
+        // The lower one could have been written by the sender before the message reached us.
+        let h = [
+            "mx.countersign.test; dmarc=fail header.from=nhs.net",
+            "mx.countersign.test; dmarc=pass header.from=nhs.net",
+        ];
+        assert_eq!(
+            verdict(&h, "nhs.net"),
+            SenderAuth::Fail {
+                reason: "DMARC result for nhs.net was fail".into()
+            }
+        );
+    }
+
+    #[test]
+    fn no_header_means_not_authenticated() {
+        assert!(matches!(verdict(&[], "nhs.net"), SenderAuth::Missing { .. }));
+    }
+
+    #[test]
+    fn comments_and_folding_are_understood() {
+        let h = ["mx.countersign.test 1;\r\n\tdmarc=pass (policy=reject (strict)) header.from=nhs.net"];
+        assert!(verdict(&h, "nhs.net").passed());
+    }
+
+    fn settings() -> MailSettings {
+        MailSettings {
+            authserv_id: OURS.into(),
+            our_addresses: vec!["pcse@nhs.net".into()],
+        }
+    }
+
+    #[test]
+    fn garbage_is_reported_as_malformed_not_dropped() {
+        let parsed = parse(b"\x00\x01\x02 not mail", &settings());
+        assert!(parsed.malformed.is_some());
+        let parsed = parse(b"", &settings());
+        assert!(parsed.malformed.is_some());
+    }
+
+    #[test]
+    fn auto_replies_and_bounces_are_recognised() {
+        let auto = parse(
+            b"From: a@nhs.net\r\nAuto-Submitted: auto-replied\r\nSubject: OOO\r\n\r\nAway",
+            &settings(),
+        );
+        assert!(auto.automatic.is_some());
+        let human = parse(
+            b"From: a@nhs.net\r\nAuto-Submitted: no\r\nSubject: hi\r\n\r\nhi",
+            &settings(),
+        );
+        assert!(human.automatic.is_none());
+        let bounce = parse(
+            b"From: MAILER-DAEMON@mx.example.com\r\nSubject: fail\r\n\r\nx",
+            &settings(),
+        );
+        assert!(bounce.automatic.is_some());
+        let list = parse(b"From: a@nhs.net\r\nList-Id: <x.lists.example>\r\n\r\nx", &settings());
+        assert!(list.automatic.is_some());
+        let ours = parse(b"From: PCSE@NHS.NET\r\nSubject: x\r\n\r\nx", &settings());
+        assert!(ours.automatic.is_some(), "our own mail, coming back");
+        let precedence = parse(b"From: a@nhs.net\r\nPrecedence: bulk\r\n\r\nx", &settings());
+        assert!(precedence.automatic.is_some());
+        let report = parse(b"From: a@nhs.net\r\nContent-Type: multipart/report; report-type=delivery-status; boundary=b\r\n\r\n--b\r\n\r\nx\r\n--b--\r\n", &settings());
+        assert!(report.automatic.is_some());
+        let null_path = parse(b"Return-Path: <>\r\nFrom: a@nhs.net\r\n\r\nx", &settings());
+        assert!(null_path.automatic.is_some());
+    }
+
+    #[test]
+    fn pdf_is_detected_from_content_not_the_claimed_type() {
+        let a = Attachment::new(
+            Some("form.bin".into()),
+            "application/octet-stream".into(),
+            b"%PDF-1.7\n...".to_vec(),
+            false,
+        );
+        assert_eq!(a.detected_type.as_deref(), Some("application/pdf"));
+        assert!(a.looks_like_pdf());
+        let b = Attachment::new(
+            Some("photo.jpg".into()),
+            "image/jpeg".into(),
+            b"\xFF\xD8\xFF\xE0....".to_vec(),
+            false,
+        );
+        assert!(!b.looks_like_pdf());
+    }
+}

@@ -1,0 +1,436 @@
+//! Writes the blank, fillable form for a workflow from its definition, so the AcroForm field
+//! names printed on every practice's copy can never drift from what the workflow reads.
+
+use std::collections::BTreeMap;
+
+use lopdf::content::{Content, Operation};
+use lopdf::{Dictionary, Document, Object, ObjectId, Stream, StringFormat, dictionary};
+
+use crate::workflow::{FieldDef, FieldKind, WorkflowDef};
+
+const PAGE_WIDTH: f32 = 595.0; // A4
+const PAGE_HEIGHT: f32 = 842.0;
+const LEFT: f32 = 50.0;
+const FIELD_LEFT: f32 = 250.0;
+const FIELD_RIGHT: f32 = 545.0;
+const ROW: f32 = 30.0;
+
+/// Where completed forms are sent.
+pub const SUBMISSION_ADDRESS: &str = "pcse.openexeter@nhs.net";
+
+#[derive(Debug, thiserror::Error)]
+pub enum GenerateError {
+    #[error("could not build the PDF for workflow `{workflow}`: {source}")]
+    Pdf { workflow: String, source: std::io::Error },
+    #[error("workflow `{workflow}` puts fields on page {page}; the blank form has two pages")]
+    PageOutOfRange { workflow: String, page: u32 },
+}
+
+/// Makes the blank form's bytes.
+pub fn blank_form(workflow: &WorkflowDef) -> Result<Vec<u8>, GenerateError> {
+    build_form(workflow, &BTreeMap::new())
+}
+
+/// Makes the form filled in with `values` (by field name): what a practice's PDF viewer saves.
+/// Samples and benchmarks use it; tests use forms filled by independent tools instead.
+pub fn filled_form(workflow: &WorkflowDef, values: &BTreeMap<String, String>) -> Result<Vec<u8>, GenerateError> {
+    build_form(workflow, values)
+}
+
+fn build_form(workflow: &WorkflowDef, values: &BTreeMap<String, String>) -> Result<Vec<u8>, GenerateError> {
+    let mut builder = FormBuilder::new(values);
+    let pages_id = builder.doc.new_object_id();
+    let mut page_ids = Vec::new();
+    let mut all_fields: Vec<Object> = Vec::new();
+
+    for page_number in 1..=2u32 {
+        let page_id = builder.doc.new_object_id();
+        let mut text = PageText::default();
+        let mut annotations: Vec<Object> = Vec::new();
+        let mut y = PAGE_HEIGHT - 60.0;
+        if page_number == 1 {
+            text.line(LEFT, y, 16.0, true, &format!("Open Exeter - {}", workflow.title));
+            y -= 24.0;
+            for line in [
+                "Complete every field marked *. Page 2 must be signed by an authorised signatory,",
+                "otherwise the request cannot be processed. Email the completed form to",
+                SUBMISSION_ADDRESS,
+            ] {
+                text.line(LEFT, y, 10.0, false, line);
+                y -= 14.0;
+            }
+            y -= 16.0;
+        } else {
+            text.line(LEFT, y, 14.0, true, "Authorised signatory");
+            y -= 20.0;
+            let roles: Vec<&str> = workflow.signatories.roles.iter().map(|r| r.role.as_str()).collect();
+            text.line(LEFT, y, 10.0, false, "This form must be signed by one of:");
+            y -= 14.0;
+            for role in roles {
+                text.line(LEFT + 12.0, y, 10.0, false, &format!("- {role}"));
+                y -= 14.0;
+            }
+            y -= 16.0;
+        }
+        for field in workflow.fields.iter().filter(|f| f.page == page_number) {
+            let label = if field.required {
+                format!("{} *", field.label)
+            } else {
+                field.label.clone()
+            };
+            text.line(LEFT, y, 10.0, false, &label);
+            let field_ids = builder.add_field(workflow, field, page_id, y);
+            annotations.extend(field_ids.widgets.into_iter().map(Object::Reference));
+            all_fields.push(Object::Reference(field_ids.field));
+            if let FieldKind::Choice = field.kind
+                && field.name != workflow.signatories.role_field
+            {
+                for (i, option) in field.options.iter().enumerate() {
+                    text.line(FIELD_LEFT + 18.0 + i as f32 * 100.0, y, 10.0, false, option);
+                }
+            }
+            y -= if field.kind == FieldKind::Signature {
+                ROW + 30.0
+            } else {
+                ROW
+            };
+        }
+        if y < 60.0 {
+            return Err(GenerateError::PageOutOfRange {
+                workflow: workflow.name.clone(),
+                page: page_number,
+            });
+        }
+        // The footer carries the form id as text, so a printed or flattened copy can still be
+        // recognised.
+        text.line(
+            LEFT,
+            30.0,
+            8.0,
+            false,
+            &format!("Form {}   Page {page_number} of 2", workflow.recognise.form_id),
+        );
+        let content_id = builder.doc.add_object(Stream::new(dictionary! {}, text.encode()));
+        builder.doc.objects.insert(
+            page_id,
+            Object::Dictionary(dictionary! {
+                "Type" => "Page",
+                "Parent" => pages_id,
+                "Contents" => content_id,
+                "Annots" => annotations,
+            }),
+        );
+        page_ids.push(page_id);
+    }
+    if let Some(page) = workflow.fields.iter().map(|f| f.page).find(|p| *p > 2) {
+        return Err(GenerateError::PageOutOfRange {
+            workflow: workflow.name.clone(),
+            page,
+        });
+    }
+
+    let fonts = builder.fonts;
+    builder.doc.objects.insert(
+        pages_id,
+        Object::Dictionary(dictionary! {
+            "Type" => "Pages",
+            "Kids" => page_ids.iter().map(|id| Object::Reference(*id)).collect::<Vec<_>>(),
+            "Count" => page_ids.len() as i64,
+            "MediaBox" => vec![0.into(), 0.into(), PAGE_WIDTH.into(), PAGE_HEIGHT.into()],
+            "Resources" => dictionary! { "Font" => fonts.clone() },
+        }),
+    );
+    let acroform = builder.doc.add_object(dictionary! {
+        "Fields" => all_fields,
+        "DA" => Object::string_literal("/Helv 10 Tf 0 g"),
+        "DR" => dictionary! { "Font" => fonts },
+        // Viewers draw filled-in values themselves; tools that fill without drawing still show.
+        "NeedAppearances" => true,
+    });
+    let info = builder.doc.add_object(dictionary! {
+        "Title" => Object::string_literal(format!("Open Exeter: {} ({})", workflow.title, workflow.recognise.form_id)),
+        "Creator" => Object::string_literal("Countersign"),
+    });
+    let catalog = builder.doc.add_object(dictionary! {
+        "Type" => "Catalog",
+        "Pages" => pages_id,
+        "AcroForm" => acroform,
+    });
+    builder.doc.trailer.set("Root", catalog);
+    builder.doc.trailer.set("Info", info);
+    let mut bytes = Vec::new();
+    builder.doc.save_to(&mut bytes).map_err(|source| GenerateError::Pdf {
+        workflow: workflow.name.clone(),
+        source,
+    })?;
+    Ok(bytes)
+}
+
+struct FieldIds {
+    field: ObjectId,
+    widgets: Vec<ObjectId>,
+}
+
+struct FormBuilder<'v> {
+    doc: Document,
+    values: &'v BTreeMap<String, String>,
+    fonts: Dictionary,
+    check_on: ObjectId,
+    check_off: ObjectId,
+}
+
+impl<'v> FormBuilder<'v> {
+    fn new(values: &'v BTreeMap<String, String>) -> Self {
+        let mut doc = Document::with_version("1.7");
+        let font = |doc: &mut Document, base: &str| {
+            doc.add_object(dictionary! {
+                "Type" => "Font", "Subtype" => "Type1", "BaseFont" => base, "Encoding" => "WinAnsiEncoding",
+            })
+        };
+        let helvetica = font(&mut doc, "Helvetica");
+        let bold = font(&mut doc, "Helvetica-Bold");
+        let fonts = dictionary! { "F1" => helvetica, "F2" => bold, "Helv" => helvetica };
+        let bbox = || vec![0.into(), 0.into(), 14.into(), 14.into()];
+        let check_on = doc.add_object(Stream::new(
+            dictionary! { "Type" => "XObject", "Subtype" => "Form", "BBox" => bbox() },
+            b"0 g 1 w 0.5 0.5 13 13 re S 1.5 w 3 3 m 11 11 l S 3 11 m 11 3 l S".to_vec(),
+        ));
+        let check_off = doc.add_object(Stream::new(
+            dictionary! { "Type" => "XObject", "Subtype" => "Form", "BBox" => bbox() },
+            b"0 g 1 w 0.5 0.5 13 13 re S".to_vec(),
+        ));
+        FormBuilder {
+            doc,
+            values,
+            fonts,
+            check_on,
+            check_off,
+        }
+    }
+
+    fn widget(&self, page: ObjectId, rect: [f32; 4]) -> Dictionary {
+        dictionary! {
+            "Type" => "Annot",
+            "Subtype" => "Widget",
+            "F" => 4, // print
+            "P" => page,
+            "Rect" => rect.iter().map(|v| Object::Real(*v)).collect::<Vec<_>>(),
+            "MK" => dictionary! { "BC" => vec![0.4.into(), 0.4.into(), 0.4.into()], "BG" => vec![1.into(), 1.into(), 1.into()] },
+            "BS" => dictionary! { "W" => 1, "S" => "S" },
+        }
+    }
+
+    fn toggle_appearance(&self, on_state: &str) -> Dictionary {
+        let mut normal = Dictionary::new();
+        normal.set(on_state.as_bytes().to_vec(), self.check_on);
+        normal.set("Off", self.check_off);
+        dictionary! { "N" => normal }
+    }
+
+    fn add_field(&mut self, workflow: &WorkflowDef, field: &FieldDef, page: ObjectId, y: f32) -> FieldIds {
+        let name = Object::String(field.name.as_bytes().to_vec(), StringFormat::Literal);
+        let tooltip = Object::string_literal(field.label.clone());
+        let text_rect = [FIELD_LEFT, y - 5.0, FIELD_RIGHT, y + 13.0];
+        match field.kind {
+            FieldKind::Checkbox => {
+                let mut widget = self.widget(page, [FIELD_LEFT, y - 3.0, FIELD_LEFT + 14.0, y + 11.0]);
+                widget.extend(&dictionary! {
+                    "FT" => "Btn", "T" => name, "TU" => tooltip, "AP" => self.toggle_appearance("Yes"),
+                });
+                let state = if self.values.get(&field.name).is_some_and(|v| v == "Yes") {
+                    "Yes"
+                } else {
+                    "Off"
+                };
+                widget.set("V", Object::Name(state.into()));
+                widget.set("AS", Object::Name(state.into()));
+                let id = self.doc.add_object(widget);
+                FieldIds {
+                    field: id,
+                    widgets: vec![id],
+                }
+            }
+            FieldKind::Choice if field.name != workflow.signatories.role_field => {
+                // A radio group: one parent field, a widget per option, each option's export
+                // value its appearance state name.
+                let parent = self.doc.new_object_id();
+                let chosen = self.values.get(&field.name).cloned().unwrap_or_else(|| "Off".into());
+                let mut widgets = Vec::new();
+                for (i, option) in field.options.iter().enumerate() {
+                    let x = FIELD_LEFT + i as f32 * 100.0;
+                    let mut widget = self.widget(page, [x, y - 3.0, x + 14.0, y + 11.0]);
+                    widget.extend(&dictionary! {
+                        "Parent" => parent, "AS" => Object::Name(if *option == chosen { option.as_bytes().to_vec() } else { b"Off".to_vec() }),
+                        "AP" => self.toggle_appearance(option),
+                    });
+                    widgets.push(self.doc.add_object(widget));
+                }
+                self.doc.objects.insert(
+                    parent,
+                    Object::Dictionary(dictionary! {
+                        "FT" => "Btn", "T" => name, "TU" => tooltip, "V" => Object::Name(chosen.as_bytes().to_vec()),
+                        "Ff" => (1 << 15) | (1 << 14), // radio, no toggle to off
+                        "Kids" => widgets.iter().map(|w| Object::Reference(*w)).collect::<Vec<_>>(),
+                    }),
+                );
+                FieldIds { field: parent, widgets }
+            }
+            FieldKind::Choice => {
+                // The signatory role: an editable combo box, so a role can also be typed.
+                let mut widget = self.widget(page, text_rect);
+                widget.extend(&dictionary! {
+                    "FT" => "Ch", "T" => name, "TU" => tooltip,
+                    "Ff" => (1 << 17) | (1 << 18), // combo, edit
+                    "Opt" => field.options.iter().map(|o| Object::string_literal(o.clone())).collect::<Vec<_>>(),
+                    "DA" => Object::string_literal("/Helv 10 Tf 0 g"),
+                });
+                if let Some(value) = self.values.get(&field.name) {
+                    widget.set("V", lopdf::text_string(value));
+                }
+                let id = self.doc.add_object(widget);
+                FieldIds {
+                    field: id,
+                    widgets: vec![id],
+                }
+            }
+            FieldKind::Signature => {
+                let widget_rect = [FIELD_LEFT, y - 40.0, FIELD_RIGHT, y + 13.0];
+                let mut widget = self.widget(page, widget_rect);
+                widget.extend(&dictionary! { "FT" => "Sig", "T" => name, "TU" => tooltip });
+                let id = self.doc.add_object(widget);
+                FieldIds {
+                    field: id,
+                    widgets: vec![id],
+                }
+            }
+            FieldKind::Text | FieldKind::OdsCode | FieldKind::Email | FieldKind::Date | FieldKind::Phone => {
+                let mut widget = self.widget(page, text_rect);
+                widget.extend(&dictionary! {
+                    "FT" => "Tx", "T" => name, "TU" => tooltip, "DA" => Object::string_literal("/Helv 10 Tf 0 g"),
+                });
+                if field.name == "form_id" {
+                    widget.set("Ff", 1); // read-only
+                    widget.set("V", Object::string_literal(workflow.recognise.form_id.clone()));
+                }
+                if let Some(value) = self.values.get(&field.name).filter(|_| field.name != "form_id") {
+                    widget.set("V", lopdf::text_string(value));
+                }
+                if field.kind == FieldKind::OdsCode {
+                    widget.set("MaxLen", 6);
+                }
+                let id = self.doc.add_object(widget);
+                FieldIds {
+                    field: id,
+                    widgets: vec![id],
+                }
+            }
+        }
+    }
+}
+
+/// Text drawn on a page, with the standard 14 fonts (WinAnsi, so ASCII labels only).
+#[derive(Default)]
+struct PageText {
+    operations: Vec<Operation>,
+}
+
+impl PageText {
+    fn line(&mut self, x: f32, y: f32, size: f32, bold: bool, text: &str) {
+        let ascii: String = text.chars().map(|c| if c.is_ascii() { c } else { '?' }).collect();
+        self.operations.extend([
+            Operation::new("BT", vec![]),
+            Operation::new("Tf", vec![if bold { "F2" } else { "F1" }.into(), size.into()]),
+            Operation::new("Td", vec![x.into(), y.into()]),
+            Operation::new("Tj", vec![Object::string_literal(ascii)]),
+            Operation::new("ET", vec![]),
+        ]);
+    }
+
+    fn encode(self) -> Vec<u8> {
+        Content {
+            operations: self.operations,
+        }
+        .encode()
+        .unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+    use crate::pdf::{ExtractLimits, extract};
+    use crate::workflow::WorkflowSet;
+
+    fn workflows() -> WorkflowSet {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        WorkflowSet::load(&root.join("workflows"), &root.join("templates")).unwrap()
+    }
+
+    #[test]
+    fn the_blank_form_has_exactly_the_workflows_field_names() {
+        for workflow in workflows().iter() {
+            let bytes = blank_form(workflow).unwrap();
+            let form = extract(&bytes, &[], ExtractLimits::default()).unwrap();
+            let mut found: Vec<&str> = form.fields.iter().map(|f| f.full_name.as_str()).collect();
+            let mut declared: Vec<&str> = workflow.fields.iter().map(|f| f.name.as_str()).collect();
+            found.sort();
+            declared.sort();
+            assert_eq!(found, declared, "{}", workflow.name);
+            assert_eq!(
+                form.get("form_id").and_then(|f| f.value.as_deref()),
+                Some(workflow.recognise.form_id.as_str())
+            );
+            assert_eq!(form.page_count, 2);
+        }
+    }
+
+    #[test]
+    fn the_signatory_block_is_on_page_two() {
+        for workflow in workflows().iter() {
+            let doc = Document::load_mem(&blank_form(workflow).unwrap()).unwrap();
+            let pages = doc.get_pages();
+            let page_two = pages[&2];
+            for (_, object) in doc.objects.iter() {
+                let Ok(dict) = object.as_dict() else { continue };
+                let Ok(name) = dict.get(b"T").and_then(|t| t.as_str()) else {
+                    continue;
+                };
+                let name = String::from_utf8_lossy(name);
+                let page = dict
+                    .get(b"P")
+                    .ok()
+                    .or_else(|| {
+                        // A radio group's widgets carry the page.
+                        let kids = dict.get(b"Kids").ok()?.as_array().ok()?;
+                        doc.get_dictionary(kids.first()?.as_reference().ok()?)
+                            .ok()?
+                            .get(b"P")
+                            .ok()
+                    })
+                    .and_then(|p| p.as_reference().ok());
+                let on_page_two = page == Some(page_two);
+                assert_eq!(on_page_two, name.starts_with("signatory_"), "{}: {name}", workflow.name);
+            }
+        }
+    }
+
+    #[test]
+    fn a_filled_form_reads_back_its_values() {
+        let set = workflows();
+        let workflow = set.get("primary_user_gp").unwrap();
+        let values: BTreeMap<String, String> = [
+            ("user_first_name", "Siân"),
+            ("request_kind", "Replacement"),
+            ("signatory_declaration", "Yes"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        let form = extract(&filled_form(workflow, &values).unwrap(), &[], ExtractLimits::default()).unwrap();
+        for (k, v) in &values {
+            assert_eq!(form.get(k).and_then(|f| f.value.as_deref()), Some(v.as_str()), "{k}");
+        }
+    }
+}

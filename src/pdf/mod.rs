@@ -1,0 +1,447 @@
+//! Reading AcroForm fields out of a PDF, safely: off the async runtime, with limits on size
+//! and time, and with every failure turned into a typed error that becomes a case finding.
+//!
+//! lopdf does the parsing (including decryption with an empty user password, object streams
+//! and incremental updates, where its cross-reference handling makes the latest object win).
+//! This module walks the field tree and decodes values as the PDF specification defines them.
+
+pub mod generate;
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use lopdf::{Dictionary, Document, LoadOptions, Object, ObjectId};
+
+/// Limits that keep a hostile PDF from costing more than a real form could.
+#[derive(Debug, Clone, Copy)]
+pub struct ExtractLimits {
+    pub max_bytes: usize,
+    pub timeout: Duration,
+    /// Fields deeper than this in the `/Kids` tree are ignored; real forms nest 2 to 4 deep.
+    pub max_field_depth: usize,
+    pub max_fields: usize,
+    /// A compressed stream may not inflate past this (decompression bombs).
+    pub max_decompressed_bytes: usize,
+}
+
+impl Default for ExtractLimits {
+    fn default() -> Self {
+        ExtractLimits {
+            max_bytes: 20 * 1024 * 1024,
+            timeout: Duration::from_secs(10),
+            max_field_depth: 32,
+            max_fields: 2000,
+            max_decompressed_bytes: 32 * 1024 * 1024,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PdfError {
+    #[error("the PDF is {size} bytes, over the limit of {limit} bytes")]
+    TooLarge { size: usize, limit: usize },
+    #[error("the file is not a PDF (no %PDF- header)")]
+    NotPdf,
+    #[error("the PDF is protected by a password, so its fields cannot be read")]
+    PasswordProtected,
+    #[error("the PDF could not be read: {0}")]
+    Malformed(String),
+    #[error("reading the PDF took longer than {0:?} and was abandoned")]
+    TimedOut(Duration),
+    #[error("the PDF reader failed on this file ({0})")]
+    ReaderCrashed(String),
+}
+
+/// The AcroForm field types.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PdfFieldType {
+    Text,
+    Button,
+    Choice,
+    Signature,
+    Unknown,
+}
+
+/// A digital signature found in a signature field.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SignatureInfo {
+    pub field: String,
+    pub signed: bool,
+    pub signer_name: Option<String>,
+    /// The `/M` signing time as written (`D:20260102120000Z`).
+    pub signing_time: Option<String>,
+}
+
+/// One terminal field of the form.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct PdfField {
+    /// The fully qualified name, parts joined with `.`.
+    pub full_name: String,
+    pub field_type: PdfFieldType,
+    /// Text as typed; a checkbox or radio's export value (`Off` when not set); choices joined
+    /// with `; `.
+    pub value: Option<String>,
+}
+
+impl PdfField {
+    /// The last component of the name; forms re-saved by Acrobat or LiveCycle nest their names
+    /// (`form1[0].page1[0].org_name[0]`).
+    pub fn short_name(&self) -> &str {
+        let last = self.full_name.rsplit('.').next().unwrap_or(&self.full_name);
+        // LiveCycle indexes every component: `org_name[0]`.
+        match last.find('[') {
+            Some(i) if last.ends_with(']') => &last[..i],
+            _ => last,
+        }
+    }
+}
+
+/// Everything read from one PDF.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ExtractedForm {
+    pub fields: Vec<PdfField>,
+    pub signatures: Vec<SignatureInfo>,
+    /// For a PDF without fields (printed, flattened, scanned): a form id printed on its first
+    /// page, so the case can still be put in the right workflow for keying by hand.
+    pub printed_form_id: Option<String>,
+    pub page_count: usize,
+    pub encrypted: bool,
+}
+
+impl ExtractedForm {
+    pub fn has_fields(&self) -> bool {
+        !self.fields.is_empty()
+    }
+
+    /// Finds a field by full name, falling back to the last name component.
+    pub fn get(&self, name: &str) -> Option<&PdfField> {
+        self.fields
+            .iter()
+            .find(|f| f.full_name == name)
+            .or_else(|| self.fields.iter().find(|f| f.short_name() == name))
+    }
+}
+
+/// Extracts on a dedicated thread with a large stack, bounded in time. Safe to call from async
+/// code through `spawn_blocking`, or directly from synchronous code.
+///
+/// A reader thread that overruns the timeout is left to finish on its own (threads cannot be
+/// killed); its result is dropped. The size limit keeps that cost bounded.
+pub fn extract(bytes: &[u8], known_form_ids: &[String], limits: ExtractLimits) -> Result<ExtractedForm, PdfError> {
+    if bytes.len() > limits.max_bytes {
+        return Err(PdfError::TooLarge {
+            size: bytes.len(),
+            limit: limits.max_bytes,
+        });
+    }
+    let head = &bytes[..bytes.len().min(1024)];
+    if !head.windows(5).any(|w| w == b"%PDF-") {
+        return Err(PdfError::NotPdf);
+    }
+    let (sender, receiver) = std::sync::mpsc::sync_channel(1);
+    let owned = bytes.to_vec();
+    let form_ids = known_form_ids.to_vec();
+    std::thread::Builder::new()
+        .name("pdf-extract".into())
+        // Parsers recurse; a generous stack turns deep nesting into an error, not an abort.
+        .stack_size(64 * 1024 * 1024)
+        .spawn(move || {
+            let result = std::panic::catch_unwind(|| extract_in_place(&owned, &form_ids, limits))
+                .unwrap_or_else(|panic| Err(PdfError::ReaderCrashed(panic_message(&panic))));
+            let _ = sender.send(result);
+        })
+        .map_err(|e| PdfError::ReaderCrashed(format!("could not start the reader: {e}")))?;
+    match receiver.recv_timeout(limits.timeout) {
+        Ok(result) => result,
+        Err(std::sync::mpsc::RecvTimeoutError::Timeout) => Err(PdfError::TimedOut(limits.timeout)),
+        Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+            Err(PdfError::ReaderCrashed("the reader stopped".into()))
+        }
+    }
+}
+
+fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unexpected failure".into())
+}
+
+/// Extraction on the calling thread, without the time limit. Benchmarks use it; everything
+/// else should call [`extract`].
+pub fn extract_in_place(
+    bytes: &[u8],
+    known_form_ids: &[String],
+    limits: ExtractLimits,
+) -> Result<ExtractedForm, PdfError> {
+    let options = LoadOptions {
+        max_decompressed_size: Some(limits.max_decompressed_bytes),
+        ..LoadOptions::default()
+    };
+    let document = Document::load_mem_with_options(bytes, options).map_err(|e| match e {
+        lopdf::Error::InvalidPassword | lopdf::Error::Decryption(_) => PdfError::PasswordProtected,
+        other => PdfError::Malformed(other.to_string()),
+    })?;
+    let encrypted = document.trailer.get(b"Encrypt").is_ok();
+    // lopdf tries the empty user password; when that fails it returns the document still
+    // encrypted, with no decryption state.
+    if encrypted && document.encryption_state.is_none() {
+        return Err(PdfError::PasswordProtected);
+    }
+    let mut form = ExtractedForm {
+        encrypted,
+        page_count: document.get_pages().len(),
+        ..ExtractedForm::default()
+    };
+    // lopdf repairs what it can; a "document" left with no pages is not a form anyone filled in.
+    if form.page_count == 0 {
+        return Err(PdfError::Malformed("no pages could be read".into()));
+    }
+    if let Some(fields) = acroform_fields(&document) {
+        let mut walker = FieldWalker {
+            document: &document,
+            limits,
+            seen: HashSet::new(),
+            out: &mut form,
+        };
+        for field in fields {
+            walker.walk(field, None, Inherited::default(), 0);
+        }
+    }
+    if form.fields.is_empty() && !known_form_ids.is_empty() {
+        form.printed_form_id = printed_form_id(&document, known_form_ids);
+    }
+    Ok(form)
+}
+
+fn acroform_fields(document: &Document) -> Option<Vec<Object>> {
+    let catalog = document.catalog().ok()?;
+    let acroform = resolve(document, catalog.get(b"AcroForm").ok()?)?.as_dict().ok()?;
+    let fields = resolve(document, acroform.get(b"Fields").ok()?)?.as_array().ok()?;
+    Some(fields.clone())
+}
+
+fn resolve<'a>(document: &'a Document, object: &'a Object) -> Option<&'a Object> {
+    document.dereference(object).ok().map(|(_, o)| o)
+}
+
+/// Attributes a field inherits from its ancestors (PDF 32000-1, 12.7.3.1).
+#[derive(Debug, Clone, Default)]
+struct Inherited {
+    field_type: Option<Vec<u8>>,
+    value: Option<Object>,
+    options: Option<Object>,
+}
+
+struct FieldWalker<'d, 'o> {
+    document: &'d Document,
+    limits: ExtractLimits,
+    /// Guards against reference cycles in `/Kids`.
+    seen: HashSet<ObjectId>,
+    out: &'o mut ExtractedForm,
+}
+
+impl FieldWalker<'_, '_> {
+    fn walk(&mut self, node: Object, parent_name: Option<&str>, inherited: Inherited, depth: usize) {
+        if depth > self.limits.max_field_depth || self.out.fields.len() >= self.limits.max_fields {
+            return;
+        }
+        if let Object::Reference(id) = node
+            && !self.seen.insert(id)
+        {
+            return;
+        }
+        let Some(dict) = resolve(self.document, &node).and_then(|o| o.as_dict().ok()) else {
+            return;
+        };
+        let partial = dict
+            .get(b"T")
+            .ok()
+            .and_then(|t| resolve(self.document, t))
+            .and_then(|t| lopdf::decode_text_string(t).ok());
+        let full_name = match (parent_name, partial.as_deref()) {
+            (Some(parent), Some(part)) => format!("{parent}.{part}"),
+            (None, Some(part)) => part.to_string(),
+            (Some(parent), None) => parent.to_string(),
+            (None, None) => String::new(),
+        };
+        let here = Inherited {
+            field_type: dict
+                .get(b"FT")
+                .ok()
+                .and_then(|o| o.as_name().ok())
+                .map(<[u8]>::to_vec)
+                .or(inherited.field_type.clone()),
+            value: dict.get(b"V").ok().cloned().or(inherited.value.clone()),
+            options: dict.get(b"Opt").ok().cloned().or(inherited.options.clone()),
+        };
+        // Kids that carry a `/T` are child fields; kids without one are this field's widgets.
+        let kids: Vec<Object> = dict
+            .get(b"Kids")
+            .ok()
+            .and_then(|k| resolve(self.document, k))
+            .and_then(|k| k.as_array().ok())
+            .cloned()
+            .unwrap_or_default();
+        let child_fields: Vec<&Object> = kids
+            .iter()
+            .filter(|k| {
+                resolve(self.document, k)
+                    .and_then(|o| o.as_dict().ok())
+                    .is_some_and(|d| d.has(b"T"))
+            })
+            .collect();
+        if !child_fields.is_empty() {
+            for kid in child_fields.into_iter().cloned().collect::<Vec<_>>() {
+                self.walk(kid, Some(&full_name), here.clone(), depth + 1);
+            }
+            return;
+        }
+        if full_name.is_empty() {
+            return;
+        }
+        let widgets: Vec<&Dictionary> = if kids.is_empty() {
+            vec![dict]
+        } else {
+            kids.iter()
+                .filter_map(|k| resolve(self.document, k))
+                .filter_map(|o| o.as_dict().ok())
+                .collect()
+        };
+        self.record(full_name, &here, &widgets);
+    }
+
+    fn record(&mut self, full_name: String, attrs: &Inherited, widgets: &[&Dictionary]) {
+        let field_type = match attrs.field_type.as_deref() {
+            Some(b"Tx") => PdfFieldType::Text,
+            Some(b"Btn") => PdfFieldType::Button,
+            Some(b"Ch") => PdfFieldType::Choice,
+            Some(b"Sig") => PdfFieldType::Signature,
+            _ => PdfFieldType::Unknown,
+        };
+        let value_object = attrs.value.as_ref().and_then(|v| resolve(self.document, v));
+        let value = match field_type {
+            PdfFieldType::Signature => {
+                let signature = value_object.and_then(|v| v.as_dict().ok());
+                let text = |key: &[u8]| {
+                    signature
+                        .and_then(|d| d.get(key).ok())
+                        .and_then(|o| resolve(self.document, o))
+                        .and_then(|o| lopdf::decode_text_string(o).ok())
+                };
+                self.out.signatures.push(SignatureInfo {
+                    field: full_name.clone(),
+                    signed: signature.is_some_and(|d| d.has(b"Contents")),
+                    signer_name: text(b"Name"),
+                    signing_time: text(b"M"),
+                });
+                signature.map(|_| "signed".to_string())
+            }
+            PdfFieldType::Button => Some(self.button_value(value_object, attrs.options.as_ref(), widgets)),
+            _ => value_object.and_then(|v| self.text_value(v)),
+        };
+        self.out.fields.push(PdfField {
+            full_name,
+            field_type,
+            value,
+        });
+    }
+
+    fn text_value(&self, object: &Object) -> Option<String> {
+        match object {
+            Object::String(..) => lopdf::decode_text_string(object).ok(),
+            Object::Name(name) => Some(String::from_utf8_lossy(name).into_owned()),
+            Object::Array(items) => {
+                let parts: Vec<String> = items
+                    .iter()
+                    .filter_map(|i| resolve(self.document, i))
+                    .filter_map(|i| self.text_value(i))
+                    .collect();
+                (!parts.is_empty()).then(|| parts.join("; "))
+            }
+            // Some tools write a text field's value as a stream.
+            Object::Stream(stream) => {
+                let content = stream.decompressed_content().unwrap_or_else(|_| stream.content.clone());
+                lopdf::decode_text_string(&Object::string_literal(content)).ok()
+            }
+            Object::Integer(i) => Some(i.to_string()),
+            _ => None,
+        }
+    }
+
+    /// A checkbox or radio's value: `/V` when present, else the widget's `/AS` (some tools set
+    /// only that). Where `/Opt` lists export values, the state name is an index into it.
+    fn button_value(&self, value: Option<&Object>, options: Option<&Object>, widgets: &[&Dictionary]) -> String {
+        let from_v = value
+            .and_then(|v| v.as_name().ok())
+            .map(|n| String::from_utf8_lossy(n).into_owned());
+        let from_as = || {
+            widgets
+                .iter()
+                .filter_map(|w| w.get(b"AS").ok().and_then(|a| a.as_name().ok()))
+                .map(|n| String::from_utf8_lossy(n).into_owned())
+                .find(|n| n != "Off")
+        };
+        let state = from_v
+            .filter(|v| !v.is_empty())
+            .or_else(from_as)
+            .unwrap_or_else(|| "Off".into());
+        if let Some(Object::Array(opts)) = options.and_then(|o| resolve(self.document, o))
+            && let Ok(index) = state.parse::<usize>()
+            && let Some(export) = opts
+                .get(index)
+                .and_then(|o| resolve(self.document, o))
+                .and_then(|o| lopdf::decode_text_string(o).ok())
+        {
+            return export;
+        }
+        state
+    }
+}
+
+/// Looks for a known form id printed on the first page (our blank forms print it in the
+/// footer), so a flattened or printed copy still finds its workflow.
+fn printed_form_id(document: &Document, known_form_ids: &[String]) -> Option<String> {
+    let text = document.extract_text_with_limit(&[1], 4 * 1024 * 1024).ok()?;
+    let compact: String = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    known_form_ids
+        .iter()
+        .find(|id| compact.contains(&format!("Form {id}")))
+        .cloned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_file_that_is_not_a_pdf_is_refused_before_parsing() {
+        assert_eq!(extract(b"hello", &[], ExtractLimits::default()), Err(PdfError::NotPdf));
+    }
+
+    #[test]
+    fn an_oversized_pdf_is_refused_before_parsing() {
+        let limits = ExtractLimits {
+            max_bytes: 10,
+            ..ExtractLimits::default()
+        };
+        assert!(matches!(
+            extract(b"%PDF-1.7 and a lot more", &[], limits),
+            Err(PdfError::TooLarge { .. })
+        ));
+    }
+
+    #[test]
+    fn short_names_drop_parents_and_livecycle_indexes() {
+        let field = |n: &str| PdfField {
+            full_name: n.into(),
+            field_type: PdfFieldType::Text,
+            value: None,
+        };
+        assert_eq!(field("form1[0].page1[0].org_name[0]").short_name(), "org_name");
+        assert_eq!(field("org_name").short_name(), "org_name");
+        assert_eq!(field("a.b.user_email").short_name(), "user_email");
+    }
+}

@@ -1,0 +1,322 @@
+//! The rules: facts about one form and its email go in, findings come out. Pure, no I/O.
+//!
+//! A finding is not an error. It is data with a stable code (for filters, reports and tests)
+//! and a sentence a practice manager can act on (for the case page and correction emails).
+
+use std::collections::BTreeMap;
+
+use chrono::NaiveDate;
+use serde::{Deserialize, Serialize};
+
+use crate::domain::{EmailAddress, NhsDomains, OdsCode, normalise_role, parse_form_date};
+use crate::mail::SenderAuth;
+use crate::workflow::{FieldKind, OrganisationKind, WorkflowDef};
+
+/// Every finding's stable code. Renaming a variant is a breaking change for stored cases.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FindingCode {
+    // Form rules.
+    RequiredFieldMissing,
+    OdsCodeMalformed,
+    OrganisationTypeMismatch,
+    EmailMalformed,
+    EmailNotNhs,
+    DateMalformed,
+    ChoiceNotAllowed,
+    SignatoryRoleNotAllowed,
+    DeclarationNotTicked,
+    SignatureDateInFuture,
+    SignatureDateTooOld,
+    SenderNotNhs,
+    SenderNotSignatory,
+    SenderNotAuthenticated,
+    // Intake: what was (or was not) found in the email.
+    NoFormFound,
+    FormHasNoFields,
+    FormNotRecognised,
+    FormIdMissing,
+    PdfUnreadable,
+    PdfPasswordProtected,
+    PdfTooLarge,
+    MessageMalformed,
+}
+
+impl FindingCode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FindingCode::RequiredFieldMissing => "required_field_missing",
+            FindingCode::OdsCodeMalformed => "ods_code_malformed",
+            FindingCode::OrganisationTypeMismatch => "organisation_type_mismatch",
+            FindingCode::EmailMalformed => "email_malformed",
+            FindingCode::EmailNotNhs => "email_not_nhs",
+            FindingCode::DateMalformed => "date_malformed",
+            FindingCode::ChoiceNotAllowed => "choice_not_allowed",
+            FindingCode::SignatoryRoleNotAllowed => "signatory_role_not_allowed",
+            FindingCode::DeclarationNotTicked => "declaration_not_ticked",
+            FindingCode::SignatureDateInFuture => "signature_date_in_future",
+            FindingCode::SignatureDateTooOld => "signature_date_too_old",
+            FindingCode::SenderNotNhs => "sender_not_nhs",
+            FindingCode::SenderNotSignatory => "sender_not_signatory",
+            FindingCode::SenderNotAuthenticated => "sender_not_authenticated",
+            FindingCode::NoFormFound => "no_form_found",
+            FindingCode::FormHasNoFields => "form_has_no_fields",
+            FindingCode::FormNotRecognised => "form_not_recognised",
+            FindingCode::FormIdMissing => "form_id_missing",
+            FindingCode::PdfUnreadable => "pdf_unreadable",
+            FindingCode::PdfPasswordProtected => "pdf_password_protected",
+            FindingCode::PdfTooLarge => "pdf_too_large",
+            FindingCode::MessageMalformed => "message_malformed",
+        }
+    }
+}
+
+/// One thing wrong with a case, for a person to act on.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Finding {
+    pub code: FindingCode,
+    /// The form field it is about, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub field: Option<String>,
+    pub message: String,
+}
+
+impl Finding {
+    pub fn new(code: FindingCode, message: impl Into<String>) -> Self {
+        Finding {
+            code,
+            field: None,
+            message: message.into(),
+        }
+    }
+
+    pub fn on_field(code: FindingCode, field: &str, message: impl Into<String>) -> Self {
+        Finding {
+            code,
+            field: Some(field.to_string()),
+            message: message.into(),
+        }
+    }
+}
+
+/// Settings the rules need that are not part of a workflow.
+#[derive(Debug, Clone, Default)]
+pub struct PolicySettings {
+    pub nhs_domains: NhsDomains,
+}
+
+/// Everything the rules look at for one form.
+#[derive(Debug, Clone)]
+pub struct Facts<'a> {
+    pub workflow: &'a WorkflowDef,
+    /// Field values by the workflow's field name (aliases already resolved).
+    pub fields: &'a BTreeMap<String, String>,
+    /// The email's From address, as written.
+    pub sender: Option<&'a str>,
+    pub sender_auth: &'a SenderAuth,
+    /// Today in England, for date rules.
+    pub today: NaiveDate,
+}
+
+/// Runs every rule of the workflow over the facts. The order of findings is stable: required
+/// fields first, then field formats, then the signatory and the sender.
+pub fn check(facts: &Facts<'_>, settings: &PolicySettings) -> Vec<Finding> {
+    let mut findings = Vec::new();
+    check_fields(facts, settings, &mut findings);
+    check_organisation_type(facts, &mut findings);
+    check_signatory(facts, &mut findings);
+    check_sender(facts, settings, &mut findings);
+    findings
+}
+
+fn value<'a>(facts: &'a Facts<'_>, name: &str) -> Option<&'a str> {
+    facts.fields.get(name).map(|v| v.trim()).filter(|v| !v.is_empty())
+}
+
+/// A checkbox's value is its export value when ticked; `Off` (or nothing) when not.
+pub fn checkbox_is_ticked(value: Option<&str>) -> bool {
+    value.is_some_and(|v| {
+        let v = v.trim();
+        !v.is_empty() && !["off", "no", "false", "0", "unchecked"].contains(&v.to_ascii_lowercase().as_str())
+    })
+}
+
+fn check_fields(facts: &Facts<'_>, settings: &PolicySettings, findings: &mut Vec<Finding>) {
+    for field in &facts.workflow.fields {
+        let given = value(facts, &field.name);
+        if field.kind == FieldKind::Checkbox {
+            // A checkbox's presence is its tick; the declaration rule speaks for it.
+            continue;
+        }
+        let Some(text) = given else {
+            if field.required && field.kind != FieldKind::Signature {
+                findings.push(Finding::on_field(
+                    FindingCode::RequiredFieldMissing,
+                    &field.name,
+                    format!("“{}” is empty. Please fill it in and send the form again.", field.label),
+                ));
+            }
+            continue;
+        };
+        match field.kind {
+            FieldKind::OdsCode if OdsCode::parse(text).is_none() => findings.push(Finding::on_field(
+                FindingCode::OdsCodeMalformed,
+                &field.name,
+                format!("“{text}” is not an ODS code. An ODS code is 3 to 6 letters and numbers, for example A81001 for a GP practice."),
+            )),
+            FieldKind::Email => match EmailAddress::parse(text) {
+                None => findings.push(Finding::on_field(
+                    FindingCode::EmailMalformed,
+                    &field.name,
+                    format!("“{text}” in “{}” is not an email address.", field.label),
+                )),
+                Some(address) => {
+                    if facts.workflow.nhs_email.fields.contains(&field.name) && !settings.nhs_domains.contains(&address) {
+                        findings.push(Finding::on_field(
+                            FindingCode::EmailNotNhs,
+                            &field.name,
+                            format!("“{}” must be an NHS email address (such as name@nhs.net), not {address}.", field.label),
+                        ));
+                    }
+                }
+            },
+            FieldKind::Date if parse_form_date(text).is_none() => findings.push(Finding::on_field(
+                FindingCode::DateMalformed,
+                &field.name,
+                format!("“{text}” in “{}” is not a date. Please write it as DD/MM/YYYY.", field.label),
+            )),
+            // The signatory role has its own, more helpful, rule.
+            FieldKind::Choice if field.name != facts.workflow.signatories.role_field => {
+                let wanted = normalise_role(text);
+                if !field.options.iter().any(|o| normalise_role(o) == wanted) {
+                    findings.push(Finding::on_field(
+                        FindingCode::ChoiceNotAllowed,
+                        &field.name,
+                        format!("“{text}” is not one of the choices for “{}”: {}.", field.label, field.options.join(", ")),
+                    ));
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+fn check_organisation_type(facts: &Facts<'_>, findings: &mut Vec<Finding>) {
+    let Some(code) = value(facts, "org_ods_code").and_then(OdsCode::parse) else {
+        return;
+    };
+    let message = match (facts.workflow.organisation_kind, code.is_gp_practice()) {
+        (OrganisationKind::GpPractice, false) => format!(
+            "{code} is not a GP practice code (a letter and five digits), but this is the GP practice form. Other organisations should use the form for other organisations."
+        ),
+        (OrganisationKind::Other, true) => format!(
+            "{code} is a GP practice code, but this is the form for other organisations. GP practices should use the GP practice form."
+        ),
+        _ => return,
+    };
+    findings.push(Finding::on_field(
+        FindingCode::OrganisationTypeMismatch,
+        "org_ods_code",
+        message,
+    ));
+}
+
+/// Matches a typed role against the workflow's roles and their synonyms, tolerant of case,
+/// spacing and punctuation. Returns the canonical role.
+pub fn match_signatory_role<'w>(workflow: &'w WorkflowDef, typed: &str) -> Option<&'w str> {
+    // Compared without spaces too, so "G.P. Partner" and "GP Partner" are the same role.
+    let compact = |text: &str| normalise_role(text).replace(' ', "");
+    let wanted = compact(typed);
+    if wanted.is_empty() {
+        return None;
+    }
+    workflow
+        .signatories
+        .roles
+        .iter()
+        .find(|r| compact(&r.role) == wanted || r.synonyms.iter().any(|s| compact(s) == wanted))
+        .map(|r| r.role.as_str())
+}
+
+fn check_signatory(facts: &Facts<'_>, findings: &mut Vec<Finding>) {
+    let s = &facts.workflow.signatories;
+    if let Some(role) = value(facts, &s.role_field)
+        && match_signatory_role(facts.workflow, role).is_none()
+    {
+        let allowed: Vec<&str> = s.roles.iter().map(|r| r.role.as_str()).collect();
+        findings.push(Finding::on_field(
+            FindingCode::SignatoryRoleNotAllowed,
+            &s.role_field,
+            format!(
+                "A {role} cannot sign this form. It must be signed by one of: {}.",
+                allowed.join(", ")
+            ),
+        ));
+    }
+    if !checkbox_is_ticked(facts.fields.get(&s.declaration_field).map(String::as_str)) {
+        findings.push(Finding::on_field(
+            FindingCode::DeclarationNotTicked,
+            &s.declaration_field,
+            "The signatory has not ticked the declaration that they are an authorised signatory. Please tick it and send the form again.",
+        ));
+    }
+    if let Some(date) = value(facts, &s.date_field).and_then(parse_form_date) {
+        if date > facts.today {
+            findings.push(Finding::on_field(
+                FindingCode::SignatureDateInFuture,
+                &s.date_field,
+                format!(
+                    "The form is dated {}, which is in the future. Please date it the day it is signed.",
+                    date.format("%d/%m/%Y")
+                ),
+            ));
+        } else if (facts.today - date).num_days() > i64::from(s.max_age_days) {
+            findings.push(Finding::on_field(
+                FindingCode::SignatureDateTooOld,
+                &s.date_field,
+                format!(
+                    "The form was signed on {}, more than {} days ago. Please have it signed again.",
+                    date.format("%d/%m/%Y"),
+                    s.max_age_days
+                ),
+            ));
+        }
+    }
+}
+
+fn check_sender(facts: &Facts<'_>, settings: &PolicySettings, findings: &mut Vec<Finding>) {
+    let rule = &facts.workflow.nhs_email;
+    let sender = facts.sender.and_then(EmailAddress::parse);
+    if rule.sender {
+        match &sender {
+            Some(address) if settings.nhs_domains.contains(address) => {}
+            Some(address) => findings.push(Finding::new(
+                FindingCode::SenderNotNhs,
+                format!("The form was emailed from {address}. It must be sent from an NHS email address (such as name@nhs.net)."),
+            )),
+            None => findings.push(Finding::new(
+                FindingCode::SenderNotNhs,
+                "The email has no readable sender address, so we cannot tell that it came from an NHS address.",
+            )),
+        }
+    }
+    if rule.sender_must_be_signatory {
+        let signatory = value(facts, &facts.workflow.signatories.email_field).and_then(EmailAddress::parse);
+        let same = matches!((&sender, &signatory), (Some(a), Some(b)) if a.same_mailbox(b));
+        if !same {
+            findings.push(Finding::new(
+                FindingCode::SenderNotSignatory,
+                "This request must be emailed by the signatory themselves, from the address given as the signatory's email.",
+            ));
+        }
+    }
+    if let SenderAuth::Fail { reason } | SenderAuth::Missing { reason } = facts.sender_auth {
+        findings.push(Finding::new(
+            FindingCode::SenderNotAuthenticated,
+            format!("We could not confirm that the email really came from the sender's organisation ({reason}). Please send it again from your NHS mailbox."),
+        ));
+    }
+}
+
+#[cfg(test)]
+mod tests;

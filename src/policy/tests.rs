@@ -1,0 +1,425 @@
+//! One test (at least) per rule and per finding: each fails if its rule is removed.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use chrono::NaiveDate;
+
+use super::*;
+use crate::workflow::WorkflowSet;
+
+fn workflows() -> WorkflowSet {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    WorkflowSet::load(&root.join("workflows"), &root.join("templates")).expect("shipped workflows load")
+}
+
+fn today() -> NaiveDate {
+    NaiveDate::from_ymd_opt(2026, 11, 20).unwrap()
+}
+
+fn good_gp() -> BTreeMap<String, String> {
+    [
+        ("form_id", "PU-GP-1"),
+        ("org_name", "Riverside Surgery"),
+        ("org_ods_code", "A81001"),
+        ("user_first_name", "Siân"),
+        ("user_last_name", "Ó Briain-Åkesson"),
+        ("user_job_title", "Practice Manager"),
+        ("user_email", "sian.obriain@nhs.net"),
+        ("request_kind", "New"),
+        ("signatory_name", "Dr Wyn ap Gruffydd"),
+        ("signatory_role", "GP Partner"),
+        ("signatory_email", "wyn@nhs.net"),
+        ("signatory_date", "10/11/2026"),
+        ("signatory_declaration", "Yes"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect()
+}
+
+fn good_org() -> BTreeMap<String, String> {
+    let mut v = good_gp();
+    v.insert("form_id".into(), "PU-ORG-1".into());
+    v.insert("org_ods_code".into(), "RX1".into());
+    v.insert("signatory_role".into(), "Caldicott Guardian".into());
+    v
+}
+
+fn good_ap() -> BTreeMap<String, String> {
+    let mut v = good_gp();
+    v.remove("request_kind");
+    v.insert("form_id".into(), "AP-1".into());
+    v.insert("user_existing_id".into(), "OE123456".into());
+    v.insert("permissions_requested".into(), "Cervical screening".into());
+    v.insert("signatory_role".into(), "Lead GP".into());
+    v
+}
+
+const PASS: SenderAuth = SenderAuth::Pass { method: String::new() };
+
+fn check_with(workflow: &str, fields: &BTreeMap<String, String>, sender: &str, auth: &SenderAuth) -> Vec<Finding> {
+    let set = workflows();
+    let facts = Facts {
+        workflow: set.get(workflow).unwrap(),
+        fields,
+        sender: Some(sender),
+        sender_auth: auth,
+        today: today(),
+    };
+    check(&facts, &PolicySettings::default())
+}
+
+fn codes(workflow: &str, fields: &BTreeMap<String, String>) -> Vec<FindingCode> {
+    check_with(workflow, fields, "wyn@nhs.net", &PASS)
+        .into_iter()
+        .map(|f| f.code)
+        .collect()
+}
+
+fn with(mut fields: BTreeMap<String, String>, key: &str, value: &str) -> BTreeMap<String, String> {
+    fields.insert(key.into(), value.into());
+    fields
+}
+
+fn without(mut fields: BTreeMap<String, String>, key: &str) -> BTreeMap<String, String> {
+    fields.remove(key);
+    fields
+}
+
+#[test]
+fn a_correct_form_of_each_workflow_has_no_findings() {
+    assert_eq!(codes("primary_user_gp", &good_gp()), vec![]);
+    assert_eq!(codes("primary_user_org", &good_org()), vec![]);
+    assert_eq!(codes("additional_permissions", &good_ap()), vec![]);
+}
+
+#[test]
+fn a_missing_required_field_is_a_finding_naming_it() {
+    let findings = check_with(
+        "primary_user_gp",
+        &without(good_gp(), "user_last_name"),
+        "wyn@nhs.net",
+        &PASS,
+    );
+    assert_eq!(findings.len(), 1);
+    assert_eq!(findings[0].code, FindingCode::RequiredFieldMissing);
+    assert_eq!(findings[0].field.as_deref(), Some("user_last_name"));
+    assert!(findings[0].message.contains("last name"), "{}", findings[0].message);
+    // Blank is the same as missing.
+    assert_eq!(
+        codes("primary_user_gp", &with(good_gp(), "org_name", "   ")),
+        vec![FindingCode::RequiredFieldMissing]
+    );
+    // Optional fields may be empty.
+    assert_eq!(codes("primary_user_gp", &without(good_gp(), "user_phone")), vec![]);
+}
+
+#[test]
+fn a_malformed_ods_code_is_a_finding() {
+    assert_eq!(
+        codes("primary_user_gp", &with(good_gp(), "org_ods_code", "A8-10")),
+        vec![FindingCode::OdsCodeMalformed]
+    );
+}
+
+#[test]
+fn a_gp_form_for_another_kind_of_organisation_is_a_finding() {
+    assert_eq!(
+        codes("primary_user_gp", &with(good_gp(), "org_ods_code", "RX1")),
+        vec![FindingCode::OrganisationTypeMismatch]
+    );
+}
+
+#[test]
+fn an_organisation_form_for_a_gp_practice_is_a_finding() {
+    assert_eq!(
+        codes("primary_user_org", &with(good_org(), "org_ods_code", "A81001")),
+        vec![FindingCode::OrganisationTypeMismatch]
+    );
+}
+
+#[test]
+fn additional_permissions_accept_any_kind_of_organisation() {
+    assert_eq!(
+        codes("additional_permissions", &with(good_ap(), "org_ods_code", "RX1")),
+        vec![]
+    );
+}
+
+#[test]
+fn a_malformed_email_is_a_finding() {
+    let findings = check_with(
+        "primary_user_gp",
+        &with(good_gp(), "user_email", "sian at nhs dot net"),
+        "wyn@nhs.net",
+        &PASS,
+    );
+    assert_eq!(
+        findings.iter().map(|f| f.code).collect::<Vec<_>>(),
+        vec![FindingCode::EmailMalformed]
+    );
+    assert_eq!(findings[0].field.as_deref(), Some("user_email"));
+}
+
+#[test]
+fn the_proposed_user_and_the_signatory_need_nhs_addresses() {
+    assert_eq!(
+        codes("primary_user_gp", &with(good_gp(), "user_email", "sian@gmail.com")),
+        vec![FindingCode::EmailNotNhs]
+    );
+    assert_eq!(
+        codes(
+            "primary_user_gp",
+            &with(good_gp(), "signatory_email", "wyn@nhs.net.example.com")
+        ),
+        vec![FindingCode::EmailNotNhs]
+    );
+    assert_eq!(
+        codes(
+            "primary_user_org",
+            &with(good_org(), "user_email", "sian@northgate.nhs.uk")
+        ),
+        vec![]
+    );
+}
+
+#[test]
+fn a_malformed_date_is_a_finding() {
+    assert_eq!(
+        codes("primary_user_gp", &with(good_gp(), "signatory_date", "11/10/26")),
+        vec![FindingCode::DateMalformed]
+    );
+}
+
+#[test]
+fn a_choice_outside_its_options_is_a_finding() {
+    assert_eq!(
+        codes("primary_user_gp", &with(good_gp(), "request_kind", "Maybe")),
+        vec![FindingCode::ChoiceNotAllowed]
+    );
+    assert_eq!(
+        codes("primary_user_gp", &with(good_gp(), "request_kind", "replacement")),
+        vec![]
+    );
+}
+
+#[test]
+fn each_gp_signatory_role_may_sign_the_gp_form() {
+    for role in [
+        "Lead GP",
+        "GP Partner",
+        "Caldicott Guardian",
+        "Existing Primary Contact",
+        "Member of the Board of Directors",
+    ] {
+        assert_eq!(
+            codes("primary_user_gp", &with(good_gp(), "signatory_role", role)),
+            vec![],
+            "{role}"
+        );
+    }
+}
+
+#[test]
+fn each_organisation_signatory_role_may_sign_the_organisation_form() {
+    for role in [
+        "Caldicott Guardian",
+        "Member of the Board of Directors",
+        "Existing Primary User",
+    ] {
+        assert_eq!(
+            codes("primary_user_org", &with(good_org(), "signatory_role", role)),
+            vec![],
+            "{role}"
+        );
+    }
+}
+
+#[test]
+fn each_additional_permissions_role_may_ask_for_permissions() {
+    for role in [
+        "Lead GP",
+        "GP Partner",
+        "Caldicott Guardian",
+        "Member of the Board of Directors",
+    ] {
+        assert_eq!(
+            codes("additional_permissions", &with(good_ap(), "signatory_role", role)),
+            vec![],
+            "{role}"
+        );
+    }
+}
+
+#[test]
+fn roles_not_on_a_forms_list_are_refused() {
+    let refused = vec![FindingCode::SignatoryRoleNotAllowed];
+    assert_eq!(
+        codes(
+            "primary_user_gp",
+            &with(good_gp(), "signatory_role", "Practice Manager")
+        ),
+        refused
+    );
+    assert_eq!(
+        codes("primary_user_org", &with(good_org(), "signatory_role", "Lead GP")),
+        refused,
+        "GP roles do not sign for other organisations"
+    );
+    assert_eq!(
+        codes("primary_user_org", &with(good_org(), "signatory_role", "GP Partner")),
+        refused
+    );
+    assert_eq!(
+        codes(
+            "additional_permissions",
+            &with(good_ap(), "signatory_role", "Existing Primary Contact")
+        ),
+        refused,
+        "a Primary Contact cannot ask for extra permissions"
+    );
+}
+
+#[test]
+fn role_matching_forgives_case_spacing_punctuation_and_synonyms_but_not_another_role() {
+    for typed in ["gp partner", "  GP-Partner ", "G.P. Partner", "GP PARTNER."] {
+        assert_eq!(
+            codes("primary_user_gp", &with(good_gp(), "signatory_role", typed)),
+            vec![],
+            "{typed}"
+        );
+    }
+    assert_eq!(
+        codes("primary_user_gp", &with(good_gp(), "signatory_role", "Board Member")),
+        vec![],
+        "a listed synonym"
+    );
+    for typed in ["GP", "Partner", "Lead", "GP Partner Manager", "Guardian"] {
+        assert_eq!(
+            codes("primary_user_gp", &with(good_gp(), "signatory_role", typed)),
+            vec![FindingCode::SignatoryRoleNotAllowed],
+            "{typed}"
+        );
+    }
+}
+
+#[test]
+fn the_refusal_names_the_roles_that_may_sign() {
+    let findings = check_with(
+        "primary_user_gp",
+        &with(good_gp(), "signatory_role", "Practice Manager"),
+        "wyn@nhs.net",
+        &PASS,
+    );
+    assert!(
+        findings[0].message.contains("Lead GP") && findings[0].message.contains("Practice Manager"),
+        "{}",
+        findings[0].message
+    );
+}
+
+#[test]
+fn the_declaration_must_be_ticked() {
+    assert_eq!(
+        codes("primary_user_gp", &with(good_gp(), "signatory_declaration", "Off")),
+        vec![FindingCode::DeclarationNotTicked]
+    );
+    assert_eq!(
+        codes("primary_user_gp", &without(good_gp(), "signatory_declaration")),
+        vec![FindingCode::DeclarationNotTicked]
+    );
+    assert_eq!(
+        codes("primary_user_gp", &with(good_gp(), "signatory_declaration", "On")),
+        vec![],
+        "any export value counts as ticked"
+    );
+}
+
+#[test]
+fn a_signature_dated_in_the_future_is_a_finding() {
+    assert_eq!(
+        codes("primary_user_gp", &with(good_gp(), "signatory_date", "21/11/2026")),
+        vec![FindingCode::SignatureDateInFuture]
+    );
+    assert_eq!(
+        codes("primary_user_gp", &with(good_gp(), "signatory_date", "20/11/2026")),
+        vec![],
+        "today is fine"
+    );
+}
+
+#[test]
+fn a_signature_older_than_the_workflows_limit_is_a_finding() {
+    // 90 days before 20/11/2026 is 22/08/2026.
+    assert_eq!(
+        codes("primary_user_gp", &with(good_gp(), "signatory_date", "22/08/2026")),
+        vec![]
+    );
+    assert_eq!(
+        codes("primary_user_gp", &with(good_gp(), "signatory_date", "21/08/2026")),
+        vec![FindingCode::SignatureDateTooOld]
+    );
+}
+
+#[test]
+fn the_sender_needs_an_nhs_address() {
+    let findings = check_with("primary_user_gp", &good_gp(), "practice.manager@gmail.com", &PASS);
+    assert_eq!(
+        findings.iter().map(|f| f.code).collect::<Vec<_>>(),
+        vec![FindingCode::SenderNotNhs]
+    );
+    let findings = check_with("primary_user_gp", &good_gp(), "x@nhs.net.example.com", &PASS);
+    assert_eq!(
+        findings.iter().map(|f| f.code).collect::<Vec<_>>(),
+        vec![FindingCode::SenderNotNhs]
+    );
+}
+
+#[test]
+fn additional_permissions_must_be_sent_by_the_signatory() {
+    let findings = check_with("additional_permissions", &good_ap(), "someone.else@nhs.net", &PASS);
+    assert_eq!(
+        findings.iter().map(|f| f.code).collect::<Vec<_>>(),
+        vec![FindingCode::SenderNotSignatory]
+    );
+    let findings = check_with("additional_permissions", &good_ap(), "WYN@nhs.net", &PASS);
+    assert_eq!(findings, vec![], "mailbox names compare without case");
+    let findings = check_with("primary_user_gp", &good_gp(), "someone.else@nhs.net", &PASS);
+    assert_eq!(
+        findings,
+        vec![],
+        "primary user forms may be sent by anyone at an NHS address"
+    );
+}
+
+#[test]
+fn an_unauthenticated_sender_is_a_finding() {
+    let fail = SenderAuth::Fail {
+        reason: "DMARC result for nhs.net was fail".into(),
+    };
+    let findings = check_with("primary_user_gp", &good_gp(), "wyn@nhs.net", &fail);
+    assert_eq!(
+        findings.iter().map(|f| f.code).collect::<Vec<_>>(),
+        vec![FindingCode::SenderNotAuthenticated]
+    );
+    assert!(findings[0].message.contains("DMARC"));
+    let missing = SenderAuth::Missing {
+        reason: "no header".into(),
+    };
+    let findings = check_with("primary_user_gp", &good_gp(), "wyn@nhs.net", &missing);
+    assert_eq!(
+        findings.iter().map(|f| f.code).collect::<Vec<_>>(),
+        vec![FindingCode::SenderNotAuthenticated]
+    );
+}
+
+#[test]
+fn finding_codes_are_stable_strings() {
+    assert_eq!(
+        FindingCode::SignatoryRoleNotAllowed.as_str(),
+        "signatory_role_not_allowed"
+    );
+    let json = serde_json::to_string(&Finding::new(FindingCode::NoFormFound, "x")).unwrap();
+    assert!(json.contains("\"no_form_found\""), "{json}");
+}

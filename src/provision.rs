@@ -1,0 +1,31 @@
+//! Provisioning: today a caseworker creates the Open Exeter account by hand and records its
+//! user ID here. The trait is the seam where an automated provisioner can be added later.
+
+use crate::engine::{Engine, EngineError};
+use crate::storage::CaseRecord;
+use crate::workflow::{Actor, TransitionRequest};
+
+/// Something that can provision the account a case asks for.
+#[allow(async_fn_in_trait)]
+pub trait Provisioner {
+    /// Provisions (or records the provisioning of) the case's account, moving it to
+    /// `provisioned`.
+    async fn provision(&self, engine: &Engine, reference: &str, actor: &Actor) -> Result<CaseRecord, EngineError>;
+}
+
+/// The caseworker did it in Open Exeter and tells us the user ID.
+pub struct RecordedByCaseworker {
+    pub open_exeter_user_id: String,
+    pub note: Option<String>,
+}
+
+impl Provisioner for RecordedByCaseworker {
+    async fn provision(&self, engine: &Engine, reference: &str, actor: &Actor) -> Result<CaseRecord, EngineError> {
+        let request = TransitionRequest {
+            to: "provisioned".into(),
+            reason: self.note.clone(),
+            recorded: vec![("open_exeter_user_id".into(), self.open_exeter_user_id.clone())],
+        };
+        engine.transition(reference, &request, actor).await
+    }
+}

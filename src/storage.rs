@@ -1,0 +1,1029 @@
+//! Storage on SQLite (the embedded default) and PostgreSQL, through sqlx's Any driver: one
+//! set of queries, `$n` placeholders, integers for times (unix milliseconds) and text for JSON.
+//! The URL's scheme picks the backend; each backend has its own migrations folder.
+
+use std::collections::BTreeMap;
+use std::str::FromStr;
+
+use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
+use sqlx::{AnyConnection, AnyPool, Row};
+
+use crate::policy::Finding;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    #[error("cannot open the database {url}: {source}")]
+    Connect { url: String, source: sqlx::Error },
+    #[error("cannot create the folder for the SQLite database {path}: {source}")]
+    CreateDir { path: String, source: std::io::Error },
+    #[error("database migrations failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("database error while {context}: {source}")]
+    Query { context: &'static str, source: sqlx::Error },
+    #[error("stored data is corrupt ({context}): {message}")]
+    Corrupt { context: &'static str, message: String },
+}
+
+/// Adds what we were doing to a sqlx error.
+pub trait QueryContext<T> {
+    fn context(self, context: &'static str) -> Result<T, StorageError>;
+}
+
+impl<T> QueryContext<T> for Result<T, sqlx::Error> {
+    fn context(self, context: &'static str) -> Result<T, StorageError> {
+        self.map_err(|source| StorageError::Query { context, source })
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// The database: a pool and which backend it is.
+#[derive(Debug, Clone)]
+pub struct Db {
+    pub pool: AnyPool,
+    pub backend: Backend,
+}
+
+impl Db {
+    /// Opens (creating if needed) and migrates the database at `url`.
+    pub async fn connect(url: &str) -> Result<Db, StorageError> {
+        sqlx::any::install_default_drivers();
+        let shown = crate::config::redact_url(url);
+        let backend = if url.starts_with("postgres:") || url.starts_with("postgresql:") {
+            Backend::Postgres
+        } else {
+            Backend::Sqlite
+        };
+        if backend == Backend::Sqlite {
+            create_sqlite_parent_dir(url)?;
+        }
+        let options = AnyConnectOptions::from_str(url).map_err(|source| StorageError::Connect {
+            url: shown.clone(),
+            source,
+        })?;
+        let pool = AnyPoolOptions::new()
+            // SQLite allows one writer; more connections only queue on its lock.
+            .max_connections(if backend == Backend::Sqlite { 4 } else { 10 })
+            .after_connect(move |conn, _meta| {
+                Box::pin(async move {
+                    if backend == Backend::Sqlite {
+                        sqlx::raw_sql("PRAGMA journal_mode = WAL; PRAGMA busy_timeout = 10000; PRAGMA foreign_keys = ON; PRAGMA synchronous = NORMAL;")
+                            .execute(conn)
+                            .await?;
+                    }
+                    Ok(())
+                })
+            })
+            .connect_with(options)
+            .await
+            .map_err(|source| StorageError::Connect { url: shown, source })?;
+        let db = Db { pool, backend };
+        db.migrate().await?;
+        Ok(db)
+    }
+
+    async fn migrate(&self) -> Result<(), StorageError> {
+        match self.backend {
+            Backend::Sqlite => sqlx::migrate!("./migrations/sqlite").run(&self.pool).await?,
+            Backend::Postgres => sqlx::migrate!("./migrations/postgres").run(&self.pool).await?,
+        }
+        Ok(())
+    }
+
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
+fn create_sqlite_parent_dir(url: &str) -> Result<(), StorageError> {
+    let path = url.trim_start_matches("sqlite:").trim_start_matches("//");
+    let path = path.split('?').next().unwrap_or("");
+    if path.is_empty() || path == ":memory:" {
+        return Ok(());
+    }
+    if let Some(parent) = std::path::Path::new(path)
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+    {
+        std::fs::create_dir_all(parent).map_err(|source| StorageError::CreateDir {
+            path: parent.display().to_string(),
+            source,
+        })?;
+    }
+    Ok(())
+}
+
+fn json_column<T: serde::de::DeserializeOwned>(text: &str, context: &'static str) -> Result<T, StorageError> {
+    serde_json::from_str(text).map_err(|e| StorageError::Corrupt {
+        context,
+        message: e.to_string(),
+    })
+}
+
+// ---- Messages and attachments ------------------------------------------------------------
+
+pub struct NewRawMessage<'a> {
+    pub dedup_key: &'a str,
+    pub message_id: Option<&'a str>,
+    pub sha256: &'a str,
+    pub source: &'a str,
+    pub received_at: i64,
+    pub from_address: Option<&'a str>,
+    pub subject: Option<&'a str>,
+    pub sent_at: Option<i64>,
+    pub sender_auth_json: &'a str,
+    pub automatic: Option<&'a str>,
+    pub raw: &'a [u8],
+}
+
+/// Stores a raw message, or returns `None` when one with the same dedup key is already stored.
+pub async fn insert_raw_message(conn: &mut AnyConnection, m: &NewRawMessage<'_>) -> Result<Option<i64>, StorageError> {
+    let row = sqlx::query(
+        "INSERT INTO raw_messages (dedup_key, message_id, sha256, source, received_at, from_address, subject, sent_at, sender_auth, automatic, size_bytes, raw)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
+         ON CONFLICT (dedup_key) DO NOTHING RETURNING id",
+    )
+    .bind(m.dedup_key)
+    .bind(m.message_id)
+    .bind(m.sha256)
+    .bind(m.source)
+    .bind(m.received_at)
+    .bind(m.from_address)
+    .bind(m.subject)
+    .bind(m.sent_at)
+    .bind(m.sender_auth_json)
+    .bind(m.automatic)
+    .bind(m.raw.len() as i64)
+    .bind(m.raw)
+    .fetch_optional(&mut *conn)
+    .await
+    .context("storing a raw message")?;
+    row.map(|r| r.try_get::<i64, _>(0))
+        .transpose()
+        .context("reading a raw message id")
+}
+
+pub async fn raw_message_id_by_dedup_key(
+    conn: &mut AnyConnection,
+    dedup_key: &str,
+) -> Result<Option<i64>, StorageError> {
+    sqlx::query_scalar("SELECT id FROM raw_messages WHERE dedup_key = $1")
+        .bind(dedup_key)
+        .fetch_optional(&mut *conn)
+        .await
+        .context("looking up a message by Message-ID")
+}
+
+pub struct NewAttachment<'a> {
+    pub raw_message_id: i64,
+    pub filename: Option<&'a str>,
+    pub claimed_type: &'a str,
+    pub detected_type: Option<&'a str>,
+    pub sha256: &'a str,
+    pub forwarded: bool,
+    pub content: &'a [u8],
+}
+
+pub async fn insert_attachment(conn: &mut AnyConnection, a: &NewAttachment<'_>) -> Result<i64, StorageError> {
+    sqlx::query_scalar(
+        "INSERT INTO attachments (raw_message_id, filename, claimed_type, detected_type, sha256, size_bytes, forwarded, content)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING id",
+    )
+    .bind(a.raw_message_id)
+    .bind(a.filename)
+    .bind(a.claimed_type)
+    .bind(a.detected_type)
+    .bind(a.sha256)
+    .bind(a.content.len() as i64)
+    .bind(i64::from(a.forwarded))
+    .bind(a.content)
+    .fetch_one(&mut *conn)
+    .await
+    .context("storing an attachment")
+}
+
+/// An attachment's bytes, with the type detected from them (for serving the PDF).
+pub async fn attachment_content(
+    conn: &mut AnyConnection,
+    id: i64,
+) -> Result<Option<(Option<String>, Vec<u8>)>, StorageError> {
+    let row = sqlx::query("SELECT detected_type, content FROM attachments WHERE id = $1")
+        .bind(id)
+        .fetch_optional(&mut *conn)
+        .await
+        .context("reading an attachment")?;
+    row.map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
+        .transpose()
+        .context("decoding an attachment")
+}
+
+// ---- Cases ---------------------------------------------------------------------------------
+
+/// Hands out the next case number for `year`; runs inside the case's transaction, so a rolled
+/// back case gives its number back.
+pub async fn next_case_number(conn: &mut AnyConnection, year: i32) -> Result<i64, StorageError> {
+    sqlx::query_scalar(
+        "INSERT INTO reference_counters (year, last_number) VALUES ($1, 1)
+         ON CONFLICT (year) DO UPDATE SET last_number = reference_counters.last_number + 1
+         RETURNING last_number",
+    )
+    .bind(i64::from(year))
+    .fetch_one(&mut *conn)
+    .await
+    .context("numbering a case")
+}
+
+pub struct NewCase<'a> {
+    pub reference: &'a str,
+    pub workflow: Option<&'a str>,
+    pub state: &'a str,
+    pub fields: &'a BTreeMap<String, String>,
+    pub extraction_json: Option<&'a str>,
+    pub findings: &'a [Finding],
+    pub org_ods_code: Option<&'a str>,
+    pub org_name: Option<&'a str>,
+    pub sender: Option<&'a str>,
+    pub origin_message_id: i64,
+    pub form_attachment_id: Option<i64>,
+    pub form_sha256: Option<&'a str>,
+    pub organisation_id: Option<i64>,
+    pub now: i64,
+    pub due_at: Option<i64>,
+}
+
+/// Creates a case and returns it as stored (without reading it back).
+pub async fn insert_case(conn: &mut AnyConnection, c: &NewCase<'_>) -> Result<CaseRecord, StorageError> {
+    let fields = serde_json::to_string(c.fields).unwrap_or_else(|_| "{}".into());
+    let findings = serde_json::to_string(c.findings).unwrap_or_else(|_| "[]".into());
+    let id: i64 = sqlx::query_scalar(
+        "INSERT INTO cases (reference, workflow, state, version, fields, extraction, findings, org_ods_code, org_name, sender,
+                            origin_message_id, form_attachment_id, form_sha256, created_at, updated_at, due_at, organisation_id)
+         VALUES ($1, $2, $3, 1, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $13, $14, $15) RETURNING id",
+    )
+    .bind(c.reference)
+    .bind(c.workflow)
+    .bind(c.state)
+    .bind(fields)
+    .bind(c.extraction_json)
+    .bind(findings)
+    .bind(c.org_ods_code)
+    .bind(c.org_name)
+    .bind(c.sender)
+    .bind(c.origin_message_id)
+    .bind(c.form_attachment_id)
+    .bind(c.form_sha256)
+    .bind(c.now)
+    .bind(c.due_at)
+    .bind(c.organisation_id)
+    .fetch_one(&mut *conn)
+    .await
+    .context("creating a case")?;
+    Ok(CaseRecord {
+        id,
+        reference: c.reference.to_string(),
+        workflow: c.workflow.map(str::to_string),
+        state: c.state.to_string(),
+        version: 1,
+        fields: c.fields.clone(),
+        findings: c.findings.to_vec(),
+        org_ods_code: c.org_ods_code.map(str::to_string),
+        org_name: c.org_name.map(str::to_string),
+        sender: c.sender.map(str::to_string),
+        origin_message_id: c.origin_message_id,
+        form_attachment_id: c.form_attachment_id,
+        duplicate_of: None,
+        assignee_id: None,
+        recorded: BTreeMap::new(),
+        created_at: c.now,
+        updated_at: c.now,
+        due_at: c.due_at,
+    })
+}
+
+/// A case as stored.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct CaseRecord {
+    pub id: i64,
+    pub reference: String,
+    pub workflow: Option<String>,
+    pub state: String,
+    pub version: i64,
+    pub fields: BTreeMap<String, String>,
+    pub findings: Vec<Finding>,
+    pub org_ods_code: Option<String>,
+    pub org_name: Option<String>,
+    pub sender: Option<String>,
+    pub origin_message_id: i64,
+    pub form_attachment_id: Option<i64>,
+    pub duplicate_of: Option<i64>,
+    pub assignee_id: Option<i64>,
+    pub recorded: BTreeMap<String, String>,
+    pub created_at: i64,
+    pub updated_at: i64,
+    pub due_at: Option<i64>,
+}
+
+/// `SELECT <every case column> FROM cases <rest>`, as a static string (sqlx refuses SQL built
+/// at run time, which is how injection creeps in).
+macro_rules! select_cases {
+    ($rest:literal) => {
+        concat!(
+            "SELECT id, reference, workflow, state, version, fields, findings, org_ods_code, org_name, sender, origin_message_id,
+                    form_attachment_id, duplicate_of, assignee_id, recorded, created_at, updated_at, due_at FROM cases ",
+            $rest
+        )
+    };
+}
+
+fn case_from_row(row: &sqlx::any::AnyRow) -> Result<CaseRecord, StorageError> {
+    let get = |e: sqlx::Error| StorageError::Query {
+        context: "decoding a case",
+        source: e,
+    };
+    Ok(CaseRecord {
+        id: row.try_get("id").map_err(get)?,
+        reference: row.try_get("reference").map_err(get)?,
+        workflow: row.try_get("workflow").map_err(get)?,
+        state: row.try_get("state").map_err(get)?,
+        version: row.try_get("version").map_err(get)?,
+        fields: json_column(&row.try_get::<String, _>("fields").map_err(get)?, "case fields")?,
+        findings: json_column(&row.try_get::<String, _>("findings").map_err(get)?, "case findings")?,
+        org_ods_code: row.try_get("org_ods_code").map_err(get)?,
+        org_name: row.try_get("org_name").map_err(get)?,
+        sender: row.try_get("sender").map_err(get)?,
+        origin_message_id: row.try_get("origin_message_id").map_err(get)?,
+        form_attachment_id: row.try_get("form_attachment_id").map_err(get)?,
+        duplicate_of: row.try_get("duplicate_of").map_err(get)?,
+        assignee_id: row.try_get("assignee_id").map_err(get)?,
+        recorded: json_column(
+            &row.try_get::<String, _>("recorded").map_err(get)?,
+            "case recorded values",
+        )?,
+        created_at: row.try_get("created_at").map_err(get)?,
+        updated_at: row.try_get("updated_at").map_err(get)?,
+        due_at: row.try_get("due_at").map_err(get)?,
+    })
+}
+
+pub async fn case_by_reference(conn: &mut AnyConnection, reference: &str) -> Result<Option<CaseRecord>, StorageError> {
+    let row = sqlx::query(select_cases!("WHERE reference = $1"))
+        .bind(reference)
+        .fetch_optional(&mut *conn)
+        .await
+        .context("reading a case")?;
+    row.as_ref().map(case_from_row).transpose()
+}
+
+pub async fn case_by_id(conn: &mut AnyConnection, id: i64) -> Result<Option<CaseRecord>, StorageError> {
+    let row = sqlx::query(select_cases!("WHERE id = $1"))
+        .bind(id)
+        .fetch_optional(&mut *conn)
+        .await
+        .context("reading a case")?;
+    row.as_ref().map(case_from_row).transpose()
+}
+
+/// The case that first received this exact PDF, if any.
+pub async fn case_by_form_sha256(conn: &mut AnyConnection, sha256: &str) -> Result<Option<CaseRecord>, StorageError> {
+    let row = sqlx::query(select_cases!("WHERE form_sha256 = $1 ORDER BY id LIMIT 1"))
+        .bind(sha256)
+        .fetch_optional(&mut *conn)
+        .await
+        .context("looking for an earlier copy of a form")?;
+    row.as_ref().map(case_from_row).transpose()
+}
+
+/// The cases a stored message opened or was linked to.
+pub async fn cases_for_message(conn: &mut AnyConnection, raw_message_id: i64) -> Result<Vec<CaseRecord>, StorageError> {
+    let rows = sqlx::query(select_cases!(
+        "WHERE id IN (SELECT case_id FROM case_messages WHERE raw_message_id = $1) ORDER BY id"
+    ))
+    .bind(raw_message_id)
+    .fetch_all(&mut *conn)
+    .await
+    .context("listing a message's cases")?;
+    rows.iter().map(case_from_row).collect()
+}
+
+pub async fn list_cases(
+    conn: &mut AnyConnection,
+    state: Option<&str>,
+    limit: i64,
+) -> Result<Vec<CaseRecord>, StorageError> {
+    let rows = match state {
+        Some(state) => {
+            sqlx::query(select_cases!("WHERE state = $1 ORDER BY id LIMIT $2"))
+                .bind(state)
+                .bind(limit)
+                .fetch_all(&mut *conn)
+                .await
+        }
+        None => {
+            sqlx::query(select_cases!("ORDER BY id LIMIT $1"))
+                .bind(limit)
+                .fetch_all(&mut *conn)
+                .await
+        }
+    }
+    .context("listing cases")?;
+    rows.iter().map(case_from_row).collect()
+}
+
+/// Moves a case to a new state if nobody else changed it since `expected_version` was read.
+/// Returns false when someone did (the caller reports a conflict rather than overwrite).
+pub async fn update_case_state(
+    conn: &mut AnyConnection,
+    case_id: i64,
+    expected_version: i64,
+    state: &str,
+    recorded: &BTreeMap<String, String>,
+    now: i64,
+) -> Result<bool, StorageError> {
+    let recorded = serde_json::to_string(recorded).unwrap_or_else(|_| "{}".into());
+    let result = sqlx::query("UPDATE cases SET state = $1, recorded = $2, updated_at = $3, version = version + 1 WHERE id = $4 AND version = $5")
+        .bind(state)
+        .bind(recorded)
+        .bind(now)
+        .bind(case_id)
+        .bind(expected_version)
+        .execute(&mut *conn)
+        .await
+        .context("changing a case's state")?;
+    Ok(result.rows_affected() == 1)
+}
+
+/// Replaces a case's fields, findings and workflow after keying; same concurrency rule.
+#[allow(clippy::too_many_arguments)]
+pub async fn update_case_fields(
+    conn: &mut AnyConnection,
+    case_id: i64,
+    expected_version: i64,
+    workflow: Option<&str>,
+    fields: &BTreeMap<String, String>,
+    findings: &[Finding],
+    org_ods_code: Option<&str>,
+    org_name: Option<&str>,
+    now: i64,
+) -> Result<bool, StorageError> {
+    let result = sqlx::query(
+        "UPDATE cases SET workflow = $1, fields = $2, findings = $3, org_ods_code = $4, org_name = $5, updated_at = $6, version = version + 1
+         WHERE id = $7 AND version = $8",
+    )
+    .bind(workflow)
+    .bind(serde_json::to_string(fields).unwrap_or_else(|_| "{}".into()))
+    .bind(serde_json::to_string(findings).unwrap_or_else(|_| "[]".into()))
+    .bind(org_ods_code)
+    .bind(org_name)
+    .bind(now)
+    .bind(case_id)
+    .bind(expected_version)
+    .execute(&mut *conn)
+    .await
+    .context("updating a case's fields")?;
+    Ok(result.rows_affected() == 1)
+}
+
+pub async fn set_duplicate_of(conn: &mut AnyConnection, case_id: i64, original_id: i64) -> Result<(), StorageError> {
+    sqlx::query("UPDATE cases SET duplicate_of = $1 WHERE id = $2")
+        .bind(original_id)
+        .bind(case_id)
+        .execute(&mut *conn)
+        .await
+        .context("linking a duplicate")?;
+    Ok(())
+}
+
+pub async fn link_message(
+    conn: &mut AnyConnection,
+    case_id: i64,
+    raw_message_id: i64,
+    relation: &str,
+) -> Result<(), StorageError> {
+    sqlx::query(
+        "INSERT INTO case_messages (case_id, raw_message_id, relation) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
+    )
+    .bind(case_id)
+    .bind(raw_message_id)
+    .bind(relation)
+    .execute(&mut *conn)
+    .await
+    .context("linking a message to a case")?;
+    Ok(())
+}
+
+// ---- Event log -----------------------------------------------------------------------------
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct CaseEvent {
+    pub at: i64,
+    pub actor: String,
+    pub actor_role: String,
+    pub kind: String,
+    pub transition: Option<String>,
+    pub from_state: Option<String>,
+    pub to_state: Option<String>,
+    pub reason: Option<String>,
+    pub data: Option<String>,
+}
+
+impl CaseEvent {
+    /// An event the engine records itself; set the other fields with `..CaseEvent::system(…)`.
+    pub fn system(kind: &str, at: i64) -> Self {
+        CaseEvent {
+            at,
+            actor: "system".into(),
+            actor_role: "system".into(),
+            kind: kind.into(),
+            transition: None,
+            from_state: None,
+            to_state: None,
+            reason: None,
+            data: None,
+        }
+    }
+}
+
+pub async fn append_event(conn: &mut AnyConnection, case_id: i64, e: &CaseEvent) -> Result<(), StorageError> {
+    sqlx::query(
+        "INSERT INTO case_events (case_id, at, actor, actor_role, kind, transition, from_state, to_state, reason, data)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+    )
+    .bind(case_id)
+    .bind(e.at)
+    .bind(&e.actor)
+    .bind(&e.actor_role)
+    .bind(&e.kind)
+    .bind(&e.transition)
+    .bind(&e.from_state)
+    .bind(&e.to_state)
+    .bind(&e.reason)
+    .bind(&e.data)
+    .execute(&mut *conn)
+    .await
+    .context("writing the event log")?;
+    Ok(())
+}
+
+pub async fn events_for_case(conn: &mut AnyConnection, case_id: i64) -> Result<Vec<CaseEvent>, StorageError> {
+    let rows = sqlx::query(
+        "SELECT at, actor, actor_role, kind, transition, from_state, to_state, reason, data FROM case_events WHERE case_id = $1 ORDER BY id",
+    )
+    .bind(case_id)
+    .fetch_all(&mut *conn)
+    .await
+    .context("reading the event log")?;
+    rows.iter()
+        .map(|r| {
+            Ok(CaseEvent {
+                at: r.try_get(0)?,
+                actor: r.try_get(1)?,
+                actor_role: r.try_get(2)?,
+                kind: r.try_get(3)?,
+                transition: r.try_get(4)?,
+                from_state: r.try_get(5)?,
+                to_state: r.try_get(6)?,
+                reason: r.try_get(7)?,
+                data: r.try_get(8)?,
+            })
+        })
+        .collect::<Result<_, sqlx::Error>>()
+        .context("decoding the event log")
+}
+
+// ---- Timers and outbox (written with transitions; run by later workers) ------------------------
+
+/// The `state` of timers that belong to the case rather than to one state (the SLA timers).
+pub const ANY_STATE: &str = "*";
+
+/// Cancels a case's pending timers: those of its state, or all of them (`include_case_wide`)
+/// when the case reaches a final state.
+pub async fn cancel_pending_timers(
+    conn: &mut AnyConnection,
+    case_id: i64,
+    now: i64,
+    include_case_wide: bool,
+) -> Result<u64, StorageError> {
+    let query = if include_case_wide {
+        "UPDATE timers SET status = 'cancelled', finished_at = $1 WHERE case_id = $2 AND status = 'pending'"
+    } else {
+        "UPDATE timers SET status = 'cancelled', finished_at = $1 WHERE case_id = $2 AND status = 'pending' AND state <> '*'"
+    };
+    let done = sqlx::query(query)
+        .bind(now)
+        .bind(case_id)
+        .execute(&mut *conn)
+        .await
+        .context("cancelling a case's timers")?;
+    Ok(done.rows_affected())
+}
+
+pub async fn arm_timer(
+    conn: &mut AnyConnection,
+    case_id: i64,
+    name: &str,
+    state: &str,
+    due_at: i64,
+    now: i64,
+) -> Result<(), StorageError> {
+    sqlx::query(
+        "INSERT INTO timers (case_id, name, state, due_at, status, created_at) VALUES ($1, $2, $3, $4, 'pending', $5)",
+    )
+    .bind(case_id)
+    .bind(name)
+    .bind(state)
+    .bind(due_at)
+    .bind(now)
+    .execute(&mut *conn)
+    .await
+    .context("arming a timer")?;
+    Ok(())
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct TimerRecord {
+    pub name: String,
+    pub state: String,
+    pub due_at: i64,
+    pub status: String,
+}
+
+pub async fn timers_for_case(conn: &mut AnyConnection, case_id: i64) -> Result<Vec<TimerRecord>, StorageError> {
+    let rows = sqlx::query("SELECT name, state, due_at, status FROM timers WHERE case_id = $1 ORDER BY id")
+        .bind(case_id)
+        .fetch_all(&mut *conn)
+        .await
+        .context("reading a case's timers")?;
+    rows.iter()
+        .map(|r| {
+            Ok(TimerRecord {
+                name: r.try_get(0)?,
+                state: r.try_get(1)?,
+                due_at: r.try_get(2)?,
+                status: r.try_get(3)?,
+            })
+        })
+        .collect::<Result<_, sqlx::Error>>()
+        .context("decoding timers")
+}
+
+pub struct NewOutboxMessage<'a> {
+    pub case_id: Option<i64>,
+    pub template: &'a str,
+    pub recipient: Option<&'a str>,
+    pub context_json: &'a str,
+    pub message_id: &'a str,
+    pub in_reply_to: Option<&'a str>,
+    /// Why the message must not be sent (loop safety), if it must not.
+    pub suppressed_reason: Option<&'a str>,
+    /// Sent by the system rather than on a person's decision: marked `Auto-Submitted` and
+    /// rate-limited per recipient.
+    pub automatic: bool,
+    pub now: i64,
+}
+
+pub async fn enqueue_mail(conn: &mut AnyConnection, m: &NewOutboxMessage<'_>) -> Result<(), StorageError> {
+    let status = if m.suppressed_reason.is_some() {
+        "suppressed"
+    } else {
+        "pending"
+    };
+    sqlx::query(
+        "INSERT INTO outbox (case_id, template, recipient, context, message_id, in_reply_to, status, suppressed_reason, next_attempt_at, created_at, automatic)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $9, $10)",
+    )
+    .bind(m.case_id)
+    .bind(m.template)
+    .bind(m.recipient)
+    .bind(m.context_json)
+    .bind(m.message_id)
+    .bind(m.in_reply_to)
+    .bind(status)
+    .bind(m.suppressed_reason)
+    .bind(m.now)
+    .bind(i64::from(m.automatic))
+    .execute(&mut *conn)
+    .await
+    .context("queueing an email")?;
+    Ok(())
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct OutboxRecord {
+    pub template: String,
+    pub recipient: Option<String>,
+    pub status: String,
+    pub suppressed_reason: Option<String>,
+    pub in_reply_to: Option<String>,
+}
+
+pub async fn outbox_for_case(conn: &mut AnyConnection, case_id: i64) -> Result<Vec<OutboxRecord>, StorageError> {
+    let rows = sqlx::query(
+        "SELECT template, recipient, status, suppressed_reason, in_reply_to FROM outbox WHERE case_id = $1 ORDER BY id",
+    )
+    .bind(case_id)
+    .fetch_all(&mut *conn)
+    .await
+    .context("reading a case's outbound mail")?;
+    rows.iter()
+        .map(|r| {
+            Ok(OutboxRecord {
+                template: r.try_get(0)?,
+                recipient: r.try_get(1)?,
+                status: r.try_get(2)?,
+                suppressed_reason: r.try_get(3)?,
+                in_reply_to: r.try_get(4)?,
+            })
+        })
+        .collect::<Result<_, sqlx::Error>>()
+        .context("decoding outbound mail")
+}
+
+/// Records the organisation a case names, creating it on first sight.
+pub async fn upsert_organisation(
+    conn: &mut AnyConnection,
+    ods_code: &str,
+    name: &str,
+    kind: &str,
+    now: i64,
+) -> Result<i64, StorageError> {
+    sqlx::query_scalar(
+        "INSERT INTO organisations (ods_code, name, kind, created_at, updated_at) VALUES ($1, $2, $3, $4, $4)
+         ON CONFLICT (ods_code) DO UPDATE SET updated_at = $4 RETURNING id",
+    )
+    .bind(ods_code)
+    .bind(name)
+    .bind(kind)
+    .bind(now)
+    .fetch_one(&mut *conn)
+    .await
+    .context("recording an organisation")
+}
+
+// ---- Mailbox bookkeeping: position, lease, health, ingest errors -------------------------------
+
+/// Takes (or renews) the lease on a mailbox for `holder` until `until`, unless another holder
+/// has a lease that has not yet expired. Returns whether `holder` now holds it.
+pub async fn try_acquire_lease(
+    conn: &mut AnyConnection,
+    mailbox: &str,
+    holder: &str,
+    now: i64,
+    until: i64,
+) -> Result<bool, StorageError> {
+    sqlx::query("INSERT INTO mailbox_state (mailbox) VALUES ($1) ON CONFLICT (mailbox) DO NOTHING")
+        .bind(mailbox)
+        .execute(&mut *conn)
+        .await
+        .context("registering a mailbox")?;
+    let taken = sqlx::query(
+        "UPDATE mailbox_state SET lease_holder = $1, lease_until = $2
+         WHERE mailbox = $3 AND (lease_holder IS NULL OR lease_holder = $1 OR lease_until IS NULL OR lease_until < $4)",
+    )
+    .bind(holder)
+    .bind(until)
+    .bind(mailbox)
+    .bind(now)
+    .execute(&mut *conn)
+    .await
+    .context("taking the mailbox lease")?;
+    Ok(taken.rows_affected() == 1)
+}
+
+pub async fn release_lease(conn: &mut AnyConnection, mailbox: &str, holder: &str) -> Result<(), StorageError> {
+    sqlx::query(
+        "UPDATE mailbox_state SET lease_holder = NULL, lease_until = NULL WHERE mailbox = $1 AND lease_holder = $2",
+    )
+    .bind(mailbox)
+    .bind(holder)
+    .execute(&mut *conn)
+    .await
+    .context("releasing the mailbox lease")?;
+    Ok(())
+}
+
+/// The UIDVALIDITY and the last UID taken, as stored for a mailbox.
+pub async fn mailbox_position(
+    conn: &mut AnyConnection,
+    mailbox: &str,
+) -> Result<(Option<i64>, Option<i64>), StorageError> {
+    let row = sqlx::query("SELECT uidvalidity, last_uid FROM mailbox_state WHERE mailbox = $1")
+        .bind(mailbox)
+        .fetch_optional(&mut *conn)
+        .await
+        .context("reading a mailbox position")?;
+    match row {
+        Some(r) => Ok((
+            r.try_get(0).context("decoding a mailbox position")?,
+            r.try_get(1).context("decoding a mailbox position")?,
+        )),
+        None => Ok((None, None)),
+    }
+}
+
+pub async fn set_mailbox_position(
+    conn: &mut AnyConnection,
+    mailbox: &str,
+    uidvalidity: i64,
+    last_uid: i64,
+) -> Result<(), StorageError> {
+    sqlx::query("UPDATE mailbox_state SET uidvalidity = $1, last_uid = $2 WHERE mailbox = $3")
+        .bind(uidvalidity)
+        .bind(last_uid)
+        .bind(mailbox)
+        .execute(&mut *conn)
+        .await
+        .context("saving a mailbox position")?;
+    Ok(())
+}
+
+/// Records the outcome of a poll for the health view.
+pub async fn record_poll(
+    conn: &mut AnyConnection,
+    mailbox: &str,
+    now: i64,
+    backlog: Option<i64>,
+    error: Option<&str>,
+) -> Result<(), StorageError> {
+    sqlx::query("INSERT INTO mailbox_state (mailbox) VALUES ($1) ON CONFLICT (mailbox) DO NOTHING")
+        .bind(mailbox)
+        .execute(&mut *conn)
+        .await
+        .context("registering a mailbox")?;
+    let query = if error.is_none() {
+        "UPDATE mailbox_state SET last_poll_at = $1, last_success_at = $1, backlog = COALESCE($2, backlog), last_error = $3 WHERE mailbox = $4"
+    } else {
+        "UPDATE mailbox_state SET last_poll_at = $1, backlog = COALESCE($2, backlog), last_error = $3 WHERE mailbox = $4"
+    };
+    sqlx::query(query)
+        .bind(now)
+        .bind(backlog)
+        .bind(error)
+        .bind(mailbox)
+        .execute(&mut *conn)
+        .await
+        .context("recording a poll")?;
+    Ok(())
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct MailboxHealth {
+    pub mailbox: String,
+    pub uidvalidity: Option<i64>,
+    pub last_uid: Option<i64>,
+    pub lease_holder: Option<String>,
+    pub lease_until: Option<i64>,
+    pub last_poll_at: Option<i64>,
+    pub last_success_at: Option<i64>,
+    pub backlog: Option<i64>,
+    pub last_error: Option<String>,
+}
+
+pub async fn mailbox_health(conn: &mut AnyConnection) -> Result<Vec<MailboxHealth>, StorageError> {
+    let rows = sqlx::query(
+        "SELECT mailbox, uidvalidity, last_uid, lease_holder, lease_until, last_poll_at, last_success_at, backlog, last_error
+         FROM mailbox_state ORDER BY mailbox",
+    )
+    .fetch_all(&mut *conn)
+    .await
+    .context("reading mailbox health")?;
+    rows.iter()
+        .map(|r| {
+            Ok(MailboxHealth {
+                mailbox: r.try_get(0)?,
+                uidvalidity: r.try_get(1)?,
+                last_uid: r.try_get(2)?,
+                lease_holder: r.try_get(3)?,
+                lease_until: r.try_get(4)?,
+                last_poll_at: r.try_get(5)?,
+                last_success_at: r.try_get(6)?,
+                backlog: r.try_get(7)?,
+                last_error: r.try_get(8)?,
+            })
+        })
+        .collect::<Result<_, sqlx::Error>>()
+        .context("decoding mailbox health")
+}
+
+/// Counts a failed attempt to ingest the message at `source`; returns the attempts so far.
+pub async fn record_ingest_error(
+    conn: &mut AnyConnection,
+    source: &str,
+    mailbox: &str,
+    reason: &str,
+    now: i64,
+) -> Result<i64, StorageError> {
+    sqlx::query_scalar(
+        "INSERT INTO ingest_errors (source, mailbox, reason, attempts, first_seen_at, last_seen_at) VALUES ($1, $2, $3, 1, $4, $4)
+         ON CONFLICT (source) DO UPDATE SET reason = $3, attempts = ingest_errors.attempts + 1, last_seen_at = $4, resolved_at = NULL
+         RETURNING attempts",
+    )
+    .bind(source)
+    .bind(mailbox)
+    .bind(reason)
+    .bind(now)
+    .fetch_one(&mut *conn)
+    .await
+    .context("recording an ingest error")
+}
+
+pub async fn mark_quarantined(conn: &mut AnyConnection, source: &str) -> Result<(), StorageError> {
+    sqlx::query("UPDATE ingest_errors SET quarantined = 1 WHERE source = $1")
+        .bind(source)
+        .execute(&mut *conn)
+        .await
+        .context("marking a quarantined message")?;
+    Ok(())
+}
+
+/// Marks a mailbox's open errors resolved (when its quarantine is sent back for a retry).
+pub async fn resolve_ingest_errors(conn: &mut AnyConnection, mailbox: &str, now: i64) -> Result<u64, StorageError> {
+    let done = sqlx::query("UPDATE ingest_errors SET resolved_at = $1 WHERE mailbox = $2 AND resolved_at IS NULL")
+        .bind(now)
+        .bind(mailbox)
+        .execute(&mut *conn)
+        .await
+        .context("resolving ingest errors")?;
+    Ok(done.rows_affected())
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct IngestErrorRecord {
+    pub source: String,
+    pub mailbox: Option<String>,
+    pub reason: String,
+    pub attempts: i64,
+    pub quarantined: bool,
+    pub last_seen_at: i64,
+}
+
+pub async fn open_ingest_errors(conn: &mut AnyConnection) -> Result<Vec<IngestErrorRecord>, StorageError> {
+    let rows = sqlx::query("SELECT source, mailbox, reason, attempts, quarantined, last_seen_at FROM ingest_errors WHERE resolved_at IS NULL ORDER BY id")
+        .fetch_all(&mut *conn)
+        .await
+        .context("reading ingest errors")?;
+    rows.iter()
+        .map(|r| {
+            Ok(IngestErrorRecord {
+                source: r.try_get(0)?,
+                mailbox: r.try_get(1)?,
+                reason: r.try_get(2)?,
+                attempts: r.try_get(3)?,
+                quarantined: r.try_get::<i64, _>(4)? != 0,
+                last_seen_at: r.try_get(5)?,
+            })
+        })
+        .collect::<Result<_, sqlx::Error>>()
+        .context("decoding ingest errors")
+}
+
+// ---- Threading ---------------------------------------------------------------------------------
+
+/// The case a reply belongs to: one whose mail (ours, or the practice's) has one of these
+/// Message-IDs (given without angle brackets).
+pub async fn case_for_message_ids(
+    conn: &mut AnyConnection,
+    message_ids: &[String],
+) -> Result<Option<i64>, StorageError> {
+    for id in message_ids {
+        let ours: Option<Option<i64>> = sqlx::query_scalar("SELECT case_id FROM outbox WHERE message_id = $1")
+            .bind(format!("<{id}>"))
+            .fetch_optional(&mut *conn)
+            .await
+            .context("matching a reply to our mail")?;
+        if let Some(Some(case_id)) = ours {
+            return Ok(Some(case_id));
+        }
+        let theirs: Option<i64> = sqlx::query_scalar(
+            "SELECT cm.case_id FROM case_messages cm JOIN raw_messages r ON r.id = cm.raw_message_id WHERE r.message_id = $1 ORDER BY cm.case_id LIMIT 1",
+        )
+        .bind(id)
+        .fetch_optional(&mut *conn)
+        .await
+        .context("matching a reply to a received message")?;
+        if theirs.is_some() {
+            return Ok(theirs);
+        }
+    }
+    Ok(None)
+}
+
+/// Points a case at a newly received copy of its form.
+pub async fn replace_case_form(
+    conn: &mut AnyConnection,
+    case_id: i64,
+    attachment_id: i64,
+    sha256: &str,
+) -> Result<(), StorageError> {
+    sqlx::query("UPDATE cases SET form_attachment_id = $1, form_sha256 = $2 WHERE id = $3")
+        .bind(attachment_id)
+        .bind(sha256)
+        .bind(case_id)
+        .execute(&mut *conn)
+        .await
+        .context("replacing a case's form")?;
+    Ok(())
+}

@@ -1,0 +1,201 @@
+//! Admin pages: organisations, and the workflows drawn as state diagrams (SVG made here from
+//! the workflow files) with their rules, timers and templates.
+
+use axum::Form;
+use axum::extract::{Path, Query, State};
+use axum::response::{IntoResponse, Redirect, Response};
+use axum_csrf::CsrfToken;
+use sqlx::Row;
+
+use super::auth::{CurrentUser, check_csrf, render};
+use super::{AppState, WebError};
+use crate::workflow::{ActorRole, WorkflowDef};
+
+#[derive(serde::Deserialize, Default)]
+pub struct OrgSearch {
+    #[serde(default)]
+    q: String,
+}
+
+pub async fn organisations(
+    State(state): State<AppState>,
+    user: CurrentUser,
+    token: CsrfToken,
+    Query(search): Query<OrgSearch>,
+) -> Result<Response, WebError> {
+    user.require(&[ActorRole::Admin])?;
+    let like = format!("%{}%", search.q.trim().to_lowercase());
+    let rows = sqlx::query(
+        "SELECT o.ods_code, o.name, o.kind, (SELECT COUNT(*) FROM cases c WHERE c.organisation_id = o.id) FROM organisations o
+         WHERE LOWER(o.ods_code) LIKE $1 OR LOWER(o.name) LIKE $1 ORDER BY o.name LIMIT 500",
+    )
+    .bind(like)
+    .fetch_all(&state.engine.db.pool)
+    .await?;
+    let orgs: Vec<serde_json::Value> = rows
+        .iter()
+        .map(|r| -> Result<_, sqlx::Error> {
+            Ok(serde_json::json!({ "ods": r.try_get::<String, _>(0)?, "name": r.try_get::<String, _>(1)?, "kind": r.try_get::<String, _>(2)?, "cases": r.try_get::<i64, _>(3)? }))
+        })
+        .collect::<Result<_, _>>()?;
+    let mut context = tera::Context::new();
+    context.insert("user", &user.0);
+    context.insert("csrf", &token.authenticity_token().map_err(WebError::internal)?);
+    context.insert("orgs", &orgs);
+    context.insert("q", &search.q);
+    Ok((token, render(&state, "organisations.html.tera", &context)?).into_response())
+}
+
+#[derive(serde::Deserialize)]
+pub struct OrgForm {
+    csrf: String,
+    name: String,
+}
+
+pub async fn edit_organisation(
+    State(state): State<AppState>,
+    user: CurrentUser,
+    token: CsrfToken,
+    Path(ods): Path<String>,
+    Form(form): Form<OrgForm>,
+) -> Result<Response, WebError> {
+    user.require(&[ActorRole::Admin])?;
+    check_csrf(&token, &form.csrf)?;
+    if form.name.trim().is_empty() {
+        return Err(WebError::BadRequest("An organisation needs a name.".into()));
+    }
+    let done = sqlx::query("UPDATE organisations SET name = $1, updated_at = $2 WHERE ods_code = $3")
+        .bind(form.name.trim())
+        .bind(state.engine.now_ms())
+        .bind(&ods)
+        .execute(&state.engine.db.pool)
+        .await?;
+    if done.rows_affected() == 0 {
+        return Err(WebError::NotFound);
+    }
+    Ok(Redirect::to("/admin/organisations").into_response())
+}
+
+fn escape(text: &str) -> String {
+    text.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
+
+/// A state diagram: states in columns by their distance from the initial state, transitions
+/// as arrows labelled with their names.
+pub fn state_diagram(workflow: &WorkflowDef) -> String {
+    use std::collections::BTreeMap;
+    let mut depth: BTreeMap<&str, usize> = BTreeMap::new();
+    let initial = workflow.initial_state().name.as_str();
+    depth.insert(initial, 0);
+    let mut frontier = vec![initial];
+    while let Some(state) = frontier.pop() {
+        let d = depth[state];
+        for t in workflow.transitions_from(state) {
+            if !depth.contains_key(t.to.as_str()) {
+                depth.insert(t.to.as_str(), d + 1);
+                frontier.insert(0, t.to.as_str());
+            }
+        }
+    }
+    let mut columns: BTreeMap<usize, Vec<&str>> = BTreeMap::new();
+    for state in &workflow.states {
+        columns
+            .entry(*depth.get(state.name.as_str()).unwrap_or(&9))
+            .or_default()
+            .push(&state.name);
+    }
+    let (box_w, box_h, col_gap, row_gap) = (170.0, 40.0, 90.0, 26.0);
+    let mut position: BTreeMap<&str, (f64, f64)> = BTreeMap::new();
+    for (col, (_, states)) in columns.iter().enumerate() {
+        for (row, state) in states.iter().enumerate() {
+            position.insert(
+                state,
+                (
+                    20.0 + col as f64 * (box_w + col_gap),
+                    20.0 + row as f64 * (box_h + row_gap),
+                ),
+            );
+        }
+    }
+    let width = 40.0 + columns.len() as f64 * (box_w + col_gap);
+    let height = 40.0 + columns.values().map(Vec::len).max().unwrap_or(1) as f64 * (box_h + row_gap);
+    let mut svg = format!(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" role=\"img\" aria-label=\"State diagram of {}\" viewBox=\"0 0 {width} {height}\" width=\"{width}\" height=\"{height}\" font-family=\"Arial\" font-size=\"12\">\
+         <defs><marker id=\"arrow\" viewBox=\"0 0 10 10\" refX=\"10\" refY=\"5\" markerWidth=\"6\" markerHeight=\"6\" orient=\"auto-start-reverse\"><path d=\"M 0 0 L 10 5 L 0 10 z\" fill=\"#4c6272\"/></marker></defs>",
+        escape(&workflow.title)
+    );
+    for t in &workflow.transitions {
+        for from in &t.from {
+            let (Some(&(x1, y1)), Some(&(x2, y2))) = (position.get(from.as_str()), position.get(t.to.as_str())) else {
+                continue;
+            };
+            let (sx, sy, ex, ey) = (x1 + box_w, y1 + box_h / 2.0, x2, y2 + box_h / 2.0);
+            let (sx, ex) = if x2 <= x1 { (x1, x2 + box_w) } else { (sx, ex) };
+            svg.push_str(&format!(
+                "<path d=\"M {sx} {sy} C {} {sy}, {} {ey}, {ex} {ey}\" fill=\"none\" stroke=\"#768692\" stroke-width=\"1.2\" marker-end=\"url(#arrow)\"><title>{}: {} → {} ({})</title></path>",
+                (sx + ex) / 2.0,
+                (sx + ex) / 2.0,
+                escape(&t.name),
+                escape(from),
+                escape(&t.to),
+                t.by.iter().map(|r| r.as_str()).collect::<Vec<_>>().join(", ")
+            ));
+        }
+    }
+    for state in &workflow.states {
+        let Some(&(x, y)) = position.get(state.name.as_str()) else {
+            continue;
+        };
+        let fill = if state.terminal {
+            "#f0f4f5"
+        } else if state.initial {
+            "#e8f1fa"
+        } else {
+            "#ffffff"
+        };
+        svg.push_str(&format!(
+            "<g><rect x=\"{x}\" y=\"{y}\" width=\"{box_w}\" height=\"{box_h}\" rx=\"6\" fill=\"{fill}\" stroke=\"#005eb8\" stroke-width=\"{}\"/><text x=\"{}\" y=\"{}\" text-anchor=\"middle\" fill=\"#212b32\">{}</text></g>",
+            if state.terminal { 1 } else { 2 },
+            x + box_w / 2.0,
+            y + box_h / 2.0 + 4.0,
+            escape(&state.label)
+        ));
+    }
+    svg.push_str("</svg>");
+    svg
+}
+
+pub async fn workflows(
+    State(state): State<AppState>,
+    user: CurrentUser,
+    token: CsrfToken,
+) -> Result<Response, WebError> {
+    user.require(&[ActorRole::Admin])?;
+    let views: Vec<serde_json::Value> = state
+        .engine
+        .workflows
+        .iter()
+        .map(|w| {
+            serde_json::json!({
+                "name": w.name, "title": w.title, "form_id": w.recognise.form_id, "diagram": state_diagram(w),
+                "roles": w.signatories.roles.iter().map(|r| &r.role).collect::<Vec<_>>(),
+                "nhs_fields": w.nhs_email.fields, "sender_nhs": w.nhs_email.sender, "sender_is_signatory": w.nhs_email.sender_must_be_signatory,
+                "max_age_days": w.signatories.max_age_days, "sla": w.sla.target_working_days, "four_eyes": w.four_eyes,
+                "transitions": w.transitions.iter().map(|t| serde_json::json!({
+                    "name": t.name, "from": t.from.join(", "), "to": t.to, "by": t.by.iter().map(|r| r.as_str()).collect::<Vec<_>>().join(", "), "template": t.template,
+                })).collect::<Vec<_>>(),
+                "timers": w.timers.iter().map(|t| serde_json::json!({
+                    "name": t.name, "state": t.state, "days": t.after_working_days, "action": format!("{:?}", t.action), "template": t.template, "transition": t.transition,
+                })).collect::<Vec<_>>(),
+            })
+        })
+        .collect();
+    let mut context = tera::Context::new();
+    context.insert("user", &user.0);
+    context.insert("csrf", &token.authenticity_token().map_err(WebError::internal)?);
+    context.insert("workflows", &views);
+    Ok((token, render(&state, "workflows.html.tera", &context)?).into_response())
+}

@@ -1,0 +1,68 @@
+//! The JSON API: the queue and a case, for other tools. Same sign-in and roles as the pages.
+
+use axum::Json;
+use axum::extract::{Path, Query, State};
+
+use super::auth::CurrentUser;
+use super::error::ApiError;
+use super::ui::{QueueFilter, load_queue};
+use super::{AppState, WebError};
+use crate::storage;
+
+pub async fn list_cases(
+    State(state): State<AppState>,
+    user: Result<CurrentUser, WebError>,
+    Query(filter): Query<QueueFilter>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let user = user?;
+    let (rows, next) = load_queue(&state, &filter, user.0.id).await?;
+    Ok(Json(serde_json::json!({ "cases": rows, "next": next })))
+}
+
+pub async fn show_case(
+    State(state): State<AppState>,
+    user: Result<CurrentUser, WebError>,
+    Path(reference): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    user?;
+    let mut conn = state.engine.db.pool.acquire().await.map_err(WebError::from)?;
+    let case = storage::case_by_reference(&mut conn, &reference)
+        .await?
+        .ok_or(WebError::NotFound)?;
+    let events = storage::events_for_case(&mut conn, case.id).await?;
+    let timers = storage::timers_for_case(&mut conn, case.id).await?;
+    let mail = storage::outbox_for_case(&mut conn, case.id).await?;
+    Ok(Json(
+        serde_json::json!({ "case": case, "events": events, "timers": timers, "mail": mail }),
+    ))
+}
+
+/// What the workers are doing: each mailbox's last poll, backlog and error; messages not
+/// ingested; outbound mail by status; timers waiting. For dashboards and monitoring.
+pub async fn health(
+    State(state): State<AppState>,
+    user: Result<CurrentUser, WebError>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    user?;
+    use sqlx::Row;
+    let mut conn = state.engine.db.pool.acquire().await.map_err(WebError::from)?;
+    let mailboxes = storage::mailbox_health(&mut conn).await?;
+    let ingest_errors = storage::open_ingest_errors(&mut conn).await?;
+    let mut outbox = serde_json::Map::new();
+    for row in sqlx::query("SELECT status, COUNT(*) FROM outbox GROUP BY status")
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(WebError::from)?
+    {
+        let status: String = row.try_get(0).map_err(WebError::from)?;
+        let count: i64 = row.try_get(1).map_err(WebError::from)?;
+        outbox.insert(status, count.into());
+    }
+    let timers: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM timers WHERE status = 'pending'")
+        .fetch_one(&mut *conn)
+        .await
+        .map_err(WebError::from)?;
+    Ok(Json(
+        serde_json::json!({ "mailboxes": mailboxes, "ingest_errors": ingest_errors, "outbox": outbox, "pending_timers": timers }),
+    ))
+}

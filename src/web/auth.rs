@@ -1,0 +1,210 @@
+//! Sign-in, sign-out and set-password pages; the `CurrentUser` extractor that every staff route
+//! takes.
+
+use axum::Form;
+use axum::extract::{FromRequestParts, Path, State};
+use axum::http::request::Parts;
+use axum::response::{Html, IntoResponse, Redirect, Response};
+use axum_csrf::CsrfToken;
+use axum_extra::extract::cookie::{Cookie, CookieJar, SameSite};
+
+use super::{AppState, WebError};
+use crate::users::{self, SignInRefusal, User};
+use crate::workflow::ActorRole;
+
+pub const SESSION_COOKIE: &str = "cs_session";
+
+/// The signed-in member of staff.
+pub struct CurrentUser(pub User);
+
+impl FromRequestParts<AppState> for CurrentUser {
+    type Rejection = WebError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        let jar = CookieJar::from_headers(&parts.headers);
+        let Some(token) = jar.get(SESSION_COOKIE).map(|c| c.value().to_string()) else {
+            return Err(WebError::SignInRequired);
+        };
+        let mut conn = state.engine.db.pool.acquire().await?;
+        match users::session_user(&mut conn, &token, state.engine.now_ms()).await? {
+            Some(user) => Ok(CurrentUser(user)),
+            None => Err(WebError::SignInRequired),
+        }
+    }
+}
+
+impl CurrentUser {
+    /// Refuses unless the user has one of `roles` (admins may do what managers may).
+    pub fn require(&self, roles: &[ActorRole]) -> Result<(), WebError> {
+        let role = self.0.role;
+        let allowed = roles.contains(&role) || (role == ActorRole::Admin && roles.contains(&ActorRole::Manager));
+        if allowed {
+            Ok(())
+        } else {
+            Err(WebError::Forbidden(format!(
+                "this needs the {} role",
+                roles.iter().map(|r| r.as_str()).collect::<Vec<_>>().join(" or ")
+            )))
+        }
+    }
+
+    pub fn actor(&self) -> crate::workflow::Actor {
+        crate::workflow::Actor {
+            name: self.0.email.clone(),
+            role: self.0.role,
+        }
+    }
+}
+
+/// Checks the form's CSRF token against the cookie.
+pub fn check_csrf(token: &CsrfToken, submitted: &str) -> Result<(), WebError> {
+    token.verify(submitted).map_err(|_| {
+        WebError::Forbidden(
+            "This form has expired or did not come from Countersign. Go back, reload the page and try again.".into(),
+        )
+    })
+}
+
+pub fn render(state: &AppState, template: &str, context: &tera::Context) -> Result<Html<String>, WebError> {
+    state
+        .pages
+        .render(template, context)
+        .map(Html)
+        .map_err(|e| WebError::internal(format!("template {template}: {e:?}")))
+}
+
+fn csrf_value(token: &CsrfToken) -> Result<String, WebError> {
+    token.authenticity_token().map_err(WebError::internal)
+}
+
+pub async fn sign_in_page(State(state): State<AppState>, token: CsrfToken) -> Result<Response, WebError> {
+    let mut context = tera::Context::new();
+    context.insert("csrf", &csrf_value(&token)?);
+    Ok((token, render(&state, "sign_in.html.tera", &context)?).into_response())
+}
+
+#[derive(serde::Deserialize)]
+pub struct SignInForm {
+    csrf: String,
+    email: String,
+    password: String,
+}
+
+pub async fn sign_in(
+    State(state): State<AppState>,
+    jar: CookieJar,
+    token: CsrfToken,
+    Form(form): Form<SignInForm>,
+) -> Result<Response, WebError> {
+    check_csrf(&token, &form.csrf)?;
+    let now = state.engine.now_ms();
+    let mut conn = state.engine.db.pool.acquire().await?;
+    let refusal = match users::authenticate(&mut conn, &form.email, &form.password, now).await? {
+        Ok(user) => {
+            let session = users::start_session(&mut conn, user.id, now).await?;
+            let cookie = Cookie::build((SESSION_COOKIE, session))
+                .path("/")
+                .http_only(true)
+                .secure(state.secure_cookies)
+                .same_site(SameSite::Lax)
+                .build();
+            return Ok((jar.add(cookie), Redirect::to("/")).into_response());
+        }
+        Err(refusal) => refusal,
+    };
+    let message = match refusal {
+        SignInRefusal::WrongCredentials => "That email address and password do not match an account.".to_string(),
+        SignInRefusal::Locked { until } => {
+            let when = chrono::DateTime::from_timestamp_millis(until)
+                .map(|t| t.with_timezone(&chrono::Local).format("%H:%M").to_string())
+                .unwrap_or_default();
+            format!(
+                "Too many failed attempts: this account is locked until {when}. Ask an admin if you need in sooner."
+            )
+        }
+    };
+    let mut context = tera::Context::new();
+    context.insert("csrf", &csrf_value(&token)?);
+    context.insert("error", &message);
+    context.insert("email", &form.email);
+    Ok((
+        axum::http::StatusCode::UNAUTHORIZED,
+        token,
+        render(&state, "sign_in.html.tera", &context)?,
+    )
+        .into_response())
+}
+
+#[derive(serde::Deserialize)]
+pub struct CsrfOnly {
+    csrf: String,
+}
+
+pub async fn sign_out(
+    State(state): State<AppState>,
+    _user: CurrentUser,
+    jar: CookieJar,
+    token: CsrfToken,
+    Form(form): Form<CsrfOnly>,
+) -> Result<Response, WebError> {
+    check_csrf(&token, &form.csrf)?;
+    if let Some(session) = jar.get(SESSION_COOKIE) {
+        let mut conn = state.engine.db.pool.acquire().await?;
+        users::end_session(&mut conn, session.value()).await?;
+    }
+    Ok((
+        jar.remove(Cookie::build(SESSION_COOKIE).path("/")),
+        Redirect::to("/sign-in"),
+    )
+        .into_response())
+}
+
+pub async fn set_password_page(
+    State(state): State<AppState>,
+    Path(link): Path<String>,
+    token: CsrfToken,
+) -> Result<Response, WebError> {
+    let mut conn = state.engine.db.pool.acquire().await?;
+    let user = users::user_for_password_token(&mut conn, &link, state.engine.now_ms()).await?;
+    let mut context = tera::Context::new();
+    context.insert("csrf", &csrf_value(&token)?);
+    context.insert("email", &user.email);
+    Ok((token, render(&state, "set_password.html.tera", &context)?).into_response())
+}
+
+#[derive(serde::Deserialize)]
+pub struct SetPasswordForm {
+    csrf: String,
+    password: String,
+    confirm: String,
+}
+
+pub async fn set_password(
+    State(state): State<AppState>,
+    Path(link): Path<String>,
+    token: CsrfToken,
+    Form(form): Form<SetPasswordForm>,
+) -> Result<Response, WebError> {
+    check_csrf(&token, &form.csrf)?;
+    let mut conn = state.engine.db.pool.acquire().await?;
+    let problem = if form.password != form.confirm {
+        Some("The two passwords do not match.".to_string())
+    } else {
+        match users::set_password_with_token(&mut conn, &link, &form.password, state.engine.now_ms()).await {
+            Ok(_) => return Ok(Redirect::to("/sign-in").into_response()),
+            Err(users::UserError::WeakPassword(why)) => Some(why),
+            Err(other) => return Err(other.into()),
+        }
+    };
+    let user = users::user_for_password_token(&mut conn, &link, state.engine.now_ms()).await?;
+    let mut context = tera::Context::new();
+    context.insert("csrf", &csrf_value(&token)?);
+    context.insert("email", &user.email);
+    context.insert("error", &problem);
+    Ok((
+        axum::http::StatusCode::BAD_REQUEST,
+        token,
+        render(&state, "set_password.html.tera", &context)?,
+    )
+        .into_response())
+}

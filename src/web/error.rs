@@ -1,0 +1,130 @@
+//! The one error type of the web layer, mapped to HTTP: pages get a short HTML message, the
+//! JSON API gets `{ "error": { "code", "message" } }`. Internal causes are logged, not shown.
+
+use axum::Json;
+use axum::http::StatusCode;
+use axum::response::{Html, IntoResponse, Redirect, Response};
+
+use crate::engine::EngineError;
+use crate::workflow::TransitionError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum WebError {
+    #[error("sign in first")]
+    SignInRequired,
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("not found")]
+    NotFound,
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("something went wrong; it has been logged")]
+    Internal(String),
+}
+
+impl WebError {
+    fn status(&self) -> StatusCode {
+        match self {
+            WebError::SignInRequired => StatusCode::UNAUTHORIZED,
+            WebError::Forbidden(_) => StatusCode::FORBIDDEN,
+            WebError::NotFound => StatusCode::NOT_FOUND,
+            WebError::Conflict(_) => StatusCode::CONFLICT,
+            WebError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            WebError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    fn code(&self) -> &'static str {
+        match self {
+            WebError::SignInRequired => "sign_in_required",
+            WebError::Forbidden(_) => "forbidden",
+            WebError::NotFound => "not_found",
+            WebError::Conflict(_) => "conflict",
+            WebError::BadRequest(_) => "bad_request",
+            WebError::Internal(_) => "internal",
+        }
+    }
+
+    pub fn internal(error: impl std::fmt::Display) -> Self {
+        tracing::error!(error = %error, "request failed");
+        WebError::Internal(error.to_string())
+    }
+}
+
+impl From<EngineError> for WebError {
+    fn from(error: EngineError) -> Self {
+        match error {
+            EngineError::CaseNotFound(_) => WebError::NotFound,
+            EngineError::Conflict(_) => WebError::Conflict(error.to_string()),
+            EngineError::Transition {
+                source: TransitionError::RoleNotAllowed { .. } | TransitionError::FourEyes { .. },
+                ..
+            } => WebError::Forbidden(error.to_string()),
+            EngineError::Transition { .. } | EngineError::Unclassified { .. } | EngineError::NotKeyable { .. } => {
+                WebError::Conflict(error.to_string())
+            }
+            EngineError::UnknownField { .. } | EngineError::UnknownWorkflow(_) => {
+                WebError::BadRequest(error.to_string())
+            }
+            EngineError::Storage(e) => WebError::internal(e),
+        }
+    }
+}
+
+impl From<crate::storage::StorageError> for WebError {
+    fn from(error: crate::storage::StorageError) -> Self {
+        WebError::internal(error)
+    }
+}
+
+impl From<crate::users::UserError> for WebError {
+    fn from(error: crate::users::UserError) -> Self {
+        use crate::users::UserError;
+        match error {
+            UserError::Storage(e) => WebError::internal(e),
+            UserError::Hash(e) => WebError::internal(e),
+            other => WebError::BadRequest(other.to_string()),
+        }
+    }
+}
+
+impl From<sqlx::Error> for WebError {
+    fn from(error: sqlx::Error) -> Self {
+        WebError::internal(error)
+    }
+}
+
+impl IntoResponse for WebError {
+    fn into_response(self) -> Response {
+        if matches!(self, WebError::SignInRequired) {
+            return Redirect::to("/sign-in").into_response();
+        }
+        let message = self.to_string();
+        let escaped = message.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;");
+        let page = format!(
+            "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>Countersign</title>\
+             <link rel=\"stylesheet\" href=\"/static/app.css\"></head><body><main class=\"page\">\
+             <h1>{}</h1><p class=\"error-message\" role=\"alert\">{escaped}</p><p><a href=\"/\">Back to the queue</a></p></main></body></html>",
+            self.status().canonical_reason().unwrap_or("Error")
+        );
+        (self.status(), Html(page)).into_response()
+    }
+}
+
+/// The API's form of the same errors.
+pub struct ApiError(pub WebError);
+
+impl<E: Into<WebError>> From<E> for ApiError {
+    fn from(error: E) -> Self {
+        ApiError(error.into())
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = serde_json::json!({ "error": { "code": self.0.code(), "message": self.0.to_string() } });
+        (self.0.status(), Json(body)).into_response()
+    }
+}

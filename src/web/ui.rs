@@ -1,0 +1,932 @@
+//! The pages caseworkers use: the triage queue, the case page and its actions, the users page.
+
+use axum::Form;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Redirect, Response};
+use axum_csrf::CsrfToken;
+use chrono::{DateTime, Local};
+use sqlx::Row;
+
+use super::auth::{CurrentUser, check_csrf, render};
+use super::{AppState, WebError};
+use crate::storage;
+use crate::workflow::{ActorRole, TransitionRequest};
+
+const PAGE_SIZE: i64 = 50;
+const STYLESHEET: &str = include_str!("../../templates/ui/app.css");
+const SCRIPT: &str = include_str!("../../templates/ui/app.js");
+
+/// Keyboard shortcuts; the pages work without it.
+pub async fn script() -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "text/javascript; charset=utf-8"),
+            (header::CACHE_CONTROL, "public, max-age=3600"),
+        ],
+        SCRIPT,
+    )
+        .into_response()
+}
+
+pub async fn health(State(state): State<AppState>) -> Result<Response, WebError> {
+    sqlx::query("SELECT 1").execute(&state.engine.db.pool).await?;
+    Ok((StatusCode::OK, "ok").into_response())
+}
+
+pub async fn stylesheet() -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "text/css; charset=utf-8"),
+            (header::CACHE_CONTROL, "public, max-age=3600"),
+        ],
+        STYLESHEET,
+    )
+        .into_response()
+}
+
+fn when(ms: Option<i64>) -> Option<String> {
+    ms.and_then(DateTime::from_timestamp_millis)
+        .map(|t| t.with_timezone(&Local).format("%d/%m/%Y %H:%M").to_string())
+}
+
+/// On track, at risk (due before `at_risk_until`, a working day from now) or breached, as
+/// text; the page adds colour.
+fn sla_status(due_at: Option<i64>, now: i64, at_risk_until: i64) -> &'static str {
+    match due_at {
+        Some(due) if due < now => "breached",
+        Some(due) if due <= at_risk_until => "at risk",
+        _ => "on track",
+    }
+}
+
+fn base_context(user: &CurrentUser, token: &CsrfToken) -> Result<tera::Context, WebError> {
+    let mut context = tera::Context::new();
+    context.insert("user", &user.0);
+    context.insert("csrf", &token.authenticity_token().map_err(WebError::internal)?);
+    Ok(context)
+}
+
+#[derive(Debug, Default, serde::Deserialize, serde::Serialize)]
+pub struct QueueFilter {
+    #[serde(default)]
+    pub state: String,
+    #[serde(default)]
+    pub workflow: String,
+    #[serde(default)]
+    pub finding: String,
+    /// `mine` or `unassigned`.
+    #[serde(default)]
+    pub assignee: String,
+    #[serde(default)]
+    pub overdue: String,
+    /// Reference, organisation name or ODS code, or sender.
+    #[serde(default)]
+    pub q: String,
+    /// Keyset cursor: `due_at:id` of the last row of the previous page.
+    #[serde(default)]
+    pub after: String,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct QueueRow {
+    pub id: i64,
+    pub reference: String,
+    pub workflow: Option<String>,
+    pub state: String,
+    pub org_name: Option<String>,
+    pub org_ods_code: Option<String>,
+    pub findings: Vec<String>,
+    pub age_working_days: i64,
+    pub due: Option<String>,
+    pub due_at: Option<i64>,
+    pub sla: &'static str,
+    pub assignee: Option<String>,
+}
+
+/// Open cases, most urgent first, a page at a time (keyset, so it stays fast at any depth).
+pub async fn load_queue(
+    state: &AppState,
+    filter: &QueueFilter,
+    user_id: i64,
+) -> Result<(Vec<QueueRow>, Option<String>), WebError> {
+    let terminal = state.engine.workflows.terminal_states();
+    let placeholders: Vec<String> = (0..terminal.len()).map(|i| format!("${}", i + 13)).collect();
+    // A search that is an ODS code or a case reference is an exact (indexed) match; anything
+    // else is a substring of the organisation's name or the sender's address.
+    let q = filter.q.trim();
+    let exact = crate::domain::CaseRef::parse(q)
+        .map(|r| r.as_str().to_string())
+        .or_else(|| {
+            crate::domain::OdsCode::parse(q)
+                .filter(|_| q.chars().any(|c| c.is_ascii_digit()))
+                .map(|c| c.as_str().to_string())
+        })
+        .unwrap_or_default();
+    let substring = if q.is_empty() || !exact.is_empty() {
+        String::new()
+    } else {
+        format!("%{}%", q.to_lowercase())
+    };
+    let sql = format!(
+        "SELECT c.id, c.reference, c.workflow, c.state, c.org_name, c.org_ods_code, c.findings, c.created_at, c.due_at, u.email
+         FROM {} LEFT JOIN users u ON u.id = c.assignee_id
+         WHERE ($1 = '' OR c.state = $1) AND ($2 = '' OR c.workflow = $2) AND ($3 = '' OR c.findings LIKE $3)
+           AND ($4 = '' OR ($4 = 'mine' AND c.assignee_id = $5) OR ($4 = 'unassigned' AND c.assignee_id IS NULL))
+           AND ($6 = 0 OR c.due_at < $7)
+           AND ($8 = '' OR LOWER(COALESCE(c.org_name, '')) LIKE $8 OR LOWER(COALESCE(c.sender, '')) LIKE $8 OR LOWER(c.reference) LIKE $8
+                OR LOWER(c.fields) LIKE $8)
+           AND ($12 = '' OR c.org_ods_code = $12 OR c.reference = $12)
+           AND (c.due_at > $9 OR (c.due_at = $9 AND c.id > $10))
+           {}
+         ORDER BY c.due_at, c.id LIMIT $11",
+        // An exact search starts from the few matching rows (by their indexes) rather than
+        // walking the whole queue in SLA order looking for them.
+        if exact.is_empty() {
+            "cases c"
+        } else {
+            "(SELECT id AS matched FROM cases WHERE org_ods_code = $12 UNION SELECT id FROM cases WHERE reference = $12) m JOIN cases c ON c.id = m.matched"
+        },
+        if placeholders.is_empty() { String::new() } else { format!("AND c.state NOT IN ({})", placeholders.join(", ")) }
+    );
+    let (after_due, after_id) = filter
+        .after
+        .split_once(':')
+        .and_then(|(d, i)| Some((d.parse::<i64>().ok()?, i.parse::<i64>().ok()?)))
+        .unwrap_or((-1, 0));
+    let now = state.engine.now_ms();
+    let finding = if filter.finding.is_empty() {
+        String::new()
+    } else {
+        format!("%\"code\":\"{}\"%", filter.finding)
+    };
+    // The SQL text is built only from placeholders; every value is bound.
+    let mut query = sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(filter.state.clone())
+        .bind(filter.workflow.clone())
+        .bind(finding)
+        .bind(filter.assignee.clone())
+        .bind(user_id)
+        .bind(i64::from(filter.overdue == "yes"))
+        .bind(now)
+        .bind(substring)
+        .bind(after_due)
+        .bind(after_id)
+        .bind(PAGE_SIZE + 1)
+        .bind(exact);
+    for state_name in &terminal {
+        query = query.bind(state_name.clone());
+    }
+    let rows = query.fetch_all(&state.engine.db.pool).await?;
+    let today = state.engine.clock.now().date_naive();
+    let at_risk_until = state.engine.working_days_from_now(1);
+    let mut out = Vec::new();
+    for row in rows.iter().take(PAGE_SIZE as usize) {
+        let findings_json: String = row.try_get(6)?;
+        let findings: Vec<crate::policy::Finding> = serde_json::from_str(&findings_json).unwrap_or_default();
+        let created_at: i64 = row.try_get(7)?;
+        let due_at: Option<i64> = row.try_get(8)?;
+        let created = DateTime::from_timestamp_millis(created_at)
+            .map(|t| t.with_timezone(&Local).date_naive())
+            .unwrap_or(today);
+        out.push(QueueRow {
+            id: row.try_get(0)?,
+            reference: row.try_get(1)?,
+            workflow: row.try_get(2)?,
+            state: row.try_get(3)?,
+            org_name: row.try_get(4)?,
+            org_ods_code: row.try_get(5)?,
+            findings: findings.iter().map(|f| f.code.as_str().to_string()).collect(),
+            age_working_days: state.engine.calendar.working_days_between(created, today),
+            due: when(due_at),
+            due_at,
+            sla: sla_status(due_at, now, at_risk_until),
+            assignee: row.try_get(9)?,
+        });
+    }
+    let next = (rows.len() as i64 > PAGE_SIZE)
+        .then(|| out.last().map(|r| format!("{}:{}", r.due_at.unwrap_or(0), r.id)))
+        .flatten();
+    Ok((out, next))
+}
+
+pub async fn queue(
+    State(state): State<AppState>,
+    user: CurrentUser,
+    token: CsrfToken,
+    Query(filter): Query<QueueFilter>,
+) -> Result<Response, WebError> {
+    let (rows, next) = load_queue(&state, &filter, user.0.id).await?;
+    let mut context = base_context(&user, &token)?;
+    let mut states: Vec<String> = state
+        .engine
+        .workflows
+        .iter()
+        .flat_map(|w| w.states.iter().filter(|s| !s.terminal).map(|s| s.name.clone()))
+        .collect();
+    states.sort();
+    states.dedup();
+    let next_url = next.map(|cursor| {
+        let mut query = url::form_urlencoded::Serializer::new(String::new());
+        for (key, value) in [
+            ("q", &filter.q),
+            ("state", &filter.state),
+            ("workflow", &filter.workflow),
+            ("assignee", &filter.assignee),
+            ("overdue", &filter.overdue),
+            ("finding", &filter.finding),
+        ] {
+            if !value.is_empty() {
+                query.append_pair(key, value);
+            }
+        }
+        query.append_pair("after", &cursor);
+        format!("/?{}", query.finish())
+    });
+    context.insert("rows", &rows);
+    context.insert("next_url", &next_url);
+    context.insert("filter", &filter);
+    context.insert("states", &states);
+    context.insert(
+        "workflows",
+        &state
+            .engine
+            .workflows
+            .iter()
+            .map(|w| (&w.name, &w.title))
+            .collect::<Vec<_>>(),
+    );
+    Ok((token, render(&state, "queue.html.tera", &context)?).into_response())
+}
+
+#[derive(Debug, serde::Serialize)]
+struct TimelineEntry {
+    at: i64,
+    when: Option<String>,
+    kind: String,
+    who: String,
+    text: String,
+}
+
+#[derive(Debug, serde::Serialize)]
+struct ActionView {
+    to: String,
+    label: String,
+    reason_required: bool,
+    records: Vec<String>,
+}
+
+pub async fn case_page(
+    State(state): State<AppState>,
+    user: CurrentUser,
+    token: CsrfToken,
+    Path(reference): Path<String>,
+) -> Result<Response, WebError> {
+    let mut conn = state.engine.db.pool.acquire().await?;
+    let case = storage::case_by_reference(&mut conn, &reference)
+        .await?
+        .ok_or(WebError::NotFound)?;
+    let workflow = case.workflow.as_deref().and_then(|w| state.engine.workflows.get(w));
+    let message = sqlx::query(
+        "SELECT from_address, subject, sent_at, received_at, sender_auth, raw FROM raw_messages WHERE id = $1",
+    )
+    .bind(case.origin_message_id)
+    .fetch_one(&mut *conn)
+    .await?;
+    let raw: Option<Vec<u8>> = message.try_get(5)?;
+    let body = raw
+        .as_deref()
+        .map(|r| crate::mail::parse(r, &state.engine.config.mail))
+        .and_then(|m| m.text_body);
+    let auth: crate::mail::SenderAuth =
+        serde_json::from_str(&message.try_get::<String, _>(4)?).unwrap_or(crate::mail::SenderAuth::Missing {
+            reason: "no verdict stored".into(),
+        });
+    let attachments = sqlx::query("SELECT id, filename, claimed_type, detected_type, size_bytes FROM attachments WHERE raw_message_id = $1 ORDER BY id")
+        .bind(case.origin_message_id)
+        .fetch_all(&mut *conn)
+        .await?
+        .iter()
+        .map(|r| -> Result<serde_json::Value, sqlx::Error> {
+            Ok(serde_json::json!({
+                "filename": r.try_get::<Option<String>, _>(1)?, "claimed": r.try_get::<String, _>(2)?,
+                "detected": r.try_get::<Option<String>, _>(3)?, "size": r.try_get::<i64, _>(4)?,
+            }))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+
+    // Fields with the findings about each, in the workflow's order.
+    let mut fields = Vec::new();
+    if let Some(workflow) = workflow {
+        for def in &workflow.fields {
+            let about: Vec<&str> = case
+                .findings
+                .iter()
+                .filter(|f| f.field.as_deref() == Some(def.name.as_str()))
+                .map(|f| f.message.as_str())
+                .collect();
+            fields.push(serde_json::json!({ "name": def.name, "label": def.label, "value": case.fields.get(&def.name), "findings": about }));
+        }
+    }
+    let general: Vec<&str> = case
+        .findings
+        .iter()
+        .filter(|f| f.field.is_none())
+        .map(|f| f.message.as_str())
+        .collect();
+
+    let mut timeline: Vec<TimelineEntry> = storage::events_for_case(&mut conn, case.id)
+        .await?
+        .into_iter()
+        .map(|e| {
+            let change = match (&e.from_state, &e.to_state) {
+                (Some(f), Some(t)) => format!("{f} → {t}"),
+                (None, Some(t)) => format!("→ {t}"),
+                _ => String::new(),
+            };
+            TimelineEntry {
+                at: e.at,
+                when: when(Some(e.at)),
+                // A transition shows its own name ("hold for review"), other events their kind.
+                kind: e.transition.as_deref().unwrap_or(&e.kind).replace('_', " "),
+                who: e.actor,
+                text: [change, e.reason.unwrap_or_default()].join(" ").trim().to_string(),
+            }
+        })
+        .collect();
+    for row in sqlx::query("SELECT created_at, template, recipient, status, COALESCE(suppressed_reason, last_error, '') FROM outbox WHERE case_id = $1")
+        .bind(case.id)
+        .fetch_all(&mut *conn)
+        .await?
+    {
+        let at: i64 = row.try_get(0)?;
+        timeline.push(TimelineEntry {
+            at,
+            when: when(Some(at)),
+            kind: "mail".into(),
+            who: row.try_get::<Option<String>, _>(2)?.unwrap_or_default(),
+            text: format!("{} ({}) {}", row.try_get::<String, _>(1)?, row.try_get::<String, _>(3)?, row.try_get::<String, _>(4)?).trim().to_string(),
+        });
+    }
+    for timer in storage::timers_for_case(&mut conn, case.id).await? {
+        timeline.push(TimelineEntry {
+            at: timer.due_at,
+            when: when(Some(timer.due_at)),
+            kind: "timer".into(),
+            who: String::new(),
+            text: format!("{} ({})", timer.name.replace('_', " "), timer.status),
+        });
+    }
+    timeline.sort_by_key(|t| t.at);
+    let notes = sqlx::query("SELECT author, body, created_at FROM case_notes WHERE case_id = $1 ORDER BY id")
+        .bind(case.id)
+        .fetch_all(&mut *conn)
+        .await?
+        .iter()
+        .map(|r| -> Result<serde_json::Value, sqlx::Error> {
+            Ok(serde_json::json!({ "author": r.try_get::<String, _>(0)?, "body": r.try_get::<String, _>(1)?, "when": when(Some(r.try_get::<i64, _>(2)?)) }))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+
+    // The actions the workflow allows from here, for this user's role, and only those.
+    let role = user.0.role;
+    let permits =
+        |by: &[ActorRole]| by.contains(&role) || (role == ActorRole::Admin && by.contains(&ActorRole::Manager));
+    let actions: Vec<ActionView> = match workflow {
+        Some(workflow) => workflow
+            .transitions_from(&case.state)
+            .filter(|t| permits(&t.by))
+            .map(|t| ActionView {
+                to: t.to.clone(),
+                label: t.label.clone(),
+                reason_required: t.reason_required,
+                records: t.records.clone(),
+            })
+            .collect(),
+        None if case.state == crate::engine::UNCLASSIFIED_STATE => ["rejected", "withdrawn", "duplicate", "closed"]
+            .iter()
+            .map(|to| ActionView {
+                to: to.to_string(),
+                label: format!("Mark {to}"),
+                reason_required: true,
+                records: vec![],
+            })
+            .collect(),
+        None => vec![],
+    };
+    // A form with no fields (or no workflow yet) is keyed by hand beside the PDF.
+    let needs_keying = case
+        .findings
+        .iter()
+        .any(|f| f.code == crate::policy::FindingCode::FormHasNoFields)
+        || case.workflow.is_none();
+    let keyable = needs_keying && ["received", "needs_review"].contains(&case.state.as_str());
+    let key_fields: Vec<serde_json::Value> = match workflow {
+        Some(workflow) => workflow
+            .fields
+            .iter()
+            .filter(|f| f.kind != crate::workflow::FieldKind::Signature)
+            .map(|f| serde_json::json!({ "name": f.name, "label": f.label, "value": case.fields.get(&f.name), "options": f.options }))
+            .collect(),
+        None => vec![],
+    };
+    // The findings, as a starting point for a request for information the caseworker edits.
+    let suggested_reason = case
+        .findings
+        .iter()
+        .map(|f| format!("- {}", f.message))
+        .collect::<Vec<_>>()
+        .join("\n");
+    let staff = crate::users::list(&mut conn)
+        .await?
+        .into_iter()
+        .filter(|u| !u.disabled)
+        .map(|u| u.email)
+        .collect::<Vec<_>>();
+    let assignee: Option<String> = match case.assignee_id {
+        Some(id) => {
+            sqlx::query_scalar("SELECT email FROM users WHERE id = $1")
+                .bind(id)
+                .fetch_optional(&mut *conn)
+                .await?
+        }
+        None => None,
+    };
+
+    let mut context = base_context(&user, &token)?;
+    context.insert("case", &case);
+    context.insert(
+        "workflow_title",
+        &workflow
+            .map(|w| w.title.clone())
+            .unwrap_or_else(|| "Unclassified".into()),
+    );
+    context.insert(
+        "state_label",
+        &workflow
+            .and_then(|w| w.state(&case.state))
+            .map(|s| s.label.clone())
+            .unwrap_or_else(|| case.state.clone()),
+    );
+    context.insert("fields", &fields);
+    context.insert("general_findings", &general);
+    context.insert("from", &message.try_get::<Option<String>, _>(0)?);
+    context.insert("subject", &message.try_get::<Option<String>, _>(1)?);
+    context.insert("sent", &when(message.try_get::<Option<i64>, _>(2)?));
+    context.insert("received", &when(Some(message.try_get::<i64, _>(3)?)));
+    context.insert("auth", &auth);
+    context.insert("body", &body);
+    context.insert("attachments", &attachments);
+    context.insert("timeline", &timeline);
+    context.insert("notes", &notes);
+    context.insert("actions", &actions);
+    context.insert("assignee", &assignee);
+    context.insert("due", &when(case.due_at));
+    context.insert(
+        "sla",
+        sla_status(
+            case.due_at,
+            state.engine.now_ms(),
+            state.engine.working_days_from_now(1),
+        ),
+    );
+    context.insert("has_pdf", &case.form_attachment_id.is_some());
+    context.insert("keyable", &keyable);
+    context.insert("key_fields", &key_fields);
+    context.insert(
+        "workflow_names",
+        &state
+            .engine
+            .workflows
+            .iter()
+            .map(|w| (&w.name, &w.title))
+            .collect::<Vec<_>>(),
+    );
+    context.insert("suggested_reason", &suggested_reason);
+    context.insert("staff", &staff);
+    // The next case in the queue after this one, for the "n" shortcut and the link.
+    let after = QueueFilter {
+        after: format!("{}:{}", case.due_at.unwrap_or(0), case.id),
+        ..QueueFilter::default()
+    };
+    let next_case = load_queue(&state, &after, user.0.id)
+        .await?
+        .0
+        .into_iter()
+        .next()
+        .map(|r| r.reference);
+    context.insert("next_case", &next_case);
+    Ok((token, render(&state, "case.html.tera", &context)?).into_response())
+}
+
+/// The case's PDF, inline, sandboxed: it can show, but not run script or reach anything.
+pub async fn form_pdf(
+    State(state): State<AppState>,
+    _user: CurrentUser,
+    Path(reference): Path<String>,
+) -> Result<Response, WebError> {
+    let mut conn = state.engine.db.pool.acquire().await?;
+    let case = storage::case_by_reference(&mut conn, &reference)
+        .await?
+        .ok_or(WebError::NotFound)?;
+    let attachment = case.form_attachment_id.ok_or(WebError::NotFound)?;
+    let (detected, bytes) = storage::attachment_content(&mut conn, attachment)
+        .await?
+        .ok_or(WebError::NotFound)?;
+    let is_pdf = detected.as_deref() == Some("application/pdf");
+    let mut response = bytes.into_response();
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static(if is_pdf {
+            "application/pdf"
+        } else {
+            "application/octet-stream"
+        }),
+    );
+    let disposition = format!(
+        "{}; filename=\"{}.pdf\"",
+        if is_pdf { "inline" } else { "attachment" },
+        case.reference
+    );
+    headers.insert(
+        header::CONTENT_DISPOSITION,
+        HeaderValue::from_str(&disposition).map_err(WebError::internal)?,
+    );
+    headers.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    headers.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static("sandbox; default-src 'none'; frame-ancestors 'self'"),
+    );
+    Ok(response)
+}
+
+#[derive(serde::Deserialize)]
+pub struct TransitionForm {
+    csrf: String,
+    to: String,
+    #[serde(default)]
+    reason: String,
+    /// The case version the page showed: a newer one means someone else acted meanwhile.
+    version: i64,
+    #[serde(default)]
+    open_exeter_user_id: String,
+    /// For "mark as duplicate": the case this one repeats.
+    #[serde(default)]
+    duplicate_of: String,
+}
+
+pub async fn transition(
+    State(state): State<AppState>,
+    user: CurrentUser,
+    token: CsrfToken,
+    Path(reference): Path<String>,
+    Form(form): Form<TransitionForm>,
+) -> Result<Response, WebError> {
+    check_csrf(&token, &form.csrf)?;
+    let mut conn = state.engine.db.pool.acquire().await?;
+    let case = storage::case_by_reference(&mut conn, &reference)
+        .await?
+        .ok_or(WebError::NotFound)?;
+    drop(conn);
+    if case.version != form.version {
+        return Err(WebError::Conflict(format!(
+            "Someone else changed {reference} while you were looking at it (it is now {}). Reload the page to see what changed.",
+            case.state
+        )));
+    }
+    let mut recorded = Vec::new();
+    if !form.open_exeter_user_id.trim().is_empty() {
+        recorded.push((
+            "open_exeter_user_id".to_string(),
+            form.open_exeter_user_id.trim().to_string(),
+        ));
+    }
+    let original = if form.to == "duplicate" {
+        let wanted = form.duplicate_of.trim().to_uppercase();
+        let mut conn = state.engine.db.pool.acquire().await?;
+        let original = storage::case_by_reference(&mut conn, &wanted)
+            .await?
+            .filter(|o| o.id != case.id);
+        Some(original.ok_or_else(|| {
+            WebError::BadRequest(format!(
+                "Give the reference of the case this one duplicates (no case “{wanted}”)"
+            ))
+        })?)
+    } else {
+        None
+    };
+    let mut reason = form.reason.trim().to_string();
+    if let Some(original) = &original {
+        reason = format!("duplicate of {}. {reason}", original.reference)
+            .trim()
+            .to_string();
+    }
+    let request = TransitionRequest {
+        to: form.to,
+        reason: Some(reason).filter(|r| !r.is_empty()),
+        recorded,
+    };
+    state.engine.transition(&reference, &request, &user.actor()).await?;
+    if let Some(original) = original {
+        let mut conn = state.engine.db.pool.acquire().await?;
+        storage::set_duplicate_of(&mut conn, case.id, original.id).await?;
+    }
+    Ok(Redirect::to(&format!("/cases/{reference}")).into_response())
+}
+
+#[derive(serde::Deserialize)]
+pub struct CsrfForm {
+    csrf: String,
+}
+
+pub async fn claim(
+    State(state): State<AppState>,
+    user: CurrentUser,
+    token: CsrfToken,
+    Path(reference): Path<String>,
+    Form(form): Form<CsrfForm>,
+) -> Result<Response, WebError> {
+    check_csrf(&token, &form.csrf)?;
+    assign_case(&state, &user, &reference, Some(&user.0)).await?;
+    Ok(Redirect::to(&format!("/cases/{reference}")).into_response())
+}
+
+#[derive(serde::Deserialize)]
+pub struct NoteForm {
+    csrf: String,
+    body: String,
+}
+
+pub async fn add_note(
+    State(state): State<AppState>,
+    user: CurrentUser,
+    token: CsrfToken,
+    Path(reference): Path<String>,
+    Form(form): Form<NoteForm>,
+) -> Result<Response, WebError> {
+    check_csrf(&token, &form.csrf)?;
+    if form.body.trim().is_empty() {
+        return Err(WebError::BadRequest("A note cannot be empty.".into()));
+    }
+    let mut tx = state.engine.db.pool.begin().await?;
+    let case = storage::case_by_reference(&mut tx, &reference)
+        .await?
+        .ok_or(WebError::NotFound)?;
+    sqlx::query("INSERT INTO case_notes (case_id, author, body, created_at) VALUES ($1, $2, $3, $4)")
+        .bind(case.id)
+        .bind(&user.0.email)
+        .bind(form.body.trim())
+        .bind(state.engine.now_ms())
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    Ok(Redirect::to(&format!("/cases/{reference}#notes")).into_response())
+}
+
+pub async fn users_page(
+    State(state): State<AppState>,
+    user: CurrentUser,
+    token: CsrfToken,
+) -> Result<Response, WebError> {
+    user.require(&[ActorRole::Admin])?;
+    users_view(&state, &user, token, None).await
+}
+
+async fn users_view(
+    state: &AppState,
+    user: &CurrentUser,
+    token: CsrfToken,
+    link: Option<(String, String)>,
+) -> Result<Response, WebError> {
+    let mut conn = state.engine.db.pool.acquire().await?;
+    let users = crate::users::list(&mut conn).await?;
+    let mut context = base_context(user, &token)?;
+    context.insert("users", &users);
+    context.insert("link", &link);
+    Ok((token, render(state, "users.html.tera", &context)?).into_response())
+}
+
+#[derive(serde::Deserialize)]
+pub struct AddUserForm {
+    csrf: String,
+    email: String,
+    display_name: String,
+    role: String,
+}
+
+pub async fn add_user(
+    State(state): State<AppState>,
+    user: CurrentUser,
+    token: CsrfToken,
+    Form(form): Form<AddUserForm>,
+) -> Result<Response, WebError> {
+    user.require(&[ActorRole::Admin])?;
+    check_csrf(&token, &form.csrf)?;
+    let role = ActorRole::parse(&form.role)
+        .filter(|r| *r != ActorRole::System)
+        .ok_or_else(|| WebError::BadRequest("Choose caseworker, manager or admin.".into()))?;
+    let mut conn = state.engine.db.pool.acquire().await?;
+    let (added, secret) =
+        crate::users::add(&mut conn, &form.email, &form.display_name, role, state.engine.now_ms()).await?;
+    let link = crate::users::password_link(&state.base_url, &secret);
+    drop(conn);
+    users_view(&state, &user, token, Some((added.email, link))).await
+}
+
+pub async fn reset_user(
+    State(state): State<AppState>,
+    user: CurrentUser,
+    token: CsrfToken,
+    Path(email): Path<String>,
+    Form(form): Form<CsrfForm>,
+) -> Result<Response, WebError> {
+    user.require(&[ActorRole::Admin])?;
+    check_csrf(&token, &form.csrf)?;
+    let mut conn = state.engine.db.pool.acquire().await?;
+    let target = crate::users::find_by_email(&mut conn, &email)
+        .await?
+        .ok_or(WebError::NotFound)?;
+    let secret = crate::users::issue_password_token(&mut conn, target.id, state.engine.now_ms()).await?;
+    let link = crate::users::password_link(&state.base_url, &secret);
+    drop(conn);
+    users_view(&state, &user, token, Some((target.email, link))).await
+}
+
+pub async fn disable_user(
+    State(state): State<AppState>,
+    user: CurrentUser,
+    token: CsrfToken,
+    Path(email): Path<String>,
+    Form(form): Form<CsrfForm>,
+) -> Result<Response, WebError> {
+    user.require(&[ActorRole::Admin])?;
+    check_csrf(&token, &form.csrf)?;
+    if email.eq_ignore_ascii_case(&user.0.email) {
+        return Err(WebError::BadRequest("You cannot disable your own account.".into()));
+    }
+    let mut conn = state.engine.db.pool.acquire().await?;
+    crate::users::set_disabled(&mut conn, &email, true).await?;
+    Ok(Redirect::to("/admin/users").into_response())
+}
+
+/// Keys the fields of a printed, flattened or scanned form (or puts an unclassified case in a
+/// workflow), then the rules run again.
+pub async fn key_fields(
+    State(state): State<AppState>,
+    user: CurrentUser,
+    token: CsrfToken,
+    Path(reference): Path<String>,
+    Form(form): Form<Vec<(String, String)>>,
+) -> Result<Response, WebError> {
+    let value = |name: &str| {
+        form.iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.clone())
+            .unwrap_or_default()
+    };
+    check_csrf(&token, &value("csrf"))?;
+    let workflow = Some(value("workflow")).filter(|w| !w.is_empty());
+    let fields: std::collections::BTreeMap<String, String> = form
+        .iter()
+        .filter_map(|(k, v)| {
+            k.strip_prefix("field.")
+                .map(|name| (name.to_string(), v.trim().to_string()))
+        })
+        .filter(|(_, v)| !v.is_empty())
+        .collect();
+    if fields.is_empty() && workflow.is_none() {
+        return Err(WebError::BadRequest("Key at least one field.".into()));
+    }
+    state
+        .engine
+        .key_fields(&reference, workflow.as_deref(), &fields, &user.actor())
+        .await?;
+    Ok(Redirect::to(&format!("/cases/{reference}")).into_response())
+}
+
+#[derive(serde::Deserialize)]
+pub struct AssignForm {
+    csrf: String,
+    /// A staff email, or empty to unassign.
+    #[serde(default)]
+    assignee: String,
+}
+
+async fn assign_case(
+    state: &AppState,
+    actor: &CurrentUser,
+    reference: &str,
+    assignee: Option<&crate::users::User>,
+) -> Result<(), WebError> {
+    let mut tx = state.engine.db.pool.begin().await?;
+    let case = storage::case_by_reference(&mut tx, reference)
+        .await?
+        .ok_or(WebError::NotFound)?;
+    sqlx::query("UPDATE cases SET assignee_id = $1, version = version + 1, updated_at = $2 WHERE id = $3")
+        .bind(assignee.map(|u| u.id))
+        .bind(state.engine.now_ms())
+        .bind(case.id)
+        .execute(&mut *tx)
+        .await?;
+    let event = storage::CaseEvent {
+        at: state.engine.now_ms(),
+        actor: actor.0.email.clone(),
+        actor_role: actor.0.role.as_str().into(),
+        kind: if assignee.is_some_and(|u| u.id == actor.0.id) {
+            "claimed"
+        } else {
+            "assigned"
+        }
+        .into(),
+        transition: None,
+        from_state: None,
+        to_state: None,
+        reason: Some(
+            assignee
+                .map(|u| format!("to {}", u.email))
+                .unwrap_or_else(|| "unassigned".into()),
+        ),
+        data: None,
+    };
+    storage::append_event(&mut tx, case.id, &event).await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+pub async fn assign(
+    State(state): State<AppState>,
+    user: CurrentUser,
+    token: CsrfToken,
+    Path(reference): Path<String>,
+    Form(form): Form<AssignForm>,
+) -> Result<Response, WebError> {
+    check_csrf(&token, &form.csrf)?;
+    let assignee = if form.assignee.trim().is_empty() {
+        None
+    } else {
+        let mut conn = state.engine.db.pool.acquire().await?;
+        let found = crate::users::find_by_email(&mut conn, &form.assignee)
+            .await?
+            .filter(|u| !u.disabled);
+        Some(found.ok_or_else(|| WebError::BadRequest(format!("No active user {}", form.assignee)))?)
+    };
+    assign_case(&state, &user, &reference, assignee.as_ref()).await?;
+    Ok(Redirect::to(&format!("/cases/{reference}")).into_response())
+}
+
+/// Bulk actions from the queue: claim, assign or unassign every ticked case.
+pub async fn bulk(
+    State(state): State<AppState>,
+    user: CurrentUser,
+    token: CsrfToken,
+    Form(form): Form<Vec<(String, String)>>,
+) -> Result<Response, WebError> {
+    let value = |name: &str| {
+        form.iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.clone())
+            .unwrap_or_default()
+    };
+    check_csrf(&token, &value("csrf"))?;
+    let references: Vec<String> = form
+        .iter()
+        .filter(|(k, _)| k == "case")
+        .map(|(_, v)| v.clone())
+        .collect();
+    if references.is_empty() {
+        return Err(WebError::BadRequest("Tick at least one case.".into()));
+    }
+    let assignee = match value("action").as_str() {
+        "claim" => Some(user.0.clone()),
+        "assign" => {
+            let mut conn = state.engine.db.pool.acquire().await?;
+            let email = value("assignee");
+            let found = crate::users::find_by_email(&mut conn, &email)
+                .await?
+                .filter(|u| !u.disabled);
+            Some(found.ok_or_else(|| WebError::BadRequest(format!("No active user {email}")))?)
+        }
+        "unassign" => None,
+        other => return Err(WebError::BadRequest(format!("Unknown bulk action “{other}”"))),
+    };
+    for reference in &references {
+        assign_case(&state, &user, reference, assignee.as_ref()).await?;
+    }
+    Ok(Redirect::to("/").into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::sla_status;
+
+    #[test]
+    fn sla_status_is_breached_past_due_at_risk_within_a_working_day_else_on_track() {
+        let (now, at_risk_until) = (1_000, 5_000);
+        assert_eq!(sla_status(Some(999), now, at_risk_until), "breached");
+        assert_eq!(sla_status(Some(1_000), now, at_risk_until), "at risk");
+        assert_eq!(sla_status(Some(5_000), now, at_risk_until), "at risk");
+        assert_eq!(sla_status(Some(5_001), now, at_risk_until), "on track");
+        assert_eq!(sla_status(None, now, at_risk_until), "on track");
+    }
+}

@@ -1,0 +1,730 @@
+//! Workflow files (`workflows/*.toml`): their format, and the checks that stop start-up on a bad one.
+//!
+//! A workflow is data: how its form is recognised, its fields, who may sign it, which addresses
+//! must be NHS ones, its states and transitions (and who may fire each), its timers and the
+//! notification template of each transition. Everything here is validated once, at load time,
+//! so the rest of the program can index into a definition without checking again.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// Why a workflow file (or the set of them) cannot be used. Every variant names the file and
+/// the key, so an operator can go straight to the line that is wrong.
+#[derive(Debug, thiserror::Error)]
+pub enum DefinitionError {
+    #[error("cannot read workflow folder {path}: {source}")]
+    ReadDir { path: PathBuf, source: std::io::Error },
+    #[error("cannot read workflow file {path}: {source}")]
+    ReadFile { path: PathBuf, source: std::io::Error },
+    #[error("{path}: not a valid workflow file: {message}")]
+    Syntax { path: PathBuf, message: String },
+    #[error("{path}: key `{key}`: {message}")]
+    Invalid {
+        path: PathBuf,
+        key: String,
+        message: String,
+    },
+    #[error("no workflow files (*.toml) found in {path}")]
+    Empty { path: PathBuf },
+}
+
+/// Who may fire a transition. `System` is the engine itself (checks, timers, inbound mail).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ActorRole {
+    System,
+    Caseworker,
+    Manager,
+    Admin,
+}
+
+impl ActorRole {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ActorRole::System => "system",
+            ActorRole::Caseworker => "caseworker",
+            ActorRole::Manager => "manager",
+            ActorRole::Admin => "admin",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Self> {
+        match text.trim().to_ascii_lowercase().as_str() {
+            "system" => Some(ActorRole::System),
+            "caseworker" => Some(ActorRole::Caseworker),
+            "manager" => Some(ActorRole::Manager),
+            "admin" => Some(ActorRole::Admin),
+            _ => None,
+        }
+    }
+}
+
+/// The kind of organisation a form is for; decides which ODS code shapes fit it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OrganisationKind {
+    GpPractice,
+    Other,
+    /// The form names an existing user, in any kind of organisation.
+    Any,
+}
+
+/// How a field's value is read and checked.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FieldKind {
+    Text,
+    OdsCode,
+    Email,
+    Date,
+    Checkbox,
+    Choice,
+    Phone,
+    Signature,
+}
+
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct FieldDef {
+    /// The AcroForm field name: the contract with every practice's copy of the form.
+    pub name: String,
+    pub label: String,
+    pub kind: FieldKind,
+    #[serde(default)]
+    pub required: bool,
+    /// Other names the same field has had (older forms, hand-made copies).
+    #[serde(default)]
+    pub aliases: Vec<String>,
+    /// The allowed values of a choice field.
+    #[serde(default)]
+    pub options: Vec<String>,
+    /// The page (1-based) the blank form puts this field on.
+    #[serde(default = "first_page")]
+    pub page: u32,
+}
+
+fn first_page() -> u32 {
+    1
+}
+
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Recognition {
+    /// The value of the read-only `form_id` field on this workflow's blank form.
+    pub form_id: String,
+    /// When `form_id` is missing (a hand-made copy), a form that has all of these fields is
+    /// taken to be this workflow's.
+    pub fields: Vec<String>,
+    /// Breaks ties between workflows whose field sets both match; higher wins.
+    #[serde(default)]
+    pub priority: i32,
+}
+
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct SignatoryRole {
+    pub role: String,
+    #[serde(default)]
+    pub synonyms: Vec<String>,
+}
+
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Signatories {
+    pub role_field: String,
+    pub name_field: String,
+    pub email_field: String,
+    pub date_field: String,
+    pub declaration_field: String,
+    pub roles: Vec<SignatoryRole>,
+    /// A signature older than this many calendar days is stale.
+    pub max_age_days: u32,
+}
+
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct NhsEmailRule {
+    /// Form fields that must hold an NHS address.
+    #[serde(default)]
+    pub fields: Vec<String>,
+    /// The sender of the email must have an NHS address.
+    #[serde(default)]
+    pub sender: bool,
+    /// The sender must be the signatory (additional permissions are asked for by email from
+    /// the signatory themselves).
+    #[serde(default)]
+    pub sender_must_be_signatory: bool,
+}
+
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct StateDef {
+    pub name: String,
+    pub label: String,
+    #[serde(default)]
+    pub initial: bool,
+    #[serde(default)]
+    pub terminal: bool,
+    /// Counts towards the SLA clock (false for states where the ball is in the sender's court).
+    #[serde(default = "yes")]
+    pub sla_running: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TransitionDef {
+    pub name: String,
+    pub label: String,
+    pub from: Vec<String>,
+    pub to: String,
+    pub by: Vec<ActorRole>,
+    /// The email template sent when this transition fires, if any.
+    #[serde(default)]
+    pub template: Option<String>,
+    /// A reason must be given (rejections, requests for information).
+    #[serde(default)]
+    pub reason_required: bool,
+    /// Values the actor must record with the transition (e.g. the Open Exeter user id).
+    #[serde(default)]
+    pub records: Vec<String>,
+}
+
+/// What a timer does when it falls due.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TimerAction {
+    /// Send `template` to the sender.
+    RemindSender,
+    /// Nudge the team that a case is waiting.
+    NudgeTeam,
+    /// Tell the managers.
+    Escalate,
+    /// Fire `transition` as the system.
+    Transition,
+}
+
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TimerDef {
+    pub name: String,
+    /// The timer is armed on entry to this state and cancelled on leaving it.
+    pub state: String,
+    pub after_working_days: u32,
+    pub action: TimerAction,
+    #[serde(default)]
+    pub template: Option<String>,
+    #[serde(default)]
+    pub transition: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Sla {
+    /// Working days from receipt to a decision.
+    pub target_working_days: u32,
+    /// Working days before the due time at which a case counts as at risk.
+    pub at_risk_working_days: u32,
+    /// Sent to the managers when a case's SLA is at risk and when it is breached.
+    #[serde(default)]
+    pub escalation_template: Option<String>,
+}
+
+/// One workflow, as written in its file.
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkflowDef {
+    pub name: String,
+    pub title: String,
+    pub organisation_kind: OrganisationKind,
+    /// The person who accepted or keyed a case may not also authorise it.
+    #[serde(default = "yes")]
+    pub four_eyes: bool,
+    pub recognise: Recognition,
+    pub fields: Vec<FieldDef>,
+    pub signatories: Signatories,
+    pub nhs_email: NhsEmailRule,
+    pub sla: Sla,
+    pub states: Vec<StateDef>,
+    pub transitions: Vec<TransitionDef>,
+    #[serde(default)]
+    pub timers: Vec<TimerDef>,
+    /// Where the file came from, for error messages.
+    #[serde(skip)]
+    pub source: PathBuf,
+}
+
+impl WorkflowDef {
+    pub fn field(&self, name: &str) -> Option<&FieldDef> {
+        self.fields.iter().find(|f| f.name == name)
+    }
+
+    pub fn state(&self, name: &str) -> Option<&StateDef> {
+        self.states.iter().find(|s| s.name == name)
+    }
+
+    pub fn initial_state(&self) -> &StateDef {
+        // Validation guarantees exactly one initial state.
+        self.states.iter().find(|s| s.initial).unwrap_or(&self.states[0])
+    }
+
+    pub fn transition(&self, name: &str) -> Option<&TransitionDef> {
+        self.transitions.iter().find(|t| t.name == name)
+    }
+
+    pub fn transitions_from<'a, 's>(&'a self, state: &'s str) -> impl Iterator<Item = &'a TransitionDef> + use<'a, 's> {
+        self.transitions
+            .iter()
+            .filter(move |t| t.from.iter().any(|f| f == state))
+    }
+
+    /// Parses and validates one workflow from TOML text. `templates` lists the email template
+    /// names that exist, so a transition cannot name one that would fail at send time.
+    pub fn parse(path: &Path, text: &str, templates: &BTreeSet<String>) -> Result<Self, DefinitionError> {
+        let mut def: WorkflowDef = toml::from_str(text).map_err(|e| DefinitionError::Syntax {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })?;
+        def.source = path.to_path_buf();
+        def.validate(templates)?;
+        Ok(def)
+    }
+
+    fn validate(&self, templates: &BTreeSet<String>) -> Result<(), DefinitionError> {
+        let invalid = |key: &str, message: String| DefinitionError::Invalid {
+            path: self.source.clone(),
+            key: key.to_string(),
+            message,
+        };
+        if self.name.is_empty()
+            || !self
+                .name
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+        {
+            return Err(invalid(
+                "name",
+                format!("`{}` must be lower-case letters, digits and underscores", self.name),
+            ));
+        }
+
+        let mut field_names = BTreeSet::new();
+        for (i, field) in self.fields.iter().enumerate() {
+            if !field_names.insert(field.name.as_str()) {
+                return Err(invalid(
+                    &format!("fields[{i}].name"),
+                    format!("field `{}` is declared twice", field.name),
+                ));
+            }
+            if field.kind == FieldKind::Choice && field.options.is_empty() {
+                return Err(invalid(
+                    &format!("fields[{i}].options"),
+                    format!("choice field `{}` lists no options", field.name),
+                ));
+            }
+            if field.page == 0 {
+                return Err(invalid(
+                    &format!("fields[{i}].page"),
+                    "pages are numbered from 1".into(),
+                ));
+            }
+        }
+        let known_field = |key: &str, name: &str| {
+            if field_names.contains(name) {
+                Ok(())
+            } else {
+                Err(invalid(key, format!("unknown field `{name}`")))
+            }
+        };
+        known_field("recognise", "form_id")?;
+        for (i, name) in self.recognise.fields.iter().enumerate() {
+            known_field(&format!("recognise.fields[{i}]"), name)?;
+        }
+        let s = &self.signatories;
+        known_field("signatories.role_field", &s.role_field)?;
+        known_field("signatories.name_field", &s.name_field)?;
+        known_field("signatories.email_field", &s.email_field)?;
+        known_field("signatories.date_field", &s.date_field)?;
+        known_field("signatories.declaration_field", &s.declaration_field)?;
+        if s.roles.is_empty() {
+            return Err(invalid(
+                "signatories.roles",
+                "at least one signatory role is needed".into(),
+            ));
+        }
+        for (i, name) in self.nhs_email.fields.iter().enumerate() {
+            known_field(&format!("nhs_email.fields[{i}]"), name)?;
+        }
+
+        let mut state_names = BTreeSet::new();
+        for (i, state) in self.states.iter().enumerate() {
+            if !state_names.insert(state.name.as_str()) {
+                return Err(invalid(
+                    &format!("states[{i}].name"),
+                    format!("state `{}` is declared twice", state.name),
+                ));
+            }
+        }
+        let initial: Vec<_> = self.states.iter().filter(|s| s.initial).collect();
+        if initial.len() != 1 {
+            return Err(invalid(
+                "states",
+                format!("exactly one state must be `initial`, found {}", initial.len()),
+            ));
+        }
+        let known_state = |key: &str, name: &str| {
+            if state_names.contains(name) {
+                Ok(())
+            } else {
+                Err(invalid(key, format!("unknown state `{name}`")))
+            }
+        };
+        let known_template = |key: &str, name: &str| {
+            if templates.contains(name) {
+                Ok(())
+            } else {
+                Err(invalid(
+                    key,
+                    format!("unknown template `{name}` (no templates/email/{name}.txt.tera)"),
+                ))
+            }
+        };
+
+        let mut transition_names = BTreeSet::new();
+        for (i, t) in self.transitions.iter().enumerate() {
+            if !transition_names.insert(t.name.as_str()) {
+                return Err(invalid(
+                    &format!("transitions[{i}].name"),
+                    format!("transition `{}` is declared twice", t.name),
+                ));
+            }
+            if t.from.is_empty() {
+                return Err(invalid(
+                    &format!("transitions[{i}].from"),
+                    "a transition needs at least one source state".into(),
+                ));
+            }
+            for (j, from) in t.from.iter().enumerate() {
+                known_state(&format!("transitions[{i}].from[{j}]"), from)?;
+                if self.state(from).is_some_and(|s| s.terminal) && t.to == *from {
+                    return Err(invalid(
+                        &format!("transitions[{i}]"),
+                        "a terminal state cannot loop to itself".into(),
+                    ));
+                }
+            }
+            known_state(&format!("transitions[{i}].to"), &t.to)?;
+            if t.by.is_empty() {
+                return Err(invalid(
+                    &format!("transitions[{i}].by"),
+                    "name at least one role that may fire it".into(),
+                ));
+            }
+            if let Some(template) = &t.template {
+                known_template(&format!("transitions[{i}].template"), template)?;
+            }
+        }
+        // Two transitions between the same pair of states would make `case transition REF TO`
+        // ambiguous for the same actor.
+        let mut seen_pairs = BTreeMap::new();
+        for t in &self.transitions {
+            for from in &t.from {
+                for role in &t.by {
+                    if let Some(other) = seen_pairs.insert((from.as_str(), t.to.as_str(), *role), t.name.as_str()) {
+                        return Err(invalid(
+                            "transitions",
+                            format!(
+                                "`{}` and `{other}` both take {} from `{from}` to `{}`",
+                                t.name,
+                                role.as_str(),
+                                t.to
+                            ),
+                        ));
+                    }
+                }
+            }
+        }
+
+        for (i, timer) in self.timers.iter().enumerate() {
+            known_state(&format!("timers[{i}].state"), &timer.state)?;
+            if let Some(template) = &timer.template {
+                known_template(&format!("timers[{i}].template"), template)?;
+            }
+            match timer.action {
+                TimerAction::Transition => {
+                    let Some(name) = &timer.transition else {
+                        return Err(invalid(
+                            &format!("timers[{i}].transition"),
+                            "a `transition` timer must name its transition".into(),
+                        ));
+                    };
+                    let Some(t) = self.transition(name) else {
+                        return Err(invalid(
+                            &format!("timers[{i}].transition"),
+                            format!("unknown transition `{name}`"),
+                        ));
+                    };
+                    if !t.by.contains(&ActorRole::System) || !t.from.contains(&timer.state) {
+                        return Err(invalid(
+                            &format!("timers[{i}].transition"),
+                            format!("`{name}` must be fireable by system from `{}`", timer.state),
+                        ));
+                    }
+                }
+                TimerAction::RemindSender | TimerAction::Escalate | TimerAction::NudgeTeam => {
+                    if timer.template.is_none() {
+                        return Err(invalid(
+                            &format!("timers[{i}].template"),
+                            "this timer sends mail, so it needs a template".into(),
+                        ));
+                    }
+                }
+            }
+        }
+
+        // The engine relies on these names: it validates automatically, holds for review, and
+        // records provisioning.
+        for required in ["received", "validated", "needs_review", "authorised", "provisioned"] {
+            if !state_names.contains(required) {
+                return Err(invalid("states", format!("the engine needs a `{required}` state")));
+            }
+        }
+        if let Some(template) = &self.sla.escalation_template {
+            known_template("sla.escalation_template", template)?;
+        }
+        if self.sla.at_risk_working_days > self.sla.target_working_days {
+            return Err(invalid(
+                "sla.at_risk_working_days",
+                "must not exceed sla.target_working_days".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// All loaded workflows, by name.
+#[derive(Debug, Clone, Default)]
+pub struct WorkflowSet {
+    workflows: BTreeMap<String, WorkflowDef>,
+}
+
+impl WorkflowSet {
+    /// Loads every `*.toml` in `dir`, checking template names against `templates_dir/email`.
+    pub fn load(dir: &Path, templates_dir: &Path) -> Result<Self, DefinitionError> {
+        let templates = email_template_names(&templates_dir.join("email"))?;
+        let mut paths: Vec<PathBuf> = std::fs::read_dir(dir)
+            .map_err(|source| DefinitionError::ReadDir {
+                path: dir.to_path_buf(),
+                source,
+            })?
+            .filter_map(|entry| entry.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|e| e == "toml"))
+            .collect();
+        paths.sort();
+        if paths.is_empty() {
+            return Err(DefinitionError::Empty {
+                path: dir.to_path_buf(),
+            });
+        }
+        let mut set = WorkflowSet::default();
+        for path in paths {
+            let text = std::fs::read_to_string(&path).map_err(|source| DefinitionError::ReadFile {
+                path: path.clone(),
+                source,
+            })?;
+            let def = WorkflowDef::parse(&path, &text, &templates)?;
+            set.insert(def)?;
+        }
+        Ok(set)
+    }
+
+    pub fn insert(&mut self, def: WorkflowDef) -> Result<(), DefinitionError> {
+        if let Some(other) = self
+            .workflows
+            .values()
+            .find(|w| w.recognise.form_id == def.recognise.form_id)
+        {
+            return Err(DefinitionError::Invalid {
+                path: def.source.clone(),
+                key: "recognise.form_id".into(),
+                message: format!(
+                    "`{}` is already the form id of workflow `{}`",
+                    def.recognise.form_id, other.name
+                ),
+            });
+        }
+        if self.workflows.contains_key(&def.name) {
+            return Err(DefinitionError::Invalid {
+                path: def.source.clone(),
+                key: "name".into(),
+                message: format!("workflow `{}` is defined twice", def.name),
+            });
+        }
+        self.workflows.insert(def.name.clone(), def);
+        Ok(())
+    }
+
+    pub fn get(&self, name: &str) -> Option<&WorkflowDef> {
+        self.workflows.get(name)
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &WorkflowDef> {
+        self.workflows.values()
+    }
+
+    /// The names of every workflow's final states (where no case is open any more).
+    pub fn terminal_states(&self) -> Vec<String> {
+        let mut states: Vec<String> = self
+            .workflows
+            .values()
+            .flat_map(|w| w.states.iter().filter(|s| s.terminal).map(|s| s.name.clone()))
+            .collect();
+        states.sort();
+        states.dedup();
+        states
+    }
+
+    pub fn by_form_id(&self, form_id: &str) -> Option<&WorkflowDef> {
+        let wanted = form_id.trim();
+        self.workflows
+            .values()
+            .find(|w| w.recognise.form_id.eq_ignore_ascii_case(wanted))
+    }
+}
+
+/// The names of the email templates present: `NAME` for each `NAME.txt.tera`.
+pub fn email_template_names(dir: &Path) -> Result<BTreeSet<String>, DefinitionError> {
+    let entries = std::fs::read_dir(dir).map_err(|source| DefinitionError::ReadDir {
+        path: dir.to_path_buf(),
+        source,
+    })?;
+    Ok(entries
+        .filter_map(|e| e.ok())
+        .filter_map(|e| {
+            e.file_name()
+                .to_str()
+                .and_then(|n| n.strip_suffix(".txt.tera"))
+                .map(str::to_string)
+        })
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shipped(name: &str) -> String {
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("workflows").join(name)).unwrap()
+    }
+
+    fn templates() -> BTreeSet<String> {
+        email_template_names(&Path::new(env!("CARGO_MANIFEST_DIR")).join("templates/email")).unwrap()
+    }
+
+    /// Parses the shipped GP workflow with one edit, and returns the error text.
+    fn error_after(from: &str, to: &str) -> String {
+        let text = shipped("primary_user_gp.toml");
+        assert!(text.contains(from), "the edit `{from}` does not apply");
+        let edited = text.replacen(from, to, 1);
+        WorkflowDef::parse(Path::new("workflows/broken.toml"), &edited, &templates())
+            .unwrap_err()
+            .to_string()
+    }
+
+    #[test]
+    fn the_shipped_workflows_are_valid() {
+        for name in [
+            "primary_user_gp.toml",
+            "primary_user_org.toml",
+            "additional_permissions.toml",
+        ] {
+            WorkflowDef::parse(Path::new(name), &shipped(name), &templates()).unwrap();
+        }
+    }
+
+    #[test]
+    fn an_unknown_state_names_the_file_and_key() {
+        let err = error_after("to = \"authorised\"", "to = \"authorized\"");
+        assert!(
+            err.contains("workflows/broken.toml") && err.contains("transitions[") && err.contains("authorized"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn an_unknown_source_state_is_refused() {
+        let err = error_after("from = [\"authorised\"]", "from = [\"approved\"]");
+        assert!(err.contains(".from[0]") && err.contains("approved"), "{err}");
+    }
+
+    #[test]
+    fn an_unknown_field_is_refused() {
+        let err = error_after("role_field = \"signatory_role\"", "role_field = \"signatory_position\"");
+        assert!(
+            err.contains("signatories.role_field") && err.contains("signatory_position"),
+            "{err}"
+        );
+        let err = error_after(
+            "fields = [\"user_email\", \"signatory_email\"]",
+            "fields = [\"user_mail\"]",
+        );
+        assert!(err.contains("nhs_email.fields[0]"), "{err}");
+    }
+
+    #[test]
+    fn an_unknown_role_is_refused() {
+        let err = error_after("by = [\"system\"]", "by = [\"robot\"]");
+        assert!(err.contains("workflows/broken.toml") && err.contains("robot"), "{err}");
+    }
+
+    #[test]
+    fn an_unknown_template_is_refused() {
+        let err = error_after("template = \"rejection\"", "template = \"rejection_letter\"");
+        assert!(
+            err.contains("transitions[") && err.contains(".template") && err.contains("rejection_letter"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn an_unknown_key_is_refused() {
+        let err = error_after("four_eyes = true", "four_eyes = true\nfour_eye = false");
+        assert!(err.contains("four_eye"), "{err}");
+    }
+
+    #[test]
+    fn exactly_one_initial_state_is_needed() {
+        let err = error_after("initial = true", "initial = false");
+        assert!(err.contains("initial"), "{err}");
+    }
+
+    #[test]
+    fn a_timer_must_fire_a_system_transition_from_its_state() {
+        let err = error_after("transition = \"auto_close\"", "transition = \"reject\"");
+        assert!(err.contains("timers[") && err.contains("reject"), "{err}");
+    }
+
+    #[test]
+    fn a_loaded_set_refuses_a_second_workflow_with_the_same_form_id() {
+        let mut set = WorkflowSet::default();
+        let gp = WorkflowDef::parse(Path::new("a.toml"), &shipped("primary_user_gp.toml"), &templates()).unwrap();
+        let mut copy = gp.clone();
+        copy.name = "copy".into();
+        set.insert(gp).unwrap();
+        assert!(set.insert(copy).unwrap_err().to_string().contains("PU-GP-1"));
+    }
+
+    #[test]
+    fn a_folder_with_a_bad_file_stops_loading_and_names_it() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("good.toml"), shipped("primary_user_gp.toml")).unwrap();
+        std::fs::write(dir.path().join("bad.toml"), "name = 3").unwrap();
+        let err = WorkflowSet::load(dir.path(), &Path::new(env!("CARGO_MANIFEST_DIR")).join("templates")).unwrap_err();
+        assert!(err.to_string().contains("bad.toml"), "{err}");
+    }
+}

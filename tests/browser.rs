@@ -1,0 +1,340 @@
+//! End-to-end in a real headless Chromium (Debian's `chromium` and `chromium-driver`), driven
+//! over WebDriver: sign in, find a case in the queue, open it, see the PDF and the findings,
+//! request information, a corrected form arrives, accept, authorise as a second user,
+//! provision, see the timeline. Screenshots of the queue and a case page are saved under
+//! `tests/output/` for a person to look at.
+
+mod common;
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{TestClock, TestDatabase, engine_with_clock, friday_morning};
+use countersign::storage::{Backend, Db};
+use countersign::workflow::ActorRole;
+use fantoccini::{Client, ClientBuilder, Locator};
+
+struct Driver {
+    process: Child,
+    port: u16,
+    _profile: tempfile::TempDir,
+}
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        let _ = self.process.kill();
+        let _ = self.process.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn start_chromedriver() -> Driver {
+    let binary = ["/usr/bin/chromedriver", "/usr/lib/chromium/chromedriver"]
+        .into_iter()
+        .find(|p| std::path::Path::new(p).exists());
+    let binary = binary.expect(
+        "chromium-driver is needed for the browser tests: apt-get install chromium chromium-driver (.ci/run does)",
+    );
+    let port = free_port();
+    let process = Command::new(binary)
+        .arg(format!("--port={port}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("chromedriver starts");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "chromedriver did not listen");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Driver {
+        process,
+        port,
+        _profile: tempfile::tempdir().unwrap(),
+    }
+}
+
+async fn open_browser(driver: &Driver) -> Client {
+    // fantoccini talks to chromedriver through rustls, which needs a crypto provider chosen.
+    let _ = tokio_rustls::rustls::crypto::ring::default_provider().install_default();
+    let profile = driver._profile.path().display().to_string();
+    let capabilities = serde_json::json!({
+        "goog:chromeOptions": {
+            "binary": "/usr/bin/chromium",
+            "args": ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+                     "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage", format!("--user-data-dir={profile}"), "--window-size=1280,1000"]
+        }
+    });
+    let serde_json::Value::Object(capabilities) = capabilities else {
+        unreachable!()
+    };
+    ClientBuilder::rustls()
+        .unwrap()
+        .capabilities(capabilities)
+        .connect(&format!("http://127.0.0.1:{}", driver.port))
+        .await
+        .expect("a WebDriver session")
+}
+
+fn output(name: &str) -> std::path::PathBuf {
+    let dir = common::root().join("tests/output");
+    std::fs::create_dir_all(&dir).unwrap();
+    dir.join(name)
+}
+
+async fn sign_in(browser: &Client, base: &str, email: &str) {
+    browser.goto(&format!("{base}/sign-in")).await.unwrap();
+    browser
+        .find(Locator::Id("email"))
+        .await
+        .unwrap()
+        .send_keys(email)
+        .await
+        .unwrap();
+    browser
+        .find(Locator::Id("password"))
+        .await
+        .unwrap()
+        .send_keys("river otter lantern")
+        .await
+        .unwrap();
+    browser
+        .find(Locator::Css("main form button[type=submit]"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    browser.wait().for_element(Locator::Css("h1")).await.unwrap();
+    assert!(
+        browser.source().await.unwrap().contains("Open cases"),
+        "signed in as {email}"
+    );
+}
+
+async fn act(browser: &Client, to: &str, fill: &[(&str, &str)]) {
+    for (id, text) in fill {
+        let field = browser.find(Locator::Id(id)).await.unwrap();
+        field.clear().await.unwrap();
+        field.send_keys(text).await.unwrap();
+    }
+    let form = browser
+        .find(Locator::XPath(&format!("//form[input[@name='to' and @value='{to}']]")))
+        .await
+        .unwrap();
+    form.find(Locator::Css("button[type=submit]"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    browser.wait().for_element(Locator::Css("h1")).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_case_goes_from_inbox_to_provisioned_in_a_real_browser() {
+    let database = TestDatabase::create(Backend::Sqlite).await;
+    let clock = TestClock::at(friday_morning());
+    let engine = engine_with_clock(Db::connect(&database.url).await.unwrap(), clock.clone());
+    for email in ["alice@nhs.net", "bob@nhs.net"] {
+        let mut conn = engine.db.pool.acquire().await.unwrap();
+        let (_, token) = countersign::users::add(
+            &mut conn,
+            email,
+            email.split('@').next().unwrap(),
+            ActorRole::Caseworker,
+            engine.now_ms(),
+        )
+        .await
+        .unwrap();
+        countersign::users::set_password_with_token(&mut conn, &token, "river otter lantern", engine.now_ms())
+            .await
+            .unwrap();
+    }
+    // A form signed by a Practice Manager: held for review.
+    let wf = engine.workflows.get("primary_user_gp").unwrap().clone();
+    let mut values = countersign::samples::good_values(&wf, 4, friday_morning().date_naive());
+    values.insert("signatory_role".into(), "Practice Manager".into());
+    let pdf = countersign::pdf::generate::filled_form(&wf, &values).unwrap();
+    let sender = values["signatory_email"].clone();
+    let email = countersign::samples::email_with_form(
+        &sender,
+        common::AUTHSERV_ID,
+        "e2e-1@practice.nhs.net",
+        "Primary user form",
+        Some(("form.pdf", pdf)),
+    )
+    .unwrap();
+    let reference = engine.intake(&email, "test").await.unwrap().cases[0].reference.clone();
+    for other in ["mail/no_form.eml", "mail/forwarded.eml"] {
+        engine.intake(&common::fixture(other), "test").await.unwrap();
+    }
+
+    let state = countersign::web::AppState::new(
+        engine.clone(),
+        &common::root().join("templates"),
+        false,
+        "http://127.0.0.1".into(),
+    )
+    .await
+    .unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let server = tokio::spawn(countersign::web::serve_on(state, listener, stop_rx));
+    let driver = start_chromedriver();
+    let browser = open_browser(&driver).await;
+
+    sign_in(&browser, &base, "alice@nhs.net").await;
+    // The queue: find the case.
+    let queue = browser.source().await.unwrap();
+    assert!(queue.contains(&reference) && queue.contains("signatory_role_not_allowed"));
+    std::fs::write(output("queue-1280.png"), browser.screenshot().await.unwrap()).unwrap();
+    browser.set_window_size(400, 900).await.unwrap();
+    std::fs::write(output("queue-narrow.png"), browser.screenshot().await.unwrap()).unwrap();
+    browser.set_window_size(1280, 1000).await.unwrap();
+    // Keyboard: j selects the first (most urgent) case, Enter opens it.
+    let first_row = browser
+        .find(Locator::Css("tr[data-case]"))
+        .await
+        .unwrap()
+        .attr("data-case")
+        .await
+        .unwrap();
+    assert_eq!(
+        first_row.as_deref(),
+        Some(reference.as_str()),
+        "the most urgent case comes first"
+    );
+    browser
+        .find(Locator::Css("body"))
+        .await
+        .unwrap()
+        .send_keys("j")
+        .await
+        .unwrap();
+    browser
+        .active_element()
+        .await
+        .unwrap()
+        .send_keys("\u{E007}")
+        .await
+        .unwrap();
+    browser.wait().for_element(Locator::Id("fields-h")).await.unwrap();
+    assert!(browser.current_url().await.unwrap().path().ends_with(&reference));
+
+    // The case page: the finding, and the PDF shown inline.
+    let page = browser.source().await.unwrap();
+    assert!(page.contains("A Practice Manager cannot sign this form"));
+    let frame = browser.find(Locator::Css("iframe.pdf-frame")).await.unwrap();
+    assert_eq!(
+        frame.attr("src").await.unwrap().as_deref(),
+        Some(format!("/cases/{reference}/form.pdf").as_str())
+    );
+    std::fs::write(output("case-1280.png"), browser.screenshot().await.unwrap()).unwrap();
+
+    // Request information (the reason starts from the findings, and can be edited).
+    act(
+        &browser,
+        "awaiting_information",
+        &[("reason-awaiting_information", "Please have a GP partner sign page 2.")],
+    )
+    .await;
+    assert!(
+        browser
+            .source()
+            .await
+            .unwrap()
+            .contains("Awaiting information from sender")
+    );
+
+    // The corrected form arrives, in reply to our request.
+    let request_id: String =
+        sqlx::query_scalar("SELECT message_id FROM outbox WHERE template = 'request_for_correction'")
+            .fetch_one(&engine.db.pool)
+            .await
+            .unwrap();
+    values.insert("signatory_role".into(), "GP Partner".into());
+    let corrected = countersign::pdf::generate::filled_form(&wf, &values).unwrap();
+    let reply = mail_builder::MessageBuilder::new()
+        .from(("Practice", sender.as_str()))
+        .to("pcse.openexeter@nhs.net")
+        .subject(format!("Re: [{reference}] corrected"))
+        .message_id("e2e-2@practice.nhs.net")
+        .in_reply_to(request_id.trim_matches(['<', '>']))
+        .header(
+            "Authentication-Results",
+            mail_builder::headers::raw::Raw::new(format!("{}; dmarc=pass header.from=nhs.net", common::AUTHSERV_ID)),
+        )
+        .text_body("Corrected form attached.")
+        .attachment("application/pdf", "corrected.pdf", corrected)
+        .write_to_vec()
+        .unwrap();
+    assert_eq!(
+        engine.intake(&reply, "test").await.unwrap().cases[0].reference,
+        reference
+    );
+    browser.refresh().await.unwrap();
+    let page = browser.source().await.unwrap();
+    assert!(
+        page.contains("Needs review") && !page.contains("A Practice Manager cannot sign this form"),
+        "the corrected form passed"
+    );
+
+    // Accept, then a second person authorises and provisions.
+    act(
+        &browser,
+        "validated",
+        &[("reason-validated", "Corrected form checked.")],
+    )
+    .await;
+    assert!(browser.source().await.unwrap().contains("Validated"));
+    browser
+        .find(Locator::Css("header form button"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    browser.wait().for_element(Locator::Id("email")).await.unwrap();
+    sign_in(&browser, &base, "bob@nhs.net").await;
+    browser.goto(&format!("{base}/cases/{reference}")).await.unwrap();
+    act(&browser, "authorised", &[]).await;
+    act(
+        &browser,
+        "provisioned",
+        &[("open_exeter_user_id-provisioned", "OE778899")],
+    )
+    .await;
+    let page = browser.source().await.unwrap();
+    assert!(page.contains("Provisioned"), "provisioned");
+
+    // The timeline tells the whole story.
+    for step in [
+        "hold for review",
+        "request information",
+        "reply received",
+        "form resubmitted",
+        "accept",
+        "authorise",
+        "provision",
+    ] {
+        assert!(page.contains(step), "timeline shows {step}");
+    }
+    std::fs::write(output("case-provisioned.png"), browser.screenshot().await.unwrap()).unwrap();
+    assert!(
+        std::fs::metadata(output("queue-1280.png")).unwrap().len() > 10_000,
+        "a real screenshot"
+    );
+
+    browser.close().await.unwrap();
+    stop_tx.send(true).unwrap();
+    let _ = server.await;
+}

@@ -1,0 +1,290 @@
+//! Test harness: an engine on a fresh database of each backend. SQLite lives in a temporary
+//! folder; PostgreSQL gets a database named by a UUID, dropped when the test ends (also when it
+//! fails).
+
+#![allow(dead_code)]
+
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use chrono::{Local, TimeZone};
+use countersign::calendar::WorkingCalendar;
+use countersign::domain::NhsDomains;
+use countersign::engine::{Engine, EngineConfig, FixedClock};
+use countersign::mail::MailSettings;
+use countersign::pdf::ExtractLimits;
+use countersign::policy::PolicySettings;
+use countersign::storage::{Backend, Db};
+use countersign::workflow::WorkflowSet;
+use futures::FutureExt;
+use sqlx::Connection;
+
+pub const AUTHSERV_ID: &str = "mx.countersign.test";
+pub const OUR_ADDRESS: &str = "pcse.openexeter@nhs.net";
+
+pub fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+pub fn fixture(path: &str) -> Vec<u8> {
+    std::fs::read(root().join("tests/fixtures").join(path)).unwrap_or_else(|e| panic!("fixture {path}: {e}"))
+}
+
+pub fn workflows() -> WorkflowSet {
+    WorkflowSet::load(&root().join("workflows"), &root().join("templates")).expect("shipped workflows")
+}
+
+/// Friday 20 November 2026, 10:00 in England: the fixtures are signed on 10/11/2026.
+pub fn friday_morning() -> chrono::DateTime<Local> {
+    Local.with_ymd_and_hms(2026, 11, 20, 10, 0, 0).unwrap()
+}
+
+/// A test CA (`ca.pem`), and a server certificate it signed for 127.0.0.1 and localhost
+/// (`server.pem`, `server.key`), written into `dir` with Debian's openssl.
+pub fn make_test_certificates(dir: &std::path::Path) {
+    let p = |name: &str| dir.join(name).to_str().unwrap().to_string();
+    std::fs::write(
+        dir.join("server.ext"),
+        "subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\nkeyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\n",
+    )
+    .unwrap();
+    let openssl = |args: &[&str]| {
+        let out = std::process::Command::new("openssl")
+            .args(args)
+            .output()
+            .expect("openssl runs");
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    openssl(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        &p("ca.key"),
+        "-out",
+        &p("ca.pem"),
+        "-days",
+        "30",
+        "-subj",
+        "/CN=Countersign Test CA",
+    ]);
+    openssl(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        &p("server.key"),
+        "-out",
+        &p("server.csr"),
+        "-subj",
+        "/CN=127.0.0.1",
+    ]);
+    openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        &p("server.csr"),
+        "-CA",
+        &p("ca.pem"),
+        "-CAkey",
+        &p("ca.key"),
+        "-CAcreateserial",
+        "-out",
+        &p("server.pem"),
+        "-days",
+        "30",
+        "-extfile",
+        &p("server.ext"),
+    ]);
+}
+
+pub fn postgres_admin_url() -> String {
+    std::env::var("TEST_DATABASE_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+}
+
+/// An email from `from` carrying `workflow`'s form, filled with sample `n`'s good values and
+/// then `changes`.
+pub fn form_email(
+    workflow: &countersign::workflow::WorkflowDef,
+    n: usize,
+    changes: &[(&str, &str)],
+    from: &str,
+    message_id: &str,
+    subject: &str,
+) -> Vec<u8> {
+    let mut values = countersign::samples::good_values(workflow, n, friday_morning().date_naive());
+    for (field, value) in changes {
+        values.insert(field.to_string(), value.to_string());
+    }
+    let pdf = countersign::pdf::generate::filled_form(workflow, &values).expect("a generated form");
+    countersign::samples::email_with_form(from, AUTHSERV_ID, message_id, subject, Some(("f.pdf", pdf)))
+        .expect("an email")
+}
+
+/// A clock a test can move: across weekends, bank holidays and SLA deadlines.
+pub struct TestClock(std::sync::Mutex<chrono::DateTime<Local>>);
+
+impl TestClock {
+    pub fn at(time: chrono::DateTime<Local>) -> Arc<TestClock> {
+        Arc::new(TestClock(std::sync::Mutex::new(time)))
+    }
+
+    pub fn set(&self, time: chrono::DateTime<Local>) {
+        *self.0.lock().unwrap() = time;
+    }
+
+    pub fn advance(&self, by: chrono::Duration) {
+        let mut now = self.0.lock().unwrap();
+        *now += by;
+    }
+}
+
+impl countersign::engine::Clock for TestClock {
+    fn now(&self) -> chrono::DateTime<Local> {
+        *self.0.lock().unwrap()
+    }
+}
+
+pub fn engine_with_clock(db: Db, clock: Arc<TestClock>) -> Engine {
+    let mut engine = engine_on(db);
+    engine.clock = clock;
+    engine
+}
+
+pub fn engine_on(db: Db) -> Engine {
+    Engine {
+        db,
+        workflows: Arc::new(workflows()),
+        calendar: Arc::new(WorkingCalendar::shipped()),
+        config: EngineConfig {
+            policy: PolicySettings {
+                nhs_domains: NhsDomains::default(),
+            },
+            mail: MailSettings {
+                authserv_id: AUTHSERV_ID.into(),
+                our_addresses: vec![OUR_ADDRESS.into()],
+            },
+            limits: ExtractLimits::default(),
+        },
+        clock: Arc::new(FixedClock(friday_morning())),
+        wakers: Default::default(),
+    }
+}
+
+/// A database that exists for one test.
+pub struct TestDatabase {
+    pub url: String,
+    pub backend: Backend,
+    _dir: Option<tempfile::TempDir>,
+    pg_name: Option<String>,
+}
+
+impl TestDatabase {
+    pub async fn create(backend: Backend) -> TestDatabase {
+        match backend {
+            Backend::Sqlite => {
+                let dir = tempfile::tempdir().expect("temp dir");
+                let url = format!("sqlite://{}?mode=rwc", dir.path().join("test.db").display());
+                TestDatabase {
+                    url,
+                    backend,
+                    _dir: Some(dir),
+                    pg_name: None,
+                }
+            }
+            Backend::Postgres => {
+                let name = format!("countersign_test_{}", uuid::Uuid::new_v4().simple());
+                let admin = postgres_admin_url();
+                let mut conn = sqlx::PgConnection::connect(&admin)
+                    .await
+                    .unwrap_or_else(|e| panic!("PostgreSQL must be running for the tests ({admin}): {e}"));
+                sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+                    .execute(&mut conn)
+                    .await
+                    .expect("create database");
+                let url = replace_database(&admin, &name);
+                TestDatabase {
+                    url,
+                    backend,
+                    _dir: None,
+                    pg_name: Some(name),
+                }
+            }
+        }
+    }
+
+    pub async fn drop_database(&self) {
+        if let Some(name) = &self.pg_name {
+            if let Ok(mut conn) = sqlx::PgConnection::connect(&postgres_admin_url()).await {
+                let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
+                    "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+                )))
+                .execute(&mut conn)
+                .await;
+            }
+        }
+    }
+}
+
+fn replace_database(url: &str, name: &str) -> String {
+    let mut parsed = url::Url::parse(url).expect("database url");
+    parsed.set_path(&format!("/{name}"));
+    parsed.to_string()
+}
+
+/// Runs `body` against a fresh engine on SQLite, then on PostgreSQL.
+pub async fn on_both_backends<F, Fut>(body: F)
+where
+    F: Fn(Engine) -> Fut,
+    Fut: Future<Output = ()>,
+{
+    for backend in [Backend::Sqlite, Backend::Postgres] {
+        let database = TestDatabase::create(backend).await;
+        let db = Db::connect(&database.url)
+            .await
+            .unwrap_or_else(|e| panic!("{backend:?}: {e}"));
+        let engine = engine_on(db.clone());
+        let outcome = AssertUnwindSafe(body(engine)).catch_unwind().await;
+        db.close().await;
+        database.drop_database().await;
+        if let Err(panic) = outcome {
+            eprintln!("failed on {backend:?}");
+            std::panic::resume_unwind(panic);
+        }
+    }
+}
+
+/// Like [`on_both_backends`], with a clock the test can move (starting Friday 20 November
+/// 2026, 10:00).
+pub async fn on_both_backends_clocked<F, Fut>(body: F)
+where
+    F: Fn(Engine, Arc<TestClock>) -> Fut,
+    Fut: Future<Output = ()>,
+{
+    for backend in [Backend::Sqlite, Backend::Postgres] {
+        let database = TestDatabase::create(backend).await;
+        let db = Db::connect(&database.url)
+            .await
+            .unwrap_or_else(|e| panic!("{backend:?}: {e}"));
+        let clock = TestClock::at(friday_morning());
+        let engine = engine_with_clock(db.clone(), clock.clone());
+        let outcome = AssertUnwindSafe(body(engine, clock)).catch_unwind().await;
+        db.close().await;
+        database.drop_database().await;
+        if let Err(panic) = outcome {
+            eprintln!("failed on {backend:?}");
+            std::panic::resume_unwind(panic);
+        }
+    }
+}
+pub mod dovecot;
+pub mod postfix;

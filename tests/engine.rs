@@ -1,0 +1,757 @@
+//! The engine end to end, on SQLite and on PostgreSQL: emails in, cases out, transitions
+//! recorded with their events, timers and mail in one transaction.
+
+mod common;
+
+use std::collections::BTreeMap;
+
+use common::{fixture, on_both_backends};
+use countersign::engine::{Engine, EngineError};
+use countersign::storage;
+use countersign::workflow::{Actor, ActorRole, TransitionError, TransitionRequest};
+use sqlx::Row;
+
+fn caseworker(name: &str) -> Actor {
+    Actor {
+        name: name.into(),
+        role: ActorRole::Caseworker,
+    }
+}
+
+fn to(state: &str, reason: Option<&str>) -> TransitionRequest {
+    TransitionRequest {
+        to: state.into(),
+        reason: reason.map(str::to_string),
+        recorded: vec![],
+    }
+}
+
+/// Ingests a fixture and returns the reference of its first case.
+async fn first_case(engine: &Engine, fixture_name: &str) -> String {
+    engine.intake(&fixture(fixture_name), "test").await.unwrap().cases[0]
+        .reference
+        .clone()
+}
+
+/// Asserts that a transition was refused for the given reason.
+fn assert_refused(result: Result<storage::CaseRecord, EngineError>, expected: fn(&TransitionError) -> bool) {
+    match result {
+        Err(EngineError::Transition { source, .. }) if expected(&source) => {}
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+}
+
+async fn count(engine: &Engine, sql: &'static str) -> i64 {
+    sqlx::query_scalar(sql).fetch_one(&engine.db.pool).await.expect(sql)
+}
+
+async fn case(engine: &Engine, reference: &str) -> storage::CaseRecord {
+    let mut conn = engine.db.pool.acquire().await.unwrap();
+    storage::case_by_reference(&mut conn, reference)
+        .await
+        .unwrap()
+        .expect("case exists")
+}
+
+async fn events(engine: &Engine, reference: &str) -> Vec<storage::CaseEvent> {
+    let id = case(engine, reference).await.id;
+    let mut conn = engine.db.pool.acquire().await.unwrap();
+    storage::events_for_case(&mut conn, id).await.unwrap()
+}
+
+async fn timers(engine: &Engine, reference: &str) -> Vec<storage::TimerRecord> {
+    let id = case(engine, reference).await.id;
+    let mut conn = engine.db.pool.acquire().await.unwrap();
+    storage::timers_for_case(&mut conn, id).await.unwrap()
+}
+
+async fn outbox(engine: &Engine, reference: &str) -> Vec<storage::OutboxRecord> {
+    let id = case(engine, reference).await.id;
+    let mut conn = engine.db.pool.acquire().await.unwrap();
+    storage::outbox_for_case(&mut conn, id).await.unwrap()
+}
+
+#[tokio::test]
+async fn a_correct_form_becomes_a_validated_case_with_its_event_timers_and_acknowledgement() {
+    on_both_backends(|engine| async move {
+        let report = engine.intake(&fixture("mail/gp_form.eml"), "test").await.unwrap();
+        assert!(!report.already_ingested);
+        assert_eq!(report.cases.len(), 1);
+        let outcome = &report.cases[0];
+        assert_eq!(outcome.reference, "CS-2026-000001");
+        assert_eq!(outcome.workflow.as_deref(), Some("primary_user_gp"));
+        assert_eq!(outcome.state, "validated");
+        assert_eq!(outcome.finding_codes, Vec::<String>::new());
+
+        let stored = case(&engine, &outcome.reference).await;
+        assert_eq!(stored.fields.get("user_first_name").map(String::as_str), Some("Siân"));
+        assert_eq!(
+            stored.fields.get("signatory_name").map(String::as_str),
+            Some("Dr Ŵyn ap Gruffydd")
+        );
+        assert_eq!(stored.org_ods_code.as_deref(), Some("A81001"));
+        assert_eq!(stored.sender.as_deref(), Some("wyn.apgruffydd@nhs.net"));
+        // SLA: 5 working days from Friday 20 November is Friday 27 November.
+        let due = chrono::DateTime::from_timestamp_millis(stored.due_at.unwrap())
+            .unwrap()
+            .with_timezone(&chrono::Local);
+        assert_eq!(due.date_naive(), chrono::NaiveDate::from_ymd_opt(2026, 11, 27).unwrap());
+
+        let log = events(&engine, &outcome.reference).await;
+        let kinds: Vec<(&str, Option<&str>)> = log.iter().map(|e| (e.kind.as_str(), e.to_state.as_deref())).collect();
+        assert_eq!(
+            kinds,
+            vec![("created", Some("received")), ("transition", Some("validated"))]
+        );
+        assert_eq!(log[1].transition.as_deref(), Some("validate"));
+        assert_eq!(log[1].actor, "system");
+
+        let armed: Vec<(String, String)> = timers(&engine, &outcome.reference)
+            .await
+            .into_iter()
+            .map(|t| (t.name, t.status))
+            .collect();
+        assert_eq!(
+            armed,
+            vec![
+                ("escalate_unauthorised".to_string(), "pending".to_string()),
+                ("sla_at_risk".to_string(), "pending".to_string()),
+                ("sla_breached".to_string(), "pending".to_string())
+            ]
+        );
+
+        let mail = outbox(&engine, &outcome.reference).await;
+        assert_eq!(mail.len(), 1);
+        assert_eq!(mail[0].template, "acknowledgement");
+        assert_eq!(mail[0].recipient.as_deref(), Some("wyn.apgruffydd@nhs.net"));
+        assert_eq!(mail[0].status, "pending");
+        assert_eq!(mail[0].in_reply_to.as_deref(), Some("gp-1@practice.nhs.net"));
+
+        // The raw message and its attachment are kept, with hashes and the detected type.
+        let raw = fixture("mail/gp_form.eml");
+        let row = sqlx::query("SELECT sha256, message_id, raw FROM raw_messages")
+            .fetch_one(&engine.db.pool)
+            .await
+            .unwrap();
+        assert_eq!(row.get::<String, _>(0), countersign::mail::sha256_hex(&raw));
+        assert_eq!(
+            row.get::<Option<String>, _>(1).as_deref(),
+            Some("gp-1@practice.nhs.net")
+        );
+        assert_eq!(row.get::<Vec<u8>, _>(2), raw, "the raw message is kept byte for byte");
+        let attachment = sqlx::query("SELECT detected_type, filename, sha256, content FROM attachments")
+            .fetch_one(&engine.db.pool)
+            .await
+            .unwrap();
+        assert_eq!(
+            attachment.get::<Option<String>, _>(0).as_deref(),
+            Some("application/pdf")
+        );
+        assert_eq!(
+            attachment.get::<Option<String>, _>(1).as_deref(),
+            Some("PU-GP-1 Riverside.pdf")
+        );
+        assert_eq!(
+            attachment.get::<String, _>(2),
+            countersign::mail::sha256_hex(&attachment.get::<Vec<u8>, _>(3))
+        );
+        // The organisation is recorded.
+        assert_eq!(
+            count(&engine, "SELECT COUNT(*) FROM organisations WHERE ods_code = 'A81001'").await,
+            1
+        );
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_second_delivery_of_the_same_message_makes_no_second_case() {
+    on_both_backends(|engine| async move {
+        let first = engine.intake(&fixture("mail/gp_form.eml"), "imap:1").await.unwrap();
+        let again = engine.intake(&fixture("mail/gp_form.eml"), "imap:2").await.unwrap();
+        assert!(again.already_ingested);
+        assert_eq!(again.raw_message_id, first.raw_message_id);
+        assert_eq!(
+            again.cases.iter().map(|c| &c.reference).collect::<Vec<_>>(),
+            vec![&first.cases[0].reference]
+        );
+        assert_eq!(count(&engine, "SELECT COUNT(*) FROM cases").await, 1);
+        assert_eq!(count(&engine, "SELECT COUNT(*) FROM raw_messages").await, 1);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn concurrent_deliveries_of_one_message_make_one_case() {
+    on_both_backends(|engine| async move {
+        let raw = fixture("mail/gp_form.eml");
+        let (a, b) = tokio::join!(engine.intake(&raw, "a"), engine.intake(&raw, "b"));
+        let (a, b) = (a.unwrap(), b.unwrap());
+        assert_eq!(a.cases[0].reference, b.cases[0].reference);
+        assert!(a.already_ingested ^ b.already_ingested, "exactly one of them stored it");
+        assert_eq!(count(&engine, "SELECT COUNT(*) FROM cases").await, 1);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn the_same_pdf_in_a_new_message_is_linked_to_the_existing_case() {
+    on_both_backends(|engine| async move {
+        let first = engine.intake(&fixture("mail/gp_form.eml"), "test").await.unwrap();
+        let resent = engine
+            .intake(&fixture("mail/gp_form_resent.eml"), "test")
+            .await
+            .unwrap();
+        assert!(!resent.already_ingested, "it is a different message");
+        let reference = &first.cases[0].reference;
+        assert_eq!(resent.cases[0].duplicate_of.as_ref(), Some(reference));
+        assert_eq!(&resent.cases[0].reference, reference);
+        assert_eq!(count(&engine, "SELECT COUNT(*) FROM cases").await, 1);
+        assert_eq!(
+            count(
+                &engine,
+                "SELECT COUNT(*) FROM case_messages WHERE relation = 'duplicate'"
+            )
+            .await,
+            1
+        );
+        assert!(
+            events(&engine, reference)
+                .await
+                .iter()
+                .any(|e| e.kind == "duplicate_received")
+        );
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn an_octet_stream_attachment_with_an_rfc2231_name_is_found() {
+    on_both_backends(|engine| async move {
+        let report = engine
+            .intake(&fixture("mail/octet_stream_rfc2231.eml"), "test")
+            .await
+            .unwrap();
+        assert_eq!(report.cases.len(), 1);
+        assert_eq!(report.cases[0].workflow.as_deref(), Some("primary_user_gp"));
+        let name: Option<String> = sqlx::query_scalar("SELECT filename FROM attachments")
+            .fetch_one(&engine.db.pool)
+            .await
+            .unwrap();
+        assert_eq!(name.as_deref(), Some("Formulaire d’accès – Siân.pdf"));
+        let claimed: String = sqlx::query_scalar("SELECT claimed_type FROM attachments")
+            .fetch_one(&engine.db.pool)
+            .await
+            .unwrap();
+        assert_eq!(claimed, "application/octet-stream");
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_form_inside_a_forwarded_message_is_found() {
+    on_both_backends(|engine| async move {
+        let report = engine.intake(&fixture("mail/forwarded.eml"), "test").await.unwrap();
+        assert_eq!(report.cases.len(), 1);
+        assert_eq!(report.cases[0].workflow.as_deref(), Some("primary_user_org"));
+        assert_eq!(
+            report.cases[0].state, "validated",
+            "{:?}",
+            report.cases[0].finding_codes
+        );
+        let forwarded: i64 =
+            sqlx::query_scalar("SELECT forwarded FROM attachments WHERE detected_type = 'application/pdf'")
+                .fetch_one(&engine.db.pool)
+                .await
+                .unwrap();
+        assert_eq!(forwarded, 1);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn two_forms_in_one_email_make_two_cases() {
+    on_both_backends(|engine| async move {
+        let report = engine.intake(&fixture("mail/two_forms.eml"), "test").await.unwrap();
+        let workflows: Vec<_> = report
+            .cases
+            .iter()
+            .map(|c| c.workflow.as_deref().unwrap_or("-"))
+            .collect();
+        assert_eq!(workflows, vec!["primary_user_gp", "additional_permissions"]);
+        assert!(
+            report.cases.iter().all(|c| c.state == "validated"),
+            "{:?}",
+            report.cases
+        );
+        assert_eq!(report.cases[1].reference, "CS-2026-000002");
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn an_email_without_a_form_still_becomes_a_case() {
+    on_both_backends(|engine| async move {
+        let report = engine.intake(&fixture("mail/no_form.eml"), "test").await.unwrap();
+        assert_eq!(report.cases.len(), 1);
+        assert_eq!(report.cases[0].workflow, None);
+        assert_eq!(report.cases[0].state, "needs_review");
+        assert_eq!(report.cases[0].finding_codes, vec!["no_form_found"]);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn bytes_that_are_not_an_email_become_a_case_with_a_finding() {
+    on_both_backends(|engine| async move {
+        let report = engine.intake(&fixture("mail/garbage.eml"), "test").await.unwrap();
+        assert_eq!(report.cases[0].finding_codes, vec!["message_malformed"]);
+        let raw: Vec<u8> = sqlx::query_scalar("SELECT raw FROM raw_messages")
+            .fetch_one(&engine.db.pool)
+            .await
+            .unwrap();
+        assert_eq!(raw, fixture("mail/garbage.eml"), "kept as received");
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_broken_pdf_becomes_a_case_with_a_clear_finding() {
+    on_both_backends(|engine| async move {
+        let report = engine.intake(&fixture("mail/truncated_pdf.eml"), "test").await.unwrap();
+        assert_eq!(report.cases.len(), 1);
+        let codes = &report.cases[0].finding_codes;
+        // lopdf may repair a truncated file enough to read some fields; either way the case
+        // waits for a person and says why.
+        assert_eq!(report.cases[0].state, "needs_review");
+        assert!(!codes.is_empty(), "{codes:?}");
+        let stored = case(&engine, &report.cases[0].reference).await;
+        assert!(stored.findings.iter().all(|f| !f.message.is_empty()));
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn every_hostile_pdf_attached_to_an_email_becomes_a_case() {
+    on_both_backends(|engine| async move {
+        for (i, name) in [
+            "hostile_nested_50000.pdf",
+            "hostile_nested_dicts.pdf",
+            "hostile_kids_cycle.pdf",
+            "hostile_not_a_pdf.pdf",
+            "hostile_user_password.pdf",
+        ]
+        .iter()
+        .enumerate()
+        {
+            let pdf = fixture(&format!("pdf/{name}"));
+            let email = countersign::samples::email_with_form(
+                "a@nhs.net",
+                common::AUTHSERV_ID,
+                &format!("hostile-{i}@x"),
+                "form",
+                Some((name, pdf)),
+            )
+            .unwrap();
+            let report = engine.intake(&email, "test").await.unwrap();
+            assert_eq!(report.cases.len(), 1, "{name}");
+            assert_eq!(report.cases[0].state, "needs_review", "{name}");
+            let expected = if name.contains("password") {
+                "pdf_password_protected"
+            } else {
+                "pdf_unreadable"
+            };
+            assert_eq!(report.cases[0].finding_codes, vec![expected], "{name}");
+        }
+        assert_eq!(count(&engine, "SELECT COUNT(*) FROM cases").await, 5);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_form_with_findings_is_held_for_review() {
+    on_both_backends(|engine| async move {
+        let wf = engine.workflows.get("primary_user_gp").unwrap().clone();
+        let email = common::form_email(
+            &wf,
+            1,
+            &[("signatory_role", "Practice Manager")],
+            "amara@nhs.net",
+            "held@x",
+            "form",
+        );
+        let report = engine.intake(&email, "test").await.unwrap();
+        assert_eq!(report.cases[0].state, "needs_review");
+        assert_eq!(report.cases[0].finding_codes, vec!["signatory_role_not_allowed"]);
+        let log = events(&engine, &report.cases[0].reference).await;
+        assert_eq!(log[1].transition.as_deref(), Some("hold_for_review"));
+        assert!(log[1].reason.as_deref().unwrap().contains("signatory_role_not_allowed"));
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_flattened_form_is_keyed_by_hand_then_accepted_authorised_by_someone_else_and_provisioned() {
+    on_both_backends(|engine| async move {
+        let report = engine
+            .intake(&fixture("mail/flattened_form.eml"), "test")
+            .await
+            .unwrap();
+        let reference = report.cases[0].reference.clone();
+        assert_eq!(report.cases[0].workflow.as_deref(), Some("primary_user_gp"));
+        assert_eq!(report.cases[0].state, "needs_review");
+        assert_eq!(report.cases[0].finding_codes, vec!["form_has_no_fields"]);
+
+        let values: BTreeMap<String, String> = [
+            ("form_id", "PU-GP-1"),
+            ("org_name", "Riverside Surgery"),
+            ("org_ods_code", "A81001"),
+            ("user_first_name", "Siân"),
+            ("user_last_name", "Ó Briain-Åkesson"),
+            ("user_job_title", "Practice Manager"),
+            ("user_email", "sian.obriain@nhs.net"),
+            ("request_kind", "New"),
+            ("signatory_name", "Dr Ŵyn ap Gruffydd"),
+            ("signatory_role", "GP Partner"),
+            ("signatory_email", "wyn.apgruffydd@nhs.net"),
+            ("signatory_date", "10/11/2026"),
+            ("signatory_declaration", "Yes"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        let keyed = engine
+            .key_fields(&reference, None, &values, &caseworker("alice"))
+            .await
+            .unwrap();
+        assert!(keyed.findings.is_empty(), "{:?}", keyed.findings);
+        assert_eq!(keyed.org_ods_code.as_deref(), Some("A81001"));
+        let edits = events(&engine, &reference)
+            .await
+            .into_iter()
+            .filter(|e| e.kind == "field_keyed")
+            .count();
+        assert_eq!(
+            edits,
+            values.len(),
+            "every keyed field is logged with its old and new value"
+        );
+
+        engine
+            .transition(
+                &reference,
+                &to("validated", Some("keyed from the scan")),
+                &caseworker("alice"),
+            )
+            .await
+            .unwrap();
+        // Four-eyes: alice keyed and accepted it, so alice may not authorise it.
+        assert_refused(
+            engine
+                .transition(&reference, &to("authorised", None), &caseworker("alice"))
+                .await,
+            |e| matches!(e, TransitionError::FourEyes { .. }),
+        );
+        engine
+            .transition(&reference, &to("authorised", None), &caseworker("bob"))
+            .await
+            .unwrap();
+
+        use countersign::provision::{Provisioner, RecordedByCaseworker};
+        let provisioner = RecordedByCaseworker {
+            open_exeter_user_id: "OE778899".into(),
+            note: None,
+        };
+        let done = provisioner
+            .provision(&engine, &reference, &caseworker("bob"))
+            .await
+            .unwrap();
+        assert_eq!(done.state, "provisioned");
+        assert_eq!(
+            done.recorded.get("open_exeter_user_id").map(String::as_str),
+            Some("OE778899")
+        );
+
+        let states: Vec<String> = events(&engine, &reference)
+            .await
+            .into_iter()
+            .filter_map(|e| e.to_state)
+            .collect();
+        assert_eq!(
+            states,
+            vec!["received", "needs_review", "validated", "authorised", "provisioned"]
+        );
+        let templates: Vec<String> = outbox(&engine, &reference)
+            .await
+            .into_iter()
+            .map(|m| m.template)
+            .collect();
+        assert_eq!(templates, vec!["acknowledgement", "provisioned"]);
+        assert!(
+            timers(&engine, &reference).await.iter().all(|t| t.status != "pending"),
+            "a final state has no live timers"
+        );
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn an_illegal_transition_is_refused_and_changes_nothing() {
+    on_both_backends(|engine| async move {
+        let reference = first_case(&engine, "mail/gp_form.eml").await;
+        let before = case(&engine, &reference).await;
+        let events_before = events(&engine, &reference).await.len();
+        assert_refused(
+            engine
+                .transition(&reference, &to("provisioned", None), &caseworker("alice"))
+                .await,
+            |e| matches!(e, TransitionError::NotAllowedFromState { .. }),
+        );
+        assert_refused(
+            engine
+                .transition(&reference, &to("rejected", None), &caseworker("alice"))
+                .await,
+            |e| matches!(e, TransitionError::ReasonRequired { .. }),
+        );
+        let after = case(&engine, &reference).await;
+        assert_eq!((after.state, after.version), (before.state, before.version));
+        assert_eq!(events(&engine, &reference).await.len(), events_before);
+        assert!(matches!(
+            engine
+                .transition("CS-2026-999999", &to("rejected", Some("x")), &caseworker("a"))
+                .await,
+            Err(EngineError::CaseNotFound(_))
+        ));
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn requesting_information_arms_the_reminder_and_leaving_the_state_cancels_it() {
+    on_both_backends(|engine| async move {
+        let reference = first_case(&engine, "mail/gp_form.eml").await;
+        engine
+            .transition(
+                &reference,
+                &to("awaiting_information", Some("Please re-sign page 2")),
+                &caseworker("alice"),
+            )
+            .await
+            .unwrap();
+        let live: Vec<(String, chrono::NaiveDate)> = timers(&engine, &reference)
+            .await
+            .into_iter()
+            .filter(|t| t.status == "pending" && !t.name.starts_with("sla_"))
+            .map(|t| {
+                (
+                    t.name,
+                    chrono::DateTime::from_timestamp_millis(t.due_at)
+                        .unwrap()
+                        .with_timezone(&chrono::Local)
+                        .date_naive(),
+                )
+            })
+            .collect();
+        let day = |d| chrono::NaiveDate::from_ymd_opt(2026, 11, d).unwrap();
+        // From Friday 20 Nov: 5 working days is Fri 27 Nov, 10 is Fri 4 Dec.
+        assert_eq!(
+            live,
+            vec![
+                ("remind_sender".to_string(), day(27)),
+                (
+                    "close_without_reply".to_string(),
+                    chrono::NaiveDate::from_ymd_opt(2026, 12, 4).unwrap()
+                )
+            ]
+        );
+        let mail = outbox(&engine, &reference).await;
+        assert_eq!(mail.last().map(|m| m.template.as_str()), Some("request_for_correction"));
+
+        engine
+            .transition(&reference, &to("needs_review", None), &caseworker("alice"))
+            .await
+            .unwrap();
+        let all = timers(&engine, &reference).await;
+        assert!(
+            all.iter()
+                .filter(|t| t.name != "nudge_team" && !t.name.starts_with("sla_"))
+                .all(|t| t.status == "cancelled"),
+            "{all:?}"
+        );
+        assert_eq!(
+            all.iter()
+                .filter(|t| t.status == "pending")
+                .map(|t| t.name.as_str())
+                .collect::<Vec<_>>(),
+            vec!["sla_at_risk", "sla_breached", "nudge_team"],
+            "the SLA timers run on until the case is closed"
+        );
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn an_automatic_message_is_never_answered_automatically() {
+    on_both_backends(|engine| async move {
+        let raw = String::from_utf8(fixture("mail/gp_form.eml")).unwrap();
+        let auto = raw
+            .replacen("Subject:", "Auto-Submitted: auto-replied\r\nSubject:", 1)
+            .replace("gp-1@practice", "auto-1@practice");
+        let report = engine.intake(auto.as_bytes(), "test").await.unwrap();
+        let mail = outbox(&engine, &report.cases[0].reference).await;
+        assert_eq!(mail.len(), 1);
+        assert_eq!(mail[0].status, "suppressed");
+        assert!(mail[0].suppressed_reason.as_deref().unwrap().contains("Auto-Submitted"));
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn an_unclassified_case_can_only_be_closed_off_or_keyed_into_a_workflow() {
+    on_both_backends(|engine| async move {
+        let reference = first_case(&engine, "mail/no_form.eml").await;
+        let err = engine
+            .transition(&reference, &to("validated", Some("x")), &caseworker("alice"))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, EngineError::Unclassified { .. }), "{err}");
+        assert_refused(
+            engine
+                .transition(&reference, &to("rejected", None), &caseworker("alice"))
+                .await,
+            |e| matches!(e, TransitionError::ReasonRequired { .. }),
+        );
+        let done = engine
+            .transition(
+                &reference,
+                &to("rejected", Some("no form attached")),
+                &caseworker("alice"),
+            )
+            .await
+            .unwrap();
+        assert_eq!(done.state, "rejected");
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn the_event_log_is_append_only() {
+    on_both_backends(|engine| async move {
+        engine.intake(&fixture("mail/gp_form.eml"), "test").await.unwrap();
+        assert!(
+            sqlx::query("UPDATE case_events SET actor = 'mallory'")
+                .execute(&engine.db.pool)
+                .await
+                .is_err()
+        );
+        assert!(
+            sqlx::query("DELETE FROM case_events")
+                .execute(&engine.db.pool)
+                .await
+                .is_err()
+        );
+        assert_eq!(
+            count(&engine, "SELECT COUNT(*) FROM case_events WHERE actor = 'mallory'").await,
+            0
+        );
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_stale_update_is_refused_rather_than_lost() {
+    on_both_backends(|engine| async move {
+        let reference = first_case(&engine, "mail/gp_form.eml").await;
+        let stale = case(&engine, &reference).await;
+        engine
+            .transition(&reference, &to("authorised", None), &caseworker("bob"))
+            .await
+            .unwrap();
+        let mut conn = engine.db.pool.acquire().await.unwrap();
+        let applied = storage::update_case_state(&mut conn, stale.id, stale.version, "rejected", &BTreeMap::new(), 0)
+            .await
+            .unwrap();
+        assert!(!applied, "a write based on an old version must not land");
+        drop(conn);
+        assert_eq!(case(&engine, &reference).await.state, "authorised");
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn case_references_count_up_within_the_year() {
+    on_both_backends(|engine| async move {
+        let mut refs = Vec::new();
+        for name in ["mail/gp_form.eml", "mail/no_form.eml", "mail/forwarded.eml"] {
+            refs.push(
+                engine.intake(&fixture(name), "test").await.unwrap().cases[0]
+                    .reference
+                    .clone(),
+            );
+        }
+        assert_eq!(refs, vec!["CS-2026-000001", "CS-2026-000002", "CS-2026-000003"]);
+    })
+    .await;
+}
+
+/// Emails a form generated from `workflow` after `edit` (so a test can make a form that is not
+/// quite ours).
+async fn intake_generated(
+    engine: &Engine,
+    message_id: &str,
+    edit: impl FnOnce(&mut countersign::workflow::WorkflowDef),
+) -> countersign::engine::IntakeReport {
+    let mut wf = engine.workflows.get("primary_user_gp").unwrap().clone();
+    let values = countersign::samples::good_values(&wf, 7, common::friday_morning().date_naive());
+    edit(&mut wf);
+    let pdf = countersign::pdf::generate::filled_form(&wf, &values).unwrap();
+    let email = countersign::samples::email_with_form(
+        "amara.okafor7@nhs.net",
+        common::AUTHSERV_ID,
+        message_id,
+        "form",
+        Some(("f.pdf", pdf)),
+    )
+    .unwrap();
+    engine.intake(&email, "test").await.unwrap()
+}
+
+#[tokio::test]
+async fn a_pdf_form_that_is_not_one_of_ours_is_a_finding() {
+    on_both_backends(|engine| async move {
+        let report = intake_generated(&engine, "other@x", |wf| {
+            wf.recognise.form_id = "HR-LEAVE-2".into();
+            for field in &mut wf.fields {
+                if field.name != "form_id" {
+                    field.name = format!("leave_{}", field.name);
+                }
+            }
+        })
+        .await;
+        assert_eq!(report.cases[0].workflow, None);
+        assert_eq!(report.cases[0].finding_codes, vec!["form_not_recognised"]);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_form_without_its_form_id_is_matched_by_its_fields_and_flagged() {
+    on_both_backends(|engine| async move {
+        let report = intake_generated(&engine, "no-id@x", |wf| wf.fields.retain(|f| f.name != "form_id")).await;
+        assert_eq!(report.cases[0].workflow.as_deref(), Some("primary_user_gp"));
+        assert_eq!(report.cases[0].finding_codes, vec!["form_id_missing"]);
+        assert_eq!(report.cases[0].state, "needs_review");
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_pdf_over_the_size_limit_is_a_finding() {
+    on_both_backends(|mut engine| async move {
+        engine.config.limits.max_bytes = 1000;
+        let report = engine.intake(&fixture("mail/gp_form.eml"), "test").await.unwrap();
+        assert_eq!(report.cases[0].finding_codes, vec!["pdf_too_large"]);
+        assert_eq!(report.cases[0].state, "needs_review");
+    })
+    .await;
+}

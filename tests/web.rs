@@ -1,0 +1,783 @@
+//! Router tests for the web app: every page and action, including the refusals (no sign-in,
+//! wrong role, missing CSRF token, illegal transition, four-eyes, a stale page). Requests go
+//! straight to the router (`oneshot`), no network port, with a cookie jar like a browser's.
+
+mod common;
+
+use std::collections::BTreeMap;
+
+use axum::Router;
+use axum::body::Body;
+use axum::http::{Request, StatusCode, header};
+use common::{fixture, on_both_backends};
+use countersign::engine::Engine;
+use countersign::web::{Access, AppState, ROUTES, router};
+use countersign::workflow::ActorRole;
+use http_body_util::BodyExt;
+use tower::ServiceExt;
+
+/// A browser: a router and the cookies it has been given.
+struct Browser {
+    app: Router,
+    cookies: BTreeMap<String, String>,
+}
+
+struct Page {
+    status: StatusCode,
+    location: Option<String>,
+    headers: axum::http::HeaderMap,
+    body: String,
+}
+
+impl Page {
+    /// The CSRF token in the page's first form.
+    fn csrf(&self) -> String {
+        let start = self
+            .body
+            .find("name=\"csrf\" value=\"")
+            .expect("a form with a CSRF token")
+            + 19;
+        let end = self.body[start..].find('"').unwrap() + start;
+        self.body[start..end]
+            .replace("&#x2F;", "/")
+            .replace("&#x3D;", "=")
+            .replace("&#x2B;", "+")
+    }
+}
+
+impl Browser {
+    async fn new(engine: &Engine) -> Browser {
+        let state = AppState::new(
+            engine.clone(),
+            &common::root().join("templates"),
+            false,
+            "http://countersign.test".into(),
+        )
+        .await
+        .unwrap();
+        Browser {
+            app: router(state),
+            cookies: BTreeMap::new(),
+        }
+    }
+
+    async fn send(&mut self, request: Request<Body>) -> Page {
+        let response = self.app.clone().oneshot(request).await.unwrap();
+        for value in response.headers().get_all(header::SET_COOKIE) {
+            let text = value.to_str().unwrap();
+            let pair = text.split(';').next().unwrap();
+            if let Some((name, value)) = pair.split_once('=') {
+                if value.is_empty() || text.contains("Max-Age=0") {
+                    self.cookies.remove(name);
+                } else {
+                    self.cookies.insert(name.to_string(), value.to_string());
+                }
+            }
+        }
+        let status = response.status();
+        let headers = response.headers().clone();
+        let location = headers.get(header::LOCATION).map(|l| l.to_str().unwrap().to_string());
+        let bytes = response.into_body().collect().await.unwrap().to_bytes();
+        Page {
+            status,
+            location,
+            headers,
+            body: String::from_utf8_lossy(&bytes).into_owned(),
+        }
+    }
+
+    fn cookie_header(&self) -> String {
+        self.cookies
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join("; ")
+    }
+
+    async fn get(&mut self, path: &str) -> Page {
+        let request = Request::get(path)
+            .header(header::COOKIE, self.cookie_header())
+            .body(Body::empty())
+            .unwrap();
+        self.send(request).await
+    }
+
+    async fn post(&mut self, path: &str, fields: &[(&str, &str)]) -> Page {
+        let mut form = url::form_urlencoded::Serializer::new(String::new());
+        for (k, v) in fields {
+            form.append_pair(k, v);
+        }
+        let request = Request::post(path)
+            .header(header::COOKIE, self.cookie_header())
+            .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+            .body(Body::from(form.finish()))
+            .unwrap();
+        self.send(request).await
+    }
+
+    /// Signs in (setting the password through the one-time link first).
+    async fn sign_in_as(&mut self, engine: &Engine, email: &str, role: ActorRole) {
+        let mut conn = engine.db.pool.acquire().await.unwrap();
+        let (_, token) = countersign::users::add(&mut conn, email, email, role, engine.now_ms())
+            .await
+            .unwrap();
+        drop(conn);
+        let page = self.get(&format!("/set-password/{token}")).await;
+        assert_eq!(page.status, StatusCode::OK, "{}", page.body);
+        let csrf = page.csrf();
+        let done = self
+            .post(
+                &format!("/set-password/{token}"),
+                &[
+                    ("csrf", &csrf),
+                    ("password", "river otter lantern"),
+                    ("confirm", "river otter lantern"),
+                ],
+            )
+            .await;
+        assert_eq!(done.location.as_deref(), Some("/sign-in"), "{}", done.body);
+        let page = self.get("/sign-in").await;
+        let csrf = page.csrf();
+        let signed_in = self
+            .post(
+                "/sign-in",
+                &[("csrf", &csrf), ("email", email), ("password", "river otter lantern")],
+            )
+            .await;
+        assert_eq!(signed_in.location.as_deref(), Some("/"), "{}", signed_in.body);
+    }
+}
+
+fn sample_path(path: &str) -> String {
+    path.replace("{token}", "not-a-token")
+        .replace("{reference}", "CS-2026-000001")
+        .replace("{email}", "someone@nhs.net")
+}
+
+#[tokio::test]
+async fn every_route_needs_sign_in_and_the_right_role() {
+    on_both_backends(|engine| async move {
+        engine.intake(&fixture("mail/gp_form.eml"), "test").await.unwrap();
+        let mut anonymous = Browser::new(&engine).await;
+        for (method, path, access) in ROUTES {
+            let path = sample_path(path);
+            let page = if *method == "GET" {
+                anonymous.get(&path).await
+            } else {
+                anonymous.post(&path, &[]).await
+            };
+            let sent_to_sign_in = page.location.as_deref() == Some("/sign-in") && page.status.is_redirection();
+            if *access == Access::Public {
+                assert!(!sent_to_sign_in, "{method} {path} should be open");
+            } else if path.starts_with("/api/") {
+                assert_eq!(page.status, StatusCode::UNAUTHORIZED, "{method} {path}");
+                assert!(page.body.contains("sign_in_required"), "{}", page.body);
+            } else {
+                assert!(
+                    sent_to_sign_in,
+                    "{method} {path} must need sign-in, got {}",
+                    page.status
+                );
+            }
+        }
+        let mut caseworker = Browser::new(&engine).await;
+        caseworker
+            .sign_in_as(&engine, "cw@nhs.net", ActorRole::Caseworker)
+            .await;
+        for (method, path, access) in ROUTES.iter().filter(|(_, _, a)| *a == Access::Admin) {
+            let path = sample_path(path);
+            let page = if *method == "GET" {
+                caseworker.get(&path).await
+            } else {
+                caseworker.post(&path, &[]).await
+            };
+            assert!(
+                matches!(page.status, StatusCode::FORBIDDEN | StatusCode::UNPROCESSABLE_ENTITY),
+                "{method} {path} ({access:?}) gave {}",
+                page.status
+            );
+        }
+        let page = caseworker.get("/admin/users").await;
+        assert_eq!(page.status, StatusCode::FORBIDDEN);
+        let mut admin = Browser::new(&engine).await;
+        admin.sign_in_as(&engine, "admin@nhs.net", ActorRole::Admin).await;
+        assert_eq!(admin.get("/admin/users").await.status, StatusCode::OK);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn set_password_links_work_once_and_refuse_weak_passwords() {
+    on_both_backends(|engine| async move {
+        let mut browser = Browser::new(&engine).await;
+        let mut conn = engine.db.pool.acquire().await.unwrap();
+        let (_, token) =
+            countersign::users::add(&mut conn, "new@nhs.net", "New", ActorRole::Caseworker, engine.now_ms())
+                .await
+                .unwrap();
+        drop(conn);
+        let page = browser.get(&format!("/set-password/{token}")).await;
+        let csrf = page.csrf();
+        let weak = browser
+            .post(
+                &format!("/set-password/{token}"),
+                &[("csrf", &csrf), ("password", "password123"), ("confirm", "password123")],
+            )
+            .await;
+        assert_eq!(weak.status, StatusCode::BAD_REQUEST);
+        assert!(weak.body.contains("at least 12"), "{}", weak.body);
+        let csrf = weak.csrf();
+        let ok = browser
+            .post(
+                &format!("/set-password/{token}"),
+                &[
+                    ("csrf", &csrf),
+                    ("password", "river otter lantern"),
+                    ("confirm", "river otter lantern"),
+                ],
+            )
+            .await;
+        assert_eq!(ok.location.as_deref(), Some("/sign-in"));
+        let again = browser.get(&format!("/set-password/{token}")).await;
+        assert_eq!(again.status, StatusCode::BAD_REQUEST);
+        assert!(
+            again.body.contains("expired or has already been used"),
+            "{}",
+            again.body
+        );
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn repeated_failed_sign_ins_lock_the_account() {
+    on_both_backends(|engine| async move {
+        let mut browser = Browser::new(&engine).await;
+        browser.sign_in_as(&engine, "jo@nhs.net", ActorRole::Caseworker).await;
+        let mut stranger = Browser::new(&engine).await;
+        for attempt in 1..=5 {
+            let csrf = stranger.get("/sign-in").await.csrf();
+            let page = stranger
+                .post(
+                    "/sign-in",
+                    &[
+                        ("csrf", &csrf),
+                        ("email", "jo@nhs.net"),
+                        ("password", "wrong password here"),
+                    ],
+                )
+                .await;
+            assert_eq!(page.status, StatusCode::UNAUTHORIZED);
+            if attempt < 5 {
+                assert!(page.body.contains("do not match"), "{}", page.body);
+            } else {
+                assert!(page.body.contains("locked"), "{}", page.body);
+            }
+        }
+        // Even the right password is refused while locked.
+        let csrf = stranger.get("/sign-in").await.csrf();
+        let page = stranger
+            .post(
+                "/sign-in",
+                &[
+                    ("csrf", &csrf),
+                    ("email", "jo@nhs.net"),
+                    ("password", "river otter lantern"),
+                ],
+            )
+            .await;
+        assert!(page.body.contains("locked"), "{}", page.body);
+        // An unknown address gets the same words as a wrong password.
+        let csrf = stranger.get("/sign-in").await.csrf();
+        let page = stranger
+            .post(
+                "/sign-in",
+                &[
+                    ("csrf", &csrf),
+                    ("email", "nobody@nhs.net"),
+                    ("password", "whatever whatever"),
+                ],
+            )
+            .await;
+        assert!(page.body.contains("do not match"), "{}", page.body);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_form_without_its_csrf_token_is_refused() {
+    on_both_backends(|engine| async move {
+        let reference = engine.intake(&fixture("mail/no_form.eml"), "test").await.unwrap().cases[0]
+            .reference
+            .clone();
+        let mut browser = Browser::new(&engine).await;
+        browser.sign_in_as(&engine, "cw@nhs.net", ActorRole::Caseworker).await;
+        let page = browser
+            .post(
+                &format!("/cases/{reference}/transition"),
+                &[("to", "rejected"), ("reason", "x"), ("version", "1")],
+            )
+            .await;
+        assert!(
+            matches!(page.status, StatusCode::FORBIDDEN | StatusCode::UNPROCESSABLE_ENTITY),
+            "{}",
+            page.status
+        );
+        let page = browser
+            .post(
+                &format!("/cases/{reference}/transition"),
+                &[
+                    ("csrf", "forged"),
+                    ("to", "rejected"),
+                    ("reason", "x"),
+                    ("version", "1"),
+                ],
+            )
+            .await;
+        assert_eq!(page.status, StatusCode::FORBIDDEN);
+        let page = browser
+            .post(
+                "/sign-in",
+                &[("email", "cw@nhs.net"), ("password", "river otter lantern")],
+            )
+            .await;
+        assert!(page.status.is_client_error(), "sign-in is protected too");
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn the_queue_lists_open_cases_by_urgency_with_filters_and_search() {
+    on_both_backends(|engine| async move {
+        for name in ["mail/gp_form.eml", "mail/no_form.eml", "mail/forwarded.eml"] {
+            engine.intake(&fixture(name), "test").await.unwrap();
+        }
+        let mut browser = Browser::new(&engine).await;
+        browser.sign_in_as(&engine, "cw@nhs.net", ActorRole::Caseworker).await;
+        let page = browser.get("/").await;
+        assert_eq!(page.status, StatusCode::OK);
+        for reference in ["CS-2026-000001", "CS-2026-000002", "CS-2026-000003"] {
+            assert!(page.body.contains(reference), "{reference}");
+        }
+        assert!(page.body.contains("on track") && page.body.contains("Riverside Surgery"));
+        let filtered = browser.get("/?finding=no_form_found").await;
+        assert!(filtered.body.contains("CS-2026-000002") && !filtered.body.contains("CS-2026-000001"));
+        let searched = browser.get("/?q=rx1").await;
+        assert!(
+            searched.body.contains("CS-2026-000003") && !searched.body.contains("CS-2026-000001"),
+            "search by ODS code"
+        );
+        let by_name = browser.get("/?q=Siân").await;
+        assert!(
+            by_name.body.contains("CS-2026-000001"),
+            "search by the proposed user's name"
+        );
+        let unassigned = browser.get("/?assignee=mine").await;
+        assert!(unassigned.body.contains("No open cases match"));
+        let health: serde_json::Value = serde_json::from_str(&browser.get("/api/health").await.body).unwrap();
+        assert_eq!(health["outbox"]["pending"], 2, "two acknowledgements waiting: {health}");
+        assert!(health["pending_timers"].as_i64().unwrap() > 0);
+        let api = browser.get("/api/cases?state=needs_review").await;
+        let json: serde_json::Value = serde_json::from_str(&api.body).unwrap();
+        let refs: Vec<&str> = json["cases"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["reference"].as_str().unwrap())
+            .collect();
+        assert_eq!(refs, vec!["CS-2026-000002"]);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn the_queue_pages_with_a_keyset_cursor() {
+    on_both_backends(|engine| async move {
+        let workflows = common::workflows();
+        for email in countersign::samples::sample_emails(
+            &workflows,
+            55,
+            common::friday_morning().date_naive(),
+            common::AUTHSERV_ID,
+        )
+        .unwrap()
+        {
+            engine.intake(&email, "test").await.unwrap();
+        }
+        let mut browser = Browser::new(&engine).await;
+        browser.sign_in_as(&engine, "cw@nhs.net", ActorRole::Caseworker).await;
+        let first = browser.get("/").await;
+        let rows = first.body.matches("<a href=\"/cases/CS-").count();
+        assert_eq!(rows, 50);
+        let end = first.body.find("\" rel=\"next\"").expect("a next page");
+        let start = first.body[..end].rfind("href=\"").unwrap() + 6;
+        let next = first.body[start..end]
+            .replace("&amp;", "&")
+            .replace("&#x2F;", "/")
+            .replace("&#x3D;", "=");
+        let second = browser.get(&next).await;
+        let more = second.body.matches("<a href=\"/cases/CS-").count();
+        assert!(more > 0 && rows + more <= 55, "{more}");
+        assert!(!second.body.contains("rel=\"next\""));
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn the_case_page_shows_fields_findings_email_pdf_and_timeline() {
+    on_both_backends(|engine| async move {
+        let wf = engine.workflows.get("primary_user_gp").unwrap().clone();
+        let email = common::form_email(
+            &wf,
+            1,
+            &[("signatory_role", "Practice Manager")],
+            "amara@nhs.net",
+            "page-1@x",
+            "Our form",
+        );
+        let reference = engine.intake(&email, "test").await.unwrap().cases[0].reference.clone();
+        let mut browser = Browser::new(&engine).await;
+        browser.sign_in_as(&engine, "cw@nhs.net", ActorRole::Caseworker).await;
+        let page = browser.get(&format!("/cases/{reference}")).await;
+        assert_eq!(page.status, StatusCode::OK);
+        assert!(
+            page.body.contains("A Practice Manager cannot sign this form"),
+            "the finding beside its field"
+        );
+        assert!(page.body.contains("Siân") && page.body.contains("Our form") && page.body.contains("passed (dmarc)"));
+        assert!(page.body.contains(&format!("/cases/{reference}/form.pdf")));
+        assert!(
+            page.body.contains("acknowledgement") && page.body.contains("hold for review"),
+            "timeline"
+        );
+        assert!(
+            page.body.contains("Accept after review") && page.body.contains("Request information"),
+            "the allowed actions"
+        );
+        assert!(!page.body.contains("Record provisioning"), "and only those");
+        assert!(page.headers.get(header::CONTENT_SECURITY_POLICY).is_some());
+
+        let pdf = browser.get(&format!("/cases/{reference}/form.pdf")).await;
+        assert_eq!(pdf.status, StatusCode::OK);
+        assert_eq!(pdf.headers[header::CONTENT_TYPE], "application/pdf");
+        assert_eq!(pdf.headers[header::X_CONTENT_TYPE_OPTIONS], "nosniff");
+        assert!(
+            pdf.headers[header::CONTENT_SECURITY_POLICY]
+                .to_str()
+                .unwrap()
+                .starts_with("sandbox")
+        );
+        assert!(
+            pdf.headers[header::CONTENT_DISPOSITION]
+                .to_str()
+                .unwrap()
+                .starts_with("inline")
+        );
+
+        let csrf = page.csrf();
+        browser
+            .post(
+                &format!("/cases/{reference}/notes"),
+                &[("csrf", &csrf), ("body", "Rang the practice.")],
+            )
+            .await;
+        browser
+            .post(&format!("/cases/{reference}/claim"), &[("csrf", &csrf)])
+            .await;
+        let page = browser.get(&format!("/cases/{reference}")).await;
+        assert!(page.body.contains("Rang the practice.") && page.body.contains("cw@nhs.net"));
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn actions_follow_the_workflow_roles_four_eyes_and_concurrency() {
+    on_both_backends(|engine| async move {
+        let wf = engine.workflows.get("primary_user_gp").unwrap().clone();
+        let email = common::form_email(
+            &wf,
+            2,
+            &[("signatory_role", "Practice Manager")],
+            "amara@nhs.net",
+            "act-1@x",
+            "Form",
+        );
+        let reference = engine.intake(&email, "test").await.unwrap().cases[0].reference.clone();
+        let path = format!("/cases/{reference}/transition");
+        let mut alice = Browser::new(&engine).await;
+        alice.sign_in_as(&engine, "alice@nhs.net", ActorRole::Caseworker).await;
+        let mut bob = Browser::new(&engine).await;
+        bob.sign_in_as(&engine, "bob@nhs.net", ActorRole::Caseworker).await;
+
+        let page = alice.get(&format!("/cases/{reference}")).await;
+        let csrf = page.csrf();
+        // Illegal from here.
+        let refused = alice
+            .post(
+                &path,
+                &[
+                    ("csrf", &csrf),
+                    ("to", "provisioned"),
+                    ("version", "2"),
+                    ("open_exeter_user_id", "OE1"),
+                ],
+            )
+            .await;
+        assert_eq!(refused.status, StatusCode::CONFLICT);
+        assert!(refused.body.contains("cannot move to provisioned"), "{}", refused.body);
+        // A manager's transition, refused to a caseworker.
+        let refused = alice
+            .post(&path, &[("csrf", &csrf), ("to", "rejected"), ("version", "2")])
+            .await;
+        assert_eq!(
+            refused.status,
+            StatusCode::CONFLICT,
+            "a reason is needed: {}",
+            refused.body
+        );
+        let accepted = alice
+            .post(
+                &path,
+                &[
+                    ("csrf", &csrf),
+                    ("to", "validated"),
+                    ("reason", "Checked with the practice: she is a partner."),
+                    ("version", "2"),
+                ],
+            )
+            .await;
+        assert_eq!(accepted.status, StatusCode::SEE_OTHER, "{}", accepted.body);
+        // Bob's page is now stale.
+        let stale = bob.get(&format!("/cases/{reference}")).await;
+        let bob_csrf = stale.csrf();
+        let conflict = bob
+            .post(
+                &path,
+                &[
+                    ("csrf", &bob_csrf),
+                    ("to", "awaiting_information"),
+                    ("reason", "x"),
+                    ("version", "2"),
+                ],
+            )
+            .await;
+        assert_eq!(conflict.status, StatusCode::CONFLICT);
+        assert!(conflict.body.contains("Someone else changed"), "{}", conflict.body);
+        // Four-eyes: alice accepted it, so alice may not authorise it.
+        let four_eyes = alice
+            .post(&path, &[("csrf", &csrf), ("to", "authorised"), ("version", "3")])
+            .await;
+        assert_eq!(four_eyes.status, StatusCode::FORBIDDEN);
+        assert!(four_eyes.body.contains("four-eyes"), "{}", four_eyes.body);
+        let authorised = bob
+            .post(&path, &[("csrf", &bob_csrf), ("to", "authorised"), ("version", "3")])
+            .await;
+        assert_eq!(authorised.status, StatusCode::SEE_OTHER, "{}", authorised.body);
+        // Reopening is for managers.
+        let provisioned = bob
+            .post(
+                &path,
+                &[
+                    ("csrf", &bob_csrf),
+                    ("to", "provisioned"),
+                    ("version", "4"),
+                    ("open_exeter_user_id", "OE445566"),
+                ],
+            )
+            .await;
+        assert_eq!(provisioned.status, StatusCode::SEE_OTHER, "{}", provisioned.body);
+        let page = bob.get(&format!("/cases/{reference}")).await;
+        assert!(page.body.contains("Provisioned"), "the page shows the new state");
+        let json: serde_json::Value =
+            serde_json::from_str(&bob.get(&format!("/api/cases/{reference}")).await.body).unwrap();
+        assert_eq!(json["case"]["state"], "provisioned");
+        assert_eq!(json["case"]["recorded"]["open_exeter_user_id"], "OE445566");
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_flattened_form_is_keyed_beside_its_pdf_and_checked_by_the_same_rules() {
+    on_both_backends(|engine| async move {
+        let reference = engine
+            .intake(&fixture("mail/flattened_form.eml"), "test")
+            .await
+            .unwrap()
+            .cases[0]
+            .reference
+            .clone();
+        let mut browser = Browser::new(&engine).await;
+        browser
+            .sign_in_as(&engine, "keyer@nhs.net", ActorRole::Caseworker)
+            .await;
+        let page = browser.get(&format!("/cases/{reference}")).await;
+        assert!(
+            page.body.contains("Key the form in by hand") && page.body.contains("form.pdf"),
+            "keying form beside the PDF"
+        );
+        let csrf = page.csrf();
+        let fields = [
+            ("field.org_name", "Riverside Surgery"),
+            ("field.org_ods_code", "A81001"),
+            ("field.user_first_name", "Siân"),
+            ("field.user_last_name", "Ó Briain-Åkesson"),
+            ("field.user_job_title", "Practice Manager"),
+            ("field.user_email", "sian.obriain@nhs.net"),
+            ("field.request_kind", "New"),
+            ("field.signatory_name", "Dr Ŵyn ap Gruffydd"),
+            ("field.signatory_role", "Practice Manager"),
+            ("field.signatory_email", "wyn.apgruffydd@nhs.net"),
+            ("field.signatory_date", "10/11/2026"),
+            ("field.signatory_declaration", "Yes"),
+        ];
+        let mut form: Vec<(&str, &str)> = vec![("csrf", &csrf)];
+        form.extend(fields.iter().copied());
+        let saved = browser.post(&format!("/cases/{reference}/key"), &form).await;
+        assert_eq!(saved.status, StatusCode::SEE_OTHER, "{}", saved.body);
+        let page = browser.get(&format!("/cases/{reference}")).await;
+        assert!(
+            page.body.contains("A Practice Manager cannot sign this form"),
+            "the same rules ran on the keyed fields"
+        );
+        let json: serde_json::Value =
+            serde_json::from_str(&browser.get(&format!("/api/cases/{reference}")).await.body).unwrap();
+        let keyed = json["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["kind"] == "field_keyed")
+            .count();
+        assert_eq!(
+            keyed,
+            fields.len(),
+            "each keyed field is in the event log with old and new values"
+        );
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn cases_are_marked_duplicate_claimed_in_bulk_and_assigned() {
+    on_both_backends(|engine| async move {
+        let first = engine.intake(&fixture("mail/gp_form.eml"), "test").await.unwrap().cases[0]
+            .reference
+            .clone();
+        let second = engine.intake(&fixture("mail/no_form.eml"), "test").await.unwrap().cases[0]
+            .reference
+            .clone();
+        let third = engine
+            .intake(&fixture("mail/forwarded.eml"), "test")
+            .await
+            .unwrap()
+            .cases[0]
+            .reference
+            .clone();
+        let mut browser = Browser::new(&engine).await;
+        browser.sign_in_as(&engine, "cw@nhs.net", ActorRole::Caseworker).await;
+        let mut other = Browser::new(&engine).await;
+        other.sign_in_as(&engine, "other@nhs.net", ActorRole::Caseworker).await;
+        let csrf = browser.get("/").await.csrf();
+        let done = browser
+            .post(
+                "/cases/bulk",
+                &[("csrf", &csrf), ("action", "claim"), ("case", &first), ("case", &third)],
+            )
+            .await;
+        assert_eq!(done.status, StatusCode::SEE_OTHER, "{}", done.body);
+        let mine = browser.get("/?assignee=mine").await;
+        assert!(mine.body.contains(&first) && mine.body.contains(&third) && !mine.body.contains(&second));
+        let assigned = browser
+            .post(
+                &format!("/cases/{third}/assign"),
+                &[("csrf", &csrf), ("assignee", "other@nhs.net")],
+            )
+            .await;
+        assert_eq!(assigned.status, StatusCode::SEE_OTHER);
+        assert!(other.get("/?assignee=mine").await.body.contains(&third));
+
+        let page = browser.get(&format!("/cases/{second}")).await;
+        let version = if page.body.contains("name=\"version\" value=\"1\"") {
+            "1"
+        } else {
+            "2"
+        };
+        let missing = browser
+            .post(
+                &format!("/cases/{second}/transition"),
+                &[
+                    ("csrf", &csrf),
+                    ("to", "duplicate"),
+                    ("reason", "same request"),
+                    ("version", version),
+                    ("duplicate_of", "CS-2026-999999"),
+                ],
+            )
+            .await;
+        assert_eq!(missing.status, StatusCode::BAD_REQUEST);
+        let marked = browser
+            .post(
+                &format!("/cases/{second}/transition"),
+                &[
+                    ("csrf", &csrf),
+                    ("to", "duplicate"),
+                    ("reason", "same request"),
+                    ("version", version),
+                    ("duplicate_of", &first),
+                ],
+            )
+            .await;
+        assert_eq!(marked.status, StatusCode::SEE_OTHER, "{}", marked.body);
+        let json: serde_json::Value =
+            serde_json::from_str(&browser.get(&format!("/api/cases/{second}")).await.body).unwrap();
+        assert_eq!(json["case"]["state"], "duplicate");
+        assert!(json["case"]["duplicate_of"].as_i64().is_some());
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn admins_edit_organisations_and_see_each_workflow_drawn() {
+    on_both_backends(|engine| async move {
+        engine.intake(&fixture("mail/gp_form.eml"), "test").await.unwrap();
+        let mut admin = Browser::new(&engine).await;
+        admin.sign_in_as(&engine, "admin@nhs.net", ActorRole::Admin).await;
+        let page = admin.get("/admin/organisations?q=a81").await;
+        assert!(page.body.contains("A81001") && page.body.contains("Riverside Surgery"));
+        let csrf = page.csrf();
+        let saved = admin
+            .post(
+                "/admin/organisations/A81001",
+                &[("csrf", &csrf), ("name", "Riverside Medical Centre")],
+            )
+            .await;
+        assert_eq!(saved.status, StatusCode::SEE_OTHER);
+        assert!(
+            admin
+                .get("/admin/organisations")
+                .await
+                .body
+                .contains("Riverside Medical Centre")
+        );
+        let workflows = admin.get("/admin/workflows").await;
+        assert_eq!(workflows.body.matches("<svg").count(), 3, "a diagram per workflow");
+        assert!(
+            workflows.body.contains("Awaiting information from sender") && workflows.body.contains("remind_sender")
+        );
+        let added = admin
+            .post(
+                "/admin/users",
+                &[
+                    ("csrf", &csrf),
+                    ("email", "new.cw@nhs.net"),
+                    ("display_name", "New CW"),
+                    ("role", "caseworker"),
+                ],
+            )
+            .await;
+        assert!(
+            added.body.contains("set-password") && added.body.contains("new.cw@nhs.net"),
+            "a one-time link to hand over"
+        );
+    })
+    .await;
+}

@@ -112,7 +112,8 @@ async fn sign_in(browser: &Client, base: &str, email: &str) {
         .click()
         .await
         .unwrap();
-    browser.wait().for_element(Locator::Css("h1")).await.unwrap();
+    // Wait for the signed-in page itself, not any heading: the sign-in page has one too.
+    wait_for(browser, "form[action='/sign-out']").await;
     assert!(
         browser.source().await.unwrap().contains("Open cases"),
         "signed in as {email}"
@@ -135,7 +136,22 @@ async fn act(browser: &Client, to: &str, fill: &[(&str, &str)]) {
         .click()
         .await
         .unwrap();
-    browser.wait().for_element(Locator::Css("h1")).await.unwrap();
+    // The click returns before the next page loads; the page that answers shows the new state.
+    wait_for(browser, &format!("#case-state[data-state='{to}']")).await;
+}
+
+/// Waits (up to 20 s, for a slow shared CI machine) until an element matching `css` is on the page.
+async fn wait_for(browser: &Client, css: &str) {
+    if let Err(error) = browser
+        .wait()
+        .at_most(Duration::from_secs(20))
+        .for_element(Locator::Css(css))
+        .await
+    {
+        let url = browser.current_url().await.map(|u| u.to_string()).unwrap_or_default();
+        let page = browser.source().await.unwrap_or_default();
+        panic!("waiting for {css} on {url}: {error}\n{page}");
+    }
 }
 
 #[tokio::test]

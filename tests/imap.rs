@@ -305,17 +305,17 @@ async fn new_mail_is_noticed_while_idle() {
         let (stop_tx, stop_rx) = countersign::ingest::shutdown_channel();
         let running = poller.clone();
         let task = tokio::spawn(async move { running.run_until_stopped(stop_rx).await });
-        wait_until("the poller is idle", Duration::from_secs(10), async || {
+        wait_until("the poller is idle", Duration::from_secs(30), async || {
             poller.health().snapshot().state == "idle"
         })
         .await;
         dovecot.deliver("INBOX", &[fixture("mail/gp_form.eml")]).await;
-        wait_until("the mail is taken", Duration::from_secs(10), async || {
+        wait_until("the mail is taken", Duration::from_secs(30), async || {
             count(&engine, "SELECT COUNT(*) FROM cases").await == 1
         })
         .await;
         stop_tx.send(true).unwrap();
-        tokio::time::timeout(Duration::from_secs(10), task)
+        tokio::time::timeout(Duration::from_secs(30), task)
             .await
             .expect("stops out of IDLE")
             .unwrap();

@@ -83,10 +83,11 @@ async fn open_browser(driver: &Driver) -> Client {
         .expect("a WebDriver session")
 }
 
-fn output(name: &str) -> std::path::PathBuf {
+/// Where a screenshot goes: `tests/output/<backend>-<name>`.
+fn output(backend: Backend, name: &str) -> std::path::PathBuf {
     let dir = common::root().join("tests/output");
     std::fs::create_dir_all(&dir).unwrap();
-    dir.join(name)
+    dir.join(format!("{}-{name}", format!("{backend:?}").to_lowercase()))
 }
 
 async fn sign_in(browser: &Client, base: &str, email: &str) {
@@ -155,8 +156,18 @@ async fn wait_for(browser: &Client, css: &str) {
 }
 
 #[tokio::test]
-async fn a_case_goes_from_inbox_to_provisioned_in_a_real_browser() {
-    let database = TestDatabase::create(Backend::Sqlite).await;
+async fn a_case_goes_from_inbox_to_provisioned_in_a_real_browser_on_sqlite() {
+    case_journey(Backend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn a_case_goes_from_inbox_to_provisioned_in_a_real_browser_on_postgres() {
+    case_journey(Backend::Postgres).await;
+}
+
+/// The whole journey, against the web app backed by `backend`. Screenshots are named by it.
+async fn case_journey(backend: Backend) {
+    let database = TestDatabase::create(backend).await;
     let clock = TestClock::at(friday_morning());
     let engine = engine_with_clock(Db::connect(&database.url).await.unwrap(), clock.clone());
     for email in ["alice@nhs.net", "bob@nhs.net"] {
@@ -212,9 +223,9 @@ async fn a_case_goes_from_inbox_to_provisioned_in_a_real_browser() {
     // The queue: find the case.
     let queue = browser.source().await.unwrap();
     assert!(queue.contains(&reference) && queue.contains("signatory_role_not_allowed"));
-    std::fs::write(output("queue-1280.png"), browser.screenshot().await.unwrap()).unwrap();
+    std::fs::write(output(backend, "queue-1280.png"), browser.screenshot().await.unwrap()).unwrap();
     browser.set_window_size(400, 900).await.unwrap();
-    std::fs::write(output("queue-narrow.png"), browser.screenshot().await.unwrap()).unwrap();
+    std::fs::write(output(backend, "queue-narrow.png"), browser.screenshot().await.unwrap()).unwrap();
     browser.set_window_size(1280, 1000).await.unwrap();
     // Keyboard: j selects the first (most urgent) case, Enter opens it.
     let first_row = browser
@@ -254,7 +265,7 @@ async fn a_case_goes_from_inbox_to_provisioned_in_a_real_browser() {
         frame.attr("src").await.unwrap().as_deref(),
         Some(format!("/cases/{reference}/form.pdf").as_str())
     );
-    std::fs::write(output("case-1280.png"), browser.screenshot().await.unwrap()).unwrap();
+    std::fs::write(output(backend, "case-1280.png"), browser.screenshot().await.unwrap()).unwrap();
 
     // Request information (the reason starts from the findings, and can be edited).
     act(
@@ -344,13 +355,19 @@ async fn a_case_goes_from_inbox_to_provisioned_in_a_real_browser() {
     ] {
         assert!(page.contains(step), "timeline shows {step}");
     }
-    std::fs::write(output("case-provisioned.png"), browser.screenshot().await.unwrap()).unwrap();
+    std::fs::write(
+        output(backend, "case-provisioned.png"),
+        browser.screenshot().await.unwrap(),
+    )
+    .unwrap();
     assert!(
-        std::fs::metadata(output("queue-1280.png")).unwrap().len() > 10_000,
+        std::fs::metadata(output(backend, "queue-1280.png")).unwrap().len() > 10_000,
         "a real screenshot"
     );
 
     browser.close().await.unwrap();
     stop_tx.send(true).unwrap();
     let _ = server.await;
+    engine.db.close().await;
+    database.drop_database().await;
 }

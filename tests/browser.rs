@@ -342,6 +342,17 @@ async fn case_journey(backend: Backend) {
     .await;
     let page = browser.source().await.unwrap();
     assert!(page.contains("Provisioned"), "provisioned");
+    let sla = browser
+        .find(Locator::Id("case-sla"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        sla.starts_with("SLA met closed"),
+        "a closed case shows its SLA met: {sla}"
+    );
 
     // The timeline tells the whole story.
     for step in [

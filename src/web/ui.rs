@@ -60,6 +60,14 @@ fn sla_status(due_at: Option<i64>, now: i64, at_risk_until: i64) -> &'static str
     }
 }
 
+/// The SLA of a closed case: met when it closed by its due time (or had none), else missed.
+fn closed_sla_status(due_at: Option<i64>, closed_at: i64) -> &'static str {
+    match due_at {
+        Some(due) if closed_at > due => "missed",
+        _ => "met",
+    }
+}
+
 fn base_context(user: &CurrentUser, token: &CsrfToken) -> Result<tera::Context, WebError> {
     let mut context = tera::Context::new();
     context.insert("user", &user.0);
@@ -482,13 +490,27 @@ pub async fn case_page(
     context.insert("actions", &actions);
     context.insert("assignee", &assignee);
     context.insert("due", &when(case.due_at));
+    // A closed case is judged by when it closed (met or missed), not by the clock running on.
+    let closed_at: Option<i64> = if state.engine.workflows.terminal_states().contains(&case.state) {
+        sqlx::query_scalar("SELECT MAX(at) FROM case_events WHERE case_id = $1 AND to_state = $2")
+            .bind(case.id)
+            .bind(&case.state)
+            .fetch_one(&mut *conn)
+            .await?
+    } else {
+        None
+    };
+    context.insert("closed", &when(closed_at));
     context.insert(
         "sla",
-        sla_status(
-            case.due_at,
-            state.engine.now_ms(),
-            state.engine.working_days_from_now(1),
-        ),
+        match closed_at {
+            Some(closed) => closed_sla_status(case.due_at, closed),
+            None => sla_status(
+                case.due_at,
+                state.engine.now_ms(),
+                state.engine.working_days_from_now(1),
+            ),
+        },
     );
     context.insert("has_pdf", &case.form_attachment_id.is_some());
     context.insert("keyable", &keyable);
@@ -918,7 +940,7 @@ pub async fn bulk(
 
 #[cfg(test)]
 mod tests {
-    use super::sla_status;
+    use super::{closed_sla_status, sla_status};
 
     #[test]
     fn sla_status_is_breached_past_due_at_risk_within_a_working_day_else_on_track() {
@@ -928,5 +950,12 @@ mod tests {
         assert_eq!(sla_status(Some(5_000), now, at_risk_until), "at risk");
         assert_eq!(sla_status(Some(5_001), now, at_risk_until), "on track");
         assert_eq!(sla_status(None, now, at_risk_until), "on track");
+    }
+
+    #[test]
+    fn a_closed_case_met_its_sla_when_it_closed_by_the_due_time() {
+        assert_eq!(closed_sla_status(Some(1_000), 1_000), "met");
+        assert_eq!(closed_sla_status(Some(1_000), 1_001), "missed");
+        assert_eq!(closed_sla_status(None, 5_000), "met");
     }
 }

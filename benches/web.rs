@@ -1,6 +1,8 @@
 //! Page render times with 100,000 cases in the database (`cargo bench --bench web`):
 //! server-side time for the queue (first page, deep in the keyset, filtered, searched), a case
 //! page and the JSON API, through the real router. `COUNTERSIGN_BENCH_CASES` sets the count.
+//! SQLite always; PostgreSQL too when `COUNTERSIGN_BENCH_POSTGRES_URL` names a server (a
+//! database is created there for the run and dropped after).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -19,13 +21,43 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
 }
 
-async fn run(cases: usize) {
+/// Surnames for the generated cases: each is common (about 1% of cases) but for one rare one.
+const SURNAMES: [&str; 10] = [
+    "Smith", "Jones", "Williams", "Taylor", "Brown", "Davies", "Evans", "Wilson", "Thomas", "Roberts",
+];
+
+/// Realistic form fields (about 600 bytes of JSON), so that free-text search reads real text.
+fn fields_for(n: usize) -> String {
+    let surname = if n == 4242 {
+        "Ó Briain-Åkesson".to_string()
+    } else {
+        format!("{}-{}", SURNAMES[n % SURNAMES.len()], n % 97)
+    };
+    serde_json::json!({
+        "form_id": "PU-GP-1",
+        "org_name": format!("Practice {n} Surgery"),
+        "org_ods_code": format!("A{:05}", n % 90_000),
+        "user_title": "Dr",
+        "user_first_name": "Alex",
+        "user_last_name": surname,
+        "user_job_title": "Practice Manager",
+        "user_email": format!("alex.user{n}@nhs.net"),
+        "user_phone": "01632 960000",
+        "request_kind": "New",
+        "signatory_name": "Dr Sam Partner",
+        "signatory_role": "GP Partner",
+        "signatory_email": format!("manager{n}@nhs.net"),
+        "signed_date": "2026-11-20",
+        "declaration": "Yes",
+    })
+    .to_string()
+}
+
+async fn run(url: &str, backend: &str, cases: usize) {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
     let workflows = WorkflowSet::load(&root.join("workflows"), &root.join("templates")).unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let url = format!("sqlite://{}?mode=rwc", dir.path().join("web.db").display());
     let engine = Engine {
-        db: Db::connect(&url).await.unwrap(),
+        db: Db::connect(url).await.unwrap(),
         workflows: Arc::new(workflows.clone()),
         calendar: Arc::new(WorkingCalendar::shipped()),
         config: EngineConfig {
@@ -59,16 +91,17 @@ async fn run(cases: usize) {
     for n in 0..cases {
         sqlx::query(
             "INSERT INTO cases (reference, workflow, state, version, fields, findings, org_ods_code, org_name, sender, origin_message_id, created_at, updated_at, due_at)
-             VALUES ($1, 'primary_user_gp', $2, 1, '{}', $3, $4, $5, $6, 1, $7, $7, $8)",
+             VALUES ($1, 'primary_user_gp', $2, 1, $9, $3, $4, $5, $6, 1, $7, $7, $8)",
         )
         .bind(format!("CS-2025-{:06}", n + 1))
         .bind(states[n % states.len()])
         .bind(if n % 7 == 0 { r#"[{"code":"signatory_role_not_allowed","field":"signatory_role","message":"x"}]"# } else { "[]" })
         .bind(format!("A{:05}", n % 90_000))
-        .bind(format!("Practice {n}"))
+        .bind(format!("Practice {n} Surgery"))
         .bind(format!("manager{n}@nhs.net"))
         .bind(now - (n as i64 % 1000) * 3_600_000)
         .bind(now + ((n as i64 * 7919) % 2_000_000) * 1000)
+        .bind(fields_for(n))
         .execute(&mut *tx)
         .await
         .unwrap();
@@ -108,13 +141,24 @@ async fn run(cases: usize) {
             "/?finding=signatory_role_not_allowed".to_string(),
         ),
         ("queue, searched by ODS code", "/?q=a0123".to_string()),
+        ("queue, searched: rare name", "/?q=akesson".to_string()),
+        ("queue, searched: rare email", "/?q=manager54321%40".to_string()),
+        ("queue, searched: common name", "/?q=williams".to_string()),
+        ("queue, searched: in every case", "/?q=surgery".to_string()),
         (
             "case page",
             "/cases/CS-2026-000005".replace("2026", &chrono::Local::now().format("%Y").to_string()),
         ),
         ("API: queue as JSON", "/api/cases".to_string()),
     ];
-    println!("\nserver-side render time, {} runs each (release build, SQLite):", 50);
+    if backend == "PostgreSQL" {
+        // Fresh statistics, as autovacuum would have by the time anyone searched.
+        sqlx::query("ANALYZE").execute(&engine.db.pool).await.unwrap();
+    }
+    println!(
+        "\nserver-side render time, {} runs each (release build, {backend}):",
+        50
+    );
     for (name, path) in pages {
         let mut times = Vec::new();
         for i in 0..55 {
@@ -148,9 +192,30 @@ fn main() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(100_000);
-    tokio::runtime::Builder::new_multi_thread()
+    let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
-        .unwrap()
-        .block_on(run(cases));
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}?mode=rwc", dir.path().join("web.db").display());
+    runtime.block_on(run(&url, "SQLite", cases));
+    if let Ok(server) = std::env::var("COUNTERSIGN_BENCH_POSTGRES_URL") {
+        runtime.block_on(async {
+            use sqlx::Connection;
+            sqlx::any::install_default_drivers();
+            let name = format!("countersign_bench_web_{}", std::process::id());
+            let mut admin = sqlx::AnyConnection::connect(&server).await.unwrap();
+            sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+                .execute(&mut admin)
+                .await
+                .unwrap();
+            let mut url = url::Url::parse(&server).unwrap();
+            url.set_path(&name);
+            run(url.as_str(), "PostgreSQL", cases).await;
+            sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE {name} WITH (FORCE)")))
+                .execute(&mut admin)
+                .await
+                .unwrap();
+        });
+    }
 }

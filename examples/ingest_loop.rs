@@ -5,6 +5,10 @@ use std::sync::Arc;
 
 #[tokio::main]
 async fn main() {
+    // RUST_LOG=sqlx::query=debug shows every statement an intake runs.
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .init();
     let count: usize = std::env::args().nth(1).and_then(|n| n.parse().ok()).unwrap_or(3000);
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
     let workflows =

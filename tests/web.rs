@@ -391,6 +391,84 @@ async fn the_queue_lists_open_cases_by_urgency_with_filters_and_search() {
 }
 
 #[tokio::test]
+async fn free_text_search_finds_names_emails_and_organisations_folded_for_case_and_accents() {
+    on_both_backends(|engine| async move {
+        let workflows = common::workflows();
+        for email in countersign::samples::sample_emails(
+            &workflows,
+            12,
+            common::friday_morning().date_naive(),
+            common::AUTHSERV_ID,
+        )
+        .unwrap()
+        {
+            engine.intake(&email, "test").await.unwrap();
+        }
+        // A common name: more cases than the search index is asked for, so the queue is walked.
+        sqlx::query(
+            "INSERT INTO cases (reference, workflow, state, fields, findings, org_name, origin_message_id, created_at, updated_at, due_at)
+             WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 1001)
+             SELECT 'CS-2099-' || i, 'primary_user_gp', 'needs_review', '{}', '[]', 'Common Lane Surgery',
+                    (SELECT MIN(id) FROM raw_messages), 0, 0, 9000000000000 + i FROM n",
+        )
+        .execute(&engine.db.pool)
+        .await
+        .unwrap();
+        let mut browser = Browser::new(&engine).await;
+        browser.sign_in_as(&engine, "cw@nhs.net", ActorRole::Caseworker).await;
+        // The references of the queue rows on a page, sorted.
+        let cases_on = |body: &str| -> Vec<String> {
+            let mut found: Vec<String> = body
+                .match_indices("data-case=\"")
+                .filter_map(|(at, m)| body[at + m.len()..].split('"').next().map(str::to_string))
+                .collect();
+            found.sort();
+            found
+        };
+        let orgs = |body: &str| -> Vec<u32> {
+            (0..12)
+                .filter(|n| body.contains(&format!("Riverside Medical Practice {n} <span")))
+                .collect()
+        };
+
+        // Part of an email address: a rare term, one case.
+        let page = browser.get("/?q=obriain7%40nhs").await;
+        assert_eq!(page.status, StatusCode::OK);
+        assert_eq!(orgs(&page.body), vec![7], "the case whose user's email it is: {}", page.body);
+        // Without its accents, and in capitals.
+        let with_accents: Vec<String> =
+            sqlx::query_scalar("SELECT reference FROM cases WHERE fields LIKE '%Briain-Åkesson%' ORDER BY reference")
+                .fetch_all(&engine.db.pool)
+                .await
+                .unwrap();
+        assert!(with_accents.len() >= 6, "{with_accents:?}");
+        for q in ["akesson", "AKESSON", "%C3%85kesson", "briain-%C3%A5kesson"] {
+            let page = browser.get(&format!("/?q={q}")).await;
+            assert_eq!(cases_on(&page.body), with_accents, "every case with that name matches {q}");
+        }
+        // LIKE's wildcards are text: "100%" is not "100" followed by anything (CS-2099-100 exists).
+        let page = browser.get("/?q=2099-100%25").await;
+        assert!(page.body.contains("No open cases match"), "a percent sign is literal");
+        let page = browser.get("/?q=medical_practice").await;
+        assert!(page.body.contains("No open cases match"), "an underscore is literal");
+        // A common term: a page of matches, most urgent first, and a next page.
+        let page = browser.get("/?q=common+lane").await;
+        assert!(page.body.contains("CS-2099-1<"), "the most urgent match first");
+        assert!(page.body.contains("rel=\"next\""), "more than a page of matches");
+        assert!(orgs(&page.body).is_empty());
+        // The index follows an edit.
+        sqlx::query("UPDATE cases SET org_name = 'Quayside Health Centre' WHERE reference = $1")
+            .bind(&with_accents[0])
+            .execute(&engine.db.pool)
+            .await
+            .unwrap();
+        let page = browser.get("/?q=quayside").await;
+        assert_eq!(cases_on(&page.body), vec![with_accents[0].clone()]);
+    })
+    .await;
+}
+
+#[tokio::test]
 async fn the_queue_pages_with_a_keyset_cursor() {
     on_both_backends(|engine| async move {
         let workflows = common::workflows();

@@ -112,6 +112,73 @@ pub struct QueueRow {
     pub assignee: Option<String>,
 }
 
+/// The text a free-text search reads, and its pattern. On PostgreSQL the trigram index
+/// (migration 0007) is built on exactly this expression, folded for case and diacritics; on
+/// SQLite the FTS table (migration 0007) holds the same text and folds it for a rare term,
+/// while a common term is tested here, folded for ASCII case only.
+fn search_text_sql(backend: crate::storage::Backend) -> &'static str {
+    match backend {
+        crate::storage::Backend::Postgres => {
+            "countersign_search_fold(COALESCE(c.org_name, '') || ' ' || COALESCE(c.sender, '') || ' ' || c.reference || ' ' || c.fields) LIKE countersign_search_fold($8) ESCAPE '\\'"
+        }
+        crate::storage::Backend::Sqlite => {
+            "LOWER(COALESCE(c.org_name, '') || ' ' || COALESCE(c.sender, '') || ' ' || c.reference || ' ' || c.fields) LIKE $8 ESCAPE '\\'"
+        }
+    }
+}
+
+/// Above this many indexed matches a search term is common: walking the queue in SLA order
+/// finds a page of them sooner than sorting every match.
+const SEARCH_INDEX_MAX_MATCHES: i64 = 1_000;
+
+/// Where the queue query starts.
+enum QueueSource {
+    /// Every case, in SLA order (no search, or a common term tested row by row).
+    Walk,
+    /// The cases whose ODS code or reference is the search (indexed).
+    Exact,
+    /// The cases an FTS5 query (bound as this string) matches: a rare term on SQLite.
+    Matched(String),
+}
+
+/// Escapes `%`, `_` and the escape character itself, for `LIKE ... ESCAPE '\'`.
+fn escape_like(text: &str) -> String {
+    let mut escaped = String::with_capacity(text.len());
+    for c in text.chars() {
+        if matches!(c, '%' | '_' | '\\') {
+            escaped.push('\\');
+        }
+        escaped.push(c);
+    }
+    escaped
+}
+
+/// The FTS5 phrase query for a search term: the whole term as one quoted string, so that its
+/// punctuation (an email's `@` and `.`) is text, not query syntax.
+fn fts_phrase(term: &str) -> String {
+    format!("\"{}\"", term.replace('"', "\"\""))
+}
+
+/// On SQLite, a rare term (at most [`SEARCH_INDEX_MAX_MATCHES`] cases, by the trigram index)
+/// starts from its matches; a common one, or one too short for trigrams, walks the queue.
+async fn sqlite_free_text_source(state: &AppState, term: &str) -> Result<QueueSource, WebError> {
+    if term.chars().count() < 3 {
+        return Ok(QueueSource::Walk);
+    }
+    let phrase = fts_phrase(term);
+    let matches: i64 =
+        sqlx::query_scalar("SELECT COUNT(*) FROM (SELECT rowid FROM case_search WHERE case_search MATCH $1 LIMIT $2)")
+            .bind(&phrase)
+            .bind(SEARCH_INDEX_MAX_MATCHES + 1)
+            .fetch_one(&state.engine.db.pool)
+            .await?;
+    Ok(if matches > SEARCH_INDEX_MAX_MATCHES {
+        QueueSource::Walk
+    } else {
+        QueueSource::Matched(phrase)
+    })
+}
+
 /// Open cases, most urgent first, a page at a time (keyset, so it stays fast at any depth).
 pub async fn load_queue(
     state: &AppState,
@@ -119,9 +186,8 @@ pub async fn load_queue(
     user_id: i64,
 ) -> Result<(Vec<QueueRow>, Option<String>), WebError> {
     let terminal = state.engine.workflows.terminal_states();
-    let placeholders: Vec<String> = (0..terminal.len()).map(|i| format!("${}", i + 13)).collect();
     // A search that is an ODS code or a case reference is an exact (indexed) match; anything
-    // else is a substring of the organisation's name or the sender's address.
+    // else is a substring of the organisation, the sender, the reference or the form's fields.
     let q = filter.q.trim();
     let exact = crate::domain::CaseRef::parse(q)
         .map(|r| r.as_str().to_string())
@@ -131,30 +197,51 @@ pub async fn load_queue(
                 .map(|c| c.as_str().to_string())
         })
         .unwrap_or_default();
-    let substring = if q.is_empty() || !exact.is_empty() {
+    let free_text = if q.is_empty() || !exact.is_empty() { "" } else { q };
+    let source = if !exact.is_empty() {
+        // Start from the few matching rows (by their indexes) rather than walking the whole
+        // queue in SLA order looking for them.
+        QueueSource::Exact
+    } else if !free_text.is_empty() && state.engine.db.backend == crate::storage::Backend::Sqlite {
+        sqlite_free_text_source(state, free_text).await?
+    } else {
+        // PostgreSQL's planner chooses between its trigram index and the SLA-order walk itself.
+        QueueSource::Walk
+    };
+    let substring = if free_text.is_empty() || matches!(source, QueueSource::Matched(_)) {
         String::new()
     } else {
-        format!("%{}%", q.to_lowercase())
+        format!("%{}%", escape_like(&free_text.to_lowercase()))
     };
+    let search_clause = if substring.is_empty() {
+        "$8 = ''".to_string()
+    } else {
+        search_text_sql(state.engine.db.backend).to_string()
+    };
+    let mut next_placeholder = 13;
+    let from = match &source {
+        QueueSource::Walk => "cases c".to_string(),
+        QueueSource::Exact => "(SELECT id AS matched FROM cases WHERE org_ods_code = $12 UNION SELECT id FROM cases WHERE reference = $12) m JOIN cases c ON c.id = m.matched".to_string(),
+        QueueSource::Matched(_) => {
+            next_placeholder += 1;
+            "(SELECT rowid AS matched FROM case_search WHERE case_search MATCH $13) m JOIN cases c ON c.id = m.matched"
+                .to_string()
+        }
+    };
+    let placeholders: Vec<String> = (0..terminal.len())
+        .map(|i| format!("${}", i + next_placeholder))
+        .collect();
     let sql = format!(
         "SELECT c.id, c.reference, c.workflow, c.state, c.org_name, c.org_ods_code, c.findings, c.created_at, c.due_at, u.email
-         FROM {} LEFT JOIN users u ON u.id = c.assignee_id
-         WHERE ($1 = '' OR c.state = $1) AND ($2 = '' OR c.workflow = $2) AND ($3 = '' OR c.findings LIKE $3)
+         FROM {from} LEFT JOIN users u ON u.id = c.assignee_id
+         WHERE ($1 = '' OR c.state = $1) AND ($2 = '' OR c.workflow = $2) AND ($3 = '' OR c.findings LIKE $3 ESCAPE '\\')
            AND ($4 = '' OR ($4 = 'mine' AND c.assignee_id = $5) OR ($4 = 'unassigned' AND c.assignee_id IS NULL))
            AND ($6 = 0 OR c.due_at < $7)
-           AND ($8 = '' OR LOWER(COALESCE(c.org_name, '')) LIKE $8 OR LOWER(COALESCE(c.sender, '')) LIKE $8 OR LOWER(c.reference) LIKE $8
-                OR LOWER(c.fields) LIKE $8)
+           AND {search_clause}
            AND ($12 = '' OR c.org_ods_code = $12 OR c.reference = $12)
            AND (c.due_at > $9 OR (c.due_at = $9 AND c.id > $10))
            {}
          ORDER BY c.due_at, c.id LIMIT $11",
-        // An exact search starts from the few matching rows (by their indexes) rather than
-        // walking the whole queue in SLA order looking for them.
-        if exact.is_empty() {
-            "cases c"
-        } else {
-            "(SELECT id AS matched FROM cases WHERE org_ods_code = $12 UNION SELECT id FROM cases WHERE reference = $12) m JOIN cases c ON c.id = m.matched"
-        },
         if placeholders.is_empty() { String::new() } else { format!("AND c.state NOT IN ({})", placeholders.join(", ")) }
     );
     let (after_due, after_id) = filter
@@ -166,10 +253,13 @@ pub async fn load_queue(
     let finding = if filter.finding.is_empty() {
         String::new()
     } else {
-        format!("%\"code\":\"{}\"%", filter.finding)
+        format!("%\"code\":\"{}\"%", escape_like(&filter.finding))
     };
-    // The SQL text is built only from placeholders; every value is bound.
+    // The SQL text is built only from placeholders; every value is bound. Not a cached
+    // prepared statement: PostgreSQL then plans it for the values given (the trigram index for
+    // a rare term, the SLA-order walk for a common one), never with a generic plan.
     let mut query = sqlx::query(sqlx::AssertSqlSafe(sql))
+        .persistent(false)
         .bind(filter.state.clone())
         .bind(filter.workflow.clone())
         .bind(finding)
@@ -182,6 +272,9 @@ pub async fn load_queue(
         .bind(after_id)
         .bind(PAGE_SIZE + 1)
         .bind(exact);
+    if let QueueSource::Matched(match_query) = source {
+        query = query.bind(match_query);
+    }
     for state_name in &terminal {
         query = query.bind(state_name.clone());
     }

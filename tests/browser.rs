@@ -141,6 +141,35 @@ async fn act(browser: &Client, to: &str, fill: &[(&str, &str)]) {
     wait_for(browser, &format!("#case-state[data-state='{to}']")).await;
 }
 
+/// Runs axe-core (installed by `.ci/run` under `tests/axe`, from the npm registry) in the page
+/// and fails on any WCAG 2.0/2.1/2.2 A or AA violation, naming the rule and the elements.
+async fn audit_accessibility(browser: &Client, page: &str) {
+    let axe_path = common::root().join("tests/axe/node_modules/axe-core/axe.min.js");
+    let axe = std::fs::read_to_string(&axe_path).unwrap_or_else(|e| {
+        panic!(
+            "{}: {e}. The accessibility audit needs axe-core: npm ci --prefix tests/axe (.ci/run does)",
+            axe_path.display()
+        )
+    });
+    browser.execute(&axe, vec![]).await.expect("axe-core loads in the page");
+    let violations = browser
+        .execute(
+            "return window.axe.run(document, { runOnly: { type: 'tag', values: \
+               ['wcag2a', 'wcag2aa', 'wcag21a', 'wcag21aa', 'wcag22aa'] } })\
+             .then(r => r.violations.map(v => `${v.id} (${v.impact}): ${v.help}: ` + \
+               v.nodes.slice(0, 5).map(n => n.target.join(' ')).join(', ')));",
+            vec![],
+        )
+        .await
+        .expect("axe-core runs");
+    let violations: Vec<String> = serde_json::from_value(violations).expect("a list of violations");
+    assert!(
+        violations.is_empty(),
+        "accessibility violations on {page}:\n{}",
+        violations.join("\n")
+    );
+}
+
 /// Waits (up to 20 s, for a slow shared CI machine) until an element matching `css` is on the page.
 async fn wait_for(browser: &Client, css: &str) {
     if let Err(error) = browser
@@ -200,8 +229,20 @@ async fn case_journey(backend: Backend) {
     )
     .unwrap();
     let reference = engine.intake(&email, "test").await.unwrap().cases[0].reference.clone();
+    let mut other_cases = Vec::new();
     for other in ["mail/no_form.eml", "mail/forwarded.eml"] {
-        engine.intake(&common::fixture(other), "test").await.unwrap();
+        let report = engine.intake(&common::fixture(other), "test").await.unwrap();
+        other_cases.extend(report.cases.into_iter().map(|c| c.reference));
+    }
+    {
+        let mut conn = engine.db.pool.acquire().await.unwrap();
+        let (_, token) =
+            countersign::users::add(&mut conn, "carol@nhs.net", "carol", ActorRole::Admin, engine.now_ms())
+                .await
+                .unwrap();
+        countersign::users::set_password_with_token(&mut conn, &token, "river otter lantern", engine.now_ms())
+            .await
+            .unwrap();
     }
 
     let state = countersign::web::AppState::new(
@@ -221,6 +262,7 @@ async fn case_journey(backend: Backend) {
 
     sign_in(&browser, &base, "alice@nhs.net").await;
     // The queue: find the case.
+    audit_accessibility(&browser, "the queue").await;
     let queue = browser.source().await.unwrap();
     assert!(queue.contains(&reference) && queue.contains("signatory_role_not_allowed"));
     std::fs::write(output(backend, "queue-1280.png"), browser.screenshot().await.unwrap()).unwrap();
@@ -258,6 +300,7 @@ async fn case_journey(backend: Backend) {
     assert!(browser.current_url().await.unwrap().path().ends_with(&reference));
 
     // The case page: the finding, and the PDF shown inline.
+    audit_accessibility(&browser, "a case page with findings").await;
     let page = browser.source().await.unwrap();
     assert!(page.contains("A Practice Manager cannot sign this form"));
     let frame = browser.find(Locator::Css("iframe.pdf-frame")).await.unwrap();
@@ -331,6 +374,7 @@ async fn case_journey(backend: Backend) {
         .await
         .unwrap();
     browser.wait().for_element(Locator::Id("email")).await.unwrap();
+    audit_accessibility(&browser, "the sign-in page").await;
     sign_in(&browser, &base, "bob@nhs.net").await;
     browser.goto(&format!("{base}/cases/{reference}")).await.unwrap();
     act(&browser, "authorised", &[]).await;
@@ -342,6 +386,7 @@ async fn case_journey(backend: Backend) {
     .await;
     let page = browser.source().await.unwrap();
     assert!(page.contains("Provisioned"), "provisioned");
+    audit_accessibility(&browser, "a provisioned case").await;
     let sla = browser
         .find(Locator::Id("case-sla"))
         .await
@@ -375,6 +420,33 @@ async fn case_journey(backend: Backend) {
         std::fs::metadata(output(backend, "queue-1280.png")).unwrap().len() > 10_000,
         "a real screenshot"
     );
+
+    // The admin's pages, an empty queue and the other cases pass the same audit.
+    browser
+        .find(Locator::Css("header form button"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    browser.wait().for_element(Locator::Id("email")).await.unwrap();
+    sign_in(&browser, &base, "carol@nhs.net").await;
+    let mut pages: Vec<(String, String)> = [
+        ("/admin/users", "Users"),
+        ("/admin/organisations", "Organisations"),
+        ("/admin/workflows", "Workflows"),
+        ("/?q=no-such-case", "Open cases"),
+    ]
+    .map(|(path, heading)| (path.to_string(), heading.to_string()))
+    .to_vec();
+    pages.extend(other_cases.iter().map(|r| (format!("/cases/{r}"), r.clone())));
+    for (path, expected) in &pages {
+        browser.goto(&format!("{base}{path}")).await.unwrap();
+        wait_for(&browser, "h1").await;
+        let heading = browser.find(Locator::Css("h1")).await.unwrap().text().await.unwrap();
+        assert!(heading.starts_with(expected.as_str()), "{path} shows {heading}");
+        audit_accessibility(&browser, path).await;
+    }
 
     browser.close().await.unwrap();
     stop_tx.send(true).unwrap();

@@ -140,6 +140,15 @@ pub struct IntakeReport {
     pub cases: Vec<CaseOutcome>,
 }
 
+/// An email parsed, with its forms read and checked, ready for [`Engine::record`].
+#[derive(Debug)]
+pub struct PreparedEmail {
+    parsed: ParsedEmail,
+    sha256: String,
+    dedup_key: String,
+    analyses: Vec<FormAnalysis>,
+}
+
 /// What one PDF attachment turned out to be.
 #[derive(Debug)]
 struct FormAnalysis {
@@ -189,21 +198,60 @@ impl Engine {
     /// same message makes no second case.
     #[instrument(skip(self, raw), fields(source = %source, bytes = raw.len()))]
     pub async fn intake(&self, raw: &[u8], source: &str) -> Result<IntakeReport, EngineError> {
-        let parsed = mail::parse(raw, &self.config.mail);
-        let sha256 = mail::sha256_hex(raw);
-        let dedup_key = match &parsed.message_id {
-            Some(id) => format!("mid:{id}"),
-            None => format!("sha256:{sha256}"),
-        };
+        let (parsed, sha256, dedup_key) = self.digest(raw);
         {
-            // Cheap early exit for redelivery; the unique key below is what actually decides.
+            // Cheap early exit for redelivery, before reading any PDF; the unique key in
+            // `record` is what actually decides.
             let mut conn = self.db.pool.acquire().await.context("connecting")?;
             if let Some(id) = storage::raw_message_id_by_dedup_key(&mut conn, &dedup_key).await? {
                 return self.already_ingested(&mut conn, id).await;
             }
         }
         let analyses = self.analyse_attachments(&parsed).await;
+        let prepared = PreparedEmail {
+            parsed,
+            sha256,
+            dedup_key,
+            analyses,
+        };
+        self.record(raw, prepared, source).await
+    }
 
+    /// The first, database-free half of [`Engine::intake`]: parses the email and reads and
+    /// checks its forms. A mailbox drain prepares the next email while it records this one.
+    pub async fn prepare(&self, raw: &[u8]) -> PreparedEmail {
+        let (parsed, sha256, dedup_key) = self.digest(raw);
+        let analyses = self.analyse_attachments(&parsed).await;
+        PreparedEmail {
+            parsed,
+            sha256,
+            dedup_key,
+            analyses,
+        }
+    }
+
+    /// The parsed email, its SHA-256, and the key it is deduplicated by (its Message-ID, or
+    /// its hash when it has none).
+    fn digest(&self, raw: &[u8]) -> (ParsedEmail, String, String) {
+        let parsed = mail::parse(raw, &self.config.mail);
+        let sha256 = mail::sha256_hex(raw);
+        let dedup_key = match &parsed.message_id {
+            Some(id) => format!("mid:{id}"),
+            None => format!("sha256:{sha256}"),
+        };
+        (parsed, sha256, dedup_key)
+    }
+
+    /// The second half of [`Engine::intake`]: stores the raw message (`raw` is what `prepared`
+    /// was made from) and makes or updates its cases, in one transaction. A message already
+    /// stored makes nothing new.
+    pub async fn record(&self, raw: &[u8], prepared: PreparedEmail, source: &str) -> Result<IntakeReport, EngineError> {
+        let PreparedEmail {
+            parsed,
+            sha256,
+            dedup_key,
+            analyses,
+        } = prepared;
         let mut tx = self.db.pool.begin().await.context("starting a transaction")?;
         let now = self.now_ms();
         let auth_json = serde_json::to_string(&parsed.sender_auth).unwrap_or_default();

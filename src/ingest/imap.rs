@@ -47,6 +47,29 @@ struct MoveBatch {
     last_uid: Option<u32>,
 }
 
+/// A message fetched and not yet recorded, in the drain's pipeline.
+enum InFlight {
+    /// Expunged by someone else between the search and the fetch.
+    Gone(u32),
+    /// Over the size limit: quarantined without reading it.
+    TooLarge(u32, String),
+    /// Being prepared (parsed, its PDFs read) on another worker: the raw bytes come back with it.
+    Preparing(u32, tokio::task::JoinHandle<(Vec<u8>, crate::engine::PreparedEmail)>),
+}
+
+/// What recording a message means for it on the server.
+enum Recorded {
+    /// Nothing there to move.
+    Gone,
+    /// Stored (now or before): move it to the processed folder.
+    Stored { already_ingested: bool },
+    /// Move it to the quarantine folder, for this reason. `stored` is as for `Stored` when the
+    /// message was stored all the same (a malformed email is kept on a case), `None` if not.
+    Quarantine { reason: String, stored: Option<bool> },
+    /// Leave it, and stop this poll with the error: it is tried again on the next one.
+    Retry(ImapError),
+}
+
 impl MoveBatch {
     fn len(&self) -> usize {
         self.processed.len() + self.quarantined.len()
@@ -292,6 +315,16 @@ pub struct PollSummary {
     pub uids: Vec<u32>,
 }
 
+impl PollSummary {
+    fn count_stored(&mut self, already_ingested: bool) {
+        if already_ingested {
+            self.already_ingested += 1;
+        } else {
+            self.ingested += 1;
+        }
+    }
+}
+
 /// Called after a message's cases commit and before the message is moved: the seam tests use
 /// to kill a poller at the worst moment.
 pub type AfterCommitHook = Arc<dyn Fn(u32) -> Pin<Box<dyn Future<Output = ()> + Send>> + Send + Sync>;
@@ -492,6 +525,81 @@ impl ImapPoller {
         self.hold_lease().await
     }
 
+    /// Where a message came from, as stored with it and in ingest errors.
+    fn source(&self, uidvalidity: i64, uid: u32) -> String {
+        format!("{};UIDVALIDITY={uidvalidity};UID={uid}", self.settings.mailbox_key())
+    }
+
+    /// Records one fetched message (waiting for its preparation first) and says what to do
+    /// with it on the server.
+    async fn record(&self, item: InFlight, key: &str, uidvalidity: i64) -> (u32, Result<Recorded, ImapError>) {
+        let (uid, preparing) = match item {
+            InFlight::Gone(uid) => return (uid, Ok(Recorded::Gone)),
+            InFlight::TooLarge(uid, reason) => return (uid, Ok(Recorded::Quarantine { reason, stored: None })),
+            InFlight::Preparing(uid, preparing) => (uid, preparing),
+        };
+        let source = self.source(uidvalidity, uid);
+        let result = match preparing.await {
+            Ok((raw, prepared)) => self.engine.record(&raw, prepared, &source).await,
+            Err(crashed) => Err(crate::engine::EngineError::Storage(StorageError::Corrupt {
+                context: "preparing a message",
+                message: crashed.to_string(),
+            })),
+        };
+        let outcome = match result {
+            Ok(report) => {
+                if let Some(hook) = &self.after_commit {
+                    hook(uid).await;
+                }
+                let malformed = report
+                    .cases
+                    .iter()
+                    .any(|c| c.finding_codes.iter().any(|f| f == "message_malformed"));
+                if malformed {
+                    let refs: Vec<&str> = report.cases.iter().map(|c| c.reference.as_str()).collect();
+                    Ok(Recorded::Quarantine {
+                        reason: format!(
+                            "the message could not be read as an email; it is kept on case {}",
+                            refs.join(", ")
+                        ),
+                        stored: Some(report.already_ingested),
+                    })
+                } else {
+                    Ok(Recorded::Stored {
+                        already_ingested: report.already_ingested,
+                    })
+                }
+            }
+            Err(error) => self.record_failure(key, &source, error).await,
+        };
+        (uid, outcome)
+    }
+
+    /// Counts a failed attempt at a message: quarantine after too many, else retry later.
+    async fn record_failure(
+        &self,
+        key: &str,
+        source: &str,
+        error: crate::engine::EngineError,
+    ) -> Result<Recorded, ImapError> {
+        let mut conn = self.engine.db.pool.acquire().await.context("connecting")?;
+        let now = chrono::Utc::now().timestamp_millis();
+        let attempts = storage::record_ingest_error(&mut conn, source, key, &format!("{error:#}"), now).await?;
+        if attempts >= self.settings.max_attempts {
+            return Ok(Recorded::Quarantine {
+                reason: format!("ingesting failed {attempts} times: {error:#}"),
+                stored: None,
+            });
+        }
+        Ok(Recorded::Retry(ImapError::Storage(match error {
+            crate::engine::EngineError::Storage(e) => e,
+            other => StorageError::Corrupt {
+                context: "ingesting a message",
+                message: other.to_string(),
+            },
+        })))
+    }
+
     async fn hold_lease(&self) -> Result<bool, ImapError> {
         let now = chrono::Utc::now().timestamp_millis();
         let until = now + self.lease_duration().as_millis() as i64;
@@ -565,9 +673,17 @@ impl ImapPoller {
 
         let mut batch = MoveBatch::default();
         // Where a drain spends its time, logged at debug level for tuning.
-        let (mut fetching, mut ingesting, mut moving) = (Duration::ZERO, Duration::ZERO, Duration::ZERO);
-        for uid in uids {
+        let (mut waiting, mut moving) = (Duration::ZERO, Duration::ZERO);
+        // A pipeline: while one message is recorded (the database), the next is fetched and
+        // then prepared (parsed, its PDFs read) on another worker. Messages are recorded,
+        // moved and counted strictly in UID order, so the saved position never passes a
+        // message that is not stored yet.
+        let mut in_flight: Option<InFlight> = None;
+        let mut uids = uids.into_iter();
+        loop {
             if *stop.borrow() {
+                // What is fetched but not recorded is left for next time: it is not moved,
+                // and the saved position has not passed it.
                 break;
             }
             if batch.len() >= MOVE_BATCH {
@@ -581,80 +697,79 @@ impl ImapPoller {
                     return Ok(summary);
                 }
             }
-            let source = format!("{key};UIDVALIDITY={uidvalidity};UID={uid}");
+            let next_uid = uids.next();
+            if next_uid.is_none() && in_flight.is_none() {
+                break;
+            }
             let started = std::time::Instant::now();
-            let fetched = Self::fetch_body(session, uid).await?;
-            fetching += started.elapsed();
-            let started = std::time::Instant::now();
-            let Some(raw) = fetched else {
-                // Expunged by someone else since the search: nothing to take.
-                batch.last_uid = Some(uid);
-                continue;
-            };
-            let quarantine_because = if raw.len() > self.settings.max_message_bytes {
-                Some(format!(
-                    "the message is {} bytes, over the limit of {}",
-                    raw.len(),
-                    self.settings.max_message_bytes
-                ))
-            } else {
-                match self.engine.intake(&raw, &source).await {
-                    Ok(report) => {
-                        if let Some(hook) = &self.after_commit {
-                            hook(uid).await;
-                        }
-                        if report.already_ingested {
-                            summary.already_ingested += 1;
-                        } else {
-                            summary.ingested += 1;
-                        }
-                        let malformed = report
-                            .cases
-                            .iter()
-                            .any(|c| c.finding_codes.iter().any(|f| f == "message_malformed"));
-                        malformed.then(|| {
-                            let refs: Vec<&str> = report.cases.iter().map(|c| c.reference.as_str()).collect();
-                            format!(
-                                "the message could not be read as an email; it is kept on case {}",
-                                refs.join(", ")
-                            )
-                        })
+            let previous = in_flight.take();
+            let (fetched, recorded) = tokio::join!(
+                async {
+                    match next_uid {
+                        Some(uid) => Self::fetch_body(session, uid).await.map(|body| Some((uid, body))),
+                        None => Ok(None),
                     }
-                    Err(error) => {
-                        let mut conn = self.engine.db.pool.acquire().await.context("connecting")?;
-                        let now = chrono::Utc::now().timestamp_millis();
-                        let attempts =
-                            storage::record_ingest_error(&mut conn, &source, &key, &format!("{error:#}"), now).await?;
-                        drop(conn);
-                        if attempts < self.settings.max_attempts {
-                            // Likely passing (the database is down): move what is done, leave
-                            // this one, and retry from here on the next poll.
-                            self.flush(session, features, uidvalidity, &mut batch, &mut summary)
-                                .await?;
-                            return Err(ImapError::Storage(match error {
-                                crate::engine::EngineError::Storage(e) => e,
-                                other => StorageError::Corrupt {
-                                    context: "ingesting a message",
-                                    message: other.to_string(),
-                                },
-                            }));
-                        }
-                        Some(format!("ingesting failed {attempts} times: {error:#}"))
+                },
+                async {
+                    match previous {
+                        Some(item) => Some(self.record(item, &key, uidvalidity).await),
+                        None => None,
                     }
                 }
-            };
-            ingesting += started.elapsed();
-            match quarantine_because {
-                Some(reason) => batch.quarantined.push((uid, source, reason)),
-                None => batch.processed.push(uid),
+            );
+            waiting += started.elapsed();
+            if let Some((uid, recorded)) = recorded {
+                match recorded? {
+                    Recorded::Gone => {}
+                    Recorded::Stored { already_ingested } => {
+                        summary.count_stored(already_ingested);
+                        batch.processed.push(uid);
+                    }
+                    Recorded::Quarantine { reason, stored } => {
+                        if let Some(already_ingested) = stored {
+                            summary.count_stored(already_ingested);
+                        }
+                        batch.quarantined.push((uid, self.source(uidvalidity, uid), reason));
+                    }
+                    Recorded::Retry(error) => {
+                        // Likely passing (the database is down): move what is done, leave this
+                        // one, and retry from here on the next poll.
+                        self.flush(session, features, uidvalidity, &mut batch, &mut summary)
+                            .await?;
+                        return Err(error);
+                    }
+                }
+                batch.last_uid = Some(uid);
             }
-            batch.last_uid = Some(uid);
+            in_flight = match fetched? {
+                None => None,
+                // Expunged by someone else since the search: nothing to take.
+                Some((uid, None)) => Some(InFlight::Gone(uid)),
+                Some((uid, Some(raw))) if raw.len() > self.settings.max_message_bytes => Some(InFlight::TooLarge(
+                    uid,
+                    format!(
+                        "the message is {} bytes, over the limit of {}",
+                        raw.len(),
+                        self.settings.max_message_bytes
+                    ),
+                )),
+                Some((uid, Some(raw))) => {
+                    let engine = self.engine.clone();
+                    Some(InFlight::Preparing(
+                        uid,
+                        tokio::spawn(async move {
+                            let prepared = engine.prepare(&raw).await;
+                            (raw, prepared)
+                        }),
+                    ))
+                }
+            };
         }
         let started = std::time::Instant::now();
         self.flush(session, features, uidvalidity, &mut batch, &mut summary)
             .await?;
         moving += started.elapsed();
-        tracing::debug!(?fetching, ?ingesting, ?moving, "drain timings");
+        tracing::debug!(?waiting, ?moving, "drain timings");
         let now = chrono::Utc::now().timestamp_millis();
         let backlog = summary.backlog - summary.uids.len();
         let mut conn = self.engine.db.pool.acquire().await.context("connecting")?;

@@ -16,6 +16,13 @@ use crate::workflow::ActorRole;
 pub const MAX_FAILED_ATTEMPTS: i64 = 5;
 /// How long a locked account stays locked.
 pub const LOCKOUT_MS: i64 = 15 * 60 * 1000;
+
+/// How long the next sign-in must wait after `failed` failures in a row, before the lockout:
+/// one second, doubling each time (1, 2, 4, 8 s). Too short for a person to notice much; long
+/// enough to make guessing at machine speed pointless.
+pub fn backoff_ms(failed: i64) -> i64 {
+    1000 << (failed - 1).clamp(0, 10)
+}
 /// Sessions last a working day.
 pub const SESSION_MS: i64 = 10 * 60 * 60 * 1000;
 /// Set-password links expire after a day.
@@ -54,7 +61,13 @@ pub struct User {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SignInRefusal {
     WrongCredentials,
-    Locked { until: i64 },
+    /// Too soon after a failed attempt (the back-off): the password was not checked.
+    TooSoon {
+        until: i64,
+    },
+    Locked {
+        until: i64,
+    },
 }
 
 /// A random, URL-safe token of 32 bytes.
@@ -279,7 +292,9 @@ pub async fn set_disabled(conn: &mut AnyConnection, email: &str, disabled: bool)
     Ok(())
 }
 
-/// Checks a password; counts failures and locks the account after `MAX_FAILED_ATTEMPTS`.
+/// Checks a password; counts failures, makes each next attempt wait ([`backoff_ms`]), and
+/// locks the account after `MAX_FAILED_ATTEMPTS`. An attempt during the wait or the lock is
+/// refused without checking the password, and does not count.
 pub async fn authenticate(
     conn: &mut AnyConnection,
     email: &str,
@@ -308,7 +323,12 @@ pub async fn authenticate(
     let failed: i64 = row.try_get("failed_attempts").map_err(decode)?;
     let locked_until: Option<i64> = row.try_get("locked_until").map_err(decode)?;
     if let Some(until) = locked_until.filter(|until| *until > now) {
-        return Ok(Err(SignInRefusal::Locked { until }));
+        // The failure count is kept through a back-off and cleared by a lockout.
+        return Ok(Err(if failed > 0 {
+            SignInRefusal::TooSoon { until }
+        } else {
+            SignInRefusal::Locked { until }
+        }));
     }
     let good = hash.as_deref().is_some_and(|h| verify_password(password, h));
     if good && !user.disabled {
@@ -323,7 +343,7 @@ pub async fn authenticate(
     let lock = (failed >= MAX_FAILED_ATTEMPTS).then_some(now + LOCKOUT_MS);
     sqlx::query("UPDATE users SET failed_attempts = $1, locked_until = $2 WHERE id = $3")
         .bind(if lock.is_some() { 0 } else { failed })
-        .bind(lock)
+        .bind(lock.unwrap_or(now + backoff_ms(failed)))
         .bind(user.id)
         .execute(&mut *conn)
         .await

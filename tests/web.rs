@@ -250,8 +250,8 @@ async fn set_password_links_work_once_and_refuse_weak_passwords() {
 }
 
 #[tokio::test]
-async fn repeated_failed_sign_ins_lock_the_account() {
-    on_both_backends(|engine| async move {
+async fn repeated_failed_sign_ins_back_off_then_lock_the_account() {
+    common::on_both_backends_clocked(|engine, clock| async move {
         let mut browser = Browser::new(&engine).await;
         browser.sign_in_as(&engine, "jo@nhs.net", ActorRole::Caseworker).await;
         let mut stranger = Browser::new(&engine).await;
@@ -268,11 +268,34 @@ async fn repeated_failed_sign_ins_lock_the_account() {
                 )
                 .await;
             assert_eq!(page.status, StatusCode::UNAUTHORIZED);
-            if attempt < 5 {
-                assert!(page.body.contains("do not match"), "{}", page.body);
-            } else {
+            if attempt == 5 {
                 assert!(page.body.contains("locked"), "{}", page.body);
+                break;
             }
+            assert!(page.body.contains("do not match"), "{}", page.body);
+            // Straight after a failure the next attempt must wait (1, 2, 4, 8 s): even the
+            // right password is refused unchecked, and the refusal does not count.
+            let wait = countersign::users::backoff_ms(attempt);
+            assert_eq!(wait, 1000 << (attempt - 1));
+            let csrf = stranger.get("/sign-in").await.csrf();
+            let page = stranger
+                .post(
+                    "/sign-in",
+                    &[
+                        ("csrf", &csrf),
+                        ("email", "jo@nhs.net"),
+                        ("password", "river otter lantern"),
+                    ],
+                )
+                .await;
+            assert_eq!(page.status, StatusCode::UNAUTHORIZED);
+            let seconds = wait / 1000;
+            let expected = format!(
+                "wait {seconds} second{} and try again",
+                if seconds == 1 { "" } else { "s" }
+            );
+            assert!(page.body.contains(&expected), "{expected}: {}", page.body);
+            clock.advance(chrono::Duration::milliseconds(wait));
         }
         // Even the right password is refused while locked.
         let csrf = stranger.get("/sign-in").await.csrf();
@@ -300,6 +323,20 @@ async fn repeated_failed_sign_ins_lock_the_account() {
             )
             .await;
         assert!(page.body.contains("do not match"), "{}", page.body);
+        // When the lock ends, the right password works again.
+        clock.advance(chrono::Duration::milliseconds(countersign::users::LOCKOUT_MS));
+        let csrf = stranger.get("/sign-in").await.csrf();
+        let page = stranger
+            .post(
+                "/sign-in",
+                &[
+                    ("csrf", &csrf),
+                    ("email", "jo@nhs.net"),
+                    ("password", "river otter lantern"),
+                ],
+            )
+            .await;
+        assert!(page.status.is_redirection(), "{}: {}", page.status, page.body);
     })
     .await;
 }

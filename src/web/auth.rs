@@ -114,6 +114,13 @@ pub async fn sign_in(
     };
     let message = match refusal {
         SignInRefusal::WrongCredentials => "That email address and password do not match an account.".to_string(),
+        SignInRefusal::TooSoon { until } => {
+            let seconds = (until - now + 999) / 1000;
+            format!(
+                "That was too soon after a failed attempt: wait {seconds} second{} and try again.",
+                if seconds == 1 { "" } else { "s" }
+            )
+        }
         SignInRefusal::Locked { until } => {
             let when = chrono::DateTime::from_timestamp_millis(until)
                 .map(|t| t.with_timezone(&chrono::Local).format("%H:%M").to_string())

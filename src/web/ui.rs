@@ -113,16 +113,17 @@ pub struct QueueRow {
 }
 
 /// The text a free-text search reads, and its pattern. On PostgreSQL the trigram index
-/// (migration 0007) is built on exactly this expression, folded for case and diacritics; on
-/// SQLite the FTS table (migration 0007) holds the same text and folds it for a rare term,
-/// while a common term is tested here, folded for ASCII case only.
+/// (migration 0007) is built on exactly this expression, folded for case and diacritics. On
+/// SQLite the FTS table (migration 0007) holds the text (the field values, not their names),
+/// folds it for a rare term, and a common term is tested here against the same text, folded
+/// for ASCII case only.
 fn search_text_sql(backend: crate::storage::Backend) -> &'static str {
     match backend {
         crate::storage::Backend::Postgres => {
             "countersign_search_fold(COALESCE(c.org_name, '') || ' ' || COALESCE(c.sender, '') || ' ' || c.reference || ' ' || c.fields) LIKE countersign_search_fold($8) ESCAPE '\\'"
         }
         crate::storage::Backend::Sqlite => {
-            "LOWER(COALESCE(c.org_name, '') || ' ' || COALESCE(c.sender, '') || ' ' || c.reference || ' ' || c.fields) LIKE $8 ESCAPE '\\'"
+            "(SELECT LOWER(terms) FROM case_search WHERE rowid = c.id) LIKE $8 ESCAPE '\\'"
         }
     }
 }

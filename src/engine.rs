@@ -246,13 +246,54 @@ impl Engine {
     /// was made from) and makes or updates its cases, in one transaction. A message already
     /// stored makes nothing new.
     pub async fn record(&self, raw: &[u8], prepared: PreparedEmail, source: &str) -> Result<IntakeReport, EngineError> {
+        let mut tx = self.db.pool.begin().await.context("starting a transaction")?;
+        let report = self.record_in(&mut tx, raw, prepared, source).await?;
+        tx.commit().await.context("committing an ingested message")?;
+        self.recorded(std::slice::from_ref(&report));
+        Ok(report)
+    }
+
+    /// Records several emails in one transaction: all or none. A mailbox drain uses it to
+    /// spend one commit on a group of messages rather than one each; if it fails, the drain
+    /// records the group's messages one at a time, so that one bad message holds up no other.
+    pub async fn record_group(
+        &self,
+        emails: Vec<(&[u8], PreparedEmail, &str)>,
+    ) -> Result<Vec<IntakeReport>, EngineError> {
+        let mut tx = self.db.pool.begin().await.context("starting a transaction")?;
+        let mut reports = Vec::with_capacity(emails.len());
+        for (raw, prepared, source) in emails {
+            reports.push(self.record_in(&mut tx, raw, prepared, source).await?);
+        }
+        tx.commit().await.context("committing a group of ingested messages")?;
+        self.recorded(&reports);
+        Ok(reports)
+    }
+
+    /// After a commit: wake the workers that act on new cases (mail, timers), and log them.
+    fn recorded(&self, reports: &[IntakeReport]) {
+        if reports.iter().any(|r| !r.already_ingested) {
+            self.wakers.wake_all();
+        }
+        for outcome in reports.iter().filter(|r| !r.already_ingested).flat_map(|r| &r.cases) {
+            info!(reference = %outcome.reference, state = %outcome.state, findings = ?outcome.finding_codes, "case recorded");
+        }
+    }
+
+    /// Records one prepared email inside the caller's transaction `tx` (which commits it).
+    async fn record_in(
+        &self,
+        tx: &mut AnyConnection,
+        raw: &[u8],
+        prepared: PreparedEmail,
+        source: &str,
+    ) -> Result<IntakeReport, EngineError> {
         let PreparedEmail {
             parsed,
             sha256,
             dedup_key,
             analyses,
         } = prepared;
-        let mut tx = self.db.pool.begin().await.context("starting a transaction")?;
         let now = self.now_ms();
         let auth_json = serde_json::to_string(&parsed.sender_auth).unwrap_or_default();
         let new_message = storage::NewRawMessage {
@@ -268,18 +309,17 @@ impl Engine {
             automatic: parsed.automatic.as_deref(),
             raw,
         };
-        let Some(raw_message_id) = storage::insert_raw_message(&mut tx, &new_message).await? else {
-            tx.rollback().await.context("rolling back")?;
-            let mut conn = self.db.pool.acquire().await.context("connecting")?;
-            let id = storage::raw_message_id_by_dedup_key(&mut conn, &dedup_key)
+        let Some(raw_message_id) = storage::insert_raw_message(tx, &new_message).await? else {
+            // Stored before (or earlier in this transaction): nothing was written for it.
+            let id = storage::raw_message_id_by_dedup_key(tx, &dedup_key)
                 .await?
                 .ok_or(EngineError::CaseNotFound(dedup_key))?;
-            return self.already_ingested(&mut conn, id).await;
+            return self.already_ingested(tx, id).await;
         };
         let mut attachment_ids = Vec::with_capacity(parsed.attachments.len());
         for attachment in &parsed.attachments {
             let id = storage::insert_attachment(
-                &mut tx,
+                tx,
                 &storage::NewAttachment {
                     raw_message_id,
                     filename: attachment.filename.as_deref(),
@@ -296,21 +336,10 @@ impl Engine {
 
         // A reply to one of our messages, or to the practice's own earlier one, belongs to
         // that case: it never opens a new one.
-        if let Some(case_id) = self.thread_case(&mut tx, &parsed).await? {
+        if let Some(case_id) = self.thread_case(tx, &parsed).await? {
             let outcome = self
-                .attach_reply(
-                    &mut tx,
-                    case_id,
-                    &parsed,
-                    raw_message_id,
-                    &analyses,
-                    &attachment_ids,
-                    now,
-                )
+                .attach_reply(tx, case_id, &parsed, raw_message_id, &analyses, &attachment_ids, now)
                 .await?;
-            tx.commit().await.context("committing a reply")?;
-            self.wakers.wake_all();
-            info!(reference = %outcome.reference, state = %outcome.state, "reply attached to its case");
             return Ok(IntakeReport {
                 raw_message_id,
                 already_ingested: false,
@@ -342,7 +371,7 @@ impl Engine {
             let form_attachment = others.first().map(|a| a.attachment_index);
             let outcome = self
                 .create_unclassified_case(
-                    &mut tx,
+                    tx,
                     &parsed,
                     raw_message_id,
                     form_attachment.map(|i| attachment_ids[i]),
@@ -369,13 +398,13 @@ impl Engine {
                 }
                 let attachment = &parsed.attachments[form.attachment_index];
                 let attachment_id = attachment_ids[form.attachment_index];
-                if let Some(original) = storage::case_by_form_sha256(&mut tx, &attachment.sha256).await? {
-                    outcomes.push(self.link_duplicate(&mut tx, &original, raw_message_id, now).await?);
+                if let Some(original) = storage::case_by_form_sha256(tx, &attachment.sha256).await? {
+                    outcomes.push(self.link_duplicate(tx, &original, raw_message_id, now).await?);
                     continue;
                 }
                 outcomes.push(
                     self.create_form_case(
-                        &mut tx,
+                        tx,
                         &parsed,
                         raw_message_id,
                         attachment_id,
@@ -386,11 +415,6 @@ impl Engine {
                     .await?,
                 );
             }
-        }
-        tx.commit().await.context("committing an ingested message")?;
-        self.wakers.wake_all();
-        for outcome in &outcomes {
-            info!(reference = %outcome.reference, state = %outcome.state, findings = ?outcome.finding_codes, "case recorded");
         }
         Ok(IntakeReport {
             raw_message_id,

@@ -755,3 +755,33 @@ async fn a_pdf_over_the_size_limit_is_a_finding() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn a_group_recorded_in_one_transaction_deduplicates_within_itself() {
+    on_both_backends(|engine| async move {
+        let first = fixture("mail/gp_form.eml");
+        let second = fixture("mail/no_form.eml");
+        let mut group = Vec::new();
+        for raw in [&first, &second, &first] {
+            group.push((raw.as_slice(), engine.prepare(raw).await, "test"));
+        }
+        let reports = engine.record_group(group).await.unwrap();
+        let already: Vec<bool> = reports.iter().map(|r| r.already_ingested).collect();
+        assert_eq!(
+            already,
+            vec![false, false, true],
+            "the repeat is found in the same transaction"
+        );
+        assert_eq!(reports[2].cases[0].reference, reports[0].cases[0].reference);
+        let raw_messages: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM raw_messages")
+            .fetch_one(&engine.db.pool)
+            .await
+            .unwrap();
+        let cases: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM cases")
+            .fetch_one(&engine.db.pool)
+            .await
+            .unwrap();
+        assert_eq!((raw_messages, cases), (2, 2));
+    })
+    .await;
+}

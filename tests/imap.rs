@@ -160,12 +160,10 @@ async fn a_poller_killed_between_commit_and_move_restarts_without_a_duplicate() 
         committed.notified().await;
         task.abort();
         let _ = task.await;
-        assert_eq!(
-            count(&engine, "SELECT COUNT(*) FROM raw_messages").await,
-            1,
-            "the first message committed"
-        );
-        assert_eq!(dovecot.count("INBOX").await, 3, "but was not moved");
+        // Messages commit in groups: the first group (here, all three) is stored...
+        let committed = count(&engine, "SELECT COUNT(*) FROM raw_messages").await;
+        assert!((1..=3).contains(&committed), "the first group committed: {committed}");
+        assert_eq!(dovecot.count("INBOX").await, 3, "...but was not moved");
 
         // The killed instance's lease must lapse before another may take the mailbox.
         sqlx::query("UPDATE mailbox_state SET lease_until = 0")
@@ -176,7 +174,8 @@ async fn a_poller_killed_between_commit_and_move_restarts_without_a_duplicate() 
             .drain_once()
             .await
             .unwrap();
-        assert_eq!((summary.already_ingested, summary.ingested), (1, 2));
+        let committed = usize::try_from(committed).unwrap();
+        assert_eq!((summary.already_ingested, summary.ingested), (committed, 3 - committed));
         assert_eq!(count(&engine, "SELECT COUNT(*) FROM raw_messages").await, 3);
         assert_eq!(
             count(&engine, "SELECT COUNT(*) FROM cases").await,
@@ -421,4 +420,60 @@ fn plain_text_to_a_remote_server_is_refused_before_connecting() {
         .block_on(countersign::ingest::imap::connect(&dovecot_settings))
         .unwrap_err();
     assert!(matches!(err, ImapError::PlainNotLoopback { .. }), "{err}");
+}
+
+#[tokio::test]
+async fn a_message_that_fails_to_store_holds_up_no_other_in_its_group() {
+    on_both_backends(|engine| async move {
+        // A trigger refuses one message, as a failing constraint or a bug might.
+        let poison = match engine.db.backend {
+            Backend::Sqlite => {
+                "CREATE TRIGGER poison BEFORE INSERT ON raw_messages WHEN new.subject = 'Poison'
+                 BEGIN SELECT RAISE(ABORT, 'poisoned message'); END;"
+            }
+            Backend::Postgres => {
+                "CREATE FUNCTION poison() RETURNS trigger LANGUAGE plpgsql AS $$
+                 BEGIN IF NEW.subject = 'Poison' THEN RAISE EXCEPTION 'poisoned message'; END IF; RETURN NEW; END $$;
+                 CREATE TRIGGER poison BEFORE INSERT ON raw_messages FOR EACH ROW EXECUTE FUNCTION poison();"
+            }
+        };
+        sqlx::raw_sql(poison).execute(&engine.db.pool).await.unwrap();
+        let workflow = common::workflows().get("primary_user_gp").unwrap().clone();
+        let mut mail = samples(2);
+        mail.push(common::form_email(
+            &workflow,
+            7,
+            &[],
+            "poison@nhs.net",
+            "poison-7@nhs.net",
+            "Poison",
+        ));
+        mail.extend(samples(4).split_off(2));
+        let dovecot = Dovecot::start();
+        dovecot.deliver("INBOX", &mail).await;
+        let mut settings = dovecot.settings();
+        settings.max_attempts = 1;
+
+        // All five are fetched into one group; the group fails as a whole, and is recorded
+        // again one message at a time: four stored, the poisoned one quarantined.
+        let summary = ImapPoller::new(engine.clone(), settings).drain_once().await.unwrap();
+        assert_eq!((summary.ingested, summary.quarantined), (4, 1), "{summary:?}");
+        let mut taken = summary.uids.clone();
+        taken.sort_unstable();
+        assert_eq!(taken, vec![1, 2, 3, 4, 5], "each message taken once");
+        assert_eq!(dovecot.count("Processed").await, 4);
+        assert_eq!(dovecot.count("Quarantine").await, 1);
+        assert_eq!(count(&engine, "SELECT COUNT(*) FROM raw_messages").await, 4);
+        assert_eq!(count(&engine, "SELECT COUNT(*) FROM cases").await, 4);
+        let mut conn = engine.db.pool.acquire().await.unwrap();
+        let errors = storage::open_ingest_errors(&mut conn).await.unwrap();
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert!(
+            errors[0].quarantined
+                && errors[0].reason.contains("poisoned message")
+                && errors[0].source.ends_with(";UID=3"),
+            "{errors:?}"
+        );
+    })
+    .await;
 }

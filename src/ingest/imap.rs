@@ -27,7 +27,7 @@ use tracing::{info, instrument, warn};
 
 use super::HealthHandle;
 use crate::config::{ImapSecurity, ImapSettings};
-use crate::engine::Engine;
+use crate::engine::{Engine, IntakeReport};
 use crate::storage::{self, QueryContext, StorageError};
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
@@ -36,6 +36,11 @@ const COMMAND_TIMEOUT: Duration = Duration::from_secs(300);
 const MAX_BACKOFF: Duration = Duration::from_secs(60);
 /// Messages committed before they are moved out of the mailbox together.
 const MOVE_BATCH: usize = 100;
+/// Messages recorded in one transaction, at most: one commit for many is most of the gain,
+/// and a failed group is redone one message at a time.
+const GROUP_MESSAGES: usize = 16;
+/// A group stops growing once this much mail is fetched for it (a 20 MB message is alone).
+const GROUP_BYTES: usize = 8 * 1024 * 1024;
 
 /// Messages taken but not yet moved.
 #[derive(Debug, Default)]
@@ -530,23 +535,128 @@ impl ImapPoller {
         format!("{};UIDVALIDITY={uidvalidity};UID={uid}", self.settings.mailbox_key())
     }
 
-    /// Records one fetched message (waiting for its preparation first) and says what to do
-    /// with it on the server.
-    async fn record(&self, item: InFlight, key: &str, uidvalidity: i64) -> (u32, Result<Recorded, ImapError>) {
-        let (uid, preparing) = match item {
-            InFlight::Gone(uid) => return (uid, Ok(Recorded::Gone)),
-            InFlight::TooLarge(uid, reason) => return (uid, Ok(Recorded::Quarantine { reason, stored: None })),
-            InFlight::Preparing(uid, preparing) => (uid, preparing),
+    /// Fetches the next group of messages (up to `GROUP_MESSAGES`, or until `GROUP_BYTES` are
+    /// fetched), starting each one's preparation on another worker as soon as it arrives.
+    async fn fetch_group(
+        &self,
+        session: &mut ImapSession,
+        uids: &mut std::iter::Peekable<std::vec::IntoIter<u32>>,
+    ) -> Result<Vec<InFlight>, ImapError> {
+        let (mut group, mut bytes) = (Vec::new(), 0);
+        while group.len() < GROUP_MESSAGES && bytes < GROUP_BYTES {
+            let Some(uid) = uids.next() else { break };
+            group.push(match Self::fetch_body(session, uid).await? {
+                // Expunged by someone else since the search: nothing to take.
+                None => InFlight::Gone(uid),
+                Some(raw) if raw.len() > self.settings.max_message_bytes => InFlight::TooLarge(
+                    uid,
+                    format!(
+                        "the message is {} bytes, over the limit of {}",
+                        raw.len(),
+                        self.settings.max_message_bytes
+                    ),
+                ),
+                Some(raw) => {
+                    bytes += raw.len();
+                    let engine = self.engine.clone();
+                    InFlight::Preparing(
+                        uid,
+                        tokio::spawn(async move {
+                            let prepared = engine.prepare(&raw).await;
+                            (raw, prepared)
+                        }),
+                    )
+                }
+            });
+        }
+        Ok(group)
+    }
+
+    /// Records a group of fetched messages (waiting for their preparation first) in one
+    /// transaction, and says, in UID order, what to do with each on the server. If the group
+    /// fails, its messages are recorded one at a time, each with its own attempt count.
+    async fn record_group(
+        &self,
+        items: Vec<InFlight>,
+        key: &str,
+        uidvalidity: i64,
+    ) -> Vec<(u32, Result<Recorded, ImapError>)> {
+        let mut outcomes: Vec<(u32, Option<Result<Recorded, ImapError>>)> = Vec::with_capacity(items.len());
+        let (mut ready, mut prepared) = (Vec::new(), Vec::new());
+        for item in items {
+            match item {
+                InFlight::Gone(uid) => outcomes.push((uid, Some(Ok(Recorded::Gone)))),
+                InFlight::TooLarge(uid, reason) => {
+                    outcomes.push((uid, Some(Ok(Recorded::Quarantine { reason, stored: None }))))
+                }
+                InFlight::Preparing(uid, preparing) => match preparing.await {
+                    Ok((raw, email)) => {
+                        ready.push((uid, raw, self.source(uidvalidity, uid)));
+                        prepared.push(email);
+                        outcomes.push((uid, None));
+                    }
+                    Err(crashed) => {
+                        let error = crate::engine::EngineError::Storage(StorageError::Corrupt {
+                            context: "preparing a message",
+                            message: crashed.to_string(),
+                        });
+                        let source = self.source(uidvalidity, uid);
+                        outcomes.push((uid, Some(self.record_failure(key, &source, error).await)));
+                    }
+                },
+            }
+        }
+        let group: Vec<_> = ready
+            .iter()
+            .zip(prepared)
+            .map(|((_, raw, source), email)| (raw.as_slice(), email, source.as_str()))
+            .collect();
+        let recorded = if group.is_empty() {
+            Ok(Vec::new())
+        } else {
+            self.engine.record_group(group).await
         };
-        let source = self.source(uidvalidity, uid);
-        let result = match preparing.await {
-            Ok((raw, prepared)) => self.engine.record(&raw, prepared, &source).await,
-            Err(crashed) => Err(crate::engine::EngineError::Storage(StorageError::Corrupt {
-                context: "preparing a message",
-                message: crashed.to_string(),
-            })),
-        };
-        let outcome = match result {
+        let mut results: Vec<Result<IntakeReport, crate::engine::EngineError>> = match recorded {
+            Ok(reports) => reports.into_iter().map(Ok).collect(),
+            Err(error) => {
+                warn!(error = %error, messages = ready.len(), "recording a group failed: recording its messages one at a time");
+                let mut one_by_one = Vec::with_capacity(ready.len());
+                for (_, raw, source) in &ready {
+                    let email = self.engine.prepare(raw).await;
+                    one_by_one.push(self.engine.record(raw, email, source).await);
+                }
+                one_by_one
+            }
+        }
+        .into_iter()
+        .rev()
+        .collect();
+        let mut done = Vec::with_capacity(outcomes.len());
+        let mut sources = ready.into_iter().map(|(_, _, source)| source);
+        for (uid, outcome) in outcomes {
+            let outcome = match outcome {
+                Some(outcome) => outcome,
+                None => {
+                    let (Some(result), Some(source)) = (results.pop(), sources.next()) else {
+                        unreachable!("one result per message recorded")
+                    };
+                    self.outcome(uid, key, &source, result).await
+                }
+            };
+            done.push((uid, outcome));
+        }
+        done
+    }
+
+    /// What recording one message means for it on the server.
+    async fn outcome(
+        &self,
+        uid: u32,
+        key: &str,
+        source: &str,
+        result: Result<IntakeReport, crate::engine::EngineError>,
+    ) -> Result<Recorded, ImapError> {
+        match result {
             Ok(report) => {
                 if let Some(hook) = &self.after_commit {
                     hook(uid).await;
@@ -570,9 +680,8 @@ impl ImapPoller {
                     })
                 }
             }
-            Err(error) => self.record_failure(key, &source, error).await,
-        };
-        (uid, outcome)
+            Err(error) => self.record_failure(key, source, error).await,
+        }
     }
 
     /// Counts a failed attempt at a message: quarantine after too many, else retry later.
@@ -674,12 +783,12 @@ impl ImapPoller {
         let mut batch = MoveBatch::default();
         // Where a drain spends its time, logged at debug level for tuning.
         let (mut waiting, mut moving) = (Duration::ZERO, Duration::ZERO);
-        // A pipeline: while one message is recorded (the database), the next is fetched and
-        // then prepared (parsed, its PDFs read) on another worker. Messages are recorded,
-        // moved and counted strictly in UID order, so the saved position never passes a
-        // message that is not stored yet.
-        let mut in_flight: Option<InFlight> = None;
-        let mut uids = uids.into_iter();
+        // A pipeline: while one group of messages is recorded (in one transaction), the next
+        // is fetched and prepared (parsed, its PDFs read) on other workers. Messages are
+        // recorded, moved and counted strictly in UID order, so the saved position never
+        // passes a message that is not stored yet.
+        let mut in_flight: Vec<InFlight> = Vec::new();
+        let mut uids = uids.into_iter().peekable();
         loop {
             if *stop.borrow() {
                 // What is fetched but not recorded is left for next time: it is not moved,
@@ -697,28 +806,17 @@ impl ImapPoller {
                     return Ok(summary);
                 }
             }
-            let next_uid = uids.next();
-            if next_uid.is_none() && in_flight.is_none() {
+            if uids.peek().is_none() && in_flight.is_empty() {
                 break;
             }
             let started = std::time::Instant::now();
-            let previous = in_flight.take();
+            let previous = std::mem::take(&mut in_flight);
             let (fetched, recorded) = tokio::join!(
-                async {
-                    match next_uid {
-                        Some(uid) => Self::fetch_body(session, uid).await.map(|body| Some((uid, body))),
-                        None => Ok(None),
-                    }
-                },
-                async {
-                    match previous {
-                        Some(item) => Some(self.record(item, &key, uidvalidity).await),
-                        None => None,
-                    }
-                }
+                self.fetch_group(session, &mut uids),
+                self.record_group(previous, &key, uidvalidity)
             );
             waiting += started.elapsed();
-            if let Some((uid, recorded)) = recorded {
+            for (uid, recorded) in recorded {
                 match recorded? {
                     Recorded::Gone => {}
                     Recorded::Stored { already_ingested } => {
@@ -741,29 +839,7 @@ impl ImapPoller {
                 }
                 batch.last_uid = Some(uid);
             }
-            in_flight = match fetched? {
-                None => None,
-                // Expunged by someone else since the search: nothing to take.
-                Some((uid, None)) => Some(InFlight::Gone(uid)),
-                Some((uid, Some(raw))) if raw.len() > self.settings.max_message_bytes => Some(InFlight::TooLarge(
-                    uid,
-                    format!(
-                        "the message is {} bytes, over the limit of {}",
-                        raw.len(),
-                        self.settings.max_message_bytes
-                    ),
-                )),
-                Some((uid, Some(raw))) => {
-                    let engine = self.engine.clone();
-                    Some(InFlight::Preparing(
-                        uid,
-                        tokio::spawn(async move {
-                            let prepared = engine.prepare(&raw).await;
-                            (raw, prepared)
-                        }),
-                    ))
-                }
-            };
+            in_flight = fetched?;
         }
         let started = std::time::Instant::now();
         self.flush(session, features, uidvalidity, &mut batch, &mut summary)

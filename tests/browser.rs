@@ -121,6 +121,17 @@ async fn sign_in(browser: &Client, base: &str, email: &str) {
     );
 }
 
+async fn sign_out(browser: &Client) {
+    browser
+        .find(Locator::Css("header form button"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    wait_for(browser, "#email").await;
+}
+
 async fn act(browser: &Client, to: &str, fill: &[(&str, &str)]) {
     for (id, text) in fill {
         let field = browser.find(Locator::Id(id)).await.unwrap();
@@ -199,17 +210,16 @@ async fn case_journey(backend: Backend) {
     let database = TestDatabase::create(backend).await;
     let clock = TestClock::at(friday_morning());
     let engine = engine_with_clock(Db::connect(&database.url).await.unwrap(), clock.clone());
-    for email in ["alice@nhs.net", "bob@nhs.net"] {
+    for (email, role) in [
+        ("alice@nhs.net", ActorRole::Caseworker),
+        ("bob@nhs.net", ActorRole::Caseworker),
+        ("carol@nhs.net", ActorRole::Admin),
+    ] {
         let mut conn = engine.db.pool.acquire().await.unwrap();
-        let (_, token) = countersign::users::add(
-            &mut conn,
-            email,
-            email.split('@').next().unwrap(),
-            ActorRole::Caseworker,
-            engine.now_ms(),
-        )
-        .await
-        .unwrap();
+        let name = email.split('@').next().unwrap();
+        let (_, token) = countersign::users::add(&mut conn, email, name, role, engine.now_ms())
+            .await
+            .unwrap();
         countersign::users::set_password_with_token(&mut conn, &token, "river otter lantern", engine.now_ms())
             .await
             .unwrap();
@@ -233,16 +243,6 @@ async fn case_journey(backend: Backend) {
     for other in ["mail/no_form.eml", "mail/forwarded.eml"] {
         let report = engine.intake(&common::fixture(other), "test").await.unwrap();
         other_cases.extend(report.cases.into_iter().map(|c| c.reference));
-    }
-    {
-        let mut conn = engine.db.pool.acquire().await.unwrap();
-        let (_, token) =
-            countersign::users::add(&mut conn, "carol@nhs.net", "carol", ActorRole::Admin, engine.now_ms())
-                .await
-                .unwrap();
-        countersign::users::set_password_with_token(&mut conn, &token, "river otter lantern", engine.now_ms())
-            .await
-            .unwrap();
     }
 
     let state = countersign::web::AppState::new(
@@ -366,14 +366,7 @@ async fn case_journey(backend: Backend) {
     )
     .await;
     assert!(browser.source().await.unwrap().contains("Validated"));
-    browser
-        .find(Locator::Css("header form button"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
-    browser.wait().for_element(Locator::Id("email")).await.unwrap();
+    sign_out(&browser).await;
     audit_accessibility(&browser, "the sign-in page").await;
     sign_in(&browser, &base, "bob@nhs.net").await;
     browser.goto(&format!("{base}/cases/{reference}")).await.unwrap();
@@ -422,14 +415,7 @@ async fn case_journey(backend: Backend) {
     );
 
     // The admin's pages, an empty queue and the other cases pass the same audit.
-    browser
-        .find(Locator::Css("header form button"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
-    browser.wait().for_element(Locator::Id("email")).await.unwrap();
+    sign_out(&browser).await;
     sign_in(&browser, &base, "carol@nhs.net").await;
     let mut pages: Vec<(String, String)> = [
         ("/admin/users", "Users"),

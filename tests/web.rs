@@ -146,6 +146,13 @@ impl Browser {
             .await;
         assert_eq!(signed_in.location.as_deref(), Some("/"), "{}", signed_in.body);
     }
+
+    /// Fills in and sends the sign-in form, as a person would.
+    async fn try_sign_in(&mut self, email: &str, password: &str) -> Page {
+        let csrf = self.get("/sign-in").await.csrf();
+        self.post("/sign-in", &[("csrf", &csrf), ("email", email), ("password", password)])
+            .await
+    }
 }
 
 fn sample_path(path: &str) -> String {
@@ -256,17 +263,7 @@ async fn repeated_failed_sign_ins_back_off_then_lock_the_account() {
         browser.sign_in_as(&engine, "jo@nhs.net", ActorRole::Caseworker).await;
         let mut stranger = Browser::new(&engine).await;
         for attempt in 1..=5 {
-            let csrf = stranger.get("/sign-in").await.csrf();
-            let page = stranger
-                .post(
-                    "/sign-in",
-                    &[
-                        ("csrf", &csrf),
-                        ("email", "jo@nhs.net"),
-                        ("password", "wrong password here"),
-                    ],
-                )
-                .await;
+            let page = stranger.try_sign_in("jo@nhs.net", "wrong password here").await;
             assert_eq!(page.status, StatusCode::UNAUTHORIZED);
             if attempt == 5 {
                 assert!(page.body.contains("locked"), "{}", page.body);
@@ -277,17 +274,7 @@ async fn repeated_failed_sign_ins_back_off_then_lock_the_account() {
             // right password is refused unchecked, and the refusal does not count.
             let wait = countersign::users::backoff_ms(attempt);
             assert_eq!(wait, 1000 << (attempt - 1));
-            let csrf = stranger.get("/sign-in").await.csrf();
-            let page = stranger
-                .post(
-                    "/sign-in",
-                    &[
-                        ("csrf", &csrf),
-                        ("email", "jo@nhs.net"),
-                        ("password", "river otter lantern"),
-                    ],
-                )
-                .await;
+            let page = stranger.try_sign_in("jo@nhs.net", "river otter lantern").await;
             assert_eq!(page.status, StatusCode::UNAUTHORIZED);
             let seconds = wait / 1000;
             let expected = format!(
@@ -298,44 +285,14 @@ async fn repeated_failed_sign_ins_back_off_then_lock_the_account() {
             clock.advance(chrono::Duration::milliseconds(wait));
         }
         // Even the right password is refused while locked.
-        let csrf = stranger.get("/sign-in").await.csrf();
-        let page = stranger
-            .post(
-                "/sign-in",
-                &[
-                    ("csrf", &csrf),
-                    ("email", "jo@nhs.net"),
-                    ("password", "river otter lantern"),
-                ],
-            )
-            .await;
+        let page = stranger.try_sign_in("jo@nhs.net", "river otter lantern").await;
         assert!(page.body.contains("locked"), "{}", page.body);
         // An unknown address gets the same words as a wrong password.
-        let csrf = stranger.get("/sign-in").await.csrf();
-        let page = stranger
-            .post(
-                "/sign-in",
-                &[
-                    ("csrf", &csrf),
-                    ("email", "nobody@nhs.net"),
-                    ("password", "whatever whatever"),
-                ],
-            )
-            .await;
+        let page = stranger.try_sign_in("nobody@nhs.net", "whatever whatever").await;
         assert!(page.body.contains("do not match"), "{}", page.body);
         // When the lock ends, the right password works again.
         clock.advance(chrono::Duration::milliseconds(countersign::users::LOCKOUT_MS));
-        let csrf = stranger.get("/sign-in").await.csrf();
-        let page = stranger
-            .post(
-                "/sign-in",
-                &[
-                    ("csrf", &csrf),
-                    ("email", "jo@nhs.net"),
-                    ("password", "river otter lantern"),
-                ],
-            )
-            .await;
+        let page = stranger.try_sign_in("jo@nhs.net", "river otter lantern").await;
         assert!(page.status.is_redirection(), "{}: {}", page.status, page.body);
     })
     .await;
@@ -427,20 +384,19 @@ async fn the_queue_lists_open_cases_by_urgency_with_filters_and_search() {
     .await;
 }
 
+/// Ingests `count` generated sample emails (good and bad forms of every workflow).
+async fn ingest_samples(engine: &Engine, count: usize) {
+    let workflows = common::workflows();
+    let today = common::friday_morning().date_naive();
+    for email in countersign::samples::sample_emails(&workflows, count, today, common::AUTHSERV_ID).unwrap() {
+        engine.intake(&email, "test").await.unwrap();
+    }
+}
+
 #[tokio::test]
 async fn free_text_search_finds_names_emails_and_organisations_folded_for_case_and_accents() {
     on_both_backends(|engine| async move {
-        let workflows = common::workflows();
-        for email in countersign::samples::sample_emails(
-            &workflows,
-            12,
-            common::friday_morning().date_naive(),
-            common::AUTHSERV_ID,
-        )
-        .unwrap()
-        {
-            engine.intake(&email, "test").await.unwrap();
-        }
+        ingest_samples(&engine, 12).await;
         // A common name: more cases than the search index is asked for, so the queue is walked.
         sqlx::query(
             "INSERT INTO cases (reference, workflow, state, fields, findings, org_name, origin_message_id, created_at, updated_at, due_at)
@@ -508,17 +464,7 @@ async fn free_text_search_finds_names_emails_and_organisations_folded_for_case_a
 #[tokio::test]
 async fn the_queue_pages_with_a_keyset_cursor() {
     on_both_backends(|engine| async move {
-        let workflows = common::workflows();
-        for email in countersign::samples::sample_emails(
-            &workflows,
-            55,
-            common::friday_morning().date_naive(),
-            common::AUTHSERV_ID,
-        )
-        .unwrap()
-        {
-            engine.intake(&email, "test").await.unwrap();
-        }
+        ingest_samples(&engine, 55).await;
         let mut browser = Browser::new(&engine).await;
         browser.sign_in_as(&engine, "cw@nhs.net", ActorRole::Caseworker).await;
         let first = browser.get("/").await;

@@ -221,12 +221,13 @@ pub async fn load_queue(
     };
     let mut next_placeholder = 13;
     let from = match &source {
-        QueueSource::Walk => "cases c".to_string(),
-        QueueSource::Exact => "(SELECT id AS matched FROM cases WHERE org_ods_code = $12 UNION SELECT id FROM cases WHERE reference = $12) m JOIN cases c ON c.id = m.matched".to_string(),
+        QueueSource::Walk => "cases c",
+        QueueSource::Exact => {
+            "(SELECT id AS matched FROM cases WHERE org_ods_code = $12 UNION SELECT id FROM cases WHERE reference = $12) m JOIN cases c ON c.id = m.matched"
+        }
         QueueSource::Matched(_) => {
             next_placeholder += 1;
             "(SELECT rowid AS matched FROM case_search WHERE case_search MATCH $13) m JOIN cases c ON c.id = m.matched"
-                .to_string()
         }
     };
     let placeholders: Vec<String> = (0..terminal.len())

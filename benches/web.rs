@@ -88,10 +88,27 @@ async fn run(url: &str, backend: &str, cases: usize) {
         "rejected",
     ];
     let now = engine.now_ms();
+    // Organisations, each with its share of the cases (the admin page counts them).
+    const ORGANISATIONS: usize = 2_000;
+    for n in 0..ORGANISATIONS {
+        sqlx::query(
+            "INSERT INTO organisations (ods_code, name, kind, created_at, updated_at) VALUES ($1, $2, 'gp', $3, $3)",
+        )
+        .bind(format!("B{n:05}"))
+        .bind(format!("Practice {n} Surgery"))
+        .bind(now)
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    }
+    let first_org: i64 = sqlx::query_scalar("SELECT MIN(id) FROM organisations WHERE ods_code LIKE 'B%'")
+        .fetch_one(&mut *tx)
+        .await
+        .unwrap();
     for n in 0..cases {
         sqlx::query(
-            "INSERT INTO cases (reference, workflow, state, version, fields, findings, org_ods_code, org_name, sender, origin_message_id, created_at, updated_at, due_at)
-             VALUES ($1, 'primary_user_gp', $2, 1, $9, $3, $4, $5, $6, 1, $7, $7, $8)",
+            "INSERT INTO cases (reference, workflow, state, version, fields, findings, org_ods_code, org_name, sender, origin_message_id, created_at, updated_at, due_at, organisation_id)
+             VALUES ($1, 'primary_user_gp', $2, 1, $9, $3, $4, $5, $6, 1, $7, $7, $8, $10)",
         )
         .bind(format!("CS-2025-{:06}", n + 1))
         .bind(states[n % states.len()])
@@ -102,6 +119,7 @@ async fn run(url: &str, backend: &str, cases: usize) {
         .bind(now - (n as i64 % 1000) * 3_600_000)
         .bind(now + ((n as i64 * 7919) % 2_000_000) * 1000)
         .bind(fields_for(n))
+        .bind(first_org + (n % ORGANISATIONS) as i64)
         .execute(&mut *tx)
         .await
         .unwrap();
@@ -110,7 +128,7 @@ async fn run(url: &str, backend: &str, cases: usize) {
     println!("{cases} cases written in {:.1} s", start.elapsed().as_secs_f64());
 
     let mut conn = engine.db.pool.acquire().await.unwrap();
-    let (user, token) = countersign::users::add(&mut conn, "bench@nhs.net", "Bench", ActorRole::Caseworker, now)
+    let (user, token) = countersign::users::add(&mut conn, "bench@nhs.net", "Bench", ActorRole::Admin, now)
         .await
         .unwrap();
     countersign::users::set_password_with_token(&mut conn, &token, "river otter lantern", now)
@@ -150,6 +168,13 @@ async fn run(url: &str, backend: &str, cases: usize) {
             "/cases/CS-2026-000005".replace("2026", &chrono::Local::now().format("%Y").to_string()),
         ),
         ("API: queue as JSON", "/api/cases".to_string()),
+        ("admin: organisations", "/admin/organisations".to_string()),
+        (
+            "admin: organisations searched",
+            "/admin/organisations?q=b0123".to_string(),
+        ),
+        ("admin: users", "/admin/users".to_string()),
+        ("admin: workflows", "/admin/workflows".to_string()),
     ];
     if backend == "PostgreSQL" {
         // Fresh statistics, as autovacuum would have by the time anyone searched.

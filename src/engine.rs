@@ -198,48 +198,42 @@ impl Engine {
     /// same message makes no second case.
     #[instrument(skip(self, raw), fields(source = %source, bytes = raw.len()))]
     pub async fn intake(&self, raw: &[u8], source: &str) -> Result<IntakeReport, EngineError> {
-        let (parsed, sha256, dedup_key) = self.digest(raw);
+        let mut prepared = self.digest(raw);
         {
             // Cheap early exit for redelivery, before reading any PDF; the unique key in
             // `record` is what actually decides.
             let mut conn = self.db.pool.acquire().await.context("connecting")?;
-            if let Some(id) = storage::raw_message_id_by_dedup_key(&mut conn, &dedup_key).await? {
+            if let Some(id) = storage::raw_message_id_by_dedup_key(&mut conn, &prepared.dedup_key).await? {
                 return self.already_ingested(&mut conn, id).await;
             }
         }
-        let analyses = self.analyse_attachments(&parsed).await;
-        let prepared = PreparedEmail {
-            parsed,
-            sha256,
-            dedup_key,
-            analyses,
-        };
+        prepared.analyses = self.analyse_attachments(&prepared.parsed).await;
         self.record(raw, prepared, source).await
     }
 
     /// The first, database-free half of [`Engine::intake`]: parses the email and reads and
     /// checks its forms. A mailbox drain prepares the next email while it records this one.
     pub async fn prepare(&self, raw: &[u8]) -> PreparedEmail {
-        let (parsed, sha256, dedup_key) = self.digest(raw);
-        let analyses = self.analyse_attachments(&parsed).await;
-        PreparedEmail {
-            parsed,
-            sha256,
-            dedup_key,
-            analyses,
-        }
+        let mut prepared = self.digest(raw);
+        prepared.analyses = self.analyse_attachments(&prepared.parsed).await;
+        prepared
     }
 
-    /// The parsed email, its SHA-256, and the key it is deduplicated by (its Message-ID, or
-    /// its hash when it has none).
-    fn digest(&self, raw: &[u8]) -> (ParsedEmail, String, String) {
+    /// The parsed email, its SHA-256 and the key it is deduplicated by (its Message-ID, or its
+    /// hash when it has none), with no forms read yet.
+    fn digest(&self, raw: &[u8]) -> PreparedEmail {
         let parsed = mail::parse(raw, &self.config.mail);
         let sha256 = mail::sha256_hex(raw);
         let dedup_key = match &parsed.message_id {
             Some(id) => format!("mid:{id}"),
             None => format!("sha256:{sha256}"),
         };
-        (parsed, sha256, dedup_key)
+        PreparedEmail {
+            parsed,
+            sha256,
+            dedup_key,
+            analyses: Vec::new(),
+        }
     }
 
     /// The second half of [`Engine::intake`]: stores the raw message (`raw` is what `prepared`

@@ -52,6 +52,12 @@ struct MoveBatch {
     last_uid: Option<u32>,
 }
 
+/// Where a message came from, as stored with it and in ingest errors: the mailbox's key, its
+/// UIDVALIDITY and the message's UID.
+fn message_source(key: &str, uidvalidity: i64, uid: u32) -> String {
+    format!("{key};UIDVALIDITY={uidvalidity};UID={uid}")
+}
+
 /// A message fetched and not yet recorded, in the drain's pipeline.
 enum InFlight {
     /// Expunged by someone else between the search and the fetch.
@@ -530,11 +536,6 @@ impl ImapPoller {
         self.hold_lease().await
     }
 
-    /// Where a message came from, as stored with it and in ingest errors.
-    fn source(&self, uidvalidity: i64, uid: u32) -> String {
-        format!("{};UIDVALIDITY={uidvalidity};UID={uid}", self.settings.mailbox_key())
-    }
-
     /// Fetches the next group of messages (up to `GROUP_MESSAGES`, or until `GROUP_BYTES` are
     /// fetched), starting each one's preparation on another worker as soon as it arrives.
     async fn fetch_group(
@@ -581,71 +582,77 @@ impl ImapPoller {
         key: &str,
         uidvalidity: i64,
     ) -> Vec<(u32, Result<Recorded, ImapError>)> {
+        // Each message's outcome, in UID order; `None` for those the group transaction records.
         let mut outcomes: Vec<(u32, Option<Result<Recorded, ImapError>>)> = Vec::with_capacity(items.len());
         let (mut ready, mut prepared) = (Vec::new(), Vec::new());
         for item in items {
-            match item {
-                InFlight::Gone(uid) => outcomes.push((uid, Some(Ok(Recorded::Gone)))),
-                InFlight::TooLarge(uid, reason) => {
-                    outcomes.push((uid, Some(Ok(Recorded::Quarantine { reason, stored: None }))))
-                }
+            let outcome = match item {
+                InFlight::Gone(uid) => (uid, Some(Ok(Recorded::Gone))),
+                InFlight::TooLarge(uid, reason) => (uid, Some(Ok(Recorded::Quarantine { reason, stored: None }))),
                 InFlight::Preparing(uid, preparing) => match preparing.await {
                     Ok((raw, email)) => {
-                        ready.push((uid, raw, self.source(uidvalidity, uid)));
+                        ready.push((raw, message_source(key, uidvalidity, uid)));
                         prepared.push(email);
-                        outcomes.push((uid, None));
+                        (uid, None)
                     }
                     Err(crashed) => {
                         let error = crate::engine::EngineError::Storage(StorageError::Corrupt {
                             context: "preparing a message",
                             message: crashed.to_string(),
                         });
-                        let source = self.source(uidvalidity, uid);
-                        outcomes.push((uid, Some(self.record_failure(key, &source, error).await)));
+                        let source = message_source(key, uidvalidity, uid);
+                        (uid, Some(self.record_failure(key, &source, error).await))
                     }
                 },
-            }
+            };
+            outcomes.push(outcome);
         }
-        let group: Vec<_> = ready
+        let results = self.record_ready(&ready, prepared).await;
+        let mut recorded = ready.iter().zip(results);
+        let mut done = Vec::with_capacity(outcomes.len());
+        for (uid, outcome) in outcomes {
+            let outcome = match outcome {
+                Some(outcome) => outcome,
+                None => {
+                    let Some(((_, source), result)) = recorded.next() else {
+                        unreachable!("one result per message given to the group")
+                    };
+                    self.outcome(uid, key, source, result).await
+                }
+            };
+            done.push((uid, outcome));
+        }
+        done
+    }
+
+    /// Records the prepared messages of a group in one transaction or, if that fails, one at
+    /// a time: one result per message, in order. The one-at-a-time path prepares each message
+    /// again, because the failed transaction consumed the prepared forms (a rare path).
+    async fn record_ready(
+        &self,
+        ready: &[(Vec<u8>, String)],
+        prepared: Vec<crate::engine::PreparedEmail>,
+    ) -> Vec<Result<IntakeReport, crate::engine::EngineError>> {
+        if ready.is_empty() {
+            return Vec::new();
+        }
+        let group = ready
             .iter()
             .zip(prepared)
-            .map(|((_, raw, source), email)| (raw.as_slice(), email, source.as_str()))
+            .map(|((raw, source), email)| (raw.as_slice(), email, source.as_str()))
             .collect();
-        let recorded = if group.is_empty() {
-            Ok(Vec::new())
-        } else {
-            self.engine.record_group(group).await
-        };
-        let mut results: Vec<Result<IntakeReport, crate::engine::EngineError>> = match recorded {
+        match self.engine.record_group(group).await {
             Ok(reports) => reports.into_iter().map(Ok).collect(),
             Err(error) => {
                 warn!(error = %error, messages = ready.len(), "recording a group failed: recording its messages one at a time");
                 let mut one_by_one = Vec::with_capacity(ready.len());
-                for (_, raw, source) in &ready {
+                for (raw, source) in ready {
                     let email = self.engine.prepare(raw).await;
                     one_by_one.push(self.engine.record(raw, email, source).await);
                 }
                 one_by_one
             }
         }
-        .into_iter()
-        .rev()
-        .collect();
-        let mut done = Vec::with_capacity(outcomes.len());
-        let mut sources = ready.into_iter().map(|(_, _, source)| source);
-        for (uid, outcome) in outcomes {
-            let outcome = match outcome {
-                Some(outcome) => outcome,
-                None => {
-                    let (Some(result), Some(source)) = (results.pop(), sources.next()) else {
-                        unreachable!("one result per message recorded")
-                    };
-                    self.outcome(uid, key, &source, result).await
-                }
-            };
-            done.push((uid, outcome));
-        }
-        done
     }
 
     /// What recording one message means for it on the server.
@@ -827,7 +834,9 @@ impl ImapPoller {
                         if let Some(already_ingested) = stored {
                             summary.count_stored(already_ingested);
                         }
-                        batch.quarantined.push((uid, self.source(uidvalidity, uid), reason));
+                        batch
+                            .quarantined
+                            .push((uid, message_source(&key, uidvalidity, uid), reason));
                     }
                     Recorded::Retry(error) => {
                         // Likely passing (the database is down): move what is done, leave this

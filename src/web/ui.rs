@@ -441,8 +441,18 @@ pub async fn case_page(
         .map(|f| f.message.as_str())
         .collect();
 
-    let mut timeline: Vec<TimelineEntry> = storage::events_for_case(&mut conn, case.id)
-        .await?
+    let events = storage::events_for_case(&mut conn, case.id).await?;
+    // A closed case is judged by when it closed (met or missed), not by the clock running on.
+    let closed_at = if state.engine.workflows.terminal_states().contains(&case.state) {
+        events
+            .iter()
+            .filter(|e| e.to_state.as_deref() == Some(case.state.as_str()))
+            .map(|e| e.at)
+            .max()
+    } else {
+        None
+    };
+    let mut timeline: Vec<TimelineEntry> = events
         .into_iter()
         .map(|e| {
             let change = match (&e.from_state, &e.to_state) {
@@ -588,16 +598,6 @@ pub async fn case_page(
     context.insert("actions", &actions);
     context.insert("assignee", &assignee);
     context.insert("due", &when(case.due_at));
-    // A closed case is judged by when it closed (met or missed), not by the clock running on.
-    let closed_at: Option<i64> = if state.engine.workflows.terminal_states().contains(&case.state) {
-        sqlx::query_scalar("SELECT MAX(at) FROM case_events WHERE case_id = $1 AND to_state = $2")
-            .bind(case.id)
-            .bind(&case.state)
-            .fetch_one(&mut *conn)
-            .await?
-    } else {
-        None
-    };
     context.insert("closed", &when(closed_at));
     context.insert(
         "sla",

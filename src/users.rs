@@ -23,6 +23,7 @@ pub const LOCKOUT_MS: i64 = 15 * 60 * 1000;
 pub fn backoff_ms(failed: i64) -> i64 {
     1000 << (failed - 1).clamp(0, 10)
 }
+
 /// Sessions last a working day.
 pub const SESSION_MS: i64 = 10 * 60 * 60 * 1000;
 /// Set-password links expire after a day.

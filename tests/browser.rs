@@ -92,27 +92,9 @@ fn output(backend: Backend, name: &str) -> std::path::PathBuf {
 
 async fn sign_in(browser: &Client, base: &str, email: &str) {
     browser.goto(&format!("{base}/sign-in")).await.unwrap();
-    browser
-        .find(Locator::Id("email"))
-        .await
-        .unwrap()
-        .send_keys(email)
-        .await
-        .unwrap();
-    browser
-        .find(Locator::Id("password"))
-        .await
-        .unwrap()
-        .send_keys("river otter lantern")
-        .await
-        .unwrap();
-    browser
-        .find(Locator::Css("main form button[type=submit]"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    type_into(browser, "email", email).await;
+    type_into(browser, "password", "river otter lantern").await;
+    click(browser, "main form button[type=submit]").await;
     // Wait for the signed-in page itself, not any heading: the sign-in page has one too.
     wait_for(browser, "form[action='/sign-out']").await;
     assert!(
@@ -122,14 +104,24 @@ async fn sign_in(browser: &Client, base: &str, email: &str) {
 }
 
 async fn sign_out(browser: &Client) {
+    click(browser, "header form button").await;
+    wait_for(browser, "#email").await;
+}
+
+/// Types `text` into the (empty) input with this id.
+async fn type_into(browser: &Client, id: &str, text: &str) {
     browser
-        .find(Locator::Css("header form button"))
+        .find(Locator::Id(id))
         .await
         .unwrap()
-        .click()
+        .send_keys(text)
         .await
         .unwrap();
-    wait_for(browser, "#email").await;
+}
+
+/// Clicks the element `css` selects.
+async fn click(browser: &Client, css: &str) {
+    browser.find(Locator::Css(css)).await.unwrap().click().await.unwrap();
 }
 
 async fn act(browser: &Client, to: &str, fill: &[(&str, &str)]) {

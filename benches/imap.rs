@@ -47,6 +47,7 @@ fn engine(db: Db, workflows: &WorkflowSet) -> Engine {
                 our_addresses: vec![],
             },
             limits: ExtractLimits::default(),
+            pdf_reader: Default::default(),
         },
         clock: Arc::new(SystemClock),
         wakers: Default::default(),

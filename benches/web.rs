@@ -67,6 +67,7 @@ async fn run(url: &str, backend: &str, cases: usize) {
                 our_addresses: vec![],
             },
             limits: Default::default(),
+            pdf_reader: Default::default(),
         },
         clock: Arc::new(SystemClock),
         wakers: Default::default(),

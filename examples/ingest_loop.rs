@@ -31,6 +31,7 @@ async fn main() {
                 our_addresses: vec![],
             },
             limits: Default::default(),
+            pdf_reader: Default::default(),
         },
         clock: Arc::new(countersign::engine::SystemClock),
         wakers: Default::default(),

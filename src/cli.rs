@@ -12,6 +12,8 @@ use crate::calendar::WorkingCalendar;
 use crate::config::Settings;
 use crate::engine::{Engine, EngineConfig, IntakeReport, SystemClock};
 use crate::mail::MailSettings;
+use crate::pdf::PdfReader;
+use crate::pdf::worker::{WorkerPool, WorkerSettings};
 use crate::policy::PolicySettings;
 use crate::storage::{self, Db};
 use crate::workflow::{Actor, ActorRole, WorkflowSet};
@@ -231,6 +233,10 @@ pub async fn build_engine(settings: &Settings) -> Result<Engine> {
                 our_addresses: vec![settings.mailer.from_address.clone()],
             },
             limits: settings.extract_limits(),
+            // PDFs are read by this same binary, started as workers under OS limits.
+            pdf_reader: PdfReader::Workers(Arc::new(WorkerPool::new(
+                WorkerSettings::current_exe().context("finding our own executable for the PDF workers")?,
+            ))),
         },
         clock: Arc::new(SystemClock),
         wakers: Default::default(),

@@ -109,6 +109,8 @@ pub struct EngineConfig {
     pub policy: PolicySettings,
     pub mail: MailSettings,
     pub limits: ExtractLimits,
+    /// Where PDFs are read: worker processes in the service, in process in fast tests.
+    pub pdf_reader: pdf::PdfReader,
 }
 
 #[derive(Clone)]
@@ -587,7 +589,7 @@ impl Engine {
         }
     }
 
-    /// Extracts every PDF, each on its own bounded reader thread, without blocking the runtime.
+    /// Extracts every PDF through the configured reader (worker processes in the service).
     async fn analyse_attachments(&self, parsed: &ParsedEmail) -> Vec<FormAnalysis> {
         let mut analyses = Vec::new();
         let form_ids: Vec<String> = self.workflows.iter().map(|w| w.recognise.form_id.clone()).collect();
@@ -597,12 +599,11 @@ impl Engine {
             .enumerate()
             .filter(|(_, a)| a.looks_like_pdf())
         {
-            let bytes = attachment.bytes.clone();
-            let ids = form_ids.clone();
-            let limits = self.config.limits;
-            let result = tokio::task::spawn_blocking(move || pdf::extract(&bytes, &ids, limits))
-                .await
-                .unwrap_or_else(|e| Err(PdfError::ReaderCrashed(e.to_string())));
+            let result = self
+                .config
+                .pdf_reader
+                .extract(attachment.bytes.clone(), form_ids.clone(), self.config.limits)
+                .await;
             let filename = attachment
                 .filename
                 .clone()

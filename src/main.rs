@@ -2,8 +2,20 @@
 
 use clap::Parser;
 
+fn main() -> std::process::ExitCode {
+    // A PDF worker (see `pdf::worker`) is this binary started with a hidden argument; it runs
+    // before any runtime or logging, and its stdout is a pipe to the service.
+    if std::env::args_os()
+        .nth(1)
+        .is_some_and(|a| a == countersign::pdf::worker::WORKER_ARG)
+    {
+        return countersign::pdf::worker::run_worker();
+    }
+    run()
+}
+
 #[tokio::main]
-async fn main() -> std::process::ExitCode {
+async fn run() -> std::process::ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("COUNTERSIGN_LOG").unwrap_or_else(|_| "warn".into()),

@@ -6,6 +6,7 @@
 //! This module walks the field tree and decodes values as the PDF specification defines them.
 
 pub mod generate;
+pub mod worker;
 
 use std::collections::HashSet;
 use std::time::Duration;
@@ -13,15 +14,25 @@ use std::time::Duration;
 use lopdf::{Dictionary, Document, LoadOptions, Object, ObjectId};
 
 /// Limits that keep a hostile PDF from costing more than a real form could.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, serde::Serialize, serde::Deserialize)]
 pub struct ExtractLimits {
     pub max_bytes: usize,
     pub timeout: Duration,
     /// Fields deeper than this in the `/Kids` tree are ignored; real forms nest 2 to 4 deep.
     pub max_field_depth: usize,
     pub max_fields: usize,
-    /// A compressed stream may not inflate past this (decompression bombs).
+    /// A compressed stream may not inflate past this (decompression bombs). It bounds lopdf's
+    /// eager decoding of object streams as well as our own reads of value streams.
     pub max_decompressed_bytes: usize,
+    /// All the streams we decode ourselves in one PDF may not inflate past this in total.
+    pub max_total_decompressed_bytes: usize,
+    /// A PDF with more objects than this is refused: a two-page form has a few hundred.
+    pub max_objects: usize,
+    /// How deep a field value (arrays of references to arrays...) is followed.
+    pub max_value_depth: usize,
+    /// How many objects the walk over fields and values may visit in all, so that breadth
+    /// (an array of a thousand references to arrays of a thousand) is bounded as well as depth.
+    pub max_visits: usize,
 }
 
 impl Default for ExtractLimits {
@@ -31,12 +42,16 @@ impl Default for ExtractLimits {
             timeout: Duration::from_secs(10),
             max_field_depth: 32,
             max_fields: 2000,
-            max_decompressed_bytes: 32 * 1024 * 1024,
+            max_decompressed_bytes: 8 * 1024 * 1024,
+            max_total_decompressed_bytes: 32 * 1024 * 1024,
+            max_objects: 100_000,
+            max_value_depth: 8,
+            max_visits: 100_000,
         }
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, serde::Serialize, serde::Deserialize)]
 pub enum PdfError {
     #[error("the PDF is {size} bytes, over the limit of {limit} bytes")]
     TooLarge { size: usize, limit: usize },
@@ -50,6 +65,8 @@ pub enum PdfError {
     TimedOut(Duration),
     #[error("the PDF reader failed on this file ({0})")]
     ReaderCrashed(String),
+    #[error("the PDF has {count} objects, more than the {limit} a form could need")]
+    TooManyObjects { count: usize, limit: usize },
 }
 
 /// The AcroForm field types.
@@ -123,12 +140,34 @@ impl ExtractedForm {
     }
 }
 
-/// Extracts on a dedicated thread with a large stack, bounded in time. Safe to call from async
-/// code through `spawn_blocking`, or directly from synchronous code.
-///
-/// A reader thread that overruns the timeout is left to finish on its own (threads cannot be
-/// killed); its result is dropped. The size limit keeps that cost bounded.
-pub fn extract(bytes: &[u8], known_form_ids: &[String], limits: ExtractLimits) -> Result<ExtractedForm, PdfError> {
+/// How PDFs are read: in worker processes (the service), or on a thread of this process (fast
+/// unit tests, fuzzing, tools).
+#[derive(Clone, Debug, Default)]
+pub enum PdfReader {
+    #[default]
+    InProcess,
+    Workers(std::sync::Arc<worker::WorkerPool>),
+}
+
+impl PdfReader {
+    /// Reads one PDF without blocking the async runtime.
+    pub async fn extract(
+        &self,
+        bytes: Vec<u8>,
+        known_form_ids: Vec<String>,
+        limits: ExtractLimits,
+    ) -> Result<ExtractedForm, PdfError> {
+        match self {
+            PdfReader::Workers(pool) => pool.extract(&bytes, &known_form_ids, limits).await,
+            PdfReader::InProcess => tokio::task::spawn_blocking(move || extract(&bytes, &known_form_ids, limits))
+                .await
+                .unwrap_or_else(|e| Err(PdfError::ReaderCrashed(e.to_string()))),
+        }
+    }
+}
+
+/// The checks that need no parsing: size, and a `%PDF-` header in the first kilobyte.
+pub fn precheck(bytes: &[u8], limits: ExtractLimits) -> Result<(), PdfError> {
     if bytes.len() > limits.max_bytes {
         return Err(PdfError::TooLarge {
             size: bytes.len(),
@@ -139,6 +178,17 @@ pub fn extract(bytes: &[u8], known_form_ids: &[String], limits: ExtractLimits) -
     if !head.windows(5).any(|w| w == b"%PDF-") {
         return Err(PdfError::NotPdf);
     }
+    Ok(())
+}
+
+/// Extracts on a dedicated thread with a large stack, bounded in time. Safe to call from async
+/// code through `spawn_blocking`, or directly from synchronous code.
+///
+/// A reader thread that overruns the timeout is left to finish on its own (threads cannot be
+/// killed); its result is dropped. The limits keep that cost bounded, and the service reads
+/// PDFs in worker processes ([`PdfReader::Workers`]), which are killed instead.
+pub fn extract(bytes: &[u8], known_form_ids: &[String], limits: ExtractLimits) -> Result<ExtractedForm, PdfError> {
+    precheck(bytes, limits)?;
     let (sender, receiver) = std::sync::mpsc::sync_channel(1);
     let owned = bytes.to_vec();
     let form_ids = known_form_ids.to_vec();
@@ -184,6 +234,12 @@ pub fn extract_in_place(
         lopdf::Error::InvalidPassword | lopdf::Error::Decryption(_) => PdfError::PasswordProtected,
         other => PdfError::Malformed(other.to_string()),
     })?;
+    if document.objects.len() > limits.max_objects {
+        return Err(PdfError::TooManyObjects {
+            count: document.objects.len(),
+            limit: limits.max_objects,
+        });
+    }
     let encrypted = document.trailer.get(b"Encrypt").is_ok();
     // lopdf tries the empty user password; when that fails it returns the document still
     // encrypted, with no decryption state.
@@ -204,6 +260,8 @@ pub fn extract_in_place(
             document: &document,
             limits,
             seen: HashSet::new(),
+            visits: 0,
+            decompressed: 0,
             out: &mut form,
         };
         for field in fields {
@@ -240,12 +298,16 @@ struct FieldWalker<'d, 'o> {
     limits: ExtractLimits,
     /// Guards against reference cycles in `/Kids`.
     seen: HashSet<ObjectId>,
+    /// Objects visited so far, against `limits.max_visits`.
+    visits: usize,
+    /// Bytes inflated so far from value streams, against `limits.max_total_decompressed_bytes`.
+    decompressed: usize,
     out: &'o mut ExtractedForm,
 }
 
 impl FieldWalker<'_, '_> {
     fn walk(&mut self, node: Object, parent_name: Option<&str>, inherited: Inherited, depth: usize) {
-        if depth > self.limits.max_field_depth || self.out.fields.len() >= self.limits.max_fields {
+        if depth > self.limits.max_field_depth || self.out.fields.len() >= self.limits.max_fields || !self.visit() {
             return;
         }
         if let Object::Reference(id) = node
@@ -340,7 +402,7 @@ impl FieldWalker<'_, '_> {
                 signature.map(|_| "signed".to_string())
             }
             PdfFieldType::Button => Some(self.button_value(value_object, attrs.options.as_ref(), widgets)),
-            _ => value_object.and_then(|v| self.text_value(v)),
+            _ => value_object.and_then(|v| self.text_value(v, 0)),
         };
         self.out.fields.push(PdfField {
             full_name,
@@ -349,21 +411,51 @@ impl FieldWalker<'_, '_> {
         });
     }
 
-    fn text_value(&self, object: &Object) -> Option<String> {
+    /// Counts one visited object; false once the walk has used its budget.
+    fn visit(&mut self) -> bool {
+        self.visits += 1;
+        self.visits <= self.limits.max_visits
+    }
+
+    /// A text value, bounded in depth (a value array may hold itself) and in total work.
+    fn text_value(&mut self, object: &Object, depth: usize) -> Option<String> {
+        if depth > self.limits.max_value_depth || !self.visit() {
+            return None;
+        }
         match object {
             Object::String(..) => lopdf::decode_text_string(object).ok(),
             Object::Name(name) => Some(String::from_utf8_lossy(name).into_owned()),
             Object::Array(items) => {
-                let parts: Vec<String> = items
-                    .iter()
-                    .filter_map(|i| resolve(self.document, i))
-                    .filter_map(|i| self.text_value(i))
-                    .collect();
+                let mut parts = Vec::new();
+                for item in items {
+                    let Some(item) = resolve(self.document, item) else {
+                        continue;
+                    };
+                    if let Some(part) = self.text_value(item, depth + 1) {
+                        parts.push(part);
+                    }
+                    if self.visits > self.limits.max_visits {
+                        break;
+                    }
+                }
                 (!parts.is_empty()).then(|| parts.join("; "))
             }
-            // Some tools write a text field's value as a stream.
+            // Some tools write a text field's value as a stream. Every decode is capped, and so
+            // is their sum; a stream that will not decode within its cap is no value.
             Object::Stream(stream) => {
-                let content = stream.decompressed_content().unwrap_or_else(|_| stream.content.clone());
+                let remaining = self
+                    .limits
+                    .max_total_decompressed_bytes
+                    .saturating_sub(self.decompressed)
+                    .min(self.limits.max_decompressed_bytes);
+                let content = if stream.dict.has(b"Filter") {
+                    stream.decompressed_content_with_limit(remaining).ok()?
+                } else if stream.content.len() <= remaining {
+                    stream.content.clone()
+                } else {
+                    return None;
+                };
+                self.decompressed += content.len();
                 lopdf::decode_text_string(&Object::string_literal(content)).ok()
             }
             Object::Integer(i) => Some(i.to_string()),

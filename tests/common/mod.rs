@@ -174,6 +174,7 @@ pub fn engine_on(db: Db) -> Engine {
                 our_addresses: vec![OUR_ADDRESS.into()],
             },
             limits: ExtractLimits::default(),
+            pdf_reader: Default::default(),
         },
         clock: Arc::new(FixedClock(friday_morning())),
         wakers: Default::default(),

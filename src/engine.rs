@@ -15,6 +15,7 @@ use crate::domain::{CaseRef, OdsCode};
 use crate::mail::{self, MailSettings, ParsedEmail, SenderAuth};
 use crate::pdf::{self, ExtractLimits, ExtractedForm, PdfError};
 use crate::policy::{self, Facts, Finding, FindingCode, PolicySettings};
+use crate::replies;
 use crate::storage::{self, CaseEvent, CaseRecord, Db, QueryContext, StorageError};
 use crate::workflow::{
     Actor, ActorRole, CaseHistory, TransitionError, TransitionPlan, TransitionRequest, WorkflowDef, WorkflowSet,
@@ -149,6 +150,32 @@ pub struct PreparedEmail {
     sha256: String,
     dedup_key: String,
     analyses: Vec<FormAnalysis>,
+    /// The case the email names (by its headers, a bounce's returned message, or a reference
+    /// in its subject), looked up before the write transaction.
+    thread: Option<i64>,
+}
+
+/// The case an email named but may not change, and why (no reason: a separate request from
+/// a trusted sender, such as another workflow's form).
+#[derive(Debug, Clone)]
+struct Related {
+    case_id: i64,
+    reference: String,
+    why: Option<String>,
+}
+
+impl Related {
+    fn finding(&self) -> Option<Finding> {
+        self.why.as_ref().map(|why| {
+            Finding::new(
+                FindingCode::RefersToCase,
+                format!(
+                    "This email refers to case {} but was not added to it: {why}. A caseworker should look at both.",
+                    self.reference
+                ),
+            )
+        })
+    }
 }
 
 /// What one PDF attachment turned out to be.
@@ -208,9 +235,14 @@ impl Engine {
             if let Some(id) = storage::raw_message_id_by_dedup_key(&mut conn, &prepared.dedup_key).await? {
                 return self.already_ingested(&mut conn, id).await;
             }
+            prepared.thread = self.thread_case(&mut conn, &prepared.parsed).await?;
         }
         prepared.analyses = self.analyse_attachments(&prepared.parsed).await;
-        self.record(raw, prepared, source).await
+        let mut tx = self.db.pool.begin().await.context("starting a transaction")?;
+        let report = self.record_in(&mut tx, raw, prepared, source).await?;
+        tx.commit().await.context("committing an ingested message")?;
+        self.recorded(std::slice::from_ref(&report));
+        Ok(report)
     }
 
     /// The first, database-free half of [`Engine::intake`]: parses the email and reads and
@@ -235,13 +267,23 @@ impl Engine {
             sha256,
             dedup_key,
             analyses: Vec::new(),
+            thread: None,
         }
     }
 
     /// The second half of [`Engine::intake`]: stores the raw message (`raw` is what `prepared`
     /// was made from) and makes or updates its cases, in one transaction. A message already
     /// stored makes nothing new.
-    pub async fn record(&self, raw: &[u8], prepared: PreparedEmail, source: &str) -> Result<IntakeReport, EngineError> {
+    pub async fn record(
+        &self,
+        raw: &[u8],
+        mut prepared: PreparedEmail,
+        source: &str,
+    ) -> Result<IntakeReport, EngineError> {
+        {
+            let mut conn = self.db.pool.acquire().await.context("connecting")?;
+            prepared.thread = self.thread_case(&mut conn, &prepared.parsed).await?;
+        }
         let mut tx = self.db.pool.begin().await.context("starting a transaction")?;
         let report = self.record_in(&mut tx, raw, prepared, source).await?;
         tx.commit().await.context("committing an ingested message")?;
@@ -254,8 +296,16 @@ impl Engine {
     /// records the group's messages one at a time, so that one bad message holds up no other.
     pub async fn record_group(
         &self,
-        emails: Vec<(&[u8], PreparedEmail, &str)>,
+        mut emails: Vec<(&[u8], PreparedEmail, &str)>,
     ) -> Result<Vec<IntakeReport>, EngineError> {
+        // Threading reads happen before the write transaction, so that it holds its lock only
+        // for the writes.
+        {
+            let mut conn = self.db.pool.acquire().await.context("connecting")?;
+            for (_, prepared, _) in &mut emails {
+                prepared.thread = self.thread_case(&mut conn, &prepared.parsed).await?;
+            }
+        }
         let mut tx = self.db.pool.begin().await.context("starting a transaction")?;
         let mut reports = Vec::with_capacity(emails.len());
         for (raw, prepared, source) in emails {
@@ -289,6 +339,7 @@ impl Engine {
             sha256,
             dedup_key,
             analyses,
+            thread,
         } = prepared;
         let now = self.now_ms();
         let auth_json = serde_json::to_string(&parsed.sender_auth).unwrap_or_default();
@@ -330,11 +381,9 @@ impl Engine {
             attachment_ids.push(id);
         }
 
-        // A reply to one of our messages, or to the practice's own earlier one, belongs to
-        // that case: it never opens a new one.
-        if let Some(case_id) = self.thread_case(tx, &parsed).await? {
+        if let Some(why) = &parsed.bounce {
             let outcome = self
-                .attach_reply(tx, case_id, &parsed, raw_message_id, &analyses, &attachment_ids, now)
+                .record_bounce(tx, thread, &parsed, raw_message_id, why, now)
                 .await?;
             return Ok(IntakeReport {
                 raw_message_id,
@@ -342,9 +391,74 @@ impl Engine {
                 cases: vec![outcome],
             });
         }
+        // Mail that names a case changes it only when it is authenticated and comes from the
+        // case's own sender or signatory; anything else opens a case of its own, linked.
+        let mut related = None;
+        let mut analyses = analyses;
+        let mut outcomes = Vec::new();
+        if let Some(case) = match thread {
+            Some(id) => storage::case_by_id(tx, id).await?,
+            None => None,
+        } {
+            let signatory = case
+                .workflow
+                .as_deref()
+                .and_then(|w| self.workflows.get(w))
+                .and_then(|w| case.fields.get(&w.signatories.email_field))
+                .map(String::as_str);
+            let sender = replies::ReplySender {
+                address: parsed.from_address.as_deref(),
+                authenticated: parsed.sender_auth.passed() && parsed.malformed.is_none(),
+            };
+            let parties = replies::CaseParties {
+                sender: case.sender.as_deref(),
+                signatory,
+            };
+            match replies::may_change(sender, parties) {
+                Err(why) => {
+                    related = Some(Related {
+                        case_id: case.id,
+                        reference: case.reference.clone(),
+                        why: Some(why),
+                    })
+                }
+                Ok(()) => {
+                    let reference = case.reference.clone();
+                    let case_id = case.id;
+                    let (outcome, leftovers) = self
+                        .attach_reply(tx, case, &parsed, raw_message_id, analyses, &attachment_ids, now)
+                        .await?;
+                    outcomes.push(outcome);
+                    for (form, why) in leftovers {
+                        let related = Related {
+                            case_id,
+                            reference: reference.clone(),
+                            why,
+                        };
+                        outcomes.push(
+                            self.open_form_case(
+                                tx,
+                                &parsed,
+                                raw_message_id,
+                                &attachment_ids,
+                                form,
+                                Some(&related),
+                                now,
+                            )
+                            .await?,
+                        );
+                    }
+                    return Ok(IntakeReport {
+                        raw_message_id,
+                        already_ingested: false,
+                        cases: outcomes,
+                    });
+                }
+            }
+        }
+        let analyses = std::mem::take(&mut analyses);
         let (forms, others): (Vec<FormAnalysis>, Vec<FormAnalysis>) =
             analyses.into_iter().partition(|a| a.workflow.is_some());
-        let mut outcomes = Vec::new();
         if forms.is_empty() {
             // Nothing we can put in a workflow: one case, so that nothing is lost.
             let mut findings: Vec<Finding> = parsed
@@ -364,6 +478,13 @@ impl Engine {
                     "No access-request form was attached. Please attach the completed PDF form to your email.",
                 ));
             }
+            findings.extend(related.as_ref().and_then(Related::finding));
+            // An auto-reply that names a case it may not join asks for no work either.
+            let state = if related.is_some() && parsed.automatic.is_some() {
+                "closed"
+            } else {
+                UNCLASSIFIED_STATE
+            };
             let form_attachment = others.first().map(|a| a.attachment_index);
             let outcome = self
                 .create_unclassified_case(
@@ -372,6 +493,8 @@ impl Engine {
                     raw_message_id,
                     form_attachment.map(|i| attachment_ids[i]),
                     findings,
+                    state,
+                    related.as_ref(),
                     now,
                 )
                 .await?;
@@ -392,20 +515,14 @@ impl Engine {
                 if i == 0 {
                     form.findings.extend(extra.iter().cloned());
                 }
-                let attachment = &parsed.attachments[form.attachment_index];
-                let attachment_id = attachment_ids[form.attachment_index];
-                if let Some(original) = storage::case_by_form_sha256(tx, &attachment.sha256).await? {
-                    outcomes.push(self.link_duplicate(tx, &original, raw_message_id, now).await?);
-                    continue;
-                }
                 outcomes.push(
-                    self.create_form_case(
+                    self.open_form_case(
                         tx,
                         &parsed,
                         raw_message_id,
-                        attachment_id,
-                        &attachment.sha256,
+                        &attachment_ids,
                         form,
+                        related.as_ref(),
                         now,
                     )
                     .await?,
@@ -419,54 +536,91 @@ impl Engine {
         })
     }
 
-    /// The case an email answers: by In-Reply-To or References (our mail, or the practice's
-    /// earlier email), or by a case reference in the subject from the case's own domain (a
-    /// reference alone could be typed by anyone).
+    /// The case an email names: by In-Reply-To, the latest References, or the Message-ID of the
+    /// message a bounce returns (our mail, or the practice's earlier email), else by a case
+    /// reference in the subject. Naming a case is not permission to change it: see
+    /// [`replies::may_change`]. At most [`storage::MAX_THREAD_IDS`] ids are looked up, in one
+    /// query, whatever the email carries.
     async fn thread_case(&self, conn: &mut AnyConnection, parsed: &ParsedEmail) -> Result<Option<i64>, EngineError> {
-        let ids: Vec<String> = parsed
-            .in_reply_to
-            .iter()
-            .chain(parsed.references.iter())
-            .map(|id| id.trim().trim_start_matches('<').trim_end_matches('>').to_string())
-            .filter(|id| !id.is_empty())
-            .collect();
+        let clean = |id: &String| id.trim().trim_start_matches('<').trim_end_matches('>').to_string();
+        let mut ids: Vec<String> = parsed.in_reply_to.iter().take(4).map(clean).collect();
+        ids.extend(parsed.returned_message_ids.iter().take(4).map(clean));
+        // The References header lists the thread oldest first; the latest are the ones that
+        // matter, and a hostile email may carry hundreds of thousands.
+        let room = storage::MAX_THREAD_IDS.saturating_sub(ids.len());
+        ids.extend(parsed.references.iter().rev().take(room).map(clean));
+        ids.retain(|id| !id.is_empty() && id.len() <= 998);
+        ids.dedup();
         if let Some(case_id) = storage::case_for_message_ids(conn, &ids).await? {
             return Ok(Some(case_id));
         }
         let Some(reference) = parsed.subject.as_deref().and_then(CaseRef::find_in) else {
             return Ok(None);
         };
-        let Some(case) = storage::case_by_reference(conn, reference.as_str()).await? else {
-            return Ok(None);
-        };
-        let domain = |address: &str| address.rsplit_once('@').map(|(_, d)| d.to_ascii_lowercase());
-        let same_domain = match (
-            parsed.from_address.as_deref().and_then(domain),
-            case.sender.as_deref().and_then(domain),
-        ) {
-            (Some(a), Some(b)) => a == b,
-            _ => false,
-        };
-        Ok(same_domain.then_some(case.id))
+        Ok(storage::case_by_reference(conn, reference.as_str())
+            .await?
+            .map(|c| c.id))
     }
 
-    /// Records a reply on its case. An out-of-office or other automatic reply is only noted. A
-    /// person's reply with a corrected form replaces the case's fields and runs the checks
-    /// again; a case awaiting information goes back for review.
+    /// Records a bounce or delivery report against the case of the message it returns. It
+    /// changes nothing and asks for no work; with no case to go to, it is kept as a closed case
+    /// so that nothing is lost.
+    async fn record_bounce(
+        &self,
+        conn: &mut AnyConnection,
+        thread: Option<i64>,
+        parsed: &ParsedEmail,
+        raw_message_id: i64,
+        why: &str,
+        now: i64,
+    ) -> Result<CaseOutcome, EngineError> {
+        let case = match thread {
+            Some(id) => storage::case_by_id(conn, id).await?,
+            None => None,
+        };
+        if let Some(case) = case {
+            storage::link_message(conn, case.id, raw_message_id, "bounce").await?;
+            storage::append_event(
+                conn,
+                case.id,
+                &CaseEvent {
+                    at: now,
+                    actor: parsed.from_address.clone().unwrap_or_else(|| "a mail system".into()),
+                    actor_role: "sender".into(),
+                    kind: "delivery_report_received".into(),
+                    transition: None,
+                    from_state: None,
+                    to_state: None,
+                    reason: Some(why.to_string()),
+                    data: Some(serde_json::json!({ "raw_message_id": raw_message_id }).to_string()),
+                },
+            )
+            .await?;
+            return Ok(self.outcome(&case, None));
+        }
+        let finding = Finding::new(
+            FindingCode::DeliveryReport,
+            format!("A bounce or delivery report ({why}) that matched none of our cases. It needs no action."),
+        );
+        self.create_unclassified_case(conn, parsed, raw_message_id, None, vec![finding], "closed", None, now)
+            .await
+    }
+
+    /// Records a trusted reply on its case (see [`replies::may_change`]). An automatic reply
+    /// is only noted. A form of the case's workflow replaces the case's form while the workflow
+    /// allows it; a form arriving for a case that had none classifies it. Every other form is
+    /// returned, with the reason it may not land here (if any), to open a case of its own.
     #[allow(clippy::too_many_arguments)]
     async fn attach_reply(
         &self,
         conn: &mut AnyConnection,
-        case_id: i64,
+        mut case: CaseRecord,
         parsed: &ParsedEmail,
         raw_message_id: i64,
-        analyses: &[FormAnalysis],
+        analyses: Vec<FormAnalysis>,
         attachment_ids: &[i64],
         now: i64,
-    ) -> Result<CaseOutcome, EngineError> {
-        let mut case = storage::case_by_id(conn, case_id)
-            .await?
-            .ok_or_else(|| EngineError::CaseNotFound(case_id.to_string()))?;
+    ) -> Result<(CaseOutcome, Vec<(FormAnalysis, Option<String>)>), EngineError> {
         let automatic = parsed.automatic.is_some();
         storage::link_message(
             conn,
@@ -496,53 +650,42 @@ impl Engine {
             },
         )
         .await?;
-        let workflow = case.workflow.as_deref().and_then(|w| self.workflows.get(w));
-        let Some(workflow) = workflow.filter(|_| !automatic) else {
-            return Ok(self.outcome(&case, None));
-        };
-        if let Some(form) = analyses
-            .iter()
-            .find(|a| a.workflow.as_deref() == Some(workflow.name.as_str()))
-        {
-            let ods = form.fields.get("org_ods_code").and_then(|c| OdsCode::parse(c));
-            let org_name = form.fields.get("org_name").cloned();
-            let updated = storage::update_case_fields(
-                conn,
-                case.id,
-                case.version,
-                Some(&workflow.name),
-                &form.fields,
-                &form.findings,
-                ods.as_ref().map(OdsCode::as_str),
-                org_name.as_deref(),
-                now,
-            )
-            .await?;
-            if !updated {
-                return Err(EngineError::Conflict(case.reference.clone()));
-            }
-            let attachment = &parsed.attachments[form.attachment_index];
-            storage::replace_case_form(conn, case.id, attachment_ids[form.attachment_index], &attachment.sha256)
-                .await?;
-            let codes: Vec<&str> = form.findings.iter().map(|f| f.code.as_str()).collect();
-            storage::append_event(
-                conn,
-                case.id,
-                &CaseEvent {
-                    reason: Some(if codes.is_empty() {
-                        "all checks passed".into()
-                    } else {
-                        format!("checks found: {}", codes.join(", "))
-                    }),
-                    ..CaseEvent::system("form_resubmitted", now)
-                },
-            )
-            .await?;
-            case.version += 1;
-            case.fields = form.fields.clone();
-            case.findings = form.findings.clone();
+        if automatic {
+            return Ok((self.outcome(&case, None), vec![]));
         }
-        if case.state == "awaiting_information" {
+        let mut leftovers = Vec::new();
+        let mut taken = false;
+        for form in analyses.into_iter().filter(|a| a.workflow.is_some()) {
+            let form_workflow = form.workflow.clone().unwrap_or_default();
+            let replaceable_in = case
+                .workflow
+                .as_deref()
+                .and_then(|w| self.workflows.get(w))
+                .map(|w| w.replies.replace_form_in.as_slice())
+                .unwrap_or(&[]);
+            let target = replies::ReplyTarget {
+                workflow: case.workflow.as_deref(),
+                state: &case.state,
+                replaceable_in,
+            };
+            match replies::form_fate(target, &form_workflow, taken) {
+                replies::FormFate::Replace => {
+                    case = self.replace_form(conn, case, form, parsed, attachment_ids, now).await?;
+                    taken = true;
+                }
+                replies::FormFate::Classify => {
+                    case = self.classify(conn, case, form, parsed, attachment_ids, now).await?;
+                    taken = true;
+                }
+                replies::FormFate::Separate => leftovers.push((form, None)),
+                replies::FormFate::Refused { why } => leftovers.push((form, Some(why))),
+            }
+        }
+        let workflow = case.workflow.as_deref().and_then(|w| self.workflows.get(w));
+        if let Some(workflow) = workflow
+            && !taken
+            && case.state == "awaiting_information"
+        {
             let request = TransitionRequest {
                 to: "needs_review".into(),
                 ..TransitionRequest::default()
@@ -563,7 +706,232 @@ impl Engine {
                 )
                 .await?;
         }
-        Ok(self.outcome(&case, None))
+        Ok((self.outcome(&case, None), leftovers))
+    }
+
+    /// A replacement form from the case's own sender or signatory: the fields and findings are
+    /// replaced, earlier accept and authorise decisions on the old form are void (and logged as
+    /// such), and the checks decide the state again: findings send the case to needs review
+    /// (also from validated), a clean form in needs review is validated, and a case awaiting
+    /// information goes back to the caseworker who asked.
+    async fn replace_form(
+        &self,
+        conn: &mut AnyConnection,
+        mut case: CaseRecord,
+        form: FormAnalysis,
+        parsed: &ParsedEmail,
+        attachment_ids: &[i64],
+        now: i64,
+    ) -> Result<CaseRecord, EngineError> {
+        let workflow_name = case.workflow.clone().unwrap_or_default();
+        let workflow = self
+            .workflows
+            .get(&workflow_name)
+            .ok_or_else(|| EngineError::UnknownWorkflow(workflow_name.clone()))?;
+        let voided = decisions_since_last_form(&storage::events_for_case(conn, case.id).await?);
+        self.store_form(conn, &mut case, workflow, &form, parsed, attachment_ids, now)
+            .await?;
+        storage::append_event(
+            conn,
+            case.id,
+            &CaseEvent {
+                reason: Some(checks_summary(&form.findings)),
+                data: Some(serde_json::json!({ "from": parsed.from_address }).to_string()),
+                ..CaseEvent::system("form_resubmitted", now)
+            },
+        )
+        .await?;
+        if !voided.is_empty() {
+            storage::append_event(
+                conn,
+                case.id,
+                &CaseEvent {
+                    reason: Some(format!(
+                        "a replacement form arrived, so these decisions on the old form no longer stand: {}",
+                        voided.join("; ")
+                    )),
+                    ..CaseEvent::system("decisions_voided", now)
+                },
+            )
+            .await?;
+        }
+        let to = match case.state.as_str() {
+            "awaiting_information" => Some("needs_review"),
+            state => Some(machine::state_after_checks(!form.findings.is_empty())).filter(|to| *to != state),
+        };
+        if let Some(to) = to {
+            let request = TransitionRequest {
+                to: to.into(),
+                ..TransitionRequest::default()
+            };
+            let plan = Self::plan_as_system(workflow, &case.state, &request, &case.reference.clone())?;
+            case = self
+                .apply_plan(
+                    conn,
+                    &case,
+                    workflow,
+                    &plan,
+                    &Actor::system(),
+                    Some("a replacement form was checked"),
+                    &[],
+                    None,
+                    parsed.message_id.as_deref(),
+                    now,
+                )
+                .await?;
+        }
+        Ok(case)
+    }
+
+    /// A form arriving for a case that had none ("sorry, now attached"): the case joins the
+    /// form's workflow and is checked as if the form had come first.
+    async fn classify(
+        &self,
+        conn: &mut AnyConnection,
+        mut case: CaseRecord,
+        form: FormAnalysis,
+        parsed: &ParsedEmail,
+        attachment_ids: &[i64],
+        now: i64,
+    ) -> Result<CaseRecord, EngineError> {
+        let workflow_name = form.workflow.clone().unwrap_or_default();
+        let workflow = self
+            .workflows
+            .get(&workflow_name)
+            .ok_or_else(|| EngineError::UnknownWorkflow(workflow_name.clone()))?;
+        self.store_form(conn, &mut case, workflow, &form, parsed, attachment_ids, now)
+            .await?;
+        storage::append_event(
+            conn,
+            case.id,
+            &CaseEvent {
+                reason: Some(format!(
+                    "form {} arrived in reply; {}",
+                    workflow.recognise.form_id,
+                    checks_summary(&form.findings)
+                )),
+                ..CaseEvent::system("classified", now)
+            },
+        )
+        .await?;
+        if form.findings.is_empty() && case.state != "validated" {
+            let request = TransitionRequest {
+                to: machine::state_after_checks(false).into(),
+                ..TransitionRequest::default()
+            };
+            let plan = Self::plan_as_system(workflow, &case.state, &request, &case.reference.clone())?;
+            case = self
+                .apply_plan(
+                    conn,
+                    &case,
+                    workflow,
+                    &plan,
+                    &Actor::system(),
+                    Some("all checks passed"),
+                    &[],
+                    None,
+                    parsed.message_id.as_deref(),
+                    now,
+                )
+                .await?;
+        } else {
+            for timer in workflow.timers.iter().filter(|t| t.state == case.state) {
+                storage::arm_timer(
+                    conn,
+                    case.id,
+                    &timer.name,
+                    &case.state,
+                    self.working_days_from_now(timer.after_working_days),
+                    now,
+                )
+                .await?;
+            }
+        }
+        // The SLA counts from when the email first arrived, as if the form had come with it.
+        let created = chrono::DateTime::from_timestamp_millis(case.created_at)
+            .map(|t| t.with_timezone(&Local).date_naive())
+            .unwrap_or_else(|| self.today());
+        let elapsed = self.calendar.working_days_between(created, self.today()).max(0) as u32;
+        let remaining = workflow.sla.target_working_days.saturating_sub(elapsed);
+        self.arm_sla_timers(conn, case.id, workflow, remaining, now).await?;
+        Ok(case)
+    }
+
+    /// Writes a form's fields, findings and attachment onto `case` (version-checked), and
+    /// updates `case` to match.
+    #[allow(clippy::too_many_arguments)]
+    async fn store_form(
+        &self,
+        conn: &mut AnyConnection,
+        case: &mut CaseRecord,
+        workflow: &WorkflowDef,
+        form: &FormAnalysis,
+        parsed: &ParsedEmail,
+        attachment_ids: &[i64],
+        now: i64,
+    ) -> Result<(), EngineError> {
+        let ods = form.fields.get("org_ods_code").and_then(|c| OdsCode::parse(c));
+        let org_name = form
+            .fields
+            .get("org_name")
+            .map(|n| n.trim().to_string())
+            .filter(|n| !n.is_empty());
+        let updated = storage::update_case_fields(
+            conn,
+            case.id,
+            case.version,
+            Some(&workflow.name),
+            &form.fields,
+            &form.findings,
+            ods.as_ref().map(OdsCode::as_str),
+            org_name.as_deref(),
+            now,
+        )
+        .await?;
+        if !updated {
+            return Err(EngineError::Conflict(case.reference.clone()));
+        }
+        let attachment = &parsed.attachments[form.attachment_index];
+        storage::replace_case_form(conn, case.id, attachment_ids[form.attachment_index], &attachment.sha256).await?;
+        case.version += 1;
+        case.workflow = Some(workflow.name.clone());
+        case.fields = form.fields.clone();
+        case.findings = form.findings.clone();
+        case.org_ods_code = ods.map(|o| o.as_str().to_string());
+        case.org_name = org_name;
+        case.updated_at = now;
+        Ok(())
+    }
+
+    /// A new case for one form: linked to the case that already has this exact PDF, or made.
+    #[allow(clippy::too_many_arguments)]
+    async fn open_form_case(
+        &self,
+        conn: &mut AnyConnection,
+        parsed: &ParsedEmail,
+        raw_message_id: i64,
+        attachment_ids: &[i64],
+        mut form: FormAnalysis,
+        related: Option<&Related>,
+        now: i64,
+    ) -> Result<CaseOutcome, EngineError> {
+        let attachment = &parsed.attachments[form.attachment_index];
+        let attachment_id = attachment_ids[form.attachment_index];
+        if let Some(original) = storage::case_by_form_sha256(conn, &attachment.sha256).await? {
+            return self.link_duplicate(conn, &original, raw_message_id, now).await;
+        }
+        form.findings.extend(related.and_then(Related::finding));
+        self.create_form_case(
+            conn,
+            parsed,
+            raw_message_id,
+            attachment_id,
+            &attachment.sha256,
+            form,
+            related,
+            now,
+        )
+        .await
     }
 
     async fn already_ingested(
@@ -706,17 +1074,21 @@ impl Engine {
         raw_message_id: i64,
         attachment_id: Option<i64>,
         findings: Vec<Finding>,
+        state: &str,
+        related: Option<&Related>,
         now: i64,
     ) -> Result<CaseOutcome, EngineError> {
         let reference = self.next_reference(conn).await?;
         let fields = BTreeMap::new();
+        // A case that starts closed (a bounce with no case) asks for no work and has no SLA.
+        let open = state == UNCLASSIFIED_STATE;
         let case_id = storage::insert_case(
             conn,
             &storage::NewCase {
                 organisation_id: None,
                 reference: reference.as_str(),
                 workflow: None,
-                state: UNCLASSIFIED_STATE,
+                state,
                 fields: &fields,
                 extraction_json: None,
                 findings: &findings,
@@ -726,8 +1098,9 @@ impl Engine {
                 origin_message_id: raw_message_id,
                 form_attachment_id: attachment_id,
                 form_sha256: None,
+                related_case_id: related.map(|r| r.case_id),
                 now,
-                due_at: Some(self.working_days_from_now(5)),
+                due_at: open.then(|| self.working_days_from_now(5)),
             },
         )
         .await?
@@ -738,7 +1111,7 @@ impl Engine {
             conn,
             case_id,
             &CaseEvent {
-                to_state: Some(UNCLASSIFIED_STATE.into()),
+                to_state: Some(state.into()),
                 reason: Some(format!(
                     "no workflow could be found for this email ({})",
                     codes.join(", ")
@@ -750,7 +1123,7 @@ impl Engine {
         Ok(CaseOutcome {
             reference: reference.to_string(),
             workflow: None,
-            state: UNCLASSIFIED_STATE.into(),
+            state: state.into(),
             finding_codes: codes.into_iter().map(str::to_string).collect(),
             duplicate_of: None,
         })
@@ -771,6 +1144,7 @@ impl Engine {
         attachment_id: i64,
         form_sha256: &str,
         form: FormAnalysis,
+        related: Option<&Related>,
         now: i64,
     ) -> Result<CaseOutcome, EngineError> {
         let workflow_name = form.workflow.clone().unwrap_or_default();
@@ -810,6 +1184,7 @@ impl Engine {
                 origin_message_id: raw_message_id,
                 form_attachment_id: Some(attachment_id),
                 form_sha256: Some(form_sha256),
+                related_case_id: related.map(|r| r.case_id),
                 now,
                 due_at: Some(self.working_days_from_now(workflow.sla.target_working_days)),
             },
@@ -840,12 +1215,7 @@ impl Engine {
         let mut plan = Self::plan_as_system(workflow, &initial, &request, reference.as_str())?;
         // The case was created in this transaction: it has no timers to cancel yet.
         plan.cancel_pending_timers = false;
-        let reason = if form.findings.is_empty() {
-            "all checks passed".to_string()
-        } else {
-            let codes: Vec<&str> = form.findings.iter().map(|f| f.code.as_str()).collect();
-            format!("checks found: {}", codes.join(", "))
-        };
+        let reason = checks_summary(&form.findings);
         let loop_guard = parsed.automatic.clone();
         let case = self
             .apply_plan(
@@ -1391,6 +1761,38 @@ impl Engine {
         });
         Ok((auth, row.try_get(1).context("decoding a message")?))
     }
+}
+
+/// "all checks passed", or the codes of what they found.
+fn checks_summary(findings: &[Finding]) -> String {
+    if findings.is_empty() {
+        "all checks passed".to_string()
+    } else {
+        let codes: Vec<&str> = findings.iter().map(|f| f.code.as_str()).collect();
+        format!("checks found: {}", codes.join(", "))
+    }
+}
+
+/// The accept and authorise decisions people took since the case's current form arrived: a
+/// replacement form makes them void.
+fn decisions_since_last_form(events: &[CaseEvent]) -> Vec<String> {
+    let since = events
+        .iter()
+        .rposition(|e| matches!(e.kind.as_str(), "created" | "form_resubmitted" | "classified"))
+        .map(|i| i + 1)
+        .unwrap_or(0);
+    events[since..]
+        .iter()
+        .filter(|e| e.actor_role != "system" && matches!(e.transition.as_deref(), Some("accept" | "authorise")))
+        .map(|e| {
+            format!(
+                "{} by {} ({})",
+                e.transition.as_deref().unwrap_or_default(),
+                e.actor,
+                e.reason.as_deref().unwrap_or("no reason given")
+            )
+        })
+        .collect()
 }
 
 /// Finds a workflow field in an extracted form: by its name (full, then last component), then

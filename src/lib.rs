@@ -24,6 +24,8 @@ pub mod pdf;
 pub mod policy;
 /// Recording that an account was provisioned; an interface an automated provisioner can fill.
 pub mod provision;
+/// Replies: whether mail that names a case may change it, and what its forms do. Pure.
+pub mod replies;
 /// Sample emails with filled forms, for trying it out and for benchmarks.
 pub mod samples;
 /// Durable timers on a working-day calendar, and scheduled jobs (digest, housekeeping).

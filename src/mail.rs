@@ -94,6 +94,12 @@ pub struct ParsedEmail {
     pub sender_auth: SenderAuth,
     /// Why the message is automatic (auto-reply, bounce, list mail), if it is.
     pub automatic: Option<String>,
+    /// Why the message is a bounce or delivery report, if it is: it is recorded against the
+    /// case of the message it returns, and never opens a case that asks for work.
+    pub bounce: Option<String>,
+    /// The Message-IDs of the messages a bounce returns (from its `message/rfc822` or
+    /// `text/rfc822-headers` part), for finding their case.
+    pub returned_message_ids: Vec<String>,
     pub attachments: Vec<Attachment>,
     /// Set when the bytes could not be read as an email at all.
     pub malformed: Option<String>,
@@ -148,6 +154,8 @@ pub fn parse(raw: &[u8], settings: &MailSettings) -> ParsedEmail {
                 reason: "the message could not be read".into(),
             },
             automatic: None,
+            bounce: None,
+            returned_message_ids: vec![],
             attachments: vec![],
             malformed: Some("the bytes are not an email message (no headers could be read)".into()),
         };
@@ -166,6 +174,30 @@ pub fn parse(raw: &[u8], settings: &MailSettings) -> ParsedEmail {
         .filter(|(name, _)| name.eq_ignore_ascii_case("Authentication-Results"))
         .map(|(_, v)| v)
         .collect();
+    // Two From headers, or one naming two people, is ambiguous: mail software disagrees on
+    // which one counts (a DMARC checker reads the first, a parser may keep the last), so the
+    // message is malformed and never authenticated.
+    let from_headers = message
+        .headers_raw()
+        .filter(|(name, _)| name.eq_ignore_ascii_case("From"))
+        .count();
+    let from_count = message.from().map(|a| a.iter().count()).unwrap_or(0);
+    let malformed = if from_headers > 1 {
+        Some(format!(
+            "it has {from_headers} From headers, so who sent it is ambiguous"
+        ))
+    } else if from_count > 1 {
+        Some(format!(
+            "its From header names {from_count} addresses, so who sent it is ambiguous"
+        ))
+    } else {
+        None
+    };
+    let sender_auth = match &malformed {
+        Some(why) => SenderAuth::Fail { reason: why.clone() },
+        None => sender_auth(&auth_headers, from_domain.as_deref(), &settings.authserv_id),
+    };
+    let bounce = bounce_reason(&message, from_address.as_deref());
     ParsedEmail {
         message_id: message
             .message_id()
@@ -188,12 +220,20 @@ pub fn parse(raw: &[u8], settings: &MailSettings) -> ParsedEmail {
             .map(|s| s.to_string())
             .collect(),
         text_body: message.body_text(0).map(|b| b.into_owned()),
-        sender_auth: sender_auth(&auth_headers, from_domain.as_deref(), &settings.authserv_id),
-        automatic: automatic_reason(&message, from_address.as_deref(), &settings.our_addresses),
+        sender_auth,
+        automatic: bounce
+            .clone()
+            .or_else(|| automatic_reason(&message, from_address.as_deref(), &settings.our_addresses)),
+        returned_message_ids: if bounce.is_some() {
+            returned_message_ids(&message)
+        } else {
+            vec![]
+        },
+        bounce,
         from_address,
         from_name,
         attachments,
-        malformed: None,
+        malformed,
     }
 }
 
@@ -246,13 +286,18 @@ fn automatic_reason(message: &mail_parser::Message<'_>, from: Option<&str>, ours
     if header("X-Autoreply").is_some() || header("X-Autorespond").is_some() {
         return Some("auto-reply header".into());
     }
+    None
+}
+
+/// RFC 3464 and common practice: the signs of a bounce or delivery report.
+fn bounce_reason(message: &mail_parser::Message<'_>, from: Option<&str>) -> Option<String> {
     if let Some(ct) = message.content_type()
         && ct.ctype().eq_ignore_ascii_case("multipart")
         && ct.subtype().is_some_and(|s| s.eq_ignore_ascii_case("report"))
     {
         return Some("delivery report (multipart/report)".into());
     }
-    if header("Return-Path").is_some_and(|rp| rp == "<>") {
+    if message.header_raw("Return-Path").is_some_and(|rp| rp.trim() == "<>") {
         return Some("null return path (a bounce)".into());
     }
     let local = from.and_then(|a| a.split('@').next()).map(str::to_ascii_lowercase);
@@ -263,6 +308,32 @@ fn automatic_reason(message: &mail_parser::Message<'_>, from: Option<&str>, ours
         return Some("sent by a mail system (MAILER-DAEMON or postmaster)".into());
     }
     None
+}
+
+/// The Message-IDs of the messages a bounce returns, whole (`message/rfc822`) or as headers
+/// only (`text/rfc822-headers`).
+fn returned_message_ids(message: &mail_parser::Message<'_>) -> Vec<String> {
+    let mut ids = Vec::new();
+    for part in message.parts.iter().take(64) {
+        let id = match &part.body {
+            mail_parser::PartType::Message(inner) => inner.message_id().map(str::to_string),
+            mail_parser::PartType::Text(text)
+                if part
+                    .content_type()
+                    .and_then(|ct| ct.subtype())
+                    .is_some_and(|s| s.eq_ignore_ascii_case("rfc822-headers")) =>
+            {
+                MessageParser::default()
+                    .parse(text.as_bytes())
+                    .and_then(|m| m.message_id().map(str::to_string))
+            }
+            _ => None,
+        };
+        if let Some(id) = id.map(|i| i.trim().to_string()).filter(|i| !i.is_empty()) {
+            ids.push(id);
+        }
+    }
+    ids
 }
 
 /// One `method=result` clause of an `Authentication-Results` header, with its properties.

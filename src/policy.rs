@@ -40,6 +40,14 @@ pub enum FindingCode {
     PdfPasswordProtected,
     PdfTooLarge,
     MessageMalformed,
+    /// The email named a case it was not allowed to change; it is a case of its own.
+    RefersToCase,
+    /// A bounce or delivery report that matched no case.
+    DeliveryReport,
+    /// A Message-ID we had already stored arrived with different bytes.
+    MessageIdReused,
+    /// More attachments than we read in one email.
+    TooManyAttachments,
 }
 
 impl FindingCode {
@@ -67,6 +75,10 @@ impl FindingCode {
             FindingCode::PdfPasswordProtected => "pdf_password_protected",
             FindingCode::PdfTooLarge => "pdf_too_large",
             FindingCode::MessageMalformed => "message_malformed",
+            FindingCode::RefersToCase => "refers_to_case",
+            FindingCode::DeliveryReport => "delivery_report",
+            FindingCode::MessageIdReused => "message_id_reused",
+            FindingCode::TooManyAttachments => "too_many_attachments",
         }
     }
 }

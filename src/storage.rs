@@ -251,6 +251,8 @@ pub struct NewCase<'a> {
     pub form_attachment_id: Option<i64>,
     pub form_sha256: Option<&'a str>,
     pub organisation_id: Option<i64>,
+    /// The case this email named but was not allowed to change.
+    pub related_case_id: Option<i64>,
     pub now: i64,
     pub due_at: Option<i64>,
 }
@@ -261,8 +263,8 @@ pub async fn insert_case(conn: &mut AnyConnection, c: &NewCase<'_>) -> Result<Ca
     let findings = serde_json::to_string(c.findings).unwrap_or_else(|_| "[]".into());
     let id: i64 = sqlx::query_scalar(
         "INSERT INTO cases (reference, workflow, state, version, fields, extraction, findings, org_ods_code, org_name, sender,
-                            origin_message_id, form_attachment_id, form_sha256, created_at, updated_at, due_at, organisation_id)
-         VALUES ($1, $2, $3, 1, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $13, $14, $15) RETURNING id",
+                            origin_message_id, form_attachment_id, form_sha256, created_at, updated_at, due_at, organisation_id, related_case_id)
+         VALUES ($1, $2, $3, 1, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $13, $14, $15, $16) RETURNING id",
     )
     .bind(c.reference)
     .bind(c.workflow)
@@ -279,6 +281,7 @@ pub async fn insert_case(conn: &mut AnyConnection, c: &NewCase<'_>) -> Result<Ca
     .bind(c.now)
     .bind(c.due_at)
     .bind(c.organisation_id)
+    .bind(c.related_case_id)
     .fetch_one(&mut *conn)
     .await
     .context("creating a case")?;
@@ -296,6 +299,7 @@ pub async fn insert_case(conn: &mut AnyConnection, c: &NewCase<'_>) -> Result<Ca
         origin_message_id: c.origin_message_id,
         form_attachment_id: c.form_attachment_id,
         duplicate_of: None,
+        related_case_id: c.related_case_id,
         assignee_id: None,
         recorded: BTreeMap::new(),
         created_at: c.now,
@@ -320,6 +324,8 @@ pub struct CaseRecord {
     pub origin_message_id: i64,
     pub form_attachment_id: Option<i64>,
     pub duplicate_of: Option<i64>,
+    /// The case this one's email named, when it was not allowed to change that case.
+    pub related_case_id: Option<i64>,
     pub assignee_id: Option<i64>,
     pub recorded: BTreeMap<String, String>,
     pub created_at: i64,
@@ -333,7 +339,7 @@ macro_rules! select_cases {
     ($rest:literal) => {
         concat!(
             "SELECT id, reference, workflow, state, version, fields, findings, org_ods_code, org_name, sender, origin_message_id,
-                    form_attachment_id, duplicate_of, assignee_id, recorded, created_at, updated_at, due_at FROM cases ",
+                    form_attachment_id, duplicate_of, related_case_id, assignee_id, recorded, created_at, updated_at, due_at FROM cases ",
             $rest
         )
     };
@@ -358,6 +364,7 @@ fn case_from_row(row: &sqlx::any::AnyRow) -> Result<CaseRecord, StorageError> {
         origin_message_id: row.try_get("origin_message_id").map_err(get)?,
         form_attachment_id: row.try_get("form_attachment_id").map_err(get)?,
         duplicate_of: row.try_get("duplicate_of").map_err(get)?,
+        related_case_id: row.try_get("related_case_id").map_err(get)?,
         assignee_id: row.try_get("assignee_id").map_err(get)?,
         recorded: json_column(
             &row.try_get::<String, _>("recorded").map_err(get)?,
@@ -988,27 +995,62 @@ pub async fn case_for_message_ids(
     conn: &mut AnyConnection,
     message_ids: &[String],
 ) -> Result<Option<i64>, StorageError> {
-    for id in message_ids {
-        let ours: Option<Option<i64>> = sqlx::query_scalar("SELECT case_id FROM outbox WHERE message_id = $1")
-            .bind(format!("<{id}>"))
-            .fetch_optional(&mut *conn)
-            .await
-            .context("matching a reply to our mail")?;
-        if let Some(Some(case_id)) = ours {
-            return Ok(Some(case_id));
-        }
-        let theirs: Option<i64> = sqlx::query_scalar(
-            "SELECT cm.case_id FROM case_messages cm JOIN raw_messages r ON r.id = cm.raw_message_id WHERE r.message_id = $1 ORDER BY cm.case_id LIMIT 1",
-        )
-        .bind(id)
-        .fetch_optional(&mut *conn)
-        .await
-        .context("matching a reply to a received message")?;
-        if theirs.is_some() {
-            return Ok(theirs);
-        }
+    // The caller caps the list (a hostile email may carry hundreds of thousands); this cap
+    // keeps the query's size bounded whatever the caller does.
+    let ids = &message_ids[..message_ids.len().min(MAX_THREAD_IDS)];
+    if ids.is_empty() {
+        return Ok(None);
     }
-    Ok(None)
+    // One query for all of them, in both places a Message-ID can point at a case: our own
+    // mail (stored with angle brackets) and the mail we received (stored without). The ids
+    // come first-match-wins in the caller's order, so the match is picked below.
+    let placeholders = |offset: usize| {
+        (0..ids.len())
+            .map(|i| format!("${}", offset + i + 1))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let sql = format!(
+        "SELECT message_id, case_id FROM outbox WHERE case_id IS NOT NULL AND message_id IN ({})
+         UNION ALL
+         SELECT r.message_id, cm.case_id FROM raw_messages r JOIN case_messages cm ON cm.raw_message_id = r.id
+          WHERE r.message_id IN ({})",
+        placeholders(0),
+        placeholders(ids.len())
+    );
+    let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+    for id in ids {
+        query = query.bind(format!("<{id}>"));
+    }
+    for id in ids {
+        query = query.bind(id.clone());
+    }
+    let rows = query
+        .fetch_all(&mut *conn)
+        .await
+        .context("matching a reply to a case")?;
+    let mut found: Vec<(String, i64)> = Vec::with_capacity(rows.len());
+    for row in &rows {
+        let message_id: String = row.try_get(0).context("decoding a message id")?;
+        let case_id: i64 = row.try_get(1).context("decoding a case id")?;
+        found.push((message_id.trim_matches(['<', '>']).to_string(), case_id));
+    }
+    Ok(ids
+        .iter()
+        .find_map(|id| found.iter().filter(|(m, _)| m == id).map(|(_, case_id)| *case_id).min()))
+}
+
+/// The most Message-IDs (In-Reply-To, then the latest References) considered for threading.
+pub const MAX_THREAD_IDS: usize = 20;
+
+/// Cases opened by mail that named `case_id` but was not allowed to change it.
+pub async fn related_cases(conn: &mut AnyConnection, case_id: i64) -> Result<Vec<CaseRecord>, StorageError> {
+    let rows = sqlx::query(select_cases!("WHERE related_case_id = $1 ORDER BY id LIMIT 100"))
+        .bind(case_id)
+        .fetch_all(&mut *conn)
+        .await
+        .context("listing related cases")?;
+    rows.iter().map(case_from_row).collect()
 }
 
 /// Points a case at a newly received copy of its form.

@@ -325,15 +325,26 @@ async fn a_reply_with_a_corrected_form_threads_into_its_case() {
 }
 
 #[tokio::test]
-async fn a_reply_quoting_the_case_reference_threads_only_from_the_cases_domain() {
+async fn a_reply_quoting_the_case_reference_joins_the_case_only_from_its_authenticated_sender() {
     on_both_backends_clocked(|engine, _clock| async move {
         let reference = first_case(&engine, "mail/gp_form.eml").await;
-        let reply = |from: &str, id: &str| {
-            format!("From: {from}\r\nTo: pcse.openexeter@nhs.net\r\nSubject: Re: [{reference}] thanks\r\nMessage-ID: <{id}>\r\n\r\nAny news?\r\n").into_bytes()
+        let reply = |from: &str, id: &str, auth: &str| {
+            format!("From: {from}\r\nTo: pcse.openexeter@nhs.net\r\nSubject: Re: [{reference}] thanks\r\nMessage-ID: <{id}>\r\n{auth}\r\nAny news?\r\n").into_bytes()
         };
-        let same = engine.intake(&reply("someone.else@nhs.net", "r1@nhs.net"), "test").await.unwrap();
-        assert_eq!(same.cases[0].reference, reference);
-        let stranger = engine.intake(&reply("mallory@example.com", "r2@example.com"), "test").await.unwrap();
+        let authenticated = format!("Authentication-Results: {}; dmarc=pass header.from=nhs.net\r\n", common::AUTHSERV_ID);
+        let sender = engine
+            .intake(&reply("wyn.apgruffydd@nhs.net", "r0@nhs.net", &authenticated), "test")
+            .await
+            .unwrap();
+        assert_eq!(sender.cases[0].reference, reference);
+        // Same domain is not the same person: a mailbox of its own opens a linked case.
+        let same_domain = engine
+            .intake(&reply("someone.else@nhs.net", "r1@nhs.net", &authenticated), "test")
+            .await
+            .unwrap();
+        assert_ne!(same_domain.cases[0].reference, reference);
+        assert!(same_domain.cases[0].finding_codes.contains(&"refers_to_case".to_string()));
+        let stranger = engine.intake(&reply("mallory@example.com", "r2@example.com", ""), "test").await.unwrap();
         assert_ne!(stranger.cases[0].reference, reference, "a reference alone does not attach mail to a case");
     })
     .await;
@@ -345,7 +356,9 @@ async fn an_out_of_office_reply_is_recorded_on_the_case_and_not_answered() {
         let reference = first_case(&engine, "mail/gp_form.eml").await;
         let ooo = format!(
             "From: wyn.apgruffydd@nhs.net\r\nTo: pcse.openexeter@nhs.net\r\nSubject: Out of office: [{reference}]\r\n\
-             Auto-Submitted: auto-replied\r\nIn-Reply-To: <gp-1@practice.nhs.net>\r\nMessage-ID: <ooo-1@nhs.net>\r\n\r\nI am away until Monday.\r\n"
+             Auto-Submitted: auto-replied\r\nIn-Reply-To: <gp-1@practice.nhs.net>\r\nMessage-ID: <ooo-1@nhs.net>\r\n\
+             Authentication-Results: {}; dmarc=pass header.from=nhs.net\r\n\r\nI am away until Monday.\r\n",
+            common::AUTHSERV_ID
         );
         let before = outbox_rows(&engine).await.len();
         let report = engine.intake(ooo.as_bytes(), "test").await.unwrap();
@@ -353,7 +366,10 @@ async fn an_out_of_office_reply_is_recorded_on_the_case_and_not_answered() {
         assert_eq!(report.cases[0].state, "validated", "no transition");
         assert_eq!(outbox_rows(&engine).await.len(), before, "nothing queued in answer");
         let mut conn = engine.db.pool.acquire().await.unwrap();
-        let case = storage::case_by_reference(&mut conn, &reference).await.unwrap().unwrap();
+        let case = storage::case_by_reference(&mut conn, &reference)
+            .await
+            .unwrap()
+            .unwrap();
         let events = storage::events_for_case(&mut conn, case.id).await.unwrap();
         assert!(events.iter().any(|e| e.kind == "auto_reply_received"));
     })

@@ -235,6 +235,18 @@ pub struct Sla {
     pub escalation_template: Option<String>,
 }
 
+/// What a reply may do to a case. Only an authenticated reply from the case's own sender or
+/// signatory is attached to a case at all; this says when its form may replace the case's.
+#[derive(Debug, Clone, Default, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Replies {
+    /// The states in which a replacement form is taken: before authorisation. Its checks run
+    /// again and earlier decisions on the old form are void. In any other state the form
+    /// opens a case of its own, linked to this one.
+    #[serde(default)]
+    pub replace_form_in: Vec<String>,
+}
+
 /// One workflow, as written in its file.
 #[derive(Debug, Clone, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
@@ -254,6 +266,9 @@ pub struct WorkflowDef {
     pub transitions: Vec<TransitionDef>,
     #[serde(default)]
     pub timers: Vec<TimerDef>,
+    /// What mail in reply to a case may do to it.
+    #[serde(default)]
+    pub replies: Replies,
     /// Where the file came from, for error messages.
     #[serde(skip)]
     pub source: PathBuf,
@@ -492,6 +507,40 @@ impl WorkflowDef {
         for required in ["received", "validated", "needs_review", "authorised", "provisioned"] {
             if !state_names.contains(required) {
                 return Err(invalid("states", format!("the engine needs a `{required}` state")));
+            }
+        }
+        // A replacement form is checked again: a case with findings goes to needs_review, a clean
+        // one in needs_review to validated, so the system needs those moves from each state.
+        for (j, state) in self.replies.replace_form_in.iter().enumerate() {
+            let key = format!("replies.replace_form_in[{j}]");
+            if !state_names.contains(state.as_str()) {
+                return Err(invalid(&key, format!("unknown state `{state}`")));
+            }
+            if self.state(state).is_some_and(|s| s.terminal) || state == "authorised" {
+                return Err(invalid(
+                    &key,
+                    format!("`{state}` is past authorisation; a form there must never change by mail"),
+                ));
+            }
+            let system_can = |from: &str, to: &str| {
+                self.transitions
+                    .iter()
+                    .any(|t| t.to == to && t.from.iter().any(|f| f == from) && t.by.contains(&ActorRole::System))
+            };
+            let needed = if state == "needs_review" {
+                system_can("needs_review", "validated")
+                    .then_some(())
+                    .ok_or("needs_review to validated")
+            } else {
+                system_can(state, "needs_review")
+                    .then_some(())
+                    .ok_or("this state to needs_review")
+            };
+            if let Err(missing) = needed {
+                return Err(invalid(
+                    &key,
+                    format!("a replacement form in `{state}` needs a system transition from {missing}"),
+                ));
             }
         }
         if let Some(template) = &self.sla.escalation_template {

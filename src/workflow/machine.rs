@@ -199,7 +199,10 @@ mod tests {
         &[
             ("received", "validated", &[System]),
             ("received", "needs_review", &[System]),
-            ("needs_review", "validated", &[Caseworker, Manager, Admin]),
+            // A clean replacement form validates a case in review (checks_passed).
+            ("needs_review", "validated", &[System, Caseworker, Manager, Admin]),
+            // A replacement form with findings sends a validated case back (checks_failed).
+            ("validated", "needs_review", &[System]),
             ("needs_review", "awaiting_information", &[Caseworker, Manager, Admin]),
             ("validated", "awaiting_information", &[Caseworker, Manager, Admin]),
             (

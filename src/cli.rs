@@ -311,6 +311,7 @@ pub async fn run(cli: Cli) -> Result<()> {
             engine.db.close().await;
         }
         Command::Serve { once, interval } => {
+            settings.check_mailbox_authserv_id()?;
             let engine = build_engine(&settings).await?;
             serve(&engine, &settings, once, std::time::Duration::from_secs(interval)).await?;
             engine.db.close().await;

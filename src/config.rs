@@ -20,7 +20,15 @@ pub enum ConfigError {
     Parse { path: PathBuf, message: String },
     #[error("environment variable {name}: {message}")]
     Env { name: String, message: String },
+    #[error(
+        "authserv_id is still the default ({DEFAULT_AUTHSERV_ID}) while reading a real mailbox: set it (COUNTERSIGN_AUTHSERV_ID) to the id your receiving mail server writes in Authentication-Results, or anyone can forge a pass; if that really is its id, set allow_default_authserv_id (COUNTERSIGN_ALLOW_DEFAULT_AUTHSERV_ID=true)"
+    )]
+    DefaultAuthservId,
 }
+
+/// The authserv-id shipped as the default: fine for the local drop folder, where there is no
+/// receiving server, and unsafe for a real mailbox, where a sender could write it themselves.
+pub const DEFAULT_AUTHSERV_ID: &str = "mx.countersign.local";
 
 #[derive(Clone)]
 pub struct Settings {
@@ -35,6 +43,8 @@ pub struct Settings {
     pub nhs_domains: NhsDomains,
     /// The authserv-id our receiving mail server writes in `Authentication-Results`.
     pub authserv_id: String,
+    /// Read a real mailbox even though `authserv_id` is still the shipped default.
+    pub allow_default_authserv_id: bool,
     pub max_pdf_bytes: usize,
     pub pdf_timeout: Duration,
     /// The mailbox to take mail from; when unset, the drop folder is used.
@@ -198,6 +208,18 @@ impl ImapSettings {
 }
 
 impl Settings {
+    /// Refuses to read a real mailbox while the authserv-id is the shipped default, unless told
+    /// to: with the default, a `Authentication-Results` header a sender wrote could pass.
+    pub fn check_mailbox_authserv_id(&self) -> Result<(), ConfigError> {
+        if self.imap.is_some()
+            && self.authserv_id.eq_ignore_ascii_case(DEFAULT_AUTHSERV_ID)
+            && !self.allow_default_authserv_id
+        {
+            return Err(ConfigError::DefaultAuthservId);
+        }
+        Ok(())
+    }
+
     pub fn defaults() -> Self {
         let data_dir = PathBuf::from("data");
         Settings {
@@ -208,7 +230,8 @@ impl Settings {
             templates_dir: PathBuf::from("templates"),
             bank_holidays_file: None,
             nhs_domains: NhsDomains::default(),
-            authserv_id: "mx.countersign.local".into(),
+            authserv_id: DEFAULT_AUTHSERV_ID.into(),
+            allow_default_authserv_id: false,
             max_pdf_bytes: ExtractLimits::default().max_bytes,
             pdf_timeout: ExtractLimits::default().timeout,
             imap: None,
@@ -290,6 +313,9 @@ impl Settings {
         }
         if let Some(v) = layer.authserv_id {
             self.authserv_id = v;
+        }
+        if let Some(v) = layer.allow_default_authserv_id {
+            self.allow_default_authserv_id = v;
         }
         if let Some(v) = layer.max_pdf_bytes {
             self.max_pdf_bytes = v;
@@ -496,6 +522,7 @@ struct FileLayer {
     drop_folder: Option<PathBuf>,
     nhs_domains: Option<Vec<String>>,
     authserv_id: Option<String>,
+    allow_default_authserv_id: Option<bool>,
     max_pdf_bytes: Option<usize>,
     pdf_timeout_secs: Option<u64>,
     imap_host: Option<String>,
@@ -557,6 +584,8 @@ impl FileLayer {
                     .collect()
             }),
             authserv_id: get("COUNTERSIGN_AUTHSERV_ID"),
+            allow_default_authserv_id: get("COUNTERSIGN_ALLOW_DEFAULT_AUTHSERV_ID")
+                .map(|v| matches!(v.trim().to_ascii_lowercase().as_str(), "1" | "true" | "yes" | "on")),
             max_pdf_bytes: number("COUNTERSIGN_MAX_PDF_BYTES")?.map(|v| v as usize),
             pdf_timeout_secs: number("COUNTERSIGN_PDF_TIMEOUT_SECS")?,
             imap_host: get("COUNTERSIGN_IMAP_HOST"),
@@ -646,6 +675,28 @@ mod tests {
         assert_eq!(imap.password.expose(), "hunter2");
         assert!(!format!("{settings:?}").contains("hunter2"));
         assert_eq!(imap.mailbox_key(), "imap://pcse@mail.example:143/INBOX");
+    }
+
+    #[test]
+    fn a_real_mailbox_is_refused_while_the_authserv_id_is_the_default() {
+        let mut settings = Settings::defaults();
+        assert!(
+            settings.check_mailbox_authserv_id().is_ok(),
+            "the drop folder needs no receiving server"
+        );
+        let layer: FileLayer =
+            toml::from_str("imap_host = \"mail.example\"\nimap_user = \"pcse\"\nimap_password = \"x\"").unwrap();
+        settings.apply(layer).unwrap();
+        let refused = settings.check_mailbox_authserv_id().unwrap_err().to_string();
+        assert!(refused.contains("COUNTERSIGN_AUTHSERV_ID"), "{refused}");
+        let mut told = settings.clone();
+        told.apply(toml::from_str("allow_default_authserv_id = true").unwrap())
+            .unwrap();
+        assert!(told.check_mailbox_authserv_id().is_ok());
+        settings
+            .apply(toml::from_str("authserv_id = \"mx.pcse.example\"").unwrap())
+            .unwrap();
+        assert!(settings.check_mailbox_authserv_id().is_ok());
     }
 
     #[test]

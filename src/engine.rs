@@ -515,6 +515,12 @@ impl Engine {
                 if i == 0 {
                     form.findings.extend(extra.iter().cloned());
                 }
+                if let Some(why) = &parsed.malformed {
+                    form.findings.push(Finding::new(
+                        FindingCode::MessageMalformed,
+                        format!("The email could not be trusted as written: {why}."),
+                    ));
+                }
                 outcomes.push(
                     self.open_form_case(
                         tx,
@@ -1067,6 +1073,7 @@ impl Engine {
             .max_by_key(|w| (w.recognise.priority, w.recognise.fields.len()))
     }
 
+    #[allow(clippy::too_many_arguments)]
     async fn create_unclassified_case(
         &self,
         conn: &mut AnyConnection,
@@ -1463,22 +1470,59 @@ impl Engine {
             _ if our_own => Some("it would go to our own address".to_string()),
             _ => None,
         };
+        // Mail to the practice that nobody decided to send goes only to an NHS address whose
+        // sender we authenticated: anyone can put any address in From, and an acknowledgement
+        // from pcse.openexeter@nhs.net is worth forging one for. A caseworker can still write.
+        let to_sender = mail.recipient.is_some() && mail.recipient == case.sender.as_deref();
+        let suppressed = match suppressed {
+            None if mail.automatic && to_sender => {
+                let (auth, _) = self.origin_sender(conn, case.origin_message_id).await?;
+                let nhs = mail
+                    .recipient
+                    .and_then(crate::domain::EmailAddress::parse)
+                    .is_some_and(|a| self.config.policy.nhs_domains.contains(&a));
+                if !auth.passed() {
+                    Some("the sender was not authenticated, so nothing is sent automatically; a caseworker can still write".to_string())
+                } else if !nhs {
+                    Some("the sender is not an NHS address, so nothing is sent automatically; a caseworker can still write".to_string())
+                } else {
+                    None
+                }
+            }
+            other => other,
+        };
         let when = |ms: Option<i64>| {
             ms.and_then(chrono::DateTime::from_timestamp_millis)
                 .map(|t| t.with_timezone(&Local).format("%d/%m/%Y %H:%M").to_string())
         };
+        // Mail quotes no free text from the form or the email: findings in our own words, the
+        // ODS code only when it is well formed, and no organisation name.
+        let findings: Vec<serde_json::Value> = case
+            .findings
+            .iter()
+            .map(|f| {
+                serde_json::json!({
+                    "code": f.code.as_str(),
+                    "field": f.field.as_deref().and_then(|name| workflow.field(name)).map(|d| d.label.as_str()),
+                    "message": f.code.guidance(),
+                })
+            })
+            .collect();
+        let checked_ods = case
+            .org_ods_code
+            .as_deref()
+            .and_then(OdsCode::parse)
+            .map(|o| o.as_str().to_string());
         let context = serde_json::json!({
             "reason": mail.reason,
             "recorded": case.recorded,
-            "findings": case.findings,
+            "findings": findings,
             "workflow": { "name": workflow.name, "title": workflow.title },
             "case": {
                 "reference": case.reference,
                 "state": case.state,
                 "state_label": workflow.state(&case.state).map(|s| s.label.as_str()).unwrap_or(&case.state),
-                "org_name": case.org_name,
-                "org_ods_code": case.org_ods_code,
-                "sender": case.sender,
+                "org_ods_code": checked_ods,
                 "due_at": when(case.due_at),
                 "updated_at": when(Some(case.updated_at)),
                 "created_at": when(Some(case.created_at)),

@@ -13,6 +13,8 @@
 //! assert!(email.attachments.is_empty());
 //! ```
 
+pub mod auth_results;
+
 use mail_parser::{MessageParser, MimeHeaders};
 use sha2::{Digest, Sha256};
 
@@ -336,93 +338,51 @@ fn returned_message_ids(message: &mail_parser::Message<'_>) -> Vec<String> {
     ids
 }
 
-/// One `method=result` clause of an `Authentication-Results` header, with its properties.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct AuthResult {
-    method: String,
-    result: String,
-    properties: Vec<(String, String)>,
-}
-
-impl AuthResult {
-    fn property(&self, name: &str) -> Option<&str> {
-        self.properties
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-    }
-}
-
-/// Removes RFC 5322 comments, which may nest: `(p=reject (strict))`.
-fn strip_comments(text: &str) -> String {
-    let mut depth = 0usize;
-    let mut out = String::with_capacity(text.len());
-    let mut in_quote = false;
-    for c in text.chars() {
-        match c {
-            '"' if depth == 0 => {
-                in_quote = !in_quote;
-                out.push(c);
-            }
-            '(' if !in_quote => depth += 1,
-            ')' if !in_quote && depth > 0 => depth -= 1,
-            _ if depth == 0 => out.push(c),
-            _ => {}
-        }
-    }
-    out
-}
-
-/// Parses an RFC 8601 `Authentication-Results` value into its authserv-id and results.
-fn parse_authentication_results(value: &str) -> Option<(String, Vec<AuthResult>)> {
-    let unfolded = strip_comments(&value.replace(['\r', '\n'], " "));
-    let mut clauses = unfolded.split(';');
-    let authserv_id = clauses.next()?.split_whitespace().next()?.to_ascii_lowercase();
-    let results = clauses
-        .filter_map(|clause| {
-            let mut tokens = clause.split_whitespace();
-            let (method, result) = tokens.next()?.split_once('=')?;
-            let properties = tokens
-                .filter_map(|t| t.split_once('='))
-                .map(|(k, v)| (k.to_ascii_lowercase(), v.trim_matches('"').to_ascii_lowercase()))
-                .collect();
-            Some(AuthResult {
-                method: method.to_ascii_lowercase(),
-                result: result.to_ascii_lowercase(),
-                properties,
-            })
-        })
-        .collect();
-    Some((authserv_id, results))
-}
-
 /// A DKIM signing domain is aligned with the From domain when it is the same domain or a
 /// parent of it (relaxed alignment, as DMARC uses by default).
 fn aligned(signing_domain: &str, from_domain: &str) -> bool {
-    let d = signing_domain.trim_start_matches('@').rsplit('@').next().unwrap_or("");
+    let d = signing_domain.trim_end_matches('.');
     !d.is_empty() && d.contains('.') && (from_domain == d || from_domain.ends_with(&format!(".{d}")))
 }
 
-/// Judges the sender by the topmost `Authentication-Results` header that our own server wrote.
-/// Headers from other servers, and any of ours further down (which a sender could have forged
-/// before the message reached us), are ignored.
+/// Judges the sender by the topmost `Authentication-Results` header, and only when our own
+/// server wrote it. Any header below it could have been written by the sender before the
+/// message reached us, so none of them counts, even one carrying our authserv-id.
+///
+/// A pass needs DMARC to pass for exactly the From domain (`header.from` given, once, and
+/// equal), or a DKIM signature whose `d=` is aligned with it. `header.i` is the signer's
+/// claim about an identity, not the signing domain, and never aligns.
 pub fn sender_auth(headers_top_down: &[&str], from_domain: Option<&str>, authserv_id: &str) -> SenderAuth {
-    let ours = headers_top_down
-        .iter()
-        .filter_map(|v| parse_authentication_results(v))
-        .find(|(id, _)| id.eq_ignore_ascii_case(authserv_id));
-    let Some((_, results)) = ours else {
+    let Some(topmost) = headers_top_down.first() else {
         return SenderAuth::Missing {
             reason: format!("no Authentication-Results header from our mail server ({authserv_id})"),
         };
     };
-    let Some(from_domain) = from_domain else {
+    let Some(ours) = auth_results::parse(topmost) else {
+        return SenderAuth::Missing {
+            reason: "the topmost Authentication-Results header could not be read".into(),
+        };
+    };
+    if !ours.authserv_id.eq_ignore_ascii_case(authserv_id) {
+        return SenderAuth::Missing {
+            reason: format!(
+                "the topmost Authentication-Results header is from {}, not our mail server ({authserv_id})",
+                ours.authserv_id
+            ),
+        };
+    }
+    let results = ours.results;
+    let Some(from_domain) = from_domain.map(|d| d.trim_end_matches('.').to_ascii_lowercase()) else {
         return SenderAuth::Fail {
             reason: "the email has no From address to check".into(),
         };
     };
     let dmarc_pass = results.iter().any(|r| {
-        r.method == "dmarc" && r.result == "pass" && r.property("header.from").is_none_or(|d| d == from_domain)
+        r.method == "dmarc"
+            && r.result == "pass"
+            && r.property_count("header.from") == 1
+            && r.property("header.from")
+                .is_some_and(|d| d.trim_end_matches('.').eq_ignore_ascii_case(&from_domain))
     });
     if dmarc_pass {
         return SenderAuth::Pass { method: "dmarc".into() };
@@ -430,13 +390,14 @@ pub fn sender_auth(headers_top_down: &[&str], from_domain: Option<&str>, authser
     let dkim_aligned = results.iter().any(|r| {
         r.method == "dkim"
             && r.result == "pass"
-            && (r.property("header.d").is_some_and(|d| aligned(d, from_domain))
-                || r.property("header.i").is_some_and(|i| aligned(i, from_domain)))
+            && r.property("header.d")
+                .is_some_and(|d| aligned(&d.to_ascii_lowercase(), &from_domain))
     });
     if dkim_aligned {
         return SenderAuth::Pass { method: "dkim".into() };
     }
     let reason = match results.iter().find(|r| r.method == "dmarc") {
+        Some(r) if r.result == "pass" => format!("DMARC passed, but not for the From domain {from_domain}"),
         Some(r) => format!("DMARC result for {from_domain} was {}", r.result),
         None => format!("no DMARC pass and no DKIM signature aligned with {from_domain}"),
     };
@@ -506,6 +467,55 @@ mod tests {
                 reason: "DMARC result for nhs.net was fail".into()
             }
         );
+    }
+
+    #[test]
+    fn a_forged_header_with_our_id_below_another_servers_does_not_count() {
+        let h = [
+            "mx.elsewhere.example; dmarc=none",
+            "mx.countersign.test; dmarc=pass header.from=nhs.net",
+        ];
+        assert!(matches!(verdict(&h, "nhs.net"), SenderAuth::Missing { .. }));
+    }
+
+    #[test]
+    fn a_quoted_semicolon_cannot_smuggle_in_a_pass() {
+        let h = [
+            "mx.countersign.test; spf=fail smtp.mailfrom=\"x; dmarc=pass header.from=nhs.net y\"@evil.example; dkim=none; dmarc=fail header.from=nhs.net",
+        ];
+        assert!(matches!(verdict(&h, "nhs.net"), SenderAuth::Fail { .. }));
+    }
+
+    #[test]
+    fn dmarc_pass_without_header_from_does_not_count() {
+        let h = ["mx.countersign.test; dmarc=pass"];
+        assert!(matches!(verdict(&h, "nhs.net"), SenderAuth::Fail { .. }));
+        let h = ["mx.countersign.test; dmarc=pass header.from=nhs.net header.from=evil.example"];
+        assert!(
+            matches!(verdict(&h, "nhs.net"), SenderAuth::Fail { .. }),
+            "two header.from"
+        );
+    }
+
+    #[test]
+    fn dkim_aligns_on_d_never_on_i() {
+        let h = ["mx.countersign.test; dkim=pass header.d=evil.example header.i=@nhs.net"];
+        assert!(matches!(verdict(&h, "nhs.net"), SenderAuth::Fail { .. }));
+    }
+
+    #[test]
+    fn two_from_headers_or_two_addresses_are_malformed_and_never_authenticated() {
+        let auth = "Authentication-Results: mx.countersign.test; dmarc=pass header.from=nhs.net\r\n";
+        let two = format!("From: a@nhs.net\r\nFrom: b@evil.example\r\n{auth}Subject: x\r\n\r\nx");
+        let parsed = parse(two.as_bytes(), &settings());
+        assert!(parsed.malformed.is_some());
+        assert!(!parsed.sender_auth.passed());
+        let pair = format!("From: a@nhs.net, b@evil.example\r\n{auth}Subject: x\r\n\r\nx");
+        let parsed = parse(pair.as_bytes(), &settings());
+        assert!(parsed.malformed.is_some());
+        assert!(!parsed.sender_auth.passed());
+        let one = format!("From: a@nhs.net\r\n{auth}Subject: x\r\n\r\nx");
+        assert!(parse(one.as_bytes(), &settings()).sender_auth.passed());
     }
 
     #[test]

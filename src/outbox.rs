@@ -479,6 +479,12 @@ mod tests {
             mail.html
         );
         assert!(!mail.html.contains("<b>page 2</b>"));
+        // Line breaks are real breaks, not escaped text.
+        assert!(
+            mail.html.contains("<br>") && !mail.html.contains("&lt;br&gt;"),
+            "{}",
+            mail.html
+        );
     }
 
     #[test]

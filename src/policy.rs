@@ -83,6 +83,61 @@ impl FindingCode {
     }
 }
 
+impl FindingCode {
+    /// What the finding asks of the sender, in our own words only. Mail we send quotes this,
+    /// never the finding's own message, which may repeat text from the form or the email.
+    pub fn guidance(self) -> &'static str {
+        match self {
+            FindingCode::RequiredFieldMissing => "A required field of the form is empty. Please complete it.",
+            FindingCode::OdsCodeMalformed => "The ODS code is not in the right format. Please check it.",
+            FindingCode::OrganisationTypeMismatch => {
+                "The ODS code does not match the kind of organisation this form is for. Please use the right form."
+            }
+            FindingCode::EmailMalformed => "An email address on the form is not a valid address. Please check it.",
+            FindingCode::EmailNotNhs => {
+                "An email address on the form is not an NHS address. Please give an NHS address."
+            }
+            FindingCode::DateMalformed => "A date on the form is not in the format DD/MM/YYYY. Please correct it.",
+            FindingCode::ChoiceNotAllowed => {
+                "A choice on the form is not one of the options offered. Please choose one of them."
+            }
+            FindingCode::SignatoryRoleNotAllowed => {
+                "The form must be signed by an authorised signatory for your organisation. Please have one of them sign it."
+            }
+            FindingCode::DeclarationNotTicked => "The signatory's declaration is not ticked. Please tick it.",
+            FindingCode::SignatureDateInFuture => "The date the form was signed is in the future. Please correct it.",
+            FindingCode::SignatureDateTooOld => "The form was signed too long ago. Please sign and date it again.",
+            FindingCode::SenderNotNhs => "Forms must be sent from an NHS email address.",
+            FindingCode::SenderNotSignatory => "The form must be sent by its signatory.",
+            FindingCode::SenderNotAuthenticated => {
+                "We could not confirm that the email came from the address it shows."
+            }
+            FindingCode::NoFormFound => "No access-request form was attached. Please attach the completed PDF form.",
+            FindingCode::FormHasNoFields => {
+                "The form has no fillable fields (it was printed, flattened or scanned), so we will key it in by hand."
+            }
+            FindingCode::FormNotRecognised => {
+                "The attachment is not one of our current forms. Please use the current form."
+            }
+            FindingCode::FormIdMissing => "The form does not say which form it is. Please use the current form.",
+            FindingCode::PdfUnreadable => {
+                "An attachment could not be read. Please send the form again as a normal PDF."
+            }
+            FindingCode::PdfPasswordProtected => {
+                "An attachment is protected by a password. Please send the form again without a password."
+            }
+            FindingCode::PdfTooLarge => "An attachment is too large. Please send the form on its own.",
+            FindingCode::MessageMalformed => "Your email could not be read as written. Please send it again.",
+            FindingCode::RefersToCase => "Your email will be looked at by a caseworker.",
+            FindingCode::DeliveryReport => "This was a delivery report.",
+            FindingCode::MessageIdReused => "Your email will be looked at by a caseworker.",
+            FindingCode::TooManyAttachments => {
+                "Your email had more attachments than we can take. Please send each form on its own."
+            }
+        }
+    }
+}
+
 /// One thing wrong with a case, for a person to act on.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Finding {

@@ -319,7 +319,7 @@ impl Scheduler {
             .and_then(|t| Local.from_local_datetime(&t).earliest())
             .unwrap_or(occurrence);
         let due = sqlx::query(
-            "SELECT reference, org_name, state, due_at FROM cases WHERE due_at <= $1 ORDER BY due_at LIMIT 2000",
+            "SELECT reference, org_ods_code, state, due_at FROM cases WHERE due_at <= $1 ORDER BY due_at LIMIT 2000",
         )
         .bind(end_of_day.timestamp_millis())
         .fetch_all(&self.engine.db.pool)
@@ -334,7 +334,7 @@ impl Scheduler {
             let due_at: i64 = row.try_get(3).context("listing cases due")?;
             breaching.push(serde_json::json!({
                 "reference": row.try_get::<String, _>(0).context("listing cases due")?,
-                "org_name": row.try_get::<Option<String>, _>(1).context("listing cases due")?,
+                "org_ods_code": row.try_get::<Option<String>, _>(1).context("listing cases due")?,
                 "state": state,
                 "due_at": DateTime::from_timestamp_millis(due_at).map(|t| t.with_timezone(&Local).format("%d/%m/%Y").to_string()),
             }));

@@ -264,7 +264,7 @@ async fn a_reply_with_a_corrected_form_threads_into_its_case() {
                 .unwrap()
                 .body_text(0)
                 .unwrap()
-                .contains("Practice Manager cannot sign")
+                .contains("must be signed by an authorised signatory")
         );
 
         // The practice replies to it, with the corrected form.

@@ -112,10 +112,10 @@ pub enum CaseCommand {
         #[arg(long)]
         reason: Option<String>,
         /// Who is acting (recorded in the event log).
-        #[arg(long = "as", default_value = "cli")]
+        /// The staff account acting (its email address): recorded in the event log, with the
+        /// account's own role, and held to the same rules as on the web (four-eyes).
+        #[arg(long = "as")]
         actor: String,
-        #[arg(long, default_value = "caseworker")]
-        role: String,
         /// A value the transition records, e.g. --record open_exeter_user_id=OE12345.
         #[arg(long = "record", value_parser = parse_key_value)]
         recorded: Vec<(String, String)>,
@@ -128,10 +128,10 @@ pub enum CaseCommand {
         workflow: Option<String>,
         #[arg(long = "field", value_parser = parse_key_value, required = true)]
         fields: Vec<(String, String)>,
-        #[arg(long = "as", default_value = "cli")]
+        /// The staff account acting (its email address): recorded in the event log, with the
+        /// account's own role, and held to the same rules as on the web (four-eyes).
+        #[arg(long = "as")]
         actor: String,
-        #[arg(long, default_value = "caseworker")]
-        role: String,
     },
 }
 
@@ -152,6 +152,11 @@ pub enum UsersCommand {
     },
     Disable {
         email: String,
+    },
+    /// Change a user's role; their sessions end.
+    Role {
+        email: String,
+        role: String,
     },
 }
 
@@ -197,14 +202,19 @@ fn parse_key_value(text: &str) -> Result<(String, String), String> {
     Ok((k.trim().to_string(), v.to_string()))
 }
 
-fn actor(name: &str, role: &str) -> Result<Actor> {
-    let role = ActorRole::parse(role).with_context(|| format!("unknown role `{role}` (caseworker, manager, admin)"))?;
-    if role == ActorRole::System {
-        bail!("the system role is the engine's own; act as a caseworker, manager or admin");
+/// The staff account named by `--as`: it must exist and be enabled, and it acts with its own
+/// role, under the same name the web app records (its email), so four-eyes holds across both.
+async fn actor(engine: &Engine, email: &str) -> Result<Actor> {
+    let mut conn = engine.db.pool.acquire().await?;
+    let user = crate::users::find_by_email(&mut conn, email)
+        .await?
+        .with_context(|| format!("--as {email}: no staff account has that address (countersign users list)"))?;
+    if user.disabled {
+        bail!("--as {email}: that account is disabled");
     }
     Ok(Actor {
-        name: name.to_string(),
-        role,
+        name: user.email,
+        role: user.role,
     })
 }
 
@@ -408,10 +418,9 @@ async fn case_command(settings: &Settings, command: CaseCommand) -> Result<()> {
             to,
             reason,
             actor: name,
-            role,
             recorded,
         } => {
-            let actor = actor(&name, &role)?;
+            let actor = actor(&engine, &name).await?;
             let request = crate::workflow::TransitionRequest { to, reason, recorded };
             let case = engine.transition(&reference, &request, &actor).await?;
             println!("{}  {}", case.reference, case.state);
@@ -421,9 +430,8 @@ async fn case_command(settings: &Settings, command: CaseCommand) -> Result<()> {
             workflow,
             fields,
             actor: name,
-            role,
         } => {
-            let actor = actor(&name, &role)?;
+            let actor = actor(&engine, &name).await?;
             let values: BTreeMap<String, String> = fields.into_iter().collect();
             let case = engine
                 .key_fields(&reference, workflow.as_deref(), &values, &actor)
@@ -552,6 +560,17 @@ async fn users_command(settings: &Settings, command: UsersCommand) -> Result<()>
         UsersCommand::Disable { email } => {
             crate::users::set_disabled(&mut conn, &email, true).await?;
             println!("disabled {email}");
+        }
+        UsersCommand::Role { email, role } => {
+            let role = ActorRole::parse(&role)
+                .filter(|r| *r != ActorRole::System)
+                .with_context(|| format!("unknown role `{role}` (caseworker, manager, admin)"))?;
+            let user = crate::users::set_role(&mut conn, &email, role).await?;
+            println!(
+                "{} is now {}; their sessions have ended",
+                user.email,
+                user.role.as_str()
+            );
         }
     }
     drop(conn);

@@ -45,6 +45,8 @@ pub enum UserError {
     BadToken,
     #[error("could not hash the password: {0}")]
     Hash(String),
+    #[error("that account is disabled; enable it before sending it a set-password link")]
+    Disabled,
 }
 
 /// A signed-in (or signing-in) member of staff.
@@ -94,7 +96,19 @@ pub fn hash_password(password: &str) -> Result<String, UserError> {
         .map_err(|e| UserError::Hash(e.to_string()))
 }
 
+thread_local! {
+    /// How many argon2 checks this thread has made: sign-in must make exactly one per attempt,
+    /// whoever the address belongs to (the tests count them, per thread so that parallel
+    /// tests do not add to each other's count).
+    static ARGON2_CHECKS: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
+pub fn argon2_checks() -> u64 {
+    ARGON2_CHECKS.with(|c| c.get())
+}
+
 fn verify_password(password: &str, hash: &str) -> bool {
+    ARGON2_CHECKS.with(|c| c.set(c.get() + 1));
     PasswordHash::new(hash).is_ok_and(|parsed| Argon2::default().verify_password(password.as_bytes(), &parsed).is_ok())
 }
 
@@ -213,6 +227,16 @@ pub async fn add(
 /// A fresh one-time set-password token for a user (an admin's "reset"). Earlier unused ones
 /// stop working.
 pub async fn issue_password_token(conn: &mut AnyConnection, user_id: i64, now: i64) -> Result<String, UserError> {
+    let disabled: Option<i64> = sqlx::query_scalar("SELECT disabled FROM users WHERE id = $1")
+        .bind(user_id)
+        .fetch_optional(&mut *conn)
+        .await
+        .context("checking a user")?;
+    match disabled {
+        None => return Err(UserError::NotFound(user_id.to_string())),
+        Some(d) if d != 0 => return Err(UserError::Disabled),
+        Some(_) => {}
+    }
     sqlx::query("UPDATE password_tokens SET used_at = $1 WHERE user_id = $2 AND used_at IS NULL")
         .bind(now)
         .bind(user_id)
@@ -235,7 +259,7 @@ pub async fn issue_password_token(conn: &mut AnyConnection, user_id: i64, now: i
 pub async fn user_for_password_token(conn: &mut AnyConnection, token: &str, now: i64) -> Result<User, UserError> {
     let row = sqlx::query(
         "SELECT u.id, u.email, u.display_name, u.role, u.disabled FROM password_tokens t JOIN users u ON u.id = t.user_id
-         WHERE t.token_hash = $1 AND t.used_at IS NULL AND t.expires_at > $2",
+         WHERE t.token_hash = $1 AND t.used_at IS NULL AND t.expires_at > $2 AND u.disabled = 0",
     )
     .bind(sha256_hex(token.as_bytes()))
     .bind(now)
@@ -270,6 +294,13 @@ pub async fn set_password_with_token(
         .execute(&mut *conn)
         .await
         .context("setting a password")?;
+    // A copied session cookie must not outlive the password it was signed in with.
+    end_all_sessions(conn, user.id).await?;
+    sqlx::query("DELETE FROM sign_in_throttle WHERE key LIKE $1")
+        .bind(format!("account:{}%", user.email))
+        .execute(&mut *conn)
+        .await
+        .context("clearing the sign-in throttle")?;
     Ok(user)
 }
 
@@ -289,70 +320,214 @@ pub async fn set_disabled(conn: &mut AnyConnection, email: &str, disabled: bool)
             .execute(&mut *conn)
             .await
             .context("ending a disabled user's sessions")?;
+        // And no set-password link of theirs works any more.
+        sqlx::query(
+            "UPDATE password_tokens SET used_at = created_at WHERE used_at IS NULL AND user_id IN (SELECT id FROM users WHERE email = $1)",
+        )
+        .bind(email.trim().to_lowercase())
+        .execute(&mut *conn)
+        .await
+        .context("retiring a disabled user's set-password links")?;
     }
     Ok(())
 }
 
-/// Checks a password; counts failures, makes each next attempt wait ([`backoff_ms`]), and
-/// locks the account after `MAX_FAILED_ATTEMPTS`. An attempt during the wait or the lock is
-/// refused without checking the password, and does not count.
+/// Failed sign-ins from one client address, on any accounts, before it is locked out.
+pub const MAX_FAILED_PER_CLIENT: i64 = 20;
+/// Failed sign-ins on one account from anywhere before it is locked for everyone: high enough
+/// that one stranger (held to [`MAX_FAILED_PER_CLIENT`]) cannot reach it, low enough to stop a
+/// spread-out guessing attack.
+pub const MAX_FAILED_PER_ACCOUNT: i64 = 50;
+
+/// A real argon2id hash of a random password, made once: checking against it costs what a real
+/// check costs, for an address with no account or an account with no password yet.
+fn dummy_hash() -> &'static str {
+    static HASH: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    HASH.get_or_init(|| hash_password(&random_token()).unwrap_or_default())
+}
+
+/// One throttle key's state.
+struct Throttle {
+    key: String,
+    limit: i64,
+    failed: i64,
+    blocked_until: i64,
+}
+
+/// Claims one attempt on a throttle key, atomically: compare-and-swap on the row, so that of
+/// many parallel attempts in one back-off window exactly one gets to check a password. The
+/// claim counts as a failure until a success clears it. `Err(until)` when the key is waiting.
+async fn claim_attempt(
+    conn: &mut AnyConnection,
+    key: &str,
+    limit: i64,
+    back_off: bool,
+    now: i64,
+) -> Result<Result<Throttle, SignInRefusal>, UserError> {
+    sqlx::query(
+        "INSERT INTO sign_in_throttle (key, failed, blocked_until) VALUES ($1, 0, 0) ON CONFLICT (key) DO NOTHING",
+    )
+    .bind(key)
+    .execute(&mut *conn)
+    .await
+    .context("throttling sign-in")?;
+    let row = sqlx::query("SELECT failed, blocked_until FROM sign_in_throttle WHERE key = $1")
+        .bind(key)
+        .fetch_one(&mut *conn)
+        .await
+        .context("throttling sign-in")?;
+    let failed: i64 = row.try_get(0).context("throttling sign-in")?;
+    let blocked_until: i64 = row.try_get(1).context("throttling sign-in")?;
+    if blocked_until > now {
+        return Ok(Err(if failed >= limit {
+            SignInRefusal::Locked { until: blocked_until }
+        } else {
+            SignInRefusal::TooSoon { until: blocked_until }
+        }));
+    }
+    // A lockout that has run out starts the count again.
+    let failed_before = if failed >= limit { 0 } else { failed };
+    let claimed = failed_before + 1;
+    let until = if claimed >= limit {
+        now + LOCKOUT_MS
+    } else if back_off {
+        now + backoff_ms(claimed)
+    } else {
+        0
+    };
+    let swapped = sqlx::query(
+        "UPDATE sign_in_throttle SET failed = $1, blocked_until = $2 WHERE key = $3 AND failed = $4 AND blocked_until = $5",
+    )
+    .bind(claimed)
+    .bind(until)
+    .bind(key)
+    .bind(failed)
+    .bind(blocked_until)
+    .execute(&mut *conn)
+    .await
+    .context("throttling sign-in")?;
+    if swapped.rows_affected() != 1 {
+        // Another attempt claimed this window first.
+        return Ok(Err(SignInRefusal::TooSoon {
+            until: now + backoff_ms(1),
+        }));
+    }
+    Ok(Ok(Throttle {
+        key: key.to_string(),
+        limit,
+        failed: claimed,
+        blocked_until: until,
+    }))
+}
+
+async fn clear_throttle(conn: &mut AnyConnection, key: &str) -> Result<(), UserError> {
+    sqlx::query("UPDATE sign_in_throttle SET failed = 0, blocked_until = 0 WHERE key = $1")
+        .bind(key)
+        .execute(&mut *conn)
+        .await
+        .context("clearing a sign-in throttle")?;
+    Ok(())
+}
+
+/// Checks a password for `email` from `client` (its network address). Every attempt is
+/// throttled on three keys: the account from this client, the client on any account, and the
+/// account from anywhere ([`MAX_FAILED_ATTEMPTS`], [`MAX_FAILED_PER_CLIENT`],
+/// [`MAX_FAILED_PER_ACCOUNT`]); each failure makes the next attempt on a key wait
+/// ([`backoff_ms`]) until the key locks. Whether the account exists, is invited (no password
+/// yet), is disabled or is locked, the attempt costs one argon2 check and gets the same answer
+/// for the same throttle state, so the form reveals nothing about who has an account.
 pub async fn authenticate(
     conn: &mut AnyConnection,
     email: &str,
     password: &str,
+    client: &str,
     now: i64,
 ) -> Result<Result<User, SignInRefusal>, UserError> {
-    let row = sqlx::query("SELECT id, email, display_name, role, disabled, password_hash, failed_attempts, locked_until FROM users WHERE email = $1")
-        .bind(email.trim().to_lowercase())
+    let email = email.trim().to_lowercase();
+    // Only the account-from-this-client key backs off between attempts; the wider keys only
+    // count, and lock at their limits.
+    let keys = [
+        (format!("account:{email}|client:{client}"), MAX_FAILED_ATTEMPTS, true),
+        (format!("client:{client}"), MAX_FAILED_PER_CLIENT, false),
+        (format!("account:{email}"), MAX_FAILED_PER_ACCOUNT, false),
+    ];
+    let mut claims = Vec::with_capacity(keys.len());
+    let mut refused = None;
+    for (key, limit, back_off) in &keys {
+        match claim_attempt(conn, key, *limit, *back_off, now).await? {
+            Ok(claim) => claims.push(claim),
+            Err(refusal) => {
+                refused = Some(refusal);
+                break;
+            }
+        }
+    }
+    let row = sqlx::query("SELECT id, email, display_name, role, disabled, password_hash FROM users WHERE email = $1")
+        .bind(&email)
         .fetch_optional(&mut *conn)
         .await
         .context("signing in")?;
-    let Some(row) = row else {
-        // Spend the same time as a real check, so timing does not reveal unknown addresses.
-        let _ = verify_password(
-            password,
-            "$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHRzYWx0$7mI8yBz1HKS4f4XWcmh0xsX5b6V7a6l5kVQ0Lz9Kq2c",
-        );
-        return Ok(Err(SignInRefusal::WrongCredentials));
+    let (user, hash) = match &row {
+        Some(row) => {
+            let hash: Option<String> = row.try_get("password_hash").context("decoding a user")?;
+            (Some(user_from_row(row)?), hash)
+        }
+        None => (None, None),
     };
-    let user = user_from_row(&row)?;
-    let decode = |e| StorageError::Query {
-        context: "decoding a user",
-        source: e,
-    };
-    let hash: Option<String> = row.try_get("password_hash").map_err(decode)?;
-    let failed: i64 = row.try_get("failed_attempts").map_err(decode)?;
-    let locked_until: Option<i64> = row.try_get("locked_until").map_err(decode)?;
-    if let Some(until) = locked_until.filter(|until| *until > now) {
-        // The failure count is kept through a back-off and cleared by a lockout.
-        return Ok(Err(if failed > 0 {
-            SignInRefusal::TooSoon { until }
-        } else {
-            SignInRefusal::Locked { until }
-        }));
+    // Exactly one argon2 check for every attempt, refused or not, with or without an account.
+    let good = verify_password(password, hash.as_deref().unwrap_or(dummy_hash())) && hash.is_some();
+    if let Some(refusal) = refused {
+        // Claims taken on the earlier keys stand: they were attempts too.
+        return Ok(Err(refusal));
     }
-    let good = hash.as_deref().is_some_and(|h| verify_password(password, h));
-    if good && !user.disabled {
-        sqlx::query("UPDATE users SET failed_attempts = 0, locked_until = NULL WHERE id = $1")
-            .bind(user.id)
-            .execute(&mut *conn)
-            .await
-            .context("signing in")?;
-        return Ok(Ok(user));
+    match user {
+        Some(user) if good && !user.disabled => {
+            for claim in &claims {
+                // The client's count across accounts is not cleared by one success: a
+                // guesser who knows one password must not reset their budget with it.
+                if !claim.key.starts_with("client:") {
+                    clear_throttle(conn, &claim.key).await?;
+                }
+            }
+            Ok(Ok(user))
+        }
+        _ => {
+            let locked = claims
+                .iter()
+                .filter(|c| c.failed >= c.limit)
+                .map(|c| c.blocked_until)
+                .max();
+            Ok(Err(match locked {
+                Some(until) => SignInRefusal::Locked { until },
+                None => SignInRefusal::WrongCredentials,
+            }))
+        }
     }
-    let failed = failed + 1;
-    let lock = (failed >= MAX_FAILED_ATTEMPTS).then_some(now + LOCKOUT_MS);
-    sqlx::query("UPDATE users SET failed_attempts = $1, locked_until = $2 WHERE id = $3")
-        .bind(if lock.is_some() { 0 } else { failed })
-        .bind(lock.unwrap_or(now + backoff_ms(failed)))
+}
+
+/// Ends every session of a user: after a new password, a disable, a role change.
+pub async fn end_all_sessions(conn: &mut AnyConnection, user_id: i64) -> Result<(), UserError> {
+    sqlx::query("DELETE FROM sessions WHERE user_id = $1")
+        .bind(user_id)
+        .execute(&mut *conn)
+        .await
+        .context("ending a user's sessions")?;
+    Ok(())
+}
+
+/// Changes a user's role; their sessions end, so the new role applies from their next sign-in.
+pub async fn set_role(conn: &mut AnyConnection, email: &str, role: ActorRole) -> Result<User, UserError> {
+    let user = find_by_email(conn, email)
+        .await?
+        .ok_or_else(|| UserError::NotFound(email.to_string()))?;
+    sqlx::query("UPDATE users SET role = $1 WHERE id = $2")
+        .bind(role.as_str())
         .bind(user.id)
         .execute(&mut *conn)
         .await
-        .context("counting a failed sign-in")?;
-    Ok(Err(match lock {
-        Some(until) => SignInRefusal::Locked { until },
-        None => SignInRefusal::WrongCredentials,
-    }))
+        .context("changing a role")?;
+    end_all_sessions(conn, user.id).await?;
+    Ok(User { role, ..user })
 }
 
 /// Starts a session; returns the token for the cookie (only its hash is stored).

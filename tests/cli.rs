@@ -102,10 +102,23 @@ async fn ingest_list_show_and_transition_from_the_command_line() {
         assert!(shown.contains("created") && shown.contains("-> received"), "{shown}");
         assert!(shown.contains("acknowledgement"), "{shown}");
 
+        // `--as` names a real staff account, and acts with that account's role.
+        let stranger = countersign(
+            dir.path(),
+            &database.url,
+            &["case", "transition", first[0], "authorised", "--as", "nobody@nhs.net"],
+        );
+        assert!(!stranger.status.success());
+        assert!(String::from_utf8_lossy(&stranger.stderr).contains("no staff account"));
+        stdout(&countersign(
+            dir.path(),
+            &database.url,
+            &["users", "add", "alice@nhs.net", "--role", "caseworker"],
+        ));
         let refused = countersign(
             dir.path(),
             &database.url,
-            &["case", "transition", first[0], "provisioned"],
+            &["case", "transition", first[0], "provisioned", "--as", "alice@nhs.net"],
         );
         assert!(!refused.status.success());
         let message = String::from_utf8_lossy(&refused.stderr);
@@ -125,7 +138,7 @@ async fn ingest_list_show_and_transition_from_the_command_line() {
                 "--reason",
                 "no form",
                 "--as",
-                "alice",
+                "alice@nhs.net",
             ],
         ));
         assert_eq!(

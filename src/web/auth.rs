@@ -90,16 +90,34 @@ pub struct SignInForm {
     password: String,
 }
 
+/// The network address a request came from, for throttling sign-in by client. Requests that
+/// did not come over a socket (router tests) share one address.
+pub struct ClientAddress(pub String);
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for ClientAddress {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut axum::http::request::Parts, _: &S) -> Result<Self, Self::Rejection> {
+        let address = parts
+            .extensions
+            .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+            .map(|info| info.0.ip().to_string())
+            .unwrap_or_else(|| "local".into());
+        Ok(ClientAddress(address))
+    }
+}
+
 pub async fn sign_in(
     State(state): State<AppState>,
     jar: CookieJar,
     token: CsrfToken,
+    client: ClientAddress,
     Form(form): Form<SignInForm>,
 ) -> Result<Response, WebError> {
     check_csrf(&token, &form.csrf)?;
     let now = state.engine.now_ms();
     let mut conn = state.engine.db.pool.acquire().await?;
-    let refusal = match users::authenticate(&mut conn, &form.email, &form.password, now).await? {
+    let refusal = match users::authenticate(&mut conn, &form.email, &form.password, &client.0, now).await? {
         Ok(user) => {
             let session = users::start_session(&mut conn, user.id, now).await?;
             let cookie = Cookie::build((SESSION_COOKIE, session))
@@ -126,7 +144,7 @@ pub async fn sign_in(
                 .map(|t| t.with_timezone(&chrono::Local).format("%H:%M").to_string())
                 .unwrap_or_default();
             format!(
-                "Too many failed attempts: this account is locked until {when}. Ask an admin if you need in sooner."
+                "Too many failed attempts: signing in from here is locked until {when}. Ask an admin if you need in sooner."
             )
         }
     };

@@ -26,6 +26,9 @@ pub enum ConfigError {
     DefaultAuthservId,
 }
 
+/// The largest message taken from a mailbox or the drop folder.
+pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 50 * 1024 * 1024;
+
 /// The authserv-id shipped as the default: fine for the local drop folder, where there is no
 /// receiving server, and unsafe for a real mailbox, where a sender could write it themselves.
 pub const DEFAULT_AUTHSERV_ID: &str = "mx.countersign.local";
@@ -201,7 +204,7 @@ impl ImapSettings {
             quarantine_folder: "Quarantine".into(),
             poll_interval: Duration::from_secs(30),
             use_idle: true,
-            max_message_bytes: 50 * 1024 * 1024,
+            max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
             max_attempts: 5,
         }
     }

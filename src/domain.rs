@@ -285,3 +285,48 @@ mod tests {
         assert_eq!(normalise_role("Caldicott  Guardian"), "caldicott guardian");
     }
 }
+
+/// Makes text safe to show: Unicode bidirectional controls (which can make `moc.evil@nhs.net`
+/// display as an NHS address, or reverse a name) are replaced by a visible `[U+202E]`, and
+/// other control characters except tab and newline are dropped.
+pub fn reveal_hidden_characters(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}' | '\u{200E}' | '\u{200F}' | '\u{061C}' => {
+                out.push_str(&format!("[U+{:04X}]", c as u32));
+            }
+            '\t' | '\n' => out.push(c),
+            c if c.is_control() => {}
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// A Message-ID as stored: no control characters (a raw CR or LF could split a header we
+/// write with it), no surrounding space, and at most 998 bytes (the longest header line).
+pub fn clean_message_id(id: &str) -> Option<String> {
+    let cleaned: String = id.chars().filter(|c| !c.is_control()).collect();
+    let cleaned = cleaned.trim();
+    (!cleaned.is_empty() && cleaned.len() <= 998).then(|| cleaned.to_string())
+}
+
+#[cfg(test)]
+mod hidden_character_tests {
+    use super::*;
+
+    #[test]
+    fn bidi_overrides_are_shown_and_control_characters_dropped() {
+        assert_eq!(reveal_hidden_characters("Dr \u{202E}ylloP"), "Dr [U+202E]ylloP");
+        assert_eq!(reveal_hidden_characters("a\u{0}b\r\nc\td"), "ab\nc\td");
+        assert_eq!(reveal_hidden_characters("Siân Ó Briain"), "Siân Ó Briain");
+    }
+
+    #[test]
+    fn message_ids_lose_their_line_breaks() {
+        assert_eq!(clean_message_id("<a@b>\r\nBcc: x@y").as_deref(), Some("<a@b>Bcc: x@y"));
+        assert_eq!(clean_message_id(" \r\n "), None);
+        assert_eq!(clean_message_id(&"x".repeat(2000)), None);
+    }
+}

@@ -26,6 +26,10 @@ use crate::workflow::{
 pub const SLA_AT_RISK: &str = "sla_at_risk";
 pub const SLA_BREACHED: &str = "sla_breached";
 
+/// How many times a message may be found half-prepared (the service died or hung on it)
+/// before it is set aside.
+pub const MAX_PREPARE_ATTEMPTS: i64 = 3;
+
 /// The state of a case no workflow could be found for; it waits for a caseworker.
 pub const UNCLASSIFIED_STATE: &str = "needs_review";
 /// Where an unclassified case can go, and who may send it there. A case is classified by
@@ -153,6 +157,8 @@ pub struct PreparedEmail {
     /// The case the email names (by its headers, a bounce's returned message, or a reference
     /// in its subject), looked up before the write transaction.
     thread: Option<i64>,
+    /// Its Message-ID was stored before, with other bytes: it is kept under a key of its own.
+    message_id_reused: bool,
 }
 
 /// The case an email named but may not change, and why (no reason: a separate request from
@@ -232,7 +238,8 @@ impl Engine {
             // Cheap early exit for redelivery, before reading any PDF; the unique key in
             // `record` is what actually decides.
             let mut conn = self.db.pool.acquire().await.context("connecting")?;
-            if let Some(id) = storage::raw_message_id_by_dedup_key(&mut conn, &prepared.dedup_key).await? {
+            if let Some(id) = Self::stored_before(&mut conn, &mut prepared).await? {
+                storage::clear_prepare_attempts(&mut conn, &prepared.sha256).await?;
                 return self.already_ingested(&mut conn, id).await;
             }
             prepared.thread = self.thread_case(&mut conn, &prepared.parsed).await?;
@@ -243,6 +250,41 @@ impl Engine {
         tx.commit().await.context("committing an ingested message")?;
         self.recorded(std::slice::from_ref(&report));
         Ok(report)
+    }
+
+    /// Counts an attempt at preparing `raw`, before it starts; returns why the message should
+    /// be set aside instead, when earlier attempts never finished (the service died or hung
+    /// on it) [`MAX_PREPARE_ATTEMPTS`] times. The transaction that records the message clears
+    /// the count.
+    pub async fn guard_preparation(&self, raw: &[u8]) -> Result<Option<String>, EngineError> {
+        let sha256 = mail::sha256_hex(raw);
+        let mut conn = self.db.pool.acquire().await.context("connecting")?;
+        let attempts = storage::note_prepare_attempt(&mut conn, &sha256, self.now_ms()).await?;
+        if attempts <= MAX_PREPARE_ATTEMPTS {
+            return Ok(None);
+        }
+        storage::clear_prepare_attempts(&mut conn, &sha256).await?;
+        Ok(Some(format!(
+            "reading this message stopped the service {} times (a crash or a hang), so it was set aside rather than tried again",
+            attempts - 1
+        )))
+    }
+
+    /// The stored message this one is a redelivery of, if any. A Message-ID we have stored with
+    /// different bytes is not a redelivery: anyone can reuse a predictable Message-ID to have
+    /// a genuine email dropped. Such a message is kept under a key of its own, and flagged.
+    async fn stored_before(conn: &mut AnyConnection, prepared: &mut PreparedEmail) -> Result<Option<i64>, EngineError> {
+        let Some((id, sha256)) = storage::raw_message_by_dedup_key(conn, &prepared.dedup_key).await? else {
+            return Ok(None);
+        };
+        if sha256 == prepared.sha256 || !prepared.dedup_key.starts_with("mid:") {
+            return Ok(Some(id));
+        }
+        prepared.dedup_key = format!("{}#sha256:{}", prepared.dedup_key, prepared.sha256);
+        prepared.message_id_reused = true;
+        Ok(storage::raw_message_by_dedup_key(conn, &prepared.dedup_key)
+            .await?
+            .map(|(id, _)| id))
     }
 
     /// The first, database-free half of [`Engine::intake`]: parses the email and reads and
@@ -268,6 +310,7 @@ impl Engine {
             dedup_key,
             analyses: Vec::new(),
             thread: None,
+            message_id_reused: false,
         }
     }
 
@@ -334,12 +377,18 @@ impl Engine {
         prepared: PreparedEmail,
         source: &str,
     ) -> Result<IntakeReport, EngineError> {
+        let mut prepared = prepared;
+        if let Some(id) = Self::stored_before(tx, &mut prepared).await? {
+            storage::clear_prepare_attempts(tx, &prepared.sha256).await?;
+            return self.already_ingested(tx, id).await;
+        }
         let PreparedEmail {
             parsed,
             sha256,
             dedup_key,
             analyses,
             thread,
+            message_id_reused,
         } = prepared;
         let now = self.now_ms();
         let auth_json = serde_json::to_string(&parsed.sender_auth).unwrap_or_default();
@@ -356,6 +405,8 @@ impl Engine {
             automatic: parsed.automatic.as_deref(),
             raw,
         };
+        // Recorded (or found already recorded): it no longer counts as a try that never ended.
+        storage::clear_prepare_attempts(tx, &sha256).await?;
         let Some(raw_message_id) = storage::insert_raw_message(tx, &new_message).await? else {
             // Stored before (or earlier in this transaction): nothing was written for it.
             let id = storage::raw_message_id_by_dedup_key(tx, &dedup_key)
@@ -459,6 +510,26 @@ impl Engine {
         let analyses = std::mem::take(&mut analyses);
         let (forms, others): (Vec<FormAnalysis>, Vec<FormAnalysis>) =
             analyses.into_iter().partition(|a| a.workflow.is_some());
+        let mut about_the_email = Vec::new();
+        if message_id_reused {
+            about_the_email.push(Finding::new(
+                FindingCode::MessageIdReused,
+                format!(
+                    "An email with the same Message-ID ({}) but different content arrived before. Both are kept: check that this one is genuine.",
+                    parsed.message_id.as_deref().unwrap_or_default()
+                ),
+            ));
+        }
+        if parsed.attachments_dropped > 0 {
+            about_the_email.push(Finding::new(
+                FindingCode::TooManyAttachments,
+                format!(
+                    "The email has {} more attachments than the {} we read; they are kept with the email but were not opened.",
+                    parsed.attachments_dropped,
+                    mail::MAX_ATTACHMENTS
+                ),
+            ));
+        }
         if forms.is_empty() {
             // Nothing we can put in a workflow: one case, so that nothing is lost.
             let mut findings: Vec<Finding> = parsed
@@ -472,6 +543,7 @@ impl Engine {
                 })
                 .collect();
             findings.extend(others.iter().flat_map(|a| a.findings.clone()));
+            findings.extend(about_the_email.iter().cloned());
             if findings.is_empty() {
                 findings.push(Finding::new(
                     FindingCode::NoFormFound,
@@ -510,6 +582,7 @@ impl Engine {
                         .filter(|f| f.code != FindingCode::FormHasNoFields && f.code != FindingCode::FormNotRecognised)
                         .cloned()
                 })
+                .chain(about_the_email.iter().cloned())
                 .collect();
             for (i, mut form) in forms.into_iter().enumerate() {
                 if i == 0 {
@@ -1733,6 +1806,30 @@ impl Engine {
             }
         }
         let now = self.now_ms();
+        if case.workflow.as_deref() != Some(workflow.name.as_str()) {
+            // Classifying (or re-classifying) a case changes which rules and roles apply to it:
+            // a decision, so it is in the log like any other.
+            storage::append_event(
+                &mut tx,
+                case.id,
+                &CaseEvent {
+                    at: now,
+                    actor: actor.name.clone(),
+                    actor_role: actor.role.as_str().into(),
+                    kind: "workflow_changed".into(),
+                    transition: None,
+                    from_state: None,
+                    to_state: None,
+                    reason: Some(format!(
+                        "put into workflow {} (was {})",
+                        workflow.name,
+                        case.workflow.as_deref().unwrap_or("none")
+                    )),
+                    data: Some(serde_json::json!({ "old": case.workflow, "new": workflow.name }).to_string()),
+                },
+            )
+            .await?;
+        }
         let mut fields = case.fields.clone();
         for (field, new) in values {
             let old = fields.insert(field.clone(), new.clone());
@@ -1854,8 +1951,10 @@ pub fn map_fields(workflow: &WorkflowDef, extracted: &ExtractedForm) -> BTreeMap
         .fields
         .iter()
         .filter_map(|def| {
-            let value = lookup(workflow, extracted, &def.name)?.value.clone()?;
-            Some((def.name.clone(), value))
+            // A caseworker must see what is really there: a bidi override in a name or an
+            // address is shown, not obeyed.
+            let value = lookup(workflow, extracted, &def.name)?.value.as_deref()?;
+            Some((def.name.clone(), crate::domain::reveal_hidden_characters(value)))
         })
         .collect()
 }

@@ -22,6 +22,10 @@ use sha2::{Digest, Sha256};
 /// stops a hostile message from making us recurse without end.
 const MAX_FORWARD_DEPTH: usize = 8;
 
+/// The most attachments read from one email. A real request carries one form, perhaps with a
+/// covering letter; past this the rest stay in the stored email, unopened, with a finding.
+pub const MAX_ATTACHMENTS: usize = 20;
+
 /// Whether the sender's domain is proven, according to our own receiving server.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(tag = "verdict", rename_all = "snake_case")]
@@ -103,6 +107,8 @@ pub struct ParsedEmail {
     /// `text/rfc822-headers` part), for finding their case.
     pub returned_message_ids: Vec<String>,
     pub attachments: Vec<Attachment>,
+    /// Attachments past [`MAX_ATTACHMENTS`], not read.
+    pub attachments_dropped: usize,
     /// Set when the bytes could not be read as an email at all.
     pub malformed: Option<String>,
 }
@@ -159,14 +165,16 @@ pub fn parse(raw: &[u8], settings: &MailSettings) -> ParsedEmail {
             bounce: None,
             returned_message_ids: vec![],
             attachments: vec![],
+            attachments_dropped: 0,
             malformed: Some("the bytes are not an email message (no headers could be read)".into()),
         };
     };
     let from = message.from().and_then(|a| a.first());
     let from_address = from.and_then(|a| a.address()).map(str::to_string);
-    let from_name = from.and_then(|a| a.name()).map(str::to_string);
+    let from_name = from.and_then(|a| a.name()).map(crate::domain::reveal_hidden_characters);
     let mut attachments = Vec::new();
-    collect_attachments(&message, false, 0, &mut attachments);
+    let mut attachments_dropped = 0;
+    collect_attachments(&message, false, 0, &mut attachments, &mut attachments_dropped);
     let from_domain = from_address
         .as_deref()
         .and_then(|a| a.rsplit_once('@'))
@@ -201,25 +209,22 @@ pub fn parse(raw: &[u8], settings: &MailSettings) -> ParsedEmail {
     };
     let bounce = bounce_reason(&message, from_address.as_deref());
     ParsedEmail {
-        message_id: message
-            .message_id()
-            .map(|id| id.trim().to_string())
-            .filter(|id| !id.is_empty()),
-        subject: message.subject().map(str::to_string),
+        message_id: message.message_id().and_then(crate::domain::clean_message_id),
+        subject: message.subject().map(crate::domain::reveal_hidden_characters),
         date_ms: message.date().map(|d| d.to_timestamp() * 1000),
         in_reply_to: message
             .in_reply_to()
             .as_text_list()
             .unwrap_or_default()
-            .into_iter()
-            .map(|s| s.to_string())
+            .iter()
+            .filter_map(|s| crate::domain::clean_message_id(s))
             .collect(),
         references: message
             .references()
             .as_text_list()
             .unwrap_or_default()
-            .into_iter()
-            .map(|s| s.to_string())
+            .iter()
+            .filter_map(|s| crate::domain::clean_message_id(s))
             .collect(),
         text_body: message.body_text(0).map(|b| b.into_owned()),
         sender_auth,
@@ -235,16 +240,27 @@ pub fn parse(raw: &[u8], settings: &MailSettings) -> ParsedEmail {
         from_address,
         from_name,
         attachments,
+        attachments_dropped,
         malformed,
     }
 }
 
-fn collect_attachments(message: &mail_parser::Message<'_>, forwarded: bool, depth: usize, out: &mut Vec<Attachment>) {
+fn collect_attachments(
+    message: &mail_parser::Message<'_>,
+    forwarded: bool,
+    depth: usize,
+    out: &mut Vec<Attachment>,
+    dropped: &mut usize,
+) {
     for part in message.attachments() {
         if let Some(inner) = part.message() {
             if depth < MAX_FORWARD_DEPTH {
-                collect_attachments(inner, true, depth + 1, out);
+                collect_attachments(inner, true, depth + 1, out, dropped);
             }
+            continue;
+        }
+        if out.len() >= MAX_ATTACHMENTS {
+            *dropped += 1;
             continue;
         }
         let claimed_type = part

@@ -178,6 +178,21 @@ pub async fn raw_message_id_by_dedup_key(
         .context("looking up a message by Message-ID")
 }
 
+/// The id and content hash of the message stored under a dedup key.
+pub async fn raw_message_by_dedup_key(
+    conn: &mut AnyConnection,
+    dedup_key: &str,
+) -> Result<Option<(i64, String)>, StorageError> {
+    let row = sqlx::query("SELECT id, sha256 FROM raw_messages WHERE dedup_key = $1")
+        .bind(dedup_key)
+        .fetch_optional(&mut *conn)
+        .await
+        .context("looking up a message by Message-ID")?;
+    row.map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
+        .transpose()
+        .context("reading a stored message")
+}
+
 pub struct NewAttachment<'a> {
     pub raw_message_id: i64,
     pub filename: Option<&'a str>,
@@ -1067,5 +1082,32 @@ pub async fn replace_case_form(
         .execute(&mut *conn)
         .await
         .context("replacing a case's form")?;
+    Ok(())
+}
+
+// ---- Crash-loop protection ------------------------------------------------------------------
+
+/// Counts one more attempt at preparing the message with this hash; returns the count,
+/// including this one. Runs in its own commit, before the preparation it guards.
+pub async fn note_prepare_attempt(conn: &mut AnyConnection, sha256: &str, now: i64) -> Result<i64, StorageError> {
+    sqlx::query_scalar(
+        "INSERT INTO prepare_attempts (sha256, attempts, updated_at) VALUES ($1, 1, $2)
+         ON CONFLICT (sha256) DO UPDATE SET attempts = prepare_attempts.attempts + 1, updated_at = $2
+         RETURNING attempts",
+    )
+    .bind(sha256)
+    .bind(now)
+    .fetch_one(&mut *conn)
+    .await
+    .context("counting an attempt to prepare a message")
+}
+
+/// Forgets a message's attempts: it was recorded, or set aside.
+pub async fn clear_prepare_attempts(conn: &mut AnyConnection, sha256: &str) -> Result<(), StorageError> {
+    sqlx::query("DELETE FROM prepare_attempts WHERE sha256 = $1")
+        .bind(sha256)
+        .execute(&mut *conn)
+        .await
+        .context("clearing a message's prepare attempts")?;
     Ok(())
 }

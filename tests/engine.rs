@@ -635,6 +635,39 @@ async fn an_unclassified_case_can_only_be_closed_off_or_keyed_into_a_workflow() 
 }
 
 #[tokio::test]
+async fn keying_a_case_into_a_workflow_is_an_event_in_the_log() {
+    on_both_backends(|engine| async move {
+        let reference = first_case(&engine, "mail/no_form.eml").await;
+        let values: std::collections::BTreeMap<String, String> =
+            [("org_name".to_string(), "Riverside Surgery".to_string())].into();
+        engine
+            .key_fields(&reference, Some("primary_user_gp"), &values, &caseworker("alice"))
+            .await
+            .unwrap();
+        let changed: Vec<_> = events(&engine, &reference)
+            .await
+            .into_iter()
+            .filter(|e| e.kind == "workflow_changed")
+            .collect();
+        assert_eq!(changed.len(), 1, "{changed:?}");
+        assert_eq!(changed[0].actor, "alice");
+        assert!(changed[0].data.as_deref().unwrap().contains("primary_user_gp"));
+        // Keying more fields in the same workflow is no workflow change.
+        engine
+            .key_fields(&reference, Some("primary_user_gp"), &values, &caseworker("alice"))
+            .await
+            .unwrap();
+        let again = events(&engine, &reference)
+            .await
+            .into_iter()
+            .filter(|e| e.kind == "workflow_changed")
+            .count();
+        assert_eq!(again, 1);
+    })
+    .await;
+}
+
+#[tokio::test]
 async fn the_event_log_is_append_only() {
     on_both_backends(|engine| async move {
         engine.intake(&fixture("mail/gp_form.eml"), "test").await.unwrap();

@@ -116,3 +116,120 @@ async fn two_from_headers_make_a_malformed_message_that_is_never_validated() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn a_message_the_service_died_on_three_times_is_set_aside_not_read_again() {
+    on_both_backends(|engine| async move {
+        let dir = tempfile::tempdir().unwrap();
+        let poison = email("manager@nhs.net", "poison@x", true, Some(form(&engine, 3, &[])));
+        std::fs::write(dir.path().join("poison.eml"), &poison).unwrap();
+        // Three starts, each of which counted its try and then died while preparing it.
+        for _ in 0..countersign::engine::MAX_PREPARE_ATTEMPTS {
+            assert_eq!(engine.guard_preparation(&poison).await.unwrap(), None);
+        }
+        let summary = countersign::ingest::dropfolder::scan_once(&engine, dir.path())
+            .await
+            .unwrap();
+        assert_eq!((summary.ingested, summary.quarantined), (0, 1));
+        let reason = std::fs::read_to_string(dir.path().join("quarantine/poison.eml.reason.txt")).unwrap();
+        assert!(reason.contains("stopped the service 3 times"), "{reason}");
+        let cases: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM cases")
+            .fetch_one(&engine.db.pool)
+            .await
+            .unwrap();
+        assert_eq!(cases, 0, "not read again");
+
+        // A message that is read to the end leaves no count behind, so redeliveries are fine.
+        let good = email("manager@nhs.net", "good@x", true, Some(form(&engine, 4, &[])));
+        for round in 0..5 {
+            std::fs::write(dir.path().join(format!("good-{round}.eml")), &good).unwrap();
+            let summary = countersign::ingest::dropfolder::scan_once(&engine, dir.path())
+                .await
+                .unwrap();
+            assert_eq!((summary.ingested, summary.quarantined), (1, 0), "round {round}");
+        }
+        let left: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM prepare_attempts")
+            .fetch_one(&engine.db.pool)
+            .await
+            .unwrap();
+        assert_eq!(left, 0);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn the_drop_folder_has_a_size_limit_like_the_mailbox() {
+    on_both_backends(|engine| async move {
+        let dir = tempfile::tempdir().unwrap();
+        let big = email("manager@nhs.net", "big@x", true, Some(form(&engine, 5, &[])));
+        std::fs::write(dir.path().join("big.eml"), &big).unwrap();
+        let summary = countersign::ingest::dropfolder::scan_once_limited(&engine, dir.path(), big.len() - 1)
+            .await
+            .unwrap();
+        assert_eq!(summary.quarantined, 1);
+        let reason = std::fs::read_to_string(dir.path().join("quarantine/big.eml.reason.txt")).unwrap();
+        assert!(reason.contains("over the limit"), "{reason}");
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_reused_message_id_with_other_bytes_is_stored_and_flagged_never_dropped() {
+    on_both_backends(|engine| async move {
+        let decoy = email("someone@nhs.net", "predictable-1@nhs.net", true, None);
+        engine.intake(&decoy, "test").await.unwrap();
+        let genuine = email(
+            "manager@nhs.net",
+            "predictable-1@nhs.net",
+            true,
+            Some(form(&engine, 6, &[])),
+        );
+        let report = engine.intake(&genuine, "test").await.unwrap();
+        assert!(!report.already_ingested, "different bytes: not a redelivery");
+        assert_eq!(report.cases.len(), 1);
+        assert_eq!(
+            report.cases[0].workflow.as_deref(),
+            Some("primary_user_gp"),
+            "its form was read"
+        );
+        assert!(report.cases[0].finding_codes.contains(&"message_id_reused".to_string()));
+        // The genuine one delivered again is a redelivery, and makes nothing new.
+        let again = engine.intake(&genuine, "test").await.unwrap();
+        assert!(again.already_ingested);
+        let stored: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM raw_messages")
+            .fetch_one(&engine.db.pool)
+            .await
+            .unwrap();
+        assert_eq!(stored, 2);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn an_email_with_hundreds_of_attachments_is_read_only_to_its_cap() {
+    on_both_backends(|engine| async move {
+        let mut builder = mail_builder::MessageBuilder::new()
+            .from("manager@nhs.net")
+            .to("pcse.openexeter@nhs.net")
+            .subject("many")
+            .message_id("many@x")
+            .text_body("x");
+        for i in 0..300 {
+            builder = builder.attachment(
+                "application/pdf",
+                format!("fake-{i}.pdf"),
+                b"%PDF-1.7 not really".to_vec(),
+            );
+        }
+        let report = engine.intake(&builder.write_to_vec().unwrap(), "test").await.unwrap();
+        assert_eq!(report.cases.len(), 1);
+        let codes = &report.cases[0].finding_codes;
+        assert!(codes.contains(&"too_many_attachments".to_string()), "{codes:?}");
+        assert!(
+            codes.len() <= countersign::mail::MAX_ATTACHMENTS + 2,
+            "bounded: {} findings",
+            codes.len()
+        );
+    })
+    .await;
+}

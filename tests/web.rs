@@ -47,11 +47,16 @@ impl Page {
 
 impl Browser {
     async fn new(engine: &Engine) -> Browser {
+        Self::at(engine, "http://countersign.test").await
+    }
+
+    /// A browser for the app served at `base_url`.
+    async fn at(engine: &Engine, base_url: &str) -> Browser {
         let state = AppState::new(
             engine.clone(),
             &common::root().join("templates"),
             false,
-            "http://countersign.test".into(),
+            base_url.into(),
         )
         .await
         .unwrap();
@@ -841,4 +846,56 @@ async fn admins_edit_organisations_and_see_each_workflow_drawn() {
         );
     })
     .await;
+}
+
+#[tokio::test]
+async fn served_over_https_cookies_are_secure_and_hsts_is_sent() {
+    on_both_backends(|engine| async move {
+        let mut plain = Browser::new(&engine).await;
+        let page = plain.get("/sign-in").await;
+        assert!(page.headers.get(header::STRICT_TRANSPORT_SECURITY).is_none());
+        let mut tls = Browser::at(&engine, "https://countersign.pcse.example").await;
+        let page = tls.get("/sign-in").await;
+        assert!(page.headers.get(header::STRICT_TRANSPORT_SECURITY).is_some());
+        let cookies: Vec<&str> = page
+            .headers
+            .get_all(header::SET_COOKIE)
+            .iter()
+            .map(|v| v.to_str().unwrap())
+            .collect();
+        assert!(
+            !cookies.is_empty() && cookies.iter().all(|c| c.contains("Secure")),
+            "{cookies:?}"
+        );
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_nul_in_the_search_box_is_just_ignored() {
+    on_both_backends(|engine| async move {
+        ingest_samples(&engine, 2).await;
+        let mut browser = Browser::new(&engine).await;
+        browser.sign_in_as(&engine, "cw@nhs.net", ActorRole::Caseworker).await;
+        let page = browser.get("/?q=Riverside%00Surgery").await;
+        assert_eq!(page.status, StatusCode::OK, "{}", page.body);
+    })
+    .await;
+}
+
+#[test]
+fn no_page_template_uses_inline_styles_that_our_own_csp_blocks() {
+    for entry in std::fs::read_dir(common::root().join("templates/ui"))
+        .unwrap()
+        .flatten()
+    {
+        let text = std::fs::read_to_string(entry.path()).unwrap();
+        if entry.path().extension().is_some_and(|e| e == "tera") {
+            assert!(
+                !text.contains("style=\""),
+                "{} has a style= attribute",
+                entry.path().display()
+            );
+        }
+    }
 }

@@ -45,8 +45,24 @@ fn move_into(file: &Path, folder: &Path) -> Result<PathBuf> {
     Ok(target)
 }
 
+/// Moves a file to `quarantine/`, with its reason in a `.reason.txt` beside it.
+fn quarantine(file: &Path, folder: &Path, why: &str) -> Result<()> {
+    let target = move_into(file, &folder.join("quarantine"))?;
+    let reason = PathBuf::from(format!("{}.reason.txt", target.display()));
+    std::fs::write(&reason, format!("{why}\n")).with_context(|| format!("writing {}", reason.display()))?;
+    Ok(())
+}
+
+/// The largest file the drop folder takes: the same limit as the IMAP source's default.
+pub const MAX_MESSAGE_BYTES: usize = crate::config::DEFAULT_MAX_MESSAGE_BYTES;
+
 /// Ingests every file waiting in the folder once.
 pub async fn scan_once(engine: &Engine, folder: &Path) -> Result<ScanSummary> {
+    scan_once_limited(engine, folder, MAX_MESSAGE_BYTES).await
+}
+
+/// [`scan_once`] with a size limit of `max_bytes` per file.
+pub async fn scan_once_limited(engine: &Engine, folder: &Path, max_bytes: usize) -> Result<ScanSummary> {
     std::fs::create_dir_all(folder).with_context(|| format!("creating drop folder {}", folder.display()))?;
     let mut summary = ScanSummary::default();
     for file in pending_files(folder)? {
@@ -57,6 +73,26 @@ pub async fn scan_once(engine: &Engine, folder: &Path) -> Result<ScanSummary> {
                 continue;
             }
         };
+        if raw.len() > max_bytes {
+            let why = format!("the message is {} bytes, over the limit of {max_bytes}", raw.len());
+            quarantine(&file, folder, &why)?;
+            summary.quarantined += 1;
+            continue;
+        }
+        // A message the service died on before is not read again more than a few times.
+        match engine.guard_preparation(&raw).await {
+            Ok(None) => {}
+            Ok(Some(why)) => {
+                error!(file = %file.display(), reason = %why, "set aside");
+                quarantine(&file, folder, &why)?;
+                summary.quarantined += 1;
+                continue;
+            }
+            Err(e) => {
+                error!(file = %file.display(), error = %e, "cannot count the attempt; leaving it for the next scan");
+                continue;
+            }
+        }
         match engine.intake(&raw, &format!("drop:{}", file.display())).await {
             Ok(report) => {
                 for case in &report.cases {
@@ -75,9 +111,7 @@ pub async fn scan_once(engine: &Engine, folder: &Path) -> Result<ScanSummary> {
             Err(e) => {
                 // Storage failed: keep the message, with its reason, for a retry on request.
                 error!(file = %file.display(), error = %e, "quarantined");
-                let target = move_into(&file, &folder.join("quarantine"))?;
-                let reason = PathBuf::from(format!("{}.reason.txt", target.display()));
-                let _ = std::fs::write(reason, format!("{e:#}\n"));
+                quarantine(&file, folder, &format!("{e:#}"))?;
                 summary.quarantined += 1;
             }
         }

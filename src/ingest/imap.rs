@@ -62,7 +62,8 @@ fn message_source(key: &str, uidvalidity: i64, uid: u32) -> String {
 enum InFlight {
     /// Expunged by someone else between the search and the fetch.
     Gone(u32),
-    /// Over the size limit: quarantined without reading it.
+    /// Over the size limit, or set aside after it stopped the service before: quarantined
+    /// without reading it.
     TooLarge(u32, String),
     /// Being prepared (parsed, its PDFs read) on another worker: the raw bytes come back with it.
     Preparing(u32, tokio::task::JoinHandle<(Vec<u8>, crate::engine::PreparedEmail)>),
@@ -132,6 +133,8 @@ pub enum ImapError {
     NoUidValidity { mailbox: String },
     #[error(transparent)]
     Storage(#[from] StorageError),
+    #[error(transparent)]
+    Intake(#[from] crate::engine::EngineError),
 }
 
 trait ImapContext<T> {
@@ -559,6 +562,12 @@ impl ImapPoller {
                 ),
                 Some(raw) => {
                     bytes += raw.len();
+                    // A message the service died on before is not read again more than a few
+                    // times; an error counting the try leaves it for the next poll.
+                    if let Some(reason) = self.engine.guard_preparation(&raw).await? {
+                        group.push(InFlight::TooLarge(uid, reason));
+                        continue;
+                    }
                     let engine = self.engine.clone();
                     InFlight::Preparing(
                         uid,

@@ -68,7 +68,7 @@ pub struct AppState {
     pub engine: Engine,
     pub pages: Arc<tera::Tera>,
     pub csrf: CsrfConfig,
-    /// Mark cookies `Secure` (behind TLS).
+    /// Mark cookies `Secure` and send HSTS: set, or implied by an `https://` base URL.
     pub secure_cookies: bool,
     /// The app's public address, for set-password links.
     pub base_url: String,
@@ -95,6 +95,8 @@ impl AppState {
         secure_cookies: bool,
         base_url: String,
     ) -> Result<Self, WebSetupError> {
+        // Served over HTTPS, a cookie without `Secure` could still leak over plain HTTP.
+        let secure_cookies = secure_cookies || base_url.to_ascii_lowercase().starts_with("https://");
         let glob = format!("{}/ui/**/*.tera", templates_dir.display());
         let mut pages = tera::Tera::new(&glob).map_err(|e| WebSetupError::Templates {
             dir: templates_dir.display().to_string(),
@@ -130,9 +132,19 @@ impl AppState {
 }
 
 /// Security headers for every page; the PDF route sets its own stricter policy.
-async fn security_headers(request: axum::extract::Request, next: axum::middleware::Next) -> axum::response::Response {
+async fn security_headers(
+    axum::extract::State(state): axum::extract::State<AppState>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
     let mut response = next.run(request).await;
     let headers = response.headers_mut();
+    if state.secure_cookies {
+        headers.insert(
+            header::STRICT_TRANSPORT_SECURITY,
+            HeaderValue::from_static("max-age=31536000; includeSubDomains"),
+        );
+    }
     headers.entry(header::CONTENT_SECURITY_POLICY).or_insert(HeaderValue::from_static(
         "default-src 'self'; img-src 'self' data:; frame-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'",
     ));
@@ -174,7 +186,7 @@ pub fn router(state: AppState) -> Router {
         .route("/admin/organisations/{ods}", post(admin::edit_organisation))
         .route("/admin/workflows", get(admin::workflows))
         .route("/api/health", get(api::health))
-        .layer(axum::middleware::from_fn(security_headers))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), security_headers))
         .with_state(state)
 }
 

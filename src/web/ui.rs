@@ -189,7 +189,10 @@ pub async fn load_queue(
     let terminal = state.engine.workflows.terminal_states();
     // A search that is an ODS code or a case reference is an exact (indexed) match; anything
     // else is a substring of the organisation, the sender, the reference or the form's fields.
-    let q = filter.q.trim();
+    // Control characters (a NUL, a newline) are never part of what anyone searches for, and a
+    // NUL is a syntax error to the full-text index.
+    let cleaned: String = filter.q.chars().filter(|c| !c.is_control()).collect();
+    let q = cleaned.trim();
     let exact = crate::domain::CaseRef::parse(q)
         .map(|r| r.as_str().to_string())
         .or_else(|| {

@@ -899,3 +899,24 @@ fn no_page_template_uses_inline_styles_that_our_own_csp_blocks() {
         }
     }
 }
+
+#[tokio::test]
+async fn mail_that_names_a_case_it_may_not_change_is_linked_both_ways_on_the_case_pages() {
+    on_both_backends(|engine| async move {
+        let workflow = engine.workflows.get("primary_user_gp").unwrap().clone();
+        let original = common::form_email(&workflow, 1, &[], "manager@nhs.net", "orig@nhs.net", "form");
+        let named = engine.intake(&original, "test").await.unwrap().cases[0].reference.clone();
+        let spoof = format!(
+            "From: someone@nhs.net\r\nTo: pcse.openexeter@nhs.net\r\nSubject: Re: [{named}] change\r\nMessage-ID: <spoof@nhs.net>\r\n\r\nPlease change the user.\r\n"
+        );
+        let new = engine.intake(spoof.as_bytes(), "test").await.unwrap().cases[0].reference.clone();
+        let mut browser = Browser::new(&engine).await;
+        browser.sign_in_as(&engine, "cw@nhs.net", ActorRole::Caseworker).await;
+        let page = browser.get(&format!("/cases/{named}")).await;
+        assert!(page.body.contains("id=\"related-cases\"") && page.body.contains(&new), "{}", page.body);
+        let page = browser.get(&format!("/cases/{new}")).await;
+        assert!(page.body.contains("id=\"named-case\"") && page.body.contains(&named));
+        assert!(page.body.contains("refers to case"), "the finding says why");
+    })
+    .await;
+}

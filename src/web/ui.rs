@@ -598,6 +598,19 @@ pub async fn case_page(
     context.insert("attachments", &attachments);
     context.insert("timeline", &timeline);
     context.insert("notes", &notes);
+    // Mail that named a case but was not allowed to change it is a case of its own: each page
+    // links to the other, so the caseworker sees both.
+    let named_case = match case.related_case_id {
+        Some(id) => storage::case_by_id(&mut conn, id).await?.map(|c| c.reference),
+        None => None,
+    };
+    let related: Vec<serde_json::Value> = storage::related_cases(&mut conn, case.id)
+        .await?
+        .into_iter()
+        .map(|c| serde_json::json!({ "reference": c.reference, "state": c.state }))
+        .collect();
+    context.insert("named_case", &named_case);
+    context.insert("related_cases", &related);
     context.insert("actions", &actions);
     context.insert("assignee", &assignee);
     context.insert("due", &when(case.due_at));

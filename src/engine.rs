@@ -378,8 +378,11 @@ impl Engine {
         source: &str,
     ) -> Result<IntakeReport, EngineError> {
         let mut prepared = prepared;
+        // Recorded (or found already recorded): it no longer counts as a try that never ended.
+        // A write first, so that on SQLite the transaction takes the write lock before it reads
+        // (a read first would pin a snapshot that a concurrent commit makes stale).
+        storage::clear_prepare_attempts(tx, &prepared.sha256).await?;
         if let Some(id) = Self::stored_before(tx, &mut prepared).await? {
-            storage::clear_prepare_attempts(tx, &prepared.sha256).await?;
             return self.already_ingested(tx, id).await;
         }
         let PreparedEmail {
@@ -405,8 +408,6 @@ impl Engine {
             automatic: parsed.automatic.as_deref(),
             raw,
         };
-        // Recorded (or found already recorded): it no longer counts as a try that never ended.
-        storage::clear_prepare_attempts(tx, &sha256).await?;
         let Some(raw_message_id) = storage::insert_raw_message(tx, &new_message).await? else {
             // Stored before (or earlier in this transaction): nothing was written for it.
             let id = storage::raw_message_id_by_dedup_key(tx, &dedup_key)

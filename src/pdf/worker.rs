@@ -198,9 +198,12 @@ fn set_limit(resource: libc::__rlimit_resource_t, value: u64) -> std::io::Result
 
 impl Worker {
     async fn round_trip(&mut self, request: &Request, pdf: &[u8]) -> std::io::Result<Result<ExtractedForm, PdfError>> {
+        // Both frames in one write: one syscall, one wake-up of the worker.
         let header = serde_json::to_vec(request).map_err(std::io::Error::other)?;
-        write_frame_async(&mut self.stdin, &header).await?;
-        write_frame_async(&mut self.stdin, pdf).await?;
+        let mut frames = Vec::with_capacity(8 + header.len() + pdf.len());
+        push_frame(&mut frames, &header)?;
+        push_frame(&mut frames, pdf)?;
+        self.stdin.write_all(&frames).await?;
         self.stdin.flush().await?;
         let mut length = [0u8; 4];
         self.stdout.read_exact(&mut length).await?;
@@ -236,10 +239,11 @@ fn describe_exit(status: std::process::ExitStatus) -> String {
     }
 }
 
-async fn write_frame_async(out: &mut ChildStdin, bytes: &[u8]) -> std::io::Result<()> {
+fn push_frame(out: &mut Vec<u8>, bytes: &[u8]) -> std::io::Result<()> {
     let length = u32::try_from(bytes.len()).map_err(std::io::Error::other)?;
-    out.write_all(&length.to_le_bytes()).await?;
-    out.write_all(bytes).await
+    out.extend_from_slice(&length.to_le_bytes());
+    out.extend_from_slice(bytes);
+    Ok(())
 }
 
 /// Reads one frame; `None` at a clean end of input.
@@ -262,9 +266,9 @@ fn read_frame(input: &mut impl Read, max: usize) -> std::io::Result<Option<Vec<u
 }
 
 fn write_frame(out: &mut impl Write, bytes: &[u8]) -> std::io::Result<()> {
-    let length = u32::try_from(bytes.len()).map_err(std::io::Error::other)?;
-    out.write_all(&length.to_le_bytes())?;
-    out.write_all(bytes)?;
+    let mut frame = Vec::with_capacity(4 + bytes.len());
+    push_frame(&mut frame, bytes)?;
+    out.write_all(&frame)?;
     out.flush()
 }
 
@@ -283,8 +287,9 @@ pub fn run_worker() -> std::process::ExitCode {
 }
 
 fn serve_requests() -> std::io::Result<()> {
-    let mut input = std::io::stdin().lock();
-    let mut output = std::io::stdout().lock();
+    let mut input = std::io::BufReader::new(std::io::stdin().lock());
+    // Not the line-buffered stdout: an answer is one write.
+    let mut output = std::io::BufWriter::new(std::io::stdout().lock());
     loop {
         let Some(header) = read_frame(&mut input, 1024 * 1024)? else {
             return Ok(());

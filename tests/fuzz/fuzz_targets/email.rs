@@ -1,0 +1,54 @@
+//! Whole-email preparation, as intake does it before storing: MIME parsing, attachments and
+//! forwarded messages, sender authentication, every PDF, the workflow rules. Any bytes must
+//! give a prepared email, never a panic or a hang.
+#![no_main]
+
+use std::sync::{Arc, OnceLock};
+
+use countersign::calendar::WorkingCalendar;
+use countersign::domain::NhsDomains;
+use countersign::engine::{Engine, EngineConfig, SystemClock};
+use countersign::mail::MailSettings;
+use countersign::pdf::ExtractLimits;
+use countersign::policy::PolicySettings;
+use countersign::storage::Db;
+use countersign::workflow::WorkflowSet;
+use libfuzzer_sys::fuzz_target;
+
+struct Harness {
+    runtime: tokio::runtime::Runtime,
+    engine: Engine,
+}
+
+fn harness() -> &'static Harness {
+    static HARNESS: OnceLock<Harness> = OnceLock::new();
+    HARNESS.get_or_init(|| {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        // Preparation reads no database, but the engine carries one: an in-memory SQLite.
+        let db = runtime.block_on(Db::connect("sqlite::memory:")).unwrap();
+        let workflows = WorkflowSet::load(&root.join("workflows"), &root.join("templates")).unwrap();
+        let engine = Engine {
+            db,
+            workflows: Arc::new(workflows),
+            calendar: Arc::new(WorkingCalendar::shipped()),
+            config: EngineConfig {
+                policy: PolicySettings { nhs_domains: NhsDomains::default() },
+                mail: MailSettings {
+                    authserv_id: "mx.countersign.test".into(),
+                    our_addresses: vec!["pcse.openexeter@nhs.net".into()],
+                },
+                limits: ExtractLimits::default(),
+                pdf_reader: Default::default(),
+            },
+            clock: Arc::new(SystemClock),
+            wakers: Default::default(),
+        };
+        Harness { runtime, engine }
+    })
+}
+
+fuzz_target!(|data: &[u8]| {
+    let h = harness();
+    let _ = h.runtime.block_on(h.engine.prepare(data));
+});

@@ -62,17 +62,24 @@ fn bench_extraction(root: &Path) {
         );
     }
     // Through a worker process (what the service does): the pipe round trip on top.
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     let pool = WorkerPool::new(WorkerSettings::new(env!("CARGO_BIN_EXE_countersign").into()));
     let bytes = std::fs::read(root.join("tests/fixtures/pdf/pdftk_gp.pdf")).unwrap();
     let times = runtime.block_on(async {
         for _ in 0..100 {
-            pool.extract(&bytes, &ids, ExtractLimits::default()).await.expect("warm-up");
+            pool.extract(&bytes, &ids, ExtractLimits::default())
+                .await
+                .expect("warm-up");
         }
         let mut times = Vec::with_capacity(2000);
         for _ in 0..2000 {
             let start = Instant::now();
-            pool.extract(&bytes, &ids, ExtractLimits::default()).await.expect("extract");
+            pool.extract(&bytes, &ids, ExtractLimits::default())
+                .await
+                .expect("extract");
             times.push(start.elapsed());
         }
         times

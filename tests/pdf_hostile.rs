@@ -23,6 +23,7 @@ const HOSTILE: &[&str] = &[
     "parent_cycle.pdf",
     "xref_ten_million.pdf",
     "kids_5000_deep.pdf",
+    "forty_object_streams.pdf",
 ];
 
 /// The memory the service may use while sixteen hostile PDFs are read at once.
@@ -215,4 +216,26 @@ async fn sixteen_hostile_pdfs_through_intake_at_once_leave_the_service_up_and_un
     );
     let report = engine.intake(&good, "test").await.expect("intake");
     assert_eq!(report.cases[0].state, "validated", "{:?}", report.cases[0]);
+}
+
+#[test]
+fn many_object_streams_share_one_decompression_budget() {
+    // Forty object streams of 1 MiB each: each under the per-stream cap, together over the
+    // per-PDF budget, so the PDF is refused rather than inflated.
+    let result = extract(
+        &hostile("forty_object_streams.pdf"),
+        &form_ids(),
+        ExtractLimits::default(),
+    );
+    assert!(matches!(result, Err(PdfError::Malformed(_))), "{result:?}");
+    // With a budget big enough for all of them, the same file reads: the budget is what stopped it.
+    let roomy = ExtractLimits {
+        max_total_decompressed_bytes: 64 * 1024 * 1024,
+        ..ExtractLimits::default()
+    };
+    let form = extract(&hostile("forty_object_streams.pdf"), &form_ids(), roomy).expect("readable");
+    assert_eq!(
+        form.get("org_name").and_then(|f| f.value.clone()).as_deref(),
+        Some("found")
+    );
 }

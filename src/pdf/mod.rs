@@ -226,8 +226,15 @@ pub fn extract_in_place(
     known_form_ids: &[String],
     limits: ExtractLimits,
 ) -> Result<ExtractedForm, PdfError> {
+    // lopdf decodes every object and cross-reference stream while it loads, each within the
+    // per-stream cap. Sharing the per-PDF budget between them bounds the total as well: a PDF
+    // of many small bombs gets no more than one big one.
+    let eager_streams = count_occurrences(bytes, b"/ObjStm") + count_occurrences(bytes, b"/XRef");
+    let per_stream = limits
+        .max_decompressed_bytes
+        .min(limits.max_total_decompressed_bytes / eager_streams.max(1));
     let options = LoadOptions {
-        max_decompressed_size: Some(limits.max_decompressed_bytes),
+        max_decompressed_size: Some(per_stream),
         ..LoadOptions::default()
     };
     let document = Document::load_mem_with_options(bytes, options).map_err(|e| match e {
@@ -272,6 +279,10 @@ pub fn extract_in_place(
         form.printed_form_id = printed_form_id(&document, known_form_ids);
     }
     Ok(form)
+}
+
+fn count_occurrences(haystack: &[u8], needle: &[u8]) -> usize {
+    haystack.windows(needle.len()).filter(|w| *w == needle).count()
 }
 
 fn acroform_fields(document: &Document) -> Option<Vec<Object>> {

@@ -766,27 +766,52 @@ impl Engine {
             && !taken
             && case.state == "awaiting_information"
         {
-            let request = TransitionRequest {
-                to: "needs_review".into(),
-                ..TransitionRequest::default()
-            };
-            let plan = Self::plan_as_system(workflow, &case.state, &request, &case.reference.clone())?;
             case = self
-                .apply_plan(
+                .move_as_system(
                     conn,
                     &case,
                     workflow,
-                    &plan,
-                    &Actor::system(),
-                    Some("the sender replied"),
-                    &[],
-                    None,
+                    "needs_review",
+                    "the sender replied",
                     parsed.message_id.as_deref(),
                     now,
                 )
                 .await?;
         }
         Ok((self.outcome(&case, None), leftovers))
+    }
+
+    /// Moves a case as the system (a reply, a replacement form), by the workflow's system
+    /// transition from its state to `to`, inside the caller's transaction.
+    #[allow(clippy::too_many_arguments)]
+    async fn move_as_system(
+        &self,
+        conn: &mut AnyConnection,
+        case: &CaseRecord,
+        workflow: &WorkflowDef,
+        to: &str,
+        reason: &str,
+        in_reply_to: Option<&str>,
+        now: i64,
+    ) -> Result<CaseRecord, EngineError> {
+        let request = TransitionRequest {
+            to: to.into(),
+            ..TransitionRequest::default()
+        };
+        let plan = Self::plan_as_system(workflow, &case.state, &request, &case.reference)?;
+        self.apply_plan(
+            conn,
+            case,
+            workflow,
+            &plan,
+            &Actor::system(),
+            Some(reason),
+            &[],
+            None,
+            in_reply_to,
+            now,
+        )
+        .await
     }
 
     /// A replacement form from the case's own sender or signatory: the fields and findings are
@@ -840,24 +865,9 @@ impl Engine {
             state => Some(machine::state_after_checks(!form.findings.is_empty())).filter(|to| *to != state),
         };
         if let Some(to) = to {
-            let request = TransitionRequest {
-                to: to.into(),
-                ..TransitionRequest::default()
-            };
-            let plan = Self::plan_as_system(workflow, &case.state, &request, &case.reference.clone())?;
+            let reason = "a replacement form was checked";
             case = self
-                .apply_plan(
-                    conn,
-                    &case,
-                    workflow,
-                    &plan,
-                    &Actor::system(),
-                    Some("a replacement form was checked"),
-                    &[],
-                    None,
-                    parsed.message_id.as_deref(),
-                    now,
-                )
+                .move_as_system(conn, &case, workflow, to, reason, parsed.message_id.as_deref(), now)
                 .await?;
         }
         Ok(case)
@@ -894,22 +904,15 @@ impl Engine {
             },
         )
         .await?;
-        if form.findings.is_empty() && case.state != "validated" {
-            let request = TransitionRequest {
-                to: machine::state_after_checks(false).into(),
-                ..TransitionRequest::default()
-            };
-            let plan = Self::plan_as_system(workflow, &case.state, &request, &case.reference.clone())?;
+        let validated = machine::state_after_checks(false);
+        if form.findings.is_empty() && case.state != validated {
             case = self
-                .apply_plan(
+                .move_as_system(
                     conn,
                     &case,
                     workflow,
-                    &plan,
-                    &Actor::system(),
-                    Some("all checks passed"),
-                    &[],
-                    None,
+                    validated,
+                    "all checks passed",
                     parsed.message_id.as_deref(),
                     now,
                 )

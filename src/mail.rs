@@ -138,7 +138,48 @@ pub fn detect_type(bytes: &[u8]) -> Option<String> {
 
 /// Parses raw RFC 5322 bytes. Never fails: an unreadable message comes back with `malformed`
 /// set, so the caller can still open a case for it.
+///
+/// mail-parser panics on some hostile input (fuzzing found "Invalid part ID, could not find
+/// multipart" in 0.11.9, the last version this compiler builds). A panic here must not take
+/// the service down, so it is caught and the message is malformed, with the reason.
 pub fn parse(raw: &[u8], settings: &MailSettings) -> ParsedEmail {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| parse_unguarded(raw, settings))) {
+        Ok(parsed) => parsed,
+        Err(panic) => {
+            let why = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "unexpected failure".into());
+            unreadable(format!("the email reader failed on this message ({why})"))
+        }
+    }
+}
+
+/// A message that could not be read at all, with why.
+fn unreadable(why: String) -> ParsedEmail {
+    ParsedEmail {
+        message_id: None,
+        from_address: None,
+        from_name: None,
+        subject: None,
+        date_ms: None,
+        in_reply_to: vec![],
+        references: vec![],
+        text_body: None,
+        sender_auth: SenderAuth::Missing {
+            reason: "the message could not be read".into(),
+        },
+        automatic: None,
+        bounce: None,
+        returned_message_ids: vec![],
+        attachments: vec![],
+        attachments_dropped: 0,
+        malformed: Some(why),
+    }
+}
+
+fn parse_unguarded(raw: &[u8], settings: &MailSettings) -> ParsedEmail {
     // mail-parser reads almost anything; a message with none of the headers every email has
     // (From, Date, Message-ID, Subject, To) is not one.
     let looks_like_mail = |m: &mail_parser::Message<'_>| {
@@ -149,25 +190,7 @@ pub fn parse(raw: &[u8], settings: &MailSettings) -> ParsedEmail {
             || m.to().is_some()
     };
     let Some(message) = MessageParser::default().parse(raw).filter(looks_like_mail) else {
-        return ParsedEmail {
-            message_id: None,
-            from_address: None,
-            from_name: None,
-            subject: None,
-            date_ms: None,
-            in_reply_to: vec![],
-            references: vec![],
-            text_body: None,
-            sender_auth: SenderAuth::Missing {
-                reason: "the message could not be read".into(),
-            },
-            automatic: None,
-            bounce: None,
-            returned_message_ids: vec![],
-            attachments: vec![],
-            attachments_dropped: 0,
-            malformed: Some("the bytes are not an email message (no headers could be read)".into()),
-        };
+        return unreadable("the bytes are not an email message (no headers could be read)".into());
     };
     let from = message.from().and_then(|a| a.first());
     let from_address = from.and_then(|a| a.address()).map(str::to_string);
@@ -550,6 +573,20 @@ mod tests {
             authserv_id: OURS.into(),
             our_addresses: vec!["pcse@nhs.net".into()],
         }
+    }
+
+    #[test]
+    fn a_message_that_makes_the_mail_parser_panic_is_malformed_not_a_crash() {
+        // Found by the `email` fuzz target: mail-parser panics on it.
+        let raw = std::fs::read(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/fixtures/mail/fuzz/mail_parser_invalid_part_id.eml"
+        ))
+        .unwrap();
+        let parsed = parse(&raw, &settings());
+        let why = parsed.malformed.expect("malformed");
+        assert!(why.contains("email reader failed"), "{why}");
+        assert!(!parsed.sender_auth.passed());
     }
 
     #[test]

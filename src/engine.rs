@@ -374,47 +374,51 @@ impl Engine {
         &self,
         tx: &mut AnyConnection,
         raw: &[u8],
-        prepared: PreparedEmail,
+        mut prepared: PreparedEmail,
         source: &str,
     ) -> Result<IntakeReport, EngineError> {
-        let mut prepared = prepared;
         // Recorded (or found already recorded): it no longer counts as a try that never ended.
         // A write first, so that on SQLite the transaction takes the write lock before it reads
         // (a read first would pin a snapshot that a concurrent commit makes stale).
         storage::clear_prepare_attempts(tx, &prepared.sha256).await?;
-        if let Some(id) = Self::stored_before(tx, &mut prepared).await? {
-            return self.already_ingested(tx, id).await;
-        }
+        let now = self.now_ms();
+        let auth_json = serde_json::to_string(&prepared.parsed.sender_auth).unwrap_or_default();
+        // The insert is the dedup check; only when it finds the key taken do we look closer
+        // (a redelivery, or a reused Message-ID with other bytes, kept under a key of its own).
+        let raw_message_id = loop {
+            let parsed = &prepared.parsed;
+            let new_message = storage::NewRawMessage {
+                dedup_key: &prepared.dedup_key,
+                message_id: parsed.message_id.as_deref(),
+                sha256: &prepared.sha256,
+                source,
+                received_at: now,
+                from_address: parsed.from_address.as_deref(),
+                subject: parsed.subject.as_deref(),
+                sent_at: parsed.date_ms,
+                sender_auth_json: &auth_json,
+                automatic: parsed.automatic.as_deref(),
+                raw,
+            };
+            if let Some(id) = storage::insert_raw_message(tx, &new_message).await? {
+                break id;
+            }
+            let key_before = prepared.dedup_key.clone();
+            match Self::stored_before(tx, &mut prepared).await? {
+                Some(id) => return self.already_ingested(tx, id).await,
+                // The key changed (a reused Message-ID): insert under the new one.
+                None if prepared.dedup_key != key_before => continue,
+                None => return Err(EngineError::CaseNotFound(key_before)),
+            }
+        };
         let PreparedEmail {
             parsed,
-            sha256,
-            dedup_key,
+            sha256: _,
+            dedup_key: _,
             analyses,
             thread,
             message_id_reused,
         } = prepared;
-        let now = self.now_ms();
-        let auth_json = serde_json::to_string(&parsed.sender_auth).unwrap_or_default();
-        let new_message = storage::NewRawMessage {
-            dedup_key: &dedup_key,
-            message_id: parsed.message_id.as_deref(),
-            sha256: &sha256,
-            source,
-            received_at: now,
-            from_address: parsed.from_address.as_deref(),
-            subject: parsed.subject.as_deref(),
-            sent_at: parsed.date_ms,
-            sender_auth_json: &auth_json,
-            automatic: parsed.automatic.as_deref(),
-            raw,
-        };
-        let Some(raw_message_id) = storage::insert_raw_message(tx, &new_message).await? else {
-            // Stored before (or earlier in this transaction): nothing was written for it.
-            let id = storage::raw_message_id_by_dedup_key(tx, &dedup_key)
-                .await?
-                .ok_or(EngineError::CaseNotFound(dedup_key))?;
-            return self.already_ingested(tx, id).await;
-        };
         let mut attachment_ids = Vec::with_capacity(parsed.attachments.len());
         for attachment in &parsed.attachments {
             let id = storage::insert_attachment(

@@ -270,6 +270,15 @@ impl Engine {
         )))
     }
 
+    /// Preparation of `raw` finished, though recording it failed (storage, not the message):
+    /// its try no longer counts toward setting it aside. The mail source's own retry limit
+    /// deals with the failure.
+    pub async fn preparation_finished(&self, raw: &[u8]) -> Result<(), EngineError> {
+        let mut conn = self.db.pool.acquire().await.context("connecting")?;
+        storage::clear_prepare_attempts(&mut conn, &mail::sha256_hex(raw)).await?;
+        Ok(())
+    }
+
     /// The stored message this one is a redelivery of, if any. A Message-ID we have stored with
     /// different bytes is not a redelivery: anyone can reuse a predictable Message-ID to have
     /// a genuine email dropped. Such a message is kept under a key of its own, and flagged.

@@ -465,6 +465,9 @@ async fn a_message_that_fails_to_store_holds_up_no_other_in_its_group() {
         assert_eq!(dovecot.count("Quarantine").await, 1);
         assert_eq!(count(&engine, "SELECT COUNT(*) FROM raw_messages").await, 4);
         assert_eq!(count(&engine, "SELECT COUNT(*) FROM cases").await, 4);
+        // Its preparation finished; only storing it failed: that is not counted as a poison
+        // message (which would be set aside, with the wrong reason, after three polls).
+        assert_eq!(count(&engine, "SELECT COUNT(*) FROM prepare_attempts").await, 0);
         let mut conn = engine.db.pool.acquire().await.unwrap();
         let errors = storage::open_ingest_errors(&mut conn).await.unwrap();
         assert_eq!(errors.len(), 1, "{errors:?}");

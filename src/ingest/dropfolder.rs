@@ -110,6 +110,8 @@ pub async fn scan_once_limited(engine: &Engine, folder: &Path, max_bytes: usize)
             }
             Err(e) => {
                 // Storage failed: keep the message, with its reason, for a retry on request.
+                // Its preparation did finish, so this try does not count it as poison.
+                let _ = engine.preparation_finished(&raw).await;
                 error!(file = %file.display(), error = %e, "quarantined");
                 quarantine(&file, folder, &format!("{e:#}"))?;
                 summary.quarantined += 1;

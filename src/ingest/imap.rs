@@ -623,9 +623,13 @@ impl ImapPoller {
             let outcome = match outcome {
                 Some(outcome) => outcome,
                 None => {
-                    let Some(((_, source), result)) = recorded.next() else {
+                    let Some(((raw, source), result)) = recorded.next() else {
                         unreachable!("one result per message given to the group")
                     };
+                    if result.is_err() {
+                        // Prepared to the end, then a storage failure: not a poison message.
+                        let _ = self.engine.preparation_finished(raw).await;
+                    }
                     self.outcome(uid, key, source, result).await
                 }
             };

@@ -827,6 +827,14 @@ impl Engine {
         .await
     }
 
+    /// The workflow a case or form names; an unknown (or missing) name is an error.
+    fn workflow_named(&self, name: Option<&str>) -> Result<&WorkflowDef, EngineError> {
+        let name = name.unwrap_or_default();
+        self.workflows
+            .get(name)
+            .ok_or_else(|| EngineError::UnknownWorkflow(name.to_string()))
+    }
+
     /// A replacement form from the case's own sender or signatory: the fields and findings are
     /// replaced, earlier accept and authorise decisions on the old form are void (and logged as
     /// such), and the checks decide the state again: findings send the case to needs review
@@ -841,11 +849,7 @@ impl Engine {
         attachment_ids: &[i64],
         now: i64,
     ) -> Result<CaseRecord, EngineError> {
-        let workflow_name = case.workflow.clone().unwrap_or_default();
-        let workflow = self
-            .workflows
-            .get(&workflow_name)
-            .ok_or_else(|| EngineError::UnknownWorkflow(workflow_name.clone()))?;
+        let workflow = self.workflow_named(case.workflow.as_deref())?;
         let voided = decisions_since_last_form(&storage::events_for_case(conn, case.id).await?);
         self.store_form(conn, &mut case, workflow, &form, parsed, attachment_ids, now)
             .await?;
@@ -897,11 +901,7 @@ impl Engine {
         attachment_ids: &[i64],
         now: i64,
     ) -> Result<CaseRecord, EngineError> {
-        let workflow_name = form.workflow.clone().unwrap_or_default();
-        let workflow = self
-            .workflows
-            .get(&workflow_name)
-            .ok_or_else(|| EngineError::UnknownWorkflow(workflow_name.clone()))?;
+        let workflow = self.workflow_named(form.workflow.as_deref())?;
         self.store_form(conn, &mut case, workflow, &form, parsed, attachment_ids, now)
             .await?;
         storage::append_event(
@@ -1244,11 +1244,7 @@ impl Engine {
         related: Option<&Related>,
         now: i64,
     ) -> Result<CaseOutcome, EngineError> {
-        let workflow_name = form.workflow.clone().unwrap_or_default();
-        let workflow = self
-            .workflows
-            .get(&workflow_name)
-            .ok_or_else(|| EngineError::UnknownWorkflow(workflow_name.clone()))?;
+        let workflow = self.workflow_named(form.workflow.as_deref())?;
         let reference = self.next_reference(conn).await?;
         let ods = form.fields.get("org_ods_code").and_then(|c| OdsCode::parse(c));
         let org_name = form

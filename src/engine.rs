@@ -245,7 +245,7 @@ impl Engine {
             prepared.thread = self.thread_case(&mut conn, &prepared.parsed).await?;
         }
         prepared.analyses = self.analyse_attachments(&prepared.parsed).await;
-        let mut tx = self.db.pool.begin().await.context("starting a transaction")?;
+        let mut tx = self.db.begin_write().await.context("starting a transaction")?;
         let report = self.record_in(&mut tx, raw, prepared, source).await?;
         tx.commit().await.context("committing an ingested message")?;
         self.recorded(std::slice::from_ref(&report));
@@ -336,7 +336,7 @@ impl Engine {
             let mut conn = self.db.pool.acquire().await.context("connecting")?;
             prepared.thread = self.thread_case(&mut conn, &prepared.parsed).await?;
         }
-        let mut tx = self.db.pool.begin().await.context("starting a transaction")?;
+        let mut tx = self.db.begin_write().await.context("starting a transaction")?;
         let report = self.record_in(&mut tx, raw, prepared, source).await?;
         tx.commit().await.context("committing an ingested message")?;
         self.recorded(std::slice::from_ref(&report));
@@ -358,7 +358,7 @@ impl Engine {
                 prepared.thread = self.thread_case(&mut conn, &prepared.parsed).await?;
             }
         }
-        let mut tx = self.db.pool.begin().await.context("starting a transaction")?;
+        let mut tx = self.db.begin_write().await.context("starting a transaction")?;
         let mut reports = Vec::with_capacity(emails.len());
         for (raw, prepared, source) in emails {
             reports.push(self.record_in(&mut tx, raw, prepared, source).await?);
@@ -1641,7 +1641,7 @@ impl Engine {
         request: &TransitionRequest,
         actor: &Actor,
     ) -> Result<CaseRecord, EngineError> {
-        let mut tx = self.db.pool.begin().await.context("starting a transaction")?;
+        let mut tx = self.db.begin_write().await.context("starting a transaction")?;
         let case = storage::case_by_reference(&mut tx, reference)
             .await?
             .ok_or_else(|| EngineError::CaseNotFound(reference.to_string()))?;
@@ -1790,7 +1790,7 @@ impl Engine {
         values: &BTreeMap<String, String>,
         actor: &Actor,
     ) -> Result<CaseRecord, EngineError> {
-        let mut tx = self.db.pool.begin().await.context("starting a transaction")?;
+        let mut tx = self.db.begin_write().await.context("starting a transaction")?;
         let case = storage::case_by_reference(&mut tx, reference)
             .await?
             .ok_or_else(|| EngineError::CaseNotFound(reference.to_string()))?;

@@ -93,7 +93,7 @@ impl Scheduler {
                  RETURNING case_id, name, state"
             }
         };
-        let mut tx = self.engine.db.pool.begin().await.context("starting a transaction")?;
+        let mut tx = self.engine.db.begin_write().await.context("starting a transaction")?;
         let Some(row) = sqlx::query(sql)
             .bind(now)
             .fetch_optional(&mut *tx)

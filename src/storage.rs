@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::str::FromStr;
 
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
-use sqlx::{AnyConnection, AnyPool, Row};
+use sqlx::{AnyConnection, AnyPool, Connection, Row};
 
 use crate::policy::Finding;
 
@@ -78,6 +78,24 @@ impl Db {
                     Ok(())
                 })
             })
+            // A connection whose transaction state is in doubt is closed, never reused. When
+            // SQLite rolls a transaction back by itself (a full disk), sqlx's own ROLLBACK then
+            // fails and it still counts a transaction open; reused, that connection's next
+            // BEGIN became a SAVEPOINT and its "commit" committed nothing, while the mail
+            // source went on to mark mail done. The queued ROLLBACK of a dropped transaction
+            // is waited for first (a ping runs after it), so a healthy connection is kept.
+            .after_release(|conn, _meta| {
+                Box::pin(async move {
+                    if conn.is_in_transaction() {
+                        let _ = conn.ping().await;
+                    }
+                    if conn.is_in_transaction() {
+                        tracing::warn!("closing a database connection left inside a transaction");
+                        return Ok(false);
+                    }
+                    Ok(true)
+                })
+            })
             .connect_with(options)
             .await
             .map_err(|source| StorageError::Connect { url: shown, source })?;
@@ -92,6 +110,18 @@ impl Db {
             Backend::Postgres => sqlx::migrate!("./migrations/postgres").run(&self.pool).await?,
         }
         Ok(())
+    }
+
+    /// Starts a transaction that writes. On SQLite it takes the write lock at BEGIN
+    /// (`BEGIN IMMEDIATE`, waiting its turn up to the busy timeout): a transaction that read
+    /// first and wrote later could not wait for the lock, and failed at once with "database
+    /// is locked" whenever another writer had committed since its read. It also refuses to
+    /// start on a connection that still counts a transaction open, rather than nesting in it.
+    pub async fn begin_write(&self) -> Result<sqlx::Transaction<'static, sqlx::Any>, sqlx::Error> {
+        match self.backend {
+            Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await,
+            Backend::Postgres => self.pool.begin().await,
+        }
     }
 
     pub async fn close(&self) {
@@ -226,7 +256,7 @@ pub async fn attachment_content(
     conn: &mut AnyConnection,
     id: i64,
 ) -> Result<Option<(Option<String>, Vec<u8>)>, StorageError> {
-    let row = sqlx::query("SELECT detected_type, content FROM attachments WHERE id = $1")
+    let row = sqlx::query(ATTACHMENT_CONTENT)
         .bind(id)
         .fetch_optional(&mut *conn)
         .await
@@ -392,7 +422,7 @@ fn case_from_row(row: &sqlx::any::AnyRow) -> Result<CaseRecord, StorageError> {
 }
 
 pub async fn case_by_reference(conn: &mut AnyConnection, reference: &str) -> Result<Option<CaseRecord>, StorageError> {
-    let row = sqlx::query(select_cases!("WHERE reference = $1"))
+    let row = sqlx::query(CASE_BY_REFERENCE)
         .bind(reference)
         .fetch_optional(&mut *conn)
         .await
@@ -401,7 +431,7 @@ pub async fn case_by_reference(conn: &mut AnyConnection, reference: &str) -> Res
 }
 
 pub async fn case_by_id(conn: &mut AnyConnection, id: i64) -> Result<Option<CaseRecord>, StorageError> {
-    let row = sqlx::query(select_cases!("WHERE id = $1"))
+    let row = sqlx::query(CASE_BY_ID)
         .bind(id)
         .fetch_optional(&mut *conn)
         .await
@@ -411,7 +441,7 @@ pub async fn case_by_id(conn: &mut AnyConnection, id: i64) -> Result<Option<Case
 
 /// The case that first received this exact PDF, if any.
 pub async fn case_by_form_sha256(conn: &mut AnyConnection, sha256: &str) -> Result<Option<CaseRecord>, StorageError> {
-    let row = sqlx::query(select_cases!("WHERE form_sha256 = $1 ORDER BY id LIMIT 1"))
+    let row = sqlx::query(CASE_BY_FORM)
         .bind(sha256)
         .fetch_optional(&mut *conn)
         .await
@@ -421,13 +451,11 @@ pub async fn case_by_form_sha256(conn: &mut AnyConnection, sha256: &str) -> Resu
 
 /// The cases a stored message opened or was linked to.
 pub async fn cases_for_message(conn: &mut AnyConnection, raw_message_id: i64) -> Result<Vec<CaseRecord>, StorageError> {
-    let rows = sqlx::query(select_cases!(
-        "WHERE id IN (SELECT case_id FROM case_messages WHERE raw_message_id = $1) ORDER BY id"
-    ))
-    .bind(raw_message_id)
-    .fetch_all(&mut *conn)
-    .await
-    .context("listing a message's cases")?;
+    let rows = sqlx::query(CASES_FOR_MESSAGE)
+        .bind(raw_message_id)
+        .fetch_all(&mut *conn)
+        .await
+        .context("listing a message's cases")?;
     rows.iter().map(case_from_row).collect()
 }
 
@@ -591,13 +619,11 @@ pub async fn append_event(conn: &mut AnyConnection, case_id: i64, e: &CaseEvent)
 }
 
 pub async fn events_for_case(conn: &mut AnyConnection, case_id: i64) -> Result<Vec<CaseEvent>, StorageError> {
-    let rows = sqlx::query(
-        "SELECT at, actor, actor_role, kind, transition, from_state, to_state, reason, data FROM case_events WHERE case_id = $1 ORDER BY id",
-    )
-    .bind(case_id)
-    .fetch_all(&mut *conn)
-    .await
-    .context("reading the event log")?;
+    let rows = sqlx::query(EVENTS_FOR_CASE)
+        .bind(case_id)
+        .fetch_all(&mut *conn)
+        .await
+        .context("reading the event log")?;
     rows.iter()
         .map(|r| {
             Ok(CaseEvent {
@@ -674,7 +700,7 @@ pub struct TimerRecord {
 }
 
 pub async fn timers_for_case(conn: &mut AnyConnection, case_id: i64) -> Result<Vec<TimerRecord>, StorageError> {
-    let rows = sqlx::query("SELECT name, state, due_at, status FROM timers WHERE case_id = $1 ORDER BY id")
+    let rows = sqlx::query(TIMERS_FOR_CASE)
         .bind(case_id)
         .fetch_all(&mut *conn)
         .await
@@ -740,16 +766,16 @@ pub struct OutboxRecord {
     pub status: String,
     pub suppressed_reason: Option<String>,
     pub in_reply_to: Option<String>,
+    pub created_at: i64,
+    pub last_error: Option<String>,
 }
 
 pub async fn outbox_for_case(conn: &mut AnyConnection, case_id: i64) -> Result<Vec<OutboxRecord>, StorageError> {
-    let rows = sqlx::query(
-        "SELECT template, recipient, status, suppressed_reason, in_reply_to FROM outbox WHERE case_id = $1 ORDER BY id",
-    )
-    .bind(case_id)
-    .fetch_all(&mut *conn)
-    .await
-    .context("reading a case's outbound mail")?;
+    let rows = sqlx::query(OUTBOX_FOR_CASE)
+        .bind(case_id)
+        .fetch_all(&mut *conn)
+        .await
+        .context("reading a case's outbound mail")?;
     rows.iter()
         .map(|r| {
             Ok(OutboxRecord {
@@ -758,6 +784,8 @@ pub async fn outbox_for_case(conn: &mut AnyConnection, case_id: i64) -> Result<V
                 status: r.try_get(2)?,
                 suppressed_reason: r.try_get(3)?,
                 in_reply_to: r.try_get(4)?,
+                created_at: r.try_get(5)?,
+                last_error: r.try_get(6)?,
             })
         })
         .collect::<Result<_, sqlx::Error>>()
@@ -1002,6 +1030,134 @@ pub async fn open_ingest_errors(conn: &mut AnyConnection) -> Result<Vec<IngestEr
         .context("decoding ingest errors")
 }
 
+// ---- One case: every query keyed by a case (or its message), each on an index -------------
+
+const CASE_BY_REFERENCE: &str = select_cases!("WHERE reference = $1");
+const CASE_BY_ID: &str = select_cases!("WHERE id = $1");
+const CASE_BY_FORM: &str = select_cases!("WHERE form_sha256 = $1 ORDER BY id LIMIT 1");
+const CASES_FOR_MESSAGE: &str =
+    select_cases!("WHERE id IN (SELECT case_id FROM case_messages WHERE raw_message_id = $1) ORDER BY id");
+const RELATED_CASES: &str = select_cases!("WHERE related_case_id = $1 ORDER BY id LIMIT 100");
+const EVENTS_FOR_CASE: &str = "SELECT at, actor, actor_role, kind, transition, from_state, to_state, reason, data FROM case_events WHERE case_id = $1 ORDER BY id";
+const TIMERS_FOR_CASE: &str = "SELECT name, state, due_at, status FROM timers WHERE case_id = $1 ORDER BY id";
+const OUTBOX_FOR_CASE: &str = "SELECT template, recipient, status, suppressed_reason, in_reply_to, created_at, last_error FROM outbox WHERE case_id = $1 ORDER BY id";
+const NOTES_FOR_CASE: &str = "SELECT author, body, created_at FROM case_notes WHERE case_id = $1 ORDER BY id";
+const ORIGIN_MESSAGE: &str =
+    "SELECT from_address, subject, sent_at, received_at, sender_auth, raw FROM raw_messages WHERE id = $1";
+const ATTACHMENT_CONTENT: &str = "SELECT detected_type, content FROM attachments WHERE id = $1";
+const ATTACHMENTS_OF_MESSAGE: &str = "SELECT id, filename, claimed_type, detected_type, size_bytes FROM attachments WHERE raw_message_id = $1 ORDER BY id";
+
+/// What a per-case query is keyed by, so that a check can bind a sample key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CaseKey {
+    /// A row id (a case's, or its message's).
+    Id,
+    /// A case reference or a form's hash.
+    Text,
+}
+
+/// Every query that reads one case's rows, by name. Each must find its rows through an index,
+/// never by scanning a table that grows with the service's age (the outbox, the event log):
+/// `tests/query_plans.rs` runs `EXPLAIN` on each, on both backends.
+pub const PER_CASE_QUERIES: &[(&str, &str, CaseKey)] = &[
+    ("case by reference", CASE_BY_REFERENCE, CaseKey::Text),
+    ("case by id", CASE_BY_ID, CaseKey::Id),
+    ("case by form", CASE_BY_FORM, CaseKey::Text),
+    ("cases of a message", CASES_FOR_MESSAGE, CaseKey::Id),
+    ("related cases", RELATED_CASES, CaseKey::Id),
+    ("events of a case", EVENTS_FOR_CASE, CaseKey::Id),
+    ("timers of a case", TIMERS_FOR_CASE, CaseKey::Id),
+    ("outbox of a case", OUTBOX_FOR_CASE, CaseKey::Id),
+    ("notes of a case", NOTES_FOR_CASE, CaseKey::Id),
+    ("an attachment's bytes", ATTACHMENT_CONTENT, CaseKey::Id),
+    ("a case's message", ORIGIN_MESSAGE, CaseKey::Id),
+    ("attachments of a message", ATTACHMENTS_OF_MESSAGE, CaseKey::Id),
+];
+
+/// A stored message as the case page shows it.
+pub struct StoredMessage {
+    pub from_address: Option<String>,
+    pub subject: Option<String>,
+    pub sent_at: Option<i64>,
+    pub received_at: i64,
+    pub sender_auth_json: String,
+    pub raw: Option<Vec<u8>>,
+}
+
+pub async fn stored_message(conn: &mut AnyConnection, raw_message_id: i64) -> Result<StoredMessage, StorageError> {
+    let row = sqlx::query(ORIGIN_MESSAGE)
+        .bind(raw_message_id)
+        .fetch_one(&mut *conn)
+        .await
+        .context("reading a case's message")?;
+    Ok(StoredMessage {
+        from_address: row.try_get(0).context("decoding a message")?,
+        subject: row.try_get(1).context("decoding a message")?,
+        sent_at: row.try_get(2).context("decoding a message")?,
+        received_at: row.try_get(3).context("decoding a message")?,
+        sender_auth_json: row.try_get(4).context("decoding a message")?,
+        raw: row.try_get(5).context("decoding a message")?,
+    })
+}
+
+/// An attachment as the case page lists it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct AttachmentSummary {
+    pub id: i64,
+    pub filename: Option<String>,
+    pub claimed: String,
+    pub detected: Option<String>,
+    pub size: i64,
+}
+
+pub async fn attachments_of_message(
+    conn: &mut AnyConnection,
+    raw_message_id: i64,
+) -> Result<Vec<AttachmentSummary>, StorageError> {
+    let rows = sqlx::query(ATTACHMENTS_OF_MESSAGE)
+        .bind(raw_message_id)
+        .fetch_all(&mut *conn)
+        .await
+        .context("listing a message's attachments")?;
+    rows.iter()
+        .map(|r| {
+            Ok(AttachmentSummary {
+                id: r.try_get(0)?,
+                filename: r.try_get(1)?,
+                claimed: r.try_get(2)?,
+                detected: r.try_get(3)?,
+                size: r.try_get(4)?,
+            })
+        })
+        .collect::<Result<_, sqlx::Error>>()
+        .context("decoding attachments")
+}
+
+#[derive(Debug, Clone)]
+pub struct CaseNote {
+    pub author: String,
+    pub body: String,
+    pub created_at: i64,
+}
+
+pub async fn notes_for_case(conn: &mut AnyConnection, case_id: i64) -> Result<Vec<CaseNote>, StorageError> {
+    let rows = sqlx::query(NOTES_FOR_CASE)
+        .bind(case_id)
+        .fetch_all(&mut *conn)
+        .await
+        .context("reading a case's notes")?;
+    rows.iter()
+        .map(|r| {
+            Ok(CaseNote {
+                author: r.try_get(0)?,
+                body: r.try_get(1)?,
+                created_at: r.try_get(2)?,
+            })
+        })
+        .collect::<Result<_, sqlx::Error>>()
+        .context("decoding notes")
+}
+
 // ---- Threading ---------------------------------------------------------------------------------
 
 /// The case a reply belongs to: one whose mail (ours, or the practice's) has one of these
@@ -1060,7 +1216,7 @@ pub const MAX_THREAD_IDS: usize = 20;
 
 /// Cases opened by mail that named `case_id` but was not allowed to change it.
 pub async fn related_cases(conn: &mut AnyConnection, case_id: i64) -> Result<Vec<CaseRecord>, StorageError> {
-    let rows = sqlx::query(select_cases!("WHERE related_case_id = $1 ORDER BY id LIMIT 100"))
+    let rows = sqlx::query(RELATED_CASES)
         .bind(case_id)
         .fetch_all(&mut *conn)
         .await

@@ -920,3 +920,132 @@ async fn mail_that_names_a_case_it_may_not_change_is_linked_both_ways_on_the_cas
     })
     .await;
 }
+
+/// 32 requests to one page at once, straight to the router on the test's worker threads.
+async fn all_at_once(app: &Router, cookies: &str, method: &str, path: &str, body: &str) -> Vec<StatusCode> {
+    let requests = (0..32).map(|_| {
+        let request = Request::builder()
+            .method(method)
+            .uri(path)
+            .header(header::COOKIE, cookies)
+            .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+            .body(Body::from(body.to_string()))
+            .unwrap();
+        let app = app.clone();
+        tokio::spawn(async move {
+            let response = app.oneshot(request).await.unwrap();
+            let status = response.status();
+            // Read the whole body: a page that stalls half-way is not an answer.
+            let body = response.into_body().collect().await.unwrap().to_bytes();
+            if status.is_server_error() {
+                eprintln!("{status}: {}", String::from_utf8_lossy(&body));
+            }
+            status
+        })
+    });
+    futures::future::join_all(requests)
+        .await
+        .into_iter()
+        .map(|done| done.unwrap())
+        .collect()
+}
+
+/// A deadlock detector, not a timing test: every kind of page, 32 at once, answers while a
+/// drop-folder drain, the outbox dispatcher and the timer scheduler write to the database.
+/// A handler that held one pooled connection and waited for another froze the service once
+/// four case pages were open at a time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn every_kind_of_page_answers_32_at_once_while_mail_is_drained_and_sent() {
+    on_both_backends(|engine| async move {
+        ingest_samples(&engine, 40).await;
+        let drop_folder = tempfile::tempdir().unwrap();
+        let today = common::friday_morning().date_naive();
+        let emails =
+            countersign::samples::sample_emails(&common::workflows(), 240, today, common::AUTHSERV_ID).unwrap();
+        for (n, email) in emails.iter().enumerate().skip(40) {
+            std::fs::write(drop_folder.path().join(format!("{n:04}.eml")), email).unwrap();
+        }
+        let mut admin = Browser::new(&engine).await;
+        admin.sign_in_as(&engine, "admin@nhs.net", ActorRole::Admin).await;
+        let reference = "CS-2026-000001";
+        let csrf = admin.get(&format!("/cases/{reference}")).await.csrf();
+        let cookies = admin.cookie_header();
+
+        let (stop_tx, stop) = countersign::ingest::shutdown_channel();
+        let sent_mail = tempfile::tempdir().unwrap();
+        let settings = countersign::config::MailerSettings {
+            mail_folder: sent_mail.path().to_path_buf(),
+            ..Default::default()
+        };
+        let dispatcher =
+            countersign::outbox::Dispatcher::new(engine.clone(), settings.clone(), &common::root().join("templates"))
+                .unwrap();
+        let scheduler = countersign::scheduler::Scheduler::new(engine.clone(), settings).unwrap();
+        let drain = {
+            let (engine, folder) = (engine.clone(), drop_folder.path().to_path_buf());
+            tokio::spawn(async move {
+                countersign::ingest::dropfolder::scan_once(&engine, &folder)
+                    .await
+                    .unwrap()
+            })
+        };
+        let sending = {
+            let stop = stop.clone();
+            tokio::spawn(async move { dispatcher.run_until_stopped(stop).await })
+        };
+        let timers = tokio::spawn(async move { scheduler.run_until_stopped(stop).await });
+
+        let note = format!(
+            "csrf={}&body=looked+at+it",
+            url::form_urlencoded::byte_serialize(csrf.as_bytes()).collect::<String>()
+        );
+        let pages: Vec<(&str, String, String)> = vec![
+            ("GET", "/".into(), String::new()),
+            ("GET", "/?q=surgery".into(), String::new()),
+            ("GET", format!("/cases/{reference}"), String::new()),
+            ("GET", format!("/cases/{reference}/form.pdf"), String::new()),
+            ("POST", format!("/cases/{reference}/notes"), note),
+            ("GET", "/admin/users".into(), String::new()),
+            ("GET", "/admin/organisations".into(), String::new()),
+            ("GET", "/admin/workflows".into(), String::new()),
+            ("GET", "/api/cases".into(), String::new()),
+            ("GET", format!("/api/cases/{reference}"), String::new()),
+            ("GET", "/api/health".into(), String::new()),
+            ("GET", "/health".into(), String::new()),
+        ];
+        let limit = std::time::Duration::from_secs(120);
+        for (method, path, body) in &pages {
+            let statuses = tokio::time::timeout(limit, all_at_once(&admin.app, &cookies, method, path, body))
+                .await
+                .unwrap_or_else(|_| panic!("{method} {path}: 32 requests at once did not all answer in {limit:?}"));
+            let expected = if *method == "POST" {
+                StatusCode::SEE_OTHER
+            } else {
+                StatusCode::OK
+            };
+            let wrong: Vec<_> = statuses.iter().filter(|s| **s != expected).collect();
+            assert!(wrong.is_empty(), "{method} {path}: {wrong:?}");
+        }
+        let drained = tokio::time::timeout(limit, drain)
+            .await
+            .expect("the drain finished")
+            .unwrap();
+        assert_eq!(drained.ingested, 200, "{drained:?}");
+        stop_tx.send(true).unwrap();
+        tokio::time::timeout(limit, sending)
+            .await
+            .expect("the dispatcher stopped")
+            .unwrap();
+        tokio::time::timeout(limit, timers)
+            .await
+            .expect("the scheduler stopped")
+            .unwrap();
+        let page = admin.get(&format!("/cases/{reference}")).await;
+        assert_eq!(
+            page.body.matches("looked at it").count(),
+            32,
+            "every note was written once"
+        );
+    })
+    .await;
+}

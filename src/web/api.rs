@@ -15,7 +15,9 @@ pub async fn list_cases(
     Query(filter): Query<QueueFilter>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let user = user?;
-    let (rows, next) = load_queue(&state, &filter, user.0.id).await?;
+    let mut conn = state.engine.db.pool.acquire().await.map_err(WebError::from)?;
+    let (rows, next) = load_queue(&state, &mut conn, &filter, user.0.id).await?;
+    drop(conn);
     Ok(Json(serde_json::json!({ "cases": rows, "next": next })))
 }
 

@@ -6,7 +6,7 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum_csrf::CsrfToken;
 use chrono::{DateTime, Local};
-use sqlx::Row;
+use sqlx::{AnyConnection, Row};
 
 use super::auth::{CurrentUser, check_csrf, render};
 use super::{AppState, WebError};
@@ -162,7 +162,7 @@ fn fts_phrase(term: &str) -> String {
 
 /// On SQLite, a rare term (at most [`SEARCH_INDEX_MAX_MATCHES`] cases, by the trigram index)
 /// starts from its matches; a common one, or one too short for trigrams, walks the queue.
-async fn sqlite_free_text_source(state: &AppState, term: &str) -> Result<QueueSource, WebError> {
+async fn sqlite_free_text_source(conn: &mut AnyConnection, term: &str) -> Result<QueueSource, WebError> {
     if term.chars().count() < 3 {
         return Ok(QueueSource::Walk);
     }
@@ -171,7 +171,7 @@ async fn sqlite_free_text_source(state: &AppState, term: &str) -> Result<QueueSo
         sqlx::query_scalar("SELECT COUNT(*) FROM (SELECT rowid FROM case_search WHERE case_search MATCH $1 LIMIT $2)")
             .bind(&phrase)
             .bind(SEARCH_INDEX_MAX_MATCHES + 1)
-            .fetch_one(&state.engine.db.pool)
+            .fetch_one(&mut *conn)
             .await?;
     Ok(if matches > SEARCH_INDEX_MAX_MATCHES {
         QueueSource::Walk
@@ -181,8 +181,14 @@ async fn sqlite_free_text_source(state: &AppState, term: &str) -> Result<QueueSo
 }
 
 /// Open cases, most urgent first, a page at a time (keyset, so it stays fast at any depth).
+///
+/// It reads on the caller's connection. A handler holds at most one pooled connection at a
+/// time: one that held a connection and then waited for a second (as the case page once did,
+/// for its "next case" link) deadlocks as soon as every connection is held by such a request
+/// (four case pages at once on SQLite's pool of four).
 pub async fn load_queue(
     state: &AppState,
+    conn: &mut AnyConnection,
     filter: &QueueFilter,
     user_id: i64,
 ) -> Result<(Vec<QueueRow>, Option<String>), WebError> {
@@ -207,7 +213,7 @@ pub async fn load_queue(
         // queue in SLA order looking for them.
         QueueSource::Exact
     } else if !free_text.is_empty() && state.engine.db.backend == crate::storage::Backend::Sqlite {
-        sqlite_free_text_source(state, free_text).await?
+        sqlite_free_text_source(conn, free_text).await?
     } else {
         // PostgreSQL's planner chooses between its trigram index and the SLA-order walk itself.
         QueueSource::Walk
@@ -286,7 +292,7 @@ pub async fn load_queue(
     for state_name in &terminal {
         query = query.bind(state_name.clone());
     }
-    let rows = query.fetch_all(&state.engine.db.pool).await?;
+    let rows = query.fetch_all(&mut *conn).await?;
     let today = state.engine.clock.now().date_naive();
     let at_risk_until = state.engine.working_days_from_now(1);
     let mut out = Vec::new();
@@ -325,7 +331,9 @@ pub async fn queue(
     token: CsrfToken,
     Query(filter): Query<QueueFilter>,
 ) -> Result<Response, WebError> {
-    let (rows, next) = load_queue(&state, &filter, user.0.id).await?;
+    let mut conn = state.engine.db.pool.acquire().await?;
+    let (rows, next) = load_queue(&state, &mut conn, &filter, user.0.id).await?;
+    drop(conn);
     let mut context = base_context(&user, &token)?;
     let mut states: Vec<String> = state
         .engine
@@ -396,33 +404,17 @@ pub async fn case_page(
         .await?
         .ok_or(WebError::NotFound)?;
     let workflow = case.workflow.as_deref().and_then(|w| state.engine.workflows.get(w));
-    let message = sqlx::query(
-        "SELECT from_address, subject, sent_at, received_at, sender_auth, raw FROM raw_messages WHERE id = $1",
-    )
-    .bind(case.origin_message_id)
-    .fetch_one(&mut *conn)
-    .await?;
-    let raw: Option<Vec<u8>> = message.try_get(5)?;
-    let body = raw
+    let message = storage::stored_message(&mut conn, case.origin_message_id).await?;
+    let body = message
+        .raw
         .as_deref()
         .map(|r| crate::mail::parse(r, &state.engine.config.mail))
         .and_then(|m| m.text_body);
     let auth: crate::mail::SenderAuth =
-        serde_json::from_str(&message.try_get::<String, _>(4)?).unwrap_or(crate::mail::SenderAuth::Missing {
+        serde_json::from_str(&message.sender_auth_json).unwrap_or(crate::mail::SenderAuth::Missing {
             reason: "no verdict stored".into(),
         });
-    let attachments = sqlx::query("SELECT id, filename, claimed_type, detected_type, size_bytes FROM attachments WHERE raw_message_id = $1 ORDER BY id")
-        .bind(case.origin_message_id)
-        .fetch_all(&mut *conn)
-        .await?
-        .iter()
-        .map(|r| -> Result<serde_json::Value, sqlx::Error> {
-            Ok(serde_json::json!({
-                "filename": r.try_get::<Option<String>, _>(1)?, "claimed": r.try_get::<String, _>(2)?,
-                "detected": r.try_get::<Option<String>, _>(3)?, "size": r.try_get::<i64, _>(4)?,
-            }))
-        })
-        .collect::<Result<Vec<_>, _>>()?;
+    let attachments = storage::attachments_of_message(&mut conn, case.origin_message_id).await?;
 
     // Fields with the findings about each, in the workflow's order.
     let mut fields = Vec::new();
@@ -473,18 +465,14 @@ pub async fn case_page(
             }
         })
         .collect();
-    for row in sqlx::query("SELECT created_at, template, recipient, status, COALESCE(suppressed_reason, last_error, '') FROM outbox WHERE case_id = $1")
-        .bind(case.id)
-        .fetch_all(&mut *conn)
-        .await?
-    {
-        let at: i64 = row.try_get(0)?;
+    for mail in storage::outbox_for_case(&mut conn, case.id).await? {
+        let note = mail.suppressed_reason.or(mail.last_error).unwrap_or_default();
         timeline.push(TimelineEntry {
-            at,
-            when: when(Some(at)),
+            at: mail.created_at,
+            when: when(Some(mail.created_at)),
             kind: "mail".into(),
-            who: row.try_get::<Option<String>, _>(2)?.unwrap_or_default(),
-            text: format!("{} ({}) {}", row.try_get::<String, _>(1)?, row.try_get::<String, _>(3)?, row.try_get::<String, _>(4)?).trim().to_string(),
+            who: mail.recipient.unwrap_or_default(),
+            text: format!("{} ({}) {note}", mail.template, mail.status).trim().to_string(),
         });
     }
     for timer in storage::timers_for_case(&mut conn, case.id).await? {
@@ -497,15 +485,11 @@ pub async fn case_page(
         });
     }
     timeline.sort_by_key(|t| t.at);
-    let notes = sqlx::query("SELECT author, body, created_at FROM case_notes WHERE case_id = $1 ORDER BY id")
-        .bind(case.id)
-        .fetch_all(&mut *conn)
+    let notes: Vec<serde_json::Value> = storage::notes_for_case(&mut conn, case.id)
         .await?
-        .iter()
-        .map(|r| -> Result<serde_json::Value, sqlx::Error> {
-            Ok(serde_json::json!({ "author": r.try_get::<String, _>(0)?, "body": r.try_get::<String, _>(1)?, "when": when(Some(r.try_get::<i64, _>(2)?)) }))
-        })
-        .collect::<Result<Vec<_>, _>>()?;
+        .into_iter()
+        .map(|n| serde_json::json!({ "author": n.author, "body": n.body, "when": when(Some(n.created_at)) }))
+        .collect();
 
     // The actions the workflow allows from here, for this user's role, and only those.
     let role = user.0.role;
@@ -589,10 +573,10 @@ pub async fn case_page(
     );
     context.insert("fields", &fields);
     context.insert("general_findings", &general);
-    context.insert("from", &message.try_get::<Option<String>, _>(0)?);
-    context.insert("subject", &message.try_get::<Option<String>, _>(1)?);
-    context.insert("sent", &when(message.try_get::<Option<i64>, _>(2)?));
-    context.insert("received", &when(Some(message.try_get::<i64, _>(3)?)));
+    context.insert("from", &message.from_address);
+    context.insert("subject", &message.subject);
+    context.insert("sent", &when(message.sent_at));
+    context.insert("received", &when(Some(message.received_at)));
     context.insert("auth", &auth);
     context.insert("body", &body);
     context.insert("attachments", &attachments);
@@ -645,7 +629,7 @@ pub async fn case_page(
         after: format!("{}:{}", case.due_at.unwrap_or(0), case.id),
         ..QueueFilter::default()
     };
-    let next_case = load_queue(&state, &after, user.0.id)
+    let next_case = load_queue(&state, &mut conn, &after, user.0.id)
         .await?
         .0
         .into_iter()
@@ -805,7 +789,7 @@ pub async fn add_note(
     if form.body.trim().is_empty() {
         return Err(WebError::BadRequest("A note cannot be empty.".into()));
     }
-    let mut tx = state.engine.db.pool.begin().await?;
+    let mut tx = state.engine.db.begin_write().await?;
     let case = storage::case_by_reference(&mut tx, &reference)
         .await?
         .ok_or(WebError::NotFound)?;
@@ -955,7 +939,7 @@ async fn assign_case(
     reference: &str,
     assignee: Option<&crate::users::User>,
 ) -> Result<(), WebError> {
-    let mut tx = state.engine.db.pool.begin().await?;
+    let mut tx = state.engine.db.begin_write().await?;
     let case = storage::case_by_reference(&mut tx, reference)
         .await?
         .ok_or(WebError::NotFound)?;

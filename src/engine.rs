@@ -359,6 +359,23 @@ impl Engine {
             }
         }
         let mut tx = self.db.begin_write().await.context("starting a transaction")?;
+        // Every form of the group is locked up front, in one order, so that two writers of
+        // overlapping groups wait for each other rather than deadlock.
+        let mut forms: Vec<&str> = emails
+            .iter()
+            .flat_map(|(_, prepared, _)| {
+                prepared
+                    .analyses
+                    .iter()
+                    .filter_map(|a| prepared.parsed.attachments.get(a.attachment_index))
+                    .map(|attachment| attachment.sha256.as_str())
+            })
+            .collect();
+        forms.sort_unstable();
+        forms.dedup();
+        for sha256 in forms {
+            storage::lock_form(&mut tx, sha256).await?;
+        }
         let mut reports = Vec::with_capacity(emails.len());
         for (raw, prepared, source) in emails {
             reports.push(self.record_in(&mut tx, raw, prepared, source).await?);
@@ -749,6 +766,14 @@ impl Engine {
         let mut leftovers = Vec::new();
         let mut taken = false;
         for form in analyses.into_iter().filter(|a| a.workflow.is_some()) {
+            // A PDF that already has a case (this one's own form sent again, or another's) is
+            // a copy of that case's form, never a replacement: one case per form.
+            let sha256 = &parsed.attachments[form.attachment_index].sha256;
+            storage::lock_form(conn, sha256).await?;
+            if storage::case_by_form_sha256(conn, sha256).await?.is_some() {
+                leftovers.push((form, None));
+                continue;
+            }
             let form_workflow = form.workflow.clone().unwrap_or_default();
             let replaceable_in = case
                 .workflow
@@ -1013,6 +1038,7 @@ impl Engine {
     ) -> Result<CaseOutcome, EngineError> {
         let attachment = &parsed.attachments[form.attachment_index];
         let attachment_id = attachment_ids[form.attachment_index];
+        storage::lock_form(conn, &attachment.sha256).await?;
         if let Some(original) = storage::case_by_form_sha256(conn, &attachment.sha256).await? {
             return self.link_duplicate(conn, &original, raw_message_id, now).await;
         }

@@ -439,6 +439,22 @@ pub async fn case_by_id(conn: &mut AnyConnection, id: i64) -> Result<Option<Case
     row.as_ref().map(case_from_row).transpose()
 }
 
+/// Serialises the writers of one form until the transaction ends: on PostgreSQL, a
+/// transaction-scoped advisory lock on the form's hash, so that a second writer of the same
+/// PDF waits for the first, then finds its case and links to it rather than making another.
+/// (SQLite has one writer at a time already.) The unique index `cases_one_per_form` is the
+/// backstop: a writer that skipped the lock fails rather than make a second case.
+pub async fn lock_form(conn: &mut AnyConnection, sha256: &str) -> Result<(), StorageError> {
+    if conn.backend_name() == "PostgreSQL" {
+        sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
+            .bind(sha256)
+            .execute(&mut *conn)
+            .await
+            .context("waiting for another writer of the same form")?;
+    }
+    Ok(())
+}
+
 /// The case that first received this exact PDF, if any.
 pub async fn case_by_form_sha256(conn: &mut AnyConnection, sha256: &str) -> Result<Option<CaseRecord>, StorageError> {
     let row = sqlx::query(CASE_BY_FORM)

@@ -644,6 +644,19 @@ async fn mailbox_command(settings: &Settings, command: MailboxCommand) -> Result
                     println!("  last error     {error}");
                 }
             }
+            if settings.imap.is_none() {
+                // The drop folder keeps its state on disk, where it is true even when the
+                // database is the thing that is failing.
+                let folder = &settings.drop_folder;
+                let waiting = crate::ingest::dropfolder::pending_files(folder);
+                let quarantined = crate::ingest::dropfolder::quarantined_files(folder);
+                println!("drop folder {}", folder.display());
+                println!("  waiting        {}", waiting.len());
+                println!("  quarantined    {}", quarantined.len());
+                for (file, reason) in &quarantined {
+                    println!("    {}  {reason}", file.display());
+                }
+            }
             let errors = storage::open_ingest_errors(&mut conn).await?;
             println!("\n{} message(s) not ingested", errors.len());
             for e in errors {

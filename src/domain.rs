@@ -304,6 +304,22 @@ pub fn reveal_hidden_characters(text: &str) -> String {
     out
 }
 
+/// Text from a message, as a text column may hold it: every database takes valid UTF-8 (the
+/// parser has made it so), but PostgreSQL refuses a NUL, and no control character belongs in
+/// a name, an address or a reason. Each is replaced by U+FFFD, so that the text still shows
+/// something was there (an address with a NUL in it must never read as the address without).
+pub fn storable_text(text: &str) -> String {
+    text.chars()
+        .map(|c| {
+            if c.is_control() && c != '\t' && c != '\n' {
+                '\u{FFFD}'
+            } else {
+                c
+            }
+        })
+        .collect()
+}
+
 /// A Message-ID as stored: no control characters (a raw CR or LF could split a header we
 /// write with it), no surrounding space, and at most 998 bytes (the longest header line).
 pub fn clean_message_id(id: &str) -> Option<String> {
@@ -315,6 +331,16 @@ pub fn clean_message_id(id: &str) -> Option<String> {
 #[cfg(test)]
 mod hidden_character_tests {
     use super::*;
+
+    #[test]
+    fn storable_text_marks_nuls_and_control_characters_rather_than_dropping_them() {
+        assert_eq!(storable_text("manager\u{0}@nhs.net"), "manager\u{FFFD}@nhs.net");
+        assert_eq!(storable_text("a\rb\u{7}c\u{85}d"), "a\u{FFFD}b\u{FFFD}c\u{FFFD}d");
+        assert_eq!(
+            storable_text("line one\nline\ttwo — Siân"),
+            "line one\nline\ttwo — Siân"
+        );
+    }
 
     #[test]
     fn bidi_overrides_are_shown_and_control_characters_dropped() {

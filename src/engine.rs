@@ -40,6 +40,8 @@ const UNCLASSIFIED_EXITS: &[&str] = &["rejected", "withdrawn", "duplicate", "clo
 pub enum EngineError {
     #[error(transparent)]
     Storage(#[from] StorageError),
+    #[error("the database reported a commit, but only {found} of its {expected} message(s) can be read back")]
+    NotDurable { expected: usize, found: usize },
     #[error("no case {0}")]
     CaseNotFound(String),
     #[error("case {reference}: {source}")]
@@ -248,6 +250,7 @@ impl Engine {
         let mut tx = self.db.begin_write().await.context("starting a transaction")?;
         let report = self.record_in(&mut tx, raw, prepared, source).await?;
         tx.commit().await.context("committing an ingested message")?;
+        self.confirm_stored(std::slice::from_ref(&report)).await?;
         self.recorded(std::slice::from_ref(&report));
         Ok(report)
     }
@@ -339,6 +342,7 @@ impl Engine {
         let mut tx = self.db.begin_write().await.context("starting a transaction")?;
         let report = self.record_in(&mut tx, raw, prepared, source).await?;
         tx.commit().await.context("committing an ingested message")?;
+        self.confirm_stored(std::slice::from_ref(&report)).await?;
         self.recorded(std::slice::from_ref(&report));
         Ok(report)
     }
@@ -381,8 +385,26 @@ impl Engine {
             reports.push(self.record_in(&mut tx, raw, prepared, source).await?);
         }
         tx.commit().await.context("committing a group of ingested messages")?;
+        self.confirm_stored(&reports).await?;
         self.recorded(&reports);
         Ok(reports)
+    }
+
+    /// Reads the messages of a commit back on another connection, so that a mail source marks
+    /// mail done only after a commit that really happened. (A connection whose transaction
+    /// state was in doubt once turned "commit" into releasing a savepoint inside a transaction
+    /// that was never committed; those connections are now closed, and this proves it.)
+    async fn confirm_stored(&self, reports: &[IntakeReport]) -> Result<(), EngineError> {
+        let ids: Vec<i64> = reports.iter().map(|r| r.raw_message_id).collect();
+        let mut conn = self.db.pool.acquire().await.context("connecting")?;
+        let found = storage::count_raw_messages(&mut conn, &ids).await?;
+        if found != ids.len() {
+            return Err(EngineError::NotDurable {
+                expected: ids.len(),
+                found,
+            });
+        }
+        Ok(())
     }
 
     /// After a commit: wake the workers that act on new cases (mail, timers), and log them.

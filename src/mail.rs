@@ -193,7 +193,7 @@ fn parse_unguarded(raw: &[u8], settings: &MailSettings) -> ParsedEmail {
         return unreadable("the bytes are not an email message (no headers could be read)".into());
     };
     let from = message.from().and_then(|a| a.first());
-    let from_address = from.and_then(|a| a.address()).map(str::to_string);
+    let from_address = from.and_then(|a| a.address()).map(crate::domain::storable_text);
     let from_name = from.and_then(|a| a.name()).map(crate::domain::reveal_hidden_characters);
     let mut attachments = Vec::new();
     let mut attachments_dropped = 0;
@@ -215,7 +215,9 @@ fn parse_unguarded(raw: &[u8], settings: &MailSettings) -> ParsedEmail {
         .filter(|(name, _)| name.eq_ignore_ascii_case("From"))
         .count();
     let from_count = message.from().map(|a| a.iter().count()).unwrap_or(0);
-    let malformed = if from_headers > 1 {
+    let malformed = if from_address.as_deref().is_some_and(|a| a.contains('\u{FFFD}')) {
+        Some("its From address contains control characters, so it names no real mailbox".to_string())
+    } else if from_headers > 1 {
         Some(format!(
             "it has {from_headers} From headers, so who sent it is ambiguous"
         ))
@@ -294,7 +296,7 @@ fn collect_attachments(
             })
             .unwrap_or_else(|| "application/octet-stream".into());
         out.push(Attachment::new(
-            part.attachment_name().map(str::to_string),
+            part.attachment_name().map(crate::domain::storable_text),
             claimed_type,
             part.contents().to_vec(),
             forwarded,
@@ -314,7 +316,7 @@ fn automatic_reason(message: &mail_parser::Message<'_>, from: Option<&str>, ours
     if let Some(auto) = header("Auto-Submitted")
         && !auto.starts_with("no")
     {
-        return Some(format!("Auto-Submitted: {auto}"));
+        return Some(format!("Auto-Submitted: {}", crate::domain::storable_text(&auto)));
     }
     if let Some(precedence) = header("Precedence")
         && ["bulk", "list", "junk", "auto_reply"].contains(&precedence.as_str())

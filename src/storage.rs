@@ -197,6 +197,31 @@ pub async fn insert_raw_message(conn: &mut AnyConnection, m: &NewRawMessage<'_>)
         .context("reading a raw message id")
 }
 
+/// How many of these stored messages exist (each id once).
+pub async fn count_raw_messages(conn: &mut AnyConnection, ids: &[i64]) -> Result<usize, StorageError> {
+    let mut unique = ids.to_vec();
+    unique.sort_unstable();
+    unique.dedup();
+    let mut found = 0;
+    // In chunks: a placeholder list stays well inside both databases' limits.
+    for chunk in unique.chunks(500) {
+        let placeholders: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
+        let sql = format!(
+            "SELECT COUNT(*) FROM raw_messages WHERE id IN ({})",
+            placeholders.join(", ")
+        );
+        let mut query = sqlx::query_scalar::<_, i64>(sqlx::AssertSqlSafe(sql));
+        for id in chunk {
+            query = query.bind(*id);
+        }
+        found += query
+            .fetch_one(&mut *conn)
+            .await
+            .context("reading back stored messages")? as usize;
+    }
+    Ok(found)
+}
+
 pub async fn raw_message_id_by_dedup_key(
     conn: &mut AnyConnection,
     dedup_key: &str,
@@ -996,12 +1021,26 @@ pub async fn record_ingest_error(
     .context("recording an ingest error")
 }
 
-pub async fn mark_quarantined(conn: &mut AnyConnection, source: &str) -> Result<(), StorageError> {
-    sqlx::query("UPDATE ingest_errors SET quarantined = 1 WHERE source = $1")
-        .bind(source)
-        .execute(&mut *conn)
-        .await
-        .context("marking a quarantined message")?;
+/// Records that a message was set aside, with why. The attempts already counted stand (a
+/// quarantine is not one more attempt), so the count agrees with the reason's "failed N times".
+pub async fn record_quarantine(
+    conn: &mut AnyConnection,
+    source: &str,
+    mailbox: &str,
+    reason: &str,
+    now: i64,
+) -> Result<(), StorageError> {
+    sqlx::query(
+        "INSERT INTO ingest_errors (source, mailbox, reason, attempts, quarantined, first_seen_at, last_seen_at) VALUES ($1, $2, $3, 1, 1, $4, $4)
+         ON CONFLICT (source) DO UPDATE SET reason = $3, quarantined = 1, last_seen_at = $4, resolved_at = NULL",
+    )
+    .bind(source)
+    .bind(mailbox)
+    .bind(reason)
+    .bind(now)
+    .execute(&mut *conn)
+    .await
+    .context("recording a quarantined message")?;
     Ok(())
 }
 

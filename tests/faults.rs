@@ -29,13 +29,27 @@ async fn tally(engine: &Engine) -> Vec<(String, i64)> {
     let mut out = Vec::new();
     for (name, sql) in [
         ("cases", "SELECT COUNT(*) FROM cases"),
-        ("cases with a form", "SELECT COUNT(*) FROM cases WHERE form_sha256 IS NOT NULL"),
+        (
+            "cases with a form",
+            "SELECT COUNT(*) FROM cases WHERE form_sha256 IS NOT NULL",
+        ),
         ("messages", "SELECT COUNT(*) FROM raw_messages"),
         ("outbox", "SELECT COUNT(*) FROM outbox"),
-        ("origin links", "SELECT COUNT(*) FROM case_messages WHERE relation = 'origin'"),
-        ("duplicate links", "SELECT COUNT(*) FROM case_messages WHERE relation = 'duplicate'"),
+        (
+            "origin links",
+            "SELECT COUNT(*) FROM case_messages WHERE relation = 'origin'",
+        ),
+        (
+            "duplicate links",
+            "SELECT COUNT(*) FROM case_messages WHERE relation = 'duplicate'",
+        ),
     ] {
-        let n: i64 = sqlx::query(sql).fetch_one(&mut *conn).await.unwrap().try_get(0).unwrap();
+        let n: i64 = sqlx::query(sql)
+            .fetch_one(&mut *conn)
+            .await
+            .unwrap()
+            .try_get(0)
+            .unwrap();
         out.push((name.to_string(), n));
     }
     out
@@ -89,12 +103,246 @@ async fn two_writers_of_the_same_forms_make_one_case_per_form() {
             tokio::spawn(async move { record_in_groups(&b, &copies).await })
         };
         let limit = std::time::Duration::from_secs(300);
-        tokio::time::timeout(limit, writer_a).await.expect("writer A finished").unwrap();
-        tokio::time::timeout(limit, writer_b).await.expect("writer B finished").unwrap();
+        tokio::time::timeout(limit, writer_a)
+            .await
+            .expect("writer A finished")
+            .unwrap();
+        tokio::time::timeout(limit, writer_b)
+            .await
+            .expect("writer B finished")
+            .unwrap();
         let found = tally(&a).await;
         a.db.close().await;
         b.db.close().await;
         shared.drop_database().await;
-        assert_eq!(found, expected, "{backend:?}: two writers made something one writer does not");
+        assert_eq!(
+            found, expected,
+            "{backend:?}: two writers made something one writer does not"
+        );
     }
+}
+
+/// An email whose headers carry NULs and bytes that are not UTF-8, in every place a header
+/// value is stored: subject (encoded and raw), sender name and address, attachment name.
+fn email_with_nul_headers(pdf: &[u8]) -> Vec<u8> {
+    use base64::Engine as _;
+    let mut raw = Vec::new();
+    raw.extend_from_slice(b"Message-ID: <nul-header-1@practice.nhs.net>\r\n");
+    raw.extend_from_slice(b"From: =?utf-8?q?Practice=00Manager?= <manager\x00@nhs.net>\r\n");
+    raw.extend_from_slice(b"To: pcse.openexeter@nhs.net\r\n");
+    raw.extend_from_slice(b"Subject: =?utf-8?q?Open_Exeter=00form?= \xff\xfe raw \x00 bytes\r\n");
+    raw.extend_from_slice(b"Date: Fri, 20 Nov 2026 09:00:00 +0000\r\n");
+    raw.extend_from_slice(b"MIME-Version: 1.0\r\n");
+    raw.extend_from_slice(b"Content-Type: multipart/mixed; boundary=\"b\"\r\n\r\n");
+    raw.extend_from_slice(b"--b\r\nContent-Type: text/plain; charset=utf-8\r\n\r\nForm attached \x00 \xc3\x28\r\n");
+    raw.extend_from_slice(b"--b\r\nContent-Type: application/pdf; name=\"=?utf-8?q?form=00one.pdf?=\"\r\n");
+    raw.extend_from_slice(b"Content-Disposition: attachment; filename=\"form\x00\xff.pdf\"\r\n");
+    raw.extend_from_slice(b"Content-Transfer-Encoding: base64\r\n\r\n");
+    raw.extend_from_slice(base64::engine::general_purpose::STANDARD.encode(pdf).as_bytes());
+    raw.extend_from_slice(b"\r\n--b--\r\n");
+    raw
+}
+
+#[tokio::test]
+async fn a_nul_or_invalid_utf8_in_any_header_is_stored_on_both_backends() {
+    // The form's own fields carry a NUL too.
+    let workflows = common::workflows();
+    let workflow = workflows.get("primary_user_gp").unwrap();
+    let mut values = countersign::samples::good_values(workflow, 1, common::friday_morning().date_naive());
+    values.insert("org_name".into(), "Riverside\0Surgery".into());
+    let pdf = countersign::pdf::generate::filled_form(workflow, &values).unwrap();
+    let raw = email_with_nul_headers(&pdf);
+    common::on_both_backends(|engine| {
+        let raw = raw.clone();
+        async move {
+            let report = engine
+                .intake(&raw, "test")
+                .await
+                .unwrap_or_else(|e| panic!("{:?}: {e:#}", engine.db.backend));
+            assert_eq!(report.cases.len(), 1, "{report:?}");
+            let mut conn = engine.db.pool.acquire().await.unwrap();
+            let row = sqlx::query("SELECT raw, subject, from_address FROM raw_messages")
+                .fetch_one(&mut *conn)
+                .await
+                .unwrap();
+            let stored: Vec<u8> = row.try_get(0).unwrap();
+            assert_eq!(stored, raw, "the raw bytes are kept exactly, NULs and all");
+            let subject: Option<String> = row.try_get(1).unwrap();
+            let subject = subject.expect("a subject");
+            assert!(
+                subject.contains("Open Exeter") && !subject.contains('\0'),
+                "{subject:?}"
+            );
+            let from: Option<String> = row.try_get(2).unwrap();
+            assert!(!from.unwrap_or_default().contains('\0'));
+            let filename: Option<String> = sqlx::query_scalar("SELECT filename FROM attachments")
+                .fetch_one(&mut *conn)
+                .await
+                .unwrap();
+            assert!(!filename.unwrap_or_default().contains('\0'));
+            // And the case page shows it.
+            let case = countersign::storage::case_by_reference(&mut conn, &report.cases[0].reference)
+                .await
+                .unwrap()
+                .unwrap();
+            assert!(!case.sender.unwrap_or_default().contains('\0'));
+            let org = case.org_name.unwrap_or_default();
+            assert!(org.contains("Riverside") && !org.contains('\0'), "{org:?}");
+        }
+    })
+    .await;
+}
+
+/// A tmpfs of `size` mounted at a fresh folder, unmounted when dropped. Needs root (CI runs
+/// as root); a real small filesystem is what fills up in production, so no fake stands in.
+struct SmallDisk {
+    dir: tempfile::TempDir,
+}
+
+impl SmallDisk {
+    fn mount(size: &str) -> SmallDisk {
+        let dir = tempfile::tempdir().unwrap();
+        let status = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir.path())
+            .status()
+            .expect("running mount");
+        assert!(
+            status.success(),
+            "mounting a tmpfs needs root (the full-disk test runs as root in CI)"
+        );
+        SmallDisk { dir }
+    }
+
+    fn resize(&self, size: &str) {
+        let status = std::process::Command::new("mount")
+            .args(["-o", &format!("remount,size={size}")])
+            .arg(self.dir.path())
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    fn path(&self) -> &std::path::Path {
+        self.dir.path()
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(self.dir.path())
+            .status();
+    }
+}
+
+/// The SHA-256 of every file in `dir`.
+fn hashes_in(dir: &std::path::Path) -> Vec<String> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .map(|e| countersign::mail::sha256_hex(&std::fs::read(e.path()).unwrap()))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_marks_nothing_done_that_was_not_stored_and_the_drain_recovers_by_itself() {
+    // SQLite on a filesystem that fills up mid-drain. (PostgreSQL's own disk is not ours to
+    // fill; its transactions are never left in doubt on a live connection.)
+    let disk = SmallDisk::mount("1200k");
+    let url = format!("sqlite://{}?mode=rwc", disk.path().join("countersign.db").display());
+    let engine = engine_on(Db::connect(&url).await.unwrap());
+    let drop_folder = tempfile::tempdir().unwrap();
+    let emails = sample_emails(120);
+    for (n, email) in emails.iter().enumerate() {
+        std::fs::write(drop_folder.path().join(format!("{n:04}.eml")), email).unwrap();
+    }
+    let processed = drop_folder.path().join("processed");
+    let stored_hashes = |engine: Engine| async move {
+        let mut conn = engine.db.pool.acquire().await.unwrap();
+        let hashes: Vec<String> = sqlx::query_scalar("SELECT sha256 FROM raw_messages")
+            .fetch_all(&mut *conn)
+            .await
+            .unwrap();
+        hashes
+    };
+
+    // Fill the disk: the drain goes on, and every file it moved is in the database.
+    let mut folder = countersign::ingest::dropfolder::DropFolder::new(
+        drop_folder.path(),
+        countersign::ingest::dropfolder::MAX_MESSAGE_BYTES,
+        std::time::Duration::ZERO,
+    );
+    // Bounded: before the fix, the drain froze for good once the disk was full.
+    let limit = std::time::Duration::from_secs(90);
+    for _ in 0..2 {
+        tokio::time::timeout(limit, folder.scan(&engine))
+            .await
+            .expect("a scan on a full disk finishes")
+            .unwrap();
+    }
+    let moved = hashes_in(&processed);
+    let waiting = countersign::ingest::dropfolder::pending_files(drop_folder.path());
+    assert!(
+        !moved.is_empty() && !waiting.is_empty(),
+        "the disk filled part-way: {} moved, {} waiting",
+        moved.len(),
+        waiting.len()
+    );
+    assert!(
+        countersign::ingest::dropfolder::quarantined_files(drop_folder.path()).is_empty(),
+        "a full disk is not the message's fault: nothing is set aside"
+    );
+    // Read on a fresh pool, as another process would see it.
+    let reader = engine_on(Db::connect(&url).await.unwrap());
+    let in_database = stored_hashes(reader.clone()).await;
+    reader.db.close().await;
+    let lost: Vec<_> = moved.iter().filter(|h| !in_database.contains(h)).collect();
+    assert!(
+        lost.is_empty(),
+        "{} file(s) moved to processed/ but never stored",
+        lost.len()
+    );
+
+    // Space returns: the same running engine finishes the folder, with no restart.
+    disk.resize("64m");
+    tokio::time::timeout(limit, folder.scan(&engine))
+        .await
+        .expect("a scan after space returns finishes")
+        .unwrap();
+    assert!(countersign::ingest::dropfolder::pending_files(drop_folder.path()).is_empty());
+    let mut in_database = stored_hashes(engine.clone()).await;
+    in_database.sort();
+    let mut all: Vec<String> = emails.iter().map(|e| countersign::mail::sha256_hex(e)).collect();
+    all.sort();
+    assert_eq!(in_database, all, "every message stored exactly once");
+    let cases: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM cases")
+        .fetch_one(&engine.db.pool)
+        .await
+        .unwrap();
+    assert_eq!(cases, 120, "one case per message, none doubled");
+    engine.db.close().await;
+}
+
+#[tokio::test]
+async fn a_quarantine_counts_no_extra_attempt() {
+    common::on_both_backends(|engine| async move {
+        let mut conn = engine.db.pool.acquire().await.unwrap();
+        for now in 1..=5 {
+            countersign::storage::record_ingest_error(&mut conn, "imap:x;UID=7", "imap:x", "database is locked", now)
+                .await
+                .unwrap();
+        }
+        countersign::storage::record_quarantine(&mut conn, "imap:x;UID=7", "imap:x", "ingesting failed 5 times", 6)
+            .await
+            .unwrap();
+        let errors = countersign::storage::open_ingest_errors(&mut conn).await.unwrap();
+        assert_eq!(errors.len(), 1);
+        assert_eq!(errors[0].attempts, 5, "the reason says 5 tries, and so does the count");
+        assert!(errors[0].quarantined);
+    })
+    .await;
 }

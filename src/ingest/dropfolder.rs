@@ -1,13 +1,27 @@
 //! The embedded default mail source: a local drop folder of `.eml` files (or a Maildir's
 //! `new/`). Each file is ingested, then moved to `processed/`, or to `quarantine/` with a
-//! `.reason` file beside it when it could not be stored. Ingestion is idempotent, so a crash
+//! `.reason.txt` file beside it when it cannot be taken. Ingestion is idempotent, so a crash
 //! between storing and moving a file makes no duplicate on the next scan.
+//!
+//! Only finished files are taken:
+//! - a Maildir's `new/` holds finished messages by its own rule (they are written in `tmp/`,
+//!   which is never read, and renamed into `new/`);
+//! - at the top level, only names ending `.eml`: a writer should write `name.eml.part` (or any
+//!   other name) and rename it when done, which is atomic;
+//! - a watching scan ([`run`]) also waits until a `.eml` file has kept its size and time for
+//!   [`SETTLE`], for writers that do not rename;
+//! - a file that changed while it was being ingested is left for the next scan, not moved.
+//!
+//! A storage failure (a full disk, a database that is down) leaves the file where it is for
+//! the next scan, so the folder drains by itself once the database is back. Only a message
+//! that fails [`MAX_STORE_FAILURES`] times while the database takes other writes is set aside.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context, Result};
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
 use crate::engine::Engine;
 
@@ -16,9 +30,23 @@ use crate::engine::Engine;
 pub struct ScanSummary {
     pub ingested: usize,
     pub quarantined: usize,
+    /// Left in the folder for the next scan: not yet settled, changed while read, or not
+    /// stored (the database refused the write).
+    pub left: usize,
 }
 
-fn pending_files(folder: &Path) -> Result<Vec<PathBuf>> {
+/// How long a watching scan waits for a `.eml` file to stop changing before it takes it.
+pub const SETTLE: Duration = Duration::from_secs(5);
+
+/// Times one message may fail to store, while the database accepts other writes, before it
+/// is set aside in `quarantine/`.
+pub const MAX_STORE_FAILURES: u32 = 5;
+
+/// The largest file the drop folder takes: the same limit as the IMAP source's default.
+pub const MAX_MESSAGE_BYTES: usize = crate::config::DEFAULT_MAX_MESSAGE_BYTES;
+
+/// The files waiting in `folder` (finished or not), in name order.
+pub fn pending_files(folder: &Path) -> Vec<PathBuf> {
     let mut files = Vec::new();
     for dir in [folder.to_path_buf(), folder.join("new")] {
         let Ok(entries) = std::fs::read_dir(&dir) else {
@@ -26,15 +54,36 @@ fn pending_files(folder: &Path) -> Result<Vec<PathBuf>> {
         };
         for entry in entries.flatten() {
             let path = entry.path();
-            let is_maildir_file = dir.ends_with("new") && path.is_file();
-            let is_eml = path.extension().is_some_and(|e| e.eq_ignore_ascii_case("eml")) && path.is_file();
+            if !path.is_file() || entry.file_name().to_string_lossy().starts_with('.') {
+                continue;
+            }
+            let is_maildir_file = dir.ends_with("new");
+            let is_eml = path.extension().is_some_and(|e| e.eq_ignore_ascii_case("eml"));
             if is_maildir_file || is_eml {
                 files.push(path);
             }
         }
     }
     files.sort();
-    Ok(files)
+    files
+}
+
+/// The files set aside in `quarantine/`, each with its reason.
+pub fn quarantined_files(folder: &Path) -> Vec<(PathBuf, String)> {
+    let Ok(entries) = std::fs::read_dir(folder.join("quarantine")) else {
+        return Vec::new();
+    };
+    let mut files: Vec<(PathBuf, String)> = entries
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.is_file() && !p.to_string_lossy().ends_with(".reason.txt"))
+        .map(|p| {
+            let reason = std::fs::read_to_string(format!("{}.reason.txt", p.display())).unwrap_or_default();
+            (p, reason.trim().to_string())
+        })
+        .collect();
+    files.sort();
+    files
 }
 
 fn move_into(file: &Path, folder: &Path) -> Result<PathBuf> {
@@ -53,48 +102,116 @@ fn quarantine(file: &Path, folder: &Path, why: &str) -> Result<()> {
     Ok(())
 }
 
-/// The largest file the drop folder takes: the same limit as the IMAP source's default.
-pub const MAX_MESSAGE_BYTES: usize = crate::config::DEFAULT_MAX_MESSAGE_BYTES;
-
-/// Ingests every file waiting in the folder once.
-pub async fn scan_once(engine: &Engine, folder: &Path) -> Result<ScanSummary> {
-    scan_once_limited(engine, folder, MAX_MESSAGE_BYTES).await
+/// A file's size and modification time: what "it has not changed" means here.
+fn fingerprint(path: &Path) -> Option<(u64, SystemTime)> {
+    let meta = std::fs::metadata(path).ok()?;
+    Some((meta.len(), meta.modified().ok()?))
 }
 
-/// [`scan_once`] with a size limit of `max_bytes` per file.
-pub async fn scan_once_limited(engine: &Engine, folder: &Path, max_bytes: usize) -> Result<ScanSummary> {
-    std::fs::create_dir_all(folder).with_context(|| format!("creating drop folder {}", folder.display()))?;
-    let mut summary = ScanSummary::default();
-    for file in pending_files(folder)? {
-        let raw = match std::fs::read(&file) {
+/// A drop folder and what its scanner remembers between scans.
+#[derive(Debug)]
+pub struct DropFolder {
+    folder: PathBuf,
+    max_bytes: usize,
+    settle: Duration,
+    /// Each waiting file's fingerprint, and since when it has had it.
+    seen: HashMap<PathBuf, ((u64, SystemTime), Instant)>,
+    /// Store failures per message (by content hash), with the last error.
+    store_failures: HashMap<String, u32>,
+}
+
+impl DropFolder {
+    /// A folder scanned by a watching service: files must settle before they are taken.
+    pub fn watching(folder: &Path) -> Self {
+        Self::new(folder, MAX_MESSAGE_BYTES, SETTLE)
+    }
+
+    pub fn new(folder: &Path, max_bytes: usize, settle: Duration) -> Self {
+        DropFolder {
+            folder: folder.to_path_buf(),
+            max_bytes,
+            settle,
+            seen: HashMap::new(),
+            store_failures: HashMap::new(),
+        }
+    }
+
+    /// Whether `file` is finished: in `new/`, or unchanged for the settle time.
+    fn settled(&mut self, file: &Path, now: Instant) -> bool {
+        if self.settle.is_zero() || file.parent().is_some_and(|p| p.ends_with("new")) {
+            return true;
+        }
+        let Some(print) = fingerprint(file) else {
+            return false;
+        };
+        match self.seen.get(file) {
+            Some((seen, since)) if *seen == print => now.duration_since(*since) >= self.settle,
+            _ => {
+                self.seen.insert(file.to_path_buf(), (print, now));
+                false
+            }
+        }
+    }
+
+    /// Ingests every finished file waiting in the folder once.
+    pub async fn scan(&mut self, engine: &Engine) -> Result<ScanSummary> {
+        let folder = self.folder.clone();
+        std::fs::create_dir_all(&folder).with_context(|| format!("creating drop folder {}", folder.display()))?;
+        let mut summary = ScanSummary::default();
+        let files = pending_files(&folder);
+        self.seen.retain(|path, _| files.contains(path));
+        let now = Instant::now();
+        for file in files {
+            if !self.settled(&file, now) {
+                summary.left += 1;
+                continue;
+            }
+            match self.take(engine, &file).await? {
+                Taken::Ingested => summary.ingested += 1,
+                Taken::Quarantined => summary.quarantined += 1,
+                Taken::Left => summary.left += 1,
+            }
+            self.seen.remove(&file);
+        }
+        Ok(summary)
+    }
+
+    async fn take(&mut self, engine: &Engine, file: &Path) -> Result<Taken> {
+        let folder = self.folder.clone();
+        let before = fingerprint(file);
+        let raw = match std::fs::read(file) {
             Ok(raw) => raw,
             Err(e) => {
                 error!(file = %file.display(), error = %e, "cannot read a dropped file");
-                continue;
+                return Ok(Taken::Left);
             }
         };
-        if raw.len() > max_bytes {
-            let why = format!("the message is {} bytes, over the limit of {max_bytes}", raw.len());
-            quarantine(&file, folder, &why)?;
-            summary.quarantined += 1;
-            continue;
+        if raw.len() > self.max_bytes {
+            let why = format!(
+                "the message is {} bytes, over the limit of {}",
+                raw.len(),
+                self.max_bytes
+            );
+            quarantine(file, &folder, &why)?;
+            return Ok(Taken::Quarantined);
         }
         // A message the service died on before is not read again more than a few times.
         match engine.guard_preparation(&raw).await {
             Ok(None) => {}
             Ok(Some(why)) => {
                 error!(file = %file.display(), reason = %why, "set aside");
-                quarantine(&file, folder, &why)?;
-                summary.quarantined += 1;
-                continue;
+                quarantine(file, &folder, &why)?;
+                return Ok(Taken::Quarantined);
             }
             Err(e) => {
-                error!(file = %file.display(), error = %e, "cannot count the attempt; leaving it for the next scan");
-                continue;
+                // The database takes no writes at all: nothing about this message is wrong.
+                warn!(file = %file.display(), error = %e, "the database refused a write; leaving the file for the next scan");
+                return Ok(Taken::Left);
             }
         }
         match engine.intake(&raw, &format!("drop:{}", file.display())).await {
             Ok(report) => {
+                self.store_failures.remove(&crate::mail::sha256_hex(&raw));
                 for case in &report.cases {
                     info!(file = %file.display(), reference = %case.reference, state = %case.state, "ingested");
                     println!(
@@ -105,24 +222,53 @@ pub async fn scan_once_limited(engine: &Engine, folder: &Path, max_bytes: usize)
                         case.finding_codes.join(",")
                     );
                 }
-                move_into(&file, &folder.join("processed"))?;
-                summary.ingested += 1;
+                // What is moved to processed/ is exactly what was stored: a file still being
+                // written is taken again, whole, on the next scan.
+                if fingerprint(file) != before {
+                    warn!(file = %file.display(), "the file changed while it was read; leaving it for the next scan");
+                    return Ok(Taken::Left);
+                }
+                move_into(file, &folder.join("processed"))?;
+                Ok(Taken::Ingested)
             }
             Err(e) => {
-                // Storage failed: keep the message, with its reason, for a retry on request.
                 // Its preparation did finish, so this try does not count it as poison.
                 let _ = engine.preparation_finished(&raw).await;
-                error!(file = %file.display(), error = %e, "quarantined");
-                quarantine(&file, folder, &format!("{e:#}"))?;
-                summary.quarantined += 1;
+                let failures = self.store_failures.entry(crate::mail::sha256_hex(&raw)).or_insert(0);
+                *failures += 1;
+                if *failures < MAX_STORE_FAILURES {
+                    warn!(file = %file.display(), error = %e, failures = *failures, "not stored; leaving the file for the next scan");
+                    return Ok(Taken::Left);
+                }
+                let why = format!("storing it failed {failures} times: {e:#}");
+                self.store_failures.remove(&crate::mail::sha256_hex(&raw));
+                error!(file = %file.display(), reason = %why, "quarantined");
+                quarantine(file, &folder, &why)?;
+                Ok(Taken::Quarantined)
             }
         }
     }
-    Ok(summary)
 }
 
-/// Scans every `interval` until `stop` is set. A file being ingested when the signal comes
-/// is finished first.
+enum Taken {
+    Ingested,
+    Quarantined,
+    Left,
+}
+
+/// Ingests every file waiting in the folder once (a one-shot run: the files are taken to be
+/// finished, as they are when a command is run on a folder already filled).
+pub async fn scan_once(engine: &Engine, folder: &Path) -> Result<ScanSummary> {
+    scan_once_limited(engine, folder, MAX_MESSAGE_BYTES).await
+}
+
+/// [`scan_once`] with a size limit of `max_bytes` per file.
+pub async fn scan_once_limited(engine: &Engine, folder: &Path, max_bytes: usize) -> Result<ScanSummary> {
+    DropFolder::new(folder, max_bytes, Duration::ZERO).scan(engine).await
+}
+
+/// Scans every `interval` until `stop` is set, taking files once they have settled. A file
+/// being ingested when the signal comes is finished first.
 pub async fn run(
     engine: &Engine,
     folder: &Path,
@@ -130,8 +276,9 @@ pub async fn run(
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) -> Result<()> {
     println!("watching {} (Ctrl-C to stop)", folder.display());
+    let mut drop_folder = DropFolder::watching(folder);
     while !*stop.borrow() {
-        let summary = scan_once(engine, folder).await?;
+        let summary = drop_folder.scan(engine).await?;
         if summary.ingested + summary.quarantined > 0 {
             info!(?summary, "scan done");
         }

@@ -366,9 +366,20 @@ pub struct ImapPoller {
     settings: ImapSettings,
     /// This instance's name in the lease.
     holder: String,
+    /// Whether this instance took the lease at its last try; the heartbeat renews only then.
+    holding: std::sync::atomic::AtomicBool,
     health: HealthHandle,
     after_commit: Option<AfterCommitHook>,
 }
+
+/// How long the mailbox lease lasts unrenewed: how soon another instance takes over after this
+/// one dies. A running instance renews it every [`LEASE_HEARTBEAT`], whatever it is doing (a
+/// long IDLE wait, a long drain), so the lease can be short.
+pub const LEASE_DURATION: Duration = Duration::from_secs(15);
+
+/// How often a running instance renews its lease: three renewals fit in one lease, so one
+/// slow database write does not lose it.
+pub const LEASE_HEARTBEAT: Duration = Duration::from_secs(5);
 
 impl ImapPoller {
     pub fn new(engine: Engine, settings: ImapSettings) -> Self {
@@ -378,6 +389,7 @@ impl ImapPoller {
             engine,
             settings,
             holder,
+            holding: std::sync::atomic::AtomicBool::new(false),
             health: HealthHandle::default(),
             after_commit: None,
         }
@@ -392,9 +404,20 @@ impl ImapPoller {
         self.health.clone()
     }
 
-    /// The lease lasts long enough to cover one wait between polls, with room to spare.
     fn lease_duration(&self) -> Duration {
-        (self.settings.poll_interval * 3).max(Duration::from_secs(60))
+        LEASE_DURATION
+    }
+
+    /// Renews the lease every [`LEASE_HEARTBEAT`] while this instance holds it. Never returns.
+    async fn heartbeat(&self) {
+        loop {
+            tokio::time::sleep(LEASE_HEARTBEAT).await;
+            if self.holding.load(std::sync::atomic::Ordering::Relaxed)
+                && let Err(error) = self.hold_lease().await
+            {
+                warn!(error = %error, "renewing the mailbox lease failed");
+            }
+        }
     }
 
     async fn features(session: &mut ImapSession) -> Result<ServerFeatures, ImapError> {
@@ -512,8 +535,7 @@ impl ImapPoller {
         let mut conn = self.engine.db.pool.acquire().await.context("connecting")?;
         let now = chrono::Utc::now().timestamp_millis();
         for (uid, source, reason) in &batch.quarantined {
-            storage::record_ingest_error(&mut conn, source, &key, reason, now).await?;
-            storage::mark_quarantined(&mut conn, source).await?;
+            storage::record_quarantine(&mut conn, source, &key, reason, now).await?;
             warn!(uid, reason = %reason, "message quarantined");
         }
         if let Some(last) = batch.last_uid {
@@ -733,7 +755,10 @@ impl ImapPoller {
         let now = chrono::Utc::now().timestamp_millis();
         let until = now + self.lease_duration().as_millis() as i64;
         let mut conn = self.engine.db.pool.acquire().await.context("connecting")?;
-        Ok(storage::try_acquire_lease(&mut conn, &self.settings.mailbox_key(), &self.holder, now, until).await?)
+        let held =
+            storage::try_acquire_lease(&mut conn, &self.settings.mailbox_key(), &self.holder, now, until).await?;
+        self.holding.store(held, std::sync::atomic::Ordering::Relaxed);
+        Ok(held)
     }
 
     /// Takes every new message in the mailbox once. Stops early (between messages) when
@@ -953,9 +978,21 @@ impl ImapPoller {
     /// Polls until `stop` is set, reconnecting with exponential backoff after any error.
     /// A message being ingested when the signal comes is finished first.
     pub async fn run_until_stopped(&self, mut stop: watch::Receiver<bool>) {
+        tokio::select! {
+            _ = self.poll_until_stopped(&mut stop) => {}
+            _ = self.heartbeat() => {}
+        }
+        self.holding.store(false, std::sync::atomic::Ordering::Relaxed);
+        if let Ok(mut conn) = self.engine.db.pool.acquire().await {
+            let _ = storage::release_lease(&mut conn, &self.settings.mailbox_key(), &self.holder).await;
+        }
+        self.health.update(|h| h.state = "stopped".into());
+    }
+
+    async fn poll_until_stopped(&self, stop: &mut watch::Receiver<bool>) {
         let mut backoff = Duration::from_secs(1);
         while !*stop.borrow() {
-            match self.run_session(&mut stop, &mut backoff).await {
+            match self.run_session(stop, &mut backoff).await {
                 Ok(()) => break,
                 Err(error) => {
                     warn!(error = %error, retry_in = ?backoff, "mailbox poll failed");
@@ -978,10 +1015,6 @@ impl ImapPoller {
                 }
             }
         }
-        if let Ok(mut conn) = self.engine.db.pool.acquire().await {
-            let _ = storage::release_lease(&mut conn, &self.settings.mailbox_key(), &self.holder).await;
-        }
-        self.health.update(|h| h.state = "stopped".into());
     }
 }
 

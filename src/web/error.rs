@@ -69,6 +69,7 @@ impl From<EngineError> for WebError {
                 WebError::BadRequest(error.to_string())
             }
             EngineError::Storage(e) => WebError::internal(e),
+            EngineError::NotDurable { .. } => WebError::internal(error),
         }
     }
 }

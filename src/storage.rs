@@ -16,6 +16,8 @@ pub enum StorageError {
     Connect { url: String, source: sqlx::Error },
     #[error("cannot create the folder for the SQLite database {path}: {source}")]
     CreateDir { path: String, source: std::io::Error },
+    #[error("cannot take the migration lock {path}: {source}")]
+    MigrationLock { path: String, source: std::io::Error },
     #[error("database migrations failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("database error while {context}: {source}")]
@@ -100,13 +102,23 @@ impl Db {
             .await
             .map_err(|source| StorageError::Connect { url: shown, source })?;
         let db = Db { pool, backend };
-        db.migrate().await?;
+        db.migrate(url).await?;
         Ok(db)
     }
 
-    async fn migrate(&self) -> Result<(), StorageError> {
+    /// Brings the schema up to date. Safe to run from several processes at once: PostgreSQL's
+    /// migrator holds an advisory lock; on SQLite, whose migrator takes none, a lock file
+    /// beside the database serialises them (without it, two processes starting on a new file
+    /// both ran the first migration, and one failed).
+    async fn migrate(&self, url: &str) -> Result<(), StorageError> {
         match self.backend {
-            Backend::Sqlite => sqlx::migrate!("./migrations/sqlite").run(&self.pool).await?,
+            Backend::Sqlite => {
+                let _lock = match sqlite_path(url) {
+                    Some(path) => Some(MigrationLock::take(&path).await?),
+                    None => None,
+                };
+                sqlx::migrate!("./migrations/sqlite").run(&self.pool).await?
+            }
             Backend::Postgres => sqlx::migrate!("./migrations/postgres").run(&self.pool).await?,
         }
         Ok(())
@@ -129,16 +141,54 @@ impl Db {
     }
 }
 
-fn create_sqlite_parent_dir(url: &str) -> Result<(), StorageError> {
+/// The file of a SQLite URL; `None` for an in-memory database.
+fn sqlite_path(url: &str) -> Option<std::path::PathBuf> {
     let path = url.trim_start_matches("sqlite:").trim_start_matches("//");
     let path = path.split('?').next().unwrap_or("");
-    if path.is_empty() || path == ":memory:" {
-        return Ok(());
+    (!path.is_empty() && path != ":memory:").then(|| std::path::PathBuf::from(path))
+}
+
+/// An exclusive lock on `<database>.migrate-lock`, released when dropped (or when the process
+/// dies: the kernel drops `flock` locks with their file).
+struct MigrationLock {
+    _held: std::fs::File,
+}
+
+impl MigrationLock {
+    async fn take(database: &std::path::Path) -> Result<MigrationLock, StorageError> {
+        let path = std::path::PathBuf::from(format!("{}.migrate-lock", database.display()));
+        let failed = |source: std::io::Error| StorageError::MigrationLock {
+            path: path.display().to_string(),
+            source,
+        };
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(failed)?;
+        let locked = tokio::task::spawn_blocking(move || {
+            use std::os::fd::AsRawFd;
+            // SAFETY: flock on a descriptor we own; it blocks until the lock is ours.
+            if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } == 0 {
+                Ok(file)
+            } else {
+                Err(std::io::Error::last_os_error())
+            }
+        })
+        .await
+        .map_err(|e| failed(std::io::Error::other(e)))?;
+        Ok(MigrationLock {
+            _held: locked.map_err(failed)?,
+        })
     }
-    if let Some(parent) = std::path::Path::new(path)
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-    {
+}
+
+fn create_sqlite_parent_dir(url: &str) -> Result<(), StorageError> {
+    let Some(path) = sqlite_path(url) else {
+        return Ok(());
+    };
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
         std::fs::create_dir_all(parent).map_err(|source| StorageError::CreateDir {
             path: parent.display().to_string(),
             source,

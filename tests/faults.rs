@@ -18,9 +18,13 @@ fn sample_emails(count: usize) -> Vec<Vec<u8>> {
 
 /// The same email with a new Message-ID: the same PDF, resent as a new message.
 fn resent(email: &[u8]) -> Vec<u8> {
+    retagged(email, "resent")
+}
+
+fn retagged(email: &[u8], tag: &str) -> Vec<u8> {
     let text = String::from_utf8_lossy(email);
     assert!(text.contains("<sample-"), "sample emails have sample- Message-IDs");
-    text.replacen("<sample-", "<resent-", 1).into_bytes()
+    text.replacen("<sample-", &format!("<{tag}-"), 1).into_bytes()
 }
 
 /// How many cases, outbound messages and message links of each kind a database holds.
@@ -345,4 +349,118 @@ async fn a_quarantine_counts_no_extra_attempt() {
         assert!(errors[0].quarantined);
     })
     .await;
+}
+
+#[tokio::test]
+async fn the_drop_folder_takes_only_finished_files() {
+    let email = sample_emails(1).remove(0);
+    common::on_both_backends(|engine| {
+        let email = email.clone();
+        async move {
+            use countersign::ingest::dropfolder::{DropFolder, MAX_MESSAGE_BYTES};
+            let dir = tempfile::tempdir().unwrap();
+            let settle = std::time::Duration::from_millis(600);
+            let mut folder = DropFolder::new(dir.path(), MAX_MESSAGE_BYTES, settle);
+            let file = dir.path().join("form.eml");
+            let (first, second) = email.split_at(email.len() / 2);
+
+            // Written in two halves: neither scan takes it until it has stopped changing.
+            std::fs::write(&file, first).unwrap();
+            assert_eq!(folder.scan(&engine).await.unwrap().ingested, 0, "just written");
+            tokio::time::sleep(settle / 2).await;
+            use std::io::Write as _;
+            std::fs::OpenOptions::new()
+                .append(true)
+                .open(&file)
+                .unwrap()
+                .write_all(second)
+                .unwrap();
+            assert_eq!(folder.scan(&engine).await.unwrap().ingested, 0, "still changing");
+            tokio::time::sleep(settle + std::time::Duration::from_millis(100)).await;
+            assert_eq!(folder.scan(&engine).await.unwrap().ingested, 1, "settled");
+            let stored: Vec<u8> = sqlx::query_scalar("SELECT raw FROM raw_messages")
+                .fetch_one(&engine.db.pool)
+                .await
+                .unwrap();
+            assert_eq!(stored, email, "stored whole");
+
+            // A `.part` file, and a Maildir's tmp/, are being written: never read.
+            let part = dir.path().join("second.eml.part");
+            std::fs::write(&part, resent(&email)).unwrap();
+            std::fs::create_dir_all(dir.path().join("tmp")).unwrap();
+            std::fs::create_dir_all(dir.path().join("new")).unwrap();
+            let maildir_tmp = dir.path().join("tmp").join("1234.host");
+            std::fs::write(&maildir_tmp, retagged(&email, "maildir")).unwrap();
+            tokio::time::sleep(settle * 2).await;
+            assert_eq!(folder.scan(&engine).await.unwrap().ingested, 0);
+            // Renamed when done: taken (a Maildir's new/ at once).
+            std::fs::rename(&maildir_tmp, dir.path().join("new").join("1234.host")).unwrap();
+            assert_eq!(folder.scan(&engine).await.unwrap().ingested, 1, "new/ is finished mail");
+            std::fs::rename(&part, dir.path().join("second.eml")).unwrap();
+            assert_eq!(
+                folder.scan(&engine).await.unwrap().ingested,
+                0,
+                "a new name settles first"
+            );
+            tokio::time::sleep(settle + std::time::Duration::from_millis(100)).await;
+            assert_eq!(folder.scan(&engine).await.unwrap().ingested, 1);
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_complete_copy_of_a_message_once_taken_truncated_is_not_already_ingested() {
+    let email = sample_emails(1).remove(0);
+    common::on_both_backends(|engine| {
+        let email = email.clone();
+        async move {
+            let dir = tempfile::tempdir().unwrap();
+            // A truncated copy got in (a one-shot run while a writer was still writing).
+            std::fs::write(dir.path().join("form.eml"), &email[..email.len() / 2]).unwrap();
+            let first = countersign::ingest::dropfolder::scan_once(&engine, dir.path())
+                .await
+                .unwrap();
+            assert_eq!(first.ingested, 1);
+            // The complete file, dropped again under the same name and Message-ID.
+            std::fs::write(dir.path().join("form.eml"), &email).unwrap();
+            let report = engine.intake(&email, "drop:again").await.unwrap();
+            assert!(
+                !report.already_ingested,
+                "the complete message is not the truncated one"
+            );
+            let codes = &report.cases[0].finding_codes;
+            assert!(
+                !codes.iter().any(|c| c == "pdf_unreadable"),
+                "the form is read: {codes:?}"
+            );
+            assert!(codes.iter().any(|c| c == "message_id_reused"), "and flagged: {codes:?}");
+            let second = countersign::ingest::dropfolder::scan_once(&engine, dir.path())
+                .await
+                .unwrap();
+            assert_eq!(second.ingested, 1, "and the file is moved, once");
+        }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn several_instances_migrating_one_new_database_at_once_all_succeed() {
+    for backend in BACKENDS {
+        for _round in 0..3 {
+            let database = TestDatabase::create(backend).await;
+            let url = database.url.clone();
+            let connects = (0..4).map(|_| {
+                let url = url.clone();
+                tokio::spawn(async move { Db::connect(&url).await })
+            });
+            for connected in futures::future::join_all(connects).await {
+                let db = connected
+                    .unwrap()
+                    .unwrap_or_else(|e| panic!("{backend:?}: a concurrent migration failed: {e}"));
+                db.close().await;
+            }
+            database.drop_database().await;
+        }
+    }
 }

@@ -17,6 +17,9 @@ pub struct Dovecot {
     /// The implicit-TLS port, when started with TLS.
     pub tls_port: Option<u16>,
     options: DovecotOptions,
+    /// The master process, run in the foreground as our child: stopped on drop, and killed by
+    /// the kernel if the test process dies first (so no server outlives the test suite).
+    master: std::sync::Mutex<Option<std::process::Child>>,
 }
 
 /// How to run the test server.
@@ -61,6 +64,7 @@ impl Dovecot {
             tls_port,
             dir,
             options,
+            master: std::sync::Mutex::new(None),
         };
         if dovecot.options.tls {
             dovecot.make_certificates();
@@ -119,21 +123,31 @@ impl Dovecot {
     }
 
     fn launch(&self) {
-        let status = Command::new("dovecot")
-            .arg("-c")
-            .arg(self.path("dovecot.conf"))
-            .status()
-            .expect("dovecot runs");
-        assert!(
-            status.success(),
-            "dovecot failed to start; see {}",
-            self.path("dovecot.log").display()
-        );
+        use std::os::unix::process::CommandExt;
+        let mut command = Command::new("dovecot");
+        command.arg("-F").arg("-c").arg(self.path("dovecot.conf"));
+        // SAFETY: prctl is async-signal-safe; it only sets this child's parent-death signal.
+        unsafe {
+            command.pre_exec(|| {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let mut child = command.spawn().expect("dovecot runs");
         let deadline = Instant::now() + Duration::from_secs(10);
         while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!(
+                    "dovecot exited ({status}) instead of starting; see {}",
+                    self.path("dovecot.log").display()
+                );
+            }
             assert!(Instant::now() < deadline, "dovecot did not listen on {}", self.port);
             std::thread::sleep(Duration::from_millis(20));
         }
+        *self.master.lock().unwrap() = Some(child);
     }
 
     fn master_pid(&self) -> Option<i32> {
@@ -144,13 +158,21 @@ impl Dovecot {
             .ok()
     }
 
-    /// Stops the server and waits for its master process to exit.
+    /// Stops the server and waits for its master process to exit (killing it if it will not).
     pub fn stop(&self) {
-        let Some(pid) = self.master_pid() else { return };
-        run("kill", &[&pid.to_string()]);
+        let Some(mut child) = self.master.lock().map(|mut m| m.take()).unwrap_or(None) else {
+            return;
+        };
+        let pid = self.master_pid().unwrap_or(child.id() as i32);
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(pid, libc::SIGTERM) };
         let deadline = Instant::now() + Duration::from_secs(10);
-        while Path::new(&format!("/proc/{pid}")).exists() && Instant::now() < deadline {
+        while child.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(20));
+        }
+        if child.try_wait().ok().flatten().is_none() {
+            let _ = child.kill();
+            let _ = child.wait();
         }
         let _ = std::fs::remove_file(self.path("run/master.pid"));
     }

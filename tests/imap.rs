@@ -480,3 +480,58 @@ async fn a_message_that_fails_to_store_holds_up_no_other_in_its_group() {
     })
     .await;
 }
+
+/// A running instance keeps the mailbox through waits longer than the lease (its heartbeat
+/// renews it), and one that dies without releasing it loses it within a lease, not a minute.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_live_instance_keeps_the_lease_and_a_dead_ones_lapses_within_one_lease() {
+    use countersign::ingest::imap::{LEASE_DURATION, LEASE_HEARTBEAT};
+    on_both_backends(|engine| async move {
+        let dovecot = Dovecot::start();
+        let mut settings = dovecot.settings();
+        // Waits in IDLE far longer than the lease.
+        settings.poll_interval = LEASE_DURATION * 3;
+        let first = Arc::new(ImapPoller::new(engine.clone(), settings.clone()));
+        let (_stop, stop) = countersign::ingest::shutdown_channel();
+        let running = {
+            let first = first.clone();
+            tokio::spawn(async move { first.run_until_stopped(stop).await })
+        };
+        wait_until(
+            "the first instance holds the lease",
+            Duration::from_secs(20),
+            async || {
+                count(
+                    &engine,
+                    "SELECT COUNT(*) FROM mailbox_state WHERE lease_holder IS NOT NULL",
+                )
+                .await
+                    == 1
+            },
+        )
+        .await;
+        let second = ImapPoller::new(engine.clone(), settings);
+        tokio::time::sleep(LEASE_DURATION + LEASE_HEARTBEAT).await;
+        let tried = second.drain_once().await.unwrap();
+        assert!(
+            !tried.lease_held,
+            "the first instance still runs, so it still holds the mailbox"
+        );
+
+        // The first instance dies: nothing releases its lease.
+        running.abort();
+        let died = Instant::now();
+        let limit = LEASE_DURATION + LEASE_HEARTBEAT * 2;
+        loop {
+            if second.drain_once().await.unwrap().lease_held {
+                break;
+            }
+            assert!(
+                died.elapsed() < limit,
+                "no takeover within {limit:?} of the first instance dying"
+            );
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    })
+    .await;
+}

@@ -395,7 +395,10 @@ impl Engine {
     /// state was in doubt once turned "commit" into releasing a savepoint inside a transaction
     /// that was never committed; those connections are now closed, and this proves it.)
     async fn confirm_stored(&self, reports: &[IntakeReport]) -> Result<(), EngineError> {
-        let ids: Vec<i64> = reports.iter().map(|r| r.raw_message_id).collect();
+        let mut ids: Vec<i64> = reports.iter().map(|r| r.raw_message_id).collect();
+        // A group may hold one message twice (the repeat is found already stored).
+        ids.sort_unstable();
+        ids.dedup();
         let mut conn = self.db.pool.acquire().await.context("connecting")?;
         let found = storage::count_raw_messages(&mut conn, &ids).await?;
         if found != ids.len() {

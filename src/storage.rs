@@ -247,14 +247,11 @@ pub async fn insert_raw_message(conn: &mut AnyConnection, m: &NewRawMessage<'_>)
         .context("reading a raw message id")
 }
 
-/// How many of these stored messages exist (each id once).
+/// How many of these stored messages exist (`ids` holds each once).
 pub async fn count_raw_messages(conn: &mut AnyConnection, ids: &[i64]) -> Result<usize, StorageError> {
-    let mut unique = ids.to_vec();
-    unique.sort_unstable();
-    unique.dedup();
     let mut found = 0;
     // In chunks: a placeholder list stays well inside both databases' limits.
-    for chunk in unique.chunks(500) {
+    for chunk in ids.chunks(500) {
         let placeholders: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
         let sql = format!(
             "SELECT COUNT(*) FROM raw_messages WHERE id IN ({})",

@@ -331,6 +331,58 @@ async fn a_full_disk_marks_nothing_done_that_was_not_stored_and_the_drain_recove
     engine.db.close().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_under_an_imap_drain_moves_nothing_unstored_and_doubles_no_mail() {
+    let disk = SmallDisk::mount("1200k");
+    let url = format!("sqlite://{}?mode=rwc", disk.path().join("countersign.db").display());
+    let engine = engine_on(Db::connect(&url).await.unwrap());
+    let dovecot = common::dovecot::Dovecot::start();
+    let total = 120;
+    dovecot.deliver("INBOX", &sample_emails(total)).await;
+    let poller = countersign::ingest::imap::ImapPoller::new(engine.clone(), dovecot.settings());
+    let limit = std::time::Duration::from_secs(120);
+
+    // The disk fills mid-drain: the drain stops with the error, and what it moved is stored.
+    let failed = tokio::time::timeout(limit, poller.drain_once())
+        .await
+        .expect("a drain on a full disk finishes");
+    let error = failed.expect_err("the disk filled before the mailbox was drained");
+    assert!(format!("{error:#}").contains("full"), "{error:#}");
+    let processed = dovecot.message_ids("Processed").await;
+    assert!(!processed.is_empty(), "the disk filled part-way");
+    let stored: Vec<String> = sqlx::query_scalar("SELECT message_id FROM raw_messages")
+        .fetch_all(&engine.db.pool)
+        .await
+        .unwrap();
+    let lost: Vec<_> = processed.iter().filter(|id| !stored.contains(id)).collect();
+    assert!(
+        lost.is_empty(),
+        "{} message(s) moved to Processed but never stored",
+        lost.len()
+    );
+
+    // Space returns: the same poller drains the rest, and nothing is doubled.
+    disk.resize("64m");
+    tokio::time::timeout(limit, poller.drain_once())
+        .await
+        .expect("a drain after space returns finishes")
+        .unwrap();
+    assert_eq!(dovecot.count("INBOX").await, 0);
+    assert_eq!(dovecot.count("Processed").await as usize, total);
+    let count = |sql: &'static str| {
+        let pool = engine.db.pool.clone();
+        async move { sqlx::query_scalar::<_, i64>(sql).fetch_one(&pool).await.unwrap() }
+    };
+    assert_eq!(count("SELECT COUNT(*) FROM raw_messages").await, total as i64);
+    assert_eq!(count("SELECT COUNT(*) FROM cases").await, total as i64);
+    let doubled = count(
+        "SELECT COUNT(*) FROM (SELECT case_id, template FROM outbox GROUP BY case_id, template HAVING COUNT(*) > 1) d",
+    )
+    .await;
+    assert_eq!(doubled, 0, "no case's mail is written twice");
+    engine.db.close().await;
+}
+
 #[tokio::test]
 async fn a_quarantine_counts_no_extra_attempt() {
     common::on_both_backends(|engine| async move {

@@ -239,6 +239,31 @@ impl Dovecot {
         count
     }
 
+    /// The Message-IDs of the messages in a folder (none if it does not exist).
+    pub async fn message_ids(&self, folder: &str) -> Vec<String> {
+        let mut session = self.session().await;
+        let mut ids = Vec::new();
+        if let Ok(mailbox) = session.examine(folder).await
+            && mailbox.exists > 0
+        {
+            let fetched: Vec<_> = session
+                .fetch("1:*", "BODY.PEEK[]")
+                .await
+                .expect("fetch")
+                .try_collect()
+                .await
+                .expect("fetched");
+            for message in &fetched {
+                let parsed = mail_parser::MessageParser::default().parse(message.body().unwrap_or_default());
+                if let Some(id) = parsed.as_ref().and_then(|m| m.message_id()) {
+                    ids.push(id.to_string());
+                }
+            }
+        }
+        session.logout().await.ok();
+        ids
+    }
+
     /// Moves everything in `from` to `to`, as an administrator restoring mail would.
     pub async fn move_all(&self, from: &str, to: &str) {
         let mut session = self.session().await;

@@ -421,7 +421,12 @@ async fn case_command(settings: &Settings, command: CaseCommand) -> Result<()> {
             recorded,
         } => {
             let actor = actor(&engine, &name).await?;
-            let request = crate::workflow::TransitionRequest { to, reason, recorded };
+            let request = crate::workflow::TransitionRequest {
+                to,
+                reason,
+                recorded,
+                ..Default::default()
+            };
             let case = engine.transition(&reference, &request, &actor).await?;
             println!("{}  {}", case.reference, case.state);
         }

@@ -48,6 +48,12 @@ pub enum EngineError {
     Transition { reference: String, source: TransitionError },
     #[error("case {0} was changed by someone else at the same time; reload it and try again")]
     Conflict(String),
+    #[error(
+        "Someone else changed {reference} while you were looking at it (it is now {state}). Reload the page to see what changed."
+    )]
+    Stale { reference: String, state: String },
+    #[error("Give the reference of the case this one duplicates (no case “{0}”)")]
+    NoSuchOriginal(String),
     #[error("no workflow named `{0}`")]
     UnknownWorkflow(String),
     #[error(
@@ -1696,6 +1702,41 @@ impl Engine {
         let case = storage::case_by_reference(&mut tx, reference)
             .await?
             .ok_or_else(|| EngineError::CaseNotFound(reference.to_string()))?;
+        // The version the actor saw is checked here, inside the transaction that writes: a
+        // check before it raced with another writer between the read and the write.
+        if request.expected_version.is_some_and(|seen| seen != case.version) {
+            return Err(EngineError::Stale {
+                reference: case.reference.clone(),
+                state: case.state.clone(),
+            });
+        }
+        let original = match &request.duplicate_of {
+            Some(wanted) => {
+                let wanted = wanted.trim().to_uppercase();
+                let original = storage::case_by_reference(&mut tx, &wanted)
+                    .await?
+                    .filter(|o| o.id != case.id)
+                    .ok_or(EngineError::NoSuchOriginal(wanted))?;
+                Some(original)
+            }
+            None => None,
+        };
+        let reason = match &original {
+            Some(original) => Some(
+                format!(
+                    "duplicate of {}. {}",
+                    original.reference,
+                    request.reason.as_deref().unwrap_or_default()
+                )
+                .trim()
+                .to_string(),
+            ),
+            None => request.reason.clone(),
+        };
+        let request = &TransitionRequest {
+            reason,
+            ..request.clone()
+        };
         let now = self.now_ms();
         let updated = match case.workflow.as_deref() {
             None => {
@@ -1731,9 +1772,57 @@ impl Engine {
                 .await?
             }
         };
+        if let Some(original) = &original {
+            storage::set_duplicate_of(&mut tx, case.id, original.id).await?;
+        }
         tx.commit().await.context("committing a transition")?;
         self.wakers.wake_all();
         Ok(updated)
+    }
+
+    /// Gives a case to a member of staff (`assignee`: their id and address), or to no one: the
+    /// version-checked update and its event in one transaction, like every case change.
+    pub async fn assign(
+        &self,
+        reference: &str,
+        assignee: Option<(i64, &str)>,
+        actor: &Actor,
+    ) -> Result<CaseRecord, EngineError> {
+        let mut tx = self.db.begin_write().await.context("starting a transaction")?;
+        let mut case = storage::case_by_reference(&mut tx, reference)
+            .await?
+            .ok_or_else(|| EngineError::CaseNotFound(reference.to_string()))?;
+        let now = self.now_ms();
+        let assignee_id = assignee.map(|(id, _)| id);
+        if !storage::update_case_assignee(&mut tx, case.id, case.version, assignee_id, now).await? {
+            return Err(EngineError::Conflict(case.reference.clone()));
+        }
+        let claimed = assignee.is_some_and(|(_, email)| email.eq_ignore_ascii_case(&actor.name));
+        storage::append_event(
+            &mut tx,
+            case.id,
+            &CaseEvent {
+                at: now,
+                actor: actor.name.clone(),
+                actor_role: actor.role.as_str().into(),
+                kind: if claimed { "claimed" } else { "assigned" }.into(),
+                transition: None,
+                from_state: None,
+                to_state: None,
+                reason: Some(
+                    assignee
+                        .map(|(_, email)| format!("to {email}"))
+                        .unwrap_or_else(|| "unassigned".into()),
+                ),
+                data: None,
+            },
+        )
+        .await?;
+        tx.commit().await.context("committing an assignment")?;
+        case.assignee_id = assignee_id;
+        case.version += 1;
+        case.updated_at = now;
+        Ok(case)
     }
 
     /// The Message-ID and automatic-mail marker of a case's first message, for threading and

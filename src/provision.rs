@@ -25,6 +25,7 @@ impl Provisioner for RecordedByCaseworker {
             to: "provisioned".into(),
             reason: self.note.clone(),
             recorded: vec![("open_exeter_user_id".into(), self.open_exeter_user_id.clone())],
+            ..TransitionRequest::default()
         };
         engine.transition(reference, &request, actor).await
     }

@@ -179,7 +179,7 @@ impl Scheduler {
                 let request = TransitionRequest {
                     to: transition.to.clone(),
                     reason: Some(format!("timer {name}")),
-                    recorded: vec![],
+                    ..TransitionRequest::default()
                 };
                 let plan = Engine::plan_as_system(workflow, &case.state, &request, &case.reference.clone())?;
                 let (in_reply_to, automatic) = self.engine.origin_message(conn, case.origin_message_id).await?;

@@ -594,6 +594,27 @@ pub async fn update_case_state(
     Ok(result.rows_affected() == 1)
 }
 
+/// Gives a case to a member of staff (or to no one); same concurrency rule.
+pub async fn update_case_assignee(
+    conn: &mut AnyConnection,
+    case_id: i64,
+    expected_version: i64,
+    assignee_id: Option<i64>,
+    now: i64,
+) -> Result<bool, StorageError> {
+    let result = sqlx::query(
+        "UPDATE cases SET assignee_id = $1, updated_at = $2, version = version + 1 WHERE id = $3 AND version = $4",
+    )
+    .bind(assignee_id)
+    .bind(now)
+    .bind(case_id)
+    .bind(expected_version)
+    .execute(&mut *conn)
+    .await
+    .context("assigning a case")?;
+    Ok(result.rows_affected() == 1)
+}
+
 /// Replaces a case's fields, findings and workflow after keying; same concurrency rule.
 #[allow(clippy::too_many_arguments)]
 pub async fn update_case_fields(

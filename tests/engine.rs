@@ -22,7 +22,7 @@ fn to(state: &str, reason: Option<&str>) -> TransitionRequest {
     TransitionRequest {
         to: state.into(),
         reason: reason.map(str::to_string),
-        recorded: vec![],
+        ..TransitionRequest::default()
     }
 }
 
@@ -815,6 +815,105 @@ async fn a_group_recorded_in_one_transaction_deduplicates_within_itself() {
             .await
             .unwrap();
         assert_eq!((raw_messages, cases), (2, 2));
+    })
+    .await;
+}
+
+/// Two people act on one case from the same page at once: the version each saw is checked
+/// inside the transaction that writes, so exactly one change is made. (Checked before the
+/// transaction, both went through: the second planned from the state the first had made.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_concurrent_transitions_on_one_case_exactly_one_wins() {
+    on_both_backends(|engine| async move {
+        let reference = first_case(&engine, "mail/gp_form.eml").await;
+        let mut conn = engine.db.pool.acquire().await.unwrap();
+        let seen = storage::case_by_reference(&mut conn, &reference)
+            .await
+            .unwrap()
+            .unwrap();
+        drop(conn);
+        assert_eq!(seen.state, "validated");
+        let ask = TransitionRequest {
+            expected_version: Some(seen.version),
+            ..to("awaiting_information", Some("please send page 2"))
+        };
+        let reject = TransitionRequest {
+            expected_version: Some(seen.version),
+            ..to("rejected", Some("not signed by a partner"))
+        };
+        let (a, b) = (caseworker("cw-a@nhs.net"), caseworker("cw-b@nhs.net"));
+        let (first, second) = tokio::join!(
+            engine.transition(&reference, &ask, &a),
+            engine.transition(&reference, &reject, &b)
+        );
+        let outcomes = [first, second];
+        let won = outcomes.iter().filter(|o| o.is_ok()).count();
+        // The loser read the case after the winner committed (Stale: SQLite takes its write
+        // lock at BEGIN), or before it (Conflict: PostgreSQL's version-checked update).
+        let stale = outcomes
+            .iter()
+            .filter(|o| matches!(o, Err(EngineError::Stale { .. } | EngineError::Conflict(_))))
+            .count();
+        assert_eq!((won, stale), (1, 1), "{outcomes:?}");
+        let mut conn = engine.db.pool.acquire().await.unwrap();
+        let after = storage::case_by_reference(&mut conn, &reference)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(after.version, seen.version + 1, "one change, not two");
+        let by_staff = storage::events_for_case(&mut conn, after.id)
+            .await
+            .unwrap()
+            .into_iter()
+            .filter(|e| e.kind == "transition" && e.actor_role != "system")
+            .count();
+        assert_eq!(by_staff, 1, "one transition in the log");
+    })
+    .await;
+}
+
+/// Marking a duplicate links it to its original in the same transaction as the state change:
+/// never a duplicate with no original, never a link without the state.
+#[tokio::test]
+async fn marking_a_duplicate_is_atomic() {
+    on_both_backends(|engine| async move {
+        let original = first_case(&engine, "mail/gp_form.eml").await;
+        let copy = first_case(&engine, "mail/no_form.eml").await;
+        let actor = caseworker("cw@nhs.net");
+        let mut conn = engine.db.pool.acquire().await.unwrap();
+        let before = storage::case_by_reference(&mut conn, &copy).await.unwrap().unwrap();
+        drop(conn);
+        for wrong in ["CS-2026-999999", copy.as_str()] {
+            let request = TransitionRequest {
+                duplicate_of: Some(wrong.into()),
+                ..to("duplicate", Some("same request"))
+            };
+            let refused = engine.transition(&copy, &request, &actor).await;
+            assert!(matches!(refused, Err(EngineError::NoSuchOriginal(_))), "{refused:?}");
+            let mut conn = engine.db.pool.acquire().await.unwrap();
+            let unchanged = storage::case_by_reference(&mut conn, &copy).await.unwrap().unwrap();
+            assert_eq!(
+                (unchanged.state, unchanged.version),
+                (before.state.clone(), before.version)
+            );
+        }
+        let request = TransitionRequest {
+            duplicate_of: Some(original.to_lowercase()),
+            ..to("duplicate", Some("same request"))
+        };
+        let marked = engine.transition(&copy, &request, &actor).await.unwrap();
+        assert_eq!(marked.state, "duplicate");
+        let mut conn = engine.db.pool.acquire().await.unwrap();
+        let stored = storage::case_by_reference(&mut conn, &copy).await.unwrap().unwrap();
+        let original_id = storage::case_by_reference(&mut conn, &original)
+            .await
+            .unwrap()
+            .unwrap()
+            .id;
+        assert_eq!(stored.duplicate_of, Some(original_id));
+        let events = storage::events_for_case(&mut conn, stored.id).await.unwrap();
+        let reason = events.last().and_then(|e| e.reason.clone()).unwrap_or_default();
+        assert!(reason.starts_with(&format!("duplicate of {original}")), "{reason}");
     })
     .await;
 }

@@ -25,7 +25,7 @@ fn to(state: &str, reason: &str) -> TransitionRequest {
     TransitionRequest {
         to: state.into(),
         reason: Some(reason.into()),
-        recorded: vec![],
+        ..TransitionRequest::default()
     }
 }
 

@@ -57,7 +57,8 @@ impl From<EngineError> for WebError {
     fn from(error: EngineError) -> Self {
         match error {
             EngineError::CaseNotFound(_) => WebError::NotFound,
-            EngineError::Conflict(_) => WebError::Conflict(error.to_string()),
+            EngineError::Conflict(_) | EngineError::Stale { .. } => WebError::Conflict(error.to_string()),
+            EngineError::NoSuchOriginal(_) => WebError::BadRequest(error.to_string()),
             EngineError::Transition {
                 source: TransitionError::RoleNotAllowed { .. } | TransitionError::FourEyes { .. },
                 ..

@@ -704,17 +704,6 @@ pub async fn transition(
     Form(form): Form<TransitionForm>,
 ) -> Result<Response, WebError> {
     check_csrf(&token, &form.csrf)?;
-    let mut conn = state.engine.db.pool.acquire().await?;
-    let case = storage::case_by_reference(&mut conn, &reference)
-        .await?
-        .ok_or(WebError::NotFound)?;
-    drop(conn);
-    if case.version != form.version {
-        return Err(WebError::Conflict(format!(
-            "Someone else changed {reference} while you were looking at it (it is now {}). Reload the page to see what changed.",
-            case.state
-        )));
-    }
     let mut recorded = Vec::new();
     if !form.open_exeter_user_id.trim().is_empty() {
         recorded.push((
@@ -722,36 +711,15 @@ pub async fn transition(
             form.open_exeter_user_id.trim().to_string(),
         ));
     }
-    let original = if form.to == "duplicate" {
-        let wanted = form.duplicate_of.trim().to_uppercase();
-        let mut conn = state.engine.db.pool.acquire().await?;
-        let original = storage::case_by_reference(&mut conn, &wanted)
-            .await?
-            .filter(|o| o.id != case.id);
-        Some(original.ok_or_else(|| {
-            WebError::BadRequest(format!(
-                "Give the reference of the case this one duplicates (no case “{wanted}”)"
-            ))
-        })?)
-    } else {
-        None
-    };
-    let mut reason = form.reason.trim().to_string();
-    if let Some(original) = &original {
-        reason = format!("duplicate of {}. {reason}", original.reference)
-            .trim()
-            .to_string();
-    }
+    // The version check and the duplicate link are the engine's, inside its transaction.
     let request = TransitionRequest {
+        duplicate_of: (form.to == "duplicate").then(|| form.duplicate_of.clone()),
         to: form.to,
-        reason: Some(reason).filter(|r| !r.is_empty()),
+        reason: Some(form.reason.trim().to_string()).filter(|r| !r.is_empty()),
         recorded,
+        expected_version: Some(form.version),
     };
     state.engine.transition(&reference, &request, &user.actor()).await?;
-    if let Some(original) = original {
-        let mut conn = state.engine.db.pool.acquire().await?;
-        storage::set_duplicate_of(&mut conn, case.id, original.id).await?;
-    }
     Ok(Redirect::to(&format!("/cases/{reference}")).into_response())
 }
 
@@ -939,38 +907,8 @@ async fn assign_case(
     reference: &str,
     assignee: Option<&crate::users::User>,
 ) -> Result<(), WebError> {
-    let mut tx = state.engine.db.begin_write().await?;
-    let case = storage::case_by_reference(&mut tx, reference)
-        .await?
-        .ok_or(WebError::NotFound)?;
-    sqlx::query("UPDATE cases SET assignee_id = $1, version = version + 1, updated_at = $2 WHERE id = $3")
-        .bind(assignee.map(|u| u.id))
-        .bind(state.engine.now_ms())
-        .bind(case.id)
-        .execute(&mut *tx)
-        .await?;
-    let event = storage::CaseEvent {
-        at: state.engine.now_ms(),
-        actor: actor.0.email.clone(),
-        actor_role: actor.0.role.as_str().into(),
-        kind: if assignee.is_some_and(|u| u.id == actor.0.id) {
-            "claimed"
-        } else {
-            "assigned"
-        }
-        .into(),
-        transition: None,
-        from_state: None,
-        to_state: None,
-        reason: Some(
-            assignee
-                .map(|u| format!("to {}", u.email))
-                .unwrap_or_else(|| "unassigned".into()),
-        ),
-        data: None,
-    };
-    storage::append_event(&mut tx, case.id, &event).await?;
-    tx.commit().await?;
+    let assignee = assignee.map(|u| (u.id, u.email.as_str()));
+    state.engine.assign(reference, assignee, &actor.actor()).await?;
     Ok(())
 }
 

@@ -49,6 +49,13 @@ pub struct TransitionRequest {
     pub reason: Option<String>,
     /// Values the transition records, e.g. `open_exeter_user_id`.
     pub recorded: Vec<(String, String)>,
+    /// The case version the actor saw (a page's hidden field): checked inside the
+    /// transaction, so that of two people acting on one page exactly one wins. `None` for
+    /// the system and the command line, which act on the case as it is.
+    pub expected_version: Option<i64>,
+    /// For "mark as duplicate": the reference of the case this one repeats, linked in the
+    /// same transaction as the state change.
+    pub duplicate_of: Option<String>,
 }
 
 /// What the engine must do, all in one transaction, for an allowed transition.
@@ -189,6 +196,7 @@ mod tests {
             to: to.into(),
             reason: Some("because".into()),
             recorded: vec![("open_exeter_user_id".into(), "OE1".into())],
+            ..TransitionRequest::default()
         }
     }
 

@@ -493,13 +493,22 @@ async fn serve(engine: &Engine, settings: &Settings, once: bool, interval: std::
         crate::ingest::shutdown_signal().await;
         let _ = stop_tx.send(true);
     });
-    let web = crate::web::AppState::new(
+    let mut web = crate::web::AppState::new(
         engine.clone(),
         &settings.templates_dir,
         settings.web_secure_cookies,
         settings.web_base_url.clone(),
     )
     .await?;
+    let poller = settings
+        .imap
+        .as_ref()
+        .map(|imap| crate::ingest::imap::ImapPoller::new(engine.clone(), imap.clone()));
+    let drop_folder = crate::ingest::dropfolder::DropFolder::watching(&settings.drop_folder);
+    web.live_mail_sources.push(match (&poller, &settings.imap) {
+        (Some(poller), Some(imap)) => (imap.mailbox_key(), poller.health()),
+        _ => (format!("drop:{}", settings.drop_folder.display()), drop_folder.health()),
+    });
     let workers = {
         let (d_stop, s_stop, w_stop) = (stop_rx.clone(), stop_rx.clone(), stop_rx.clone());
         let dispatching = async move { dispatcher.run_until_stopped(d_stop).await };
@@ -512,14 +521,12 @@ async fn serve(engine: &Engine, settings: &Settings, once: bool, interval: std::
         };
         tokio::spawn(async move { tokio::join!(dispatching, scheduling, serving) })
     };
-    match &settings.imap {
-        Some(imap) => {
+    match (poller, &settings.imap) {
+        (Some(poller), Some(imap)) => {
             println!("polling {} (Ctrl-C to stop)", imap.mailbox_key());
-            crate::ingest::imap::ImapPoller::new(engine.clone(), imap.clone())
-                .run_until_stopped(stop_rx)
-                .await;
+            poller.run_until_stopped(stop_rx).await;
         }
-        None => crate::ingest::dropfolder::run(engine, &settings.drop_folder, interval, stop_rx).await?,
+        _ => crate::ingest::dropfolder::run(engine, drop_folder, interval, stop_rx).await?,
     }
     // In-flight mail and timers finish their current step before the workers return.
     let _ = workers.await;

@@ -300,6 +300,15 @@ async fn a_full_disk_marks_nothing_done_that_was_not_stored_and_the_drain_recove
         countersign::ingest::dropfolder::quarantined_files(drop_folder.path()).is_empty(),
         "a full disk is not the message's fault: nothing is set aside"
     );
+    // The failure shows in the scanner's health (what `/api/health` serves), which needs no
+    // database write.
+    let health = folder.health().snapshot();
+    assert_eq!(health.state, "failing");
+    assert_eq!(health.backlog, waiting.len());
+    assert!(
+        health.last_error.as_deref().is_some_and(|e| e.contains("full")),
+        "{health:?}"
+    );
     // Read on a fresh pool, as another process would see it.
     let reader = engine_on(Db::connect(&url).await.unwrap());
     let in_database = stored_hashes(reader.clone()).await;
@@ -318,6 +327,11 @@ async fn a_full_disk_marks_nothing_done_that_was_not_stored_and_the_drain_recove
         .expect("a scan after space returns finishes")
         .unwrap();
     assert!(countersign::ingest::dropfolder::pending_files(drop_folder.path()).is_empty());
+    let health = folder.health().snapshot();
+    assert_eq!(
+        (health.state.as_str(), health.last_error.as_deref(), health.backlog),
+        ("watching", None, 0)
+    );
     let mut in_database = stored_hashes(engine.clone()).await;
     in_database.sort();
     let mut all: Vec<String> = emails.iter().map(|e| countersign::mail::sha256_hex(e)).collect();

@@ -66,6 +66,13 @@ impl Browser {
         }
     }
 
+    fn with_state(state: AppState) -> Browser {
+        Browser {
+            app: router(state),
+            cookies: BTreeMap::new(),
+        }
+    }
+
     async fn send(&mut self, request: Request<Body>) -> Page {
         let response = self.app.clone().oneshot(request).await.unwrap();
         for value in response.headers().get_all(header::SET_COOKIE) {
@@ -1046,6 +1053,40 @@ async fn every_kind_of_page_answers_32_at_once_while_mail_is_drained_and_sent() 
             32,
             "every note was written once"
         );
+    })
+    .await;
+}
+
+/// The health view shows each running mail source as it is now, from memory: a failing
+/// database cannot record its own failure, but the view still says what is wrong.
+#[tokio::test]
+async fn api_health_shows_the_live_state_of_each_mail_source() {
+    on_both_backends(|engine| async move {
+        let mut state = AppState::new(
+            engine.clone(),
+            &common::root().join("templates"),
+            false,
+            "http://countersign.test".into(),
+        )
+        .await
+        .unwrap();
+        let health = countersign::ingest::HealthHandle::default();
+        health.update(|h| {
+            h.state = "failing".into();
+            h.backlog = 7;
+            h.last_error = Some("database or disk is full".into());
+        });
+        state.live_mail_sources.push(("drop:data/inbox".into(), health));
+        let mut browser = Browser::with_state(state);
+        browser.sign_in_as(&engine, "ops@nhs.net", ActorRole::Manager).await;
+        let page = browser.get("/api/health").await;
+        assert_eq!(page.status, StatusCode::OK);
+        let json: serde_json::Value = serde_json::from_str(&page.body).unwrap();
+        let source = &json["mail_sources"][0];
+        assert_eq!(source["source"], "drop:data/inbox");
+        assert_eq!(source["health"]["state"], "failing");
+        assert_eq!(source["health"]["backlog"], 7);
+        assert_eq!(source["health"]["last_error"], "database or disk is full");
     })
     .await;
 }

@@ -116,8 +116,9 @@ pub struct DropFolder {
     settle: Duration,
     /// Each waiting file's fingerprint, and since when it has had it.
     seen: HashMap<PathBuf, ((u64, SystemTime), Instant)>,
-    /// Store failures per message (by content hash), with the last error.
+    /// Store failures per message (by content hash).
     store_failures: HashMap<String, u32>,
+    health: super::HealthHandle,
 }
 
 impl DropFolder {
@@ -133,7 +134,14 @@ impl DropFolder {
             settle,
             seen: HashMap::new(),
             store_failures: HashMap::new(),
+            health: super::HealthHandle::default(),
         }
+    }
+
+    /// What the scanner is doing, for the health view: files waiting, and the last storage
+    /// error (cleared by a scan that stored everything it took).
+    pub fn health(&self) -> super::HealthHandle {
+        self.health.clone()
     }
 
     /// Whether `file` is finished: in `new/`, or unchanged for the settle time.
@@ -161,6 +169,7 @@ impl DropFolder {
         let files = pending_files(&folder);
         self.seen.retain(|path, _| files.contains(path));
         let now = Instant::now();
+        let mut last_error = None;
         for file in files {
             if !self.settled(&file, now) {
                 summary.left += 1;
@@ -170,9 +179,25 @@ impl DropFolder {
                 Taken::Ingested => summary.ingested += 1,
                 Taken::Quarantined => summary.quarantined += 1,
                 Taken::Left => summary.left += 1,
+                Taken::NotStored(error) => {
+                    summary.left += 1;
+                    last_error = Some(error);
+                }
             }
             self.seen.remove(&file);
         }
+        let at = engine.now_ms();
+        self.health.update(|h| {
+            h.state = if last_error.is_some() { "failing" } else { "watching" }.into();
+            h.last_poll_at = Some(at);
+            if last_error.is_none() {
+                h.last_success_at = Some(at);
+            }
+            h.backlog = summary.left;
+            h.ingested += summary.ingested as u64;
+            h.quarantined += summary.quarantined as u64;
+            h.last_error = last_error;
+        });
         Ok(summary)
     }
 
@@ -206,7 +231,7 @@ impl DropFolder {
             Err(e) => {
                 // The database takes no writes at all: nothing about this message is wrong.
                 warn!(file = %file.display(), error = %e, "the database refused a write; leaving the file for the next scan");
-                return Ok(Taken::Left);
+                return Ok(Taken::NotStored(format!("{e:#}")));
             }
         }
         match engine.intake(&raw, &format!("drop:{}", file.display())).await {
@@ -238,7 +263,7 @@ impl DropFolder {
                 *failures += 1;
                 if *failures < MAX_STORE_FAILURES {
                     warn!(file = %file.display(), error = %e, failures = *failures, "not stored; leaving the file for the next scan");
-                    return Ok(Taken::Left);
+                    return Ok(Taken::NotStored(format!("{e:#}")));
                 }
                 let why = format!("storing it failed {failures} times: {e:#}");
                 self.store_failures.remove(&crate::mail::sha256_hex(&raw));
@@ -253,7 +278,10 @@ impl DropFolder {
 enum Taken {
     Ingested,
     Quarantined,
+    /// Not taken this time (changed while read, or unreadable for now).
     Left,
+    /// The database refused it; the error, for the health view.
+    NotStored(String),
 }
 
 /// Ingests every file waiting in the folder once (a one-shot run: the files are taken to be
@@ -271,12 +299,11 @@ pub async fn scan_once_limited(engine: &Engine, folder: &Path, max_bytes: usize)
 /// being ingested when the signal comes is finished first.
 pub async fn run(
     engine: &Engine,
-    folder: &Path,
+    mut drop_folder: DropFolder,
     interval: Duration,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) -> Result<()> {
-    println!("watching {} (Ctrl-C to stop)", folder.display());
-    let mut drop_folder = DropFolder::watching(folder);
+    println!("watching {} (Ctrl-C to stop)", drop_folder.folder.display());
     while !*stop.borrow() {
         let summary = drop_folder.scan(engine).await?;
         if summary.ingested + summary.quarantined > 0 {

@@ -64,7 +64,13 @@ pub async fn health(
         .fetch_one(&mut *conn)
         .await
         .map_err(WebError::from)?;
-    Ok(Json(
-        serde_json::json!({ "mailboxes": mailboxes, "ingest_errors": ingest_errors, "outbox": outbox, "pending_timers": timers }),
-    ))
+    let live: Vec<serde_json::Value> = state
+        .live_mail_sources
+        .iter()
+        .map(|(name, health)| serde_json::json!({ "source": name, "health": health.snapshot() }))
+        .collect();
+    Ok(Json(serde_json::json!({
+        "mail_sources": live, "mailboxes": mailboxes, "ingest_errors": ingest_errors,
+        "outbox": outbox, "pending_timers": timers,
+    })))
 }

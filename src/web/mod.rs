@@ -72,6 +72,9 @@ pub struct AppState {
     pub secure_cookies: bool,
     /// The app's public address, for set-password links.
     pub base_url: String,
+    /// The mail sources running in this process, by name, as they are now: their last error
+    /// shows even while the database (where polls are also recorded) takes no writes.
+    pub live_mail_sources: Vec<(String, crate::ingest::HealthHandle)>,
 }
 
 impl FromRef<AppState> for CsrfConfig {
@@ -127,6 +130,7 @@ impl AppState {
             csrf,
             secure_cookies,
             base_url,
+            live_mail_sources: Vec::new(),
         })
     }
 }

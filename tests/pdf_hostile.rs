@@ -129,8 +129,11 @@ async fn a_worker_that_runs_out_of_memory_is_a_reader_failure_not_a_crash() {
     // With the per-stream cap raised past the object stream's 30 MB, its 15 million integers
     // need far more than 256 MiB of address space.
     let pool = pool(|s| s.max_address_space_bytes = 256 * 1024 * 1024);
+    // The time limit is generous too: this is about memory, and an unoptimised worker on a
+    // busy machine can take more than the default 10 s to reach its limit.
     let generous = ExtractLimits {
         max_decompressed_bytes: 64 * 1024 * 1024,
+        timeout: std::time::Duration::from_secs(180),
         ..ExtractLimits::default()
     };
     let result = pool

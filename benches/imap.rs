@@ -3,7 +3,6 @@
 //! client and no processing, as the ceiling. Prints messages per second and peak memory.
 //! `COUNTERSIGN_BENCH_IMAP_EMAILS` sets the mailbox size (default 5000).
 
-#[allow(dead_code)]
 #[path = "../tests/common/mod.rs"]
 mod common;
 

@@ -234,7 +234,7 @@ async fn a_20_mb_message_is_ingested() {
             .write_to_vec()
             .unwrap();
         assert!(email.len() > 19 * 1024 * 1024, "{} bytes", email.len());
-        dovecot.deliver("INBOX", &[email.clone()]).await;
+        dovecot.deliver("INBOX", std::slice::from_ref(&email)).await;
         let summary = ImapPoller::new(engine.clone(), dovecot.settings())
             .drain_once()
             .await

@@ -551,7 +551,7 @@ async fn two_schedulers_on_one_postgres_database_fire_each_timer_once() {
     let (a, b) = (a.unwrap(), b.unwrap());
     assert_eq!(
         a.len() + b.len(),
-        3 * cases as usize,
+        3 * cases,
         "every timer fired exactly once between them"
     );
     let events: i64 = sqlx::query_scalar(

@@ -530,3 +530,92 @@ async fn several_instances_migrating_one_new_database_at_once_all_succeed() {
         }
     }
 }
+
+/// PostgreSQL's counterpart of the full disk: its connections are killed mid-drain
+/// (`pg_terminate_backend`, as a failover or an administrator would), again and again. A
+/// transaction in doubt (killed during COMMIT) must leave its file for the next scan, which
+/// finds it stored or stores it: nothing moved unstored, nothing doubled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_killed_mid_drain_lose_and_double_nothing_on_postgres() {
+    let database = TestDatabase::create(Backend::Postgres).await;
+    let engine = engine_on(Db::connect(&database.url).await.unwrap());
+    let drop_folder = tempfile::tempdir().unwrap();
+    let total = 120;
+    let emails = sample_emails(total);
+    for (n, email) in emails.iter().enumerate() {
+        std::fs::write(drop_folder.path().join(format!("{n:04}.eml")), email).unwrap();
+    }
+    let name: String = sqlx::query_scalar("SELECT current_database()::text")
+        .fetch_one(&engine.db.pool)
+        .await
+        .unwrap();
+    let killing = tokio::spawn(async move {
+        use sqlx::Connection;
+        let mut admin = sqlx::PgConnection::connect(&common::postgres_admin_url())
+            .await
+            .unwrap();
+        let mut killed = 0_i64;
+        for _ in 0..40 {
+            tokio::time::sleep(std::time::Duration::from_millis(60)).await;
+            let n: i64 = sqlx::query_scalar(
+                "SELECT COUNT(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()",
+            )
+            .bind(&name)
+            .fetch_one(&mut admin)
+            .await
+            .unwrap();
+            killed += n;
+        }
+        killed
+    });
+    let mut folder = countersign::ingest::dropfolder::DropFolder::new(
+        drop_folder.path(),
+        countersign::ingest::dropfolder::MAX_MESSAGE_BYTES,
+        std::time::Duration::ZERO,
+    );
+    let limit = std::time::Duration::from_secs(120);
+    let started = std::time::Instant::now();
+    while !killing.is_finished() {
+        let _ = tokio::time::timeout(limit, folder.scan(&engine))
+            .await
+            .expect("a scan finishes");
+    }
+    let killed = killing.await.unwrap();
+    assert!(killed > 0, "connections were killed");
+    // Every file moved so far is stored.
+    let stored: Vec<String> = sqlx::query_scalar("SELECT sha256 FROM raw_messages")
+        .fetch_all(&engine.db.pool)
+        .await
+        .unwrap();
+    let moved = hashes_in(&drop_folder.path().join("processed"));
+    assert!(
+        moved.iter().all(|h| stored.contains(h)),
+        "a file was moved but never stored"
+    );
+    // With the database left alone, the folder drains.
+    for _ in 0..10 {
+        if countersign::ingest::dropfolder::pending_files(drop_folder.path()).is_empty() {
+            break;
+        }
+        tokio::time::timeout(limit, folder.scan(&engine))
+            .await
+            .expect("a scan finishes")
+            .unwrap();
+    }
+    assert!(started.elapsed() < limit * 4);
+    assert!(countersign::ingest::dropfolder::pending_files(drop_folder.path()).is_empty());
+    assert!(countersign::ingest::dropfolder::quarantined_files(drop_folder.path()).is_empty());
+    let count = |sql: &'static str| {
+        let pool = engine.db.pool.clone();
+        async move { sqlx::query_scalar::<_, i64>(sql).fetch_one(&pool).await.unwrap() }
+    };
+    assert_eq!(count("SELECT COUNT(*) FROM raw_messages").await, total as i64);
+    assert_eq!(count("SELECT COUNT(*) FROM cases").await, total as i64);
+    let doubled = count(
+        "SELECT COUNT(*) FROM (SELECT case_id, template FROM outbox GROUP BY case_id, template HAVING COUNT(*) > 1) d",
+    )
+    .await;
+    assert_eq!(doubled, 0, "no case's mail is written twice");
+    engine.db.close().await;
+    database.drop_database().await;
+}

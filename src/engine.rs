@@ -1802,19 +1802,17 @@ impl Engine {
             &mut tx,
             case.id,
             &CaseEvent {
-                at: now,
-                actor: actor.name.clone(),
-                actor_role: actor.role.as_str().into(),
-                kind: if claimed { "claimed" } else { "assigned" }.into(),
-                transition: None,
-                from_state: None,
-                to_state: None,
                 reason: Some(
                     assignee
                         .map(|(_, email)| format!("to {email}"))
                         .unwrap_or_else(|| "unassigned".into()),
                 ),
-                data: None,
+                ..CaseEvent::by(
+                    &actor.name,
+                    actor.role.as_str(),
+                    if claimed { "claimed" } else { "assigned" },
+                    now,
+                )
             },
         )
         .await?;
@@ -1966,19 +1964,13 @@ impl Engine {
                 &mut tx,
                 case.id,
                 &CaseEvent {
-                    at: now,
-                    actor: actor.name.clone(),
-                    actor_role: actor.role.as_str().into(),
-                    kind: "workflow_changed".into(),
-                    transition: None,
-                    from_state: None,
-                    to_state: None,
                     reason: Some(format!(
                         "put into workflow {} (was {})",
                         workflow.name,
                         case.workflow.as_deref().unwrap_or("none")
                     )),
                     data: Some(serde_json::json!({ "old": case.workflow, "new": workflow.name }).to_string()),
+                    ..CaseEvent::by(&actor.name, actor.role.as_str(), "workflow_changed", now)
                 },
             )
             .await?;

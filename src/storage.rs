@@ -704,6 +704,15 @@ impl CaseEvent {
             data: None,
         }
     }
+
+    /// An event a member of staff caused; set the other fields with `..CaseEvent::by(…)`.
+    pub fn by(actor: &str, actor_role: &str, kind: &str, at: i64) -> Self {
+        CaseEvent {
+            actor: actor.into(),
+            actor_role: actor_role.into(),
+            ..CaseEvent::system(kind, at)
+        }
+    }
 }
 
 pub async fn append_event(conn: &mut AnyConnection, case_id: i64, e: &CaseEvent) -> Result<(), StorageError> {

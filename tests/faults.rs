@@ -59,6 +59,22 @@ async fn tally(engine: &Engine) -> Vec<(String, i64)> {
     out
 }
 
+/// After a fault and a recovery: `total` messages stored, one case each, and no case's mail
+/// written twice.
+async fn assert_each_stored_once(engine: &Engine, total: usize) {
+    let count = |sql: &'static str| {
+        let pool = engine.db.pool.clone();
+        async move { sqlx::query_scalar::<_, i64>(sql).fetch_one(&pool).await.unwrap() }
+    };
+    assert_eq!(count("SELECT COUNT(*) FROM raw_messages").await, total as i64);
+    assert_eq!(count("SELECT COUNT(*) FROM cases").await, total as i64);
+    let doubled = count(
+        "SELECT COUNT(*) FROM (SELECT case_id, template FROM outbox GROUP BY case_id, template HAVING COUNT(*) > 1) d",
+    )
+    .await;
+    assert_eq!(doubled, 0, "no case's mail is written twice");
+}
+
 /// Writer B records its emails in groups, as a mailbox drain does, falling back to one at a
 /// time when a group fails.
 async fn record_in_groups(engine: &Engine, emails: &[Vec<u8>]) {
@@ -383,17 +399,7 @@ async fn a_full_disk_under_an_imap_drain_moves_nothing_unstored_and_doubles_no_m
         .unwrap();
     assert_eq!(dovecot.count("INBOX").await, 0);
     assert_eq!(dovecot.count("Processed").await as usize, total);
-    let count = |sql: &'static str| {
-        let pool = engine.db.pool.clone();
-        async move { sqlx::query_scalar::<_, i64>(sql).fetch_one(&pool).await.unwrap() }
-    };
-    assert_eq!(count("SELECT COUNT(*) FROM raw_messages").await, total as i64);
-    assert_eq!(count("SELECT COUNT(*) FROM cases").await, total as i64);
-    let doubled = count(
-        "SELECT COUNT(*) FROM (SELECT case_id, template FROM outbox GROUP BY case_id, template HAVING COUNT(*) > 1) d",
-    )
-    .await;
-    assert_eq!(doubled, 0, "no case's mail is written twice");
+    assert_each_stored_once(&engine, total).await;
     engine.db.close().await;
 }
 
@@ -605,17 +611,7 @@ async fn connections_killed_mid_drain_lose_and_double_nothing_on_postgres() {
     assert!(started.elapsed() < limit * 4);
     assert!(countersign::ingest::dropfolder::pending_files(drop_folder.path()).is_empty());
     assert!(countersign::ingest::dropfolder::quarantined_files(drop_folder.path()).is_empty());
-    let count = |sql: &'static str| {
-        let pool = engine.db.pool.clone();
-        async move { sqlx::query_scalar::<_, i64>(sql).fetch_one(&pool).await.unwrap() }
-    };
-    assert_eq!(count("SELECT COUNT(*) FROM raw_messages").await, total as i64);
-    assert_eq!(count("SELECT COUNT(*) FROM cases").await, total as i64);
-    let doubled = count(
-        "SELECT COUNT(*) FROM (SELECT case_id, template FROM outbox GROUP BY case_id, template HAVING COUNT(*) > 1) d",
-    )
-    .await;
-    assert_eq!(doubled, 0, "no case's mail is written twice");
+    assert_each_stored_once(&engine, total).await;
     engine.db.close().await;
     database.drop_database().await;
 }

@@ -615,3 +615,55 @@ async fn connections_killed_mid_drain_lose_and_double_nothing_on_postgres() {
     engine.db.close().await;
     database.drop_database().await;
 }
+
+/// A message the database refuses while it takes every other (a failing constraint, a bug) is
+/// retried on each scan, then set aside after `MAX_STORE_FAILURES` with its reason; the rest
+/// of the folder is not held up.
+#[tokio::test]
+async fn a_message_that_never_stores_is_set_aside_after_its_tries_and_holds_up_no_other() {
+    common::on_both_backends(|engine| async move {
+        use countersign::ingest::dropfolder::{DropFolder, MAX_MESSAGE_BYTES, MAX_STORE_FAILURES, quarantined_files};
+        let poison = match engine.db.backend {
+            Backend::Sqlite => {
+                "CREATE TRIGGER poison BEFORE INSERT ON raw_messages WHEN new.subject = 'Poison'
+                 BEGIN SELECT RAISE(ABORT, 'poisoned message'); END;"
+            }
+            Backend::Postgres => {
+                "CREATE FUNCTION poison() RETURNS trigger LANGUAGE plpgsql AS $$
+                 BEGIN IF NEW.subject = 'Poison' THEN RAISE EXCEPTION 'poisoned message'; END IF; RETURN NEW; END $$;
+                 CREATE TRIGGER poison BEFORE INSERT ON raw_messages FOR EACH ROW EXECUTE FUNCTION poison();"
+            }
+        };
+        sqlx::raw_sql(poison).execute(&engine.db.pool).await.unwrap();
+        let workflow = common::workflows().get("primary_user_gp").unwrap().clone();
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("0-poison.eml"),
+            common::form_email(&workflow, 7, &[], "poison@nhs.net", "poison-7@nhs.net", "Poison"),
+        )
+        .unwrap();
+        for (n, email) in sample_emails(2).iter().enumerate() {
+            std::fs::write(dir.path().join(format!("{}.eml", n + 1)), email).unwrap();
+        }
+        let mut folder = DropFolder::new(dir.path(), MAX_MESSAGE_BYTES, std::time::Duration::ZERO);
+        let first = folder.scan(&engine).await.unwrap();
+        assert_eq!((first.ingested, first.left, first.quarantined), (2, 1, 0), "{first:?}");
+        for _ in 1..MAX_STORE_FAILURES - 1 {
+            assert_eq!(
+                folder.scan(&engine).await.unwrap().left,
+                1,
+                "tried again, not yet set aside"
+            );
+        }
+        let last = folder.scan(&engine).await.unwrap();
+        assert_eq!((last.left, last.quarantined), (0, 1), "{last:?}");
+        let set_aside = quarantined_files(dir.path());
+        assert_eq!(set_aside.len(), 1);
+        assert!(
+            set_aside[0].1.contains(&format!("failed {MAX_STORE_FAILURES} times"))
+                && set_aside[0].1.contains("poisoned"),
+            "{set_aside:?}"
+        );
+    })
+    .await;
+}

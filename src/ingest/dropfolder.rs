@@ -163,10 +163,10 @@ impl DropFolder {
 
     /// Ingests every finished file waiting in the folder once.
     pub async fn scan(&mut self, engine: &Engine) -> Result<ScanSummary> {
-        let folder = self.folder.clone();
-        std::fs::create_dir_all(&folder).with_context(|| format!("creating drop folder {}", folder.display()))?;
+        let folder = &self.folder;
+        std::fs::create_dir_all(folder).with_context(|| format!("creating drop folder {}", folder.display()))?;
         let mut summary = ScanSummary::default();
-        let files = pending_files(&folder);
+        let files = pending_files(folder);
         self.seen.retain(|path, _| files.contains(path));
         let now = Instant::now();
         let mut last_error = None;
@@ -202,7 +202,7 @@ impl DropFolder {
     }
 
     async fn take(&mut self, engine: &Engine, file: &Path) -> Result<Taken> {
-        let folder = self.folder.clone();
+        let folder = self.folder.as_path();
         let before = fingerprint(file);
         let raw = match std::fs::read(file) {
             Ok(raw) => raw,
@@ -211,13 +211,15 @@ impl DropFolder {
                 return Ok(Taken::Left);
             }
         };
+        // Failures are counted per content, not per file name: a renamed copy is the same message.
+        let sha256 = crate::mail::sha256_hex(&raw);
         if raw.len() > self.max_bytes {
             let why = format!(
                 "the message is {} bytes, over the limit of {}",
                 raw.len(),
                 self.max_bytes
             );
-            quarantine(file, &folder, &why)?;
+            quarantine(file, folder, &why)?;
             return Ok(Taken::Quarantined);
         }
         // A message the service died on before is not read again more than a few times.
@@ -225,7 +227,7 @@ impl DropFolder {
             Ok(None) => {}
             Ok(Some(why)) => {
                 error!(file = %file.display(), reason = %why, "set aside");
-                quarantine(file, &folder, &why)?;
+                quarantine(file, folder, &why)?;
                 return Ok(Taken::Quarantined);
             }
             Err(e) => {
@@ -236,7 +238,7 @@ impl DropFolder {
         }
         match engine.intake(&raw, &format!("drop:{}", file.display())).await {
             Ok(report) => {
-                self.store_failures.remove(&crate::mail::sha256_hex(&raw));
+                self.store_failures.remove(&sha256);
                 for case in &report.cases {
                     info!(file = %file.display(), reference = %case.reference, state = %case.state, "ingested");
                     println!(
@@ -259,16 +261,19 @@ impl DropFolder {
             Err(e) => {
                 // Its preparation did finish, so this try does not count it as poison.
                 let _ = engine.preparation_finished(&raw).await;
-                let failures = self.store_failures.entry(crate::mail::sha256_hex(&raw)).or_insert(0);
-                *failures += 1;
-                if *failures < MAX_STORE_FAILURES {
-                    warn!(file = %file.display(), error = %e, failures = *failures, "not stored; leaving the file for the next scan");
+                let failures = {
+                    let count = self.store_failures.entry(sha256.clone()).or_insert(0);
+                    *count += 1;
+                    *count
+                };
+                if failures < MAX_STORE_FAILURES {
+                    warn!(file = %file.display(), error = %e, failures, "not stored; leaving the file for the next scan");
                     return Ok(Taken::NotStored(format!("{e:#}")));
                 }
                 let why = format!("storing it failed {failures} times: {e:#}");
-                self.store_failures.remove(&crate::mail::sha256_hex(&raw));
+                self.store_failures.remove(&sha256);
                 error!(file = %file.display(), reason = %why, "quarantined");
-                quarantine(file, &folder, &why)?;
+                quarantine(file, folder, &why)?;
                 Ok(Taken::Quarantined)
             }
         }

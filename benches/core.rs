@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use countersign::calendar::WorkingCalendar;
-use countersign::engine::{Engine, EngineConfig, SystemClock};
+use countersign::engine::{Engine, EngineConfig};
 use countersign::mail::MailSettings;
 use countersign::pdf::worker::{WorkerPool, WorkerSettings};
 use countersign::pdf::{ExtractLimits, PdfReader, extract, extract_in_place};
@@ -111,11 +111,11 @@ fn bench_extraction(root: &Path) {
 }
 
 fn engine(db: Db, workflows: &WorkflowSet) -> Engine {
-    Engine {
+    Engine::new(
         db,
-        workflows: Arc::new(workflows.clone()),
-        calendar: Arc::new(WorkingCalendar::shipped()),
-        config: EngineConfig {
+        workflows.clone(),
+        WorkingCalendar::shipped(),
+        EngineConfig {
             policy: PolicySettings::default(),
             mail: MailSettings {
                 authserv_id: "mx.bench".into(),
@@ -127,9 +127,7 @@ fn engine(db: Db, workflows: &WorkflowSet) -> Engine {
                 env!("CARGO_BIN_EXE_countersign").into(),
             )))),
         },
-        clock: Arc::new(SystemClock),
-        wakers: Default::default(),
-    }
+    )
 }
 
 async fn ingest_all(engine: &Engine, corpus: &[Vec<u8>], concurrency: usize) -> Duration {
@@ -208,7 +206,7 @@ async fn bench_ingest(workflows: &WorkflowSet, corpus: &[Vec<u8>]) {
             elapsed.as_secs_f64(),
             n as f64 / elapsed.as_secs_f64()
         );
-        engine.db.close().await;
+        engine.db().close().await;
     }
     let url = format!("sqlite://{}?mode=rwc", dir.path().join("bench-grouped.db").display());
     let grouped = engine(Db::connect(&url).await.expect("sqlite"), workflows);
@@ -218,7 +216,7 @@ async fn bench_ingest(workflows: &WorkflowSet, corpus: &[Vec<u8>]) {
         elapsed.as_secs_f64(),
         n as f64 / elapsed.as_secs_f64()
     );
-    grouped.db.close().await;
+    grouped.db().close().await;
     let admin =
         std::env::var("TEST_DATABASE_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
     let Ok(mut conn) = sqlx::PgConnection::connect(&admin).await else {
@@ -240,7 +238,7 @@ async fn bench_ingest(workflows: &WorkflowSet, corpus: &[Vec<u8>]) {
             elapsed.as_secs_f64(),
             n as f64 / elapsed.as_secs_f64()
         );
-        engine.db.close().await;
+        engine.db().close().await;
         sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE {name} WITH (FORCE)")))
             .execute(&mut conn)
             .await

@@ -8,11 +8,10 @@ mod common;
 
 use common::dovecot;
 
-use std::sync::Arc;
 use std::time::Instant;
 
 use countersign::calendar::WorkingCalendar;
-use countersign::engine::{Engine, EngineConfig, SystemClock};
+use countersign::engine::{Engine, EngineConfig};
 use countersign::ingest::imap::ImapPoller;
 use countersign::mail::MailSettings;
 use countersign::pdf::ExtractLimits;
@@ -35,11 +34,11 @@ fn peak_rss_mib() -> f64 {
 }
 
 fn engine(db: Db, workflows: &WorkflowSet) -> Engine {
-    Engine {
+    Engine::new(
         db,
-        workflows: Arc::new(workflows.clone()),
-        calendar: Arc::new(WorkingCalendar::shipped()),
-        config: EngineConfig {
+        workflows.clone(),
+        WorkingCalendar::shipped(),
+        EngineConfig {
             policy: PolicySettings::default(),
             mail: MailSettings {
                 authserv_id: countersign::config::Settings::defaults().authserv_id,
@@ -48,9 +47,7 @@ fn engine(db: Db, workflows: &WorkflowSet) -> Engine {
             limits: ExtractLimits::default(),
             pdf_reader: Default::default(),
         },
-        clock: Arc::new(SystemClock),
-        wakers: Default::default(),
-    }
+    )
 }
 
 /// Fetches every message one UID at a time, as the poller does, but does nothing with it.
@@ -110,7 +107,7 @@ async fn run(n: usize) {
         summary.ingested,
         100.0 * rate / raw_rate
     );
-    sqlite.db.close().await;
+    sqlite.db().close().await;
 
     let admin =
         std::env::var("TEST_DATABASE_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
@@ -135,7 +132,7 @@ async fn run(n: usize) {
             summary.ingested,
             100.0 * rate / raw_rate
         );
-        pg.db.close().await;
+        pg.db().close().await;
         sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE {name} WITH (FORCE)")))
             .execute(&mut conn)
             .await

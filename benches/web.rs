@@ -4,13 +4,12 @@
 //! SQLite always; PostgreSQL too when `COUNTERSIGN_BENCH_POSTGRES_URL` names a server (a
 //! database is created there for the run and dropped after).
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use axum::http::{Request, header};
 use countersign::calendar::WorkingCalendar;
-use countersign::engine::{Engine, EngineConfig, SystemClock};
+use countersign::engine::{Engine, EngineConfig};
 use countersign::mail::MailSettings;
 use countersign::storage::Db;
 use countersign::workflow::{ActorRole, WorkflowSet};
@@ -56,11 +55,11 @@ fn fields_for(n: usize) -> String {
 async fn run(url: &str, backend: &str, cases: usize) {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
     let workflows = WorkflowSet::load(&root.join("workflows"), &root.join("templates")).unwrap();
-    let engine = Engine {
-        db: Db::connect(url).await.unwrap(),
-        workflows: Arc::new(workflows.clone()),
-        calendar: Arc::new(WorkingCalendar::shipped()),
-        config: EngineConfig {
+    let engine = Engine::new(
+        Db::connect(url).await.unwrap(),
+        workflows.clone(),
+        WorkingCalendar::shipped(),
+        EngineConfig {
             policy: Default::default(),
             mail: MailSettings {
                 authserv_id: "mx.bench".into(),
@@ -69,9 +68,7 @@ async fn run(url: &str, backend: &str, cases: usize) {
             limits: Default::default(),
             pdf_reader: Default::default(),
         },
-        clock: Arc::new(SystemClock),
-        wakers: Default::default(),
-    };
+    );
     // A few real cases (with events, mail and timers), then many more written directly.
     let samples =
         countersign::samples::sample_emails(&workflows, 20, chrono::Local::now().date_naive(), "mx.bench").unwrap();
@@ -79,7 +76,7 @@ async fn run(url: &str, backend: &str, cases: usize) {
         engine.intake(email, "bench").await.unwrap();
     }
     let start = Instant::now();
-    let mut tx = engine.db.pool.begin().await.unwrap();
+    let mut tx = engine.db().pool.begin().await.unwrap();
     let states = [
         "needs_review",
         "validated",
@@ -128,7 +125,7 @@ async fn run(url: &str, backend: &str, cases: usize) {
     tx.commit().await.unwrap();
     println!("{cases} cases written in {:.1} s", start.elapsed().as_secs_f64());
 
-    let mut conn = engine.db.pool.acquire().await.unwrap();
+    let mut conn = engine.db().pool.acquire().await.unwrap();
     let (user, token) = countersign::users::add(&mut conn, "bench@nhs.net", "Bench", ActorRole::Admin, now)
         .await
         .unwrap();
@@ -179,7 +176,7 @@ async fn run(url: &str, backend: &str, cases: usize) {
     ];
     if backend == "PostgreSQL" {
         // Fresh statistics, as autovacuum would have by the time anyone searched.
-        sqlx::query("ANALYZE").execute(&engine.db.pool).await.unwrap();
+        sqlx::query("ANALYZE").execute(&engine.db().pool).await.unwrap();
     }
     println!(
         "\nserver-side render time, {} runs each (release build, {backend}):",

@@ -3,8 +3,6 @@
 //! `record` (the database transaction).
 //! Usage: ingest_loop [COUNT]
 
-use std::sync::Arc;
-
 #[tokio::main]
 async fn main() {
     // RUST_LOG=sqlx::query=debug shows every statement an intake runs.
@@ -20,11 +18,11 @@ async fn main() {
             .expect("corpus");
     let dir = std::env::temp_dir().join(format!("ingest-loop-{}", std::process::id()));
     let url = format!("sqlite://{}?mode=rwc", dir.join("loop.db").display());
-    let engine = countersign::engine::Engine {
-        db: countersign::storage::Db::connect(&url).await.expect("database"),
-        workflows: Arc::new(workflows),
-        calendar: Arc::new(countersign::calendar::WorkingCalendar::shipped()),
-        config: countersign::engine::EngineConfig {
+    let engine = countersign::engine::Engine::new(
+        countersign::storage::Db::connect(&url).await.expect("database"),
+        workflows,
+        countersign::calendar::WorkingCalendar::shipped(),
+        countersign::engine::EngineConfig {
             policy: Default::default(),
             mail: countersign::mail::MailSettings {
                 authserv_id: "mx.example".into(),
@@ -33,9 +31,7 @@ async fn main() {
             limits: Default::default(),
             pdf_reader: Default::default(),
         },
-        clock: Arc::new(countersign::engine::SystemClock),
-        wakers: Default::default(),
-    };
+    );
     let started = std::time::Instant::now();
     let (mut prep, mut rec) = (std::time::Duration::ZERO, std::time::Duration::ZERO);
     for (i, email) in corpus.iter().enumerate() {
@@ -57,6 +53,6 @@ async fn main() {
         elapsed.as_secs_f64(),
         count as f64 / elapsed.as_secs_f64()
     );
-    engine.db.close().await;
+    engine.db().close().await;
     let _ = std::fs::remove_dir_all(dir);
 }

@@ -3,19 +3,14 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 
-use crate::calendar::WorkingCalendar;
+use crate::app::App;
 use crate::config::Settings;
-use crate::engine::{Engine, EngineConfig, IntakeReport, SystemClock};
-use crate::mail::MailSettings;
-use crate::pdf::PdfReader;
-use crate::pdf::worker::{WorkerPool, WorkerSettings};
-use crate::policy::PolicySettings;
-use crate::storage::{self, Db};
+use crate::engine::{Engine, IntakeReport};
+use crate::storage;
 use crate::workflow::{Actor, ActorRole, WorkflowSet};
 
 #[derive(Debug, Parser)]
@@ -205,7 +200,7 @@ fn parse_key_value(text: &str) -> Result<(String, String), String> {
 /// The staff account named by `--as`: it must exist and be enabled, and it acts with its own
 /// role, under the same name the web app records (its email), so four-eyes holds across both.
 async fn actor(engine: &Engine, email: &str) -> Result<Actor> {
-    let mut conn = engine.db.pool.acquire().await?;
+    let mut conn = engine.db().pool.acquire().await?;
     let user = crate::users::find_by_email(&mut conn, email)
         .await?
         .with_context(|| format!("--as {email}: no staff account has that address (countersign users list)"))?;
@@ -219,38 +214,12 @@ async fn actor(engine: &Engine, email: &str) -> Result<Actor> {
 }
 
 fn load_workflows(settings: &Settings) -> Result<WorkflowSet> {
-    WorkflowSet::load(&settings.workflows_dir, &settings.templates_dir).context("loading workflows")
+    crate::app::load_workflows(settings)
 }
 
-/// Builds the engine from settings: the database (migrated), workflows and calendar.
-pub async fn build_engine(settings: &Settings) -> Result<Engine> {
-    let workflows = load_workflows(settings)?;
-    let calendar = match &settings.bank_holidays_file {
-        Some(path) => WorkingCalendar::load(path)?,
-        None => WorkingCalendar::shipped(),
-    };
-    let db = Db::connect(&settings.database_url).await?;
-    Ok(Engine {
-        db,
-        workflows: Arc::new(workflows),
-        calendar: Arc::new(calendar),
-        config: EngineConfig {
-            policy: PolicySettings {
-                nhs_domains: settings.nhs_domains.clone(),
-            },
-            mail: MailSettings {
-                authserv_id: settings.authserv_id.clone(),
-                our_addresses: vec![settings.mailer.from_address.clone()],
-            },
-            limits: settings.extract_limits(),
-            // PDFs are read by this same binary, started as workers under OS limits.
-            pdf_reader: PdfReader::Workers(Arc::new(WorkerPool::new(
-                WorkerSettings::current_exe().context("finding our own executable for the PDF workers")?,
-            ))),
-        },
-        clock: Arc::new(SystemClock),
-        wakers: Default::default(),
-    })
+/// The engine, built by the composition root.
+async fn build_engine(settings: &Settings) -> Result<Engine> {
+    Ok(App::build(settings).await?.engine().clone())
 }
 
 pub async fn run(cli: Cli) -> Result<()> {
@@ -318,13 +287,17 @@ pub async fn run(cli: Cli) -> Result<()> {
                     .with_context(|| format!("ingesting {}", file.display()))?;
                 print_report(&report);
             }
-            engine.db.close().await;
+            engine.db().close().await;
         }
         Command::Serve { once, interval } => {
             settings.check_mailbox_authserv_id()?;
-            let engine = build_engine(&settings).await?;
-            serve(&engine, &settings, once, std::time::Duration::from_secs(interval)).await?;
-            engine.db.close().await;
+            let app = App::build(&settings).await?;
+            let interval = std::time::Duration::from_secs(interval);
+            if once {
+                app.run_once().await?;
+            } else {
+                app.run_until_stopped(interval).await?;
+            }
         }
         Command::Mailbox { command } => mailbox_command(&settings, command).await?,
         Command::Outbox { command } => outbox_command(&settings, command).await?,
@@ -333,7 +306,7 @@ pub async fn run(cli: Cli) -> Result<()> {
             command: CasesCommand::List { state, limit },
         } => {
             let engine = build_engine(&settings).await?;
-            let mut conn = engine.db.pool.acquire().await?;
+            let mut conn = engine.db().pool.acquire().await?;
             for case in storage::list_cases(&mut conn, state.as_deref(), limit).await? {
                 let codes: Vec<&str> = case.findings.iter().map(|f| f.code.as_str()).collect();
                 println!(
@@ -355,7 +328,7 @@ async fn case_command(settings: &Settings, command: CaseCommand) -> Result<()> {
     let engine = build_engine(settings).await?;
     match command {
         CaseCommand::Show { reference } => {
-            let mut conn = engine.db.pool.acquire().await?;
+            let mut conn = engine.db().pool.acquire().await?;
             let case = storage::case_by_reference(&mut conn, &reference)
                 .await?
                 .with_context(|| format!("no case {reference}"))?;
@@ -445,97 +418,15 @@ async fn case_command(settings: &Settings, command: CaseCommand) -> Result<()> {
             println!("{}  {}  {}", case.reference, case.state, codes.join(","));
         }
     }
-    engine.db.close().await;
+    engine.db().close().await;
     Ok(())
 }
 
 /// Runs the mail source, the outbound mail dispatcher and the scheduler side by side until
 /// SIGTERM or Ctrl-C; with `once`, does one round of each and returns.
-async fn serve(engine: &Engine, settings: &Settings, once: bool, interval: std::time::Duration) -> Result<()> {
-    let dispatcher = crate::outbox::Dispatcher::new(engine.clone(), settings.mailer.clone(), &settings.templates_dir)?;
-    let scheduler = crate::scheduler::Scheduler::new(engine.clone(), settings.mailer.clone())?;
-    if once {
-        match &settings.imap {
-            Some(imap) => {
-                let summary = crate::ingest::imap::ImapPoller::new(engine.clone(), imap.clone())
-                    .drain_once()
-                    .await?;
-                let lease = if summary.lease_held {
-                    ""
-                } else {
-                    " (another instance holds the mailbox lease)"
-                };
-                println!(
-                    "{}: {} ingested, {} already ingested, {} quarantined{lease}",
-                    imap.mailbox_key(),
-                    summary.ingested,
-                    summary.already_ingested,
-                    summary.quarantined
-                );
-            }
-            None => {
-                crate::ingest::dropfolder::scan_once(engine, &settings.drop_folder).await?;
-            }
-        }
-        let fired = scheduler.fire_due_timers().await?;
-        let jobs = scheduler.run_due_jobs().await?;
-        let sent = dispatcher.dispatch_due().await?;
-        tracing::info!(
-            timers = fired.len(),
-            jobs = jobs.len(),
-            sent = sent.sent,
-            "one round done"
-        );
-        return Ok(());
-    }
-    let (stop_tx, stop_rx) = crate::ingest::shutdown_channel();
-    tokio::spawn(async move {
-        crate::ingest::shutdown_signal().await;
-        let _ = stop_tx.send(true);
-    });
-    let mut web = crate::web::AppState::new(
-        engine.clone(),
-        &settings.templates_dir,
-        settings.web_secure_cookies,
-        settings.web_base_url.clone(),
-    )
-    .await?;
-    let poller = settings
-        .imap
-        .as_ref()
-        .map(|imap| crate::ingest::imap::ImapPoller::new(engine.clone(), imap.clone()));
-    let drop_folder = crate::ingest::dropfolder::DropFolder::watching(&settings.drop_folder);
-    web.live_mail_sources.push(match (&poller, &settings.imap) {
-        (Some(poller), Some(imap)) => (imap.mailbox_key(), poller.health()),
-        _ => (format!("drop:{}", settings.drop_folder.display()), drop_folder.health()),
-    });
-    let workers = {
-        let (d_stop, s_stop, w_stop) = (stop_rx.clone(), stop_rx.clone(), stop_rx.clone());
-        let dispatching = async move { dispatcher.run_until_stopped(d_stop).await };
-        let scheduling = async move { scheduler.run_until_stopped(s_stop).await };
-        let bind = settings.web_bind.clone();
-        let serving = async move {
-            if let Err(error) = crate::web::serve(web, &bind, w_stop).await {
-                tracing::error!(error = %error, bind = %bind, "the web app stopped");
-            }
-        };
-        tokio::spawn(async move { tokio::join!(dispatching, scheduling, serving) })
-    };
-    match (poller, &settings.imap) {
-        (Some(poller), Some(imap)) => {
-            println!("polling {} (Ctrl-C to stop)", imap.mailbox_key());
-            poller.run_until_stopped(stop_rx).await;
-        }
-        _ => crate::ingest::dropfolder::run(engine, drop_folder, interval, stop_rx).await?,
-    }
-    // In-flight mail and timers finish their current step before the workers return.
-    let _ = workers.await;
-    Ok(())
-}
-
 async fn users_command(settings: &Settings, command: UsersCommand) -> Result<()> {
     let engine = build_engine(settings).await?;
-    let mut conn = engine.db.pool.acquire().await?;
+    let mut conn = engine.db().pool.acquire().await?;
     let now = engine.now_ms();
     let link = |token: &str| crate::users::password_link(&settings.web_base_url, token);
     match command {
@@ -586,7 +477,7 @@ async fn users_command(settings: &Settings, command: UsersCommand) -> Result<()>
         }
     }
     drop(conn);
-    engine.db.close().await;
+    engine.db().close().await;
     Ok(())
 }
 
@@ -602,7 +493,7 @@ async fn outbox_command(settings: &Settings, command: OutboxCommand) -> Result<(
             )
             .bind(status)
             .bind(limit)
-            .fetch_all(&engine.db.pool)
+            .fetch_all(&engine.db().pool)
             .await?;
             for r in rows {
                 println!(
@@ -620,12 +511,12 @@ async fn outbox_command(settings: &Settings, command: OutboxCommand) -> Result<(
         OutboxCommand::Retry => {
             let done = sqlx::query("UPDATE outbox SET status = 'pending', attempts = 0, next_attempt_at = $1, claimed_until = NULL WHERE status = 'failed'")
                 .bind(engine.now_ms())
-                .execute(&engine.db.pool)
+                .execute(&engine.db().pool)
                 .await?;
             println!("{} failed message(s) queued again", done.rows_affected());
         }
     }
-    engine.db.close().await;
+    engine.db().close().await;
     Ok(())
 }
 
@@ -633,7 +524,7 @@ async fn mailbox_command(settings: &Settings, command: MailboxCommand) -> Result
     let engine = build_engine(settings).await?;
     match command {
         MailboxCommand::Status => {
-            let mut conn = engine.db.pool.acquire().await?;
+            let mut conn = engine.db().pool.acquire().await?;
             let when = |ms: Option<i64>| {
                 ms.and_then(chrono::DateTime::from_timestamp_millis)
                     .map(|t| t.to_rfc3339())
@@ -695,7 +586,7 @@ async fn mailbox_command(settings: &Settings, command: MailboxCommand) -> Result
             }
         },
     }
-    engine.db.close().await;
+    engine.db().close().await;
     Ok(())
 }
 

@@ -1,7 +1,21 @@
 //! Countersign: a workflow and approval engine for signed Open Exeter access-request forms.
 //!
-//! Read the modules in the order data flows through them:
+//! `rustfmt` sorts the `mod` lines below; read them in the order data flows instead:
+//!
+//! 1. [`config`] → [`app`]: settings in; the composition root builds the service.
+//! 2. [`ingest`]: mail arrives (an IMAP mailbox taken exactly once, or a drop folder).
+//! 3. [`mail`] → [`pdf`]: one email read, its PDF forms extracted under limits.
+//! 4. [`engine`]: forms classified ([`policy`] checks them, [`replies`] decides what mail that
+//!    names a case may do), then every case change planned and written through one path
+//!    ([`engine::change`]) into [`storage`], following the [`workflow`] files.
+//! 5. [`scheduler`] fires durable timers; [`outbox`] sends the mail changes queued.
+//! 6. [`web`]: caseworkers and managers work the queue; [`users`] are its accounts.
+//!
+//! Beside them: [`domain`] types, the working-day [`calendar`], [`provision`] (the seam for
+//! an automated provisioner), [`samples`] for demos and benchmarks, and the [`cli`].
 
+/// The composition root: `App::build(&Settings)`, shared by main and the command line.
+pub mod app;
 /// Working days: weekends and England and Wales bank holidays.
 pub mod calendar;
 /// The command line.
@@ -10,7 +24,7 @@ pub mod cli;
 pub mod config;
 /// Validated domain types: ODS codes, email addresses, NHS domains, case references.
 pub mod domain;
-/// Intake and transitions: where the pure parts meet storage, one transaction per change.
+/// Intake, replies, timers and every case change: pure planners, one write path.
 pub mod engine;
 /// Mail sources: an IMAP mailbox taken exactly once, or a local drop folder.
 pub mod ingest;
@@ -30,11 +44,11 @@ pub mod replies;
 pub mod samples;
 /// Durable timers on a working-day calendar, and scheduled jobs (digest, housekeeping).
 pub mod scheduler;
-/// SQLite and PostgreSQL: pools, migrations, and the queries the engine needs.
+/// SQLite and PostgreSQL: pools, migrations, and every query the service runs.
 pub mod storage;
 /// Staff accounts: password hashes, lockout, one-time links, sessions.
 pub mod users;
 /// The caseworkers' web app and the JSON API.
 pub mod web;
-/// Workflow definitions (data) and the state machine (pure).
+/// Workflow definitions (data), the states the engine names, and the state machine (pure).
 pub mod workflow;

@@ -237,7 +237,7 @@ impl Dispatcher {
 
     /// Claims the next due message, if any.
     async fn claim_next(&self, now: i64) -> Result<Option<OutboxJob>, OutboxError> {
-        let sql = match self.engine.db.backend {
+        let sql = match self.engine.db().backend {
             Backend::Postgres => {
                 "UPDATE outbox SET claimed_until = $1, claimed_by = $2, attempts = attempts + 1
                  WHERE id = (SELECT id FROM outbox WHERE status = 'pending' AND next_attempt_at <= $3
@@ -257,7 +257,7 @@ impl Dispatcher {
             .bind(now + CLAIM_LEASE.as_millis() as i64)
             .bind(&self.holder)
             .bind(now)
-            .fetch_optional(&self.engine.db.pool)
+            .fetch_optional(&self.engine.db().pool)
             .await
             .context("claiming outbound mail")?;
         let Some(row) = row else { return Ok(None) };
@@ -367,7 +367,7 @@ impl Dispatcher {
                         .bind(self.engine.now_ms())
                         .bind(&subject)
                         .bind(job.id)
-                        .execute(&self.engine.db.pool)
+                        .execute(&self.engine.db().pool)
                         .await
                         .context("marking mail sent")?;
                     info!(id = job.id, template = %job.template, "mail sent");
@@ -386,7 +386,7 @@ impl Dispatcher {
                     .bind(retry_at)
                     .bind(&error)
                     .bind(job.id)
-                    .execute(&self.engine.db.pool)
+                    .execute(&self.engine.db().pool)
                     .await
                     .context("scheduling a retry")?;
                     summary.retrying += 1;
@@ -404,7 +404,7 @@ impl Dispatcher {
             .bind(error)
             .bind(now)
             .bind(id)
-            .execute(&self.engine.db.pool)
+            .execute(&self.engine.db().pool)
             .await
             .context("marking mail failed")?;
         Ok(())
@@ -420,7 +420,7 @@ impl Dispatcher {
         let row = sqlx::query("SELECT COUNT(*), MIN(sent_at) FROM outbox WHERE recipient = $1 AND automatic = 1 AND status = 'sent' AND sent_at > $2")
             .bind(recipient)
             .bind(hour_ago)
-            .fetch_one(&self.engine.db.pool)
+            .fetch_one(&self.engine.db().pool)
             .await
             .context("checking the rate limit")?;
         let count: i64 = row.try_get(0).context("checking the rate limit")?;
@@ -433,7 +433,7 @@ impl Dispatcher {
             .bind(until)
             .bind(format!("held back: {recipient} has had {count} automatic messages in the last hour"))
             .bind(job.id)
-            .execute(&self.engine.db.pool)
+            .execute(&self.engine.db().pool)
             .await
             .context("deferring rate-limited mail")?;
         Ok(true)
@@ -447,7 +447,7 @@ impl Dispatcher {
             }
             tokio::select! {
                 _ = stop.changed() => {}
-                _ = self.engine.wakers.outbox.notified() => {}
+                _ = self.engine.wakers().outbox.notified() => {}
                 _ = tokio::time::sleep(Duration::from_secs(15)) => {}
             }
         }

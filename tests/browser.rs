@@ -207,7 +207,7 @@ async fn case_journey(backend: Backend) {
         ("bob@nhs.net", ActorRole::Caseworker),
         ("carol@nhs.net", ActorRole::Admin),
     ] {
-        let mut conn = engine.db.pool.acquire().await.unwrap();
+        let mut conn = engine.db().pool.acquire().await.unwrap();
         let name = email.split('@').next().unwrap();
         let (_, token) = countersign::users::add(&mut conn, email, name, role, engine.now_ms())
             .await
@@ -217,7 +217,7 @@ async fn case_journey(backend: Backend) {
             .unwrap();
     }
     // A form signed by a Practice Manager: held for review.
-    let wf = engine.workflows.get("primary_user_gp").unwrap().clone();
+    let wf = engine.workflows().get("primary_user_gp").unwrap().clone();
     let mut values = countersign::samples::good_values(&wf, 4, friday_morning().date_naive());
     values.insert("signatory_role".into(), "Practice Manager".into());
     let pdf = countersign::pdf::generate::filled_form(&wf, &values).unwrap();
@@ -320,7 +320,7 @@ async fn case_journey(backend: Backend) {
     // The corrected form arrives, in reply to our request.
     let request_id: String =
         sqlx::query_scalar("SELECT message_id FROM outbox WHERE template = 'request_for_correction'")
-            .fetch_one(&engine.db.pool)
+            .fetch_one(&engine.db().pool)
             .await
             .unwrap();
     values.insert("signatory_role".into(), "GP Partner".into());
@@ -429,6 +429,6 @@ async fn case_journey(backend: Backend) {
     browser.close().await.unwrap();
     stop_tx.send(true).unwrap();
     let _ = server.await;
-    engine.db.close().await;
+    engine.db().close().await;
     database.drop_database().await;
 }

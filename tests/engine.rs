@@ -42,11 +42,11 @@ fn assert_refused(result: Result<storage::CaseRecord, EngineError>, expected: fn
 }
 
 async fn count(engine: &Engine, sql: &'static str) -> i64 {
-    sqlx::query_scalar(sql).fetch_one(&engine.db.pool).await.expect(sql)
+    sqlx::query_scalar(sql).fetch_one(&engine.db().pool).await.expect(sql)
 }
 
 async fn case(engine: &Engine, reference: &str) -> storage::CaseRecord {
-    let mut conn = engine.db.pool.acquire().await.unwrap();
+    let mut conn = engine.db().pool.acquire().await.unwrap();
     storage::case_by_reference(&mut conn, reference)
         .await
         .unwrap()
@@ -55,19 +55,19 @@ async fn case(engine: &Engine, reference: &str) -> storage::CaseRecord {
 
 async fn events(engine: &Engine, reference: &str) -> Vec<storage::CaseEvent> {
     let id = case(engine, reference).await.id;
-    let mut conn = engine.db.pool.acquire().await.unwrap();
+    let mut conn = engine.db().pool.acquire().await.unwrap();
     storage::events_for_case(&mut conn, id).await.unwrap()
 }
 
 async fn timers(engine: &Engine, reference: &str) -> Vec<storage::TimerRecord> {
     let id = case(engine, reference).await.id;
-    let mut conn = engine.db.pool.acquire().await.unwrap();
+    let mut conn = engine.db().pool.acquire().await.unwrap();
     storage::timers_for_case(&mut conn, id).await.unwrap()
 }
 
 async fn outbox(engine: &Engine, reference: &str) -> Vec<storage::OutboxRecord> {
     let id = case(engine, reference).await.id;
-    let mut conn = engine.db.pool.acquire().await.unwrap();
+    let mut conn = engine.db().pool.acquire().await.unwrap();
     storage::outbox_for_case(&mut conn, id).await.unwrap()
 }
 
@@ -130,7 +130,7 @@ async fn a_correct_form_becomes_a_validated_case_with_its_event_timers_and_ackno
         // The raw message and its attachment are kept, with hashes and the detected type.
         let raw = fixture("mail/gp_form.eml");
         let row = sqlx::query("SELECT sha256, message_id, raw FROM raw_messages")
-            .fetch_one(&engine.db.pool)
+            .fetch_one(&engine.db().pool)
             .await
             .unwrap();
         assert_eq!(row.get::<String, _>(0), countersign::mail::sha256_hex(&raw));
@@ -140,7 +140,7 @@ async fn a_correct_form_becomes_a_validated_case_with_its_event_timers_and_ackno
         );
         assert_eq!(row.get::<Vec<u8>, _>(2), raw, "the raw message is kept byte for byte");
         let attachment = sqlx::query("SELECT detected_type, filename, sha256, content FROM attachments")
-            .fetch_one(&engine.db.pool)
+            .fetch_one(&engine.db().pool)
             .await
             .unwrap();
         assert_eq!(
@@ -235,12 +235,12 @@ async fn an_octet_stream_attachment_with_an_rfc2231_name_is_found() {
         assert_eq!(report.cases.len(), 1);
         assert_eq!(report.cases[0].workflow.as_deref(), Some("primary_user_gp"));
         let name: Option<String> = sqlx::query_scalar("SELECT filename FROM attachments")
-            .fetch_one(&engine.db.pool)
+            .fetch_one(&engine.db().pool)
             .await
             .unwrap();
         assert_eq!(name.as_deref(), Some("Formulaire d’accès – Siân.pdf"));
         let claimed: String = sqlx::query_scalar("SELECT claimed_type FROM attachments")
-            .fetch_one(&engine.db.pool)
+            .fetch_one(&engine.db().pool)
             .await
             .unwrap();
         assert_eq!(claimed, "application/octet-stream");
@@ -261,7 +261,7 @@ async fn a_form_inside_a_forwarded_message_is_found() {
         );
         let forwarded: i64 =
             sqlx::query_scalar("SELECT forwarded FROM attachments WHERE detected_type = 'application/pdf'")
-                .fetch_one(&engine.db.pool)
+                .fetch_one(&engine.db().pool)
                 .await
                 .unwrap();
         assert_eq!(forwarded, 1);
@@ -307,7 +307,7 @@ async fn bytes_that_are_not_an_email_become_a_case_with_a_finding() {
         let report = engine.intake(&fixture("mail/garbage.eml"), "test").await.unwrap();
         assert_eq!(report.cases[0].finding_codes, vec!["message_malformed"]);
         let raw: Vec<u8> = sqlx::query_scalar("SELECT raw FROM raw_messages")
-            .fetch_one(&engine.db.pool)
+            .fetch_one(&engine.db().pool)
             .await
             .unwrap();
         assert_eq!(raw, fixture("mail/garbage.eml"), "kept as received");
@@ -371,7 +371,7 @@ async fn every_hostile_pdf_attached_to_an_email_becomes_a_case() {
 #[tokio::test]
 async fn a_form_with_findings_is_held_for_review() {
     on_both_backends(|engine| async move {
-        let wf = engine.workflows.get("primary_user_gp").unwrap().clone();
+        let wf = engine.workflows().get("primary_user_gp").unwrap().clone();
         let email = common::form_email(
             &wf,
             1,
@@ -673,13 +673,13 @@ async fn the_event_log_is_append_only() {
         engine.intake(&fixture("mail/gp_form.eml"), "test").await.unwrap();
         assert!(
             sqlx::query("UPDATE case_events SET actor = 'mallory'")
-                .execute(&engine.db.pool)
+                .execute(&engine.db().pool)
                 .await
                 .is_err()
         );
         assert!(
             sqlx::query("DELETE FROM case_events")
-                .execute(&engine.db.pool)
+                .execute(&engine.db().pool)
                 .await
                 .is_err()
         );
@@ -700,11 +700,14 @@ async fn a_stale_update_is_refused_rather_than_lost() {
             .transition(&reference, &to("authorised", None), &caseworker("bob"))
             .await
             .unwrap();
-        let mut conn = engine.db.pool.acquire().await.unwrap();
-        let applied = storage::update_case_state(&mut conn, stale.id, stale.version, "rejected", &BTreeMap::new(), 0)
-            .await
-            .unwrap();
-        assert!(!applied, "a write based on an old version must not land");
+        let mut conn = engine.db().pool.acquire().await.unwrap();
+        let mut write = countersign::engine::change::changeset(&stale, 0);
+        write.columns.state = Some("rejected".into());
+        let refused = storage::apply_change(&mut conn, &write).await;
+        assert!(
+            matches!(refused, Err(storage::StorageError::Conflict(_))),
+            "a write based on an old version must not land: {refused:?}"
+        );
         drop(conn);
         assert_eq!(case(&engine, &reference).await.state, "authorised");
     })
@@ -734,7 +737,7 @@ async fn intake_generated(
     message_id: &str,
     edit: impl FnOnce(&mut countersign::workflow::WorkflowDef),
 ) -> countersign::engine::IntakeReport {
-    let mut wf = engine.workflows.get("primary_user_gp").unwrap().clone();
+    let mut wf = engine.workflows().get("primary_user_gp").unwrap().clone();
     let values = countersign::samples::good_values(&wf, 7, common::friday_morning().date_naive());
     edit(&mut wf);
     let pdf = countersign::pdf::generate::filled_form(&wf, &values).unwrap();
@@ -780,8 +783,12 @@ async fn a_form_without_its_form_id_is_matched_by_its_fields_and_flagged() {
 
 #[tokio::test]
 async fn a_pdf_over_the_size_limit_is_a_finding() {
-    on_both_backends(|mut engine| async move {
-        engine.config.limits.max_bytes = 1000;
+    on_both_backends(|engine| async move {
+        let limits = countersign::pdf::ExtractLimits {
+            max_bytes: 1000,
+            ..engine.config().limits
+        };
+        let engine = engine.with_limits(limits);
         let report = engine.intake(&fixture("mail/gp_form.eml"), "test").await.unwrap();
         assert_eq!(report.cases[0].finding_codes, vec!["pdf_too_large"]);
         assert_eq!(report.cases[0].state, "needs_review");
@@ -807,11 +814,11 @@ async fn a_group_recorded_in_one_transaction_deduplicates_within_itself() {
         );
         assert_eq!(reports[2].cases[0].reference, reports[0].cases[0].reference);
         let raw_messages: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM raw_messages")
-            .fetch_one(&engine.db.pool)
+            .fetch_one(&engine.db().pool)
             .await
             .unwrap();
         let cases: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM cases")
-            .fetch_one(&engine.db.pool)
+            .fetch_one(&engine.db().pool)
             .await
             .unwrap();
         assert_eq!((raw_messages, cases), (2, 2));
@@ -826,7 +833,7 @@ async fn a_group_recorded_in_one_transaction_deduplicates_within_itself() {
 async fn two_concurrent_transitions_on_one_case_exactly_one_wins() {
     on_both_backends(|engine| async move {
         let reference = first_case(&engine, "mail/gp_form.eml").await;
-        let mut conn = engine.db.pool.acquire().await.unwrap();
+        let mut conn = engine.db().pool.acquire().await.unwrap();
         let seen = storage::case_by_reference(&mut conn, &reference)
             .await
             .unwrap()
@@ -855,7 +862,7 @@ async fn two_concurrent_transitions_on_one_case_exactly_one_wins() {
             .filter(|o| matches!(o, Err(EngineError::Stale { .. } | EngineError::Conflict(_))))
             .count();
         assert_eq!((won, stale), (1, 1), "{outcomes:?}");
-        let mut conn = engine.db.pool.acquire().await.unwrap();
+        let mut conn = engine.db().pool.acquire().await.unwrap();
         let after = storage::case_by_reference(&mut conn, &reference)
             .await
             .unwrap()
@@ -880,7 +887,7 @@ async fn marking_a_duplicate_is_atomic() {
         let original = first_case(&engine, "mail/gp_form.eml").await;
         let copy = first_case(&engine, "mail/no_form.eml").await;
         let actor = caseworker("cw@nhs.net");
-        let mut conn = engine.db.pool.acquire().await.unwrap();
+        let mut conn = engine.db().pool.acquire().await.unwrap();
         let before = storage::case_by_reference(&mut conn, &copy).await.unwrap().unwrap();
         drop(conn);
         for wrong in ["CS-2026-999999", copy.as_str()] {
@@ -890,7 +897,7 @@ async fn marking_a_duplicate_is_atomic() {
             };
             let refused = engine.transition(&copy, &request, &actor).await;
             assert!(matches!(refused, Err(EngineError::NoSuchOriginal(_))), "{refused:?}");
-            let mut conn = engine.db.pool.acquire().await.unwrap();
+            let mut conn = engine.db().pool.acquire().await.unwrap();
             let unchanged = storage::case_by_reference(&mut conn, &copy).await.unwrap().unwrap();
             assert_eq!(
                 (unchanged.state, unchanged.version),
@@ -903,7 +910,7 @@ async fn marking_a_duplicate_is_atomic() {
         };
         let marked = engine.transition(&copy, &request, &actor).await.unwrap();
         assert_eq!(marked.state, "duplicate");
-        let mut conn = engine.db.pool.acquire().await.unwrap();
+        let mut conn = engine.db().pool.acquire().await.unwrap();
         let stored = storage::case_by_reference(&mut conn, &copy).await.unwrap().unwrap();
         let original_id = storage::case_by_reference(&mut conn, &original)
             .await

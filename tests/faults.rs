@@ -29,7 +29,7 @@ fn retagged(email: &[u8], tag: &str) -> Vec<u8> {
 
 /// How many cases, outbound messages and message links of each kind a database holds.
 async fn tally(engine: &Engine) -> Vec<(String, i64)> {
-    let mut conn = engine.db.pool.acquire().await.unwrap();
+    let mut conn = engine.db().pool.acquire().await.unwrap();
     let mut out = Vec::new();
     for (name, sql) in [
         ("cases", "SELECT COUNT(*) FROM cases"),
@@ -63,7 +63,7 @@ async fn tally(engine: &Engine) -> Vec<(String, i64)> {
 /// written twice.
 async fn assert_each_stored_once(engine: &Engine, total: usize) {
     let count = |sql: &'static str| {
-        let pool = engine.db.pool.clone();
+        let pool = engine.db().pool.clone();
         async move { sqlx::query_scalar::<_, i64>(sql).fetch_one(&pool).await.unwrap() }
     };
     assert_eq!(count("SELECT COUNT(*) FROM raw_messages").await, total as i64);
@@ -103,7 +103,7 @@ async fn two_writers_of_the_same_forms_make_one_case_per_form() {
             engine.intake(raw, "alone").await.unwrap();
         }
         let expected = tally(&engine).await;
-        engine.db.close().await;
+        engine.db().close().await;
         alone.drop_database().await;
 
         // Two instances (two pools) on one database, each given one set, at once.
@@ -132,8 +132,8 @@ async fn two_writers_of_the_same_forms_make_one_case_per_form() {
             .expect("writer B finished")
             .unwrap();
         let found = tally(&a).await;
-        a.db.close().await;
-        b.db.close().await;
+        a.db().close().await;
+        b.db().close().await;
         shared.drop_database().await;
         assert_eq!(
             found, expected,
@@ -178,9 +178,9 @@ async fn a_nul_or_invalid_utf8_in_any_header_is_stored_on_both_backends() {
             let report = engine
                 .intake(&raw, "test")
                 .await
-                .unwrap_or_else(|e| panic!("{:?}: {e:#}", engine.db.backend));
+                .unwrap_or_else(|e| panic!("{:?}: {e:#}", engine.db().backend));
             assert_eq!(report.cases.len(), 1, "{report:?}");
-            let mut conn = engine.db.pool.acquire().await.unwrap();
+            let mut conn = engine.db().pool.acquire().await.unwrap();
             let row = sqlx::query("SELECT raw, subject, from_address FROM raw_messages")
                 .fetch_one(&mut *conn)
                 .await
@@ -282,7 +282,7 @@ async fn a_full_disk_marks_nothing_done_that_was_not_stored_and_the_drain_recove
     }
     let processed = drop_folder.path().join("processed");
     let stored_hashes = |engine: Engine| async move {
-        let mut conn = engine.db.pool.acquire().await.unwrap();
+        let mut conn = engine.db().pool.acquire().await.unwrap();
         let hashes: Vec<String> = sqlx::query_scalar("SELECT sha256 FROM raw_messages")
             .fetch_all(&mut *conn)
             .await
@@ -328,7 +328,7 @@ async fn a_full_disk_marks_nothing_done_that_was_not_stored_and_the_drain_recove
     // Read on a fresh pool, as another process would see it.
     let reader = engine_on(Db::connect(&url).await.unwrap());
     let in_database = stored_hashes(reader.clone()).await;
-    reader.db.close().await;
+    reader.db().close().await;
     let lost: Vec<_> = moved.iter().filter(|h| !in_database.contains(h)).collect();
     assert!(
         lost.is_empty(),
@@ -354,11 +354,11 @@ async fn a_full_disk_marks_nothing_done_that_was_not_stored_and_the_drain_recove
     all.sort();
     assert_eq!(in_database, all, "every message stored exactly once");
     let cases: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM cases")
-        .fetch_one(&engine.db.pool)
+        .fetch_one(&engine.db().pool)
         .await
         .unwrap();
     assert_eq!(cases, 120, "one case per message, none doubled");
-    engine.db.close().await;
+    engine.db().close().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -381,7 +381,7 @@ async fn a_full_disk_under_an_imap_drain_moves_nothing_unstored_and_doubles_no_m
     let processed = dovecot.message_ids("Processed").await;
     assert!(!processed.is_empty(), "the disk filled part-way");
     let stored: Vec<String> = sqlx::query_scalar("SELECT message_id FROM raw_messages")
-        .fetch_all(&engine.db.pool)
+        .fetch_all(&engine.db().pool)
         .await
         .unwrap();
     let lost: Vec<_> = processed.iter().filter(|id| !stored.contains(id)).collect();
@@ -400,13 +400,13 @@ async fn a_full_disk_under_an_imap_drain_moves_nothing_unstored_and_doubles_no_m
     assert_eq!(dovecot.count("INBOX").await, 0);
     assert_eq!(dovecot.count("Processed").await as usize, total);
     assert_each_stored_once(&engine, total).await;
-    engine.db.close().await;
+    engine.db().close().await;
 }
 
 #[tokio::test]
 async fn a_quarantine_counts_no_extra_attempt() {
     common::on_both_backends(|engine| async move {
-        let mut conn = engine.db.pool.acquire().await.unwrap();
+        let mut conn = engine.db().pool.acquire().await.unwrap();
         for now in 1..=5 {
             countersign::storage::record_ingest_error(&mut conn, "imap:x;UID=7", "imap:x", "database is locked", now)
                 .await
@@ -451,7 +451,7 @@ async fn the_drop_folder_takes_only_finished_files() {
             tokio::time::sleep(settle + std::time::Duration::from_millis(100)).await;
             assert_eq!(folder.scan(&engine).await.unwrap().ingested, 1, "settled");
             let stored: Vec<u8> = sqlx::query_scalar("SELECT raw FROM raw_messages")
-                .fetch_one(&engine.db.pool)
+                .fetch_one(&engine.db().pool)
                 .await
                 .unwrap();
             assert_eq!(stored, email, "stored whole");
@@ -552,7 +552,7 @@ async fn connections_killed_mid_drain_lose_and_double_nothing_on_postgres() {
         std::fs::write(drop_folder.path().join(format!("{n:04}.eml")), email).unwrap();
     }
     let name: String = sqlx::query_scalar("SELECT current_database()::text")
-        .fetch_one(&engine.db.pool)
+        .fetch_one(&engine.db().pool)
         .await
         .unwrap();
     let killing = tokio::spawn(async move {
@@ -590,7 +590,7 @@ async fn connections_killed_mid_drain_lose_and_double_nothing_on_postgres() {
     assert!(killed > 0, "connections were killed");
     // Every file moved so far is stored.
     let stored: Vec<String> = sqlx::query_scalar("SELECT sha256 FROM raw_messages")
-        .fetch_all(&engine.db.pool)
+        .fetch_all(&engine.db().pool)
         .await
         .unwrap();
     let moved = hashes_in(&drop_folder.path().join("processed"));
@@ -612,7 +612,7 @@ async fn connections_killed_mid_drain_lose_and_double_nothing_on_postgres() {
     assert!(countersign::ingest::dropfolder::pending_files(drop_folder.path()).is_empty());
     assert!(countersign::ingest::dropfolder::quarantined_files(drop_folder.path()).is_empty());
     assert_each_stored_once(&engine, total).await;
-    engine.db.close().await;
+    engine.db().close().await;
     database.drop_database().await;
 }
 
@@ -623,7 +623,7 @@ async fn connections_killed_mid_drain_lose_and_double_nothing_on_postgres() {
 async fn a_message_that_never_stores_is_set_aside_after_its_tries_and_holds_up_no_other() {
     common::on_both_backends(|engine| async move {
         use countersign::ingest::dropfolder::{DropFolder, MAX_MESSAGE_BYTES, MAX_STORE_FAILURES, quarantined_files};
-        let poison = match engine.db.backend {
+        let poison = match engine.db().backend {
             Backend::Sqlite => {
                 "CREATE TRIGGER poison BEFORE INSERT ON raw_messages WHEN new.subject = 'Poison'
                  BEGIN SELECT RAISE(ABORT, 'poisoned message'); END;"
@@ -634,7 +634,7 @@ async fn a_message_that_never_stores_is_set_aside_after_its_tries_and_holds_up_n
                  CREATE TRIGGER poison BEFORE INSERT ON raw_messages FOR EACH ROW EXECUTE FUNCTION poison();"
             }
         };
-        sqlx::raw_sql(poison).execute(&engine.db.pool).await.unwrap();
+        sqlx::raw_sql(poison).execute(&engine.db().pool).await.unwrap();
         let workflow = common::workflows().get("primary_user_gp").unwrap().clone();
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(

@@ -10,7 +10,7 @@ use countersign::engine::Engine;
 use countersign::storage;
 
 fn form(engine: &Engine, n: usize, changes: &[(&str, &str)]) -> Vec<u8> {
-    let wf = engine.workflows.get("primary_user_gp").unwrap();
+    let wf = engine.workflows().get("primary_user_gp").unwrap();
     let mut values: BTreeMap<String, String> = countersign::samples::good_values(wf, n, friday_morning().date_naive());
     for (k, v) in changes {
         values.insert(k.to_string(), v.to_string());
@@ -39,7 +39,7 @@ fn email(from: &str, message_id: &str, authenticated: bool, pdf: Option<Vec<u8>>
 }
 
 async fn outbox(engine: &Engine, reference: &str) -> Vec<(String, String, Option<String>, String)> {
-    let mut conn = engine.db.pool.acquire().await.unwrap();
+    let mut conn = engine.db().pool.acquire().await.unwrap();
     let case = storage::case_by_reference(&mut conn, reference).await.unwrap().unwrap();
     let rows: Vec<(String, String, Option<String>, String)> = sqlx::query_as(
         "SELECT template, status, suppressed_reason, context FROM outbox WHERE case_id = $1 ORDER BY id",
@@ -134,7 +134,7 @@ async fn a_message_the_service_died_on_three_times_is_set_aside_not_read_again()
         let reason = std::fs::read_to_string(dir.path().join("quarantine/poison.eml.reason.txt")).unwrap();
         assert!(reason.contains("stopped the service 3 times"), "{reason}");
         let cases: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM cases")
-            .fetch_one(&engine.db.pool)
+            .fetch_one(&engine.db().pool)
             .await
             .unwrap();
         assert_eq!(cases, 0, "not read again");
@@ -149,7 +149,7 @@ async fn a_message_the_service_died_on_three_times_is_set_aside_not_read_again()
             assert_eq!((summary.ingested, summary.quarantined), (1, 0), "round {round}");
         }
         let left: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM prepare_attempts")
-            .fetch_one(&engine.db.pool)
+            .fetch_one(&engine.db().pool)
             .await
             .unwrap();
         assert_eq!(left, 0);
@@ -197,7 +197,7 @@ async fn a_reused_message_id_with_other_bytes_is_stored_and_flagged_never_droppe
         let again = engine.intake(&genuine, "test").await.unwrap();
         assert!(again.already_ingested);
         let stored: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM raw_messages")
-            .fetch_one(&engine.db.pool)
+            .fetch_one(&engine.db().pool)
             .await
             .unwrap();
         assert_eq!(stored, 2);

@@ -14,7 +14,7 @@ use countersign::ingest::imap::{AfterCommitHook, ImapError, ImapPoller, retry_qu
 use countersign::storage::{self, Backend, Db};
 
 async fn count(engine: &Engine, sql: &'static str) -> i64 {
-    sqlx::query_scalar(sql).fetch_one(&engine.db.pool).await.expect(sql)
+    sqlx::query_scalar(sql).fetch_one(&engine.db().pool).await.expect(sql)
 }
 
 fn samples(n: usize) -> Vec<Vec<u8>> {
@@ -80,7 +80,7 @@ async fn messages_are_ingested_once_and_moved() {
             health.last_success_at.is_some() && health.last_error.is_none(),
             "{health:?}"
         );
-        let mut conn = engine.db.pool.acquire().await.unwrap();
+        let mut conn = engine.db().pool.acquire().await.unwrap();
         let stored = storage::mailbox_health(&mut conn).await.unwrap();
         assert_eq!(stored.len(), 1);
         assert_eq!(stored[0].backlog, Some(0));
@@ -88,7 +88,7 @@ async fn messages_are_ingested_once_and_moved() {
         assert!(stored[0].uidvalidity.is_some());
         // The raw message keeps where it came from.
         let source: String = sqlx::query_scalar("SELECT source FROM raw_messages ORDER BY id LIMIT 1")
-            .fetch_one(&engine.db.pool)
+            .fetch_one(&engine.db().pool)
             .await
             .unwrap();
         assert!(
@@ -113,11 +113,11 @@ async fn a_malformed_message_goes_to_quarantine_with_its_reason_and_is_retried_o
         assert_eq!(dovecot.count("Processed").await, 1);
         // Still visible: as a case with its finding, and as an ingest error with its reason.
         let codes: Vec<String> = sqlx::query_scalar("SELECT findings FROM cases ORDER BY id")
-            .fetch_all(&engine.db.pool)
+            .fetch_all(&engine.db().pool)
             .await
             .unwrap();
         assert!(codes[0].contains("message_malformed"), "{codes:?}");
-        let mut conn = engine.db.pool.acquire().await.unwrap();
+        let mut conn = engine.db().pool.acquire().await.unwrap();
         let errors = storage::open_ingest_errors(&mut conn).await.unwrap();
         assert_eq!(errors.len(), 1);
         assert!(
@@ -129,7 +129,7 @@ async fn a_malformed_message_goes_to_quarantine_with_its_reason_and_is_retried_o
         let moved = retry_quarantined(&engine, &dovecot.settings()).await.unwrap();
         assert_eq!(moved, 1);
         assert_eq!(dovecot.count("INBOX").await, 1);
-        let mut conn = engine.db.pool.acquire().await.unwrap();
+        let mut conn = engine.db().pool.acquire().await.unwrap();
         assert!(storage::open_ingest_errors(&mut conn).await.unwrap().is_empty());
         drop(conn);
         // Retried: already ingested, so no new case; still not mail, so back to quarantine.
@@ -167,7 +167,7 @@ async fn a_poller_killed_between_commit_and_move_restarts_without_a_duplicate() 
 
         // The killed instance's lease must lapse before another may take the mailbox.
         sqlx::query("UPDATE mailbox_state SET lease_until = 0")
-            .execute(&engine.db.pool)
+            .execute(&engine.db().pool)
             .await
             .unwrap();
         let summary = ImapPoller::new(engine.clone(), dovecot.settings())
@@ -194,7 +194,7 @@ async fn a_new_uidvalidity_means_a_rescan_not_a_reimport() {
         dovecot.deliver("INBOX", &samples(4)).await;
         let poller = ImapPoller::new(engine.clone(), dovecot.settings());
         assert_eq!(poller.drain_once().await.unwrap().ingested, 4);
-        let mut conn = engine.db.pool.acquire().await.unwrap();
+        let mut conn = engine.db().pool.acquire().await.unwrap();
         let before = storage::mailbox_health(&mut conn).await.unwrap()[0].clone();
         drop(conn);
 
@@ -208,7 +208,7 @@ async fn a_new_uidvalidity_means_a_rescan_not_a_reimport() {
         assert_eq!((summary.already_ingested, summary.ingested), (4, 1), "{summary:?}");
         assert_eq!(count(&engine, "SELECT COUNT(*) FROM cases").await, 5);
         assert_eq!(dovecot.count("INBOX").await, 0);
-        let mut conn = engine.db.pool.acquire().await.unwrap();
+        let mut conn = engine.db().pool.acquire().await.unwrap();
         let after = storage::mailbox_health(&mut conn).await.unwrap()[0].clone();
         assert_ne!(after.uidvalidity, before.uidvalidity);
     })
@@ -241,12 +241,12 @@ async fn a_20_mb_message_is_ingested() {
             .unwrap();
         assert_eq!(summary.ingested, 1);
         let raw: Vec<u8> = sqlx::query_scalar("SELECT raw FROM raw_messages")
-            .fetch_one(&engine.db.pool)
+            .fetch_one(&engine.db().pool)
             .await
             .unwrap();
         assert_eq!(raw.len(), email.len(), "stored whole");
         let workflow: Option<String> = sqlx::query_scalar("SELECT workflow FROM cases")
-            .fetch_one(&engine.db.pool)
+            .fetch_one(&engine.db().pool)
             .await
             .unwrap();
         assert_eq!(workflow.as_deref(), Some("primary_user_gp"));
@@ -426,7 +426,7 @@ fn plain_text_to_a_remote_server_is_refused_before_connecting() {
 async fn a_message_that_fails_to_store_holds_up_no_other_in_its_group() {
     on_both_backends(|engine| async move {
         // A trigger refuses one message, as a failing constraint or a bug might.
-        let poison = match engine.db.backend {
+        let poison = match engine.db().backend {
             Backend::Sqlite => {
                 "CREATE TRIGGER poison BEFORE INSERT ON raw_messages WHEN new.subject = 'Poison'
                  BEGIN SELECT RAISE(ABORT, 'poisoned message'); END;"
@@ -437,7 +437,7 @@ async fn a_message_that_fails_to_store_holds_up_no_other_in_its_group() {
                  CREATE TRIGGER poison BEFORE INSERT ON raw_messages FOR EACH ROW EXECUTE FUNCTION poison();"
             }
         };
-        sqlx::raw_sql(poison).execute(&engine.db.pool).await.unwrap();
+        sqlx::raw_sql(poison).execute(&engine.db().pool).await.unwrap();
         let workflow = common::workflows().get("primary_user_gp").unwrap().clone();
         let mut mail = samples(2);
         mail.push(common::form_email(
@@ -468,7 +468,7 @@ async fn a_message_that_fails_to_store_holds_up_no_other_in_its_group() {
         // Its preparation finished; only storing it failed: that is not counted as a poison
         // message (which would be set aside, with the wrong reason, after three polls).
         assert_eq!(count(&engine, "SELECT COUNT(*) FROM prepare_attempts").await, 0);
-        let mut conn = engine.db.pool.acquire().await.unwrap();
+        let mut conn = engine.db().pool.acquire().await.unwrap();
         let errors = storage::open_ingest_errors(&mut conn).await.unwrap();
         assert_eq!(errors.len(), 1, "{errors:?}");
         assert!(

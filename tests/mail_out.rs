@@ -53,7 +53,7 @@ fn to(state: &str, reason: &str) -> TransitionRequest {
 }
 
 async fn count(engine: &Engine, sql: &'static str) -> i64 {
-    sqlx::query_scalar(sql).fetch_one(&engine.db.pool).await.expect(sql)
+    sqlx::query_scalar(sql).fetch_one(&engine.db().pool).await.expect(sql)
 }
 
 async fn first_case(engine: &Engine, name: &str) -> String {
@@ -64,7 +64,7 @@ async fn first_case(engine: &Engine, name: &str) -> String {
 
 async fn outbox_rows(engine: &Engine) -> Vec<(String, Option<String>, String)> {
     let rows = sqlx::query("SELECT template, recipient, status FROM outbox ORDER BY id")
-        .fetch_all(&engine.db.pool)
+        .fetch_all(&engine.db().pool)
         .await
         .unwrap();
     use sqlx::Row;
@@ -98,7 +98,7 @@ async fn the_acknowledgement_reaches_the_practice_threaded_and_marked_automatic(
         assert_eq!(message.references().as_text(), Some("gp-1@practice.nhs.net"));
         assert_eq!(header(&delivered[0], "Auto-Submitted").as_deref(), Some("auto-replied"));
         let stored: String = sqlx::query_scalar("SELECT message_id FROM outbox")
-            .fetch_one(&engine.db.pool)
+            .fetch_one(&engine.db().pool)
             .await
             .unwrap();
         assert_eq!(
@@ -126,7 +126,7 @@ async fn mail_waits_while_the_smtp_server_is_down_and_goes_out_when_it_is_back()
         let (status, attempts, error): (String, i64, Option<String>) = {
             use sqlx::Row;
             let r = sqlx::query("SELECT status, attempts, last_error FROM outbox ORDER BY id LIMIT 1")
-                .fetch_one(&engine.db.pool)
+                .fetch_one(&engine.db().pool)
                 .await
                 .unwrap();
             (r.get(0), r.get(1), r.get(2))
@@ -223,7 +223,7 @@ async fn a_reply_with_a_corrected_form_threads_into_its_case() {
     on_both_backends_clocked(|engine, _clock| async move {
         let postfix = Postfix::start();
         // A form signed by a Practice Manager: held for review, then sent back for correction.
-        let wf = engine.workflows.get("primary_user_gp").unwrap().clone();
+        let wf = engine.workflows().get("primary_user_gp").unwrap().clone();
         let mut values = countersign::samples::good_values(&wf, 3, friday_morning().date_naive());
         values.insert("signatory_role".into(), "Practice Manager".into());
         let pdf = countersign::pdf::generate::filled_form(&wf, &values).unwrap();
@@ -293,7 +293,7 @@ async fn a_reply_with_a_corrected_form_threads_into_its_case() {
         assert_eq!(report.cases[0].reference, reference, "no new case");
         assert_eq!(report.cases[0].state, "needs_review");
         assert_eq!(count(&engine, "SELECT COUNT(*) FROM cases").await, 1);
-        let mut conn = engine.db.pool.acquire().await.unwrap();
+        let mut conn = engine.db().pool.acquire().await.unwrap();
         let case = storage::case_by_reference(&mut conn, &reference)
             .await
             .unwrap()
@@ -365,7 +365,7 @@ async fn an_out_of_office_reply_is_recorded_on_the_case_and_not_answered() {
         assert_eq!(report.cases[0].reference, reference);
         assert_eq!(report.cases[0].state, "validated", "no transition");
         assert_eq!(outbox_rows(&engine).await.len(), before, "nothing queued in answer");
-        let mut conn = engine.db.pool.acquire().await.unwrap();
+        let mut conn = engine.db().pool.acquire().await.unwrap();
         let case = storage::case_by_reference(&mut conn, &reference)
             .await
             .unwrap()
@@ -382,7 +382,7 @@ async fn automatic_mail_is_rate_limited_per_recipient() {
     let clock = TestClock::at(friday_morning());
     let engine = engine_with_clock(Db::connect(&database.url).await.unwrap(), clock.clone());
     let postfix = Postfix::start();
-    let wf = engine.workflows.get("primary_user_gp").unwrap().clone();
+    let wf = engine.workflows().get("primary_user_gp").unwrap().clone();
     for n in 0..7 {
         let email = common::form_email(&wf, n, &[], "busy@nhs.net", &format!("busy-{n}@nhs.net"), "Form");
         engine.intake(&email, "test").await.unwrap();
@@ -450,7 +450,7 @@ async fn a_reminder_and_an_auto_close_fire_on_the_right_working_day() {
                 .any(|t| t.timer == "close_without_reply" && t.effect == "transition:closed"),
             "{fired:?}"
         );
-        let mut conn = engine.db.pool.acquire().await.unwrap();
+        let mut conn = engine.db().pool.acquire().await.unwrap();
         let case = storage::case_by_reference(&mut conn, &reference)
             .await
             .unwrap()
@@ -509,7 +509,7 @@ async fn escalations_to_managers_fire_at_risk_and_at_breach_across_bank_holidays
             escalations.len() >= 2 && escalations.iter().all(|(_, to)| to.as_deref() == Some(MANAGERS)),
             "{escalations:?}"
         );
-        let mut conn = engine.db.pool.acquire().await.unwrap();
+        let mut conn = engine.db().pool.acquire().await.unwrap();
         let case = storage::case_by_reference(&mut conn, &reference)
             .await
             .unwrap()
@@ -534,7 +534,7 @@ async fn two_schedulers_on_one_postgres_database_fire_each_timer_once() {
     let clock = TestClock::at(friday_morning());
     let db = Db::connect(&database.url).await.unwrap();
     let engine = engine_with_clock(db.clone(), clock.clone());
-    let wf = engine.workflows.get("primary_user_gp").unwrap().clone();
+    let wf = engine.workflows().get("primary_user_gp").unwrap().clone();
     let cases = 25;
     for n in 0..cases {
         let email = common::form_email(&wf, n, &[], "amara@nhs.net", &format!("many-{n}@nhs.net"), "Form");
@@ -576,7 +576,7 @@ async fn two_dispatchers_on_one_postgres_database_send_each_message_once() {
     let db = Db::connect(&database.url).await.unwrap();
     let engine = engine_with_clock(db.clone(), TestClock::at(friday_morning()));
     let postfix = Postfix::start();
-    let wf = engine.workflows.get("primary_user_org").unwrap().clone();
+    let wf = engine.workflows().get("primary_user_org").unwrap().clone();
     for n in 0..12 {
         let email = common::form_email(&wf, n, &[], &format!("m{n}@nhs.net"), &format!("d-{n}@nhs.net"), "Form");
         engine.intake(&email, "test").await.unwrap();
@@ -632,7 +632,7 @@ async fn the_daily_digest_runs_once_on_working_days_and_housekeeping_keeps_open_
         let ran = scheduler.run_due_jobs().await.unwrap();
         assert!(ran.iter().any(|r| r.starts_with("housekeeping: cleared 1 ")), "{ran:?}");
         let kept: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM raw_messages WHERE raw IS NOT NULL")
-            .fetch_one(&engine.db.pool)
+            .fetch_one(&engine.db().pool)
             .await
             .unwrap();
         assert_eq!(kept, 1);
@@ -656,7 +656,7 @@ async fn the_sla_clock_stops_while_the_sender_has_the_ball() {
             )
             .await
             .unwrap();
-        let mut conn = engine.db.pool.acquire().await.unwrap();
+        let mut conn = engine.db().pool.acquire().await.unwrap();
         let case = storage::case_by_reference(&mut conn, &reference)
             .await
             .unwrap()
@@ -676,7 +676,7 @@ async fn the_sla_clock_stops_while_the_sender_has_the_ball() {
             .transition(&reference, &to("needs_review", "reply"), &caseworker("alice"))
             .await
             .unwrap();
-        let mut conn = engine.db.pool.acquire().await.unwrap();
+        let mut conn = engine.db().pool.acquire().await.unwrap();
         let case = storage::case_by_reference(&mut conn, &reference)
             .await
             .unwrap()

@@ -168,9 +168,7 @@ async fn a_worker_that_overruns_its_time_is_killed_and_replaced() {
 }
 
 fn engine_with_workers(db: countersign::storage::Db) -> Engine {
-    let mut engine = common::engine_on(db);
-    engine.config.pdf_reader = PdfReader::Workers(pool(|_| {}));
-    engine
+    common::engine_on(db).with_pdf_reader(PdfReader::Workers(pool(|_| {})))
 }
 
 #[tokio::test]

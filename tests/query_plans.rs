@@ -11,8 +11,8 @@ use sqlx::Row;
 
 /// The plan's lines for `sql`, keyed by a sample value.
 async fn plan(engine: &countersign::engine::Engine, sql: &str, key: CaseKey) -> Vec<String> {
-    let mut tx = engine.db.pool.begin().await.unwrap();
-    let explain = match engine.db.backend {
+    let mut tx = engine.db().pool.begin().await.unwrap();
+    let explain = match engine.db().backend {
         Backend::Sqlite => format!("EXPLAIN QUERY PLAN {sql}"),
         Backend::Postgres => {
             // On empty tables PostgreSQL rightly prefers reading the table; priced out, a
@@ -30,7 +30,7 @@ async fn plan(engine: &countersign::engine::Engine, sql: &str, key: CaseKey) -> 
         CaseKey::Text => query.bind("CS-2026-000001"),
     };
     let rows = query.fetch_all(&mut *tx).await.unwrap_or_else(|e| panic!("{sql}: {e}"));
-    let column = match engine.db.backend {
+    let column = match engine.db().backend {
         Backend::Sqlite => 3,
         Backend::Postgres => 0,
     };
@@ -54,14 +54,14 @@ async fn every_per_case_query_reads_through_an_index() {
         for (name, sql, key) in PER_CASE_QUERIES {
             let lines = plan(&engine, sql, *key).await;
             assert!(!lines.is_empty(), "{name}: no plan");
-            for line in lines.iter().filter(|l| full_scan(engine.db.backend, l)) {
+            for line in lines.iter().filter(|l| full_scan(engine.db().backend, l)) {
                 scans.push(format!("{name}: {line}"));
             }
         }
         assert!(
             scans.is_empty(),
             "{:?} reads whole tables:\n{}",
-            engine.db.backend,
+            engine.db().backend,
             scans.join("\n")
         );
     })
@@ -75,9 +75,9 @@ async fn the_check_does_catch_a_query_with_no_index() {
     on_both_backends(|engine| async move {
         let lines = plan(&engine, "SELECT id FROM case_notes WHERE body = $1", CaseKey::Text).await;
         assert!(
-            lines.iter().any(|l| full_scan(engine.db.backend, l)),
+            lines.iter().any(|l| full_scan(engine.db().backend, l)),
             "{:?}: {lines:?}",
-            engine.db.backend
+            engine.db().backend
         );
     })
     .await;

@@ -30,7 +30,7 @@ fn to(state: &str, reason: &str) -> TransitionRequest {
 }
 
 fn values(engine: &Engine, workflow: &str, n: usize, changes: &[(&str, &str)]) -> BTreeMap<String, String> {
-    let wf = engine.workflows.get(workflow).unwrap();
+    let wf = engine.workflows().get(workflow).unwrap();
     let mut values = countersign::samples::good_values(wf, n, friday_morning().date_naive());
     for (k, v) in changes {
         values.insert(k.to_string(), v.to_string());
@@ -39,7 +39,7 @@ fn values(engine: &Engine, workflow: &str, n: usize, changes: &[(&str, &str)]) -
 }
 
 fn pdf(engine: &Engine, workflow: &str, values: &BTreeMap<String, String>) -> Vec<u8> {
-    countersign::pdf::generate::filled_form(engine.workflows.get(workflow).unwrap(), values).unwrap()
+    countersign::pdf::generate::filled_form(engine.workflows().get(workflow).unwrap(), values).unwrap()
 }
 
 /// An email, authenticated by our server or not, optionally in reply to a Message-ID.
@@ -80,13 +80,13 @@ impl Mail<'_> {
 }
 
 async fn case(engine: &Engine, reference: &str) -> CaseRecord {
-    let mut conn = engine.db.pool.acquire().await.unwrap();
+    let mut conn = engine.db().pool.acquire().await.unwrap();
     storage::case_by_reference(&mut conn, reference).await.unwrap().unwrap()
 }
 
 async fn event_kinds(engine: &Engine, reference: &str) -> Vec<String> {
     let id = case(engine, reference).await.id;
-    let mut conn = engine.db.pool.acquire().await.unwrap();
+    let mut conn = engine.db().pool.acquire().await.unwrap();
     storage::events_for_case(&mut conn, id)
         .await
         .unwrap()
@@ -237,7 +237,7 @@ async fn a_replacement_form_with_findings_sends_a_validated_case_back_and_voids_
         let kinds = event_kinds(&engine, &reference).await;
         assert!(kinds.contains(&"form_resubmitted".to_string()), "{kinds:?}");
         assert!(kinds.contains(&"decisions_voided".to_string()), "{kinds:?}");
-        let mut conn = engine.db.pool.acquire().await.unwrap();
+        let mut conn = engine.db().pool.acquire().await.unwrap();
         let events = storage::events_for_case(&mut conn, after.id).await.unwrap();
         let voided = events.iter().find(|e| e.kind == "decisions_voided").unwrap();
         assert!(

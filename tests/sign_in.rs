@@ -15,7 +15,7 @@ const T0: i64 = 1_800_000_000_000;
 
 /// An account with a password set, and one invited (no password yet).
 async fn accounts(engine: &Engine) {
-    let mut conn = engine.db.pool.acquire().await.unwrap();
+    let mut conn = engine.db().pool.acquire().await.unwrap();
     let (_, token) = users::add(&mut conn, "admin@nhs.net", "Admin", ActorRole::Admin, T0)
         .await
         .unwrap();
@@ -28,7 +28,7 @@ async fn accounts(engine: &Engine) {
 }
 
 async fn attempt(engine: &Engine, email: &str, password: &str, client: &str, at: i64) -> Result<(), SignInRefusal> {
-    let mut conn = engine.db.pool.acquire().await.unwrap();
+    let mut conn = engine.db().pool.acquire().await.unwrap();
     users::authenticate(&mut conn, email, password, client, at)
         .await
         .unwrap()
@@ -141,10 +141,10 @@ async fn one_client_guessing_across_many_accounts_is_locked_out() {
 async fn a_new_password_a_role_change_and_disabling_each_end_every_session() {
     on_both_backends(|engine| async move {
         accounts(&engine).await;
-        let mut conn = engine.db.pool.acquire().await.unwrap();
+        let mut conn = engine.db().pool.acquire().await.unwrap();
         let admin = users::find_by_email(&mut conn, "admin@nhs.net").await.unwrap().unwrap();
         let alive = |token: String| {
-            let pool = engine.db.pool.clone();
+            let pool = engine.db().pool.clone();
             async move {
                 let mut conn = pool.acquire().await.unwrap();
                 users::session_user(&mut conn, &token, T0 + 1).await.unwrap().is_some()

@@ -129,7 +129,7 @@ impl Browser {
 
     /// Signs in (setting the password through the one-time link first).
     async fn sign_in_as(&mut self, engine: &Engine, email: &str, role: ActorRole) {
-        let mut conn = engine.db.pool.acquire().await.unwrap();
+        let mut conn = engine.db().pool.acquire().await.unwrap();
         let (_, token) = countersign::users::add(&mut conn, email, email, role, engine.now_ms())
             .await
             .unwrap();
@@ -229,7 +229,7 @@ async fn every_route_needs_sign_in_and_the_right_role() {
 async fn set_password_links_work_once_and_refuse_weak_passwords() {
     on_both_backends(|engine| async move {
         let mut browser = Browser::new(&engine).await;
-        let mut conn = engine.db.pool.acquire().await.unwrap();
+        let mut conn = engine.db().pool.acquire().await.unwrap();
         let (_, token) =
             countersign::users::add(&mut conn, "new@nhs.net", "New", ActorRole::Caseworker, engine.now_ms())
                 .await
@@ -416,7 +416,7 @@ async fn free_text_search_finds_names_emails_and_organisations_folded_for_case_a
              SELECT 'CS-2099-' || i, 'primary_user_gp', 'needs_review', '{}', '[]', 'Common Lane Surgery',
                     (SELECT MIN(id) FROM raw_messages), 0, 0, 9000000000000 + i FROM n",
         )
-        .execute(&engine.db.pool)
+        .execute(&engine.db().pool)
         .await
         .unwrap();
         let mut browser = Browser::new(&engine).await;
@@ -443,7 +443,7 @@ async fn free_text_search_finds_names_emails_and_organisations_folded_for_case_a
         // Without its accents, and in capitals.
         let with_accents: Vec<String> =
             sqlx::query_scalar("SELECT reference FROM cases WHERE fields LIKE '%Briain-Åkesson%' ORDER BY reference")
-                .fetch_all(&engine.db.pool)
+                .fetch_all(&engine.db().pool)
                 .await
                 .unwrap();
         assert!(with_accents.len() >= 6, "{with_accents:?}");
@@ -464,7 +464,7 @@ async fn free_text_search_finds_names_emails_and_organisations_folded_for_case_a
         // The index follows an edit.
         sqlx::query("UPDATE cases SET org_name = 'Quayside Health Centre' WHERE reference = $1")
             .bind(&with_accents[0])
-            .execute(&engine.db.pool)
+            .execute(&engine.db().pool)
             .await
             .unwrap();
         let page = browser.get("/?q=quayside").await;
@@ -499,7 +499,7 @@ async fn the_queue_pages_with_a_keyset_cursor() {
 #[tokio::test]
 async fn the_case_page_shows_fields_findings_email_pdf_and_timeline() {
     on_both_backends(|engine| async move {
-        let wf = engine.workflows.get("primary_user_gp").unwrap().clone();
+        let wf = engine.workflows().get("primary_user_gp").unwrap().clone();
         let email = common::form_email(
             &wf,
             1,
@@ -566,7 +566,7 @@ async fn the_case_page_shows_fields_findings_email_pdf_and_timeline() {
 #[tokio::test]
 async fn actions_follow_the_workflow_roles_four_eyes_and_concurrency() {
     on_both_backends(|engine| async move {
-        let wf = engine.workflows.get("primary_user_gp").unwrap().clone();
+        let wf = engine.workflows().get("primary_user_gp").unwrap().clone();
         let email = common::form_email(
             &wf,
             2,
@@ -910,7 +910,7 @@ fn no_page_template_uses_inline_styles_that_our_own_csp_blocks() {
 #[tokio::test]
 async fn mail_that_names_a_case_it_may_not_change_is_linked_both_ways_on_the_case_pages() {
     on_both_backends(|engine| async move {
-        let workflow = engine.workflows.get("primary_user_gp").unwrap().clone();
+        let workflow = engine.workflows().get("primary_user_gp").unwrap().clone();
         let original = common::form_email(&workflow, 1, &[], "manager@nhs.net", "orig@nhs.net", "form");
         let named = engine.intake(&original, "test").await.unwrap().cases[0].reference.clone();
         let spoof = format!(

@@ -532,7 +532,7 @@ impl ImapPoller {
             let uids: Vec<u32> = batch.quarantined.iter().map(|(uid, _, _)| *uid).collect();
             Self::move_messages(session, features, &uid_set(&uids), &self.settings.quarantine_folder).await?;
         }
-        let mut conn = self.engine.db.pool.acquire().await.context("connecting")?;
+        let mut conn = self.engine.db().pool.acquire().await.context("connecting")?;
         let now = chrono::Utc::now().timestamp_millis();
         for (uid, source, reason) in &batch.quarantined {
             storage::record_quarantine(&mut conn, source, &key, reason, now).await?;
@@ -733,7 +733,7 @@ impl ImapPoller {
         source: &str,
         error: crate::engine::EngineError,
     ) -> Result<Recorded, ImapError> {
-        let mut conn = self.engine.db.pool.acquire().await.context("connecting")?;
+        let mut conn = self.engine.db().pool.acquire().await.context("connecting")?;
         let now = chrono::Utc::now().timestamp_millis();
         let attempts = storage::record_ingest_error(&mut conn, source, key, &format!("{error:#}"), now).await?;
         if attempts >= self.settings.max_attempts {
@@ -754,7 +754,7 @@ impl ImapPoller {
     async fn hold_lease(&self) -> Result<bool, ImapError> {
         let now = chrono::Utc::now().timestamp_millis();
         let until = now + self.lease_duration().as_millis() as i64;
-        let mut conn = self.engine.db.pool.acquire().await.context("connecting")?;
+        let mut conn = self.engine.db().pool.acquire().await.context("connecting")?;
         let held =
             storage::try_acquire_lease(&mut conn, &self.settings.mailbox_key(), &self.holder, now, until).await?;
         self.holding.store(held, std::sync::atomic::Ordering::Relaxed);
@@ -790,7 +790,7 @@ impl ImapPoller {
             mailbox: self.settings.mailbox.clone(),
         })?);
 
-        let mut conn = self.engine.db.pool.acquire().await.context("connecting")?;
+        let mut conn = self.engine.db().pool.acquire().await.context("connecting")?;
         let (stored_validity, stored_last) = storage::mailbox_position(&mut conn, &key).await?;
         let last_uid = match stored_validity {
             Some(v) if v == uidvalidity => stored_last.unwrap_or(0),
@@ -895,7 +895,7 @@ impl ImapPoller {
         tracing::debug!(?waiting, ?moving, "drain timings");
         let now = chrono::Utc::now().timestamp_millis();
         let backlog = summary.backlog - summary.uids.len();
-        let mut conn = self.engine.db.pool.acquire().await.context("connecting")?;
+        let mut conn = self.engine.db().pool.acquire().await.context("connecting")?;
         storage::record_poll(&mut conn, &key, now, Some(backlog as i64), None).await?;
         self.health.update(|h| {
             h.last_poll_at = Some(now);
@@ -983,7 +983,7 @@ impl ImapPoller {
             _ = self.heartbeat() => {}
         }
         self.holding.store(false, std::sync::atomic::Ordering::Relaxed);
-        if let Ok(mut conn) = self.engine.db.pool.acquire().await {
+        if let Ok(mut conn) = self.engine.db().pool.acquire().await {
             let _ = storage::release_lease(&mut conn, &self.settings.mailbox_key(), &self.holder).await;
         }
         self.health.update(|h| h.state = "stopped".into());
@@ -1001,7 +1001,7 @@ impl ImapPoller {
                         h.state = "reconnecting".into();
                         h.last_error = Some(message.clone());
                     });
-                    if let Ok(mut conn) = self.engine.db.pool.acquire().await {
+                    if let Ok(mut conn) = self.engine.db().pool.acquire().await {
                         let now = chrono::Utc::now().timestamp_millis();
                         let _ =
                             storage::record_poll(&mut conn, &self.settings.mailbox_key(), now, None, Some(&message))
@@ -1064,7 +1064,7 @@ pub async fn retry_quarantined(engine: &Engine, settings: &ImapSettings) -> Resu
         .await?;
     }
     let _ = session.logout().await;
-    let mut conn = engine.db.pool.acquire().await.context("connecting")?;
+    let mut conn = engine.db().pool.acquire().await.context("connecting")?;
     storage::resolve_ingest_errors(
         &mut conn,
         &settings.mailbox_key(),

@@ -30,7 +30,7 @@ pub async fn organisations(
          WHERE LOWER(o.ods_code) LIKE $1 OR LOWER(o.name) LIKE $1 ORDER BY o.name LIMIT 500",
     )
     .bind(like)
-    .fetch_all(&state.engine.db.pool)
+    .fetch_all(&state.engine.db().pool)
     .await?;
     let orgs: Vec<serde_json::Value> = rows
         .iter()
@@ -68,7 +68,7 @@ pub async fn edit_organisation(
         .bind(form.name.trim())
         .bind(state.engine.now_ms())
         .bind(&ods)
-        .execute(&state.engine.db.pool)
+        .execute(&state.engine.db().pool)
         .await?;
     if done.rows_affected() == 0 {
         return Err(WebError::NotFound);
@@ -176,7 +176,7 @@ pub async fn workflows(
     user.require(&[ActorRole::Admin])?;
     let views: Vec<serde_json::Value> = state
         .engine
-        .workflows
+        .workflows()
         .iter()
         .map(|w| {
             serde_json::json!({

@@ -15,7 +15,7 @@ pub async fn list_cases(
     Query(filter): Query<QueueFilter>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let user = user?;
-    let mut conn = state.engine.db.pool.acquire().await.map_err(WebError::from)?;
+    let mut conn = state.engine.db().pool.acquire().await.map_err(WebError::from)?;
     let (rows, next) = load_queue(&state, &mut conn, &filter, user.0.id).await?;
     drop(conn);
     Ok(Json(serde_json::json!({ "cases": rows, "next": next })))
@@ -27,7 +27,7 @@ pub async fn show_case(
     Path(reference): Path<String>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     user?;
-    let mut conn = state.engine.db.pool.acquire().await.map_err(WebError::from)?;
+    let mut conn = state.engine.db().pool.acquire().await.map_err(WebError::from)?;
     let case = storage::case_by_reference(&mut conn, &reference)
         .await?
         .ok_or(WebError::NotFound)?;
@@ -47,7 +47,7 @@ pub async fn health(
 ) -> Result<Json<serde_json::Value>, ApiError> {
     user?;
     use sqlx::Row;
-    let mut conn = state.engine.db.pool.acquire().await.map_err(WebError::from)?;
+    let mut conn = state.engine.db().pool.acquire().await.map_err(WebError::from)?;
     let mailboxes = storage::mailbox_health(&mut conn).await?;
     let ingest_errors = storage::open_ingest_errors(&mut conn).await?;
     let mut outbox = serde_json::Map::new();

@@ -25,7 +25,7 @@ impl FromRequestParts<AppState> for CurrentUser {
         let Some(token) = jar.get(SESSION_COOKIE).map(|c| c.value().to_string()) else {
             return Err(WebError::SignInRequired);
         };
-        let mut conn = state.engine.db.pool.acquire().await?;
+        let mut conn = state.engine.db().pool.acquire().await?;
         match users::session_user(&mut conn, &token, state.engine.now_ms()).await? {
             Some(user) => Ok(CurrentUser(user)),
             None => Err(WebError::SignInRequired),
@@ -116,7 +116,7 @@ pub async fn sign_in(
 ) -> Result<Response, WebError> {
     check_csrf(&token, &form.csrf)?;
     let now = state.engine.now_ms();
-    let mut conn = state.engine.db.pool.acquire().await?;
+    let mut conn = state.engine.db().pool.acquire().await?;
     let refusal = match users::authenticate(&mut conn, &form.email, &form.password, &client.0, now).await? {
         Ok(user) => {
             let session = users::start_session(&mut conn, user.id, now).await?;
@@ -174,7 +174,7 @@ pub async fn sign_out(
 ) -> Result<Response, WebError> {
     check_csrf(&token, &form.csrf)?;
     if let Some(session) = jar.get(SESSION_COOKIE) {
-        let mut conn = state.engine.db.pool.acquire().await?;
+        let mut conn = state.engine.db().pool.acquire().await?;
         users::end_session(&mut conn, session.value()).await?;
     }
     Ok((
@@ -189,7 +189,7 @@ pub async fn set_password_page(
     Path(link): Path<String>,
     token: CsrfToken,
 ) -> Result<Response, WebError> {
-    let mut conn = state.engine.db.pool.acquire().await?;
+    let mut conn = state.engine.db().pool.acquire().await?;
     let user = users::user_for_password_token(&mut conn, &link, state.engine.now_ms()).await?;
     let mut context = tera::Context::new();
     context.insert("csrf", &csrf_value(&token)?);
@@ -211,7 +211,7 @@ pub async fn set_password(
     Form(form): Form<SetPasswordForm>,
 ) -> Result<Response, WebError> {
     check_csrf(&token, &form.csrf)?;
-    let mut conn = state.engine.db.pool.acquire().await?;
+    let mut conn = state.engine.db().pool.acquire().await?;
     let problem = if form.password != form.confirm {
         Some("The two passwords do not match.".to_string())
     } else {

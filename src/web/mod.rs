@@ -107,7 +107,7 @@ impl AppState {
         })?;
         pages.autoescape_on(vec![".html.tera"]);
         let secret = {
-            let mut conn = engine.db.pool.acquire().await.map_err(|e| {
+            let mut conn = engine.db().pool.acquire().await.map_err(|e| {
                 crate::users::UserError::Storage(crate::storage::StorageError::Query {
                     context: "connecting",
                     source: e,

@@ -1,5 +1,7 @@
 //! The pages caseworkers use: the triage queue, the case page and its actions, the users page.
 
+use std::collections::BTreeMap;
+
 use axum::Form;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderValue, StatusCode, header};
@@ -11,6 +13,7 @@ use sqlx::{AnyConnection, Row};
 use super::auth::{CurrentUser, check_csrf, render};
 use super::{AppState, WebError};
 use crate::storage;
+use crate::workflow::wellknown::{self, unclassified};
 use crate::workflow::{ActorRole, TransitionRequest};
 
 const PAGE_SIZE: i64 = 50;
@@ -30,7 +33,7 @@ pub async fn script() -> Response {
 }
 
 pub async fn health(State(state): State<AppState>) -> Result<Response, WebError> {
-    sqlx::query("SELECT 1").execute(&state.engine.db.pool).await?;
+    sqlx::query("SELECT 1").execute(&state.engine.db().pool).await?;
     Ok((StatusCode::OK, "ok").into_response())
 }
 
@@ -192,7 +195,7 @@ pub async fn load_queue(
     filter: &QueueFilter,
     user_id: i64,
 ) -> Result<(Vec<QueueRow>, Option<String>), WebError> {
-    let terminal = state.engine.workflows.terminal_states();
+    let terminal = state.engine.workflows().terminal_states();
     // A search that is an ODS code or a case reference is an exact (indexed) match; anything
     // else is a substring of the organisation, the sender, the reference or the form's fields.
     // Control characters (a NUL, a newline) are never part of what anyone searches for, and a
@@ -212,7 +215,7 @@ pub async fn load_queue(
         // Start from the few matching rows (by their indexes) rather than walking the whole
         // queue in SLA order looking for them.
         QueueSource::Exact
-    } else if !free_text.is_empty() && state.engine.db.backend == crate::storage::Backend::Sqlite {
+    } else if !free_text.is_empty() && state.engine.db().backend == crate::storage::Backend::Sqlite {
         sqlite_free_text_source(conn, free_text).await?
     } else {
         // PostgreSQL's planner chooses between its trigram index and the SLA-order walk itself.
@@ -226,7 +229,7 @@ pub async fn load_queue(
     let search_clause = if substring.is_empty() {
         "$8 = ''".to_string()
     } else {
-        search_text_sql(state.engine.db.backend).to_string()
+        search_text_sql(state.engine.db().backend).to_string()
     };
     let mut next_placeholder = 13;
     let from = match &source {
@@ -293,7 +296,7 @@ pub async fn load_queue(
         query = query.bind(state_name.clone());
     }
     let rows = query.fetch_all(&mut *conn).await?;
-    let today = state.engine.clock.now().date_naive();
+    let today = state.engine.clock().now().date_naive();
     let at_risk_until = state.engine.working_days_from_now(1);
     let mut out = Vec::new();
     for row in rows.iter().take(PAGE_SIZE as usize) {
@@ -312,7 +315,7 @@ pub async fn load_queue(
             org_name: row.try_get(4)?,
             org_ods_code: row.try_get(5)?,
             findings: findings.iter().map(|f| f.code.as_str().to_string()).collect(),
-            age_working_days: state.engine.calendar.working_days_between(created, today),
+            age_working_days: state.engine.calendar().working_days_between(created, today),
             due: when(due_at),
             due_at,
             sla: sla_status(due_at, now, at_risk_until),
@@ -331,13 +334,13 @@ pub async fn queue(
     token: CsrfToken,
     Query(filter): Query<QueueFilter>,
 ) -> Result<Response, WebError> {
-    let mut conn = state.engine.db.pool.acquire().await?;
+    let mut conn = state.engine.db().pool.acquire().await?;
     let (rows, next) = load_queue(&state, &mut conn, &filter, user.0.id).await?;
     drop(conn);
     let mut context = base_context(&user, &token)?;
     let mut states: Vec<String> = state
         .engine
-        .workflows
+        .workflows()
         .iter()
         .flat_map(|w| w.states.iter().filter(|s| !s.terminal).map(|s| s.name.clone()))
         .collect();
@@ -368,7 +371,7 @@ pub async fn queue(
         "workflows",
         &state
             .engine
-            .workflows
+            .workflows()
             .iter()
             .map(|w| (&w.name, &w.title))
             .collect::<Vec<_>>(),
@@ -399,16 +402,16 @@ pub async fn case_page(
     token: CsrfToken,
     Path(reference): Path<String>,
 ) -> Result<Response, WebError> {
-    let mut conn = state.engine.db.pool.acquire().await?;
+    let mut conn = state.engine.db().pool.acquire().await?;
     let case = storage::case_by_reference(&mut conn, &reference)
         .await?
         .ok_or(WebError::NotFound)?;
-    let workflow = case.workflow.as_deref().and_then(|w| state.engine.workflows.get(w));
+    let workflow = case.workflow.as_deref().and_then(|w| state.engine.workflows().get(w));
     let message = storage::stored_message(&mut conn, case.origin_message_id).await?;
     let body = message
         .raw
         .as_deref()
-        .map(|r| crate::mail::parse(r, &state.engine.config.mail))
+        .map(|r| crate::mail::parse(r, &state.engine.config().mail))
         .and_then(|m| m.text_body);
     let auth: crate::mail::SenderAuth =
         serde_json::from_str(&message.sender_auth_json).unwrap_or(crate::mail::SenderAuth::Missing {
@@ -438,7 +441,7 @@ pub async fn case_page(
 
     let events = storage::events_for_case(&mut conn, case.id).await?;
     // A closed case is judged by when it closed (met or missed), not by the clock running on.
-    let closed_at = if state.engine.workflows.terminal_states().contains(&case.state) {
+    let closed_at = if state.engine.workflows().terminal_states().contains(&case.state) {
         events
             .iter()
             .filter(|e| e.to_state.as_deref() == Some(case.state.as_str()))
@@ -493,8 +496,7 @@ pub async fn case_page(
 
     // The actions the workflow allows from here, for this user's role, and only those.
     let role = user.0.role;
-    let permits =
-        |by: &[ActorRole]| by.contains(&role) || (role == ActorRole::Admin && by.contains(&ActorRole::Manager));
+    let permits = |by: &[ActorRole]| role.is_among(by);
     let actions: Vec<ActionView> = match workflow {
         Some(workflow) => workflow
             .transitions_from(&case.state)
@@ -506,11 +508,11 @@ pub async fn case_page(
                 records: t.records.clone(),
             })
             .collect(),
-        None if case.state == crate::engine::UNCLASSIFIED_STATE => ["rejected", "withdrawn", "duplicate", "closed"]
+        None if case.state == unclassified::STATE && permits(unclassified::BY) => unclassified::EXITS
             .iter()
-            .map(|to| ActionView {
+            .map(|(to, label)| ActionView {
                 to: to.to_string(),
-                label: format!("Mark {to}"),
+                label: label.to_string(),
                 reason_required: true,
                 records: vec![],
             })
@@ -523,7 +525,7 @@ pub async fn case_page(
         .iter()
         .any(|f| f.code == crate::policy::FindingCode::FormHasNoFields)
         || case.workflow.is_none();
-    let keyable = needs_keying && ["received", "needs_review"].contains(&case.state.as_str());
+    let keyable = needs_keying && wellknown::KEYABLE_STATES.contains(&case.state.as_str());
     let key_fields: Vec<serde_json::Value> = match workflow {
         Some(workflow) => workflow
             .fields
@@ -617,7 +619,7 @@ pub async fn case_page(
         "workflow_names",
         &state
             .engine
-            .workflows
+            .workflows()
             .iter()
             .map(|w| (&w.name, &w.title))
             .collect::<Vec<_>>(),
@@ -645,7 +647,7 @@ pub async fn form_pdf(
     _user: CurrentUser,
     Path(reference): Path<String>,
 ) -> Result<Response, WebError> {
-    let mut conn = state.engine.db.pool.acquire().await?;
+    let mut conn = state.engine.db().pool.acquire().await?;
     let case = storage::case_by_reference(&mut conn, &reference)
         .await?
         .ok_or(WebError::NotFound)?;
@@ -688,12 +690,15 @@ pub struct TransitionForm {
     #[serde(default)]
     reason: String,
     /// The case version the page showed: a newer one means someone else acted meanwhile.
-    version: i64,
-    #[serde(default)]
-    open_exeter_user_id: String,
+    /// (Text: beside a flattened map, serde reads every value as a string.)
+    version: String,
     /// For "mark as duplicate": the case this one repeats.
     #[serde(default)]
     duplicate_of: String,
+    /// The values the transition records, by the names its workflow gives them (`records`);
+    /// the engine keeps only those the transition declares.
+    #[serde(flatten)]
+    values: BTreeMap<String, String>,
 }
 
 pub async fn transition(
@@ -704,20 +709,24 @@ pub async fn transition(
     Form(form): Form<TransitionForm>,
 ) -> Result<Response, WebError> {
     check_csrf(&token, &form.csrf)?;
-    let mut recorded = Vec::new();
-    if !form.open_exeter_user_id.trim().is_empty() {
-        recorded.push((
-            "open_exeter_user_id".to_string(),
-            form.open_exeter_user_id.trim().to_string(),
-        ));
-    }
+    let version = form
+        .version
+        .trim()
+        .parse()
+        .map_err(|_| WebError::BadRequest("The page sent no case version; reload it and try again.".into()))?;
+    let recorded = form
+        .values
+        .into_iter()
+        .map(|(name, value)| (name, value.trim().to_string()))
+        .filter(|(_, value)| !value.is_empty())
+        .collect();
     // The version check and the duplicate link are the engine's, inside its transaction.
     let request = TransitionRequest {
         duplicate_of: (form.to == "duplicate").then(|| form.duplicate_of.clone()),
         to: form.to,
         reason: Some(form.reason.trim().to_string()).filter(|r| !r.is_empty()),
         recorded,
-        expected_version: Some(form.version),
+        expected_version: Some(version),
     };
     state.engine.transition(&reference, &request, &user.actor()).await?;
     Ok(Redirect::to(&format!("/cases/{reference}")).into_response())
@@ -757,7 +766,7 @@ pub async fn add_note(
     if form.body.trim().is_empty() {
         return Err(WebError::BadRequest("A note cannot be empty.".into()));
     }
-    let mut tx = state.engine.db.begin_write().await?;
+    let mut tx = state.engine.db().begin_write().await?;
     let case = storage::case_by_reference(&mut tx, &reference)
         .await?
         .ok_or(WebError::NotFound)?;
@@ -787,7 +796,7 @@ async fn users_view(
     token: CsrfToken,
     link: Option<(String, String)>,
 ) -> Result<Response, WebError> {
-    let mut conn = state.engine.db.pool.acquire().await?;
+    let mut conn = state.engine.db().pool.acquire().await?;
     let users = crate::users::list(&mut conn).await?;
     let mut context = base_context(user, &token)?;
     context.insert("users", &users);
@@ -814,7 +823,7 @@ pub async fn add_user(
     let role = ActorRole::parse(&form.role)
         .filter(|r| *r != ActorRole::System)
         .ok_or_else(|| WebError::BadRequest("Choose caseworker, manager or admin.".into()))?;
-    let mut conn = state.engine.db.pool.acquire().await?;
+    let mut conn = state.engine.db().pool.acquire().await?;
     let (added, secret) =
         crate::users::add(&mut conn, &form.email, &form.display_name, role, state.engine.now_ms()).await?;
     let link = crate::users::password_link(&state.base_url, &secret);
@@ -831,7 +840,7 @@ pub async fn reset_user(
 ) -> Result<Response, WebError> {
     user.require(&[ActorRole::Admin])?;
     check_csrf(&token, &form.csrf)?;
-    let mut conn = state.engine.db.pool.acquire().await?;
+    let mut conn = state.engine.db().pool.acquire().await?;
     let target = crate::users::find_by_email(&mut conn, &email)
         .await?
         .ok_or(WebError::NotFound)?;
@@ -853,7 +862,7 @@ pub async fn disable_user(
     if email.eq_ignore_ascii_case(&user.0.email) {
         return Err(WebError::BadRequest("You cannot disable your own account.".into()));
     }
-    let mut conn = state.engine.db.pool.acquire().await?;
+    let mut conn = state.engine.db().pool.acquire().await?;
     crate::users::set_disabled(&mut conn, &email, true).await?;
     Ok(Redirect::to("/admin/users").into_response())
 }
@@ -908,7 +917,7 @@ async fn assign_case(
     assignee: Option<&crate::users::User>,
 ) -> Result<(), WebError> {
     let assignee = assignee.map(|u| (u.id, u.email.as_str()));
-    state.engine.assign(reference, assignee, &actor.actor()).await?;
+    state.engine.assign(reference, assignee, &actor.actor(), None).await?;
     Ok(())
 }
 
@@ -923,7 +932,7 @@ pub async fn assign(
     let assignee = if form.assignee.trim().is_empty() {
         None
     } else {
-        let mut conn = state.engine.db.pool.acquire().await?;
+        let mut conn = state.engine.db().pool.acquire().await?;
         let found = crate::users::find_by_email(&mut conn, &form.assignee)
             .await?
             .filter(|u| !u.disabled);
@@ -958,7 +967,7 @@ pub async fn bulk(
     let assignee = match value("action").as_str() {
         "claim" => Some(user.0.clone()),
         "assign" => {
-            let mut conn = state.engine.db.pool.acquire().await?;
+            let mut conn = state.engine.db().pool.acquire().await?;
             let email = value("assignee");
             let found = crate::users::find_by_email(&mut conn, &email)
                 .await?

@@ -10,6 +10,8 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+use super::wellknown;
+
 /// Why a workflow file (or the set of them) cannot be used. Every variant names the file and
 /// the key, so an operator can go straight to the line that is wrong.
 #[derive(Debug, thiserror::Error)]
@@ -48,6 +50,12 @@ impl ActorRole {
             ActorRole::Manager => "manager",
             ActorRole::Admin => "admin",
         }
+    }
+
+    /// Whether someone in this role may do what `allowed` lists. Admins may do what managers
+    /// may; managers are not caseworkers, since each workflow lists who may act.
+    pub fn is_among(self, allowed: &[ActorRole]) -> bool {
+        allowed.contains(&self) || (self == ActorRole::Admin && allowed.contains(&ActorRole::Manager))
     }
 
     pub fn parse(text: &str) -> Option<Self> {
@@ -193,6 +201,20 @@ pub struct TransitionDef {
     /// Values the actor must record with the transition (e.g. the Open Exeter user id).
     #[serde(default)]
     pub records: Vec<String>,
+    /// Its part in the four-eyes check, when the workflow has one: the person who took an
+    /// `accepts` decision (or keyed fields) may not also take an `authorises` one.
+    #[serde(default)]
+    pub four_eyes: Option<FourEyesPart>,
+}
+
+/// A transition's part in the four-eyes check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FourEyesPart {
+    /// The first pair of eyes (a caseworker accepting a case after review).
+    Accepts,
+    /// The second pair, who must be someone else.
+    Authorises,
 }
 
 /// What a timer does when it falls due.
@@ -503,11 +525,22 @@ impl WorkflowDef {
         }
 
         // The engine relies on these names: it validates automatically, holds for review, and
-        // records provisioning.
-        for required in ["received", "validated", "needs_review", "authorised", "provisioned"] {
+        // waits for the sender.
+        for required in wellknown::REQUIRED_STATES {
             if !state_names.contains(required) {
                 return Err(invalid("states", format!("the engine needs a `{required}` state")));
             }
+        }
+        if self.four_eyes
+            && !self
+                .transitions
+                .iter()
+                .any(|t| t.four_eyes == Some(FourEyesPart::Authorises))
+        {
+            return Err(invalid(
+                "four_eyes",
+                "a four-eyes workflow must mark the transition that needs the second pair of eyes (`four_eyes = \"authorises\"`)".into(),
+            ));
         }
         // A replacement form is checked again: a case with findings goes to needs_review, a clean
         // one in needs_review to validated, so the system needs those moves from each state.
@@ -516,7 +549,7 @@ impl WorkflowDef {
             if !state_names.contains(state.as_str()) {
                 return Err(invalid(&key, format!("unknown state `{state}`")));
             }
-            if self.state(state).is_some_and(|s| s.terminal) || state == "authorised" {
+            if self.state(state).is_some_and(|s| s.terminal) || state == wellknown::AUTHORISED {
                 return Err(invalid(
                     &key,
                     format!("`{state}` is past authorisation; a form there must never change by mail"),
@@ -527,12 +560,12 @@ impl WorkflowDef {
                     .iter()
                     .any(|t| t.to == to && t.from.iter().any(|f| f == from) && t.by.contains(&ActorRole::System))
             };
-            let needed = if state == "needs_review" {
-                system_can("needs_review", "validated")
+            let needed = if state == wellknown::NEEDS_REVIEW {
+                system_can(wellknown::NEEDS_REVIEW, wellknown::VALIDATED)
                     .then_some(())
                     .ok_or("needs_review to validated")
             } else {
-                system_can(state, "needs_review")
+                system_can(state, wellknown::NEEDS_REVIEW)
                     .then_some(())
                     .ok_or("this state to needs_review")
             };

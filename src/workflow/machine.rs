@@ -2,7 +2,7 @@
 //! decide whether a transition may fire and what it sets in motion. No I/O here; the engine
 //! applies the plan inside one transaction.
 
-use super::definition::{ActorRole, TimerDef, TransitionDef, WorkflowDef};
+use super::definition::{ActorRole, FourEyesPart, TimerDef, TransitionDef, WorkflowDef};
 
 /// Why a transition was refused. Each says what was asked and what would be allowed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -115,11 +115,7 @@ pub fn plan_transition<'w>(
             },
         });
     }
-    // Admins may do what managers may; managers are not caseworkers by default, since the
-    // workflow lists who may act.
-    let permits = |t: &TransitionDef| {
-        t.by.contains(&actor.role) || (actor.role == ActorRole::Admin && t.by.contains(&ActorRole::Manager))
-    };
+    let permits = |t: &TransitionDef| actor.role.is_among(&t.by);
     let Some(transition) = candidates.iter().copied().find(|t| permits(t)) else {
         let mut roles: Vec<&str> = candidates
             .iter()
@@ -147,7 +143,7 @@ pub fn plan_transition<'w>(
         }
     }
     if workflow.four_eyes
-        && transition.name == "authorise"
+        && transition.four_eyes == Some(FourEyesPart::Authorises)
         && actor.role != ActorRole::System
         && history.accepted_or_keyed_by.iter().any(|name| name == &actor.name)
     {
@@ -166,10 +162,14 @@ pub fn plan_transition<'w>(
     })
 }
 
-/// The state a freshly checked case moves to: validated when nothing was found, else held
-/// for a caseworker.
-pub fn state_after_checks(has_findings: bool) -> &'static str {
-    if has_findings { "needs_review" } else { "validated" }
+/// Whether `event` took a decision that four-eyes keeps apart from authorisation in
+/// `workflow`: a person accepted the case (a transition marked `four_eyes = "accepts"`) or
+/// keyed its fields by hand.
+pub fn is_first_pair_of_eyes(workflow: &WorkflowDef, transition: Option<&str>, keyed: bool) -> bool {
+    keyed
+        || transition
+            .and_then(|name| workflow.transition(name))
+            .is_some_and(|t| t.four_eyes == Some(FourEyesPart::Accepts))
 }
 
 #[cfg(test)]
@@ -446,7 +446,52 @@ mod tests {
 
     #[test]
     fn checks_decide_the_first_state() {
+        use crate::workflow::wellknown::state_after_checks;
         assert_eq!(state_after_checks(false), "validated");
         assert_eq!(state_after_checks(true), "needs_review");
+    }
+
+    #[test]
+    fn four_eyes_follows_the_workflow_file_not_the_transitions_names() {
+        let set = workflows();
+        let mut wf = set.get("primary_user_gp").unwrap().clone();
+        // Renamed transitions keep their parts: the check is declared, not keyed on names.
+        for t in &mut wf.transitions {
+            if t.name == "authorise" {
+                t.name = "sign_off".into();
+            }
+            if t.name == "accept" {
+                t.name = "approve_after_review".into();
+            }
+        }
+        assert!(is_first_pair_of_eyes(&wf, Some("approve_after_review"), false));
+        assert!(is_first_pair_of_eyes(&wf, None, true));
+        assert!(!is_first_pair_of_eyes(&wf, Some("reject"), false));
+        let history = CaseHistory {
+            accepted_or_keyed_by: vec!["caseworker-1".into()],
+        };
+        let err = plan_transition(
+            &wf,
+            "validated",
+            &request("authorised"),
+            &actor(ActorRole::Caseworker),
+            &history,
+        )
+        .unwrap_err();
+        assert!(matches!(err, TransitionError::FourEyes { .. }));
+        // Unmarked, the same transition is no second pair of eyes.
+        for t in &mut wf.transitions {
+            t.four_eyes = None;
+        }
+        assert!(
+            plan_transition(
+                &wf,
+                "validated",
+                &request("authorised"),
+                &actor(ActorRole::Caseworker),
+                &history
+            )
+            .is_ok()
+        );
     }
 }

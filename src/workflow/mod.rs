@@ -1,10 +1,12 @@
-//! Workflows: their definitions (data, from `workflows/*.toml`) and the pure state machine.
+//! Workflows: their definitions (data, from `workflows/*.toml`), the few states the engine
+//! relies on by name, and the pure state machine.
 
 pub mod definition;
 pub mod machine;
+pub mod wellknown;
 
 pub use definition::{
-    ActorRole, DefinitionError, FieldDef, FieldKind, OrganisationKind, TimerAction, TimerDef, TransitionDef,
-    WorkflowDef, WorkflowSet,
+    ActorRole, DefinitionError, FieldDef, FieldKind, FourEyesPart, OrganisationKind, TimerAction, TimerDef,
+    TransitionDef, WorkflowDef, WorkflowSet,
 };
 pub use machine::{Actor, CaseHistory, TransitionError, TransitionPlan, TransitionRequest, plan_transition};

@@ -155,30 +155,24 @@ impl countersign::engine::Clock for TestClock {
 }
 
 pub fn engine_with_clock(db: Db, clock: Arc<TestClock>) -> Engine {
-    let mut engine = engine_on(db);
-    engine.clock = clock;
-    engine
+    engine_on(db).with_clock(clock)
 }
 
+/// The engine the tests use: the shipped workflows and calendar, PDFs read in process, and a
+/// clock stopped on Friday 20 November 2026, 10:00.
 pub fn engine_on(db: Db) -> Engine {
-    Engine {
-        db,
-        workflows: Arc::new(workflows()),
-        calendar: Arc::new(WorkingCalendar::shipped()),
-        config: EngineConfig {
-            policy: PolicySettings {
-                nhs_domains: NhsDomains::default(),
-            },
-            mail: MailSettings {
-                authserv_id: AUTHSERV_ID.into(),
-                our_addresses: vec![OUR_ADDRESS.into()],
-            },
-            limits: ExtractLimits::default(),
-            pdf_reader: Default::default(),
+    let config = EngineConfig {
+        policy: PolicySettings {
+            nhs_domains: NhsDomains::default(),
         },
-        clock: Arc::new(FixedClock(friday_morning())),
-        wakers: Default::default(),
-    }
+        mail: MailSettings {
+            authserv_id: AUTHSERV_ID.into(),
+            our_addresses: vec![OUR_ADDRESS.into()],
+        },
+        limits: ExtractLimits::default(),
+        pdf_reader: Default::default(),
+    };
+    Engine::new(db, workflows(), WorkingCalendar::shipped(), config).with_clock(Arc::new(FixedClock(friday_morning())))
 }
 
 /// A database that exists for one test.

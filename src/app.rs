@@ -1,0 +1,164 @@
+//! The composition root: settings in, a running service out. `main`, the command line, the
+//! tests and the benchmarks build the service here, so there is one place that says what the
+//! service is made of (as zero2prod's `startup.rs` does).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+
+use crate::calendar::WorkingCalendar;
+use crate::config::Settings;
+use crate::engine::{Engine, EngineConfig};
+use crate::mail::MailSettings;
+use crate::pdf::PdfReader;
+use crate::pdf::worker::{WorkerPool, WorkerSettings};
+use crate::policy::PolicySettings;
+use crate::storage::Db;
+use crate::workflow::WorkflowSet;
+
+/// The service, built from settings: the engine (database migrated, workflows and calendar
+/// loaded), and the settings its workers run with.
+pub struct App {
+    engine: Engine,
+    settings: Settings,
+}
+
+/// Loads and checks the workflow files: a bad one stops every command with the same error.
+pub fn load_workflows(settings: &Settings) -> Result<WorkflowSet> {
+    WorkflowSet::load(&settings.workflows_dir, &settings.templates_dir).context("loading workflows")
+}
+
+/// What the engine needs besides the database, from settings. PDFs are read by this same
+/// binary, started as workers under OS limits.
+pub fn engine_config(settings: &Settings) -> Result<EngineConfig> {
+    Ok(EngineConfig {
+        policy: PolicySettings {
+            nhs_domains: settings.nhs_domains.clone(),
+        },
+        mail: MailSettings {
+            authserv_id: settings.authserv_id.clone(),
+            our_addresses: vec![settings.mailer.from_address.clone()],
+        },
+        limits: settings.extract_limits(),
+        pdf_reader: PdfReader::Workers(Arc::new(WorkerPool::new(
+            WorkerSettings::current_exe().context("finding our own executable for the PDF workers")?,
+        ))),
+    })
+}
+
+impl App {
+    /// Opens (and migrates) the database, loads the workflows and the calendar.
+    pub async fn build(settings: &Settings) -> Result<App> {
+        let workflows = load_workflows(settings)?;
+        let calendar = match &settings.bank_holidays_file {
+            Some(path) => WorkingCalendar::load(path)?,
+            None => WorkingCalendar::shipped(),
+        };
+        let db = Db::connect(&settings.database_url).await?;
+        let engine = Engine::new(db, workflows, calendar, engine_config(settings)?);
+        Ok(App {
+            engine,
+            settings: settings.clone(),
+        })
+    }
+
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    /// One round of every worker: drain the mail source, fire due timers, run due jobs and
+    /// send due mail (`serve --once`, and cron-driven deployments).
+    pub async fn run_once(self) -> Result<()> {
+        let (engine, settings) = (&self.engine, &self.settings);
+        let dispatcher =
+            crate::outbox::Dispatcher::new(engine.clone(), settings.mailer.clone(), &settings.templates_dir)?;
+        let scheduler = crate::scheduler::Scheduler::new(engine.clone(), settings.mailer.clone())?;
+        match &settings.imap {
+            Some(imap) => {
+                let summary = crate::ingest::imap::ImapPoller::new(engine.clone(), imap.clone())
+                    .drain_once()
+                    .await?;
+                let lease = if summary.lease_held {
+                    ""
+                } else {
+                    " (another instance holds the mailbox lease)"
+                };
+                println!(
+                    "{}: {} ingested, {} already ingested, {} quarantined{lease}",
+                    imap.mailbox_key(),
+                    summary.ingested,
+                    summary.already_ingested,
+                    summary.quarantined
+                );
+            }
+            None => {
+                crate::ingest::dropfolder::scan_once(engine, &settings.drop_folder).await?;
+            }
+        }
+        let fired = scheduler.fire_due_timers().await?;
+        let jobs = scheduler.run_due_jobs().await?;
+        let sent = dispatcher.dispatch_due().await?;
+        tracing::info!(
+            timers = fired.len(),
+            jobs = jobs.len(),
+            sent = sent.sent,
+            "one round done"
+        );
+        engine.db().close().await;
+        Ok(())
+    }
+
+    /// Runs the service until Ctrl-C or SIGTERM: the mail source (IMAP or the drop folder),
+    /// the outbox dispatcher, the scheduler and the web app side by side. In-flight mail and
+    /// timers finish their current step before it returns.
+    pub async fn run_until_stopped(self, interval: Duration) -> Result<()> {
+        let (engine, settings) = (&self.engine, &self.settings);
+        let dispatcher =
+            crate::outbox::Dispatcher::new(engine.clone(), settings.mailer.clone(), &settings.templates_dir)?;
+        let scheduler = crate::scheduler::Scheduler::new(engine.clone(), settings.mailer.clone())?;
+        let (stop_tx, stop_rx) = crate::ingest::shutdown_channel();
+        tokio::spawn(async move {
+            crate::ingest::shutdown_signal().await;
+            let _ = stop_tx.send(true);
+        });
+        let mut web = crate::web::AppState::new(
+            engine.clone(),
+            &settings.templates_dir,
+            settings.web_secure_cookies,
+            settings.web_base_url.clone(),
+        )
+        .await?;
+        let poller = settings
+            .imap
+            .as_ref()
+            .map(|imap| crate::ingest::imap::ImapPoller::new(engine.clone(), imap.clone()));
+        let drop_folder = crate::ingest::dropfolder::DropFolder::watching(&settings.drop_folder);
+        web.live_mail_sources.push(match (&poller, &settings.imap) {
+            (Some(poller), Some(imap)) => (imap.mailbox_key(), poller.health()),
+            _ => (format!("drop:{}", settings.drop_folder.display()), drop_folder.health()),
+        });
+        let workers = {
+            let (d_stop, s_stop, w_stop) = (stop_rx.clone(), stop_rx.clone(), stop_rx.clone());
+            let dispatching = async move { dispatcher.run_until_stopped(d_stop).await };
+            let scheduling = async move { scheduler.run_until_stopped(s_stop).await };
+            let bind = settings.web_bind.clone();
+            let serving = async move {
+                if let Err(error) = crate::web::serve(web, &bind, w_stop).await {
+                    tracing::error!(error = %error, bind = %bind, "the web app stopped");
+                }
+            };
+            tokio::spawn(async move { tokio::join!(dispatching, scheduling, serving) })
+        };
+        match (poller, &settings.imap) {
+            (Some(poller), Some(imap)) => {
+                println!("polling {} (Ctrl-C to stop)", imap.mailbox_key());
+                poller.run_until_stopped(stop_rx).await;
+            }
+            _ => crate::ingest::dropfolder::run(engine, drop_folder, interval, stop_rx).await?,
+        }
+        let _ = workers.await;
+        engine.db().close().await;
+        Ok(())
+    }
+}

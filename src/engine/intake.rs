@@ -1,0 +1,838 @@
+//! An email in: parsed, its forms read and checked (before any write), then stored once and
+//! its cases opened, found again, or changed, in one transaction. A mailbox drain prepares
+//! the next email while it records this one, and records groups of emails in one commit.
+
+use std::collections::BTreeMap;
+
+use chrono::Datelike;
+use sqlx::AnyConnection;
+use tracing::{info, instrument};
+
+use super::change::{self, Origin};
+use super::classify::{FormAnalysis, checks_summary};
+use super::{Engine, EngineError, MAX_PREPARE_ATTEMPTS, sla};
+use crate::domain::{CaseRef, OdsCode};
+use crate::mail::{self, ParsedEmail};
+use crate::policy::{Finding, FindingCode};
+use crate::replies;
+use crate::storage::{self, CaseEvent, CaseRecord, QueryContext};
+use crate::workflow::wellknown::{self, unclassified};
+
+/// One line of `countersign ingest`: a case made, or found again.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct CaseOutcome {
+    pub reference: String,
+    pub workflow: Option<String>,
+    pub state: String,
+    pub finding_codes: Vec<String>,
+    /// Set when the form was a copy of one already received: the case it was linked to.
+    pub duplicate_of: Option<String>,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct IntakeReport {
+    pub raw_message_id: i64,
+    /// The same message (by Message-ID, or by content when it has none) was already stored.
+    pub already_ingested: bool,
+    pub cases: Vec<CaseOutcome>,
+}
+
+/// An email parsed, with its forms read and checked, ready for [`Engine::record`].
+#[derive(Debug)]
+pub struct PreparedEmail {
+    parsed: ParsedEmail,
+    sha256: String,
+    dedup_key: String,
+    analyses: Vec<FormAnalysis>,
+    /// The case the email names (by its headers, a bounce's returned message, or a reference
+    /// in its subject), looked up before the write transaction.
+    thread: Option<i64>,
+    /// Its Message-ID was stored before, with other bytes: it is kept under a key of its own.
+    message_id_reused: bool,
+}
+
+/// The case an email named but may not change, and why (no reason: a separate request from
+/// a trusted sender, such as another workflow's form).
+#[derive(Debug, Clone)]
+struct Related {
+    case_id: i64,
+    reference: String,
+    why: Option<String>,
+}
+
+impl Related {
+    fn finding(&self) -> Option<Finding> {
+        self.why.as_ref().map(|why| {
+            Finding::new(
+                FindingCode::RefersToCase,
+                format!(
+                    "This email refers to case {} but was not added to it: {why}. A caseworker should look at both.",
+                    self.reference
+                ),
+            )
+        })
+    }
+}
+
+impl Engine {
+    /// Takes one email (raw RFC 5322 bytes) and makes its cases. Calling it twice with the
+    /// same message makes no second case.
+    #[instrument(skip(self, raw), fields(source = %source, bytes = raw.len()))]
+    pub async fn intake(&self, raw: &[u8], source: &str) -> Result<IntakeReport, EngineError> {
+        let mut prepared = self.digest(raw);
+        {
+            // Cheap early exit for redelivery, before reading any PDF; the unique key in
+            // `record` is what actually decides.
+            let mut conn = self.db.pool.acquire().await.context("connecting")?;
+            if let Some(id) = Self::stored_before(&mut conn, &mut prepared).await? {
+                storage::clear_prepare_attempts(&mut conn, &prepared.sha256).await?;
+                return self.already_ingested(&mut conn, id).await;
+            }
+            prepared.thread = self.thread_case(&mut conn, &prepared.parsed).await?;
+        }
+        prepared.analyses = self.analyse_attachments(&prepared.parsed).await;
+        let mut tx = self.db.begin_write().await.context("starting a transaction")?;
+        let report = self.record_in(&mut tx, raw, prepared, source).await?;
+        tx.commit().await.context("committing an ingested message")?;
+        self.confirm_stored(std::slice::from_ref(&report)).await?;
+        self.recorded(std::slice::from_ref(&report));
+        Ok(report)
+    }
+
+    /// Counts an attempt at preparing `raw`, before it starts; returns why the message should
+    /// be set aside instead, when earlier attempts never finished (the service died or hung
+    /// on it) [`MAX_PREPARE_ATTEMPTS`] times. The transaction that records the message clears
+    /// the count.
+    pub async fn guard_preparation(&self, raw: &[u8]) -> Result<Option<String>, EngineError> {
+        let sha256 = mail::sha256_hex(raw);
+        let mut conn = self.db.pool.acquire().await.context("connecting")?;
+        let attempts = storage::note_prepare_attempt(&mut conn, &sha256, self.now_ms()).await?;
+        if attempts <= MAX_PREPARE_ATTEMPTS {
+            return Ok(None);
+        }
+        storage::clear_prepare_attempts(&mut conn, &sha256).await?;
+        Ok(Some(format!(
+            "reading this message stopped the service {} times (a crash or a hang), so it was set aside rather than tried again",
+            attempts - 1
+        )))
+    }
+
+    /// Preparation of `raw` finished, though recording it failed (storage, not the message):
+    /// its try no longer counts toward setting it aside. The mail source's own retry limit
+    /// deals with the failure.
+    pub async fn preparation_finished(&self, raw: &[u8]) -> Result<(), EngineError> {
+        let mut conn = self.db.pool.acquire().await.context("connecting")?;
+        storage::clear_prepare_attempts(&mut conn, &mail::sha256_hex(raw)).await?;
+        Ok(())
+    }
+
+    /// The stored message this one is a redelivery of, if any. A Message-ID we have stored with
+    /// different bytes is not a redelivery: anyone can reuse a predictable Message-ID to have
+    /// a genuine email dropped. Such a message is kept under a key of its own, and flagged.
+    async fn stored_before(conn: &mut AnyConnection, prepared: &mut PreparedEmail) -> Result<Option<i64>, EngineError> {
+        let Some((id, sha256)) = storage::raw_message_by_dedup_key(conn, &prepared.dedup_key).await? else {
+            return Ok(None);
+        };
+        if sha256 == prepared.sha256 || !prepared.dedup_key.starts_with("mid:") {
+            return Ok(Some(id));
+        }
+        prepared.dedup_key = format!("{}#sha256:{}", prepared.dedup_key, prepared.sha256);
+        prepared.message_id_reused = true;
+        Ok(storage::raw_message_by_dedup_key(conn, &prepared.dedup_key)
+            .await?
+            .map(|(id, _)| id))
+    }
+
+    /// The first, database-free half of [`Engine::intake`]: parses the email and reads and
+    /// checks its forms. A mailbox drain prepares the next email while it records this one.
+    pub async fn prepare(&self, raw: &[u8]) -> PreparedEmail {
+        let mut prepared = self.digest(raw);
+        prepared.analyses = self.analyse_attachments(&prepared.parsed).await;
+        prepared
+    }
+
+    /// The parsed email, its SHA-256 and the key it is deduplicated by (its Message-ID, or its
+    /// hash when it has none), with no forms read yet.
+    fn digest(&self, raw: &[u8]) -> PreparedEmail {
+        let parsed = mail::parse(raw, &self.config.mail);
+        let sha256 = mail::sha256_hex(raw);
+        let dedup_key = match &parsed.message_id {
+            Some(id) => format!("mid:{id}"),
+            None => format!("sha256:{sha256}"),
+        };
+        PreparedEmail {
+            parsed,
+            sha256,
+            dedup_key,
+            analyses: Vec::new(),
+            thread: None,
+            message_id_reused: false,
+        }
+    }
+
+    /// The second half of [`Engine::intake`]: stores the raw message (`raw` is what `prepared`
+    /// was made from) and makes or updates its cases, in one transaction. A message already
+    /// stored makes nothing new.
+    pub async fn record(
+        &self,
+        raw: &[u8],
+        mut prepared: PreparedEmail,
+        source: &str,
+    ) -> Result<IntakeReport, EngineError> {
+        {
+            let mut conn = self.db.pool.acquire().await.context("connecting")?;
+            prepared.thread = self.thread_case(&mut conn, &prepared.parsed).await?;
+        }
+        let mut tx = self.db.begin_write().await.context("starting a transaction")?;
+        let report = self.record_in(&mut tx, raw, prepared, source).await?;
+        tx.commit().await.context("committing an ingested message")?;
+        self.confirm_stored(std::slice::from_ref(&report)).await?;
+        self.recorded(std::slice::from_ref(&report));
+        Ok(report)
+    }
+
+    /// Records several emails in one transaction: all or none. A mailbox drain uses it to
+    /// spend one commit on a group of messages rather than one each; if it fails, the drain
+    /// records the group's messages one at a time, so that one bad message holds up no other.
+    pub async fn record_group(
+        &self,
+        mut emails: Vec<(&[u8], PreparedEmail, &str)>,
+    ) -> Result<Vec<IntakeReport>, EngineError> {
+        // Threading reads happen before the write transaction, so that it holds its lock only
+        // for the writes.
+        {
+            let mut conn = self.db.pool.acquire().await.context("connecting")?;
+            for (_, prepared, _) in &mut emails {
+                prepared.thread = self.thread_case(&mut conn, &prepared.parsed).await?;
+            }
+        }
+        let mut tx = self.db.begin_write().await.context("starting a transaction")?;
+        // Every form of the group is locked up front, in one order, so that two writers of
+        // overlapping groups wait for each other rather than deadlock.
+        let mut forms: Vec<&str> = emails
+            .iter()
+            .flat_map(|(_, prepared, _)| {
+                prepared
+                    .analyses
+                    .iter()
+                    .filter_map(|a| prepared.parsed.attachments.get(a.attachment_index))
+                    .map(|attachment| attachment.sha256.as_str())
+            })
+            .collect();
+        forms.sort_unstable();
+        forms.dedup();
+        for sha256 in forms {
+            storage::lock_form(&mut tx, sha256).await?;
+        }
+        let mut reports = Vec::with_capacity(emails.len());
+        for (raw, prepared, source) in emails {
+            reports.push(self.record_in(&mut tx, raw, prepared, source).await?);
+        }
+        tx.commit().await.context("committing a group of ingested messages")?;
+        self.confirm_stored(&reports).await?;
+        self.recorded(&reports);
+        Ok(reports)
+    }
+
+    /// Reads the messages of a commit back on another connection, so that a mail source marks
+    /// mail done only after a commit that really happened. (A connection whose transaction
+    /// state was in doubt once turned "commit" into releasing a savepoint inside a transaction
+    /// that was never committed; those connections are now closed, and this proves it.)
+    async fn confirm_stored(&self, reports: &[IntakeReport]) -> Result<(), EngineError> {
+        let mut ids: Vec<i64> = reports.iter().map(|r| r.raw_message_id).collect();
+        // A group may hold one message twice (the repeat is found already stored).
+        ids.sort_unstable();
+        ids.dedup();
+        let mut conn = self.db.pool.acquire().await.context("connecting")?;
+        let found = storage::count_raw_messages(&mut conn, &ids).await?;
+        if found != ids.len() {
+            return Err(EngineError::NotDurable {
+                expected: ids.len(),
+                found,
+            });
+        }
+        Ok(())
+    }
+
+    /// After a commit: wake the workers that act on new cases (mail, timers), and log them.
+    fn recorded(&self, reports: &[IntakeReport]) {
+        if reports.iter().any(|r| !r.already_ingested) {
+            self.wakers.wake_all();
+        }
+        for outcome in reports.iter().filter(|r| !r.already_ingested).flat_map(|r| &r.cases) {
+            info!(reference = %outcome.reference, state = %outcome.state, findings = ?outcome.finding_codes, "case recorded");
+        }
+    }
+
+    /// Records one prepared email inside the caller's transaction `tx` (which commits it).
+    async fn record_in(
+        &self,
+        tx: &mut AnyConnection,
+        raw: &[u8],
+        mut prepared: PreparedEmail,
+        source: &str,
+    ) -> Result<IntakeReport, EngineError> {
+        // Recorded (or found already recorded): it no longer counts as a try that never ended.
+        // A write first, so that on SQLite the transaction takes the write lock before it reads
+        // (a read first would pin a snapshot that a concurrent commit makes stale).
+        storage::clear_prepare_attempts(tx, &prepared.sha256).await?;
+        let now = self.now_ms();
+        let auth_json = serde_json::to_string(&prepared.parsed.sender_auth).unwrap_or_default();
+        // The insert is the dedup check; only when it finds the key taken do we look closer
+        // (a redelivery, or a reused Message-ID with other bytes, kept under a key of its own).
+        let raw_message_id = loop {
+            let parsed = &prepared.parsed;
+            let new_message = storage::NewRawMessage {
+                dedup_key: &prepared.dedup_key,
+                message_id: parsed.message_id.as_deref(),
+                sha256: &prepared.sha256,
+                source,
+                received_at: now,
+                from_address: parsed.from_address.as_deref(),
+                subject: parsed.subject.as_deref(),
+                sent_at: parsed.date_ms,
+                sender_auth_json: &auth_json,
+                automatic: parsed.automatic.as_deref(),
+                raw,
+            };
+            if let Some(id) = storage::insert_raw_message(tx, &new_message).await? {
+                break id;
+            }
+            let key_before = prepared.dedup_key.clone();
+            match Self::stored_before(tx, &mut prepared).await? {
+                Some(id) => return self.already_ingested(tx, id).await,
+                // The key changed (a reused Message-ID): insert under the new one.
+                None if prepared.dedup_key != key_before => continue,
+                None => return Err(EngineError::CaseNotFound(key_before)),
+            }
+        };
+        let PreparedEmail {
+            parsed,
+            sha256: _,
+            dedup_key: _,
+            analyses,
+            thread,
+            message_id_reused,
+        } = prepared;
+        let mut attachment_ids = Vec::with_capacity(parsed.attachments.len());
+        for attachment in &parsed.attachments {
+            let id = storage::insert_attachment(
+                tx,
+                &storage::NewAttachment {
+                    raw_message_id,
+                    filename: attachment.filename.as_deref(),
+                    claimed_type: &attachment.claimed_type,
+                    detected_type: attachment.detected_type.as_deref(),
+                    sha256: &attachment.sha256,
+                    forwarded: attachment.forwarded,
+                    content: &attachment.bytes,
+                },
+            )
+            .await?;
+            attachment_ids.push(id);
+        }
+
+        if let Some(why) = &parsed.bounce {
+            let outcome = self
+                .record_bounce(tx, thread, &parsed, raw_message_id, why, now)
+                .await?;
+            return Ok(IntakeReport {
+                raw_message_id,
+                already_ingested: false,
+                cases: vec![outcome],
+            });
+        }
+        // Mail that names a case changes it only when it is authenticated and comes from the
+        // case's own sender or signatory; anything else opens a case of its own, linked.
+        let mut related = None;
+        let mut analyses = analyses;
+        let mut outcomes = Vec::new();
+        if let Some(case) = match thread {
+            Some(id) => storage::case_by_id(tx, id).await?,
+            None => None,
+        } {
+            let signatory = case
+                .workflow
+                .as_deref()
+                .and_then(|w| self.workflows.get(w))
+                .and_then(|w| case.fields.get(&w.signatories.email_field))
+                .map(String::as_str);
+            let sender = replies::ReplySender {
+                address: parsed.from_address.as_deref(),
+                authenticated: parsed.sender_auth.passed() && parsed.malformed.is_none(),
+            };
+            let parties = replies::CaseParties {
+                sender: case.sender.as_deref(),
+                signatory,
+            };
+            match replies::may_change(sender, parties) {
+                Err(why) => {
+                    related = Some(Related {
+                        case_id: case.id,
+                        reference: case.reference.clone(),
+                        why: Some(why),
+                    })
+                }
+                Ok(()) => {
+                    let reference = case.reference.clone();
+                    let case_id = case.id;
+                    let (outcome, leftovers) = self
+                        .attach_reply(tx, case, &parsed, raw_message_id, analyses, &attachment_ids, now)
+                        .await?;
+                    outcomes.push(outcome);
+                    for (form, why) in leftovers {
+                        let related = Related {
+                            case_id,
+                            reference: reference.clone(),
+                            why,
+                        };
+                        outcomes.push(
+                            self.open_form_case(
+                                tx,
+                                &parsed,
+                                raw_message_id,
+                                &attachment_ids,
+                                form,
+                                Some(&related),
+                                now,
+                            )
+                            .await?,
+                        );
+                    }
+                    return Ok(IntakeReport {
+                        raw_message_id,
+                        already_ingested: false,
+                        cases: outcomes,
+                    });
+                }
+            }
+        }
+        let analyses = std::mem::take(&mut analyses);
+        let (forms, others): (Vec<FormAnalysis>, Vec<FormAnalysis>) =
+            analyses.into_iter().partition(|a| a.workflow.is_some());
+        let mut about_the_email = Vec::new();
+        if message_id_reused {
+            about_the_email.push(Finding::new(
+                FindingCode::MessageIdReused,
+                format!(
+                    "An email with the same Message-ID ({}) but different content arrived before. Both are kept: check that this one is genuine.",
+                    parsed.message_id.as_deref().unwrap_or_default()
+                ),
+            ));
+        }
+        if parsed.attachments_dropped > 0 {
+            about_the_email.push(Finding::new(
+                FindingCode::TooManyAttachments,
+                format!(
+                    "The email has {} more attachments than the {} we read; they are kept with the email but were not opened.",
+                    parsed.attachments_dropped,
+                    mail::MAX_ATTACHMENTS
+                ),
+            ));
+        }
+        if forms.is_empty() {
+            // Nothing we can put in a workflow: one case, so that nothing is lost.
+            let mut findings: Vec<Finding> = parsed
+                .malformed
+                .iter()
+                .map(|why| {
+                    Finding::new(
+                        FindingCode::MessageMalformed,
+                        format!("The email could not be read: {why}."),
+                    )
+                })
+                .collect();
+            findings.extend(others.iter().flat_map(|a| a.findings.clone()));
+            findings.extend(about_the_email.iter().cloned());
+            if findings.is_empty() {
+                findings.push(Finding::new(
+                    FindingCode::NoFormFound,
+                    "No access-request form was attached. Please attach the completed PDF form to your email.",
+                ));
+            }
+            findings.extend(related.as_ref().and_then(Related::finding));
+            // An auto-reply that names a case it may not join asks for no work either.
+            let state = if related.is_some() && parsed.automatic.is_some() {
+                unclassified::CLOSED
+            } else {
+                unclassified::STATE
+            };
+            let form_attachment = others.first().map(|a| a.attachment_index);
+            let outcome = self
+                .create_unclassified_case(
+                    tx,
+                    &parsed,
+                    raw_message_id,
+                    form_attachment.map(|i| attachment_ids[i]),
+                    findings,
+                    state,
+                    related.as_ref(),
+                    now,
+                )
+                .await?;
+            outcomes.push(outcome);
+        } else {
+            // Unreadable PDFs beside a real form are mentioned on the first case; a covering
+            // letter without fields is just an attachment.
+            let extra: Vec<Finding> = others
+                .iter()
+                .flat_map(|a| {
+                    a.findings
+                        .iter()
+                        .filter(|f| f.code != FindingCode::FormHasNoFields && f.code != FindingCode::FormNotRecognised)
+                        .cloned()
+                })
+                .chain(about_the_email.iter().cloned())
+                .collect();
+            for (i, mut form) in forms.into_iter().enumerate() {
+                if i == 0 {
+                    form.findings.extend(extra.iter().cloned());
+                }
+                if let Some(why) = &parsed.malformed {
+                    form.findings.push(Finding::new(
+                        FindingCode::MessageMalformed,
+                        format!("The email could not be trusted as written: {why}."),
+                    ));
+                }
+                outcomes.push(
+                    self.open_form_case(
+                        tx,
+                        &parsed,
+                        raw_message_id,
+                        &attachment_ids,
+                        form,
+                        related.as_ref(),
+                        now,
+                    )
+                    .await?,
+                );
+            }
+        }
+        Ok(IntakeReport {
+            raw_message_id,
+            already_ingested: false,
+            cases: outcomes,
+        })
+    }
+
+    /// The case an email names: by In-Reply-To, the latest References, or the Message-ID of the
+    /// message a bounce returns (our mail, or the practice's earlier email), else by a case
+    /// reference in the subject. Naming a case is not permission to change it: see
+    /// [`replies::may_change`]. At most [`storage::MAX_THREAD_IDS`] ids are looked up, in one
+    /// query, whatever the email carries.
+    async fn thread_case(&self, conn: &mut AnyConnection, parsed: &ParsedEmail) -> Result<Option<i64>, EngineError> {
+        let clean = |id: &String| id.trim().trim_start_matches('<').trim_end_matches('>').to_string();
+        let mut ids: Vec<String> = parsed.in_reply_to.iter().take(4).map(clean).collect();
+        ids.extend(parsed.returned_message_ids.iter().take(4).map(clean));
+        // The References header lists the thread oldest first; the latest are the ones that
+        // matter, and a hostile email may carry hundreds of thousands.
+        let room = storage::MAX_THREAD_IDS.saturating_sub(ids.len());
+        ids.extend(parsed.references.iter().rev().take(room).map(clean));
+        ids.retain(|id| !id.is_empty() && id.len() <= 998);
+        ids.dedup();
+        if let Some(case_id) = storage::case_for_message_ids(conn, &ids).await? {
+            return Ok(Some(case_id));
+        }
+        let Some(reference) = parsed.subject.as_deref().and_then(CaseRef::find_in) else {
+            return Ok(None);
+        };
+        Ok(storage::case_by_reference(conn, reference.as_str())
+            .await?
+            .map(|c| c.id))
+    }
+
+    /// Records a bounce or delivery report against the case of the message it returns. It
+    /// changes nothing and asks for no work; with no case to go to, it is kept as a closed case
+    /// so that nothing is lost.
+    async fn record_bounce(
+        &self,
+        conn: &mut AnyConnection,
+        thread: Option<i64>,
+        parsed: &ParsedEmail,
+        raw_message_id: i64,
+        why: &str,
+        now: i64,
+    ) -> Result<CaseOutcome, EngineError> {
+        let case = match thread {
+            Some(id) => storage::case_by_id(conn, id).await?,
+            None => None,
+        };
+        if let Some(case) = case {
+            let mut noted = change::changeset(&case, now);
+            noted.link_messages.push((raw_message_id, "bounce"));
+            noted.events.push(CaseEvent {
+                reason: Some(why.to_string()),
+                data: Some(serde_json::json!({ "raw_message_id": raw_message_id }).to_string()),
+                ..CaseEvent::by(
+                    parsed.from_address.as_deref().unwrap_or("a mail system"),
+                    "sender",
+                    "delivery_report_received",
+                    now,
+                )
+            });
+            let case = self.apply(conn, &case, noted).await?;
+            return Ok(self.outcome(&case, None));
+        }
+        let finding = Finding::new(
+            FindingCode::DeliveryReport,
+            format!("A bounce or delivery report ({why}) that matched none of our cases. It needs no action."),
+        );
+        self.create_unclassified_case(
+            conn,
+            parsed,
+            raw_message_id,
+            None,
+            vec![finding],
+            unclassified::CLOSED,
+            None,
+            now,
+        )
+        .await
+    }
+
+    /// A new case for one form: linked to the case that already has this exact PDF, or made.
+    #[allow(clippy::too_many_arguments)]
+    async fn open_form_case(
+        &self,
+        conn: &mut AnyConnection,
+        parsed: &ParsedEmail,
+        raw_message_id: i64,
+        attachment_ids: &[i64],
+        mut form: FormAnalysis,
+        related: Option<&Related>,
+        now: i64,
+    ) -> Result<CaseOutcome, EngineError> {
+        let attachment = &parsed.attachments[form.attachment_index];
+        let attachment_id = attachment_ids[form.attachment_index];
+        storage::lock_form(conn, &attachment.sha256).await?;
+        if let Some(original) = storage::case_by_form_sha256(conn, &attachment.sha256).await? {
+            return self.link_duplicate(conn, &original, raw_message_id, now).await;
+        }
+        form.findings.extend(related.and_then(Related::finding));
+        self.create_form_case(
+            conn,
+            parsed,
+            raw_message_id,
+            attachment_id,
+            &attachment.sha256,
+            form,
+            related,
+            now,
+        )
+        .await
+    }
+
+    async fn already_ingested(
+        &self,
+        conn: &mut AnyConnection,
+        raw_message_id: i64,
+    ) -> Result<IntakeReport, EngineError> {
+        let cases = storage::cases_for_message(conn, raw_message_id).await?;
+        Ok(IntakeReport {
+            raw_message_id,
+            already_ingested: true,
+            cases: cases.iter().map(|c| self.outcome(c, None)).collect(),
+        })
+    }
+
+    pub(super) fn outcome(&self, case: &CaseRecord, duplicate_of: Option<String>) -> CaseOutcome {
+        CaseOutcome {
+            reference: case.reference.clone(),
+            workflow: case.workflow.clone(),
+            state: case.state.clone(),
+            finding_codes: case.findings.iter().map(|f| f.code.as_str().to_string()).collect(),
+            duplicate_of,
+        }
+    }
+
+    /// Extracts every PDF through the configured reader (worker processes in the service).
+    async fn analyse_attachments(&self, parsed: &ParsedEmail) -> Vec<FormAnalysis> {
+        let mut analyses = Vec::new();
+        let form_ids: Vec<String> = self.workflows.iter().map(|w| w.recognise.form_id.clone()).collect();
+        for (index, attachment) in parsed
+            .attachments
+            .iter()
+            .enumerate()
+            .filter(|(_, a)| a.looks_like_pdf())
+        {
+            let result = self
+                .config
+                .pdf_reader
+                .extract(attachment.bytes.clone(), form_ids.clone(), self.config.limits)
+                .await;
+            let filename = attachment
+                .filename
+                .clone()
+                .unwrap_or_else(|| "unnamed attachment".into());
+            analyses.push(self.analyse_form(index, &filename, result, parsed));
+        }
+        analyses
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn create_unclassified_case(
+        &self,
+        conn: &mut AnyConnection,
+        parsed: &ParsedEmail,
+        raw_message_id: i64,
+        attachment_id: Option<i64>,
+        findings: Vec<Finding>,
+        state: &str,
+        related: Option<&Related>,
+        now: i64,
+    ) -> Result<CaseOutcome, EngineError> {
+        let reference = self.next_reference(conn).await?;
+        let fields = BTreeMap::new();
+        // A case that starts closed (a bounce with no case) asks for no work and has no SLA.
+        let open = state == unclassified::STATE;
+        let case = storage::insert_case(
+            conn,
+            &storage::NewCase {
+                organisation_id: None,
+                reference: reference.as_str(),
+                workflow: None,
+                state,
+                fields: &fields,
+                extraction_json: None,
+                findings: &findings,
+                org_ods_code: None,
+                org_name: None,
+                sender: parsed.from_address.as_deref(),
+                origin_message_id: raw_message_id,
+                form_attachment_id: attachment_id,
+                form_sha256: None,
+                related_case_id: related.map(|r| r.case_id),
+                now,
+                due_at: open.then(|| self.working_days_from_now(5)),
+            },
+        )
+        .await?;
+        let codes: Vec<&str> = findings.iter().map(|f| f.code.as_str()).collect();
+        let mut opened = change::changeset(&case, now);
+        opened.link_messages.push((raw_message_id, "origin"));
+        opened.events.push(CaseEvent {
+            to_state: Some(state.into()),
+            reason: Some(format!(
+                "no workflow could be found for this email ({})",
+                codes.join(", ")
+            )),
+            ..CaseEvent::system("created", now)
+        });
+        self.apply(conn, &case, opened).await?;
+        Ok(CaseOutcome {
+            reference: reference.to_string(),
+            workflow: None,
+            state: state.into(),
+            finding_codes: codes.into_iter().map(str::to_string).collect(),
+            duplicate_of: None,
+        })
+    }
+
+    async fn next_reference(&self, conn: &mut AnyConnection) -> Result<CaseRef, EngineError> {
+        let year = self.clock.now().year();
+        let number = storage::next_case_number(conn, year).await?;
+        Ok(CaseRef::new(year, number))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn create_form_case(
+        &self,
+        conn: &mut AnyConnection,
+        parsed: &ParsedEmail,
+        raw_message_id: i64,
+        attachment_id: i64,
+        form_sha256: &str,
+        form: FormAnalysis,
+        related: Option<&Related>,
+        now: i64,
+    ) -> Result<CaseOutcome, EngineError> {
+        let workflow = self.workflow_named(form.workflow.as_deref())?;
+        let reference = self.next_reference(conn).await?;
+        let ods = form.fields.get("org_ods_code").and_then(|c| OdsCode::parse(c));
+        let org_name = form
+            .fields
+            .get("org_name")
+            .map(|n| n.trim().to_string())
+            .filter(|n| !n.is_empty());
+        let extraction_json = form.extraction.as_ref().and_then(|e| serde_json::to_string(e).ok());
+        let initial = workflow.initial_state().name.clone();
+        let organisation_id = match (&ods, &org_name) {
+            (Some(ods), Some(name)) => {
+                let kind = if ods.is_gp_practice() { "gp_practice" } else { "other" };
+                Some(storage::upsert_organisation(conn, ods.as_str(), name, kind, now).await?)
+            }
+            _ => None,
+        };
+        let case = storage::insert_case(
+            conn,
+            &storage::NewCase {
+                reference: reference.as_str(),
+                workflow: Some(&workflow.name),
+                state: &initial,
+                fields: &form.fields,
+                extraction_json: extraction_json.as_deref(),
+                findings: &form.findings,
+                org_ods_code: ods.as_ref().map(OdsCode::as_str),
+                org_name: org_name.as_deref(),
+                organisation_id,
+                sender: parsed.from_address.as_deref(),
+                origin_message_id: raw_message_id,
+                form_attachment_id: Some(attachment_id),
+                form_sha256: Some(form_sha256),
+                related_case_id: related.map(|r| r.case_id),
+                now,
+                due_at: Some(self.working_days_from_now(workflow.sla.target_working_days)),
+            },
+        )
+        .await?;
+        // Checks passed: validated. Findings: held for a caseworker. The opening, the move and
+        // the SLA timers are one change.
+        let origin = Origin {
+            message_id: parsed.message_id.clone(),
+            automatic: parsed.automatic.clone(),
+            sender_auth: parsed.sender_auth.clone(),
+        };
+        let to = wellknown::state_after_checks(!form.findings.is_empty());
+        let mut opened = self.plan_system_move(&case, workflow, to, &checks_summary(&form.findings), &origin)?;
+        // The case was created in this transaction: it has no timers to cancel yet.
+        opened.cancel_timers = storage::CancelTimers::default();
+        opened.link_messages.push((raw_message_id, "origin"));
+        opened.events.insert(
+            0,
+            CaseEvent {
+                to_state: Some(initial.clone()),
+                reason: Some(format!(
+                    "form {} received from {}",
+                    workflow.recognise.form_id,
+                    parsed.from_address.as_deref().unwrap_or("an unknown sender")
+                )),
+                ..CaseEvent::system("created", now)
+            },
+        );
+        // The SLA timers belong to the case, not to a state: they run until it is closed,
+        // pausing while the sender has the ball.
+        opened
+            .arm_timers
+            .extend(sla::timers(self.when(), workflow, workflow.sla.target_working_days));
+        let case = self.apply(conn, &case, opened).await?;
+        Ok(self.outcome(&case, None))
+    }
+
+    async fn link_duplicate(
+        &self,
+        conn: &mut AnyConnection,
+        original: &CaseRecord,
+        raw_message_id: i64,
+        now: i64,
+    ) -> Result<CaseOutcome, EngineError> {
+        let mut noted = change::changeset(original, now);
+        noted.link_messages.push((raw_message_id, "duplicate"));
+        noted.events.push(CaseEvent {
+            reason: Some("the same PDF arrived again in another email".into()),
+            data: Some(serde_json::json!({ "raw_message_id": raw_message_id }).to_string()),
+            ..CaseEvent::system("duplicate_received", now)
+        });
+        self.apply(conn, original, noted).await?;
+        Ok(self.outcome(original, Some(original.reference.clone())))
+    }
+}

@@ -1,0 +1,196 @@
+//! The mail a change sends, composed as data: who it goes to, its template context, and
+//! whether it must be held back (loop safety, unauthenticated senders). Pure; the outbox row
+//! commits with the change.
+
+use chrono::Local;
+
+use crate::domain::{EmailAddress, NhsDomains, OdsCode};
+use crate::mail::SenderAuth;
+use crate::storage::{CaseRecord, NewMail};
+use crate::workflow::WorkflowDef;
+
+/// A message the engine queues about a case.
+pub struct Notification<'a> {
+    pub template: &'a str,
+    pub recipient: Option<&'a str>,
+    pub reason: Option<&'a str>,
+    /// Sent by the system itself (not on a person's decision).
+    pub automatic: bool,
+    /// The Message-ID of the practice's email, for threading.
+    pub in_reply_to: Option<&'a str>,
+    /// Set when the case's mail came from a machine (auto-reply, bounce, list, our own).
+    pub suppress_because: Option<&'a str>,
+}
+
+/// The settings that decide whether mail may go.
+pub struct MailPolicy<'a> {
+    /// Our own addresses: never written to.
+    pub our_addresses: &'a [String],
+    pub nhs_domains: &'a NhsDomains,
+}
+
+/// Composes a templated email about `case`. Mail that would answer a machine, or that has
+/// nobody to go to, is composed as suppressed (and recorded), not dropped. `sender_auth` is
+/// the verdict on the email that opened the case.
+pub fn compose(
+    policy: &MailPolicy<'_>,
+    case: &CaseRecord,
+    workflow: &WorkflowDef,
+    mail: &Notification<'_>,
+    sender_auth: &SenderAuth,
+) -> NewMail {
+    let our_own = mail
+        .recipient
+        .is_some_and(|r| policy.our_addresses.iter().any(|o| o.eq_ignore_ascii_case(r)));
+    let suppressed = match (mail.suppress_because, mail.recipient) {
+        (Some(why), _) if mail.automatic => Some(format!("not answering an automatic message ({why})")),
+        (_, None) => Some("there is no address to send it to".to_string()),
+        _ if our_own => Some("it would go to our own address".to_string()),
+        _ => None,
+    };
+    // Mail to the practice that nobody decided to send goes only to an NHS address whose
+    // sender we authenticated: anyone can put any address in From, and an acknowledgement
+    // from pcse.openexeter@nhs.net is worth forging one for. A caseworker can still write.
+    let to_sender = mail.recipient.is_some() && mail.recipient == case.sender.as_deref();
+    let suppressed = match suppressed {
+        None if mail.automatic && to_sender => {
+            let nhs = mail
+                .recipient
+                .and_then(EmailAddress::parse)
+                .is_some_and(|a| policy.nhs_domains.contains(&a));
+            if !sender_auth.passed() {
+                Some(
+                    "the sender was not authenticated, so nothing is sent automatically; a caseworker can still write"
+                        .to_string(),
+                )
+            } else if !nhs {
+                Some(
+                    "the sender is not an NHS address, so nothing is sent automatically; a caseworker can still write"
+                        .to_string(),
+                )
+            } else {
+                None
+            }
+        }
+        other => other,
+    };
+    NewMail {
+        template: mail.template.to_string(),
+        recipient: mail.recipient.map(str::to_string),
+        context_json: context(case, workflow, mail.reason).to_string(),
+        message_id: format!("<{}@countersign>", uuid::Uuid::new_v4()),
+        in_reply_to: mail.in_reply_to.map(str::to_string),
+        suppressed_reason: suppressed,
+        automatic: mail.automatic,
+    }
+}
+
+/// The template's context. Mail quotes no free text from the form or the email: findings in
+/// our own words, the ODS code only when it is well formed, and no organisation name.
+fn context(case: &CaseRecord, workflow: &WorkflowDef, reason: Option<&str>) -> serde_json::Value {
+    let when = |ms: Option<i64>| {
+        ms.and_then(chrono::DateTime::from_timestamp_millis)
+            .map(|t| t.with_timezone(&Local).format("%d/%m/%Y %H:%M").to_string())
+    };
+    let findings: Vec<serde_json::Value> = case
+        .findings
+        .iter()
+        .map(|f| {
+            serde_json::json!({
+                "code": f.code.as_str(),
+                "field": f.field.as_deref().and_then(|name| workflow.field(name)).map(|d| d.label.as_str()),
+                "message": f.code.guidance(),
+            })
+        })
+        .collect();
+    let checked_ods = case
+        .org_ods_code
+        .as_deref()
+        .and_then(OdsCode::parse)
+        .map(|o| o.as_str().to_string());
+    serde_json::json!({
+        "reason": reason,
+        "recorded": case.recorded,
+        "findings": findings,
+        "workflow": { "name": workflow.name, "title": workflow.title },
+        "case": {
+            "reference": case.reference,
+            "state": case.state,
+            "state_label": workflow.state(&case.state).map(|s| s.label.as_str()).unwrap_or(&case.state),
+            "org_ods_code": checked_ods,
+            "due_at": when(case.due_at),
+            "updated_at": when(Some(case.updated_at)),
+            "created_at": when(Some(case.created_at)),
+        },
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn workflow() -> WorkflowDef {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        let set = crate::workflow::WorkflowSet::load(&root.join("workflows"), &root.join("templates")).unwrap();
+        set.get("primary_user_gp").unwrap().clone()
+    }
+
+    #[test]
+    fn automatic_mail_to_an_unauthenticated_or_non_nhs_sender_is_held_back() {
+        let domains = NhsDomains::new(["nhs.net"]);
+        let ours = vec!["pcse.openexeter@nhs.net".to_string()];
+        let policy = MailPolicy {
+            our_addresses: &ours,
+            nhs_domains: &domains,
+        };
+        let pass = SenderAuth::Pass { method: "dkim".into() };
+        let unknown = SenderAuth::Missing { reason: "none".into() };
+        let mut case = super::super::change::tests_support::case();
+        let notice = |recipient: Option<&'static str>, automatic: bool| Notification {
+            template: "acknowledgement",
+            recipient,
+            reason: None,
+            automatic,
+            in_reply_to: None,
+            suppress_because: None,
+        };
+        let wf = workflow();
+        case.sender = Some("gp@nhs.net".into());
+        assert_eq!(
+            compose(&policy, &case, &wf, &notice(Some("gp@nhs.net"), true), &pass).suppressed_reason,
+            None
+        );
+        assert!(
+            compose(&policy, &case, &wf, &notice(Some("gp@nhs.net"), true), &unknown)
+                .suppressed_reason
+                .is_some()
+        );
+        // A person's decision is theirs to send.
+        assert_eq!(
+            compose(&policy, &case, &wf, &notice(Some("gp@nhs.net"), false), &unknown).suppressed_reason,
+            None
+        );
+        case.sender = Some("gp@example.com".into());
+        assert!(
+            compose(&policy, &case, &wf, &notice(Some("gp@example.com"), true), &pass)
+                .suppressed_reason
+                .is_some()
+        );
+        assert!(
+            compose(&policy, &case, &wf, &notice(None, false), &pass)
+                .suppressed_reason
+                .is_some()
+        );
+        assert!(
+            compose(
+                &policy,
+                &case,
+                &wf,
+                &notice(Some("PCSE.openexeter@nhs.net"), false),
+                &pass
+            )
+            .suppressed_reason
+            .is_some()
+        );
+    }
+}

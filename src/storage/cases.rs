@@ -1,0 +1,420 @@
+//! Cases: creating them, reading them, and the one write path every change takes.
+
+use std::collections::BTreeMap;
+
+use sqlx::{AnyConnection, Row};
+
+use super::queries::*;
+use super::{CaseEvent, QueryContext, StorageError, json_column};
+use crate::policy::Finding;
+
+/// Hands out the next case number for `year`; runs inside the case's transaction, so a rolled
+/// back case gives its number back.
+pub async fn next_case_number(conn: &mut AnyConnection, year: i32) -> Result<i64, StorageError> {
+    sqlx::query_scalar(
+        "INSERT INTO reference_counters (year, last_number) VALUES ($1, 1)
+         ON CONFLICT (year) DO UPDATE SET last_number = reference_counters.last_number + 1
+         RETURNING last_number",
+    )
+    .bind(i64::from(year))
+    .fetch_one(&mut *conn)
+    .await
+    .context("numbering a case")
+}
+
+pub struct NewCase<'a> {
+    pub reference: &'a str,
+    pub workflow: Option<&'a str>,
+    pub state: &'a str,
+    pub fields: &'a BTreeMap<String, String>,
+    pub extraction_json: Option<&'a str>,
+    pub findings: &'a [Finding],
+    pub org_ods_code: Option<&'a str>,
+    pub org_name: Option<&'a str>,
+    pub sender: Option<&'a str>,
+    pub origin_message_id: i64,
+    pub form_attachment_id: Option<i64>,
+    pub form_sha256: Option<&'a str>,
+    pub organisation_id: Option<i64>,
+    /// The case this email named but was not allowed to change.
+    pub related_case_id: Option<i64>,
+    pub now: i64,
+    pub due_at: Option<i64>,
+}
+
+/// Creates a case and returns it as stored (without reading it back).
+pub async fn insert_case(conn: &mut AnyConnection, c: &NewCase<'_>) -> Result<CaseRecord, StorageError> {
+    let fields = serde_json::to_string(c.fields).unwrap_or_else(|_| "{}".into());
+    let findings = serde_json::to_string(c.findings).unwrap_or_else(|_| "[]".into());
+    let id: i64 = sqlx::query_scalar(
+        "INSERT INTO cases (reference, workflow, state, version, fields, extraction, findings, org_ods_code, org_name, sender,
+                            origin_message_id, form_attachment_id, form_sha256, created_at, updated_at, due_at, organisation_id, related_case_id)
+         VALUES ($1, $2, $3, 1, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $13, $14, $15, $16) RETURNING id",
+    )
+    .bind(c.reference)
+    .bind(c.workflow)
+    .bind(c.state)
+    .bind(fields)
+    .bind(c.extraction_json)
+    .bind(findings)
+    .bind(c.org_ods_code)
+    .bind(c.org_name)
+    .bind(c.sender)
+    .bind(c.origin_message_id)
+    .bind(c.form_attachment_id)
+    .bind(c.form_sha256)
+    .bind(c.now)
+    .bind(c.due_at)
+    .bind(c.organisation_id)
+    .bind(c.related_case_id)
+    .fetch_one(&mut *conn)
+    .await
+    .context("creating a case")?;
+    Ok(CaseRecord {
+        id,
+        reference: c.reference.to_string(),
+        workflow: c.workflow.map(str::to_string),
+        state: c.state.to_string(),
+        version: 1,
+        fields: c.fields.clone(),
+        findings: c.findings.to_vec(),
+        org_ods_code: c.org_ods_code.map(str::to_string),
+        org_name: c.org_name.map(str::to_string),
+        sender: c.sender.map(str::to_string),
+        origin_message_id: c.origin_message_id,
+        form_attachment_id: c.form_attachment_id,
+        duplicate_of: None,
+        related_case_id: c.related_case_id,
+        assignee_id: None,
+        recorded: BTreeMap::new(),
+        created_at: c.now,
+        updated_at: c.now,
+        due_at: c.due_at,
+        sla_paused_at: None,
+    })
+}
+
+/// A case as stored.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct CaseRecord {
+    pub id: i64,
+    pub reference: String,
+    pub workflow: Option<String>,
+    pub state: String,
+    pub version: i64,
+    pub fields: BTreeMap<String, String>,
+    pub findings: Vec<Finding>,
+    pub org_ods_code: Option<String>,
+    pub org_name: Option<String>,
+    pub sender: Option<String>,
+    pub origin_message_id: i64,
+    pub form_attachment_id: Option<i64>,
+    pub duplicate_of: Option<i64>,
+    /// The case this one's email named, when it was not allowed to change that case.
+    pub related_case_id: Option<i64>,
+    pub assignee_id: Option<i64>,
+    pub recorded: BTreeMap<String, String>,
+    pub created_at: i64,
+    pub updated_at: i64,
+    pub due_at: Option<i64>,
+    /// When the SLA clock stopped (the sender has the ball), if it is stopped.
+    pub sla_paused_at: Option<i64>,
+}
+
+fn case_from_row(row: &sqlx::any::AnyRow) -> Result<CaseRecord, StorageError> {
+    let get = |e: sqlx::Error| StorageError::Query {
+        context: "decoding a case",
+        source: e,
+    };
+    Ok(CaseRecord {
+        id: row.try_get("id").map_err(get)?,
+        reference: row.try_get("reference").map_err(get)?,
+        workflow: row.try_get("workflow").map_err(get)?,
+        state: row.try_get("state").map_err(get)?,
+        version: row.try_get("version").map_err(get)?,
+        fields: json_column(&row.try_get::<String, _>("fields").map_err(get)?, "case fields")?,
+        findings: json_column(&row.try_get::<String, _>("findings").map_err(get)?, "case findings")?,
+        org_ods_code: row.try_get("org_ods_code").map_err(get)?,
+        org_name: row.try_get("org_name").map_err(get)?,
+        sender: row.try_get("sender").map_err(get)?,
+        origin_message_id: row.try_get("origin_message_id").map_err(get)?,
+        form_attachment_id: row.try_get("form_attachment_id").map_err(get)?,
+        duplicate_of: row.try_get("duplicate_of").map_err(get)?,
+        related_case_id: row.try_get("related_case_id").map_err(get)?,
+        assignee_id: row.try_get("assignee_id").map_err(get)?,
+        recorded: json_column(
+            &row.try_get::<String, _>("recorded").map_err(get)?,
+            "case recorded values",
+        )?,
+        created_at: row.try_get("created_at").map_err(get)?,
+        updated_at: row.try_get("updated_at").map_err(get)?,
+        due_at: row.try_get("due_at").map_err(get)?,
+        sla_paused_at: row.try_get("sla_paused_at").map_err(get)?,
+    })
+}
+
+pub async fn case_by_reference(conn: &mut AnyConnection, reference: &str) -> Result<Option<CaseRecord>, StorageError> {
+    let row = sqlx::query(CASE_BY_REFERENCE)
+        .bind(reference)
+        .fetch_optional(&mut *conn)
+        .await
+        .context("reading a case")?;
+    row.as_ref().map(case_from_row).transpose()
+}
+
+pub async fn case_by_id(conn: &mut AnyConnection, id: i64) -> Result<Option<CaseRecord>, StorageError> {
+    let row = sqlx::query(CASE_BY_ID)
+        .bind(id)
+        .fetch_optional(&mut *conn)
+        .await
+        .context("reading a case")?;
+    row.as_ref().map(case_from_row).transpose()
+}
+
+/// Serialises the writers of one form until the transaction ends: on PostgreSQL, a
+/// transaction-scoped advisory lock on the form's hash, so that a second writer of the same
+/// PDF waits for the first, then finds its case and links to it rather than making another.
+/// (SQLite has one writer at a time already.) The unique index `cases_one_per_form` is the
+/// backstop: a writer that skipped the lock fails rather than make a second case.
+pub async fn lock_form(conn: &mut AnyConnection, sha256: &str) -> Result<(), StorageError> {
+    if conn.backend_name() == "PostgreSQL" {
+        sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
+            .bind(sha256)
+            .execute(&mut *conn)
+            .await
+            .context("waiting for another writer of the same form")?;
+    }
+    Ok(())
+}
+
+/// The case that first received this exact PDF, if any.
+pub async fn case_by_form_sha256(conn: &mut AnyConnection, sha256: &str) -> Result<Option<CaseRecord>, StorageError> {
+    let row = sqlx::query(CASE_BY_FORM)
+        .bind(sha256)
+        .fetch_optional(&mut *conn)
+        .await
+        .context("looking for an earlier copy of a form")?;
+    row.as_ref().map(case_from_row).transpose()
+}
+
+/// The cases a stored message opened or was linked to.
+pub async fn cases_for_message(conn: &mut AnyConnection, raw_message_id: i64) -> Result<Vec<CaseRecord>, StorageError> {
+    let rows = sqlx::query(CASES_FOR_MESSAGE)
+        .bind(raw_message_id)
+        .fetch_all(&mut *conn)
+        .await
+        .context("listing a message's cases")?;
+    rows.iter().map(case_from_row).collect()
+}
+
+pub async fn list_cases(
+    conn: &mut AnyConnection,
+    state: Option<&str>,
+    limit: i64,
+) -> Result<Vec<CaseRecord>, StorageError> {
+    let rows = match state {
+        Some(state) => {
+            sqlx::query(select_cases!("WHERE state = $1 ORDER BY id LIMIT $2"))
+                .bind(state)
+                .bind(limit)
+                .fetch_all(&mut *conn)
+                .await
+        }
+        None => {
+            sqlx::query(select_cases!("ORDER BY id LIMIT $1"))
+                .bind(limit)
+                .fetch_all(&mut *conn)
+                .await
+        }
+    }
+    .context("listing cases")?;
+    rows.iter().map(case_from_row).collect()
+}
+
+pub async fn link_message(
+    conn: &mut AnyConnection,
+    case_id: i64,
+    raw_message_id: i64,
+    relation: &str,
+) -> Result<(), StorageError> {
+    sqlx::query(
+        "INSERT INTO case_messages (case_id, raw_message_id, relation) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
+    )
+    .bind(case_id)
+    .bind(raw_message_id)
+    .bind(relation)
+    .execute(&mut *conn)
+    .await
+    .context("linking a message to a case")?;
+    Ok(())
+}
+
+/// Cases opened by mail that named `case_id` but was not allowed to change it.
+pub async fn related_cases(conn: &mut AnyConnection, case_id: i64) -> Result<Vec<CaseRecord>, StorageError> {
+    let rows = sqlx::query(RELATED_CASES)
+        .bind(case_id)
+        .fetch_all(&mut *conn)
+        .await
+        .context("listing related cases")?;
+    rows.iter().map(case_from_row).collect()
+}
+
+// ---- The one write path --------------------------------------------------------------------
+
+/// Everything one change to a case writes: its columns, its events, its timers and its mail.
+/// The engine's pure planner (`engine::change`) builds it; [`apply_change`] writes all of it
+/// inside the caller's transaction, so the change commits whole or not at all.
+#[derive(Debug, Clone, Default)]
+pub struct CaseChangeset {
+    pub case_id: i64,
+    /// For the error a lost race reports.
+    pub reference: String,
+    /// The version the change was planned against: the write is refused when the case has
+    /// moved on since (someone else changed it in between).
+    pub version: i64,
+    pub at: i64,
+    pub columns: CaseColumns,
+    pub events: Vec<CaseEvent>,
+    pub cancel_timers: CancelTimers,
+    pub arm_timers: Vec<NewTimer>,
+    pub mail: Vec<NewMail>,
+    /// Messages to file on the case, with how they relate to it (`reply`, `bounce`, …).
+    pub link_messages: Vec<(i64, &'static str)>,
+}
+
+/// The case's own columns a change sets; `None` leaves one as it is.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct CaseColumns {
+    pub state: Option<String>,
+    pub recorded: Option<BTreeMap<String, String>>,
+    pub form: Option<FormColumns>,
+    /// A newly received copy of the form: its attachment and hash.
+    pub form_attachment: Option<(i64, String)>,
+    pub assignee_id: Option<Option<i64>>,
+    pub duplicate_of: Option<i64>,
+    pub due_at: Option<Option<i64>>,
+    pub sla_paused_at: Option<Option<i64>>,
+}
+
+impl CaseColumns {
+    /// Whether the change touches the case row at all (and so takes a new version).
+    pub fn any(&self) -> bool {
+        *self != CaseColumns::default()
+    }
+}
+
+/// What a form (read, replaced or keyed) sets on its case.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FormColumns {
+    pub workflow: String,
+    pub fields: BTreeMap<String, String>,
+    pub findings: Vec<Finding>,
+    pub org_ods_code: Option<String>,
+    pub org_name: Option<String>,
+}
+
+/// Which of a case's pending timers a change cancels.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CancelTimers {
+    /// The timers of the state it leaves.
+    pub of_state: bool,
+    /// The case-wide (SLA) timers.
+    pub case_wide: bool,
+}
+
+/// A timer to arm: `state` is the state it belongs to, or [`super::ANY_STATE`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewTimer {
+    pub name: String,
+    pub state: String,
+    pub due_at: i64,
+}
+
+/// A message to queue in the outbox with the change.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewMail {
+    pub template: String,
+    pub recipient: Option<String>,
+    pub context_json: String,
+    pub message_id: String,
+    pub in_reply_to: Option<String>,
+    /// Why the message must not be sent (loop safety), if it must not.
+    pub suppressed_reason: Option<String>,
+    /// Sent by the system rather than on a person's decision: marked `Auto-Submitted` and
+    /// rate-limited per recipient.
+    pub automatic: bool,
+}
+
+/// Writes a planned change inside the caller's transaction. The version check is the update
+/// itself (`WHERE version = $expected`), so of two writers that planned against one version
+/// exactly one lands; the other gets [`StorageError::Conflict`] and its transaction must roll
+/// back. This is the only statement in the service that updates a case.
+pub async fn apply_change(conn: &mut AnyConnection, change: &CaseChangeset) -> Result<(), StorageError> {
+    let c = &change.columns;
+    if c.any() {
+        let set = |present: bool| i64::from(present);
+        let form = c.form.as_ref();
+        let updated = sqlx::query(
+            "UPDATE cases SET version = version + 1, updated_at = $1,
+                state = COALESCE($2, state),
+                recorded = COALESCE($3, recorded),
+                workflow = COALESCE($4, workflow),
+                fields = COALESCE($5, fields),
+                findings = COALESCE($6, findings),
+                org_ods_code = CASE WHEN $7 = 1 THEN $8 ELSE org_ods_code END,
+                org_name = CASE WHEN $7 = 1 THEN $9 ELSE org_name END,
+                form_attachment_id = COALESCE($10, form_attachment_id),
+                form_sha256 = COALESCE($11, form_sha256),
+                assignee_id = CASE WHEN $12 = 1 THEN $13 ELSE assignee_id END,
+                duplicate_of = COALESCE($14, duplicate_of),
+                due_at = CASE WHEN $15 = 1 THEN $16 ELSE due_at END,
+                sla_paused_at = CASE WHEN $17 = 1 THEN $18 ELSE sla_paused_at END
+             WHERE id = $19 AND version = $20",
+        )
+        .bind(change.at)
+        .bind(c.state.as_deref())
+        .bind(c.recorded.as_ref().map(json_text))
+        .bind(form.map(|f| f.workflow.as_str()))
+        .bind(form.map(|f| json_text(&f.fields)))
+        .bind(form.map(|f| json_text(&f.findings)))
+        .bind(set(form.is_some()))
+        .bind(form.and_then(|f| f.org_ods_code.as_deref()))
+        .bind(form.and_then(|f| f.org_name.as_deref()))
+        .bind(c.form_attachment.as_ref().map(|(id, _)| *id))
+        .bind(c.form_attachment.as_ref().map(|(_, sha256)| sha256.as_str()))
+        .bind(set(c.assignee_id.is_some()))
+        .bind(c.assignee_id.flatten())
+        .bind(c.duplicate_of)
+        .bind(set(c.due_at.is_some()))
+        .bind(c.due_at.flatten())
+        .bind(set(c.sla_paused_at.is_some()))
+        .bind(c.sla_paused_at.flatten())
+        .bind(change.case_id)
+        .bind(change.version)
+        .execute(&mut *conn)
+        .await
+        .context("changing a case")?;
+        if updated.rows_affected() != 1 {
+            return Err(StorageError::Conflict(change.reference.clone()));
+        }
+    }
+    for (raw_message_id, relation) in &change.link_messages {
+        super::link_message(conn, change.case_id, *raw_message_id, relation).await?;
+    }
+    for event in &change.events {
+        super::append_event(conn, change.case_id, event).await?;
+    }
+    super::cancel_pending_timers(conn, change.case_id, change.at, change.cancel_timers).await?;
+    for timer in &change.arm_timers {
+        super::arm_timer(conn, change.case_id, timer, change.at).await?;
+    }
+    for mail in &change.mail {
+        super::enqueue_mail(conn, Some(change.case_id), mail, change.at).await?;
+    }
+    Ok(())
+}
+
+/// JSON text for a column (maps and lists of our own types always serialise).
+fn json_text<T: serde::Serialize>(value: &T) -> String {
+    serde_json::to_string(value).unwrap_or_else(|_| "null".into())
+}

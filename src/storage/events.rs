@@ -1,0 +1,117 @@
+//! The case event log (append-only) and caseworkers' notes.
+
+use sqlx::{AnyConnection, Row};
+
+use super::queries::*;
+use super::{QueryContext, StorageError};
+
+// ---- Event log -----------------------------------------------------------------------------
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct CaseEvent {
+    pub at: i64,
+    pub actor: String,
+    pub actor_role: String,
+    pub kind: String,
+    pub transition: Option<String>,
+    pub from_state: Option<String>,
+    pub to_state: Option<String>,
+    pub reason: Option<String>,
+    pub data: Option<String>,
+}
+
+impl CaseEvent {
+    /// An event the engine records itself; set the other fields with `..CaseEvent::system(…)`.
+    pub fn system(kind: &str, at: i64) -> Self {
+        CaseEvent {
+            at,
+            actor: "system".into(),
+            actor_role: "system".into(),
+            kind: kind.into(),
+            transition: None,
+            from_state: None,
+            to_state: None,
+            reason: None,
+            data: None,
+        }
+    }
+
+    /// An event a member of staff caused; set the other fields with `..CaseEvent::by(…)`.
+    pub fn by(actor: &str, actor_role: &str, kind: &str, at: i64) -> Self {
+        CaseEvent {
+            actor: actor.into(),
+            actor_role: actor_role.into(),
+            ..CaseEvent::system(kind, at)
+        }
+    }
+}
+
+pub async fn append_event(conn: &mut AnyConnection, case_id: i64, e: &CaseEvent) -> Result<(), StorageError> {
+    sqlx::query(
+        "INSERT INTO case_events (case_id, at, actor, actor_role, kind, transition, from_state, to_state, reason, data)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+    )
+    .bind(case_id)
+    .bind(e.at)
+    .bind(&e.actor)
+    .bind(&e.actor_role)
+    .bind(&e.kind)
+    .bind(&e.transition)
+    .bind(&e.from_state)
+    .bind(&e.to_state)
+    .bind(&e.reason)
+    .bind(&e.data)
+    .execute(&mut *conn)
+    .await
+    .context("writing the event log")?;
+    Ok(())
+}
+
+pub async fn events_for_case(conn: &mut AnyConnection, case_id: i64) -> Result<Vec<CaseEvent>, StorageError> {
+    let rows = sqlx::query(EVENTS_FOR_CASE)
+        .bind(case_id)
+        .fetch_all(&mut *conn)
+        .await
+        .context("reading the event log")?;
+    rows.iter()
+        .map(|r| {
+            Ok(CaseEvent {
+                at: r.try_get(0)?,
+                actor: r.try_get(1)?,
+                actor_role: r.try_get(2)?,
+                kind: r.try_get(3)?,
+                transition: r.try_get(4)?,
+                from_state: r.try_get(5)?,
+                to_state: r.try_get(6)?,
+                reason: r.try_get(7)?,
+                data: r.try_get(8)?,
+            })
+        })
+        .collect::<Result<_, sqlx::Error>>()
+        .context("decoding the event log")
+}
+
+#[derive(Debug, Clone)]
+pub struct CaseNote {
+    pub author: String,
+    pub body: String,
+    pub created_at: i64,
+}
+
+pub async fn notes_for_case(conn: &mut AnyConnection, case_id: i64) -> Result<Vec<CaseNote>, StorageError> {
+    let rows = sqlx::query(NOTES_FOR_CASE)
+        .bind(case_id)
+        .fetch_all(&mut *conn)
+        .await
+        .context("reading a case's notes")?;
+    rows.iter()
+        .map(|r| {
+            Ok(CaseNote {
+                author: r.try_get(0)?,
+                body: r.try_get(1)?,
+                created_at: r.try_get(2)?,
+            })
+        })
+        .collect::<Result<_, sqlx::Error>>()
+        .context("decoding notes")
+}

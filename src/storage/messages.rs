@@ -1,0 +1,307 @@
+//! Raw messages as received, their attachments, and the bookkeeping that keeps a poison
+//! message from looping (prepare attempts); threading by Message-ID.
+
+use sqlx::{AnyConnection, Row};
+
+use super::queries::*;
+use super::{QueryContext, StorageError};
+
+// ---- Messages and attachments ------------------------------------------------------------
+
+pub struct NewRawMessage<'a> {
+    pub dedup_key: &'a str,
+    pub message_id: Option<&'a str>,
+    pub sha256: &'a str,
+    pub source: &'a str,
+    pub received_at: i64,
+    pub from_address: Option<&'a str>,
+    pub subject: Option<&'a str>,
+    pub sent_at: Option<i64>,
+    pub sender_auth_json: &'a str,
+    pub automatic: Option<&'a str>,
+    pub raw: &'a [u8],
+}
+
+/// Stores a raw message, or returns `None` when one with the same dedup key is already stored.
+pub async fn insert_raw_message(conn: &mut AnyConnection, m: &NewRawMessage<'_>) -> Result<Option<i64>, StorageError> {
+    let row = sqlx::query(
+        "INSERT INTO raw_messages (dedup_key, message_id, sha256, source, received_at, from_address, subject, sent_at, sender_auth, automatic, size_bytes, raw)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
+         ON CONFLICT (dedup_key) DO NOTHING RETURNING id",
+    )
+    .bind(m.dedup_key)
+    .bind(m.message_id)
+    .bind(m.sha256)
+    .bind(m.source)
+    .bind(m.received_at)
+    .bind(m.from_address)
+    .bind(m.subject)
+    .bind(m.sent_at)
+    .bind(m.sender_auth_json)
+    .bind(m.automatic)
+    .bind(m.raw.len() as i64)
+    .bind(m.raw)
+    .fetch_optional(&mut *conn)
+    .await
+    .context("storing a raw message")?;
+    row.map(|r| r.try_get::<i64, _>(0))
+        .transpose()
+        .context("reading a raw message id")
+}
+
+/// How many of these stored messages exist (`ids` holds each once).
+pub async fn count_raw_messages(conn: &mut AnyConnection, ids: &[i64]) -> Result<usize, StorageError> {
+    let mut found = 0;
+    // In chunks: a placeholder list stays well inside both databases' limits.
+    for chunk in ids.chunks(500) {
+        let placeholders: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
+        let sql = format!(
+            "SELECT COUNT(*) FROM raw_messages WHERE id IN ({})",
+            placeholders.join(", ")
+        );
+        let mut query = sqlx::query_scalar::<_, i64>(sqlx::AssertSqlSafe(sql));
+        for id in chunk {
+            query = query.bind(*id);
+        }
+        found += query
+            .fetch_one(&mut *conn)
+            .await
+            .context("reading back stored messages")? as usize;
+    }
+    Ok(found)
+}
+
+pub async fn raw_message_id_by_dedup_key(
+    conn: &mut AnyConnection,
+    dedup_key: &str,
+) -> Result<Option<i64>, StorageError> {
+    sqlx::query_scalar("SELECT id FROM raw_messages WHERE dedup_key = $1")
+        .bind(dedup_key)
+        .fetch_optional(&mut *conn)
+        .await
+        .context("looking up a message by Message-ID")
+}
+
+/// The id and content hash of the message stored under a dedup key.
+pub async fn raw_message_by_dedup_key(
+    conn: &mut AnyConnection,
+    dedup_key: &str,
+) -> Result<Option<(i64, String)>, StorageError> {
+    let row = sqlx::query("SELECT id, sha256 FROM raw_messages WHERE dedup_key = $1")
+        .bind(dedup_key)
+        .fetch_optional(&mut *conn)
+        .await
+        .context("looking up a message by Message-ID")?;
+    row.map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
+        .transpose()
+        .context("reading a stored message")
+}
+
+pub struct NewAttachment<'a> {
+    pub raw_message_id: i64,
+    pub filename: Option<&'a str>,
+    pub claimed_type: &'a str,
+    pub detected_type: Option<&'a str>,
+    pub sha256: &'a str,
+    pub forwarded: bool,
+    pub content: &'a [u8],
+}
+
+pub async fn insert_attachment(conn: &mut AnyConnection, a: &NewAttachment<'_>) -> Result<i64, StorageError> {
+    sqlx::query_scalar(
+        "INSERT INTO attachments (raw_message_id, filename, claimed_type, detected_type, sha256, size_bytes, forwarded, content)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING id",
+    )
+    .bind(a.raw_message_id)
+    .bind(a.filename)
+    .bind(a.claimed_type)
+    .bind(a.detected_type)
+    .bind(a.sha256)
+    .bind(a.content.len() as i64)
+    .bind(i64::from(a.forwarded))
+    .bind(a.content)
+    .fetch_one(&mut *conn)
+    .await
+    .context("storing an attachment")
+}
+
+/// An attachment's bytes, with the type detected from them (for serving the PDF).
+pub async fn attachment_content(
+    conn: &mut AnyConnection,
+    id: i64,
+) -> Result<Option<(Option<String>, Vec<u8>)>, StorageError> {
+    let row = sqlx::query(ATTACHMENT_CONTENT)
+        .bind(id)
+        .fetch_optional(&mut *conn)
+        .await
+        .context("reading an attachment")?;
+    row.map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
+        .transpose()
+        .context("decoding an attachment")
+}
+
+/// A stored message as the case page shows it.
+pub struct StoredMessage {
+    pub from_address: Option<String>,
+    pub subject: Option<String>,
+    pub sent_at: Option<i64>,
+    pub received_at: i64,
+    pub sender_auth_json: String,
+    pub raw: Option<Vec<u8>>,
+}
+
+pub async fn stored_message(conn: &mut AnyConnection, raw_message_id: i64) -> Result<StoredMessage, StorageError> {
+    let row = sqlx::query(ORIGIN_MESSAGE)
+        .bind(raw_message_id)
+        .fetch_one(&mut *conn)
+        .await
+        .context("reading a case's message")?;
+    Ok(StoredMessage {
+        from_address: row.try_get(0).context("decoding a message")?,
+        subject: row.try_get(1).context("decoding a message")?,
+        sent_at: row.try_get(2).context("decoding a message")?,
+        received_at: row.try_get(3).context("decoding a message")?,
+        sender_auth_json: row.try_get(4).context("decoding a message")?,
+        raw: row.try_get(5).context("decoding a message")?,
+    })
+}
+
+/// An attachment as the case page lists it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct AttachmentSummary {
+    pub id: i64,
+    pub filename: Option<String>,
+    pub claimed: String,
+    pub detected: Option<String>,
+    pub size: i64,
+}
+
+pub async fn attachments_of_message(
+    conn: &mut AnyConnection,
+    raw_message_id: i64,
+) -> Result<Vec<AttachmentSummary>, StorageError> {
+    let rows = sqlx::query(ATTACHMENTS_OF_MESSAGE)
+        .bind(raw_message_id)
+        .fetch_all(&mut *conn)
+        .await
+        .context("listing a message's attachments")?;
+    rows.iter()
+        .map(|r| {
+            Ok(AttachmentSummary {
+                id: r.try_get(0)?,
+                filename: r.try_get(1)?,
+                claimed: r.try_get(2)?,
+                detected: r.try_get(3)?,
+                size: r.try_get(4)?,
+            })
+        })
+        .collect::<Result<_, sqlx::Error>>()
+        .context("decoding attachments")
+}
+
+// ---- Threading ---------------------------------------------------------------------------------
+
+/// The case a reply belongs to: one whose mail (ours, or the practice's) has one of these
+/// Message-IDs (given without angle brackets).
+pub async fn case_for_message_ids(
+    conn: &mut AnyConnection,
+    message_ids: &[String],
+) -> Result<Option<i64>, StorageError> {
+    // The caller caps the list (a hostile email may carry hundreds of thousands); this cap
+    // keeps the query's size bounded whatever the caller does.
+    let ids = &message_ids[..message_ids.len().min(MAX_THREAD_IDS)];
+    if ids.is_empty() {
+        return Ok(None);
+    }
+    // One query for all of them, in both places a Message-ID can point at a case: our own
+    // mail (stored with angle brackets) and the mail we received (stored without). The ids
+    // come first-match-wins in the caller's order, so the match is picked below.
+    let placeholders = |offset: usize| {
+        (0..ids.len())
+            .map(|i| format!("${}", offset + i + 1))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let sql = format!(
+        "SELECT message_id, case_id FROM outbox WHERE case_id IS NOT NULL AND message_id IN ({})
+         UNION ALL
+         SELECT r.message_id, cm.case_id FROM raw_messages r JOIN case_messages cm ON cm.raw_message_id = r.id
+          WHERE r.message_id IN ({})",
+        placeholders(0),
+        placeholders(ids.len())
+    );
+    let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+    for id in ids {
+        query = query.bind(format!("<{id}>"));
+    }
+    for id in ids {
+        query = query.bind(id.clone());
+    }
+    let rows = query
+        .fetch_all(&mut *conn)
+        .await
+        .context("matching a reply to a case")?;
+    let mut found: Vec<(String, i64)> = Vec::with_capacity(rows.len());
+    for row in &rows {
+        let message_id: String = row.try_get(0).context("decoding a message id")?;
+        let case_id: i64 = row.try_get(1).context("decoding a case id")?;
+        found.push((message_id.trim_matches(['<', '>']).to_string(), case_id));
+    }
+    Ok(ids
+        .iter()
+        .find_map(|id| found.iter().filter(|(m, _)| m == id).map(|(_, case_id)| *case_id).min()))
+}
+
+/// The most Message-IDs (In-Reply-To, then the latest References) considered for threading.
+pub const MAX_THREAD_IDS: usize = 20;
+
+// ---- Crash-loop protection ------------------------------------------------------------------
+
+/// Counts one more attempt at preparing the message with this hash; returns the count,
+/// including this one. Runs in its own commit, before the preparation it guards.
+pub async fn note_prepare_attempt(conn: &mut AnyConnection, sha256: &str, now: i64) -> Result<i64, StorageError> {
+    sqlx::query_scalar(
+        "INSERT INTO prepare_attempts (sha256, attempts, updated_at) VALUES ($1, 1, $2)
+         ON CONFLICT (sha256) DO UPDATE SET attempts = prepare_attempts.attempts + 1, updated_at = $2
+         RETURNING attempts",
+    )
+    .bind(sha256)
+    .bind(now)
+    .fetch_one(&mut *conn)
+    .await
+    .context("counting an attempt to prepare a message")
+}
+
+/// Forgets a message's attempts: it was recorded, or set aside.
+pub async fn clear_prepare_attempts(conn: &mut AnyConnection, sha256: &str) -> Result<(), StorageError> {
+    sqlx::query("DELETE FROM prepare_attempts WHERE sha256 = $1")
+        .bind(sha256)
+        .execute(&mut *conn)
+        .await
+        .context("clearing a message's prepare attempts")?;
+    Ok(())
+}
+
+/// What the engine needs of the email that opened a case: its Message-ID (threading), its
+/// automatic-mail marker (loop safety), its sender and the verdict on them.
+#[derive(Debug, Clone)]
+pub struct OriginMessage {
+    pub message_id: Option<String>,
+    pub automatic: Option<String>,
+    pub from_address: Option<String>,
+    pub sender_auth_json: String,
+}
+
+pub async fn origin_of(conn: &mut AnyConnection, raw_message_id: i64) -> Result<OriginMessage, StorageError> {
+    let row = sqlx::query("SELECT message_id, automatic, from_address, sender_auth FROM raw_messages WHERE id = $1")
+        .bind(raw_message_id)
+        .fetch_one(&mut *conn)
+        .await
+        .context("reading a case's first message")?;
+    Ok(OriginMessage {
+        message_id: row.try_get(0).context("decoding a message")?,
+        automatic: row.try_get(1).context("decoding a message")?,
+        from_address: row.try_get(2).context("decoding a message")?,
+        sender_auth_json: row.try_get(3).context("decoding a message")?,
+    })
+}

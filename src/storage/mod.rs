@@ -1,0 +1,239 @@
+//! Storage on SQLite (the embedded default) and PostgreSQL, through sqlx's Any driver: one
+//! set of queries, `$n` placeholders, integers for times (unix milliseconds) and text for JSON.
+//! The URL's scheme picks the backend; each backend has its own migrations folder.
+//!
+//! Every query the service runs is here, one module per table or concern; nothing outside
+//! this module writes SQL or matches on the backend.
+
+use std::str::FromStr;
+
+use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
+use sqlx::{AnyPool, Connection};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    #[error("cannot open the database {url}: {source}")]
+    Connect { url: String, source: sqlx::Error },
+    #[error("cannot create the folder for the SQLite database {path}: {source}")]
+    CreateDir { path: String, source: std::io::Error },
+    #[error("cannot take the migration lock {path}: {source}")]
+    MigrationLock { path: String, source: std::io::Error },
+    #[error("database migrations failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("database error while {context}: {source}")]
+    Query { context: &'static str, source: sqlx::Error },
+    #[error("case {0} was changed by someone else at the same time; reload it and try again")]
+    Conflict(String),
+    #[error("stored data is corrupt ({context}): {message}")]
+    Corrupt { context: &'static str, message: String },
+}
+
+/// Adds what we were doing to a sqlx error.
+pub trait QueryContext<T> {
+    fn context(self, context: &'static str) -> Result<T, StorageError>;
+}
+
+impl<T> QueryContext<T> for Result<T, sqlx::Error> {
+    fn context(self, context: &'static str) -> Result<T, StorageError> {
+        self.map_err(|source| StorageError::Query { context, source })
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// The database: a pool and which backend it is.
+#[derive(Debug, Clone)]
+pub struct Db {
+    pub pool: AnyPool,
+    pub backend: Backend,
+}
+
+impl Db {
+    /// Opens (creating if needed) and migrates the database at `url`.
+    pub async fn connect(url: &str) -> Result<Db, StorageError> {
+        sqlx::any::install_default_drivers();
+        let shown = crate::config::redact_url(url);
+        let backend = if url.starts_with("postgres:") || url.starts_with("postgresql:") {
+            Backend::Postgres
+        } else {
+            Backend::Sqlite
+        };
+        if backend == Backend::Sqlite {
+            create_sqlite_parent_dir(url)?;
+        }
+        let options = AnyConnectOptions::from_str(url).map_err(|source| StorageError::Connect {
+            url: shown.clone(),
+            source,
+        })?;
+        let pool = AnyPoolOptions::new()
+            // SQLite allows one writer; more connections only queue on its lock.
+            .max_connections(if backend == Backend::Sqlite { 4 } else { 10 })
+            .after_connect(move |conn, _meta| {
+                Box::pin(async move {
+                    if backend == Backend::Sqlite {
+                        sqlx::raw_sql("PRAGMA journal_mode = WAL; PRAGMA busy_timeout = 10000; PRAGMA foreign_keys = ON; PRAGMA synchronous = NORMAL;")
+                            .execute(conn)
+                            .await?;
+                    }
+                    Ok(())
+                })
+            })
+            // A connection whose transaction state is in doubt is closed, never reused. When
+            // SQLite rolls a transaction back by itself (a full disk), sqlx's own ROLLBACK then
+            // fails and it still counts a transaction open; reused, that connection's next
+            // BEGIN became a SAVEPOINT and its "commit" committed nothing, while the mail
+            // source went on to mark mail done. The queued ROLLBACK of a dropped transaction
+            // is waited for first (a ping runs after it), so a healthy connection is kept.
+            .after_release(|conn, _meta| {
+                Box::pin(async move {
+                    if conn.is_in_transaction() {
+                        let _ = conn.ping().await;
+                    }
+                    if conn.is_in_transaction() {
+                        tracing::warn!("closing a database connection left inside a transaction");
+                        return Ok(false);
+                    }
+                    Ok(true)
+                })
+            })
+            .connect_with(options)
+            .await
+            .map_err(|source| StorageError::Connect { url: shown, source })?;
+        let db = Db { pool, backend };
+        db.migrate(url).await?;
+        Ok(db)
+    }
+
+    /// Brings the schema up to date. Safe to run from several processes at once: PostgreSQL's
+    /// migrator holds an advisory lock; on SQLite, whose migrator takes none, a lock file
+    /// beside the database serialises them (without it, two processes starting on a new file
+    /// both ran the first migration, and one failed).
+    async fn migrate(&self, url: &str) -> Result<(), StorageError> {
+        match self.backend {
+            Backend::Sqlite => {
+                let _lock = match sqlite_path(url) {
+                    Some(path) => Some(MigrationLock::take(&path).await?),
+                    None => None,
+                };
+                sqlx::migrate!("./migrations/sqlite").run(&self.pool).await?
+            }
+            Backend::Postgres => sqlx::migrate!("./migrations/postgres").run(&self.pool).await?,
+        }
+        Ok(())
+    }
+
+    /// Starts a transaction that writes. On SQLite it takes the write lock at BEGIN
+    /// (`BEGIN IMMEDIATE`, waiting its turn up to the busy timeout): a transaction that read
+    /// first and wrote later could not wait for the lock, and failed at once with "database
+    /// is locked" whenever another writer had committed since its read. It also refuses to
+    /// start on a connection that still counts a transaction open, rather than nesting in it.
+    pub async fn begin_write(&self) -> Result<sqlx::Transaction<'static, sqlx::Any>, sqlx::Error> {
+        match self.backend {
+            Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await,
+            Backend::Postgres => self.pool.begin().await,
+        }
+    }
+
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
+/// The file of a SQLite URL; `None` for an in-memory database.
+fn sqlite_path(url: &str) -> Option<std::path::PathBuf> {
+    let path = url.trim_start_matches("sqlite:").trim_start_matches("//");
+    let path = path.split('?').next().unwrap_or("");
+    (!path.is_empty() && path != ":memory:").then(|| std::path::PathBuf::from(path))
+}
+
+/// An exclusive lock on `<database>.migrate-lock`, released when dropped (or when the process
+/// dies: the kernel drops `flock` locks with their file).
+struct MigrationLock {
+    _held: std::fs::File,
+}
+
+impl MigrationLock {
+    async fn take(database: &std::path::Path) -> Result<MigrationLock, StorageError> {
+        let path = std::path::PathBuf::from(format!("{}.migrate-lock", database.display()));
+        let failed = |source: std::io::Error| StorageError::MigrationLock {
+            path: path.display().to_string(),
+            source,
+        };
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(failed)?;
+        let locked = tokio::task::spawn_blocking(move || {
+            use std::os::fd::AsRawFd;
+            // SAFETY: flock on a descriptor we own; it blocks until the lock is ours.
+            if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } == 0 {
+                Ok(file)
+            } else {
+                Err(std::io::Error::last_os_error())
+            }
+        })
+        .await
+        .map_err(|e| failed(std::io::Error::other(e)))?;
+        Ok(MigrationLock {
+            _held: locked.map_err(failed)?,
+        })
+    }
+}
+
+fn create_sqlite_parent_dir(url: &str) -> Result<(), StorageError> {
+    let Some(path) = sqlite_path(url) else {
+        return Ok(());
+    };
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent).map_err(|source| StorageError::CreateDir {
+            path: parent.display().to_string(),
+            source,
+        })?;
+    }
+    Ok(())
+}
+
+fn json_column<T: serde::de::DeserializeOwned>(text: &str, context: &'static str) -> Result<T, StorageError> {
+    serde_json::from_str(text).map_err(|e| StorageError::Corrupt {
+        context,
+        message: e.to_string(),
+    })
+}
+
+/// `SELECT <every case column> FROM cases <rest>`, as a static string (sqlx refuses SQL built
+/// at run time, which is how injection creeps in).
+macro_rules! select_cases {
+    ($rest:literal) => {
+        concat!(
+            "SELECT id, reference, workflow, state, version, fields, findings, org_ods_code, org_name, sender, origin_message_id,
+                    form_attachment_id, duplicate_of, related_case_id, assignee_id, recorded, created_at, updated_at, due_at, sla_paused_at FROM cases ",
+            $rest
+        )
+    };
+}
+
+mod cases;
+mod events;
+mod jobs;
+mod mailbox;
+mod messages;
+mod organisations;
+mod outbox;
+mod queries;
+mod timers;
+
+pub use cases::*;
+pub use events::*;
+pub use jobs::*;
+pub use mailbox::*;
+pub use messages::*;
+pub use organisations::*;
+pub use outbox::*;
+pub use queries::{CaseKey, PER_CASE_QUERIES};
+pub use timers::*;

@@ -1,0 +1,46 @@
+//! The per-case queries by name: each is keyed by one case (or its message) and must use an
+//! index, which `tests/query_plans.rs` checks on both backends.
+
+pub(crate) const CASE_BY_REFERENCE: &str = select_cases!("WHERE reference = $1");
+pub(crate) const CASE_BY_ID: &str = select_cases!("WHERE id = $1");
+pub(crate) const CASE_BY_FORM: &str = select_cases!("WHERE form_sha256 = $1 ORDER BY id LIMIT 1");
+pub(crate) const CASES_FOR_MESSAGE: &str =
+    select_cases!("WHERE id IN (SELECT case_id FROM case_messages WHERE raw_message_id = $1) ORDER BY id");
+pub(crate) const RELATED_CASES: &str = select_cases!("WHERE related_case_id = $1 ORDER BY id LIMIT 100");
+pub(crate) const EVENTS_FOR_CASE: &str = "SELECT at, actor, actor_role, kind, transition, from_state, to_state, reason, data FROM case_events WHERE case_id = $1 ORDER BY id";
+pub(crate) const TIMERS_FOR_CASE: &str =
+    "SELECT name, state, due_at, status FROM timers WHERE case_id = $1 ORDER BY id";
+pub(crate) const OUTBOX_FOR_CASE: &str = "SELECT template, recipient, status, suppressed_reason, in_reply_to, created_at, last_error FROM outbox WHERE case_id = $1 ORDER BY id";
+pub(crate) const NOTES_FOR_CASE: &str =
+    "SELECT author, body, created_at FROM case_notes WHERE case_id = $1 ORDER BY id";
+pub(crate) const ORIGIN_MESSAGE: &str =
+    "SELECT from_address, subject, sent_at, received_at, sender_auth, raw FROM raw_messages WHERE id = $1";
+pub(crate) const ATTACHMENT_CONTENT: &str = "SELECT detected_type, content FROM attachments WHERE id = $1";
+pub(crate) const ATTACHMENTS_OF_MESSAGE: &str = "SELECT id, filename, claimed_type, detected_type, size_bytes FROM attachments WHERE raw_message_id = $1 ORDER BY id";
+
+/// What a per-case query is keyed by, so that a check can bind a sample key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CaseKey {
+    /// A row id (a case's, or its message's).
+    Id,
+    /// A case reference or a form's hash.
+    Text,
+}
+
+/// Every query that reads one case's rows, by name. Each must find its rows through an index,
+/// never by scanning a table that grows with the service's age (the outbox, the event log):
+/// `tests/query_plans.rs` runs `EXPLAIN` on each, on both backends.
+pub const PER_CASE_QUERIES: &[(&str, &str, CaseKey)] = &[
+    ("case by reference", CASE_BY_REFERENCE, CaseKey::Text),
+    ("case by id", CASE_BY_ID, CaseKey::Id),
+    ("case by form", CASE_BY_FORM, CaseKey::Text),
+    ("cases of a message", CASES_FOR_MESSAGE, CaseKey::Id),
+    ("related cases", RELATED_CASES, CaseKey::Id),
+    ("events of a case", EVENTS_FOR_CASE, CaseKey::Id),
+    ("timers of a case", TIMERS_FOR_CASE, CaseKey::Id),
+    ("outbox of a case", OUTBOX_FOR_CASE, CaseKey::Id),
+    ("notes of a case", NOTES_FOR_CASE, CaseKey::Id),
+    ("an attachment's bytes", ATTACHMENT_CONTENT, CaseKey::Id),
+    ("a case's message", ORIGIN_MESSAGE, CaseKey::Id),
+    ("attachments of a message", ATTACHMENTS_OF_MESSAGE, CaseKey::Id),
+];

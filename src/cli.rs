@@ -482,40 +482,29 @@ async fn users_command(settings: &Settings, command: UsersCommand) -> Result<()>
 }
 
 async fn outbox_command(settings: &Settings, command: OutboxCommand) -> Result<()> {
-    use sqlx::Row;
     let engine = build_engine(settings).await?;
+    let mut conn = engine.db().pool.acquire().await?;
     match command {
         OutboxCommand::List { status, limit } => {
-            let rows = sqlx::query(
-                "SELECT o.id, c.reference, o.template, o.recipient, o.status, o.attempts, COALESCE(o.last_error, o.suppressed_reason, '')
-                 FROM outbox o LEFT JOIN cases c ON c.id = o.case_id
-                 WHERE ($1 IS NULL OR o.status = $1) ORDER BY o.id DESC LIMIT $2",
-            )
-            .bind(status)
-            .bind(limit)
-            .fetch_all(&engine.db().pool)
-            .await?;
-            for r in rows {
+            for m in storage::list_outbox(&mut conn, status.as_deref(), limit).await? {
                 println!(
                     "{:>6}  {:<15} {:<24} {:<32} {:<10} {:>2}  {}",
-                    r.try_get::<i64, _>(0)?,
-                    r.try_get::<Option<String>, _>(1)?.unwrap_or_else(|| "-".into()),
-                    r.try_get::<String, _>(2)?,
-                    r.try_get::<Option<String>, _>(3)?.unwrap_or_else(|| "-".into()),
-                    r.try_get::<String, _>(4)?,
-                    r.try_get::<i64, _>(5)?,
-                    r.try_get::<String, _>(6)?
+                    m.id,
+                    m.case_reference.as_deref().unwrap_or("-"),
+                    m.template,
+                    m.recipient.as_deref().unwrap_or("-"),
+                    m.status,
+                    m.attempts,
+                    m.note
                 );
             }
         }
         OutboxCommand::Retry => {
-            let done = sqlx::query("UPDATE outbox SET status = 'pending', attempts = 0, next_attempt_at = $1, claimed_until = NULL WHERE status = 'failed'")
-                .bind(engine.now_ms())
-                .execute(&engine.db().pool)
-                .await?;
-            println!("{} failed message(s) queued again", done.rows_affected());
+            let queued = storage::retry_failed_mail(&mut conn, engine.now_ms()).await?;
+            println!("{queued} failed message(s) queued again");
         }
     }
+    drop(conn);
     engine.db().close().await;
     Ok(())
 }

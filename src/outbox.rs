@@ -17,13 +17,13 @@ use lettre::message::{Mailbox, MultiPart, SinglePart};
 use lettre::transport::smtp::authentication::Credentials;
 use lettre::transport::smtp::client::{Certificate, Tls, TlsParameters};
 use lettre::{AsyncFileTransport, AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
-use sqlx::Row;
+
 use tokio::sync::watch;
 use tracing::{info, warn};
 
 use crate::config::{ImapSecurity, MailerSettings};
 use crate::engine::Engine;
-use crate::storage::{Backend, QueryContext, StorageError};
+use crate::storage::{self, QueryContext, StorageError};
 
 /// How long a claimed message is reserved for the instance sending it.
 const CLAIM_LEASE: Duration = Duration::from_secs(120);
@@ -128,17 +128,7 @@ enum Transport {
 }
 
 /// A claimed outbox row.
-#[derive(Debug, Clone)]
-pub struct OutboxJob {
-    pub id: i64,
-    pub template: String,
-    pub recipient: Option<String>,
-    pub context: serde_json::Value,
-    pub message_id: String,
-    pub in_reply_to: Option<String>,
-    pub attempts: i64,
-    pub automatic: bool,
-}
+pub use crate::storage::OutboxJob;
 
 /// What one dispatch run did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -237,45 +227,12 @@ impl Dispatcher {
 
     /// Claims the next due message, if any.
     async fn claim_next(&self, now: i64) -> Result<Option<OutboxJob>, OutboxError> {
-        let sql = match self.engine.db().backend {
-            Backend::Postgres => {
-                "UPDATE outbox SET claimed_until = $1, claimed_by = $2, attempts = attempts + 1
-                 WHERE id = (SELECT id FROM outbox WHERE status = 'pending' AND next_attempt_at <= $3
-                             AND (claimed_until IS NULL OR claimed_until < $3)
-                             ORDER BY next_attempt_at, id LIMIT 1 FOR UPDATE SKIP LOCKED)
-                 RETURNING id, template, recipient, context, message_id, in_reply_to, attempts, automatic"
-            }
-            Backend::Sqlite => {
-                "UPDATE outbox SET claimed_until = $1, claimed_by = $2, attempts = attempts + 1
-                 WHERE id = (SELECT id FROM outbox WHERE status = 'pending' AND next_attempt_at <= $3
-                             AND (claimed_until IS NULL OR claimed_until < $3)
-                             ORDER BY next_attempt_at, id LIMIT 1)
-                 RETURNING id, template, recipient, context, message_id, in_reply_to, attempts, automatic"
-            }
-        };
-        let row = sqlx::query(sql)
-            .bind(now + CLAIM_LEASE.as_millis() as i64)
-            .bind(&self.holder)
-            .bind(now)
-            .fetch_optional(&self.engine.db().pool)
-            .await
-            .context("claiming outbound mail")?;
-        let Some(row) = row else { return Ok(None) };
-        let decode = |e: sqlx::Error| StorageError::Query {
-            context: "decoding outbound mail",
-            source: e,
-        };
-        let context: String = row.try_get(3).map_err(decode)?;
-        Ok(Some(OutboxJob {
-            id: row.try_get(0).map_err(decode)?,
-            template: row.try_get(1).map_err(decode)?,
-            recipient: row.try_get(2).map_err(decode)?,
-            context: serde_json::from_str(&context).unwrap_or(serde_json::Value::Null),
-            message_id: row.try_get(4).map_err(decode)?,
-            in_reply_to: row.try_get(5).map_err(decode)?,
-            attempts: row.try_get(6).map_err(decode)?,
-            automatic: row.try_get::<i64, _>(7).map_err(decode)? != 0,
-        }))
+        let mut conn = self.connection().await?;
+        Ok(storage::claim_mail(&mut conn, &self.holder, now, now + CLAIM_LEASE.as_millis() as i64).await?)
+    }
+
+    async fn connection(&self) -> Result<sqlx::pool::PoolConnection<sqlx::Any>, OutboxError> {
+        Ok(self.engine.db().pool.acquire().await.context("connecting")?)
     }
 
     /// Builds the email for a job.
@@ -363,13 +320,8 @@ impl Dispatcher {
                     if let Some(hook) = &self.after_send {
                         hook(job.id).await;
                     }
-                    sqlx::query("UPDATE outbox SET status = 'sent', sent_at = $1, subject = $2, claimed_until = NULL, last_error = NULL WHERE id = $3")
-                        .bind(self.engine.now_ms())
-                        .bind(&subject)
-                        .bind(job.id)
-                        .execute(&self.engine.db().pool)
-                        .await
-                        .context("marking mail sent")?;
+                    let mut conn = self.connection().await?;
+                    storage::mark_mail_sent(&mut conn, job.id, &subject, self.engine.now_ms()).await?;
                     info!(id = job.id, template = %job.template, "mail sent");
                     summary.sent += 1;
                 }
@@ -380,15 +332,8 @@ impl Dispatcher {
                 Err((_, error)) => {
                     let retry_at = now + backoff(job.attempts).as_millis() as i64;
                     warn!(id = job.id, attempts = job.attempts, error = %error, "mail not sent; will retry");
-                    sqlx::query(
-                        "UPDATE outbox SET next_attempt_at = $1, claimed_until = NULL, last_error = $2 WHERE id = $3",
-                    )
-                    .bind(retry_at)
-                    .bind(&error)
-                    .bind(job.id)
-                    .execute(&self.engine.db().pool)
-                    .await
-                    .context("scheduling a retry")?;
+                    let mut conn = self.connection().await?;
+                    storage::retry_mail_at(&mut conn, job.id, retry_at, &error, false).await?;
                     summary.retrying += 1;
                     // The server is likely down: the rest can wait for the next round.
                     break;
@@ -400,13 +345,8 @@ impl Dispatcher {
 
     async fn mark_failed(&self, id: i64, error: &str, now: i64) -> Result<(), OutboxError> {
         warn!(id, error, "mail failed for good");
-        sqlx::query("UPDATE outbox SET status = 'failed', last_error = $1, claimed_until = NULL, sent_at = NULL, next_attempt_at = $2 WHERE id = $3")
-            .bind(error)
-            .bind(now)
-            .bind(id)
-            .execute(&self.engine.db().pool)
-            .await
-            .context("marking mail failed")?;
+        let mut conn = self.connection().await?;
+        storage::mark_mail_failed(&mut conn, id, error, now).await?;
         Ok(())
     }
 
@@ -417,25 +357,14 @@ impl Dispatcher {
             return Ok(false);
         };
         let hour_ago = now - 3_600_000;
-        let row = sqlx::query("SELECT COUNT(*), MIN(sent_at) FROM outbox WHERE recipient = $1 AND automatic = 1 AND status = 'sent' AND sent_at > $2")
-            .bind(recipient)
-            .bind(hour_ago)
-            .fetch_one(&self.engine.db().pool)
-            .await
-            .context("checking the rate limit")?;
-        let count: i64 = row.try_get(0).context("checking the rate limit")?;
+        let mut conn = self.connection().await?;
+        let (count, oldest) = storage::automatic_mail_sent_since(&mut conn, recipient, hour_ago).await?;
         if count < self.settings.per_recipient_per_hour {
             return Ok(false);
         }
-        let oldest: Option<i64> = row.try_get(1).context("checking the rate limit")?;
         let until = oldest.unwrap_or(now) + 3_600_000;
-        sqlx::query("UPDATE outbox SET next_attempt_at = $1, claimed_until = NULL, attempts = attempts - 1, last_error = $2 WHERE id = $3")
-            .bind(until)
-            .bind(format!("held back: {recipient} has had {count} automatic messages in the last hour"))
-            .bind(job.id)
-            .execute(&self.engine.db().pool)
-            .await
-            .context("deferring rate-limited mail")?;
+        let why = format!("held back: {recipient} has had {count} automatic messages in the last hour");
+        storage::retry_mail_at(&mut conn, job.id, until, &why, true).await?;
         Ok(true)
     }
 

@@ -1,15 +1,17 @@
 //! Staff accounts: argon2id password hashes, password rules, lockout after repeated failures,
 //! one-time set-password links, and database sessions. No default or shared credentials exist:
-//! the first admin gets a set-password link from `countersign users add`.
+//! the first admin gets a set-password link from `countersign users add`. The queries are in
+//! [`crate::storage`]; this module holds the rules.
 
 use argon2::Argon2;
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use base64::Engine as _;
 use rand::RngCore;
-use sqlx::{AnyConnection, Row};
+use sqlx::AnyConnection;
 
 use crate::mail::sha256_hex;
-use crate::storage::{QueryContext, StorageError};
+pub use crate::storage::User;
+use crate::storage::{self, StorageError};
 use crate::workflow::ActorRole;
 
 /// Failed sign-ins before an account locks.
@@ -47,16 +49,6 @@ pub enum UserError {
     Hash(String),
     #[error("that account is disabled; enable it before sending it a set-password link")]
     Disabled,
-}
-
-/// A signed-in (or signing-in) member of staff.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct User {
-    pub id: i64,
-    pub email: String,
-    pub display_name: String,
-    pub role: ActorRole,
-    pub disabled: bool,
 }
 
 /// Why a sign-in was refused. The same message is shown for an unknown address and a wrong
@@ -162,36 +154,12 @@ pub fn check_password_rules(password: &str, email: &str) -> Result<(), UserError
     Ok(())
 }
 
-fn user_from_row(row: &sqlx::any::AnyRow) -> Result<User, StorageError> {
-    let get = |e| StorageError::Query {
-        context: "decoding a user",
-        source: e,
-    };
-    let role: String = row.try_get("role").map_err(get)?;
-    Ok(User {
-        id: row.try_get("id").map_err(get)?,
-        email: row.try_get("email").map_err(get)?,
-        display_name: row.try_get("display_name").map_err(get)?,
-        role: ActorRole::parse(&role).unwrap_or(ActorRole::Caseworker),
-        disabled: row.try_get::<i64, _>("disabled").map_err(get)? != 0,
-    })
-}
-
 pub async fn find_by_email(conn: &mut AnyConnection, email: &str) -> Result<Option<User>, UserError> {
-    let row = sqlx::query("SELECT id, email, display_name, role, disabled FROM users WHERE email = $1")
-        .bind(email.trim().to_lowercase())
-        .fetch_optional(&mut *conn)
-        .await
-        .context("finding a user")?;
-    Ok(row.as_ref().map(user_from_row).transpose()?)
+    Ok(storage::user_by_email(conn, &email.trim().to_lowercase()).await?)
 }
 
 pub async fn list(conn: &mut AnyConnection) -> Result<Vec<User>, UserError> {
-    let rows = sqlx::query("SELECT id, email, display_name, role, disabled FROM users ORDER BY email")
-        .fetch_all(&mut *conn)
-        .await
-        .context("listing users")?;
-    Ok(rows.iter().map(user_from_row).collect::<Result<_, _>>()?)
+    Ok(storage::list_users(conn).await?)
 }
 
 /// Creates a user with no password, and returns a one-time set-password token.
@@ -209,14 +177,7 @@ pub async fn add(
     if find_by_email(conn, &email).await?.is_some() {
         return Err(UserError::Exists(email));
     }
-    sqlx::query("INSERT INTO users (email, display_name, role, password_hash, disabled, created_at) VALUES ($1, $2, $3, NULL, 0, $4)")
-        .bind(&email)
-        .bind(display_name)
-        .bind(role.as_str())
-        .bind(now)
-        .execute(&mut *conn)
-        .await
-        .context("adding a user")?;
+    storage::insert_user(conn, &email, display_name, role, now).await?;
     let user = find_by_email(conn, &email)
         .await?
         .ok_or_else(|| UserError::NotFound(email.clone()))?;
@@ -227,46 +188,28 @@ pub async fn add(
 /// A fresh one-time set-password token for a user (an admin's "reset"). Earlier unused ones
 /// stop working.
 pub async fn issue_password_token(conn: &mut AnyConnection, user_id: i64, now: i64) -> Result<String, UserError> {
-    let disabled: Option<i64> = sqlx::query_scalar("SELECT disabled FROM users WHERE id = $1")
-        .bind(user_id)
-        .fetch_optional(&mut *conn)
-        .await
-        .context("checking a user")?;
-    match disabled {
+    match storage::user_disabled(conn, user_id).await? {
         None => return Err(UserError::NotFound(user_id.to_string())),
-        Some(d) if d != 0 => return Err(UserError::Disabled),
-        Some(_) => {}
+        Some(true) => return Err(UserError::Disabled),
+        Some(false) => {}
     }
-    sqlx::query("UPDATE password_tokens SET used_at = $1 WHERE user_id = $2 AND used_at IS NULL")
-        .bind(now)
-        .bind(user_id)
-        .execute(&mut *conn)
-        .await
-        .context("retiring old set-password links")?;
     let token = random_token();
-    sqlx::query("INSERT INTO password_tokens (token_hash, user_id, created_at, expires_at) VALUES ($1, $2, $3, $4)")
-        .bind(sha256_hex(token.as_bytes()))
-        .bind(user_id)
-        .bind(now)
-        .bind(now + PASSWORD_TOKEN_MS)
-        .execute(&mut *conn)
-        .await
-        .context("issuing a set-password link")?;
+    storage::replace_password_token(
+        conn,
+        user_id,
+        &sha256_hex(token.as_bytes()),
+        now,
+        now + PASSWORD_TOKEN_MS,
+    )
+    .await?;
     Ok(token)
 }
 
 /// The user a set-password token is for, if it is unused and unexpired.
 pub async fn user_for_password_token(conn: &mut AnyConnection, token: &str, now: i64) -> Result<User, UserError> {
-    let row = sqlx::query(
-        "SELECT u.id, u.email, u.display_name, u.role, u.disabled FROM password_tokens t JOIN users u ON u.id = t.user_id
-         WHERE t.token_hash = $1 AND t.used_at IS NULL AND t.expires_at > $2 AND u.disabled = 0",
-    )
-    .bind(sha256_hex(token.as_bytes()))
-    .bind(now)
-    .fetch_optional(&mut *conn)
-    .await
-    .context("checking a set-password link")?;
-    row.as_ref().map(user_from_row).transpose()?.ok_or(UserError::BadToken)
+    storage::user_for_password_token_hash(conn, &sha256_hex(token.as_bytes()), now)
+        .await?
+        .ok_or(UserError::BadToken)
 }
 
 /// Sets a password through a one-time token, which is then spent.
@@ -279,55 +222,21 @@ pub async fn set_password_with_token(
     let user = user_for_password_token(conn, token, now).await?;
     check_password_rules(password, &user.email)?;
     let hash = hash_password(password)?;
-    let spent = sqlx::query("UPDATE password_tokens SET used_at = $1 WHERE token_hash = $2 AND used_at IS NULL")
-        .bind(now)
-        .bind(sha256_hex(token.as_bytes()))
-        .execute(&mut *conn)
-        .await
-        .context("spending a set-password link")?;
-    if spent.rows_affected() != 1 {
+    if !storage::spend_password_token(conn, &sha256_hex(token.as_bytes()), now).await? {
         return Err(UserError::BadToken);
     }
-    sqlx::query("UPDATE users SET password_hash = $1, failed_attempts = 0, locked_until = NULL WHERE id = $2")
-        .bind(hash)
-        .bind(user.id)
-        .execute(&mut *conn)
-        .await
-        .context("setting a password")?;
+    storage::set_password_hash(conn, user.id, &hash).await?;
     // A copied session cookie must not outlive the password it was signed in with.
     end_all_sessions(conn, user.id).await?;
-    sqlx::query("DELETE FROM sign_in_throttle WHERE key LIKE $1")
-        .bind(format!("account:{}%", user.email))
-        .execute(&mut *conn)
-        .await
-        .context("clearing the sign-in throttle")?;
+    storage::clear_account_throttles(conn, &user.email).await?;
     Ok(user)
 }
 
+/// Disables (or enables) an account. A disabled account's sessions end, and no set-password
+/// link of theirs works any more.
 pub async fn set_disabled(conn: &mut AnyConnection, email: &str, disabled: bool) -> Result<(), UserError> {
-    let done = sqlx::query("UPDATE users SET disabled = $1 WHERE email = $2")
-        .bind(i64::from(disabled))
-        .bind(email.trim().to_lowercase())
-        .execute(&mut *conn)
-        .await
-        .context("disabling a user")?;
-    if done.rows_affected() == 0 {
+    if !storage::set_user_disabled(conn, &email.trim().to_lowercase(), disabled).await? {
         return Err(UserError::NotFound(email.to_string()));
-    }
-    if disabled {
-        sqlx::query("DELETE FROM sessions WHERE user_id IN (SELECT id FROM users WHERE email = $1)")
-            .bind(email.trim().to_lowercase())
-            .execute(&mut *conn)
-            .await
-            .context("ending a disabled user's sessions")?;
-        // And no set-password link of theirs works any more.
-        sqlx::query(
-            "UPDATE password_tokens SET used_at = created_at WHERE used_at IS NULL AND user_id IN (SELECT id FROM users WHERE email = $1)",
-        )
-        .bind(email.trim().to_lowercase())
-        .execute(&mut *conn)
-        .await
-        .context("retiring a disabled user's set-password links")?;
     }
     Ok(())
 }
@@ -364,20 +273,7 @@ async fn claim_attempt(
     back_off: bool,
     now: i64,
 ) -> Result<Result<Throttle, SignInRefusal>, UserError> {
-    sqlx::query(
-        "INSERT INTO sign_in_throttle (key, failed, blocked_until) VALUES ($1, 0, 0) ON CONFLICT (key) DO NOTHING",
-    )
-    .bind(key)
-    .execute(&mut *conn)
-    .await
-    .context("throttling sign-in")?;
-    let row = sqlx::query("SELECT failed, blocked_until FROM sign_in_throttle WHERE key = $1")
-        .bind(key)
-        .fetch_one(&mut *conn)
-        .await
-        .context("throttling sign-in")?;
-    let failed: i64 = row.try_get(0).context("throttling sign-in")?;
-    let blocked_until: i64 = row.try_get(1).context("throttling sign-in")?;
+    let (failed, blocked_until) = storage::throttle_state(conn, key).await?;
     if blocked_until > now {
         return Ok(Err(if failed >= limit {
             SignInRefusal::Locked { until: blocked_until }
@@ -395,18 +291,8 @@ async fn claim_attempt(
     } else {
         0
     };
-    let swapped = sqlx::query(
-        "UPDATE sign_in_throttle SET failed = $1, blocked_until = $2 WHERE key = $3 AND failed = $4 AND blocked_until = $5",
-    )
-    .bind(claimed)
-    .bind(until)
-    .bind(key)
-    .bind(failed)
-    .bind(blocked_until)
-    .execute(&mut *conn)
-    .await
-    .context("throttling sign-in")?;
-    if swapped.rows_affected() != 1 {
+    let swapped = storage::swap_throttle(conn, key, (failed, blocked_until), (claimed, until)).await?;
+    if !swapped {
         // Another attempt claimed this window first.
         return Ok(Err(SignInRefusal::TooSoon {
             until: now + backoff_ms(1),
@@ -418,15 +304,6 @@ async fn claim_attempt(
         failed: claimed,
         blocked_until: until,
     }))
-}
-
-async fn clear_throttle(conn: &mut AnyConnection, key: &str) -> Result<(), UserError> {
-    sqlx::query("UPDATE sign_in_throttle SET failed = 0, blocked_until = 0 WHERE key = $1")
-        .bind(key)
-        .execute(&mut *conn)
-        .await
-        .context("clearing a sign-in throttle")?;
-    Ok(())
 }
 
 /// Checks a password for `email` from `client` (its network address). Every attempt is
@@ -462,16 +339,8 @@ pub async fn authenticate(
             }
         }
     }
-    let row = sqlx::query("SELECT id, email, display_name, role, disabled, password_hash FROM users WHERE email = $1")
-        .bind(&email)
-        .fetch_optional(&mut *conn)
-        .await
-        .context("signing in")?;
-    let (user, hash) = match &row {
-        Some(row) => {
-            let hash: Option<String> = row.try_get("password_hash").context("decoding a user")?;
-            (Some(user_from_row(row)?), hash)
-        }
+    let (user, hash) = match storage::user_with_password_hash(conn, &email).await? {
+        Some((user, hash)) => (Some(user), hash),
         None => (None, None),
     };
     // Exactly one argon2 check for every attempt, refused or not, with or without an account.
@@ -486,7 +355,7 @@ pub async fn authenticate(
                 // The client's count across accounts is not cleared by one success: a
                 // guesser who knows one password must not reset their budget with it.
                 if !claim.key.starts_with("client:") {
-                    clear_throttle(conn, &claim.key).await?;
+                    storage::clear_throttle(conn, &claim.key).await?;
                 }
             }
             Ok(Ok(user))
@@ -507,12 +376,7 @@ pub async fn authenticate(
 
 /// Ends every session of a user: after a new password, a disable, a role change.
 pub async fn end_all_sessions(conn: &mut AnyConnection, user_id: i64) -> Result<(), UserError> {
-    sqlx::query("DELETE FROM sessions WHERE user_id = $1")
-        .bind(user_id)
-        .execute(&mut *conn)
-        .await
-        .context("ending a user's sessions")?;
-    Ok(())
+    Ok(storage::delete_user_sessions(conn, user_id).await?)
 }
 
 /// Changes a user's role; their sessions end, so the new role applies from their next sign-in.
@@ -520,12 +384,7 @@ pub async fn set_role(conn: &mut AnyConnection, email: &str, role: ActorRole) ->
     let user = find_by_email(conn, email)
         .await?
         .ok_or_else(|| UserError::NotFound(email.to_string()))?;
-    sqlx::query("UPDATE users SET role = $1 WHERE id = $2")
-        .bind(role.as_str())
-        .bind(user.id)
-        .execute(&mut *conn)
-        .await
-        .context("changing a role")?;
+    storage::set_user_role(conn, user.id, role).await?;
     end_all_sessions(conn, user.id).await?;
     Ok(User { role, ..user })
 }
@@ -533,52 +392,21 @@ pub async fn set_role(conn: &mut AnyConnection, email: &str, role: ActorRole) ->
 /// Starts a session; returns the token for the cookie (only its hash is stored).
 pub async fn start_session(conn: &mut AnyConnection, user_id: i64, now: i64) -> Result<String, UserError> {
     let token = random_token();
-    sqlx::query("INSERT INTO sessions (token_hash, user_id, created_at, expires_at) VALUES ($1, $2, $3, $4)")
-        .bind(sha256_hex(token.as_bytes()))
-        .bind(user_id)
-        .bind(now)
-        .bind(now + SESSION_MS)
-        .execute(&mut *conn)
-        .await
-        .context("starting a session")?;
+    storage::insert_session(conn, &sha256_hex(token.as_bytes()), user_id, now, now + SESSION_MS).await?;
     Ok(token)
 }
 
 pub async fn session_user(conn: &mut AnyConnection, token: &str, now: i64) -> Result<Option<User>, UserError> {
-    let row = sqlx::query(
-        "SELECT u.id, u.email, u.display_name, u.role, u.disabled FROM sessions s JOIN users u ON u.id = s.user_id
-         WHERE s.token_hash = $1 AND s.expires_at > $2 AND u.disabled = 0",
-    )
-    .bind(sha256_hex(token.as_bytes()))
-    .bind(now)
-    .fetch_optional(&mut *conn)
-    .await
-    .context("reading a session")?;
-    Ok(row.as_ref().map(user_from_row).transpose()?)
+    Ok(storage::session_user_by_hash(conn, &sha256_hex(token.as_bytes()), now).await?)
 }
 
 pub async fn end_session(conn: &mut AnyConnection, token: &str) -> Result<(), UserError> {
-    sqlx::query("DELETE FROM sessions WHERE token_hash = $1")
-        .bind(sha256_hex(token.as_bytes()))
-        .execute(&mut *conn)
-        .await
-        .context("ending a session")?;
-    Ok(())
+    Ok(storage::delete_session(conn, &sha256_hex(token.as_bytes())).await?)
 }
 
 /// A secret shared by every instance (created on first use), e.g. the cookie key.
 pub async fn shared_secret(conn: &mut AnyConnection, name: &str) -> Result<String, UserError> {
-    sqlx::query("INSERT INTO secrets (name, value) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING")
-        .bind(name)
-        .bind(random_token() + &random_token())
-        .execute(&mut *conn)
-        .await
-        .context("creating a secret")?;
-    Ok(sqlx::query_scalar("SELECT value FROM secrets WHERE name = $1")
-        .bind(name)
-        .fetch_one(&mut *conn)
-        .await
-        .context("reading a secret")?)
+    Ok(storage::shared_secret(conn, name, &(random_token() + &random_token())).await?)
 }
 
 #[cfg(test)]

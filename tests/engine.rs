@@ -924,3 +924,100 @@ async fn marking_a_duplicate_is_atomic() {
     })
     .await;
 }
+
+/// A change commits whole or not at all: when its mail cannot be queued, the state, the
+/// event and the timers it would have written are not there either.
+#[tokio::test]
+async fn a_change_whose_mail_cannot_be_queued_changes_nothing() {
+    on_both_backends(|engine| async move {
+        let reference = first_case(&engine, "mail/gp_form.eml").await;
+        let before = case(&engine, &reference).await;
+        let events_before = events(&engine, &reference).await.len();
+        let timers_before = timers(&engine, &reference).await.len();
+        let refuse = match engine.db().backend {
+            storage::Backend::Sqlite => {
+                "CREATE TRIGGER refuse_mail BEFORE INSERT ON outbox BEGIN SELECT RAISE(ABORT, 'no mail today'); END;"
+            }
+            storage::Backend::Postgres => {
+                "CREATE FUNCTION refuse_mail() RETURNS trigger LANGUAGE plpgsql AS $$
+                 BEGIN RAISE EXCEPTION 'no mail today'; END $$;
+                 CREATE TRIGGER refuse_mail BEFORE INSERT ON outbox FOR EACH ROW EXECUTE FUNCTION refuse_mail();"
+            }
+        };
+        sqlx::raw_sql(refuse).execute(&engine.db().pool).await.unwrap();
+        // Asking for information queues mail and arms the reminder and closing timers.
+        let asked = engine
+            .transition(
+                &reference,
+                &to("awaiting_information", Some("page 2 is missing")),
+                &caseworker("cw@nhs.net"),
+            )
+            .await;
+        assert!(matches!(asked, Err(EngineError::Storage(_))), "{asked:?}");
+        let after = case(&engine, &reference).await;
+        assert_eq!((after.state, after.version), (before.state, before.version));
+        assert_eq!(after.sla_paused_at, None, "the SLA pause went with it");
+        assert_eq!(events(&engine, &reference).await.len(), events_before);
+        assert_eq!(timers(&engine, &reference).await.len(), timers_before);
+    })
+    .await;
+}
+
+/// Only the values a transition declares (`records` in the workflow file) are recorded: a
+/// form field that happens to share a name cannot write anything else onto the case.
+#[tokio::test]
+async fn a_transition_records_only_the_values_its_workflow_declares() {
+    on_both_backends(|engine| async move {
+        let reference = first_case(&engine, "mail/gp_form.eml").await;
+        let rejected = engine
+            .transition(
+                &reference,
+                &TransitionRequest {
+                    recorded: vec![("open_exeter_user_id".into(), "OE1".into())],
+                    ..to("rejected", Some("wrong form"))
+                },
+                &caseworker("cw@nhs.net"),
+            )
+            .await
+            .unwrap();
+        assert!(rejected.recorded.is_empty(), "{:?}", rejected.recorded);
+        assert!(case(&engine, &reference).await.recorded.is_empty());
+    })
+    .await;
+}
+
+/// Two people assigning one case from the same page: the version check is the engine's, so
+/// exactly one assignment lands and is logged.
+#[tokio::test]
+async fn two_assignments_from_one_page_exactly_one_wins() {
+    on_both_backends(|engine| async move {
+        let reference = first_case(&engine, "mail/gp_form.eml").await;
+        let mut conn = engine.db().pool.acquire().await.unwrap();
+        let mut ids = Vec::new();
+        for email in ["a@nhs.net", "b@nhs.net"] {
+            let (user, _) = countersign::users::add(&mut conn, email, email, ActorRole::Caseworker, 0)
+                .await
+                .unwrap();
+            ids.push(user.id);
+        }
+        drop(conn);
+        let seen = case(&engine, &reference).await;
+        let (a, b) = (caseworker("a@nhs.net"), caseworker("b@nhs.net"));
+        let (first, second) = tokio::join!(
+            engine.assign(&reference, Some((ids[0], "a@nhs.net")), &a, Some(seen.version)),
+            engine.assign(&reference, Some((ids[1], "b@nhs.net")), &b, Some(seen.version))
+        );
+        let outcomes = [first, second];
+        let won = outcomes.iter().filter(|o| o.is_ok()).count();
+        assert_eq!(won, 1, "{outcomes:?}");
+        let after = case(&engine, &reference).await;
+        assert_eq!(after.version, seen.version + 1);
+        let claims = events(&engine, &reference)
+            .await
+            .into_iter()
+            .filter(|e| e.kind == "claimed")
+            .count();
+        assert_eq!(claims, 1);
+    })
+    .await;
+}

@@ -369,7 +369,7 @@ async fn a_full_disk_under_an_imap_drain_moves_nothing_unstored_and_doubles_no_m
     let dovecot = common::dovecot::Dovecot::start();
     let total = 120;
     dovecot.deliver("INBOX", &sample_emails(total)).await;
-    let poller = countersign::ingest::imap::ImapPoller::new(engine.clone(), dovecot.settings());
+    let poller = countersign::ingest::imap::ImapPoller::new(common::live(&engine), dovecot.settings());
     let limit = std::time::Duration::from_secs(120);
 
     // The disk fills mid-drain: the drain stops with the error, and what it moved is stored.

@@ -48,6 +48,8 @@ pub enum EngineError {
     NotDurable { expected: usize, found: usize },
     #[error("no case {0}")]
     CaseNotFound(String),
+    #[error("preparing a message failed: {0}")]
+    PreparationFailed(String),
     #[error("case {reference}: {source}")]
     Transition { reference: String, source: TransitionError },
     #[error("case {0} was changed by someone else at the same time; reload it and try again")]

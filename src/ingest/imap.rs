@@ -533,7 +533,7 @@ impl ImapPoller {
             Self::move_messages(session, features, &uid_set(&uids), &self.settings.quarantine_folder).await?;
         }
         let mut conn = self.engine.db().pool.acquire().await.context("connecting")?;
-        let now = chrono::Utc::now().timestamp_millis();
+        let now = self.engine.now_ms();
         for (uid, source, reason) in &batch.quarantined {
             storage::record_quarantine(&mut conn, source, &key, reason, now).await?;
             warn!(uid, reason = %reason, "message quarantined");
@@ -627,10 +627,7 @@ impl ImapPoller {
                         (uid, None)
                     }
                     Err(crashed) => {
-                        let error = crate::engine::EngineError::Storage(StorageError::Corrupt {
-                            context: "preparing a message",
-                            message: crashed.to_string(),
-                        });
+                        let error = crate::engine::EngineError::PreparationFailed(crashed.to_string());
                         let source = message_source(key, uidvalidity, uid);
                         (uid, Some(self.record_failure(key, &source, error).await))
                     }
@@ -734,7 +731,7 @@ impl ImapPoller {
         error: crate::engine::EngineError,
     ) -> Result<Recorded, ImapError> {
         let mut conn = self.engine.db().pool.acquire().await.context("connecting")?;
-        let now = chrono::Utc::now().timestamp_millis();
+        let now = self.engine.now_ms();
         let attempts = storage::record_ingest_error(&mut conn, source, key, &format!("{error:#}"), now).await?;
         if attempts >= self.settings.max_attempts {
             return Ok(Recorded::Quarantine {
@@ -742,17 +739,11 @@ impl ImapPoller {
                 stored: None,
             });
         }
-        Ok(Recorded::Retry(ImapError::Storage(match error {
-            crate::engine::EngineError::Storage(e) => e,
-            other => StorageError::Corrupt {
-                context: "ingesting a message",
-                message: other.to_string(),
-            },
-        })))
+        Ok(Recorded::Retry(ImapError::Intake(error)))
     }
 
     async fn hold_lease(&self) -> Result<bool, ImapError> {
-        let now = chrono::Utc::now().timestamp_millis();
+        let now = self.engine.now_ms();
         let until = now + self.lease_duration().as_millis() as i64;
         let mut conn = self.engine.db().pool.acquire().await.context("connecting")?;
         let held =
@@ -893,7 +884,7 @@ impl ImapPoller {
             .await?;
         moving += started.elapsed();
         tracing::debug!(?waiting, ?moving, "drain timings");
-        let now = chrono::Utc::now().timestamp_millis();
+        let now = self.engine.now_ms();
         let backlog = summary.backlog - summary.uids.len();
         let mut conn = self.engine.db().pool.acquire().await.context("connecting")?;
         storage::record_poll(&mut conn, &key, now, Some(backlog as i64), None).await?;
@@ -1002,7 +993,7 @@ impl ImapPoller {
                         h.last_error = Some(message.clone());
                     });
                     if let Ok(mut conn) = self.engine.db().pool.acquire().await {
-                        let now = chrono::Utc::now().timestamp_millis();
+                        let now = self.engine.now_ms();
                         let _ =
                             storage::record_poll(&mut conn, &self.settings.mailbox_key(), now, None, Some(&message))
                                 .await;
@@ -1065,12 +1056,7 @@ pub async fn retry_quarantined(engine: &Engine, settings: &ImapSettings) -> Resu
     }
     let _ = session.logout().await;
     let mut conn = engine.db().pool.acquire().await.context("connecting")?;
-    storage::resolve_ingest_errors(
-        &mut conn,
-        &settings.mailbox_key(),
-        chrono::Utc::now().timestamp_millis(),
-    )
-    .await?;
+    storage::resolve_ingest_errors(&mut conn, &settings.mailbox_key(), engine.now_ms()).await?;
     Ok(count)
 }
 

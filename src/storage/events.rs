@@ -115,3 +115,22 @@ pub async fn notes_for_case(conn: &mut AnyConnection, case_id: i64) -> Result<Ve
         .collect::<Result<_, sqlx::Error>>()
         .context("decoding notes")
 }
+
+/// Adds a caseworker's note to a case.
+pub async fn add_note(
+    conn: &mut AnyConnection,
+    case_id: i64,
+    author: &str,
+    body: &str,
+    now: i64,
+) -> Result<(), StorageError> {
+    sqlx::query("INSERT INTO case_notes (case_id, author, body, created_at) VALUES ($1, $2, $3, $4)")
+        .bind(case_id)
+        .bind(author)
+        .bind(body)
+        .bind(now)
+        .execute(&mut *conn)
+        .await
+        .context("adding a note")?;
+    Ok(())
+}

@@ -138,6 +138,15 @@ impl Db {
         }
     }
 
+    /// Whether the database answers (the health check).
+    pub async fn ping(&self) -> Result<(), StorageError> {
+        sqlx::query("SELECT 1")
+            .execute(&self.pool)
+            .await
+            .context("checking the database")?;
+        Ok(())
+    }
+
     pub async fn close(&self) {
         self.pool.close().await;
     }
@@ -226,7 +235,9 @@ mod messages;
 mod organisations;
 mod outbox;
 mod queries;
+mod queue;
 mod timers;
+mod users;
 
 pub use cases::*;
 pub use events::*;
@@ -236,4 +247,6 @@ pub use messages::*;
 pub use organisations::*;
 pub use outbox::*;
 pub use queries::{CaseKey, PER_CASE_QUERIES};
+pub use queue::{QueueQuery, QueueRecord, queue_page};
 pub use timers::*;
+pub use users::*;

@@ -1,11 +1,11 @@
 //! Admin pages: organisations, and the workflows drawn as state diagrams (SVG made here from
 //! the workflow files) with their rules, timers and templates.
 
+use crate::storage;
 use axum::Form;
 use axum::extract::{Path, Query, State};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum_csrf::CsrfToken;
-use sqlx::Row;
 
 use super::auth::{CurrentUser, check_csrf, render};
 use super::{AppState, WebError};
@@ -24,20 +24,9 @@ pub async fn organisations(
     Query(search): Query<OrgSearch>,
 ) -> Result<Response, WebError> {
     user.require(&[ActorRole::Admin])?;
-    let like = format!("%{}%", search.q.trim().to_lowercase());
-    let rows = sqlx::query(
-        "SELECT o.ods_code, o.name, o.kind, (SELECT COUNT(*) FROM cases c WHERE c.organisation_id = o.id) FROM organisations o
-         WHERE LOWER(o.ods_code) LIKE $1 OR LOWER(o.name) LIKE $1 ORDER BY o.name LIMIT 500",
-    )
-    .bind(like)
-    .fetch_all(&state.engine.db().pool)
-    .await?;
-    let orgs: Vec<serde_json::Value> = rows
-        .iter()
-        .map(|r| -> Result<_, sqlx::Error> {
-            Ok(serde_json::json!({ "ods": r.try_get::<String, _>(0)?, "name": r.try_get::<String, _>(1)?, "kind": r.try_get::<String, _>(2)?, "cases": r.try_get::<i64, _>(3)? }))
-        })
-        .collect::<Result<_, _>>()?;
+    let mut conn = state.engine.db().pool.acquire().await?;
+    let orgs = storage::search_organisations(&mut conn, &search.q, 500).await?;
+    drop(conn);
     let mut context = tera::Context::new();
     context.insert("user", &user.0);
     context.insert("csrf", &token.authenticity_token().map_err(WebError::internal)?);
@@ -64,13 +53,8 @@ pub async fn edit_organisation(
     if form.name.trim().is_empty() {
         return Err(WebError::BadRequest("An organisation needs a name.".into()));
     }
-    let done = sqlx::query("UPDATE organisations SET name = $1, updated_at = $2 WHERE ods_code = $3")
-        .bind(form.name.trim())
-        .bind(state.engine.now_ms())
-        .bind(&ods)
-        .execute(&state.engine.db().pool)
-        .await?;
-    if done.rows_affected() == 0 {
+    let mut conn = state.engine.db().pool.acquire().await?;
+    if !storage::rename_organisation(&mut conn, &ods, form.name.trim(), state.engine.now_ms()).await? {
         return Err(WebError::NotFound);
     }
     Ok(Redirect::to("/admin/organisations").into_response())

@@ -46,24 +46,14 @@ pub async fn health(
     user: Result<CurrentUser, WebError>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     user?;
-    use sqlx::Row;
     let mut conn = state.engine.db().pool.acquire().await.map_err(WebError::from)?;
     let mailboxes = storage::mailbox_health(&mut conn).await?;
     let ingest_errors = storage::open_ingest_errors(&mut conn).await?;
     let mut outbox = serde_json::Map::new();
-    for row in sqlx::query("SELECT status, COUNT(*) FROM outbox GROUP BY status")
-        .fetch_all(&mut *conn)
-        .await
-        .map_err(WebError::from)?
-    {
-        let status: String = row.try_get(0).map_err(WebError::from)?;
-        let count: i64 = row.try_get(1).map_err(WebError::from)?;
+    for (status, count) in storage::outbox_counts_by_status(&mut conn).await? {
         outbox.insert(status, count.into());
     }
-    let timers: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM timers WHERE status = 'pending'")
-        .fetch_one(&mut *conn)
-        .await
-        .map_err(WebError::from)?;
+    let timers = storage::pending_timer_count(&mut conn).await?;
     let live: Vec<serde_json::Value> = state
         .live_mail_sources
         .iter()

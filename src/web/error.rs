@@ -70,7 +70,7 @@ impl From<EngineError> for WebError {
                 WebError::BadRequest(error.to_string())
             }
             EngineError::Storage(e) => WebError::internal(e),
-            EngineError::NotDurable { .. } => WebError::internal(error),
+            EngineError::NotDurable { .. } | EngineError::PreparationFailed(_) => WebError::internal(error),
         }
     }
 }

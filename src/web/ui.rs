@@ -8,7 +8,7 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum_csrf::CsrfToken;
 use chrono::{DateTime, Local};
-use sqlx::{AnyConnection, Row};
+use sqlx::AnyConnection;
 
 use super::auth::{CurrentUser, check_csrf, render};
 use super::{AppState, WebError};
@@ -33,7 +33,7 @@ pub async fn script() -> Response {
 }
 
 pub async fn health(State(state): State<AppState>) -> Result<Response, WebError> {
-    sqlx::query("SELECT 1").execute(&state.engine.db().pool).await?;
+    state.engine.db().ping().await?;
     Ok((StatusCode::OK, "ok").into_response())
 }
 
@@ -115,74 +115,6 @@ pub struct QueueRow {
     pub assignee: Option<String>,
 }
 
-/// The text a free-text search reads, and its pattern. On PostgreSQL the trigram index
-/// (migration 0007) is built on exactly this expression, folded for case and diacritics. On
-/// SQLite the FTS table (migration 0007) holds the text (the field values, not their names),
-/// folds it for a rare term, and a common term is tested here against the same text, folded
-/// for ASCII case only.
-fn search_text_sql(backend: crate::storage::Backend) -> &'static str {
-    match backend {
-        crate::storage::Backend::Postgres => {
-            "countersign_search_fold(COALESCE(c.org_name, '') || ' ' || COALESCE(c.sender, '') || ' ' || c.reference || ' ' || c.fields) LIKE countersign_search_fold($8) ESCAPE '\\'"
-        }
-        crate::storage::Backend::Sqlite => {
-            "(SELECT LOWER(terms) FROM case_search WHERE rowid = c.id) LIKE $8 ESCAPE '\\'"
-        }
-    }
-}
-
-/// Above this many indexed matches a search term is common: walking the queue in SLA order
-/// finds a page of them sooner than sorting every match.
-const SEARCH_INDEX_MAX_MATCHES: i64 = 1_000;
-
-/// Where the queue query starts.
-enum QueueSource {
-    /// Every case, in SLA order (no search, or a common term tested row by row).
-    Walk,
-    /// The cases whose ODS code or reference is the search (indexed).
-    Exact,
-    /// The cases an FTS5 query (bound as this string) matches: a rare term on SQLite.
-    Matched(String),
-}
-
-/// Escapes `%`, `_` and the escape character itself, for `LIKE ... ESCAPE '\'`.
-fn escape_like(text: &str) -> String {
-    let mut escaped = String::with_capacity(text.len());
-    for c in text.chars() {
-        if matches!(c, '%' | '_' | '\\') {
-            escaped.push('\\');
-        }
-        escaped.push(c);
-    }
-    escaped
-}
-
-/// The FTS5 phrase query for a search term: the whole term as one quoted string, so that its
-/// punctuation (an email's `@` and `.`) is text, not query syntax.
-fn fts_phrase(term: &str) -> String {
-    format!("\"{}\"", term.replace('"', "\"\""))
-}
-
-/// On SQLite, a rare term (at most [`SEARCH_INDEX_MAX_MATCHES`] cases, by the trigram index)
-/// starts from its matches; a common one, or one too short for trigrams, walks the queue.
-async fn sqlite_free_text_source(conn: &mut AnyConnection, term: &str) -> Result<QueueSource, WebError> {
-    if term.chars().count() < 3 {
-        return Ok(QueueSource::Walk);
-    }
-    let phrase = fts_phrase(term);
-    let matches: i64 =
-        sqlx::query_scalar("SELECT COUNT(*) FROM (SELECT rowid FROM case_search WHERE case_search MATCH $1 LIMIT $2)")
-            .bind(&phrase)
-            .bind(SEARCH_INDEX_MAX_MATCHES + 1)
-            .fetch_one(&mut *conn)
-            .await?;
-    Ok(if matches > SEARCH_INDEX_MAX_MATCHES {
-        QueueSource::Walk
-    } else {
-        QueueSource::Matched(phrase)
-    })
-}
-
 /// Open cases, most urgent first, a page at a time (keyset, so it stays fast at any depth).
 ///
 /// It reads on the caller's connection. A handler holds at most one pooled connection at a
@@ -196,130 +128,46 @@ pub async fn load_queue(
     user_id: i64,
 ) -> Result<(Vec<QueueRow>, Option<String>), WebError> {
     let terminal = state.engine.workflows().terminal_states();
-    // A search that is an ODS code or a case reference is an exact (indexed) match; anything
-    // else is a substring of the organisation, the sender, the reference or the form's fields.
-    // Control characters (a NUL, a newline) are never part of what anyone searches for, and a
-    // NUL is a syntax error to the full-text index.
-    let cleaned: String = filter.q.chars().filter(|c| !c.is_control()).collect();
-    let q = cleaned.trim();
-    let exact = crate::domain::CaseRef::parse(q)
-        .map(|r| r.as_str().to_string())
-        .or_else(|| {
-            crate::domain::OdsCode::parse(q)
-                .filter(|_| q.chars().any(|c| c.is_ascii_digit()))
-                .map(|c| c.as_str().to_string())
-        })
-        .unwrap_or_default();
-    let free_text = if q.is_empty() || !exact.is_empty() { "" } else { q };
-    let source = if !exact.is_empty() {
-        // Start from the few matching rows (by their indexes) rather than walking the whole
-        // queue in SLA order looking for them.
-        QueueSource::Exact
-    } else if !free_text.is_empty() && state.engine.db().backend == crate::storage::Backend::Sqlite {
-        sqlite_free_text_source(conn, free_text).await?
-    } else {
-        // PostgreSQL's planner chooses between its trigram index and the SLA-order walk itself.
-        QueueSource::Walk
-    };
-    let substring = if free_text.is_empty() || matches!(source, QueueSource::Matched(_)) {
-        String::new()
-    } else {
-        format!("%{}%", escape_like(&free_text.to_lowercase()))
-    };
-    let search_clause = if substring.is_empty() {
-        "$8 = ''".to_string()
-    } else {
-        search_text_sql(state.engine.db().backend).to_string()
-    };
-    let mut next_placeholder = 13;
-    let from = match &source {
-        QueueSource::Walk => "cases c",
-        QueueSource::Exact => {
-            "(SELECT id AS matched FROM cases WHERE org_ods_code = $12 UNION SELECT id FROM cases WHERE reference = $12) m JOIN cases c ON c.id = m.matched"
-        }
-        QueueSource::Matched(_) => {
-            next_placeholder += 1;
-            "(SELECT rowid AS matched FROM case_search WHERE case_search MATCH $13) m JOIN cases c ON c.id = m.matched"
-        }
-    };
-    let placeholders: Vec<String> = (0..terminal.len())
-        .map(|i| format!("${}", i + next_placeholder))
-        .collect();
-    // The cursor is a row comparison, `(due_at, id) > (…)`: both databases read it as a range
-    // of the (due_at, id) index. Spelled as `due_at > x OR (due_at = x AND id > y)`, PostgreSQL
-    // scans the index from its start and filters, and a page deep in the queue costs ~100 ms.
-    let sql = format!(
-        "SELECT c.id, c.reference, c.workflow, c.state, c.org_name, c.org_ods_code, c.findings, c.created_at, c.due_at, u.email
-         FROM {from} LEFT JOIN users u ON u.id = c.assignee_id
-         WHERE ($1 = '' OR c.state = $1) AND ($2 = '' OR c.workflow = $2) AND ($3 = '' OR c.findings LIKE $3 ESCAPE '\\')
-           AND ($4 = '' OR ($4 = 'mine' AND c.assignee_id = $5) OR ($4 = 'unassigned' AND c.assignee_id IS NULL))
-           AND ($6 = 0 OR c.due_at < $7)
-           AND {search_clause}
-           AND ($12 = '' OR c.org_ods_code = $12 OR c.reference = $12)
-           AND (c.due_at, c.id) > ($9, $10)
-           {}
-         ORDER BY c.due_at, c.id LIMIT $11",
-        if placeholders.is_empty() { String::new() } else { format!("AND c.state NOT IN ({})", placeholders.join(", ")) }
-    );
     let (after_due, after_id) = filter
         .after
         .split_once(':')
         .and_then(|(d, i)| Some((d.parse::<i64>().ok()?, i.parse::<i64>().ok()?)))
         .unwrap_or((-1, 0));
     let now = state.engine.now_ms();
-    let finding = if filter.finding.is_empty() {
-        String::new()
-    } else {
-        format!("%\"code\":\"{}\"%", escape_like(&filter.finding))
+    let query = storage::QueueQuery {
+        state: &filter.state,
+        workflow: &filter.workflow,
+        finding: &filter.finding,
+        assignee: &filter.assignee,
+        user_id,
+        overdue_before: (filter.overdue == "yes").then_some(now),
+        search: &filter.q,
+        after: (after_due, after_id),
+        terminal_states: &terminal,
+        limit: PAGE_SIZE + 1,
     };
-    // The SQL text is built only from placeholders; every value is bound. Not a cached
-    // prepared statement: PostgreSQL then plans it for the values given (the trigram index for
-    // a rare term, the SLA-order walk for a common one), never with a generic plan.
-    let mut query = sqlx::query(sqlx::AssertSqlSafe(sql))
-        .persistent(false)
-        .bind(filter.state.clone())
-        .bind(filter.workflow.clone())
-        .bind(finding)
-        .bind(filter.assignee.clone())
-        .bind(user_id)
-        .bind(i64::from(filter.overdue == "yes"))
-        .bind(now)
-        .bind(substring)
-        .bind(after_due)
-        .bind(after_id)
-        .bind(PAGE_SIZE + 1)
-        .bind(exact);
-    if let QueueSource::Matched(match_query) = source {
-        query = query.bind(match_query);
-    }
-    for state_name in &terminal {
-        query = query.bind(state_name.clone());
-    }
-    let rows = query.fetch_all(&mut *conn).await?;
+    let rows = storage::queue_page(conn, &query).await?;
     let today = state.engine.clock().now().date_naive();
     let at_risk_until = state.engine.working_days_from_now(1);
     let mut out = Vec::new();
     for row in rows.iter().take(PAGE_SIZE as usize) {
-        let findings_json: String = row.try_get(6)?;
-        let findings: Vec<crate::policy::Finding> = serde_json::from_str(&findings_json).unwrap_or_default();
-        let created_at: i64 = row.try_get(7)?;
-        let due_at: Option<i64> = row.try_get(8)?;
-        let created = DateTime::from_timestamp_millis(created_at)
+        let due_at = row.due_at;
+        let created = DateTime::from_timestamp_millis(row.created_at)
             .map(|t| t.with_timezone(&Local).date_naive())
             .unwrap_or(today);
         out.push(QueueRow {
-            id: row.try_get(0)?,
-            reference: row.try_get(1)?,
-            workflow: row.try_get(2)?,
-            state: row.try_get(3)?,
-            org_name: row.try_get(4)?,
-            org_ods_code: row.try_get(5)?,
-            findings: findings.iter().map(|f| f.code.as_str().to_string()).collect(),
+            id: row.id,
+            reference: row.reference.clone(),
+            workflow: row.workflow.clone(),
+            state: row.state.clone(),
+            org_name: row.org_name.clone(),
+            org_ods_code: row.org_ods_code.clone(),
+            findings: row.finding_codes.clone(),
             age_working_days: state.engine.calendar().working_days_between(created, today),
             due: when(due_at),
             due_at,
             sla: sla_status(due_at, now, at_risk_until),
-            assignee: row.try_get(9)?,
+            assignee: row.assignee.clone(),
         });
     }
     let next = (rows.len() as i64 > PAGE_SIZE)
@@ -549,12 +397,7 @@ pub async fn case_page(
         .map(|u| u.email)
         .collect::<Vec<_>>();
     let assignee: Option<String> = match case.assignee_id {
-        Some(id) => {
-            sqlx::query_scalar("SELECT email FROM users WHERE id = $1")
-                .bind(id)
-                .fetch_optional(&mut *conn)
-                .await?
-        }
+        Some(id) => storage::user_email_by_id(&mut conn, id).await?,
         None => None,
     };
 
@@ -770,13 +613,7 @@ pub async fn add_note(
     let case = storage::case_by_reference(&mut tx, &reference)
         .await?
         .ok_or(WebError::NotFound)?;
-    sqlx::query("INSERT INTO case_notes (case_id, author, body, created_at) VALUES ($1, $2, $3, $4)")
-        .bind(case.id)
-        .bind(&user.0.email)
-        .bind(form.body.trim())
-        .bind(state.engine.now_ms())
-        .execute(&mut *tx)
-        .await?;
+    storage::add_note(&mut tx, case.id, &user.0.email, form.body.trim(), state.engine.now_ms()).await?;
     tx.commit().await?;
     Ok(Redirect::to(&format!("/cases/{reference}#notes")).into_response())
 }

@@ -780,6 +780,14 @@ mod tests {
     }
 
     #[test]
+    fn a_four_eyes_workflow_must_mark_its_second_pair_of_eyes() {
+        let err = error_after("four_eyes = \"authorises\"\n", "");
+        assert!(err.contains("four_eyes") && err.contains("authorises"), "{err}");
+        let err = error_after("four_eyes = \"accepts\"", "four_eyes = \"glances\"");
+        assert!(err.contains("glances"), "{err}");
+    }
+
+    #[test]
     fn exactly_one_initial_state_is_needed() {
         let err = error_after("initial = true", "initial = false");
         assert!(err.contains("initial"), "{err}");

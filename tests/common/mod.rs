@@ -175,6 +175,27 @@ pub fn engine_on(db: Db) -> Engine {
     Engine::new(db, workflows(), WorkingCalendar::shipped(), config).with_clock(Arc::new(FixedClock(friday_morning())))
 }
 
+/// A clock that starts on Friday 20 November 2026, 10:00 (the fixtures' week) and runs at
+/// the speed of real time: for the mail sources, whose leases and heartbeats are real waits.
+pub struct RunningClock {
+    start: chrono::DateTime<Local>,
+    started: std::time::Instant,
+}
+
+impl countersign::engine::Clock for RunningClock {
+    fn now(&self) -> chrono::DateTime<Local> {
+        self.start + chrono::Duration::from_std(self.started.elapsed()).unwrap_or_default()
+    }
+}
+
+/// The same engine on a [`RunningClock`], for a mail source.
+pub fn live(engine: &Engine) -> Engine {
+    engine.clone().with_clock(Arc::new(RunningClock {
+        start: friday_morning(),
+        started: std::time::Instant::now(),
+    }))
+}
+
 /// A database that exists for one test.
 pub struct TestDatabase {
     pub url: String,

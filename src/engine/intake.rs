@@ -18,6 +18,33 @@ use crate::replies;
 use crate::storage::{self, CaseEvent, CaseRecord, QueryContext};
 use crate::workflow::wellknown::{self, unclassified};
 
+/// The write transaction of a group of emails, with the rows it holds back until the end
+/// (see [`storage::Deferred`]): new cases' events, links, timers and mail.
+pub(super) struct Recording<'t> {
+    conn: &'t mut AnyConnection,
+    deferred: storage::Deferred,
+}
+
+impl<'t> Recording<'t> {
+    fn new(conn: &'t mut AnyConnection) -> Self {
+        Recording {
+            conn,
+            deferred: storage::Deferred::default(),
+        }
+    }
+
+    /// The transaction, for reads and writes that do not depend on the rows held back.
+    fn conn(&mut self) -> &mut AnyConnection {
+        self.conn
+    }
+
+    /// The transaction, with every row held back written: for what reads them.
+    async fn flushed(&mut self) -> Result<&mut AnyConnection, EngineError> {
+        storage::flush(self.conn, &mut self.deferred).await?;
+        Ok(self.conn)
+    }
+}
+
 /// One line of `countersign ingest`: a case made, or found again.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct CaseOutcome {
@@ -88,15 +115,9 @@ impl Engine {
                 storage::clear_prepare_attempts(&mut conn, &prepared.sha256).await?;
                 return self.already_ingested(&mut conn, id).await;
             }
-            prepared.thread = self.thread_case(&mut conn, &prepared.parsed).await?;
         }
         prepared.analyses = self.analyse_attachments(&prepared.parsed).await;
-        let mut tx = self.db.begin_write().await.context("starting a transaction")?;
-        let report = self.record_in(&mut tx, raw, prepared, source).await?;
-        tx.commit().await.context("committing an ingested message")?;
-        self.confirm_stored(std::slice::from_ref(&report)).await?;
-        self.recorded(std::slice::from_ref(&report));
-        Ok(report)
+        self.record(raw, prepared, source).await
     }
 
     /// Counts an attempt at preparing `raw`, before it starts; returns why the message should
@@ -173,22 +194,9 @@ impl Engine {
     /// The second half of [`Engine::intake`]: stores the raw message (`raw` is what `prepared`
     /// was made from) and makes or updates its cases, in one transaction. A message already
     /// stored makes nothing new.
-    pub async fn record(
-        &self,
-        raw: &[u8],
-        mut prepared: PreparedEmail,
-        source: &str,
-    ) -> Result<IntakeReport, EngineError> {
-        {
-            let mut conn = self.db.pool.acquire().await.context("connecting")?;
-            prepared.thread = self.thread_case(&mut conn, &prepared.parsed).await?;
-        }
-        let mut tx = self.db.begin_write().await.context("starting a transaction")?;
-        let report = self.record_in(&mut tx, raw, prepared, source).await?;
-        tx.commit().await.context("committing an ingested message")?;
-        self.confirm_stored(std::slice::from_ref(&report)).await?;
-        self.recorded(std::slice::from_ref(&report));
-        Ok(report)
+    pub async fn record(&self, raw: &[u8], prepared: PreparedEmail, source: &str) -> Result<IntakeReport, EngineError> {
+        let mut reports = self.record_group(vec![(raw, prepared, source)]).await?;
+        reports.pop().ok_or(EngineError::NotDurable { expected: 1, found: 0 })
     }
 
     /// Records several emails in one transaction: all or none. A mailbox drain uses it to
@@ -225,10 +233,12 @@ impl Engine {
             storage::lock_form(&mut tx, sha256).await?;
         }
         let mut reports = Vec::with_capacity(emails.len());
+        let mut writes = Recording::new(&mut tx);
         for (raw, prepared, source) in emails {
-            reports.push(self.record_in(&mut tx, raw, prepared, source).await?);
+            reports.push(self.record_in(&mut writes, raw, prepared, source).await?);
         }
-        tx.commit().await.context("committing a group of ingested messages")?;
+        writes.flushed().await?;
+        tx.commit().await.context("committing ingested messages")?;
         self.confirm_stored(&reports).await?;
         self.recorded(&reports);
         Ok(reports)
@@ -267,7 +277,7 @@ impl Engine {
     /// Records one prepared email inside the caller's transaction `tx` (which commits it).
     async fn record_in(
         &self,
-        tx: &mut AnyConnection,
+        w: &mut Recording<'_>,
         raw: &[u8],
         mut prepared: PreparedEmail,
         source: &str,
@@ -275,7 +285,7 @@ impl Engine {
         // Recorded (or found already recorded): it no longer counts as a try that never ended.
         // A write first, so that on SQLite the transaction takes the write lock before it reads
         // (a read first would pin a snapshot that a concurrent commit makes stale).
-        storage::clear_prepare_attempts(tx, &prepared.sha256).await?;
+        storage::clear_prepare_attempts(w.conn(), &prepared.sha256).await?;
         let now = self.now_ms();
         let auth_json = serde_json::to_string(&prepared.parsed.sender_auth).unwrap_or_default();
         // The insert is the dedup check; only when it finds the key taken do we look closer
@@ -295,12 +305,12 @@ impl Engine {
                 automatic: parsed.automatic.as_deref(),
                 raw,
             };
-            if let Some(id) = storage::insert_raw_message(tx, &new_message).await? {
+            if let Some(id) = storage::insert_raw_message(w.conn(), &new_message).await? {
                 break id;
             }
             let key_before = prepared.dedup_key.clone();
-            match Self::stored_before(tx, &mut prepared).await? {
-                Some(id) => return self.already_ingested(tx, id).await,
+            match Self::stored_before(w.conn(), &mut prepared).await? {
+                Some(id) => return self.already_ingested(w.flushed().await?, id).await,
                 // The key changed (a reused Message-ID): insert under the new one.
                 None if prepared.dedup_key != key_before => continue,
                 None => return Err(EngineError::CaseNotFound(key_before)),
@@ -317,7 +327,7 @@ impl Engine {
         let mut attachment_ids = Vec::with_capacity(parsed.attachments.len());
         for attachment in &parsed.attachments {
             let id = storage::insert_attachment(
-                tx,
+                w.conn(),
                 &storage::NewAttachment {
                     raw_message_id,
                     filename: attachment.filename.as_deref(),
@@ -333,9 +343,7 @@ impl Engine {
         }
 
         if let Some(why) = &parsed.bounce {
-            let outcome = self
-                .record_bounce(tx, thread, &parsed, raw_message_id, why, now)
-                .await?;
+            let outcome = self.record_bounce(w, thread, &parsed, raw_message_id, why, now).await?;
             return Ok(IntakeReport {
                 raw_message_id,
                 already_ingested: false,
@@ -348,7 +356,7 @@ impl Engine {
         let mut analyses = analyses;
         let mut outcomes = Vec::new();
         if let Some(case) = match thread {
-            Some(id) => storage::case_by_id(tx, id).await?,
+            Some(id) => storage::case_by_id(w.conn(), id).await?,
             None => None,
         } {
             let signatory = case
@@ -377,7 +385,15 @@ impl Engine {
                     let reference = case.reference.clone();
                     let case_id = case.id;
                     let (outcome, leftovers) = self
-                        .attach_reply(tx, case, &parsed, raw_message_id, analyses, &attachment_ids, now)
+                        .attach_reply(
+                            w.flushed().await?,
+                            case,
+                            &parsed,
+                            raw_message_id,
+                            analyses,
+                            &attachment_ids,
+                            now,
+                        )
                         .await?;
                     outcomes.push(outcome);
                     for (form, why) in leftovers {
@@ -387,16 +403,8 @@ impl Engine {
                             why,
                         };
                         outcomes.push(
-                            self.open_form_case(
-                                tx,
-                                &parsed,
-                                raw_message_id,
-                                &attachment_ids,
-                                form,
-                                Some(&related),
-                                now,
-                            )
-                            .await?,
+                            self.open_form_case(w, &parsed, raw_message_id, &attachment_ids, form, Some(&related), now)
+                                .await?,
                         );
                     }
                     return Ok(IntakeReport {
@@ -460,7 +468,7 @@ impl Engine {
             let form_attachment = others.first().map(|a| a.attachment_index);
             let outcome = self
                 .create_unclassified_case(
-                    tx,
+                    w,
                     &parsed,
                     raw_message_id,
                     form_attachment.map(|i| attachment_ids[i]),
@@ -495,16 +503,8 @@ impl Engine {
                     ));
                 }
                 outcomes.push(
-                    self.open_form_case(
-                        tx,
-                        &parsed,
-                        raw_message_id,
-                        &attachment_ids,
-                        form,
-                        related.as_ref(),
-                        now,
-                    )
-                    .await?,
+                    self.open_form_case(w, &parsed, raw_message_id, &attachment_ids, form, related.as_ref(), now)
+                        .await?,
                 );
             }
         }
@@ -546,7 +546,7 @@ impl Engine {
     /// so that nothing is lost.
     async fn record_bounce(
         &self,
-        conn: &mut AnyConnection,
+        w: &mut Recording<'_>,
         thread: Option<i64>,
         parsed: &ParsedEmail,
         raw_message_id: i64,
@@ -554,7 +554,7 @@ impl Engine {
         now: i64,
     ) -> Result<CaseOutcome, EngineError> {
         let case = match thread {
-            Some(id) => storage::case_by_id(conn, id).await?,
+            Some(id) => storage::case_by_id(w.conn(), id).await?,
             None => None,
         };
         if let Some(case) = case {
@@ -570,7 +570,7 @@ impl Engine {
                     now,
                 )
             });
-            let case = self.apply(conn, &case, noted).await?;
+            self.apply_deferred(w, &case, noted).await?;
             return Ok(self.outcome(&case, None));
         }
         let finding = Finding::new(
@@ -578,7 +578,7 @@ impl Engine {
             format!("A bounce or delivery report ({why}) that matched none of our cases. It needs no action."),
         );
         self.create_unclassified_case(
-            conn,
+            w,
             parsed,
             raw_message_id,
             None,
@@ -594,7 +594,7 @@ impl Engine {
     #[allow(clippy::too_many_arguments)]
     async fn open_form_case(
         &self,
-        conn: &mut AnyConnection,
+        w: &mut Recording<'_>,
         parsed: &ParsedEmail,
         raw_message_id: i64,
         attachment_ids: &[i64],
@@ -604,13 +604,13 @@ impl Engine {
     ) -> Result<CaseOutcome, EngineError> {
         let attachment = &parsed.attachments[form.attachment_index];
         let attachment_id = attachment_ids[form.attachment_index];
-        storage::lock_form(conn, &attachment.sha256).await?;
-        if let Some(original) = storage::case_by_form_sha256(conn, &attachment.sha256).await? {
-            return self.link_duplicate(conn, &original, raw_message_id, now).await;
+        storage::lock_form(w.conn(), &attachment.sha256).await?;
+        if let Some(original) = storage::case_by_form_sha256(w.conn(), &attachment.sha256).await? {
+            return self.link_duplicate(w, &original, raw_message_id, now).await;
         }
         form.findings.extend(related.and_then(Related::finding));
         self.create_form_case(
-            conn,
+            w,
             parsed,
             raw_message_id,
             attachment_id,
@@ -633,6 +633,18 @@ impl Engine {
             already_ingested: true,
             cases: cases.iter().map(|c| self.outcome(c, None)).collect(),
         })
+    }
+
+    /// [`Engine::apply`], holding back the rows nothing in the group reads.
+    async fn apply_deferred(
+        &self,
+        w: &mut Recording<'_>,
+        case: &CaseRecord,
+        change: storage::CaseChangeset,
+    ) -> Result<CaseRecord, EngineError> {
+        let after = change::after(case, &change);
+        storage::apply_change_deferred(w.conn, change, &mut w.deferred).await?;
+        Ok(after)
     }
 
     pub(super) fn outcome(&self, case: &CaseRecord, duplicate_of: Option<String>) -> CaseOutcome {
@@ -672,7 +684,7 @@ impl Engine {
     #[allow(clippy::too_many_arguments)]
     async fn create_unclassified_case(
         &self,
-        conn: &mut AnyConnection,
+        w: &mut Recording<'_>,
         parsed: &ParsedEmail,
         raw_message_id: i64,
         attachment_id: Option<i64>,
@@ -681,12 +693,12 @@ impl Engine {
         related: Option<&Related>,
         now: i64,
     ) -> Result<CaseOutcome, EngineError> {
-        let reference = self.next_reference(conn).await?;
+        let reference = self.next_reference(w.conn()).await?;
         let fields = BTreeMap::new();
         // A case that starts closed (a bounce with no case) asks for no work and has no SLA.
         let open = state == unclassified::STATE;
         let case = storage::insert_case(
-            conn,
+            w.conn(),
             &storage::NewCase {
                 organisation_id: None,
                 reference: reference.as_str(),
@@ -704,6 +716,7 @@ impl Engine {
                 related_case_id: related.map(|r| r.case_id),
                 now,
                 due_at: open.then(|| self.working_days_from_now(5)),
+                version: 1,
             },
         )
         .await?;
@@ -718,7 +731,7 @@ impl Engine {
             )),
             ..CaseEvent::system("created", now)
         });
-        self.apply(conn, &case, opened).await?;
+        self.apply_deferred(w, &case, opened).await?;
         Ok(CaseOutcome {
             reference: reference.to_string(),
             workflow: None,
@@ -737,7 +750,7 @@ impl Engine {
     #[allow(clippy::too_many_arguments)]
     async fn create_form_case(
         &self,
-        conn: &mut AnyConnection,
+        w: &mut Recording<'_>,
         parsed: &ParsedEmail,
         raw_message_id: i64,
         attachment_id: i64,
@@ -747,7 +760,7 @@ impl Engine {
         now: i64,
     ) -> Result<CaseOutcome, EngineError> {
         let workflow = self.workflow_named(form.workflow.as_deref())?;
-        let reference = self.next_reference(conn).await?;
+        let reference = self.next_reference(w.conn()).await?;
         let ods = form.fields.get("org_ods_code").and_then(|c| OdsCode::parse(c));
         let org_name = form
             .fields
@@ -759,41 +772,40 @@ impl Engine {
         let organisation_id = match (&ods, &org_name) {
             (Some(ods), Some(name)) => {
                 let kind = if ods.is_gp_practice() { "gp_practice" } else { "other" };
-                Some(storage::upsert_organisation(conn, ods.as_str(), name, kind, now).await?)
+                Some(storage::upsert_organisation(w.conn(), ods.as_str(), name, kind, now).await?)
             }
             _ => None,
         };
-        let case = storage::insert_case(
-            conn,
-            &storage::NewCase {
-                reference: reference.as_str(),
-                workflow: Some(&workflow.name),
-                state: &initial,
-                fields: &form.fields,
-                extraction_json: extraction_json.as_deref(),
-                findings: &form.findings,
-                org_ods_code: ods.as_ref().map(OdsCode::as_str),
-                org_name: org_name.as_deref(),
-                organisation_id,
-                sender: parsed.from_address.as_deref(),
-                origin_message_id: raw_message_id,
-                form_attachment_id: Some(attachment_id),
-                form_sha256: Some(form_sha256),
-                related_case_id: related.map(|r| r.case_id),
-                now,
-                due_at: Some(self.working_days_from_now(workflow.sla.target_working_days)),
-            },
-        )
-        .await?;
+        let mut new_case = storage::NewCase {
+            reference: reference.as_str(),
+            workflow: Some(&workflow.name),
+            state: &initial,
+            fields: &form.fields,
+            extraction_json: extraction_json.as_deref(),
+            findings: &form.findings,
+            org_ods_code: ods.as_ref().map(OdsCode::as_str),
+            org_name: org_name.as_deref(),
+            organisation_id,
+            sender: parsed.from_address.as_deref(),
+            origin_message_id: raw_message_id,
+            form_attachment_id: Some(attachment_id),
+            form_sha256: Some(form_sha256),
+            related_case_id: related.map(|r| r.case_id),
+            now,
+            due_at: Some(self.working_days_from_now(workflow.sla.target_working_days)),
+            version: 1,
+        };
         // Checks passed: validated. Findings: held for a caseworker. The opening, the move and
-        // the SLA timers are one change.
+        // the SLA timers are one change, planned before the case is stored so that it is
+        // stored in the state the checks put it in.
         let origin = Origin {
             message_id: parsed.message_id.clone(),
             automatic: parsed.automatic.clone(),
             sender_auth: parsed.sender_auth.clone(),
         };
         let to = wellknown::state_after_checks(!form.findings.is_empty());
-        let mut opened = self.plan_system_move(&case, workflow, to, &checks_summary(&form.findings), &origin)?;
+        let arrived = new_case.record(0);
+        let mut opened = self.plan_system_move(&arrived, workflow, to, &checks_summary(&form.findings), &origin)?;
         // The case was created in this transaction: it has no timers to cancel yet.
         opened.cancel_timers = storage::CancelTimers::default();
         opened.link_messages.push((raw_message_id, "origin"));
@@ -814,13 +826,30 @@ impl Engine {
         opened
             .arm_timers
             .extend(sla::timers(self.when(), workflow, workflow.sla.target_working_days));
-        let case = self.apply(conn, &case, opened).await?;
+        let checked = change::after(&arrived, &opened);
+        // A move that sets only the state is stored with the case (one statement, not two);
+        // any other (a workflow whose first state stops the SLA clock) is applied after it.
+        let only_state = opened.columns
+            == storage::CaseColumns {
+                state: opened.columns.state.clone(),
+                ..storage::CaseColumns::default()
+            };
+        if only_state {
+            new_case.state = &checked.state;
+            new_case.version = checked.version;
+        }
+        let case = storage::insert_case(w.conn(), &new_case).await?;
+        opened.case_id = case.id;
+        if only_state {
+            opened.columns = storage::CaseColumns::default();
+        }
+        let case = self.apply_deferred(w, &case, opened).await?;
         Ok(self.outcome(&case, None))
     }
 
     async fn link_duplicate(
         &self,
-        conn: &mut AnyConnection,
+        w: &mut Recording<'_>,
         original: &CaseRecord,
         raw_message_id: i64,
         now: i64,
@@ -832,7 +861,7 @@ impl Engine {
             data: Some(serde_json::json!({ "raw_message_id": raw_message_id }).to_string()),
             ..CaseEvent::system("duplicate_received", now)
         });
-        self.apply(conn, original, noted).await?;
+        self.apply_deferred(w, original, noted).await?;
         Ok(self.outcome(original, Some(original.reference.clone())))
     }
 }

@@ -40,6 +40,37 @@ pub struct NewCase<'a> {
     pub related_case_id: Option<i64>,
     pub now: i64,
     pub due_at: Option<i64>,
+    /// 1 for a case stored as it arrived; more when its first changes were planned before it
+    /// was stored (intake writes a checked case in its checked state at once).
+    pub version: i64,
+}
+
+impl NewCase<'_> {
+    /// The case as it will be stored, under `id`.
+    pub fn record(&self, id: i64) -> CaseRecord {
+        CaseRecord {
+            id,
+            reference: self.reference.to_string(),
+            workflow: self.workflow.map(str::to_string),
+            state: self.state.to_string(),
+            version: self.version,
+            fields: self.fields.clone(),
+            findings: self.findings.to_vec(),
+            org_ods_code: self.org_ods_code.map(str::to_string),
+            org_name: self.org_name.map(str::to_string),
+            sender: self.sender.map(str::to_string),
+            origin_message_id: self.origin_message_id,
+            form_attachment_id: self.form_attachment_id,
+            duplicate_of: None,
+            related_case_id: self.related_case_id,
+            assignee_id: None,
+            recorded: BTreeMap::new(),
+            created_at: self.now,
+            updated_at: self.now,
+            due_at: self.due_at,
+            sla_paused_at: None,
+        }
+    }
 }
 
 /// Creates a case and returns it as stored (without reading it back).
@@ -49,7 +80,7 @@ pub async fn insert_case(conn: &mut AnyConnection, c: &NewCase<'_>) -> Result<Ca
     let id: i64 = sqlx::query_scalar(
         "INSERT INTO cases (reference, workflow, state, version, fields, extraction, findings, org_ods_code, org_name, sender,
                             origin_message_id, form_attachment_id, form_sha256, created_at, updated_at, due_at, organisation_id, related_case_id)
-         VALUES ($1, $2, $3, 1, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $13, $14, $15, $16) RETURNING id",
+         VALUES ($1, $2, $3, $17, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $13, $14, $15, $16) RETURNING id",
     )
     .bind(c.reference)
     .bind(c.workflow)
@@ -67,31 +98,11 @@ pub async fn insert_case(conn: &mut AnyConnection, c: &NewCase<'_>) -> Result<Ca
     .bind(c.due_at)
     .bind(c.organisation_id)
     .bind(c.related_case_id)
+    .bind(c.version)
     .fetch_one(&mut *conn)
     .await
     .context("creating a case")?;
-    Ok(CaseRecord {
-        id,
-        reference: c.reference.to_string(),
-        workflow: c.workflow.map(str::to_string),
-        state: c.state.to_string(),
-        version: 1,
-        fields: c.fields.clone(),
-        findings: c.findings.to_vec(),
-        org_ods_code: c.org_ods_code.map(str::to_string),
-        org_name: c.org_name.map(str::to_string),
-        sender: c.sender.map(str::to_string),
-        origin_message_id: c.origin_message_id,
-        form_attachment_id: c.form_attachment_id,
-        duplicate_of: None,
-        related_case_id: c.related_case_id,
-        assignee_id: None,
-        recorded: BTreeMap::new(),
-        created_at: c.now,
-        updated_at: c.now,
-        due_at: c.due_at,
-        sla_paused_at: None,
-    })
+    Ok(c.record(id))
 }
 
 /// A case as stored.

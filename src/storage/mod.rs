@@ -227,6 +227,7 @@ macro_rules! select_cases {
     };
 }
 
+mod batch;
 mod cases;
 mod events;
 mod jobs;
@@ -239,6 +240,7 @@ mod queue;
 mod timers;
 mod users;
 
+pub use batch::{Deferred, apply_change_deferred, flush};
 pub use cases::*;
 pub use events::*;
 pub use jobs::*;

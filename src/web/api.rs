@@ -5,9 +5,17 @@ use axum::extract::{Path, Query, State};
 
 use super::auth::CurrentUser;
 use super::error::ApiError;
-use super::ui::{QueueFilter, load_queue};
-use super::{AppState, WebError};
+use super::queue::{QueueFilter, load_queue};
+use super::{Access, AppState, Route, WebError};
 use crate::storage;
+
+pub(super) fn routes() -> Vec<Route> {
+    vec![
+        Route::get("/api/cases", Access::Staff, list_cases),
+        Route::get("/api/cases/{reference}", Access::Staff, show_case),
+        Route::get("/api/health", Access::Staff, health),
+    ]
+}
 
 pub async fn list_cases(
     State(state): State<AppState>,

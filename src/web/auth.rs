@@ -8,19 +8,34 @@ use axum::response::{Html, IntoResponse, Redirect, Response};
 use axum_csrf::CsrfToken;
 use axum_extra::extract::cookie::{Cookie, CookieJar, SameSite};
 
-use super::{AppState, WebError};
+use super::{Access, AppState, Route, WebError};
 use crate::users::{self, SignInRefusal, User};
 use crate::workflow::ActorRole;
 
 pub const SESSION_COOKIE: &str = "cs_session";
 
+pub(super) fn routes() -> Vec<Route> {
+    vec![
+        Route::get("/sign-in", Access::Public, sign_in_page),
+        Route::post("/sign-in", Access::Public, sign_in),
+        Route::get("/set-password/{token}", Access::Public, set_password_page),
+        Route::post("/set-password/{token}", Access::Public, set_password),
+        Route::post("/sign-out", Access::Staff, sign_out),
+    ]
+}
+
 /// The signed-in member of staff.
+#[derive(Clone)]
 pub struct CurrentUser(pub User);
 
 impl FromRequestParts<AppState> for CurrentUser {
     type Rejection = WebError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        // The route's access check has read the session already.
+        if let Some(user) = parts.extensions.get::<CurrentUser>() {
+            return Ok(user.clone());
+        }
         let jar = CookieJar::from_headers(&parts.headers);
         let Some(token) = jar.get(SESSION_COOKIE).map(|c| c.value().to_string()) else {
             return Err(WebError::SignInRequired);
@@ -36,9 +51,7 @@ impl FromRequestParts<AppState> for CurrentUser {
 impl CurrentUser {
     /// Refuses unless the user has one of `roles` (admins may do what managers may).
     pub fn require(&self, roles: &[ActorRole]) -> Result<(), WebError> {
-        let role = self.0.role;
-        let allowed = roles.contains(&role) || (role == ActorRole::Admin && roles.contains(&ActorRole::Manager));
-        if allowed {
+        if self.0.role.is_among(roles) {
             Ok(())
         } else {
             Err(WebError::Forbidden(format!(

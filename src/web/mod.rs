@@ -1,24 +1,34 @@
 //! The caseworkers' web app (axum + tera, server-rendered, no front-end build) and its JSON API.
 //!
-//! Every route but sign-in, the set-password link, health and the stylesheet needs a signed-in
-//! member of staff; `ROUTES` lists them all, with who may use each, and a test walks it.
-//! State-changing forms carry a CSRF token (axum_csrf). Sessions live in the database.
+//! Each module lists its own routes with who may use each ([`Access`]); [`routes`] gathers
+//! them, the router is built from that one list, and the access check runs before any
+//! handler, so the list is the single place that says who may use what. A test walks it.
+//! Every route but sign-in, the set-password link, health and the static files needs a
+//! signed-in member of staff. State-changing forms carry a CSRF token (axum_csrf). Sessions
+//! live in the database.
 
-pub mod admin;
+mod admin;
 pub mod api;
+mod assets;
 pub mod auth;
+mod case;
 pub mod error;
-pub mod ui;
+pub mod queue;
+mod view;
 
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::FromRef;
+use axum::extract::{FromRef, FromRequestParts, Request, State};
+use axum::handler::Handler;
 use axum::http::{HeaderValue, header};
-use axum::routing::{get, post};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::MethodRouter;
 use axum_csrf::{CsrfConfig, Key};
 
 use crate::engine::Engine;
+use crate::workflow::ActorRole;
 pub use error::WebError;
 
 /// Who may use a route.
@@ -32,36 +42,57 @@ pub enum Access {
     Admin,
 }
 
-/// Every route: method, path (with a sample value for each parameter) and access.
-pub const ROUTES: &[(&str, &str, Access)] = &[
-    ("GET", "/health", Access::Public),
-    ("GET", "/static/app.css", Access::Public),
-    ("GET", "/sign-in", Access::Public),
-    ("POST", "/sign-in", Access::Public),
-    ("GET", "/set-password/{token}", Access::Public),
-    ("POST", "/set-password/{token}", Access::Public),
-    ("POST", "/sign-out", Access::Staff),
-    ("GET", "/", Access::Staff),
-    ("GET", "/cases/{reference}", Access::Staff),
-    ("GET", "/cases/{reference}/form.pdf", Access::Staff),
-    ("POST", "/cases/{reference}/transition", Access::Staff),
-    ("POST", "/cases/{reference}/claim", Access::Staff),
-    ("POST", "/cases/{reference}/notes", Access::Staff),
-    ("GET", "/admin/users", Access::Admin),
-    ("POST", "/admin/users", Access::Admin),
-    ("POST", "/admin/users/{email}/reset", Access::Admin),
-    ("POST", "/admin/users/{email}/disable", Access::Admin),
-    ("GET", "/api/cases", Access::Staff),
-    ("GET", "/api/cases/{reference}", Access::Staff),
-    ("GET", "/static/app.js", Access::Public),
-    ("POST", "/cases/{reference}/key", Access::Staff),
-    ("POST", "/cases/{reference}/assign", Access::Staff),
-    ("POST", "/cases/bulk", Access::Staff),
-    ("GET", "/admin/organisations", Access::Admin),
-    ("POST", "/admin/organisations/{ods}", Access::Admin),
-    ("GET", "/admin/workflows", Access::Admin),
-    ("GET", "/api/health", Access::Staff),
-];
+/// One route: how it is reached, who may use it, and what answers it.
+pub struct Route {
+    pub method: &'static str,
+    /// The path, with `{name}` for each parameter.
+    pub path: &'static str,
+    pub access: Access,
+    handler: MethodRouter<AppState>,
+}
+
+impl Route {
+    pub(crate) fn get<H, T>(path: &'static str, access: Access, handler: H) -> Route
+    where
+        H: Handler<T, AppState>,
+        T: 'static,
+    {
+        Route {
+            method: "GET",
+            path,
+            access,
+            handler: axum::routing::get(handler),
+        }
+    }
+
+    pub(crate) fn post<H, T>(path: &'static str, access: Access, handler: H) -> Route
+    where
+        H: Handler<T, AppState>,
+        T: 'static,
+    {
+        Route {
+            method: "POST",
+            path,
+            access,
+            handler: axum::routing::post(handler),
+        }
+    }
+}
+
+/// Every route of the app, from each module's own list.
+pub fn routes() -> Vec<Route> {
+    [
+        assets::routes(),
+        auth::routes(),
+        queue::routes(),
+        case::routes(),
+        admin::routes(),
+        api::routes(),
+    ]
+    .into_iter()
+    .flatten()
+    .collect()
+}
 
 #[derive(Clone)]
 pub struct AppState {
@@ -160,36 +191,51 @@ async fn security_headers(
     response
 }
 
-/// The whole app.
+/// Refuses a request its route's [`Access`] does not allow, before the handler runs: the
+/// API with a JSON error, a page by sending the visitor to sign in (or a refusal page). The
+/// signed-in user is handed on to the handler, so the session is read once.
+async fn enforce(state: AppState, access: Access, request: Request, next: Next) -> Response {
+    let api = request.uri().path().starts_with("/api/");
+    let refuse = |error: WebError| {
+        if api {
+            error::ApiError(error).into_response()
+        } else {
+            error.into_response()
+        }
+    };
+    let (mut parts, body) = request.into_parts();
+    let user = match auth::CurrentUser::from_request_parts(&mut parts, &state).await {
+        Ok(user) => user,
+        Err(error) => return refuse(error),
+    };
+    if access == Access::Admin
+        && let Err(error) = user.require(&[ActorRole::Admin])
+    {
+        return refuse(error);
+    }
+    parts.extensions.insert(user);
+    next.run(Request::from_parts(parts, body)).await
+}
+
+/// The whole app, from [`routes`].
 pub fn router(state: AppState) -> Router {
-    Router::new()
-        .route("/health", get(ui::health))
-        .route("/static/app.css", get(ui::stylesheet))
-        .route("/sign-in", get(auth::sign_in_page).post(auth::sign_in))
-        .route(
-            "/set-password/{token}",
-            get(auth::set_password_page).post(auth::set_password),
-        )
-        .route("/sign-out", post(auth::sign_out))
-        .route("/", get(ui::queue))
-        .route("/cases/{reference}", get(ui::case_page))
-        .route("/cases/{reference}/form.pdf", get(ui::form_pdf))
-        .route("/cases/{reference}/transition", post(ui::transition))
-        .route("/cases/{reference}/claim", post(ui::claim))
-        .route("/cases/{reference}/notes", post(ui::add_note))
-        .route("/admin/users", get(ui::users_page).post(ui::add_user))
-        .route("/admin/users/{email}/reset", post(ui::reset_user))
-        .route("/admin/users/{email}/disable", post(ui::disable_user))
-        .route("/api/cases", get(api::list_cases))
-        .route("/api/cases/{reference}", get(api::show_case))
-        .route("/static/app.js", get(ui::script))
-        .route("/cases/{reference}/key", post(ui::key_fields))
-        .route("/cases/{reference}/assign", post(ui::assign))
-        .route("/cases/bulk", post(ui::bulk))
-        .route("/admin/organisations", get(admin::organisations))
-        .route("/admin/organisations/{ods}", post(admin::edit_organisation))
-        .route("/admin/workflows", get(admin::workflows))
-        .route("/api/health", get(api::health))
+    let mut router = Router::new();
+    for route in routes() {
+        let access = route.access;
+        let handler = match access {
+            Access::Public => route.handler,
+            Access::Staff | Access::Admin => {
+                let guard = move |State(state): State<AppState>, request: Request, next: Next| {
+                    enforce(state, access, request, next)
+                };
+                route
+                    .handler
+                    .route_layer(axum::middleware::from_fn_with_state(state.clone(), guard))
+            }
+        };
+        router = router.route(route.path, handler);
+    }
+    router
         .layer(axum::middleware::from_fn_with_state(state.clone(), security_headers))
         .with_state(state)
 }

@@ -1,14 +1,13 @@
-//! The pages caseworkers use: the triage queue, the case page and its actions, the users page.
+//! The case page and what a caseworker does from it: transitions, claiming and assigning,
+//! notes, keying a form by hand, and the form's PDF.
 
 use std::collections::BTreeMap;
 
 use axum::Form;
-use axum::extract::{Path, Query, State};
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::extract::{Path, State};
+use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum_csrf::CsrfToken;
-use chrono::{DateTime, Local};
-use sqlx::AnyConnection;
 
 use super::auth::{CurrentUser, check_csrf, render};
 use super::{AppState, WebError};
@@ -16,215 +15,20 @@ use crate::storage;
 use crate::workflow::wellknown::{self, unclassified};
 use crate::workflow::{ActorRole, TransitionRequest};
 
-const PAGE_SIZE: i64 = 50;
-const STYLESHEET: &str = include_str!("../../templates/ui/app.css");
-const SCRIPT: &str = include_str!("../../templates/ui/app.js");
+use super::queue::{QueueFilter, load_queue};
+use super::view::{CsrfForm, base_context, closed_sla_status, sla_status, when};
+use super::{Access, Route};
 
-/// Keyboard shortcuts; the pages work without it.
-pub async fn script() -> Response {
-    (
-        [
-            (header::CONTENT_TYPE, "text/javascript; charset=utf-8"),
-            (header::CACHE_CONTROL, "public, max-age=3600"),
-        ],
-        SCRIPT,
-    )
-        .into_response()
-}
-
-pub async fn health(State(state): State<AppState>) -> Result<Response, WebError> {
-    state.engine.db().ping().await?;
-    Ok((StatusCode::OK, "ok").into_response())
-}
-
-pub async fn stylesheet() -> Response {
-    (
-        [
-            (header::CONTENT_TYPE, "text/css; charset=utf-8"),
-            (header::CACHE_CONTROL, "public, max-age=3600"),
-        ],
-        STYLESHEET,
-    )
-        .into_response()
-}
-
-fn when(ms: Option<i64>) -> Option<String> {
-    ms.and_then(DateTime::from_timestamp_millis)
-        .map(|t| t.with_timezone(&Local).format("%d/%m/%Y %H:%M").to_string())
-}
-
-/// On track, at risk (due before `at_risk_until`, a working day from now) or breached, as
-/// text; the page adds colour.
-fn sla_status(due_at: Option<i64>, now: i64, at_risk_until: i64) -> &'static str {
-    match due_at {
-        Some(due) if due < now => "breached",
-        Some(due) if due <= at_risk_until => "at risk",
-        _ => "on track",
-    }
-}
-
-/// The SLA of a closed case: met when it closed by its due time (or had none), else missed.
-fn closed_sla_status(due_at: Option<i64>, closed_at: i64) -> &'static str {
-    match due_at {
-        Some(due) if closed_at > due => "missed",
-        _ => "met",
-    }
-}
-
-fn base_context(user: &CurrentUser, token: &CsrfToken) -> Result<tera::Context, WebError> {
-    let mut context = tera::Context::new();
-    context.insert("user", &user.0);
-    context.insert("csrf", &token.authenticity_token().map_err(WebError::internal)?);
-    Ok(context)
-}
-
-#[derive(Debug, Default, serde::Deserialize, serde::Serialize)]
-pub struct QueueFilter {
-    #[serde(default)]
-    pub state: String,
-    #[serde(default)]
-    pub workflow: String,
-    #[serde(default)]
-    pub finding: String,
-    /// `mine` or `unassigned`.
-    #[serde(default)]
-    pub assignee: String,
-    #[serde(default)]
-    pub overdue: String,
-    /// Reference, organisation name or ODS code, or sender.
-    #[serde(default)]
-    pub q: String,
-    /// Keyset cursor: `due_at:id` of the last row of the previous page.
-    #[serde(default)]
-    pub after: String,
-}
-
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct QueueRow {
-    pub id: i64,
-    pub reference: String,
-    pub workflow: Option<String>,
-    pub state: String,
-    pub org_name: Option<String>,
-    pub org_ods_code: Option<String>,
-    pub findings: Vec<String>,
-    pub age_working_days: i64,
-    pub due: Option<String>,
-    pub due_at: Option<i64>,
-    pub sla: &'static str,
-    pub assignee: Option<String>,
-}
-
-/// Open cases, most urgent first, a page at a time (keyset, so it stays fast at any depth).
-///
-/// It reads on the caller's connection. A handler holds at most one pooled connection at a
-/// time: one that held a connection and then waited for a second (as the case page once did,
-/// for its "next case" link) deadlocks as soon as every connection is held by such a request
-/// (four case pages at once on SQLite's pool of four).
-pub async fn load_queue(
-    state: &AppState,
-    conn: &mut AnyConnection,
-    filter: &QueueFilter,
-    user_id: i64,
-) -> Result<(Vec<QueueRow>, Option<String>), WebError> {
-    let terminal = state.engine.workflows().terminal_states();
-    let (after_due, after_id) = filter
-        .after
-        .split_once(':')
-        .and_then(|(d, i)| Some((d.parse::<i64>().ok()?, i.parse::<i64>().ok()?)))
-        .unwrap_or((-1, 0));
-    let now = state.engine.now_ms();
-    let query = storage::QueueQuery {
-        state: &filter.state,
-        workflow: &filter.workflow,
-        finding: &filter.finding,
-        assignee: &filter.assignee,
-        user_id,
-        overdue_before: (filter.overdue == "yes").then_some(now),
-        search: &filter.q,
-        after: (after_due, after_id),
-        terminal_states: &terminal,
-        limit: PAGE_SIZE + 1,
-    };
-    let rows = storage::queue_page(conn, &query).await?;
-    let today = state.engine.clock().now().date_naive();
-    let at_risk_until = state.engine.working_days_from_now(1);
-    let mut out = Vec::new();
-    for row in rows.iter().take(PAGE_SIZE as usize) {
-        let due_at = row.due_at;
-        let created = DateTime::from_timestamp_millis(row.created_at)
-            .map(|t| t.with_timezone(&Local).date_naive())
-            .unwrap_or(today);
-        out.push(QueueRow {
-            id: row.id,
-            reference: row.reference.clone(),
-            workflow: row.workflow.clone(),
-            state: row.state.clone(),
-            org_name: row.org_name.clone(),
-            org_ods_code: row.org_ods_code.clone(),
-            findings: row.finding_codes.clone(),
-            age_working_days: state.engine.calendar().working_days_between(created, today),
-            due: when(due_at),
-            due_at,
-            sla: sla_status(due_at, now, at_risk_until),
-            assignee: row.assignee.clone(),
-        });
-    }
-    let next = (rows.len() as i64 > PAGE_SIZE)
-        .then(|| out.last().map(|r| format!("{}:{}", r.due_at.unwrap_or(0), r.id)))
-        .flatten();
-    Ok((out, next))
-}
-
-pub async fn queue(
-    State(state): State<AppState>,
-    user: CurrentUser,
-    token: CsrfToken,
-    Query(filter): Query<QueueFilter>,
-) -> Result<Response, WebError> {
-    let mut conn = state.engine.db().pool.acquire().await?;
-    let (rows, next) = load_queue(&state, &mut conn, &filter, user.0.id).await?;
-    drop(conn);
-    let mut context = base_context(&user, &token)?;
-    let mut states: Vec<String> = state
-        .engine
-        .workflows()
-        .iter()
-        .flat_map(|w| w.states.iter().filter(|s| !s.terminal).map(|s| s.name.clone()))
-        .collect();
-    states.sort();
-    states.dedup();
-    let next_url = next.map(|cursor| {
-        let mut query = url::form_urlencoded::Serializer::new(String::new());
-        for (key, value) in [
-            ("q", &filter.q),
-            ("state", &filter.state),
-            ("workflow", &filter.workflow),
-            ("assignee", &filter.assignee),
-            ("overdue", &filter.overdue),
-            ("finding", &filter.finding),
-        ] {
-            if !value.is_empty() {
-                query.append_pair(key, value);
-            }
-        }
-        query.append_pair("after", &cursor);
-        format!("/?{}", query.finish())
-    });
-    context.insert("rows", &rows);
-    context.insert("next_url", &next_url);
-    context.insert("filter", &filter);
-    context.insert("states", &states);
-    context.insert(
-        "workflows",
-        &state
-            .engine
-            .workflows()
-            .iter()
-            .map(|w| (&w.name, &w.title))
-            .collect::<Vec<_>>(),
-    );
-    Ok((token, render(&state, "queue.html.tera", &context)?).into_response())
+pub(super) fn routes() -> Vec<Route> {
+    vec![
+        Route::get("/cases/{reference}", Access::Staff, case_page),
+        Route::get("/cases/{reference}/form.pdf", Access::Staff, form_pdf),
+        Route::post("/cases/{reference}/transition", Access::Staff, transition),
+        Route::post("/cases/{reference}/claim", Access::Staff, claim),
+        Route::post("/cases/{reference}/notes", Access::Staff, add_note),
+        Route::post("/cases/{reference}/key", Access::Staff, key_fields),
+        Route::post("/cases/{reference}/assign", Access::Staff, assign),
+    ]
 }
 
 #[derive(Debug, serde::Serialize)]
@@ -575,11 +379,6 @@ pub async fn transition(
     Ok(Redirect::to(&format!("/cases/{reference}")).into_response())
 }
 
-#[derive(serde::Deserialize)]
-pub struct CsrfForm {
-    csrf: String,
-}
-
 pub async fn claim(
     State(state): State<AppState>,
     user: CurrentUser,
@@ -616,92 +415,6 @@ pub async fn add_note(
     storage::add_note(&mut tx, case.id, &user.0.email, form.body.trim(), state.engine.now_ms()).await?;
     tx.commit().await?;
     Ok(Redirect::to(&format!("/cases/{reference}#notes")).into_response())
-}
-
-pub async fn users_page(
-    State(state): State<AppState>,
-    user: CurrentUser,
-    token: CsrfToken,
-) -> Result<Response, WebError> {
-    user.require(&[ActorRole::Admin])?;
-    users_view(&state, &user, token, None).await
-}
-
-async fn users_view(
-    state: &AppState,
-    user: &CurrentUser,
-    token: CsrfToken,
-    link: Option<(String, String)>,
-) -> Result<Response, WebError> {
-    let mut conn = state.engine.db().pool.acquire().await?;
-    let users = crate::users::list(&mut conn).await?;
-    let mut context = base_context(user, &token)?;
-    context.insert("users", &users);
-    context.insert("link", &link);
-    Ok((token, render(state, "users.html.tera", &context)?).into_response())
-}
-
-#[derive(serde::Deserialize)]
-pub struct AddUserForm {
-    csrf: String,
-    email: String,
-    display_name: String,
-    role: String,
-}
-
-pub async fn add_user(
-    State(state): State<AppState>,
-    user: CurrentUser,
-    token: CsrfToken,
-    Form(form): Form<AddUserForm>,
-) -> Result<Response, WebError> {
-    user.require(&[ActorRole::Admin])?;
-    check_csrf(&token, &form.csrf)?;
-    let role = ActorRole::parse(&form.role)
-        .filter(|r| *r != ActorRole::System)
-        .ok_or_else(|| WebError::BadRequest("Choose caseworker, manager or admin.".into()))?;
-    let mut conn = state.engine.db().pool.acquire().await?;
-    let (added, secret) =
-        crate::users::add(&mut conn, &form.email, &form.display_name, role, state.engine.now_ms()).await?;
-    let link = crate::users::password_link(&state.base_url, &secret);
-    drop(conn);
-    users_view(&state, &user, token, Some((added.email, link))).await
-}
-
-pub async fn reset_user(
-    State(state): State<AppState>,
-    user: CurrentUser,
-    token: CsrfToken,
-    Path(email): Path<String>,
-    Form(form): Form<CsrfForm>,
-) -> Result<Response, WebError> {
-    user.require(&[ActorRole::Admin])?;
-    check_csrf(&token, &form.csrf)?;
-    let mut conn = state.engine.db().pool.acquire().await?;
-    let target = crate::users::find_by_email(&mut conn, &email)
-        .await?
-        .ok_or(WebError::NotFound)?;
-    let secret = crate::users::issue_password_token(&mut conn, target.id, state.engine.now_ms()).await?;
-    let link = crate::users::password_link(&state.base_url, &secret);
-    drop(conn);
-    users_view(&state, &user, token, Some((target.email, link))).await
-}
-
-pub async fn disable_user(
-    State(state): State<AppState>,
-    user: CurrentUser,
-    token: CsrfToken,
-    Path(email): Path<String>,
-    Form(form): Form<CsrfForm>,
-) -> Result<Response, WebError> {
-    user.require(&[ActorRole::Admin])?;
-    check_csrf(&token, &form.csrf)?;
-    if email.eq_ignore_ascii_case(&user.0.email) {
-        return Err(WebError::BadRequest("You cannot disable your own account.".into()));
-    }
-    let mut conn = state.engine.db().pool.acquire().await?;
-    crate::users::set_disabled(&mut conn, &email, true).await?;
-    Ok(Redirect::to("/admin/users").into_response())
 }
 
 /// Keys the fields of a printed, flattened or scanned form (or puts an unclassified case in a
@@ -747,7 +460,7 @@ pub struct AssignForm {
     assignee: String,
 }
 
-async fn assign_case(
+pub(super) async fn assign_case(
     state: &AppState,
     actor: &CurrentUser,
     reference: &str,
@@ -777,67 +490,4 @@ pub async fn assign(
     };
     assign_case(&state, &user, &reference, assignee.as_ref()).await?;
     Ok(Redirect::to(&format!("/cases/{reference}")).into_response())
-}
-
-/// Bulk actions from the queue: claim, assign or unassign every ticked case.
-pub async fn bulk(
-    State(state): State<AppState>,
-    user: CurrentUser,
-    token: CsrfToken,
-    Form(form): Form<Vec<(String, String)>>,
-) -> Result<Response, WebError> {
-    let value = |name: &str| {
-        form.iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.clone())
-            .unwrap_or_default()
-    };
-    check_csrf(&token, &value("csrf"))?;
-    let references: Vec<String> = form
-        .iter()
-        .filter(|(k, _)| k == "case")
-        .map(|(_, v)| v.clone())
-        .collect();
-    if references.is_empty() {
-        return Err(WebError::BadRequest("Tick at least one case.".into()));
-    }
-    let assignee = match value("action").as_str() {
-        "claim" => Some(user.0.clone()),
-        "assign" => {
-            let mut conn = state.engine.db().pool.acquire().await?;
-            let email = value("assignee");
-            let found = crate::users::find_by_email(&mut conn, &email)
-                .await?
-                .filter(|u| !u.disabled);
-            Some(found.ok_or_else(|| WebError::BadRequest(format!("No active user {email}")))?)
-        }
-        "unassign" => None,
-        other => return Err(WebError::BadRequest(format!("Unknown bulk action “{other}”"))),
-    };
-    for reference in &references {
-        assign_case(&state, &user, reference, assignee.as_ref()).await?;
-    }
-    Ok(Redirect::to("/").into_response())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::{closed_sla_status, sla_status};
-
-    #[test]
-    fn sla_status_is_breached_past_due_at_risk_within_a_working_day_else_on_track() {
-        let (now, at_risk_until) = (1_000, 5_000);
-        assert_eq!(sla_status(Some(999), now, at_risk_until), "breached");
-        assert_eq!(sla_status(Some(1_000), now, at_risk_until), "at risk");
-        assert_eq!(sla_status(Some(5_000), now, at_risk_until), "at risk");
-        assert_eq!(sla_status(Some(5_001), now, at_risk_until), "on track");
-        assert_eq!(sla_status(None, now, at_risk_until), "on track");
-    }
-
-    #[test]
-    fn a_closed_case_met_its_sla_when_it_closed_by_the_due_time() {
-        assert_eq!(closed_sla_status(Some(1_000), 1_000), "met");
-        assert_eq!(closed_sla_status(Some(1_000), 1_001), "missed");
-        assert_eq!(closed_sla_status(None, 5_000), "met");
-    }
 }

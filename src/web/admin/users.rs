@@ -1,0 +1,102 @@
+//! Staff accounts (admins): invite, reset, disable.
+
+use axum::Form;
+use axum::extract::{Path, State};
+use axum::response::{IntoResponse, Redirect, Response};
+use axum_csrf::CsrfToken;
+
+use crate::web::auth::{CurrentUser, check_csrf, render};
+use crate::web::view::{CsrfForm, base_context};
+use crate::web::{Access, AppState, Route, WebError};
+use crate::workflow::ActorRole;
+
+pub(in crate::web) fn routes() -> Vec<Route> {
+    vec![
+        Route::get("/admin/users", Access::Admin, users_page),
+        Route::post("/admin/users", Access::Admin, add_user),
+        Route::post("/admin/users/{email}/reset", Access::Admin, reset_user),
+        Route::post("/admin/users/{email}/disable", Access::Admin, disable_user),
+    ]
+}
+
+pub async fn users_page(
+    State(state): State<AppState>,
+    user: CurrentUser,
+    token: CsrfToken,
+) -> Result<Response, WebError> {
+    users_view(&state, &user, token, None).await
+}
+
+async fn users_view(
+    state: &AppState,
+    user: &CurrentUser,
+    token: CsrfToken,
+    link: Option<(String, String)>,
+) -> Result<Response, WebError> {
+    let mut conn = state.engine.db().pool.acquire().await?;
+    let users = crate::users::list(&mut conn).await?;
+    let mut context = base_context(user, &token)?;
+    context.insert("users", &users);
+    context.insert("link", &link);
+    Ok((token, render(state, "users.html.tera", &context)?).into_response())
+}
+
+#[derive(serde::Deserialize)]
+pub struct AddUserForm {
+    csrf: String,
+    email: String,
+    display_name: String,
+    role: String,
+}
+
+pub async fn add_user(
+    State(state): State<AppState>,
+    user: CurrentUser,
+    token: CsrfToken,
+    Form(form): Form<AddUserForm>,
+) -> Result<Response, WebError> {
+    check_csrf(&token, &form.csrf)?;
+    let role = ActorRole::parse(&form.role)
+        .filter(|r| *r != ActorRole::System)
+        .ok_or_else(|| WebError::BadRequest("Choose caseworker, manager or admin.".into()))?;
+    let mut conn = state.engine.db().pool.acquire().await?;
+    let (added, secret) =
+        crate::users::add(&mut conn, &form.email, &form.display_name, role, state.engine.now_ms()).await?;
+    let link = crate::users::password_link(&state.base_url, &secret);
+    drop(conn);
+    users_view(&state, &user, token, Some((added.email, link))).await
+}
+
+pub async fn reset_user(
+    State(state): State<AppState>,
+    user: CurrentUser,
+    token: CsrfToken,
+    Path(email): Path<String>,
+    Form(form): Form<CsrfForm>,
+) -> Result<Response, WebError> {
+    check_csrf(&token, &form.csrf)?;
+    let mut conn = state.engine.db().pool.acquire().await?;
+    let target = crate::users::find_by_email(&mut conn, &email)
+        .await?
+        .ok_or(WebError::NotFound)?;
+    let secret = crate::users::issue_password_token(&mut conn, target.id, state.engine.now_ms()).await?;
+    let link = crate::users::password_link(&state.base_url, &secret);
+    drop(conn);
+    users_view(&state, &user, token, Some((target.email, link))).await
+}
+
+pub async fn disable_user(
+    State(state): State<AppState>,
+    user: CurrentUser,
+    token: CsrfToken,
+    Path(email): Path<String>,
+    Form(form): Form<CsrfForm>,
+) -> Result<Response, WebError> {
+    check_csrf(&token, &form.csrf)?;
+    if email.eq_ignore_ascii_case(&user.0.email) {
+        return Err(WebError::BadRequest("You cannot disable your own account.".into()));
+    }
+    let mut conn = state.engine.db().pool.acquire().await?;
+    crate::users::set_disabled(&mut conn, &email, true).await?;
+    Ok(Redirect::to("/admin/users").into_response())
+}

@@ -1,0 +1,216 @@
+//! The triage queue: open cases, most urgent first, with filters, search and bulk actions.
+
+use axum::Form;
+use axum::extract::{Query, State};
+use axum::response::{IntoResponse, Redirect, Response};
+use axum_csrf::CsrfToken;
+use chrono::{DateTime, Local};
+use sqlx::AnyConnection;
+
+use super::auth::{CurrentUser, check_csrf, render};
+use super::{AppState, WebError};
+use crate::storage;
+
+use super::case::assign_case;
+use super::view::{base_context, sla_status, when};
+use super::{Access, Route};
+
+/// Cases on one page of the queue.
+pub(super) const PAGE_SIZE: i64 = 50;
+
+pub(super) fn routes() -> Vec<Route> {
+    vec![
+        Route::get("/", Access::Staff, queue),
+        Route::post("/cases/bulk", Access::Staff, bulk),
+    ]
+}
+
+#[derive(Debug, Default, serde::Deserialize, serde::Serialize)]
+pub struct QueueFilter {
+    #[serde(default)]
+    pub state: String,
+    #[serde(default)]
+    pub workflow: String,
+    #[serde(default)]
+    pub finding: String,
+    /// `mine` or `unassigned`.
+    #[serde(default)]
+    pub assignee: String,
+    #[serde(default)]
+    pub overdue: String,
+    /// Reference, organisation name or ODS code, or sender.
+    #[serde(default)]
+    pub q: String,
+    /// Keyset cursor: `due_at:id` of the last row of the previous page.
+    #[serde(default)]
+    pub after: String,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct QueueRow {
+    pub id: i64,
+    pub reference: String,
+    pub workflow: Option<String>,
+    pub state: String,
+    pub org_name: Option<String>,
+    pub org_ods_code: Option<String>,
+    pub findings: Vec<String>,
+    pub age_working_days: i64,
+    pub due: Option<String>,
+    pub due_at: Option<i64>,
+    pub sla: &'static str,
+    pub assignee: Option<String>,
+}
+
+/// Open cases, most urgent first, a page at a time (keyset, so it stays fast at any depth).
+///
+/// It reads on the caller's connection. A handler holds at most one pooled connection at a
+/// time: one that held a connection and then waited for a second (as the case page once did,
+/// for its "next case" link) deadlocks as soon as every connection is held by such a request
+/// (four case pages at once on SQLite's pool of four).
+pub async fn load_queue(
+    state: &AppState,
+    conn: &mut AnyConnection,
+    filter: &QueueFilter,
+    user_id: i64,
+) -> Result<(Vec<QueueRow>, Option<String>), WebError> {
+    let terminal = state.engine.workflows().terminal_states();
+    let (after_due, after_id) = filter
+        .after
+        .split_once(':')
+        .and_then(|(d, i)| Some((d.parse::<i64>().ok()?, i.parse::<i64>().ok()?)))
+        .unwrap_or((-1, 0));
+    let now = state.engine.now_ms();
+    let query = storage::QueueQuery {
+        state: &filter.state,
+        workflow: &filter.workflow,
+        finding: &filter.finding,
+        assignee: &filter.assignee,
+        user_id,
+        overdue_before: (filter.overdue == "yes").then_some(now),
+        search: &filter.q,
+        after: (after_due, after_id),
+        terminal_states: &terminal,
+        limit: PAGE_SIZE + 1,
+    };
+    let rows = storage::queue_page(conn, &query).await?;
+    let today = state.engine.clock().now().date_naive();
+    let at_risk_until = state.engine.working_days_from_now(1);
+    let mut out = Vec::new();
+    for row in rows.iter().take(PAGE_SIZE as usize) {
+        let due_at = row.due_at;
+        let created = DateTime::from_timestamp_millis(row.created_at)
+            .map(|t| t.with_timezone(&Local).date_naive())
+            .unwrap_or(today);
+        out.push(QueueRow {
+            id: row.id,
+            reference: row.reference.clone(),
+            workflow: row.workflow.clone(),
+            state: row.state.clone(),
+            org_name: row.org_name.clone(),
+            org_ods_code: row.org_ods_code.clone(),
+            findings: row.finding_codes.clone(),
+            age_working_days: state.engine.calendar().working_days_between(created, today),
+            due: when(due_at),
+            due_at,
+            sla: sla_status(due_at, now, at_risk_until),
+            assignee: row.assignee.clone(),
+        });
+    }
+    let next = (rows.len() as i64 > PAGE_SIZE)
+        .then(|| out.last().map(|r| format!("{}:{}", r.due_at.unwrap_or(0), r.id)))
+        .flatten();
+    Ok((out, next))
+}
+
+pub async fn queue(
+    State(state): State<AppState>,
+    user: CurrentUser,
+    token: CsrfToken,
+    Query(filter): Query<QueueFilter>,
+) -> Result<Response, WebError> {
+    let mut conn = state.engine.db().pool.acquire().await?;
+    let (rows, next) = load_queue(&state, &mut conn, &filter, user.0.id).await?;
+    drop(conn);
+    let mut context = base_context(&user, &token)?;
+    let mut states: Vec<String> = state
+        .engine
+        .workflows()
+        .iter()
+        .flat_map(|w| w.states.iter().filter(|s| !s.terminal).map(|s| s.name.clone()))
+        .collect();
+    states.sort();
+    states.dedup();
+    let next_url = next.map(|cursor| {
+        let mut query = url::form_urlencoded::Serializer::new(String::new());
+        for (key, value) in [
+            ("q", &filter.q),
+            ("state", &filter.state),
+            ("workflow", &filter.workflow),
+            ("assignee", &filter.assignee),
+            ("overdue", &filter.overdue),
+            ("finding", &filter.finding),
+        ] {
+            if !value.is_empty() {
+                query.append_pair(key, value);
+            }
+        }
+        query.append_pair("after", &cursor);
+        format!("/?{}", query.finish())
+    });
+    context.insert("rows", &rows);
+    context.insert("next_url", &next_url);
+    context.insert("filter", &filter);
+    context.insert("states", &states);
+    context.insert(
+        "workflows",
+        &state
+            .engine
+            .workflows()
+            .iter()
+            .map(|w| (&w.name, &w.title))
+            .collect::<Vec<_>>(),
+    );
+    Ok((token, render(&state, "queue.html.tera", &context)?).into_response())
+}
+
+/// Bulk actions from the queue: claim, assign or unassign every ticked case.
+pub async fn bulk(
+    State(state): State<AppState>,
+    user: CurrentUser,
+    token: CsrfToken,
+    Form(form): Form<Vec<(String, String)>>,
+) -> Result<Response, WebError> {
+    let value = |name: &str| {
+        form.iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.clone())
+            .unwrap_or_default()
+    };
+    check_csrf(&token, &value("csrf"))?;
+    let references: Vec<String> = form
+        .iter()
+        .filter(|(k, _)| k == "case")
+        .map(|(_, v)| v.clone())
+        .collect();
+    if references.is_empty() {
+        return Err(WebError::BadRequest("Tick at least one case.".into()));
+    }
+    let assignee = match value("action").as_str() {
+        "claim" => Some(user.0.clone()),
+        "assign" => {
+            let mut conn = state.engine.db().pool.acquire().await?;
+            let email = value("assignee");
+            let found = crate::users::find_by_email(&mut conn, &email)
+                .await?
+                .filter(|u| !u.disabled);
+            Some(found.ok_or_else(|| WebError::BadRequest(format!("No active user {email}")))?)
+        }
+        "unassign" => None,
+        other => return Err(WebError::BadRequest(format!("Unknown bulk action “{other}”"))),
+    };
+    for reference in &references {
+        assign_case(&state, &user, reference, assignee.as_ref()).await?;
+    }
+    Ok(Redirect::to("/").into_response())
+}

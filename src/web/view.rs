@@ -1,0 +1,66 @@
+//! What every page shares: dates as people read them, SLA status words, and the context
+//! every template gets.
+
+use axum_csrf::CsrfToken;
+use chrono::{DateTime, Local};
+
+use super::WebError;
+use super::auth::CurrentUser;
+
+pub(super) fn when(ms: Option<i64>) -> Option<String> {
+    ms.and_then(DateTime::from_timestamp_millis)
+        .map(|t| t.with_timezone(&Local).format("%d/%m/%Y %H:%M").to_string())
+}
+
+/// On track, at risk (due before `at_risk_until`, a working day from now) or breached, as
+/// text; the page adds colour.
+pub(super) fn sla_status(due_at: Option<i64>, now: i64, at_risk_until: i64) -> &'static str {
+    match due_at {
+        Some(due) if due < now => "breached",
+        Some(due) if due <= at_risk_until => "at risk",
+        _ => "on track",
+    }
+}
+
+/// The SLA of a closed case: met when it closed by its due time (or had none), else missed.
+pub(super) fn closed_sla_status(due_at: Option<i64>, closed_at: i64) -> &'static str {
+    match due_at {
+        Some(due) if closed_at > due => "missed",
+        _ => "met",
+    }
+}
+
+pub(super) fn base_context(user: &CurrentUser, token: &CsrfToken) -> Result<tera::Context, WebError> {
+    let mut context = tera::Context::new();
+    context.insert("user", &user.0);
+    context.insert("csrf", &token.authenticity_token().map_err(WebError::internal)?);
+    Ok(context)
+}
+
+/// A form that carries only its CSRF token.
+#[derive(serde::Deserialize)]
+pub struct CsrfForm {
+    pub csrf: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{closed_sla_status, sla_status};
+
+    #[test]
+    fn sla_status_is_breached_past_due_at_risk_within_a_working_day_else_on_track() {
+        let (now, at_risk_until) = (1_000, 5_000);
+        assert_eq!(sla_status(Some(999), now, at_risk_until), "breached");
+        assert_eq!(sla_status(Some(1_000), now, at_risk_until), "at risk");
+        assert_eq!(sla_status(Some(5_000), now, at_risk_until), "at risk");
+        assert_eq!(sla_status(Some(5_001), now, at_risk_until), "on track");
+        assert_eq!(sla_status(None, now, at_risk_until), "on track");
+    }
+
+    #[test]
+    fn a_closed_case_met_its_sla_when_it_closed_by_the_due_time() {
+        assert_eq!(closed_sla_status(Some(1_000), 1_000), "met");
+        assert_eq!(closed_sla_status(Some(1_000), 1_001), "missed");
+        assert_eq!(closed_sla_status(None, 5_000), "met");
+    }
+}

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
 
+pub use secrecy::SecretString;
 use serde::Deserialize;
 
 use crate::domain::NhsDomains;
@@ -105,45 +106,22 @@ impl Default for MailerSettings {
     }
 }
 
-pub type SmtpSecurity = ImapSecurity;
-
 #[derive(Debug, Clone)]
 pub struct SmtpSettings {
     pub host: String,
     pub port: u16,
-    pub security: SmtpSecurity,
+    pub security: TransportSecurity,
     /// Credentials, when the server wants them.
     pub user: Option<String>,
-    pub password: Option<Secret>,
+    pub password: Option<SecretString>,
     /// Extra CA certificates (PEM) to trust besides the system's.
     pub ca_file: Option<PathBuf>,
 }
 
-/// A secret string: its `Debug` and `Display` never show it.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret(String);
-
-impl Secret {
-    pub fn new(value: impl Into<String>) -> Self {
-        Secret(value.into())
-    }
-
-    /// The secret itself, for the one place that must send it.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl std::fmt::Debug for Secret {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Secret(REDACTED)")
-    }
-}
-
-/// How the IMAP connection is protected.
+/// How a connection to a mail server (IMAP in, SMTP out) is protected.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
-pub enum ImapSecurity {
+pub enum TransportSecurity {
     /// Implicit TLS (port 993).
     Tls,
     /// Plain connection upgraded with STARTTLS (port 143).
@@ -152,13 +130,13 @@ pub enum ImapSecurity {
     Plain,
 }
 
-impl std::str::FromStr for ImapSecurity {
+impl std::str::FromStr for TransportSecurity {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         match s.trim().to_ascii_lowercase().as_str() {
-            "tls" => Ok(ImapSecurity::Tls),
-            "starttls" => Ok(ImapSecurity::Starttls),
-            "plain" => Ok(ImapSecurity::Plain),
+            "tls" => Ok(TransportSecurity::Tls),
+            "starttls" => Ok(TransportSecurity::Starttls),
+            "plain" => Ok(TransportSecurity::Plain),
             other => Err(format!("`{other}` is not tls, starttls or plain")),
         }
     }
@@ -169,8 +147,8 @@ pub struct ImapSettings {
     pub host: String,
     pub port: u16,
     pub user: String,
-    pub password: Secret,
-    pub security: ImapSecurity,
+    pub password: SecretString,
+    pub security: TransportSecurity,
     /// Extra CA certificates (PEM) to trust besides the system's, e.g. a private CA.
     pub ca_file: Option<PathBuf>,
     pub mailbox: String,
@@ -191,13 +169,13 @@ impl ImapSettings {
         format!("imap://{}@{}:{}/{}", self.user, self.host, self.port, self.mailbox)
     }
 
-    fn defaults(host: String, user: String, password: Secret) -> Self {
+    fn defaults(host: String, user: String, password: SecretString) -> Self {
         ImapSettings {
             host,
             port: 993,
             user,
             password,
-            security: ImapSecurity::Tls,
+            security: TransportSecurity::Tls,
             ca_file: None,
             mailbox: "INBOX".into(),
             processed_folder: "Processed".into(),
@@ -332,17 +310,17 @@ impl Settings {
     fn apply_mailer(&mut self, layer: &FileLayer) -> Result<(), ConfigError> {
         let m = &mut self.mailer;
         if let Some(host) = &layer.smtp_host {
-            let security: SmtpSecurity = match &layer.smtp_security {
+            let security: TransportSecurity = match &layer.smtp_security {
                 Some(v) => v.parse().map_err(|message| ConfigError::Env {
                     name: "smtp_security".into(),
                     message,
                 })?,
-                None => ImapSecurity::Starttls,
+                None => TransportSecurity::Starttls,
             };
             let default_port = match security {
-                ImapSecurity::Tls => 465,
-                ImapSecurity::Starttls => 587,
-                ImapSecurity::Plain => 25,
+                TransportSecurity::Tls => 465,
+                TransportSecurity::Starttls => 587,
+                TransportSecurity::Plain => 25,
             };
             let password = secret_from(&layer.smtp_password, &layer.smtp_password_file)?;
             m.smtp = Some(SmtpSettings {
@@ -428,7 +406,11 @@ impl Settings {
                 message,
             })?;
             if layer.imap_port.is_none() {
-                imap.port = if imap.security == ImapSecurity::Tls { 993 } else { 143 };
+                imap.port = if imap.security == TransportSecurity::Tls {
+                    993
+                } else {
+                    143
+                };
             }
         }
         if let Some(v) = layer.imap_port {
@@ -467,15 +449,15 @@ impl Settings {
 
 /// A secret given directly, or read from a file (its trailing newline dropped); the direct
 /// value wins.
-fn secret_from(value: &Option<String>, file: &Option<PathBuf>) -> Result<Option<Secret>, ConfigError> {
+fn secret_from(value: &Option<String>, file: &Option<PathBuf>) -> Result<Option<SecretString>, ConfigError> {
     match (value, file) {
-        (Some(value), _) => Ok(Some(Secret::new(value.clone()))),
+        (Some(value), _) => Ok(Some(SecretString::from(value.clone()))),
         (None, Some(path)) => {
             let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
                 path: path.clone(),
                 source,
             })?;
-            Ok(Some(Secret::new(text.trim_end().to_string())))
+            Ok(Some(SecretString::from(text.trim_end().to_string())))
         }
         (None, None) => Ok(None),
     }
@@ -631,6 +613,7 @@ impl FileLayer {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use secrecy::ExposeSecret;
 
     #[test]
     fn file_overrides_defaults_and_env_overrides_file() {
@@ -674,8 +657,8 @@ mod tests {
         .unwrap();
         settings.apply(layer).unwrap();
         let imap = settings.imap.as_ref().unwrap();
-        assert_eq!((imap.port, imap.security), (143, ImapSecurity::Starttls));
-        assert_eq!(imap.password.expose(), "hunter2");
+        assert_eq!((imap.port, imap.security), (143, TransportSecurity::Starttls));
+        assert_eq!(imap.password.expose_secret(), "hunter2");
         assert!(!format!("{settings:?}").contains("hunter2"));
         assert_eq!(imap.mailbox_key(), "imap://pcse@mail.example:143/INBOX");
     }
@@ -708,14 +691,17 @@ mod tests {
         let file = dir.path().join("pw");
         std::fs::write(&file, "s3cret\n").unwrap();
         assert_eq!(
-            secret_from(&None, &Some(file.clone())).unwrap().unwrap().expose(),
+            secret_from(&None, &Some(file.clone()))
+                .unwrap()
+                .unwrap()
+                .expose_secret(),
             "s3cret"
         );
         assert_eq!(
             secret_from(&Some("direct".into()), &Some(file))
                 .unwrap()
                 .unwrap()
-                .expose(),
+                .expose_secret(),
             "direct"
         );
         assert!(secret_from(&None, &Some(dir.path().join("missing"))).is_err());

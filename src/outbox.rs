@@ -21,9 +21,10 @@ use lettre::{AsyncFileTransport, AsyncSmtpTransport, AsyncTransport, Message, To
 use tokio::sync::watch;
 use tracing::{info, warn};
 
-use crate::config::{ImapSecurity, MailerSettings};
+use crate::config::{MailerSettings, TransportSecurity};
 use crate::engine::Engine;
 use crate::storage::{self, QueryContext, StorageError};
+use secrecy::ExposeSecret;
 
 /// How long a claimed message is reserved for the instance sending it.
 const CLAIM_LEASE: Duration = Duration::from_secs(120);
@@ -188,9 +189,9 @@ impl Dispatcher {
                 };
                 let builder = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(&smtp.host);
                 let mut builder = match smtp.security {
-                    ImapSecurity::Tls => builder.tls(Tls::Wrapper(tls_parameters()?)),
-                    ImapSecurity::Starttls => builder.tls(Tls::Required(tls_parameters()?)),
-                    ImapSecurity::Plain => {
+                    TransportSecurity::Tls => builder.tls(Tls::Wrapper(tls_parameters()?)),
+                    TransportSecurity::Starttls => builder.tls(Tls::Required(tls_parameters()?)),
+                    TransportSecurity::Plain => {
                         let loopback = smtp.host == "localhost"
                             || smtp.host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback());
                         if !loopback {
@@ -204,7 +205,7 @@ impl Dispatcher {
                 };
                 builder = builder.port(smtp.port).timeout(Some(Duration::from_secs(30)));
                 if let (Some(user), Some(password)) = (&smtp.user, &smtp.password) {
-                    builder = builder.credentials(Credentials::new(user.clone(), password.expose().to_string()));
+                    builder = builder.credentials(Credentials::new(user.clone(), password.expose_secret().to_string()));
                 }
                 Transport::Smtp(builder.build())
             }

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use common::dovecot::{Dovecot, DovecotOptions};
 use common::{TestDatabase, engine_on, fixture, on_both_backends};
-use countersign::config::ImapSecurity;
+use countersign::config::TransportSecurity;
 use countersign::engine::Engine;
 use countersign::ingest::imap::{AfterCommitHook, ImapError, ImapPoller, retry_quarantined};
 use countersign::storage::{self, Backend, Db};
@@ -362,7 +362,7 @@ async fn mail_is_taken_over_implicit_tls_and_starttls_with_the_certificate_check
     let engine = engine_on(Db::connect(&database.url).await.unwrap());
 
     let mut tls = dovecot.settings();
-    tls.security = ImapSecurity::Tls;
+    tls.security = TransportSecurity::Tls;
     tls.port = dovecot.tls_port.unwrap();
     // Without our CA the server's certificate must be refused.
     let refused = ImapPoller::new(common::live(&engine), tls.clone())
@@ -376,7 +376,7 @@ async fn mail_is_taken_over_implicit_tls_and_starttls_with_the_certificate_check
 
     dovecot.deliver("INBOX", &[fixture("mail/forwarded.eml")]).await;
     let mut starttls = dovecot.settings();
-    starttls.security = ImapSecurity::Starttls;
+    starttls.security = TransportSecurity::Starttls;
     starttls.ca_file = Some(dovecot.ca_file());
     let summary = ImapPoller::new(common::live(&engine), starttls)
         .drain_once()

@@ -718,22 +718,26 @@ async fn mail_goes_out_over_starttls_and_implicit_tls_with_the_certificate_check
     };
     first_case(&engine, "mail/gp_form.eml").await;
     // Without our CA the server's certificate must be refused, and the mail kept for later.
-    let refused = with(countersign::config::ImapSecurity::Starttls, postfix.port, false)
+    let refused = with(countersign::config::TransportSecurity::Starttls, postfix.port, false)
         .dispatch_due()
         .await
         .unwrap();
     assert_eq!((refused.sent, refused.retrying), (0, 1));
     clock.advance(chrono::Duration::minutes(1));
-    let sent = with(countersign::config::ImapSecurity::Starttls, postfix.port, true)
+    let sent = with(countersign::config::TransportSecurity::Starttls, postfix.port, true)
         .dispatch_due()
         .await
         .unwrap();
     assert_eq!(sent.sent, 1);
     first_case(&engine, "mail/forwarded.eml").await;
-    let sent = with(countersign::config::ImapSecurity::Tls, postfix.tls_port.unwrap(), true)
-        .dispatch_due()
-        .await
-        .unwrap();
+    let sent = with(
+        countersign::config::TransportSecurity::Tls,
+        postfix.tls_port.unwrap(),
+        true,
+    )
+    .dispatch_due()
+    .await
+    .unwrap();
     assert_eq!(sent.sent, 1);
     assert_eq!(postfix.wait_for(2).len(), 2);
     let log = postfix.log();

@@ -26,9 +26,10 @@ use tokio::sync::watch;
 use tracing::{info, instrument, warn};
 
 use super::HealthHandle;
-use crate::config::{ImapSecurity, ImapSettings};
+use crate::config::{ImapSettings, TransportSecurity};
 use crate::engine::{Engine, IntakeReport};
 use crate::storage::{self, QueryContext, StorageError};
+use secrecy::ExposeSecret;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
 /// The longest any one IMAP command may take (a 50 MB fetch on a slow link fits).
@@ -248,7 +249,7 @@ async fn tls_wrap(settings: &ImapSettings, tcp: TcpStream) -> Result<ImapStream,
 /// Connects, protects and logs in. The password goes only to the server.
 pub async fn connect(settings: &ImapSettings) -> Result<ImapSession, ImapError> {
     let server = format!("{}:{}", settings.host, settings.port);
-    if settings.security == ImapSecurity::Plain && !is_loopback(&settings.host) {
+    if settings.security == TransportSecurity::Plain && !is_loopback(&settings.host) {
         return Err(ImapError::PlainNotLoopback {
             host: settings.host.clone(),
         });
@@ -268,9 +269,9 @@ pub async fn connect(settings: &ImapSettings) -> Result<ImapSession, ImapError> 
     })?;
     let _ = tcp.set_nodelay(true);
     let stream = match settings.security {
-        ImapSecurity::Plain => ImapStream::Plain(tcp),
-        ImapSecurity::Tls => tls_wrap(settings, tcp).await?,
-        ImapSecurity::Starttls => {
+        TransportSecurity::Plain => ImapStream::Plain(tcp),
+        TransportSecurity::Tls => tls_wrap(settings, tcp).await?,
+        TransportSecurity::Starttls => {
             let mut client = async_imap::Client::new(ImapStream::Plain(tcp));
             within("reading the greeting", async {
                 client.read_response().await.map_err(|e| ImapError::Protocol {
@@ -293,7 +294,7 @@ pub async fn connect(settings: &ImapSettings) -> Result<ImapSession, ImapError> 
         }
     };
     let mut client = async_imap::Client::new(stream);
-    if settings.security != ImapSecurity::Starttls {
+    if settings.security != TransportSecurity::Starttls {
         // async-imap does not read the greeting itself (there is none after STARTTLS).
         within("reading the greeting", async {
             client.read_response().await.map_err(|e| ImapError::Protocol {
@@ -305,7 +306,7 @@ pub async fn connect(settings: &ImapSettings) -> Result<ImapSession, ImapError> 
     }
     within("logging in", async {
         client
-            .login(&settings.user, settings.password.expose())
+            .login(&settings.user, settings.password.expose_secret())
             .await
             .map_err(|(e, _)| ImapError::Login {
                 user: settings.user.clone(),

@@ -7,9 +7,10 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use countersign::config::{ImapSecurity, ImapSettings, Secret};
+use countersign::config::{ImapSettings, TransportSecurity};
 use countersign::ingest::imap::{ImapSession, connect};
 use futures::TryStreamExt;
+use secrecy::SecretString;
 
 pub struct Dovecot {
     dir: tempfile::TempDir,
@@ -202,8 +203,8 @@ impl Dovecot {
             host: "127.0.0.1".into(),
             port: self.port,
             user: "test".into(),
-            password: Secret::new("test"),
-            security: ImapSecurity::Plain,
+            password: SecretString::from("test"),
+            security: TransportSecurity::Plain,
             ca_file: None,
             mailbox: "INBOX".into(),
             processed_folder: "Processed".into(),

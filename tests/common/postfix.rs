@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use countersign::config::{ImapSecurity, MailerSettings, SmtpSettings};
+use countersign::config::{MailerSettings, SmtpSettings, TransportSecurity};
 
 pub const MANAGERS: &str = "managers@pcse.test";
 pub const TEAM: &str = "team@pcse.test";
@@ -170,7 +170,7 @@ impl Postfix {
             smtp: Some(SmtpSettings {
                 host: "127.0.0.1".into(),
                 port: self.port,
-                security: ImapSecurity::Plain,
+                security: TransportSecurity::Plain,
                 user: None,
                 password: None,
                 ca_file: None,

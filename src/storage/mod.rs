@@ -228,6 +228,7 @@ macro_rules! select_cases {
 }
 
 mod batch;
+mod case_file;
 mod cases;
 mod events;
 mod jobs;
@@ -241,6 +242,7 @@ mod timers;
 mod users;
 
 pub use batch::{Deferred, apply_change_deferred, flush};
+pub use case_file::{CaseFile, case_file};
 pub use cases::*;
 pub use events::*;
 pub use jobs::*;

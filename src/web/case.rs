@@ -54,12 +54,51 @@ pub async fn case_page(
     token: CsrfToken,
     Path(reference): Path<String>,
 ) -> Result<Response, WebError> {
+    // One connection for the whole page (see `load_queue`).
     let mut conn = state.engine.db().pool.acquire().await?;
-    let case = storage::case_by_reference(&mut conn, &reference)
+    let file = storage::case_file(&mut conn, &reference)
         .await?
         .ok_or(WebError::NotFound)?;
+    let staff: Vec<String> = crate::users::list(&mut conn)
+        .await?
+        .into_iter()
+        .filter(|u| !u.disabled)
+        .map(|u| u.email)
+        .collect();
+    // The next case in the queue after this one, for the "n" shortcut and the link.
+    let after = QueueFilter {
+        after: format!("{}:{}", file.case.due_at.unwrap_or(0), file.case.id),
+        ..QueueFilter::default()
+    };
+    let next_case = load_queue(&state, &mut conn, &after, user.0.id)
+        .await?
+        .0
+        .into_iter()
+        .next()
+        .map(|r| r.reference);
+    drop(conn);
+    let mut context = base_context(&user, &token)?;
+    case_context(&state, file, user.0.role, &mut context);
+    context.insert("staff", &staff);
+    context.insert("next_case", &next_case);
+    Ok((token, render(&state, "case.html.tera", &context)?).into_response())
+}
+
+/// The case page's template context, from its case file.
+fn case_context(state: &AppState, file: storage::CaseFile, role: ActorRole, context: &mut tera::Context) {
+    let storage::CaseFile {
+        case,
+        message,
+        attachments,
+        events,
+        mail,
+        timers,
+        notes,
+        assignee,
+        named_case,
+        related,
+    } = file;
     let workflow = case.workflow.as_deref().and_then(|w| state.engine.workflows().get(w));
-    let message = storage::stored_message(&mut conn, case.origin_message_id).await?;
     let body = message
         .raw
         .as_deref()
@@ -69,29 +108,6 @@ pub async fn case_page(
         serde_json::from_str(&message.sender_auth_json).unwrap_or(crate::mail::SenderAuth::Missing {
             reason: "no verdict stored".into(),
         });
-    let attachments = storage::attachments_of_message(&mut conn, case.origin_message_id).await?;
-
-    // Fields with the findings about each, in the workflow's order.
-    let mut fields = Vec::new();
-    if let Some(workflow) = workflow {
-        for def in &workflow.fields {
-            let about: Vec<&str> = case
-                .findings
-                .iter()
-                .filter(|f| f.field.as_deref() == Some(def.name.as_str()))
-                .map(|f| f.message.as_str())
-                .collect();
-            fields.push(serde_json::json!({ "name": def.name, "label": def.label, "value": case.fields.get(&def.name), "findings": about }));
-        }
-    }
-    let general: Vec<&str> = case
-        .findings
-        .iter()
-        .filter(|f| f.field.is_none())
-        .map(|f| f.message.as_str())
-        .collect();
-
-    let events = storage::events_for_case(&mut conn, case.id).await?;
     // A closed case is judged by when it closed (met or missed), not by the clock running on.
     let closed_at = if state.engine.workflows().terminal_states().contains(&case.state) {
         events
@@ -102,6 +118,137 @@ pub async fn case_page(
     } else {
         None
     };
+    let general: Vec<&str> = case
+        .findings
+        .iter()
+        .filter(|f| f.field.is_none())
+        .map(|f| f.message.as_str())
+        .collect();
+    let notes: Vec<serde_json::Value> = notes
+        .into_iter()
+        .map(|n| serde_json::json!({ "author": n.author, "body": n.body, "when": when(Some(n.created_at)) }))
+        .collect();
+    let related: Vec<serde_json::Value> = related
+        .into_iter()
+        .map(|c| serde_json::json!({ "reference": c.reference, "state": c.state }))
+        .collect();
+    // The findings, as a starting point for a request for information the caseworker edits.
+    let suggested_reason = case
+        .findings
+        .iter()
+        .map(|f| format!("- {}", f.message))
+        .collect::<Vec<_>>()
+        .join("\n");
+    context.insert(
+        "workflow_title",
+        &workflow
+            .map(|w| w.title.clone())
+            .unwrap_or_else(|| "Unclassified".into()),
+    );
+    context.insert(
+        "state_label",
+        &workflow
+            .and_then(|w| w.state(&case.state))
+            .map(|s| s.label.clone())
+            .unwrap_or_else(|| case.state.clone()),
+    );
+    context.insert("fields", &field_views(&case, workflow));
+    context.insert("general_findings", &general);
+    context.insert("from", &message.from_address);
+    context.insert("subject", &message.subject);
+    context.insert("sent", &when(message.sent_at));
+    context.insert("received", &when(Some(message.received_at)));
+    context.insert("auth", &auth);
+    context.insert("body", &body);
+    context.insert("attachments", &attachments);
+    context.insert("timeline", &timeline(events, mail, timers));
+    context.insert("notes", &notes);
+    // Mail that named a case but was not allowed to change it is a case of its own: each page
+    // links to the other, so the caseworker sees both.
+    context.insert("named_case", &named_case);
+    context.insert("related_cases", &related);
+    context.insert("actions", &actions(&case, workflow, role));
+    context.insert("assignee", &assignee);
+    context.insert("due", &when(case.due_at));
+    context.insert("closed", &when(closed_at));
+    context.insert(
+        "sla",
+        match closed_at {
+            Some(closed) => closed_sla_status(case.due_at, closed),
+            None => sla_status(
+                case.due_at,
+                state.engine.now_ms(),
+                state.engine.working_days_from_now(1),
+            ),
+        },
+    );
+    context.insert("has_pdf", &case.form_attachment_id.is_some());
+    // A form with no fields (or no workflow yet) is keyed by hand beside the PDF.
+    let needs_keying = case
+        .findings
+        .iter()
+        .any(|f| f.code == crate::policy::FindingCode::FormHasNoFields)
+        || case.workflow.is_none();
+    context.insert(
+        "keyable",
+        &(needs_keying && wellknown::KEYABLE_STATES.contains(&case.state.as_str())),
+    );
+    context.insert("key_fields", &key_field_views(&case, workflow));
+    context.insert(
+        "workflow_names",
+        &state
+            .engine
+            .workflows()
+            .iter()
+            .map(|w| (&w.name, &w.title))
+            .collect::<Vec<_>>(),
+    );
+    context.insert("suggested_reason", &suggested_reason);
+    context.insert("case", &case);
+}
+
+/// The workflow's fields with the findings about each, in the workflow's order.
+fn field_views(case: &storage::CaseRecord, workflow: Option<&crate::workflow::WorkflowDef>) -> Vec<serde_json::Value> {
+    let Some(workflow) = workflow else {
+        return Vec::new();
+    };
+    workflow
+        .fields
+        .iter()
+        .map(|def| {
+            let about: Vec<&str> = case
+                .findings
+                .iter()
+                .filter(|f| f.field.as_deref() == Some(def.name.as_str()))
+                .map(|f| f.message.as_str())
+                .collect();
+            serde_json::json!({ "name": def.name, "label": def.label, "value": case.fields.get(&def.name), "findings": about })
+        })
+        .collect()
+}
+
+/// The fields a caseworker may key by hand (not the digital signature).
+fn key_field_views(
+    case: &storage::CaseRecord,
+    workflow: Option<&crate::workflow::WorkflowDef>,
+) -> Vec<serde_json::Value> {
+    let Some(workflow) = workflow else {
+        return Vec::new();
+    };
+    workflow
+        .fields
+        .iter()
+        .filter(|f| f.kind != crate::workflow::FieldKind::Signature)
+        .map(|f| serde_json::json!({ "name": f.name, "label": f.label, "value": case.fields.get(&f.name), "options": f.options }))
+        .collect()
+}
+
+/// Events, mail and timers, in time order.
+fn timeline(
+    events: Vec<storage::CaseEvent>,
+    mail: Vec<storage::OutboxRecord>,
+    timers: Vec<storage::TimerRecord>,
+) -> Vec<TimelineEntry> {
     let mut timeline: Vec<TimelineEntry> = events
         .into_iter()
         .map(|e| {
@@ -120,7 +267,7 @@ pub async fn case_page(
             }
         })
         .collect();
-    for mail in storage::outbox_for_case(&mut conn, case.id).await? {
+    for mail in mail {
         let note = mail.suppressed_reason.or(mail.last_error).unwrap_or_default();
         timeline.push(TimelineEntry {
             at: mail.created_at,
@@ -130,7 +277,7 @@ pub async fn case_page(
             text: format!("{} ({}) {note}", mail.template, mail.status).trim().to_string(),
         });
     }
-    for timer in storage::timers_for_case(&mut conn, case.id).await? {
+    for timer in timers {
         timeline.push(TimelineEntry {
             at: timer.due_at,
             when: when(Some(timer.due_at)),
@@ -140,19 +287,19 @@ pub async fn case_page(
         });
     }
     timeline.sort_by_key(|t| t.at);
-    let notes: Vec<serde_json::Value> = storage::notes_for_case(&mut conn, case.id)
-        .await?
-        .into_iter()
-        .map(|n| serde_json::json!({ "author": n.author, "body": n.body, "when": when(Some(n.created_at)) }))
-        .collect();
+    timeline
+}
 
-    // The actions the workflow allows from here, for this user's role, and only those.
-    let role = user.0.role;
-    let permits = |by: &[ActorRole]| role.is_among(by);
-    let actions: Vec<ActionView> = match workflow {
+/// The actions the workflow allows from the case's state, for this role, and only those.
+fn actions(
+    case: &storage::CaseRecord,
+    workflow: Option<&crate::workflow::WorkflowDef>,
+    role: ActorRole,
+) -> Vec<ActionView> {
+    match workflow {
         Some(workflow) => workflow
             .transitions_from(&case.state)
-            .filter(|t| permits(&t.by))
+            .filter(|t| role.is_among(&t.by))
             .map(|t| ActionView {
                 to: t.to.clone(),
                 label: t.label.clone(),
@@ -160,7 +307,7 @@ pub async fn case_page(
                 records: t.records.clone(),
             })
             .collect(),
-        None if case.state == unclassified::STATE && permits(unclassified::BY) => unclassified::EXITS
+        None if case.state == unclassified::STATE && role.is_among(unclassified::BY) => unclassified::EXITS
             .iter()
             .map(|(to, label)| ActionView {
                 to: to.to_string(),
@@ -170,122 +317,7 @@ pub async fn case_page(
             })
             .collect(),
         None => vec![],
-    };
-    // A form with no fields (or no workflow yet) is keyed by hand beside the PDF.
-    let needs_keying = case
-        .findings
-        .iter()
-        .any(|f| f.code == crate::policy::FindingCode::FormHasNoFields)
-        || case.workflow.is_none();
-    let keyable = needs_keying && wellknown::KEYABLE_STATES.contains(&case.state.as_str());
-    let key_fields: Vec<serde_json::Value> = match workflow {
-        Some(workflow) => workflow
-            .fields
-            .iter()
-            .filter(|f| f.kind != crate::workflow::FieldKind::Signature)
-            .map(|f| serde_json::json!({ "name": f.name, "label": f.label, "value": case.fields.get(&f.name), "options": f.options }))
-            .collect(),
-        None => vec![],
-    };
-    // The findings, as a starting point for a request for information the caseworker edits.
-    let suggested_reason = case
-        .findings
-        .iter()
-        .map(|f| format!("- {}", f.message))
-        .collect::<Vec<_>>()
-        .join("\n");
-    let staff = crate::users::list(&mut conn)
-        .await?
-        .into_iter()
-        .filter(|u| !u.disabled)
-        .map(|u| u.email)
-        .collect::<Vec<_>>();
-    let assignee: Option<String> = match case.assignee_id {
-        Some(id) => storage::user_email_by_id(&mut conn, id).await?,
-        None => None,
-    };
-
-    let mut context = base_context(&user, &token)?;
-    context.insert("case", &case);
-    context.insert(
-        "workflow_title",
-        &workflow
-            .map(|w| w.title.clone())
-            .unwrap_or_else(|| "Unclassified".into()),
-    );
-    context.insert(
-        "state_label",
-        &workflow
-            .and_then(|w| w.state(&case.state))
-            .map(|s| s.label.clone())
-            .unwrap_or_else(|| case.state.clone()),
-    );
-    context.insert("fields", &fields);
-    context.insert("general_findings", &general);
-    context.insert("from", &message.from_address);
-    context.insert("subject", &message.subject);
-    context.insert("sent", &when(message.sent_at));
-    context.insert("received", &when(Some(message.received_at)));
-    context.insert("auth", &auth);
-    context.insert("body", &body);
-    context.insert("attachments", &attachments);
-    context.insert("timeline", &timeline);
-    context.insert("notes", &notes);
-    // Mail that named a case but was not allowed to change it is a case of its own: each page
-    // links to the other, so the caseworker sees both.
-    let named_case = match case.related_case_id {
-        Some(id) => storage::case_by_id(&mut conn, id).await?.map(|c| c.reference),
-        None => None,
-    };
-    let related: Vec<serde_json::Value> = storage::related_cases(&mut conn, case.id)
-        .await?
-        .into_iter()
-        .map(|c| serde_json::json!({ "reference": c.reference, "state": c.state }))
-        .collect();
-    context.insert("named_case", &named_case);
-    context.insert("related_cases", &related);
-    context.insert("actions", &actions);
-    context.insert("assignee", &assignee);
-    context.insert("due", &when(case.due_at));
-    context.insert("closed", &when(closed_at));
-    context.insert(
-        "sla",
-        match closed_at {
-            Some(closed) => closed_sla_status(case.due_at, closed),
-            None => sla_status(
-                case.due_at,
-                state.engine.now_ms(),
-                state.engine.working_days_from_now(1),
-            ),
-        },
-    );
-    context.insert("has_pdf", &case.form_attachment_id.is_some());
-    context.insert("keyable", &keyable);
-    context.insert("key_fields", &key_fields);
-    context.insert(
-        "workflow_names",
-        &state
-            .engine
-            .workflows()
-            .iter()
-            .map(|w| (&w.name, &w.title))
-            .collect::<Vec<_>>(),
-    );
-    context.insert("suggested_reason", &suggested_reason);
-    context.insert("staff", &staff);
-    // The next case in the queue after this one, for the "n" shortcut and the link.
-    let after = QueueFilter {
-        after: format!("{}:{}", case.due_at.unwrap_or(0), case.id),
-        ..QueueFilter::default()
-    };
-    let next_case = load_queue(&state, &mut conn, &after, user.0.id)
-        .await?
-        .0
-        .into_iter()
-        .next()
-        .map(|r| r.reference);
-    context.insert("next_case", &next_case);
-    Ok((token, render(&state, "case.html.tera", &context)?).into_response())
+    }
 }
 
 /// The case's PDF, inline, sandboxed: it can show, but not run script or reach anything.

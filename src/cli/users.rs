@@ -1,0 +1,90 @@
+//! `countersign users`: staff accounts.
+
+use anyhow::{Context, Result};
+use clap::Subcommand;
+
+use super::build_engine;
+use crate::config::Settings;
+use crate::workflow::ActorRole;
+
+#[derive(Debug, Subcommand)]
+pub enum UsersCommand {
+    /// Add a user and print a one-time set-password link (there are no default passwords).
+    Add {
+        email: String,
+        #[arg(long, default_value = "caseworker")]
+        role: String,
+        #[arg(long)]
+        name: Option<String>,
+    },
+    List,
+    /// Print a new one-time set-password link for a user.
+    Reset {
+        email: String,
+    },
+    Disable {
+        email: String,
+    },
+    /// Change a user's role; their sessions end.
+    Role {
+        email: String,
+        role: String,
+    },
+}
+
+pub(super) async fn users_command(settings: &Settings, command: UsersCommand) -> Result<()> {
+    let engine = build_engine(settings).await?;
+    let mut conn = engine.db().pool.acquire().await?;
+    let now = engine.now_ms();
+    let link = |token: &str| crate::users::password_link(&settings.web_base_url, token);
+    match command {
+        UsersCommand::Add { email, role, name } => {
+            let role = ActorRole::parse(&role)
+                .filter(|r| *r != ActorRole::System)
+                .with_context(|| format!("unknown role `{role}` (caseworker, manager, admin)"))?;
+            let name = name.unwrap_or_else(|| email.split('@').next().unwrap_or(&email).to_string());
+            let (user, token) = crate::users::add(&mut conn, &email, &name, role, now).await?;
+            println!("added {} ({})", user.email, user.role.as_str());
+            println!("one-time set-password link (expires in 24 hours): {}", link(&token));
+        }
+        UsersCommand::List => {
+            for u in crate::users::list(&mut conn).await? {
+                println!(
+                    "{:<40} {:<12} {}",
+                    u.email,
+                    u.role.as_str(),
+                    if u.disabled { "disabled" } else { "active" }
+                );
+            }
+        }
+        UsersCommand::Reset { email } => {
+            let user = crate::users::find_by_email(&mut conn, &email)
+                .await?
+                .with_context(|| format!("no user {email}"))?;
+            let token = crate::users::issue_password_token(&mut conn, user.id, now).await?;
+            println!(
+                "one-time set-password link for {} (expires in 24 hours): {}",
+                user.email,
+                link(&token)
+            );
+        }
+        UsersCommand::Disable { email } => {
+            crate::users::set_disabled(&mut conn, &email, true).await?;
+            println!("disabled {email}");
+        }
+        UsersCommand::Role { email, role } => {
+            let role = ActorRole::parse(&role)
+                .filter(|r| *r != ActorRole::System)
+                .with_context(|| format!("unknown role `{role}` (caseworker, manager, admin)"))?;
+            let user = crate::users::set_role(&mut conn, &email, role).await?;
+            println!(
+                "{} is now {}; their sessions have ended",
+                user.email,
+                user.role.as_str()
+            );
+        }
+    }
+    drop(conn);
+    engine.db().close().await;
+    Ok(())
+}

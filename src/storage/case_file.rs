@@ -1,0 +1,61 @@
+//! Everything the case page shows about one case, read on one connection: the case, the email
+//! that opened it and its attachments, its events, mail, timers and notes, who it is assigned
+//! to, and the cases it is linked with. Every query here is keyed by the case and indexed
+//! (`tests/query_plans.rs`).
+
+use sqlx::AnyConnection;
+
+use super::{
+    AttachmentSummary, CaseEvent, CaseNote, CaseRecord, OutboxRecord, StorageError, StoredMessage, TimerRecord,
+};
+
+/// One case and everything recorded about it.
+pub struct CaseFile {
+    pub case: CaseRecord,
+    pub message: StoredMessage,
+    pub attachments: Vec<AttachmentSummary>,
+    pub events: Vec<CaseEvent>,
+    pub mail: Vec<OutboxRecord>,
+    pub timers: Vec<TimerRecord>,
+    pub notes: Vec<CaseNote>,
+    /// The assignee's address.
+    pub assignee: Option<String>,
+    /// The case this one's email named but was not allowed to change.
+    pub named_case: Option<String>,
+    /// Cases opened by mail that named this one but was not allowed to change it.
+    pub related: Vec<CaseRecord>,
+}
+
+/// The case file of `reference`, if there is such a case.
+pub async fn case_file(conn: &mut AnyConnection, reference: &str) -> Result<Option<CaseFile>, StorageError> {
+    let Some(case) = super::case_by_reference(conn, reference).await? else {
+        return Ok(None);
+    };
+    let message = super::stored_message(conn, case.origin_message_id).await?;
+    let attachments = super::attachments_of_message(conn, case.origin_message_id).await?;
+    let events = super::events_for_case(conn, case.id).await?;
+    let mail = super::outbox_for_case(conn, case.id).await?;
+    let timers = super::timers_for_case(conn, case.id).await?;
+    let notes = super::notes_for_case(conn, case.id).await?;
+    let assignee = match case.assignee_id {
+        Some(id) => super::user_email_by_id(conn, id).await?,
+        None => None,
+    };
+    let named_case = match case.related_case_id {
+        Some(id) => super::case_by_id(conn, id).await?.map(|c| c.reference),
+        None => None,
+    };
+    let related = super::related_cases(conn, case.id).await?;
+    Ok(Some(CaseFile {
+        case,
+        message,
+        attachments,
+        events,
+        mail,
+        timers,
+        notes,
+        assignee,
+        named_case,
+        related,
+    }))
+}

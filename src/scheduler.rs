@@ -147,7 +147,7 @@ impl Scheduler {
             in_reply_to: None,
             automatic: true,
         };
-        storage::enqueue_mail(&mut conn, None, &digest, self.engine.now_ms()).await?;
+        storage::enqueue_mail(&mut conn, digest, self.engine.now_ms()).await?;
         self.engine.wakers().outbox.notify_one();
         Ok(format!("{open_total} open, {} due today or overdue", breaching.len()))
     }

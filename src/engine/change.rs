@@ -641,15 +641,10 @@ pub(crate) mod tests_support {
 
 #[cfg(test)]
 mod tests {
-    use std::path::Path;
 
     use super::*;
-    use crate::workflow::WorkflowSet;
 
-    fn workflows() -> WorkflowSet {
-        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-        WorkflowSet::load(&root.join("workflows"), &root.join("templates")).expect("shipped workflows load")
-    }
+    use crate::workflow::shipped as workflows;
 
     fn case(state: &str) -> CaseRecord {
         CaseRecord {

@@ -23,6 +23,8 @@ use crate::workflow::wellknown::{self, unclassified};
 pub(super) struct Recording<'t> {
     conn: &'t mut AnyConnection,
     deferred: storage::Deferred,
+    /// The forms this transaction holds the lock of (see [`storage::lock_form`]).
+    locked_forms: std::collections::BTreeSet<String>,
 }
 
 impl<'t> Recording<'t> {
@@ -30,7 +32,17 @@ impl<'t> Recording<'t> {
         Recording {
             conn,
             deferred: storage::Deferred::default(),
+            locked_forms: Default::default(),
         }
+    }
+
+    /// Takes the lock of a form's writers, once per transaction.
+    async fn lock_form(&mut self, sha256: &str) -> Result<(), EngineError> {
+        if !self.locked_forms.contains(sha256) {
+            storage::lock_form(self.conn, sha256).await?;
+            self.locked_forms.insert(sha256.to_string());
+        }
+        Ok(())
     }
 
     /// The transaction, for reads and writes that do not depend on the rows held back.
@@ -98,6 +110,49 @@ impl Related {
                 ),
             )
         })
+    }
+}
+
+impl PreparedEmail {
+    /// The row that stores the message.
+    fn new_raw_message<'a>(
+        &'a self,
+        raw: &'a [u8],
+        source: &'a str,
+        sender_auth_json: &'a str,
+        now: i64,
+    ) -> storage::NewRawMessage<'a> {
+        let parsed = &self.parsed;
+        storage::NewRawMessage {
+            dedup_key: &self.dedup_key,
+            message_id: parsed.message_id.as_deref(),
+            sha256: &self.sha256,
+            source,
+            received_at: now,
+            from_address: parsed.from_address.as_deref(),
+            subject: parsed.subject.as_deref(),
+            sent_at: parsed.date_ms,
+            sender_auth_json,
+            automatic: parsed.automatic.as_deref(),
+            raw,
+        }
+    }
+
+    /// The rows that store its attachments, under the message's id.
+    fn new_attachments(&self, raw_message_id: i64) -> Vec<storage::NewAttachment<'_>> {
+        self.parsed
+            .attachments
+            .iter()
+            .map(|attachment| storage::NewAttachment {
+                raw_message_id,
+                filename: attachment.filename.as_deref(),
+                claimed_type: &attachment.claimed_type,
+                detected_type: attachment.detected_type.as_deref(),
+                sha256: &attachment.sha256,
+                forwarded: attachment.forwarded,
+                content: &attachment.bytes,
+            })
+            .collect()
     }
 }
 
@@ -229,13 +284,14 @@ impl Engine {
             .collect();
         forms.sort_unstable();
         forms.dedup();
+        let mut writes = Recording::new(&mut tx);
         for sha256 in forms {
-            storage::lock_form(&mut tx, sha256).await?;
+            writes.lock_form(sha256).await?;
         }
         let mut reports = Vec::with_capacity(emails.len());
-        let mut writes = Recording::new(&mut tx);
-        for (raw, prepared, source) in emails {
-            reports.push(self.record_in(&mut writes, raw, prepared, source).await?);
+        let stored = self.store_messages(&mut writes, &emails).await?;
+        for ((raw, prepared, source), stored) in emails.into_iter().zip(stored) {
+            reports.push(self.record_in(&mut writes, raw, prepared, source, stored).await?);
         }
         writes.flushed().await?;
         tx.commit().await.context("committing ingested messages")?;
@@ -275,47 +331,92 @@ impl Engine {
     }
 
     /// Records one prepared email inside the caller's transaction `tx` (which commits it).
+    /// Stores a group's messages and their attachments with one statement per table: for
+    /// each message, in order, its id and its attachments' ids, or `None` when its dedup key
+    /// is taken (a redelivery, or a reused Message-ID), which [`Engine::record_in`] looks at
+    /// closer. Their prepare attempts are cleared first: recorded (or found already recorded),
+    /// they no longer count as tries that never ended.
+    async fn store_messages(
+        &self,
+        w: &mut Recording<'_>,
+        emails: &[(&[u8], PreparedEmail, &str)],
+    ) -> Result<Vec<Option<(i64, Vec<i64>)>>, EngineError> {
+        let hashes: Vec<&str> = emails.iter().map(|(_, p, _)| p.sha256.as_str()).collect();
+        storage::clear_prepare_attempts_of(w.conn(), &hashes).await?;
+        let now = self.now_ms();
+        let auth: Vec<String> = emails
+            .iter()
+            .map(|(_, p, _)| serde_json::to_string(&p.parsed.sender_auth).unwrap_or_default())
+            .collect();
+        let messages: Vec<storage::NewRawMessage<'_>> = emails
+            .iter()
+            .zip(&auth)
+            .map(|((raw, prepared, source), auth_json)| prepared.new_raw_message(raw, source, auth_json, now))
+            .collect();
+        let ids = storage::insert_raw_messages(w.conn(), &messages).await?;
+        let attachments: Vec<storage::NewAttachment<'_>> = emails
+            .iter()
+            .zip(&ids)
+            .filter_map(|((_, prepared, _), id)| id.map(|id| prepared.new_attachments(id)))
+            .flatten()
+            .collect();
+        let mut attachment_ids = storage::insert_attachments(w.conn(), &attachments).await?.into_iter();
+        Ok(emails
+            .iter()
+            .zip(ids)
+            .map(|((_, prepared, _), id)| {
+                id.map(|id| {
+                    let count = prepared.parsed.attachments.len();
+                    (id, attachment_ids.by_ref().take(count).collect())
+                })
+            })
+            .collect())
+    }
+
+    /// Records one prepared email inside the group's transaction: `stored` is what
+    /// [`Engine::store_messages`] stored of it.
     async fn record_in(
         &self,
         w: &mut Recording<'_>,
         raw: &[u8],
         mut prepared: PreparedEmail,
         source: &str,
+        stored: Option<(i64, Vec<i64>)>,
     ) -> Result<IntakeReport, EngineError> {
-        // Recorded (or found already recorded): it no longer counts as a try that never ended.
-        // A write first, so that on SQLite the transaction takes the write lock before it reads
-        // (a read first would pin a snapshot that a concurrent commit makes stale).
-        storage::clear_prepare_attempts(w.conn(), &prepared.sha256).await?;
+        if let Some((raw_message_id, attachment_ids)) = stored {
+            return self.open_cases(w, raw_message_id, attachment_ids, prepared).await;
+        }
         let now = self.now_ms();
         let auth_json = serde_json::to_string(&prepared.parsed.sender_auth).unwrap_or_default();
-        // The insert is the dedup check; only when it finds the key taken do we look closer
-        // (a redelivery, or a reused Message-ID with other bytes, kept under a key of its own).
+        // The key was taken: a redelivery, or a reused Message-ID with other bytes, kept under
+        // a key of its own.
         let raw_message_id = loop {
-            let parsed = &prepared.parsed;
-            let new_message = storage::NewRawMessage {
-                dedup_key: &prepared.dedup_key,
-                message_id: parsed.message_id.as_deref(),
-                sha256: &prepared.sha256,
-                source,
-                received_at: now,
-                from_address: parsed.from_address.as_deref(),
-                subject: parsed.subject.as_deref(),
-                sent_at: parsed.date_ms,
-                sender_auth_json: &auth_json,
-                automatic: parsed.automatic.as_deref(),
-                raw,
-            };
-            if let Some(id) = storage::insert_raw_message(w.conn(), &new_message).await? {
-                break id;
-            }
             let key_before = prepared.dedup_key.clone();
             match Self::stored_before(w.conn(), &mut prepared).await? {
                 Some(id) => return self.already_ingested(w.flushed().await?, id).await,
                 // The key changed (a reused Message-ID): insert under the new one.
-                None if prepared.dedup_key != key_before => continue,
+                None if prepared.dedup_key != key_before => {}
                 None => return Err(EngineError::CaseNotFound(key_before)),
             }
+            let new_message = prepared.new_raw_message(raw, source, &auth_json, now);
+            if let Some(id) = storage::insert_raw_message(w.conn(), &new_message).await? {
+                break id;
+            }
         };
+        let attachments = prepared.new_attachments(raw_message_id);
+        let attachment_ids = storage::insert_attachments(w.conn(), &attachments).await?;
+        self.open_cases(w, raw_message_id, attachment_ids, prepared).await
+    }
+
+    /// Opens, finds or changes the cases of a stored message.
+    async fn open_cases(
+        &self,
+        w: &mut Recording<'_>,
+        raw_message_id: i64,
+        attachment_ids: Vec<i64>,
+        prepared: PreparedEmail,
+    ) -> Result<IntakeReport, EngineError> {
+        let now = self.now_ms();
         let PreparedEmail {
             parsed,
             sha256: _,
@@ -324,23 +425,6 @@ impl Engine {
             thread,
             message_id_reused,
         } = prepared;
-        let mut attachment_ids = Vec::with_capacity(parsed.attachments.len());
-        for attachment in &parsed.attachments {
-            let id = storage::insert_attachment(
-                w.conn(),
-                &storage::NewAttachment {
-                    raw_message_id,
-                    filename: attachment.filename.as_deref(),
-                    claimed_type: &attachment.claimed_type,
-                    detected_type: attachment.detected_type.as_deref(),
-                    sha256: &attachment.sha256,
-                    forwarded: attachment.forwarded,
-                    content: &attachment.bytes,
-                },
-            )
-            .await?;
-            attachment_ids.push(id);
-        }
 
         if let Some(why) = &parsed.bounce {
             let outcome = self.record_bounce(w, thread, &parsed, raw_message_id, why, now).await?;
@@ -604,7 +688,7 @@ impl Engine {
     ) -> Result<CaseOutcome, EngineError> {
         let attachment = &parsed.attachments[form.attachment_index];
         let attachment_id = attachment_ids[form.attachment_index];
-        storage::lock_form(w.conn(), &attachment.sha256).await?;
+        w.lock_form(&attachment.sha256).await?;
         if let Some(original) = storage::case_by_form_sha256(w.conn(), &attachment.sha256).await? {
             return self.link_duplicate(w, &original, raw_message_id, now).await;
         }

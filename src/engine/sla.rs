@@ -69,9 +69,7 @@ mod tests {
     use crate::calendar::WorkingCalendar;
 
     fn workflow() -> WorkflowDef {
-        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
-        let set = crate::workflow::WorkflowSet::load(&root.join("workflows"), &root.join("templates")).unwrap();
-        set.get("primary_user_gp").unwrap().clone()
+        crate::workflow::shipped().get("primary_user_gp").unwrap().clone()
     }
 
     #[test]

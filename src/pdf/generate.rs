@@ -357,16 +357,11 @@ impl PageText {
 
 #[cfg(test)]
 mod tests {
-    use std::path::Path;
 
     use super::*;
     use crate::pdf::{ExtractLimits, extract};
-    use crate::workflow::WorkflowSet;
 
-    fn workflows() -> WorkflowSet {
-        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-        WorkflowSet::load(&root.join("workflows"), &root.join("templates")).unwrap()
-    }
+    use crate::workflow::shipped as workflows;
 
     #[test]
     fn the_blank_form_has_exactly_the_workflows_field_names() {

@@ -13,13 +13,48 @@ pub struct Deferred {
     links: Vec<(i64, i64, &'static str)>,
     events: Vec<(i64, CaseEvent)>,
     timers: Vec<(i64, NewTimer, i64)>,
-    mail: Vec<(i64, NewMail, i64)>,
+    mail: Vec<(Option<i64>, NewMail, i64)>,
 }
 
 impl Deferred {
     pub fn is_empty(&self) -> bool {
         self.links.is_empty() && self.events.is_empty() && self.timers.is_empty() && self.mail.is_empty()
     }
+
+    /// Holds the rows of a change (its links, events, new timers and mail), not its columns.
+    fn hold(&mut self, change: CaseChangeset) {
+        let CaseChangeset {
+            case_id,
+            at,
+            events,
+            arm_timers,
+            mail,
+            link_messages,
+            ..
+        } = change;
+        self.links.extend(
+            link_messages
+                .into_iter()
+                .map(|(message, relation)| (case_id, message, relation)),
+        );
+        self.events.extend(events.into_iter().map(|e| (case_id, e)));
+        self.timers.extend(arm_timers.into_iter().map(|t| (case_id, t, at)));
+        self.mail.extend(mail.into_iter().map(|m| (Some(case_id), m, at)));
+    }
+}
+
+/// Writes a change's rows (links, events, new timers, mail) now.
+pub(super) async fn write_rows(conn: &mut AnyConnection, change: CaseChangeset) -> Result<(), StorageError> {
+    let mut rows = Deferred::default();
+    rows.hold(change);
+    flush(conn, &mut rows).await
+}
+
+/// Queues a message that belongs to no case (the daily digest).
+pub async fn enqueue_mail(conn: &mut AnyConnection, mail: NewMail, now: i64) -> Result<(), StorageError> {
+    let mut rows = Deferred::default();
+    rows.mail.push((None, mail, now));
+    flush(conn, &mut rows).await
 }
 
 /// Like [`super::apply_change`], with the rows that nothing reads back (message links,
@@ -34,31 +69,8 @@ pub async fn apply_change_deferred(
     if change.cancel_timers != super::CancelTimers::default() {
         flush(conn, deferred).await?;
     }
-    let CaseChangeset {
-        case_id,
-        at,
-        events,
-        arm_timers,
-        mail,
-        link_messages,
-        ..
-    } = change.clone();
-    let columns_only = CaseChangeset {
-        events: Vec::new(),
-        arm_timers: Vec::new(),
-        mail: Vec::new(),
-        link_messages: Vec::new(),
-        ..change
-    };
-    super::apply_change(conn, &columns_only).await?;
-    deferred.links.extend(
-        link_messages
-            .into_iter()
-            .map(|(message, relation)| (case_id, message, relation)),
-    );
-    deferred.events.extend(events.into_iter().map(|e| (case_id, e)));
-    deferred.timers.extend(arm_timers.into_iter().map(|t| (case_id, t, at)));
-    deferred.mail.extend(mail.into_iter().map(|m| (case_id, m, at)));
+    super::apply_columns(conn, &change).await?;
+    deferred.hold(change);
     Ok(())
 }
 

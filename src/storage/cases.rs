@@ -242,24 +242,6 @@ pub async fn list_cases(
     rows.iter().map(case_from_row).collect()
 }
 
-pub async fn link_message(
-    conn: &mut AnyConnection,
-    case_id: i64,
-    raw_message_id: i64,
-    relation: &str,
-) -> Result<(), StorageError> {
-    sqlx::query(
-        "INSERT INTO case_messages (case_id, raw_message_id, relation) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
-    )
-    .bind(case_id)
-    .bind(raw_message_id)
-    .bind(relation)
-    .execute(&mut *conn)
-    .await
-    .context("linking a message to a case")?;
-    Ok(())
-}
-
 /// Cases opened by mail that named `case_id` but was not allowed to change it.
 pub async fn related_cases(conn: &mut AnyConnection, case_id: i64) -> Result<Vec<CaseRecord>, StorageError> {
     let rows = sqlx::query(RELATED_CASES)
@@ -361,6 +343,13 @@ pub struct NewMail {
 /// exactly one lands; the other gets [`StorageError::Conflict`] and its transaction must roll
 /// back. This is the only statement in the service that updates a case.
 pub async fn apply_change(conn: &mut AnyConnection, change: &CaseChangeset) -> Result<(), StorageError> {
+    apply_columns(conn, change).await?;
+    super::batch::write_rows(conn, change.clone()).await
+}
+
+/// The version-checked update of a change's columns, then its timer cancellations: the part
+/// of a change that cannot wait (the rows it adds can; see [`super::Deferred`]).
+pub(super) async fn apply_columns(conn: &mut AnyConnection, change: &CaseChangeset) -> Result<(), StorageError> {
     let c = &change.columns;
     if c.any() {
         let set = |present: bool| i64::from(present);
@@ -409,19 +398,7 @@ pub async fn apply_change(conn: &mut AnyConnection, change: &CaseChangeset) -> R
             return Err(StorageError::Conflict(change.reference.clone()));
         }
     }
-    for (raw_message_id, relation) in &change.link_messages {
-        super::link_message(conn, change.case_id, *raw_message_id, relation).await?;
-    }
-    for event in &change.events {
-        super::append_event(conn, change.case_id, event).await?;
-    }
     super::cancel_pending_timers(conn, change.case_id, change.at, change.cancel_timers).await?;
-    for timer in &change.arm_timers {
-        super::arm_timer(conn, change.case_id, timer, change.at).await?;
-    }
-    for mail in &change.mail {
-        super::enqueue_mail(conn, Some(change.case_id), mail, change.at).await?;
-    }
     Ok(())
 }
 

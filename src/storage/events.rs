@@ -46,27 +46,6 @@ impl CaseEvent {
     }
 }
 
-pub async fn append_event(conn: &mut AnyConnection, case_id: i64, e: &CaseEvent) -> Result<(), StorageError> {
-    sqlx::query(
-        "INSERT INTO case_events (case_id, at, actor, actor_role, kind, transition, from_state, to_state, reason, data)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
-    )
-    .bind(case_id)
-    .bind(e.at)
-    .bind(&e.actor)
-    .bind(&e.actor_role)
-    .bind(&e.kind)
-    .bind(&e.transition)
-    .bind(&e.from_state)
-    .bind(&e.to_state)
-    .bind(&e.reason)
-    .bind(&e.data)
-    .execute(&mut *conn)
-    .await
-    .context("writing the event log")?;
-    Ok(())
-}
-
 pub async fn events_for_case(conn: &mut AnyConnection, case_id: i64) -> Result<Vec<CaseEvent>, StorageError> {
     let rows = sqlx::query(EVENTS_FOR_CASE)
         .bind(case_id)

@@ -24,29 +24,10 @@ pub struct NewRawMessage<'a> {
 
 /// Stores a raw message, or returns `None` when one with the same dedup key is already stored.
 pub async fn insert_raw_message(conn: &mut AnyConnection, m: &NewRawMessage<'_>) -> Result<Option<i64>, StorageError> {
-    let row = sqlx::query(
-        "INSERT INTO raw_messages (dedup_key, message_id, sha256, source, received_at, from_address, subject, sent_at, sender_auth, automatic, size_bytes, raw)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
-         ON CONFLICT (dedup_key) DO NOTHING RETURNING id",
-    )
-    .bind(m.dedup_key)
-    .bind(m.message_id)
-    .bind(m.sha256)
-    .bind(m.source)
-    .bind(m.received_at)
-    .bind(m.from_address)
-    .bind(m.subject)
-    .bind(m.sent_at)
-    .bind(m.sender_auth_json)
-    .bind(m.automatic)
-    .bind(m.raw.len() as i64)
-    .bind(m.raw)
-    .fetch_optional(&mut *conn)
-    .await
-    .context("storing a raw message")?;
-    row.map(|r| r.try_get::<i64, _>(0))
-        .transpose()
-        .context("reading a raw message id")
+    Ok(insert_raw_messages(conn, std::slice::from_ref(m))
+        .await?
+        .pop()
+        .flatten())
 }
 
 /// How many of these stored messages exist (`ids` holds each once).
@@ -105,24 +86,6 @@ pub struct NewAttachment<'a> {
     pub sha256: &'a str,
     pub forwarded: bool,
     pub content: &'a [u8],
-}
-
-pub async fn insert_attachment(conn: &mut AnyConnection, a: &NewAttachment<'_>) -> Result<i64, StorageError> {
-    sqlx::query_scalar(
-        "INSERT INTO attachments (raw_message_id, filename, claimed_type, detected_type, sha256, size_bytes, forwarded, content)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING id",
-    )
-    .bind(a.raw_message_id)
-    .bind(a.filename)
-    .bind(a.claimed_type)
-    .bind(a.detected_type)
-    .bind(a.sha256)
-    .bind(a.content.len() as i64)
-    .bind(i64::from(a.forwarded))
-    .bind(a.content)
-    .fetch_one(&mut *conn)
-    .await
-    .context("storing an attachment")
 }
 
 /// An attachment's bytes, with the type detected from them (for serving the PDF).
@@ -304,4 +267,109 @@ pub async fn origin_of(conn: &mut AnyConnection, raw_message_id: i64) -> Result<
         from_address: row.try_get(2).context("decoding a message")?,
         sender_auth_json: row.try_get(3).context("decoding a message")?,
     })
+}
+
+/// Stores several raw messages with one statement (per 200): for each, in order, its new id,
+/// or `None` when its dedup key was already taken (before, or by an earlier one of these).
+pub async fn insert_raw_messages(
+    conn: &mut AnyConnection,
+    messages: &[NewRawMessage<'_>],
+) -> Result<Vec<Option<i64>>, StorageError> {
+    let mut ids = Vec::with_capacity(messages.len());
+    for chunk in messages.chunks(200) {
+        let sql = super::batch::multi_row_insert(
+            "INSERT INTO raw_messages (dedup_key, message_id, sha256, source, received_at, from_address, subject, sent_at, sender_auth, automatic, size_bytes, raw) VALUES",
+            12,
+            chunk.len(),
+            " ON CONFLICT (dedup_key) DO NOTHING RETURNING id, dedup_key",
+        );
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for m in chunk {
+            query = query
+                .bind(m.dedup_key)
+                .bind(m.message_id)
+                .bind(m.sha256)
+                .bind(m.source)
+                .bind(m.received_at)
+                .bind(m.from_address)
+                .bind(m.subject)
+                .bind(m.sent_at)
+                .bind(m.sender_auth_json)
+                .bind(m.automatic)
+                .bind(m.raw.len() as i64)
+                .bind(m.raw);
+        }
+        let rows = query.fetch_all(&mut *conn).await.context("storing raw messages")?;
+        let mut inserted: Vec<(String, i64)> = rows
+            .iter()
+            .map(|r| Ok((r.try_get(1)?, r.try_get(0)?)))
+            .collect::<Result<_, sqlx::Error>>()
+            .context("reading raw message ids")?;
+        // A key given twice was inserted once: the first message with it gets the row.
+        for m in chunk {
+            let found = inserted.iter().position(|(key, _)| key == m.dedup_key);
+            ids.push(found.map(|i| inserted.swap_remove(i).1));
+        }
+    }
+    Ok(ids)
+}
+
+/// Stores several attachments with one statement (per 200); their ids, in order.
+pub async fn insert_attachments(
+    conn: &mut AnyConnection,
+    attachments: &[NewAttachment<'_>],
+) -> Result<Vec<i64>, StorageError> {
+    let mut ids = Vec::with_capacity(attachments.len());
+    for chunk in attachments.chunks(200) {
+        let sql = super::batch::multi_row_insert(
+            "INSERT INTO attachments (raw_message_id, filename, claimed_type, detected_type, sha256, size_bytes, forwarded, content) VALUES",
+            8,
+            chunk.len(),
+            " RETURNING id",
+        );
+        let mut query = sqlx::query_scalar::<_, i64>(sqlx::AssertSqlSafe(sql));
+        for a in chunk {
+            query = query
+                .bind(a.raw_message_id)
+                .bind(a.filename)
+                .bind(a.claimed_type)
+                .bind(a.detected_type)
+                .bind(a.sha256)
+                .bind(a.content.len() as i64)
+                .bind(i64::from(a.forwarded))
+                .bind(a.content);
+        }
+        let mut chunk_ids = query.fetch_all(&mut *conn).await.context("storing attachments")?;
+        // Both databases number the rows of one VALUES list in order; sorting makes the
+        // order of RETURNING irrelevant.
+        chunk_ids.sort_unstable();
+        if chunk_ids.len() != chunk.len() {
+            return Err(StorageError::Corrupt {
+                context: "storing attachments",
+                message: format!("{} rows given, {} ids returned", chunk.len(), chunk_ids.len()),
+            });
+        }
+        ids.extend(chunk_ids);
+    }
+    Ok(ids)
+}
+
+/// Forgets the prepare attempts of several messages (they are being recorded).
+pub async fn clear_prepare_attempts_of(conn: &mut AnyConnection, sha256s: &[&str]) -> Result<(), StorageError> {
+    for chunk in sha256s.chunks(500) {
+        let placeholders: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
+        let sql = format!(
+            "DELETE FROM prepare_attempts WHERE sha256 IN ({})",
+            placeholders.join(", ")
+        );
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for sha256 in chunk {
+            query = query.bind(*sha256);
+        }
+        query
+            .execute(&mut *conn)
+            .await
+            .context("clearing messages' prepare attempts")?;
+    }
+    Ok(())
 }

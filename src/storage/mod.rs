@@ -241,7 +241,7 @@ mod queue;
 mod timers;
 mod users;
 
-pub use batch::{Deferred, apply_change_deferred, flush};
+pub use batch::{Deferred, apply_change_deferred, enqueue_mail, flush};
 pub use case_file::{CaseFile, case_file};
 pub use cases::*;
 pub use events::*;

@@ -3,40 +3,7 @@
 use sqlx::{AnyConnection, Row};
 
 use super::queries::*;
-use super::{NewMail, QueryContext, StorageError};
-
-/// Queues a message (about a case, or not: the daily digest). Changes to a case queue theirs
-/// through [`super::apply_change`].
-pub async fn enqueue_mail(
-    conn: &mut AnyConnection,
-    case_id: Option<i64>,
-    m: &NewMail,
-    now: i64,
-) -> Result<(), StorageError> {
-    let status = if m.suppressed_reason.is_some() {
-        "suppressed"
-    } else {
-        "pending"
-    };
-    sqlx::query(
-        "INSERT INTO outbox (case_id, template, recipient, context, message_id, in_reply_to, status, suppressed_reason, next_attempt_at, created_at, automatic)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $9, $10)",
-    )
-    .bind(case_id)
-    .bind(&m.template)
-    .bind(&m.recipient)
-    .bind(&m.context_json)
-    .bind(&m.message_id)
-    .bind(&m.in_reply_to)
-    .bind(status)
-    .bind(&m.suppressed_reason)
-    .bind(now)
-    .bind(i64::from(m.automatic))
-    .execute(&mut *conn)
-    .await
-    .context("queueing an email")?;
-    Ok(())
-}
+use super::{QueryContext, StorageError};
 
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct OutboxRecord {

@@ -3,7 +3,7 @@
 use sqlx::{AnyConnection, Row};
 
 use super::queries::*;
-use super::{CancelTimers, NewTimer, QueryContext, StorageError};
+use super::{CancelTimers, QueryContext, StorageError};
 
 /// The `state` of timers that belong to the case rather than to one state (the SLA timers).
 pub const ANY_STATE: &str = "*";
@@ -34,26 +34,6 @@ pub(super) async fn cancel_pending_timers(
         .await
         .context("cancelling a case's timers")?;
     Ok(done.rows_affected())
-}
-
-pub(super) async fn arm_timer(
-    conn: &mut AnyConnection,
-    case_id: i64,
-    timer: &NewTimer,
-    now: i64,
-) -> Result<(), StorageError> {
-    sqlx::query(
-        "INSERT INTO timers (case_id, name, state, due_at, status, created_at) VALUES ($1, $2, $3, $4, 'pending', $5)",
-    )
-    .bind(case_id)
-    .bind(&timer.name)
-    .bind(&timer.state)
-    .bind(timer.due_at)
-    .bind(now)
-    .execute(&mut *conn)
-    .await
-    .context("arming a timer")?;
-    Ok(())
 }
 
 #[derive(Debug, Clone, serde::Serialize)]

@@ -174,15 +174,10 @@ pub fn is_first_pair_of_eyes(workflow: &WorkflowDef, transition: Option<&str>, k
 
 #[cfg(test)]
 mod tests {
-    use std::path::Path;
 
     use super::*;
-    use crate::workflow::WorkflowSet;
 
-    fn workflows() -> WorkflowSet {
-        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-        WorkflowSet::load(&root.join("workflows"), &root.join("templates")).expect("shipped workflows load")
-    }
+    use crate::workflow::shipped as workflows;
 
     fn actor(role: ActorRole) -> Actor {
         Actor {

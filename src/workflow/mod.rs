@@ -10,3 +10,10 @@ pub use definition::{
     TransitionDef, WorkflowDef, WorkflowSet,
 };
 pub use machine::{Actor, CaseHistory, TransitionError, TransitionPlan, TransitionRequest, plan_transition};
+
+/// The workflows the service ships (`workflows/*.toml`), for unit tests.
+#[cfg(test)]
+pub(crate) fn shipped() -> WorkflowSet {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    WorkflowSet::load(&root.join("workflows"), &root.join("templates")).expect("shipped workflows load")
+}

@@ -1021,3 +1021,28 @@ async fn two_assignments_from_one_page_exactly_one_wins() {
     })
     .await;
 }
+
+/// A group numbers its cases in one go and gives back the numbers it did not use: a copy of a
+/// form already in the group (linked, not a new case) leaves no gap in the references.
+#[tokio::test]
+async fn a_group_that_opens_fewer_cases_than_it_might_leaves_no_gap_in_references() {
+    on_both_backends(|engine| async move {
+        let form = fixture("mail/gp_form.eml");
+        let copy = String::from_utf8_lossy(&form)
+            .replacen("Message-ID: <", "Message-ID: <copy-", 1)
+            .into_bytes();
+        assert_ne!(copy, form, "the fixture has a Message-ID to change");
+        let no_form = fixture("mail/no_form.eml");
+        let mut group = Vec::new();
+        for raw in [&form, &copy, &no_form] {
+            group.push((raw.as_slice(), engine.prepare(raw).await, "test"));
+        }
+        let reports = engine.record_group(group).await.unwrap();
+        let references: Vec<&str> = reports.iter().map(|r| r.cases[0].reference.as_str()).collect();
+        assert_eq!(references, vec!["CS-2026-000001", "CS-2026-000001", "CS-2026-000002"]);
+        assert_eq!(reports[1].cases[0].duplicate_of.as_deref(), Some("CS-2026-000001"));
+        let next = engine.intake(&fixture("mail/forwarded.eml"), "test").await.unwrap();
+        assert_eq!(next.cases[0].reference, "CS-2026-000003");
+    })
+    .await;
+}

@@ -25,6 +25,11 @@ pub(super) struct Recording<'t> {
     deferred: storage::Deferred,
     /// The forms this transaction holds the lock of (see [`storage::lock_form`]).
     locked_forms: std::collections::BTreeSet<String>,
+    /// The case each of the group's forms already has (or `None`), looked up once for the
+    /// group and kept up to date as the group opens cases.
+    form_cases: BTreeMap<String, Option<CaseRecord>>,
+    /// Case numbers taken for the group and not yet used: (year, next, last).
+    numbers: Option<(i32, i64, i64)>,
 }
 
 impl<'t> Recording<'t> {
@@ -33,7 +38,57 @@ impl<'t> Recording<'t> {
             conn,
             deferred: storage::Deferred::default(),
             locked_forms: Default::default(),
+            form_cases: BTreeMap::new(),
+            numbers: None,
         }
+    }
+
+    /// The case that already has this form, if any: from the group's lookup, else read.
+    async fn case_with_form(&mut self, sha256: &str) -> Result<Option<CaseRecord>, EngineError> {
+        if let Some(known) = self.form_cases.get(sha256) {
+            return Ok(known.clone());
+        }
+        Ok(storage::case_by_form_sha256(self.conn, sha256).await?)
+    }
+
+    /// The next case number for `year`: from the group's reserve while it lasts.
+    async fn next_case_number(&mut self, year: i32) -> Result<i64, EngineError> {
+        if let Some((reserved_year, next, last)) = self.numbers
+            && reserved_year == year
+            && next <= last
+        {
+            self.numbers = Some((year, next + 1, last));
+            return Ok(next);
+        }
+        Ok(storage::next_case_number(self.conn, year).await?)
+    }
+
+    /// The transaction, for a reply: everything held is written, and the group's knowledge of
+    /// which forms have cases is dropped (a reply's form can become its case's form).
+    async fn for_reply(&mut self) -> Result<&mut AnyConnection, EngineError> {
+        self.form_cases.clear();
+        self.flushed().await
+    }
+
+    /// Takes `count` case numbers for the group at once.
+    async fn reserve_case_numbers(&mut self, year: i32, count: i64) -> Result<(), EngineError> {
+        if count > 1 {
+            let last = storage::take_case_numbers(self.conn, year, count).await?;
+            self.numbers = Some((year, last - count + 1, last));
+        }
+        Ok(())
+    }
+
+    /// Writes what is held and gives back the case numbers the group did not use: the
+    /// transaction can commit.
+    async fn finish(&mut self) -> Result<(), EngineError> {
+        if let Some((year, next, last)) = self.numbers.take()
+            && next <= last
+        {
+            storage::return_case_numbers(self.conn, year, next - 1).await?;
+        }
+        self.flushed().await?;
+        Ok(())
     }
 
     /// Takes the lock of a form's writers, once per transaction.
@@ -285,15 +340,27 @@ impl Engine {
         forms.sort_unstable();
         forms.dedup();
         let mut writes = Recording::new(&mut tx);
-        for sha256 in forms {
+        for sha256 in &forms {
             writes.lock_form(sha256).await?;
         }
+        // With the forms locked, which of them already have a case, in one query.
+        writes.form_cases = forms.iter().map(|f| (f.to_string(), None)).collect();
+        for (form, case) in storage::cases_by_form_sha256s(writes.conn(), &forms).await? {
+            if let Some(slot @ None) = writes.form_cases.get_mut(&form) {
+                *slot = Some(case);
+            }
+        }
+        // At most one case per form, or one for an email without any: numbered in one go.
+        let cases_at_most: usize = emails.iter().map(|(_, p, _)| p.analyses.len().max(1)).sum();
+        writes
+            .reserve_case_numbers(self.clock.now().year(), cases_at_most as i64)
+            .await?;
         let mut reports = Vec::with_capacity(emails.len());
         let stored = self.store_messages(&mut writes, &emails).await?;
         for ((raw, prepared, source), stored) in emails.into_iter().zip(stored) {
             reports.push(self.record_in(&mut writes, raw, prepared, source, stored).await?);
         }
-        writes.flushed().await?;
+        writes.finish().await?;
         tx.commit().await.context("committing ingested messages")?;
         self.confirm_stored(&reports).await?;
         self.recorded(&reports);
@@ -470,7 +537,7 @@ impl Engine {
                     let case_id = case.id;
                     let (outcome, leftovers) = self
                         .attach_reply(
-                            w.flushed().await?,
+                            w.for_reply().await?,
                             case,
                             &parsed,
                             raw_message_id,
@@ -689,7 +756,7 @@ impl Engine {
         let attachment = &parsed.attachments[form.attachment_index];
         let attachment_id = attachment_ids[form.attachment_index];
         w.lock_form(&attachment.sha256).await?;
-        if let Some(original) = storage::case_by_form_sha256(w.conn(), &attachment.sha256).await? {
+        if let Some(original) = w.case_with_form(&attachment.sha256).await? {
             return self.link_duplicate(w, &original, raw_message_id, now).await;
         }
         form.findings.extend(related.and_then(Related::finding));
@@ -777,7 +844,7 @@ impl Engine {
         related: Option<&Related>,
         now: i64,
     ) -> Result<CaseOutcome, EngineError> {
-        let reference = self.next_reference(w.conn()).await?;
+        let reference = self.next_reference(w).await?;
         let fields = BTreeMap::new();
         // A case that starts closed (a bounce with no case) asks for no work and has no SLA.
         let open = state == unclassified::STATE;
@@ -825,9 +892,9 @@ impl Engine {
         })
     }
 
-    async fn next_reference(&self, conn: &mut AnyConnection) -> Result<CaseRef, EngineError> {
+    async fn next_reference(&self, w: &mut Recording<'_>) -> Result<CaseRef, EngineError> {
         let year = self.clock.now().year();
-        let number = storage::next_case_number(conn, year).await?;
+        let number = w.next_case_number(year).await?;
         Ok(CaseRef::new(year, number))
     }
 
@@ -844,7 +911,7 @@ impl Engine {
         now: i64,
     ) -> Result<CaseOutcome, EngineError> {
         let workflow = self.workflow_named(form.workflow.as_deref())?;
-        let reference = self.next_reference(w.conn()).await?;
+        let reference = self.next_reference(w).await?;
         let ods = form.fields.get("org_ods_code").and_then(|c| OdsCode::parse(c));
         let org_name = form
             .fields
@@ -923,6 +990,7 @@ impl Engine {
             new_case.version = checked.version;
         }
         let case = storage::insert_case(w.conn(), &new_case).await?;
+        w.form_cases.insert(form_sha256.to_string(), Some(case.clone()));
         opened.case_id = case.id;
         if only_state {
             opened.columns = storage::CaseColumns::default();

@@ -22,6 +22,63 @@ pub async fn next_case_number(conn: &mut AnyConnection, year: i32) -> Result<i64
     .context("numbering a case")
 }
 
+/// Takes the next `count` case numbers for `year` at once (a group of mail); returns the
+/// last. Numbers a group did not use go back with [`return_case_numbers`] before it commits:
+/// the counter's row stays locked by this transaction until then, so no one else can take a
+/// number in between and no gap is left.
+pub async fn take_case_numbers(conn: &mut AnyConnection, year: i32, count: i64) -> Result<i64, StorageError> {
+    sqlx::query_scalar(
+        "INSERT INTO reference_counters (year, last_number) VALUES ($1, $2)
+         ON CONFLICT (year) DO UPDATE SET last_number = reference_counters.last_number + $2
+         RETURNING last_number",
+    )
+    .bind(i64::from(year))
+    .bind(count)
+    .fetch_one(&mut *conn)
+    .await
+    .context("numbering cases")
+}
+
+/// Sets `year`'s counter back to `last_used`, giving back the numbers taken and not used.
+pub async fn return_case_numbers(conn: &mut AnyConnection, year: i32, last_used: i64) -> Result<(), StorageError> {
+    sqlx::query("UPDATE reference_counters SET last_number = $1 WHERE year = $2")
+        .bind(last_used)
+        .bind(i64::from(year))
+        .execute(&mut *conn)
+        .await
+        .context("giving back case numbers")?;
+    Ok(())
+}
+
+/// The cases that first received any of these PDFs, each with its form's hash.
+pub async fn cases_by_form_sha256s(
+    conn: &mut AnyConnection,
+    sha256s: &[&str],
+) -> Result<Vec<(String, CaseRecord)>, StorageError> {
+    let mut cases = Vec::new();
+    for chunk in sha256s.chunks(500) {
+        let placeholders: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
+        let sql = format!(
+            "{}WHERE form_sha256 IN ({}) ORDER BY id",
+            select_cases!("").replacen("SELECT ", "SELECT form_sha256, ", 1),
+            placeholders.join(", ")
+        );
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for sha256 in chunk {
+            query = query.bind(*sha256);
+        }
+        let rows = query
+            .fetch_all(&mut *conn)
+            .await
+            .context("looking for earlier copies of forms")?;
+        for row in &rows {
+            let form: String = row.try_get("form_sha256").context("decoding a case")?;
+            cases.push((form, case_from_row(row)?));
+        }
+    }
+    Ok(cases)
+}
+
 pub struct NewCase<'a> {
     pub reference: &'a str,
     pub workflow: Option<&'a str>,

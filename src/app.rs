@@ -73,7 +73,7 @@ impl App {
         let (engine, settings) = (&self.engine, &self.settings);
         let dispatcher =
             crate::outbox::Dispatcher::new(engine.clone(), settings.mailer.clone(), &settings.templates_dir)?;
-        let scheduler = crate::scheduler::Scheduler::new(engine.clone(), settings.mailer.clone())?;
+        let scheduler = crate::scheduler::Scheduler::new(engine.clone(), settings.scheduler.clone())?;
         match &settings.imap {
             Some(imap) => {
                 let summary = crate::ingest::imap::ImapPoller::new(engine.clone(), imap.clone())
@@ -116,7 +116,7 @@ impl App {
         let (engine, settings) = (&self.engine, &self.settings);
         let dispatcher =
             crate::outbox::Dispatcher::new(engine.clone(), settings.mailer.clone(), &settings.templates_dir)?;
-        let scheduler = crate::scheduler::Scheduler::new(engine.clone(), settings.mailer.clone())?;
+        let scheduler = crate::scheduler::Scheduler::new(engine.clone(), settings.scheduler.clone())?;
         let (stop_tx, stop_rx) = crate::ingest::shutdown_channel();
         tokio::spawn(async move {
             crate::ingest::shutdown_signal().await;

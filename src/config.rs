@@ -53,8 +53,10 @@ pub struct Settings {
     pub pdf_timeout: Duration,
     /// The mailbox to take mail from; when unset, the drop folder is used.
     pub imap: Option<ImapSettings>,
-    /// Outbound mail, timers and scheduled jobs.
+    /// Outbound mail.
     pub mailer: MailerSettings,
+    /// Timers' recipients and the scheduled jobs.
+    pub scheduler: SchedulerSettings,
     /// Where the web app listens.
     pub web_bind: String,
     /// The web app's address as users reach it, for links in mail and set-password links.
@@ -63,7 +65,7 @@ pub struct Settings {
     pub web_secure_cookies: bool,
 }
 
-/// How outbound mail is sent, to whom internal mail goes, and the scheduled jobs.
+/// How outbound mail is sent.
 #[derive(Debug, Clone)]
 pub struct MailerSettings {
     /// The SMTP server; when unset, mail is written as `.eml` files to `mail_folder` instead.
@@ -72,20 +74,37 @@ pub struct MailerSettings {
     /// Our address: the From of everything we send, and never answered automatically.
     pub from_address: String,
     pub from_name: String,
-    /// Where nudges about unpicked cases go.
-    pub team_address: Option<String>,
-    /// Where escalations and the daily digest go.
-    pub managers_address: Option<String>,
     /// Automatic messages to one recipient per hour, at most; more wait for the next hour.
     pub per_recipient_per_hour: i64,
     /// Attempts before a message is marked failed.
     pub max_attempts: i64,
+}
+
+/// Where the mail timers and jobs send goes, and when the scheduled jobs run.
+#[derive(Debug, Clone)]
+pub struct SchedulerSettings {
+    /// Where nudges about unpicked cases go.
+    pub team_address: Option<String>,
+    /// Where escalations and the daily digest go.
+    pub managers_address: Option<String>,
     /// cron expressions (seconds first), in local time.
     pub digest_schedule: String,
     pub housekeeping_schedule: String,
     /// Raw message bytes are cleared this many days after receipt, once their cases are
     /// closed; the case record and the form stay.
     pub raw_retention_days: i64,
+}
+
+impl Default for SchedulerSettings {
+    fn default() -> Self {
+        SchedulerSettings {
+            team_address: None,
+            managers_address: None,
+            digest_schedule: "0 0 8 * * Mon-Fri".into(),
+            housekeeping_schedule: "0 30 2 * * *".into(),
+            raw_retention_days: 730,
+        }
+    }
 }
 
 impl Default for MailerSettings {
@@ -95,13 +114,8 @@ impl Default for MailerSettings {
             mail_folder: PathBuf::from("data").join("sent-mail"),
             from_address: "pcse.openexeter@nhs.net".into(),
             from_name: "PCSE Open Exeter".into(),
-            team_address: None,
-            managers_address: None,
             per_recipient_per_hour: 5,
             max_attempts: 10,
-            digest_schedule: "0 0 8 * * Mon-Fri".into(),
-            housekeeping_schedule: "0 30 2 * * *".into(),
-            raw_retention_days: 730,
         }
     }
 }
@@ -217,6 +231,7 @@ impl Settings {
             pdf_timeout: ExtractLimits::default().timeout,
             imap: None,
             mailer: MailerSettings::default(),
+            scheduler: SchedulerSettings::default(),
             web_bind: "127.0.0.1:8080".into(),
             web_base_url: "http://127.0.0.1:8080".into(),
             web_secure_cookies: false,
@@ -341,21 +356,22 @@ impl Settings {
         if let Some(v) = &layer.mail_from_name {
             m.from_name = v.clone();
         }
-        if let Some(v) = &layer.team_address {
-            m.team_address = Some(v.clone());
-        }
-        if let Some(v) = &layer.managers_address {
-            m.managers_address = Some(v.clone());
-        }
         if let Some(v) = layer.mail_rate_per_hour {
             m.per_recipient_per_hour = v as i64;
         }
+        let j = &mut self.scheduler;
+        if let Some(v) = &layer.team_address {
+            j.team_address = Some(v.clone());
+        }
+        if let Some(v) = &layer.managers_address {
+            j.managers_address = Some(v.clone());
+        }
         for (name, value, target) in [
-            ("digest_schedule", &layer.digest_schedule, &mut m.digest_schedule),
+            ("digest_schedule", &layer.digest_schedule, &mut j.digest_schedule),
             (
                 "housekeeping_schedule",
                 &layer.housekeeping_schedule,
-                &mut m.housekeeping_schedule,
+                &mut j.housekeeping_schedule,
             ),
         ] {
             if let Some(expression) = value {
@@ -367,7 +383,7 @@ impl Settings {
             }
         }
         if let Some(v) = layer.raw_retention_days {
-            m.raw_retention_days = v as i64;
+            j.raw_retention_days = v as i64;
         }
         Ok(())
     }

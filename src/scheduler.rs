@@ -18,7 +18,7 @@ use chrono::{DateTime, Local, TimeZone};
 use tokio::sync::watch;
 use tracing::{info, warn};
 
-use crate::config::MailerSettings;
+use crate::config::SchedulerSettings;
 use crate::engine::{Engine, EngineError, FiredTimer, TimerRecipients};
 use crate::storage::{self, QueryContext, StorageError};
 
@@ -34,13 +34,13 @@ pub enum SchedulerError {
 
 pub struct Scheduler {
     engine: Engine,
-    settings: MailerSettings,
+    settings: SchedulerSettings,
     digest: cron::Schedule,
     housekeeping: cron::Schedule,
 }
 
 impl Scheduler {
-    pub fn new(engine: Engine, settings: MailerSettings) -> Result<Self, SchedulerError> {
+    pub fn new(engine: Engine, settings: SchedulerSettings) -> Result<Self, SchedulerError> {
         let parse = |job: &'static str, expression: &str| {
             cron::Schedule::from_str(expression).map_err(|e| SchedulerError::Schedule {
                 job,

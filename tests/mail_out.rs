@@ -25,7 +25,7 @@ fn dispatcher(engine: &Engine, postfix: &Postfix) -> Dispatcher {
 }
 
 fn scheduler(engine: &Engine) -> Scheduler {
-    let settings = countersign::config::MailerSettings {
+    let settings = countersign::config::SchedulerSettings {
         managers_address: Some(MANAGERS.into()),
         team_address: Some(common::postfix::TEAM.into()),
         ..Default::default()

@@ -175,8 +175,6 @@ impl Postfix {
                 password: None,
                 ca_file: None,
             }),
-            managers_address: Some(MANAGERS.into()),
-            team_address: Some(TEAM.into()),
             from_address: super::OUR_ADDRESS.into(),
             ..MailerSettings::default()
         }

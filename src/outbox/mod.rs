@@ -1,7 +1,7 @@
 //! Outbound mail through a transactional outbox.
 //!
 //! Rows are written in the same transaction as the change that causes them (see
-//! `Engine::notify`). The dispatcher claims due rows one at a time (`FOR UPDATE SKIP LOCKED` on
+//! `engine::notify` and `storage::apply_change`). The dispatcher claims due rows one at a time (`FOR UPDATE SKIP LOCKED` on
 //! PostgreSQL; a claim lease column on both), renders them with tera, and sends them with
 //! lettre, retrying with exponential backoff while the server is away. Delivery is at least
 //! once: a crash between sending and marking sent resends with the same Message-ID, so the
@@ -12,19 +12,20 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use lettre::message::header::{ContentType, Header, HeaderName, HeaderValue};
-use lettre::message::{Mailbox, MultiPart, SinglePart};
-use lettre::transport::smtp::authentication::Credentials;
-use lettre::transport::smtp::client::{Certificate, Tls, TlsParameters};
-use lettre::{AsyncFileTransport, AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
+mod compose;
+mod render;
+mod transport;
+
+pub use compose::compose;
+pub use render::{RenderedMail, Renderer};
+use transport::Transport;
 
 use tokio::sync::watch;
 use tracing::{info, warn};
 
-use crate::config::{MailerSettings, TransportSecurity};
+use crate::config::MailerSettings;
 use crate::engine::Engine;
 use crate::storage::{self, QueryContext, StorageError};
-use secrecy::ExposeSecret;
 
 /// How long a claimed message is reserved for the instance sending it.
 const CLAIM_LEASE: Duration = Duration::from_secs(120);
@@ -41,91 +42,6 @@ pub enum OutboxError {
     Transport { host: String, message: String },
     #[error(transparent)]
     Storage(#[from] StorageError),
-}
-
-/// `Auto-Submitted` (RFC 3834), which lettre does not define.
-#[derive(Debug, Clone)]
-struct AutoSubmitted(String);
-
-impl Header for AutoSubmitted {
-    fn name() -> HeaderName {
-        HeaderName::new_from_ascii_str("Auto-Submitted")
-    }
-
-    fn parse(s: &str) -> Result<Self, Box<dyn std::error::Error + Send + Sync>> {
-        Ok(AutoSubmitted(s.trim().to_string()))
-    }
-
-    fn display(&self) -> HeaderValue {
-        HeaderValue::new(Self::name(), self.0.clone())
-    }
-}
-
-/// A rendered email: the first line of the plain-text template is `Subject: …`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RenderedMail {
-    pub subject: String,
-    pub text: String,
-    pub html: String,
-}
-
-/// The email templates (`templates/email/NAME.txt.tera` and `NAME.html.tera`).
-pub struct Renderer {
-    tera: tera::Tera,
-}
-
-impl Renderer {
-    pub fn load(templates_dir: &Path) -> Result<Self, OutboxError> {
-        let glob = format!("{}/email/**/*.tera", templates_dir.display());
-        let mut tera = tera::Tera::new(&glob).map_err(|e| OutboxError::Templates {
-            dir: templates_dir.display().to_string(),
-            message: format!("{e:?}"),
-        })?;
-        // Tera escapes by file ending; ours end in `.tera`, so name the HTML ones. Values from
-        // forms and caseworkers must never become markup.
-        tera.autoescape_on(vec![".html.tera"]);
-        Ok(Renderer { tera })
-    }
-
-    pub fn render(&self, template: &str, context: &serde_json::Value) -> Result<RenderedMail, OutboxError> {
-        let failed = |e: tera::Error| {
-            let mut message = e.to_string();
-            let mut source = std::error::Error::source(&e);
-            while let Some(cause) = source {
-                message.push_str(&format!(": {cause}"));
-                source = cause.source();
-            }
-            OutboxError::Render {
-                template: template.to_string(),
-                message,
-            }
-        };
-        let mut ctx = tera::Context::from_value(context.clone()).map_err(failed)?;
-        let plain = self
-            .tera
-            .render(&format!("{template}.txt.tera"), &ctx)
-            .map_err(failed)?;
-        let (first, rest) = plain.split_once('\n').unwrap_or((plain.as_str(), ""));
-        let subject = first
-            .strip_prefix("Subject:")
-            .map(str::trim)
-            .unwrap_or("Countersign")
-            .to_string();
-        let text = rest.trim().to_string() + "\n";
-        ctx.insert("subject", &subject);
-        ctx.insert("plain", &text);
-        let html = self
-            .tera
-            .render(&format!("{template}.html.tera"), &ctx)
-            .map_err(failed)?;
-        Ok(RenderedMail { subject, text, html })
-    }
-}
-
-enum Transport {
-    Smtp(AsyncSmtpTransport<Tokio1Executor>),
-    /// The embedded default: `.eml` files in a folder.
-    Files(AsyncFileTransport<Tokio1Executor>),
 }
 
 /// A claimed outbox row.
@@ -163,53 +79,7 @@ fn backoff(attempts: i64) -> Duration {
 impl Dispatcher {
     pub fn new(engine: Engine, settings: MailerSettings, templates_dir: &Path) -> Result<Self, OutboxError> {
         let renderer = Renderer::load(templates_dir)?;
-        let transport = match &settings.smtp {
-            None => {
-                std::fs::create_dir_all(&settings.mail_folder).map_err(|e| OutboxError::Transport {
-                    host: settings.mail_folder.display().to_string(),
-                    message: e.to_string(),
-                })?;
-                Transport::Files(AsyncFileTransport::<Tokio1Executor>::new(&settings.mail_folder))
-            }
-            Some(smtp) => {
-                let failed = |e: lettre::transport::smtp::Error| OutboxError::Transport {
-                    host: smtp.host.clone(),
-                    message: e.to_string(),
-                };
-                let tls_parameters = || -> Result<TlsParameters, OutboxError> {
-                    let mut tls = TlsParameters::builder(smtp.host.clone());
-                    if let Some(path) = &smtp.ca_file {
-                        let pem = std::fs::read(path).map_err(|e| OutboxError::Transport {
-                            host: smtp.host.clone(),
-                            message: format!("cannot read CA file {}: {e}", path.display()),
-                        })?;
-                        tls = tls.add_root_certificate(Certificate::from_pem(&pem).map_err(failed)?);
-                    }
-                    tls.build_rustls().map_err(failed)
-                };
-                let builder = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(&smtp.host);
-                let mut builder = match smtp.security {
-                    TransportSecurity::Tls => builder.tls(Tls::Wrapper(tls_parameters()?)),
-                    TransportSecurity::Starttls => builder.tls(Tls::Required(tls_parameters()?)),
-                    TransportSecurity::Plain => {
-                        let loopback = smtp.host == "localhost"
-                            || smtp.host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback());
-                        if !loopback {
-                            return Err(OutboxError::Transport {
-                                host: smtp.host.clone(),
-                                message: "plain SMTP is only allowed to a loopback address; use tls or starttls".into(),
-                            });
-                        }
-                        builder
-                    }
-                };
-                builder = builder.port(smtp.port).timeout(Some(Duration::from_secs(30)));
-                if let (Some(user), Some(password)) = (&smtp.user, &smtp.password) {
-                    builder = builder.credentials(Credentials::new(user.clone(), password.expose_secret().to_string()));
-                }
-                Transport::Smtp(builder.build())
-            }
-        };
+        let transport = Transport::from_settings(&settings)?;
         let holder = format!("outbox-{}-{}", std::process::id(), uuid::Uuid::new_v4().simple());
         Ok(Dispatcher {
             engine,
@@ -236,47 +106,6 @@ impl Dispatcher {
         Ok(self.engine.db().pool.acquire().await.context("connecting")?)
     }
 
-    /// Builds the email for a job.
-    pub fn compose(&self, job: &OutboxJob, rendered: &RenderedMail) -> Result<Message, String> {
-        let from: Mailbox = format!("{} <{}>", self.settings.from_name, self.settings.from_address)
-            .parse()
-            .map_err(|e| format!("our From address: {e}"))?;
-        let to: Mailbox = job
-            .recipient
-            .as_deref()
-            .unwrap_or_default()
-            .parse()
-            .map_err(|e| format!("recipient: {e}"))?;
-        let mut builder = Message::builder()
-            .from(from)
-            .to(to)
-            .subject(&rendered.subject)
-            .date_now()
-            .message_id(Some(job.message_id.clone()));
-        if let Some(parent) = &job.in_reply_to {
-            let parent = format!("<{}>", parent.trim().trim_start_matches('<').trim_end_matches('>'));
-            builder = builder.in_reply_to(parent.clone()).references(parent);
-        }
-        if job.automatic {
-            builder = builder.header(AutoSubmitted("auto-replied".into()));
-        }
-        builder
-            .multipart(
-                MultiPart::alternative()
-                    .singlepart(
-                        SinglePart::builder()
-                            .header(ContentType::TEXT_PLAIN)
-                            .body(rendered.text.clone()),
-                    )
-                    .singlepart(
-                        SinglePart::builder()
-                            .header(ContentType::TEXT_HTML)
-                            .body(rendered.html.clone()),
-                    ),
-            )
-            .map_err(|e| e.to_string())
-    }
-
     /// Sends everything due now; returns what happened.
     pub async fn dispatch_due(&self) -> Result<DispatchSummary, OutboxError> {
         let mut summary = DispatchSummary::default();
@@ -292,7 +121,7 @@ impl Dispatcher {
                 .render(&job.template, &job.context)
                 .map_err(|e| e.to_string())
                 .and_then(|r| {
-                    let message = self.compose(&job, &r)?;
+                    let message = compose(&self.settings, &job, &r)?;
                     Ok((r.subject, message))
                 });
             let (subject, message) = match message {
@@ -304,18 +133,7 @@ impl Dispatcher {
                     continue;
                 }
             };
-            let result = match &self.transport {
-                Transport::Smtp(smtp) => smtp
-                    .send(message)
-                    .await
-                    .map(|_| ())
-                    .map_err(|e| (e.is_permanent(), e.to_string())),
-                Transport::Files(files) => files
-                    .send(message)
-                    .await
-                    .map(|_| ())
-                    .map_err(|e| (false, e.to_string())),
-            };
+            let result = self.transport.send(message).await;
             match result {
                 Ok(()) => {
                     if let Some(hook) = &self.after_send {

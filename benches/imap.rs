@@ -3,7 +3,7 @@
 //! client and no processing, as the ceiling. Prints messages per second and peak memory.
 //! `COUNTERSIGN_BENCH_IMAP_EMAILS` sets the mailbox size (default 5000).
 
-#[path = "../tests/common/mod.rs"]
+#[path = "../tests/it/common/mod.rs"]
 mod common;
 
 use common::dovecot;

@@ -5,6 +5,7 @@
 //!
 //! Kept in a binary of its own, so that the peak memory it measures is its own.
 
+#[path = "it/common/mod.rs"]
 mod common;
 
 use std::path::{Path, PathBuf};

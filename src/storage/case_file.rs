@@ -1,7 +1,7 @@
 //! Everything the case page shows about one case, read on one connection: the case, the email
 //! that opened it and its attachments, its events, mail, timers and notes, who it is assigned
 //! to, and the cases it is linked with. Every query here is keyed by the case and indexed
-//! (`tests/query_plans.rs`).
+//! (`tests/it/query_plans.rs`).
 
 use sqlx::AnyConnection;
 

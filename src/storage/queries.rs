@@ -1,5 +1,5 @@
 //! The per-case queries by name: each is keyed by one case (or its message) and must use an
-//! index, which `tests/query_plans.rs` checks on both backends.
+//! index, which `tests/it/query_plans.rs` checks on both backends.
 
 pub(crate) const CASE_BY_REFERENCE: &str = select_cases!("WHERE reference = $1");
 pub(crate) const CASE_BY_ID: &str = select_cases!("WHERE id = $1");
@@ -29,7 +29,7 @@ pub enum CaseKey {
 
 /// Every query that reads one case's rows, by name. Each must find its rows through an index,
 /// never by scanning a table that grows with the service's age (the outbox, the event log):
-/// `tests/query_plans.rs` runs `EXPLAIN` on each, on both backends.
+/// `tests/it/query_plans.rs` runs `EXPLAIN` on each, on both backends.
 pub const PER_CASE_QUERIES: &[(&str, &str, CaseKey)] = &[
     ("case by reference", CASE_BY_REFERENCE, CaseKey::Text),
     ("case by id", CASE_BY_ID, CaseKey::Id),

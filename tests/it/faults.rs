@@ -2,9 +2,7 @@
 //! form, a NUL in a header, a half-written drop-folder file, two processes migrating at
 //! once, and a disk that fills up mid-drain. Each is bounded in time and stops by itself.
 
-mod common;
-
-use common::{TestDatabase, engine_on};
+use crate::common::{TestDatabase, engine_on};
 use countersign::engine::Engine;
 use countersign::storage::{Backend, Db};
 use sqlx::Row;
@@ -12,8 +10,8 @@ use sqlx::Row;
 const BACKENDS: [Backend; 2] = [Backend::Sqlite, Backend::Postgres];
 
 fn sample_emails(count: usize) -> Vec<Vec<u8>> {
-    let today = common::friday_morning().date_naive();
-    countersign::samples::sample_emails(&common::workflows(), count, today, common::AUTHSERV_ID).unwrap()
+    let today = crate::common::friday_morning().date_naive();
+    countersign::samples::sample_emails(&crate::common::workflows(), count, today, crate::common::AUTHSERV_ID).unwrap()
 }
 
 /// The same email with a new Message-ID: the same PDF, resent as a new message.
@@ -166,13 +164,13 @@ fn email_with_nul_headers(pdf: &[u8]) -> Vec<u8> {
 #[tokio::test]
 async fn a_nul_or_invalid_utf8_in_any_header_is_stored_on_both_backends() {
     // The form's own fields carry a NUL too.
-    let workflows = common::workflows();
+    let workflows = crate::common::workflows();
     let workflow = workflows.get("primary_user_gp").unwrap();
-    let mut values = countersign::samples::good_values(workflow, 1, common::friday_morning().date_naive());
+    let mut values = countersign::samples::good_values(workflow, 1, crate::common::friday_morning().date_naive());
     values.insert("org_name".into(), "Riverside\0Surgery".into());
     let pdf = countersign::pdf::generate::filled_form(workflow, &values).unwrap();
     let raw = email_with_nul_headers(&pdf);
-    common::on_both_backends(|engine| {
+    crate::common::on_both_backends(|engine| {
         let raw = raw.clone();
         async move {
             let report = engine
@@ -366,10 +364,10 @@ async fn a_full_disk_under_an_imap_drain_moves_nothing_unstored_and_doubles_no_m
     let disk = SmallDisk::mount("1200k");
     let url = format!("sqlite://{}?mode=rwc", disk.path().join("countersign.db").display());
     let engine = engine_on(Db::connect(&url).await.unwrap());
-    let dovecot = common::dovecot::Dovecot::start();
+    let dovecot = crate::common::dovecot::Dovecot::start();
     let total = 120;
     dovecot.deliver("INBOX", &sample_emails(total)).await;
-    let poller = countersign::ingest::imap::ImapPoller::new(common::live(&engine), dovecot.settings());
+    let poller = countersign::ingest::imap::ImapPoller::new(crate::common::live(&engine), dovecot.settings());
     let limit = std::time::Duration::from_secs(120);
 
     // The disk fills mid-drain: the drain stops with the error, and what it moved is stored.
@@ -405,7 +403,7 @@ async fn a_full_disk_under_an_imap_drain_moves_nothing_unstored_and_doubles_no_m
 
 #[tokio::test]
 async fn a_quarantine_counts_no_extra_attempt() {
-    common::on_both_backends(|engine| async move {
+    crate::common::on_both_backends(|engine| async move {
         let mut conn = engine.db().pool.acquire().await.unwrap();
         for now in 1..=5 {
             countersign::storage::record_ingest_error(&mut conn, "imap:x;UID=7", "imap:x", "database is locked", now)
@@ -426,7 +424,7 @@ async fn a_quarantine_counts_no_extra_attempt() {
 #[tokio::test]
 async fn the_drop_folder_takes_only_finished_files() {
     let email = sample_emails(1).remove(0);
-    common::on_both_backends(|engine| {
+    crate::common::on_both_backends(|engine| {
         let email = email.clone();
         async move {
             use countersign::ingest::dropfolder::{DropFolder, MAX_MESSAGE_BYTES};
@@ -484,7 +482,7 @@ async fn the_drop_folder_takes_only_finished_files() {
 #[tokio::test]
 async fn a_complete_copy_of_a_message_once_taken_truncated_is_not_already_ingested() {
     let email = sample_emails(1).remove(0);
-    common::on_both_backends(|engine| {
+    crate::common::on_both_backends(|engine| {
         let email = email.clone();
         async move {
             let dir = tempfile::tempdir().unwrap();
@@ -557,7 +555,7 @@ async fn connections_killed_mid_drain_lose_and_double_nothing_on_postgres() {
         .unwrap();
     let killing = tokio::spawn(async move {
         use sqlx::Connection;
-        let mut admin = sqlx::PgConnection::connect(&common::postgres_admin_url())
+        let mut admin = sqlx::PgConnection::connect(&crate::common::postgres_admin_url())
             .await
             .unwrap();
         let mut killed = 0_i64;
@@ -621,7 +619,7 @@ async fn connections_killed_mid_drain_lose_and_double_nothing_on_postgres() {
 /// of the folder is not held up.
 #[tokio::test]
 async fn a_message_that_never_stores_is_set_aside_after_its_tries_and_holds_up_no_other() {
-    common::on_both_backends(|engine| async move {
+    crate::common::on_both_backends(|engine| async move {
         use countersign::ingest::dropfolder::{DropFolder, MAX_MESSAGE_BYTES, MAX_STORE_FAILURES, quarantined_files};
         let poison = match engine.db().backend {
             Backend::Sqlite => {
@@ -635,11 +633,11 @@ async fn a_message_that_never_stores_is_set_aside_after_its_tries_and_holds_up_n
             }
         };
         sqlx::raw_sql(poison).execute(&engine.db().pool).await.unwrap();
-        let workflow = common::workflows().get("primary_user_gp").unwrap().clone();
+        let workflow = crate::common::workflows().get("primary_user_gp").unwrap().clone();
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(
             dir.path().join("0-poison.eml"),
-            common::form_email(&workflow, 7, &[], "poison@nhs.net", "poison-7@nhs.net", "Poison"),
+            crate::common::form_email(&workflow, 7, &[], "poison@nhs.net", "poison-7@nhs.net", "Poison"),
         )
         .unwrap();
         for (n, email) in sample_emails(2).iter().enumerate() {

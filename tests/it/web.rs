@@ -2,14 +2,12 @@
 //! wrong role, missing CSRF token, illegal transition, four-eyes, a stale page). Requests go
 //! straight to the router (`oneshot`), no network port, with a cookie jar like a browser's.
 
-mod common;
-
 use std::collections::BTreeMap;
 
+use crate::common::{fixture, on_both_backends};
 use axum::Router;
 use axum::body::Body;
 use axum::http::{Request, StatusCode, header};
-use common::{fixture, on_both_backends};
 use countersign::engine::Engine;
 use countersign::web::{Access, AppState, router, routes};
 use countersign::workflow::ActorRole;
@@ -54,7 +52,7 @@ impl Browser {
     async fn at(engine: &Engine, base_url: &str) -> Browser {
         let state = AppState::new(
             engine.clone(),
-            &common::root().join("templates"),
+            &crate::common::root().join("templates"),
             false,
             base_url.into(),
         )
@@ -272,7 +270,7 @@ async fn set_password_links_work_once_and_refuse_weak_passwords() {
 
 #[tokio::test]
 async fn repeated_failed_sign_ins_back_off_then_lock_the_account() {
-    common::on_both_backends_clocked(|engine, clock| async move {
+    crate::common::on_both_backends_clocked(|engine, clock| async move {
         let mut browser = Browser::new(&engine).await;
         browser.sign_in_as(&engine, "jo@nhs.net", ActorRole::Caseworker).await;
         let mut stranger = Browser::new(&engine).await;
@@ -400,9 +398,9 @@ async fn the_queue_lists_open_cases_by_urgency_with_filters_and_search() {
 
 /// Ingests `count` generated sample emails (good and bad forms of every workflow).
 async fn ingest_samples(engine: &Engine, count: usize) {
-    let workflows = common::workflows();
-    let today = common::friday_morning().date_naive();
-    for email in countersign::samples::sample_emails(&workflows, count, today, common::AUTHSERV_ID).unwrap() {
+    let workflows = crate::common::workflows();
+    let today = crate::common::friday_morning().date_naive();
+    for email in countersign::samples::sample_emails(&workflows, count, today, crate::common::AUTHSERV_ID).unwrap() {
         engine.intake(&email, "test").await.unwrap();
     }
 }
@@ -502,7 +500,7 @@ async fn the_queue_pages_with_a_keyset_cursor() {
 async fn the_case_page_shows_fields_findings_email_pdf_and_timeline() {
     on_both_backends(|engine| async move {
         let wf = engine.workflows().get("primary_user_gp").unwrap().clone();
-        let email = common::form_email(
+        let email = crate::common::form_email(
             &wf,
             1,
             &[("signatory_role", "Practice Manager")],
@@ -569,7 +567,7 @@ async fn the_case_page_shows_fields_findings_email_pdf_and_timeline() {
 async fn actions_follow_the_workflow_roles_four_eyes_and_concurrency() {
     on_both_backends(|engine| async move {
         let wf = engine.workflows().get("primary_user_gp").unwrap().clone();
-        let email = common::form_email(
+        let email = crate::common::form_email(
             &wf,
             2,
             &[("signatory_role", "Practice Manager")],
@@ -894,7 +892,7 @@ async fn a_nul_in_the_search_box_is_just_ignored() {
 
 #[test]
 fn no_page_template_uses_inline_styles_that_our_own_csp_blocks() {
-    for entry in std::fs::read_dir(common::root().join("templates/ui"))
+    for entry in std::fs::read_dir(crate::common::root().join("templates/ui"))
         .unwrap()
         .flatten()
     {
@@ -913,7 +911,7 @@ fn no_page_template_uses_inline_styles_that_our_own_csp_blocks() {
 async fn mail_that_names_a_case_it_may_not_change_is_linked_both_ways_on_the_case_pages() {
     on_both_backends(|engine| async move {
         let workflow = engine.workflows().get("primary_user_gp").unwrap().clone();
-        let original = common::form_email(&workflow, 1, &[], "manager@nhs.net", "orig@nhs.net", "form");
+        let original = crate::common::form_email(&workflow, 1, &[], "manager@nhs.net", "orig@nhs.net", "form");
         let named = engine.intake(&original, "test").await.unwrap().cases[0].reference.clone();
         let spoof = format!(
             "From: someone@nhs.net\r\nTo: pcse.openexeter@nhs.net\r\nSubject: Re: [{named}] change\r\nMessage-ID: <spoof@nhs.net>\r\n\r\nPlease change the user.\r\n"
@@ -968,9 +966,10 @@ async fn every_kind_of_page_answers_32_at_once_while_mail_is_drained_and_sent() 
     on_both_backends(|engine| async move {
         ingest_samples(&engine, 40).await;
         let drop_folder = tempfile::tempdir().unwrap();
-        let today = common::friday_morning().date_naive();
+        let today = crate::common::friday_morning().date_naive();
         let emails =
-            countersign::samples::sample_emails(&common::workflows(), 240, today, common::AUTHSERV_ID).unwrap();
+            countersign::samples::sample_emails(&crate::common::workflows(), 240, today, crate::common::AUTHSERV_ID)
+                .unwrap();
         for (n, email) in emails.iter().enumerate().skip(40) {
             std::fs::write(drop_folder.path().join(format!("{n:04}.eml")), email).unwrap();
         }
@@ -986,9 +985,12 @@ async fn every_kind_of_page_answers_32_at_once_while_mail_is_drained_and_sent() 
             mail_folder: sent_mail.path().to_path_buf(),
             ..Default::default()
         };
-        let dispatcher =
-            countersign::outbox::Dispatcher::new(engine.clone(), settings.clone(), &common::root().join("templates"))
-                .unwrap();
+        let dispatcher = countersign::outbox::Dispatcher::new(
+            engine.clone(),
+            settings.clone(),
+            &crate::common::root().join("templates"),
+        )
+        .unwrap();
         let scheduler = countersign::scheduler::Scheduler::new(engine.clone(), Default::default()).unwrap();
         let drain = {
             let (engine, folder) = (engine.clone(), drop_folder.path().to_path_buf());
@@ -1066,7 +1068,7 @@ async fn api_health_shows_the_live_state_of_each_mail_source() {
     on_both_backends(|engine| async move {
         let mut state = AppState::new(
             engine.clone(),
-            &common::root().join("templates"),
+            &crate::common::root().join("templates"),
             false,
             "http://countersign.test".into(),
         )

@@ -4,12 +4,10 @@
 //! provision, see the timeline. Screenshots of the queue and a case page are saved under
 //! `tests/output/` for a person to look at.
 
-mod common;
-
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{TestClock, TestDatabase, engine_with_clock, friday_morning};
+use crate::common::{TestClock, TestDatabase, engine_with_clock, friday_morning};
 use countersign::storage::{Backend, Db};
 use countersign::workflow::ActorRole;
 use fantoccini::{Client, ClientBuilder, Locator};
@@ -85,7 +83,7 @@ async fn open_browser(driver: &Driver) -> Client {
 
 /// Where a screenshot goes: `tests/output/<backend>-<name>`.
 fn output(backend: Backend, name: &str) -> std::path::PathBuf {
-    let dir = common::root().join("tests/output");
+    let dir = crate::common::root().join("tests/output");
     std::fs::create_dir_all(&dir).unwrap();
     dir.join(format!("{}-{name}", format!("{backend:?}").to_lowercase()))
 }
@@ -147,7 +145,7 @@ async fn act(browser: &Client, to: &str, fill: &[(&str, &str)]) {
 /// Runs axe-core (installed by `.ci/run` under `tests/axe`, from the npm registry) in the page
 /// and fails on any WCAG 2.0/2.1/2.2 A or AA violation, naming the rule and the elements.
 async fn audit_accessibility(browser: &Client, page: &str) {
-    let axe_path = common::root().join("tests/axe/node_modules/axe-core/axe.min.js");
+    let axe_path = crate::common::root().join("tests/axe/node_modules/axe-core/axe.min.js");
     let axe = std::fs::read_to_string(&axe_path).unwrap_or_else(|e| {
         panic!(
             "{}: {e}. The accessibility audit needs axe-core: npm ci --prefix tests/axe (.ci/run does)",
@@ -224,7 +222,7 @@ async fn case_journey(backend: Backend) {
     let sender = values["signatory_email"].clone();
     let email = countersign::samples::email_with_form(
         &sender,
-        common::AUTHSERV_ID,
+        crate::common::AUTHSERV_ID,
         "e2e-1@practice.nhs.net",
         "Primary user form",
         Some(("form.pdf", pdf)),
@@ -233,13 +231,13 @@ async fn case_journey(backend: Backend) {
     let reference = engine.intake(&email, "test").await.unwrap().cases[0].reference.clone();
     let mut other_cases = Vec::new();
     for other in ["mail/no_form.eml", "mail/forwarded.eml"] {
-        let report = engine.intake(&common::fixture(other), "test").await.unwrap();
+        let report = engine.intake(&crate::common::fixture(other), "test").await.unwrap();
         other_cases.extend(report.cases.into_iter().map(|c| c.reference));
     }
 
     let state = countersign::web::AppState::new(
         engine.clone(),
-        &common::root().join("templates"),
+        &crate::common::root().join("templates"),
         false,
         "http://127.0.0.1".into(),
     )
@@ -333,7 +331,10 @@ async fn case_journey(backend: Backend) {
         .in_reply_to(request_id.trim_matches(['<', '>']))
         .header(
             "Authentication-Results",
-            mail_builder::headers::raw::Raw::new(format!("{}; dmarc=pass header.from=nhs.net", common::AUTHSERV_ID)),
+            mail_builder::headers::raw::Raw::new(format!(
+                "{}; dmarc=pass header.from=nhs.net",
+                crate::common::AUTHSERV_ID
+            )),
         )
         .text_body("Corrected form attached.")
         .attachment("application/pdf", "corrected.pdf", corrected)

@@ -1,8 +1,6 @@
 //! Accessibility checks that can be made without a person: the palette meets WCAG 2.2 AA
 //! contrast (4.5:1 for text), and every visible form control on the main pages has a label.
 
-mod common;
-
 fn luminance(hex: &str) -> f64 {
     let hex = hex.trim_start_matches('#');
     let channel = |i: usize| {
@@ -23,7 +21,7 @@ fn contrast(a: &str, b: &str) -> f64 {
 
 /// The CSS custom properties of the stylesheet, by name.
 fn palette() -> std::collections::BTreeMap<String, String> {
-    let css = std::fs::read_to_string(common::root().join("templates/ui/app.css")).unwrap();
+    let css = std::fs::read_to_string(crate::common::root().join("templates/ui/app.css")).unwrap();
     let root = &css[css.find(":root").unwrap()..];
     let root = &root[root.find('{').unwrap() + 1..root.find('}').unwrap()];
     root.split(';')
@@ -73,7 +71,7 @@ fn the_contrast_check_itself_is_right() {
 /// or an `aria-label`.
 #[test]
 fn every_form_control_in_the_page_templates_is_labelled() {
-    let dir = common::root().join("templates/ui");
+    let dir = crate::common::root().join("templates/ui");
     for entry in std::fs::read_dir(&dir).unwrap().flatten() {
         let html = std::fs::read_to_string(entry.path()).unwrap();
         let mut rest = html.as_str();

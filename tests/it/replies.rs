@@ -3,11 +3,9 @@
 //! before authorisation, one case per form; bounces are recorded and never ask for work. Every
 //! test runs on SQLite and on PostgreSQL.
 
-mod common;
-
 use std::collections::BTreeMap;
 
-use common::{AUTHSERV_ID, friday_morning, on_both_backends};
+use crate::common::{AUTHSERV_ID, friday_morning, on_both_backends};
 use countersign::engine::Engine;
 use countersign::storage::{self, CaseRecord};
 use countersign::workflow::{Actor, ActorRole, TransitionRequest};

@@ -1,11 +1,9 @@
 //! The engine end to end, on SQLite and on PostgreSQL: emails in, cases out, transitions
 //! recorded with their events, timers and mail in one transaction.
 
-mod common;
-
 use std::collections::BTreeMap;
 
-use common::{fixture, on_both_backends};
+use crate::common::{fixture, on_both_backends};
 use countersign::engine::{Engine, EngineError};
 use countersign::storage;
 use countersign::workflow::{Actor, ActorRole, TransitionError, TransitionRequest};
@@ -347,7 +345,7 @@ async fn every_hostile_pdf_attached_to_an_email_becomes_a_case() {
             let pdf = fixture(&format!("pdf/{name}"));
             let email = countersign::samples::email_with_form(
                 "a@nhs.net",
-                common::AUTHSERV_ID,
+                crate::common::AUTHSERV_ID,
                 &format!("hostile-{i}@x"),
                 "form",
                 Some((name, pdf)),
@@ -372,7 +370,7 @@ async fn every_hostile_pdf_attached_to_an_email_becomes_a_case() {
 async fn a_form_with_findings_is_held_for_review() {
     on_both_backends(|engine| async move {
         let wf = engine.workflows().get("primary_user_gp").unwrap().clone();
-        let email = common::form_email(
+        let email = crate::common::form_email(
             &wf,
             1,
             &[("signatory_role", "Practice Manager")],
@@ -738,12 +736,12 @@ async fn intake_generated(
     edit: impl FnOnce(&mut countersign::workflow::WorkflowDef),
 ) -> countersign::engine::IntakeReport {
     let mut wf = engine.workflows().get("primary_user_gp").unwrap().clone();
-    let values = countersign::samples::good_values(&wf, 7, common::friday_morning().date_naive());
+    let values = countersign::samples::good_values(&wf, 7, crate::common::friday_morning().date_naive());
     edit(&mut wf);
     let pdf = countersign::pdf::generate::filled_form(&wf, &values).unwrap();
     let email = countersign::samples::email_with_form(
         "amara.okafor7@nhs.net",
-        common::AUTHSERV_ID,
+        crate::common::AUTHSERV_ID,
         message_id,
         "form",
         Some(("f.pdf", pdf)),

@@ -1,11 +1,9 @@
 //! The `countersign` binary as an operator uses it, on SQLite and on PostgreSQL.
 
-mod common;
-
 use std::path::Path;
 use std::process::{Command, Output};
 
-use common::{TestDatabase, fixture, root};
+use crate::common::{TestDatabase, fixture, root};
 use countersign::storage::Backend;
 
 fn countersign(data_dir: &Path, database_url: &str, args: &[&str]) -> Output {
@@ -16,7 +14,7 @@ fn countersign(data_dir: &Path, database_url: &str, args: &[&str]) -> Output {
         .env("COUNTERSIGN_DATABASE_URL", database_url)
         .env("COUNTERSIGN_WORKFLOWS_DIR", root().join("workflows"))
         .env("COUNTERSIGN_TEMPLATES_DIR", root().join("templates"))
-        .env("COUNTERSIGN_AUTHSERV_ID", common::AUTHSERV_ID)
+        .env("COUNTERSIGN_AUTHSERV_ID", crate::common::AUTHSERV_ID)
         .env("COUNTERSIGN_WEB_BIND", "127.0.0.1:0")
         .env_remove("COUNTERSIGN_CONFIG")
         .output()

@@ -3,9 +3,7 @@
 //! cannot lock the real user out from elsewhere; and every session ends when the password,
 //! the role or the account's status changes. On SQLite and on PostgreSQL.
 
-mod common;
-
-use common::on_both_backends;
+use crate::common::on_both_backends;
 use countersign::engine::Engine;
 use countersign::users::{self, SignInRefusal};
 use countersign::workflow::ActorRole;

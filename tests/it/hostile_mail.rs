@@ -1,11 +1,9 @@
 //! Hostile mail that is not a reply: forged senders, phishing text in form fields, ambiguous
 //! From headers, reused Message-IDs, attachment floods. On SQLite and on PostgreSQL.
 
-mod common;
-
 use std::collections::BTreeMap;
 
-use common::{AUTHSERV_ID, friday_morning, on_both_backends};
+use crate::common::{AUTHSERV_ID, friday_morning, on_both_backends};
 use countersign::engine::Engine;
 use countersign::storage;
 
@@ -238,7 +236,7 @@ async fn an_email_with_hundreds_of_attachments_is_read_only_to_its_cap() {
 async fn an_email_that_makes_the_mail_parser_panic_becomes_a_case_with_a_finding() {
     on_both_backends(|engine| async move {
         // Found by the `email` fuzz target (tests/fuzz): mail-parser 0.11.9 panics on it.
-        let raw = common::fixture("mail/fuzz/mail_parser_invalid_part_id.eml");
+        let raw = crate::common::fixture("mail/fuzz/mail_parser_invalid_part_id.eml");
         let report = engine.intake(&raw, "test").await.unwrap();
         assert_eq!(report.cases.len(), 1);
         assert!(report.cases[0].finding_codes.contains(&"message_malformed".to_string()));

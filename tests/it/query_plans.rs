@@ -3,9 +3,7 @@
 //! service aged. The check asks each database for its plan (`EXPLAIN QUERY PLAN` on SQLite,
 //! `EXPLAIN` with sequential scans priced out on PostgreSQL) over the migrated schema.
 
-mod common;
-
-use common::on_both_backends;
+use crate::common::on_both_backends;
 use countersign::storage::{Backend, CaseKey, PER_CASE_QUERIES};
 use sqlx::Row;
 

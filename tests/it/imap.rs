@@ -1,13 +1,11 @@
 //! The IMAP source against a real Dovecot (Debian's `dovecot-imapd`), started by each test on a
 //! free loopback port, with mail delivered by IMAP APPEND as a mail server would.
 
-mod common;
-
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::dovecot::{Dovecot, DovecotOptions};
-use common::{TestDatabase, engine_on, fixture, on_both_backends};
+use crate::common::dovecot::{Dovecot, DovecotOptions};
+use crate::common::{TestDatabase, engine_on, fixture, on_both_backends};
 use countersign::config::TransportSecurity;
 use countersign::engine::Engine;
 use countersign::ingest::imap::{AfterCommitHook, ImapError, ImapPoller, retry_quarantined};
@@ -18,12 +16,12 @@ async fn count(engine: &Engine, sql: &'static str) -> i64 {
 }
 
 fn samples(n: usize) -> Vec<Vec<u8>> {
-    let workflows = common::workflows();
+    let workflows = crate::common::workflows();
     countersign::samples::sample_emails(
         &workflows,
         n,
-        common::friday_morning().date_naive(),
-        common::AUTHSERV_ID,
+        crate::common::friday_morning().date_naive(),
+        crate::common::AUTHSERV_ID,
     )
     .unwrap()
 }
@@ -53,7 +51,7 @@ async fn messages_are_ingested_once_and_moved() {
         dovecot
             .deliver("INBOX", &names.map(|n| fixture(&format!("mail/{n}"))))
             .await;
-        let poller = ImapPoller::new(common::live(&engine), dovecot.settings());
+        let poller = ImapPoller::new(crate::common::live(&engine), dovecot.settings());
         let summary = poller.drain_once().await.unwrap();
         assert!(summary.lease_held);
         assert_eq!((summary.backlog, summary.ingested, summary.quarantined), (5, 5, 0));
@@ -106,7 +104,7 @@ async fn a_malformed_message_goes_to_quarantine_with_its_reason_and_is_retried_o
         dovecot
             .deliver("INBOX", &[NOT_AN_EMAIL.to_vec(), fixture("mail/gp_form.eml")])
             .await;
-        let poller = ImapPoller::new(common::live(&engine), dovecot.settings());
+        let poller = ImapPoller::new(crate::common::live(&engine), dovecot.settings());
         let summary = poller.drain_once().await.unwrap();
         assert_eq!((summary.ingested, summary.quarantined), (2, 1));
         assert_eq!(dovecot.count("Quarantine").await, 1);
@@ -155,7 +153,7 @@ async fn a_poller_killed_between_commit_and_move_restarts_without_a_duplicate() 
                 std::future::pending::<()>().await;
             })
         });
-        let doomed = ImapPoller::new(common::live(&engine), dovecot.settings()).with_after_commit_hook(hook);
+        let doomed = ImapPoller::new(crate::common::live(&engine), dovecot.settings()).with_after_commit_hook(hook);
         let task = tokio::spawn(async move { doomed.drain_once().await });
         committed.notified().await;
         task.abort();
@@ -170,7 +168,7 @@ async fn a_poller_killed_between_commit_and_move_restarts_without_a_duplicate() 
             .execute(&engine.db().pool)
             .await
             .unwrap();
-        let summary = ImapPoller::new(common::live(&engine), dovecot.settings())
+        let summary = ImapPoller::new(crate::common::live(&engine), dovecot.settings())
             .drain_once()
             .await
             .unwrap();
@@ -192,7 +190,7 @@ async fn a_new_uidvalidity_means_a_rescan_not_a_reimport() {
     on_both_backends(|engine| async move {
         let dovecot = Dovecot::start();
         dovecot.deliver("INBOX", &samples(4)).await;
-        let poller = ImapPoller::new(common::live(&engine), dovecot.settings());
+        let poller = ImapPoller::new(crate::common::live(&engine), dovecot.settings());
         assert_eq!(poller.drain_once().await.unwrap().ingested, 4);
         let mut conn = engine.db().pool.acquire().await.unwrap();
         let before = storage::mailbox_health(&mut conn).await.unwrap()[0].clone();
@@ -235,7 +233,7 @@ async fn a_20_mb_message_is_ingested() {
             .unwrap();
         assert!(email.len() > 19 * 1024 * 1024, "{} bytes", email.len());
         dovecot.deliver("INBOX", std::slice::from_ref(&email)).await;
-        let summary = ImapPoller::new(common::live(&engine), dovecot.settings())
+        let summary = ImapPoller::new(crate::common::live(&engine), dovecot.settings())
             .drain_once()
             .await
             .unwrap();
@@ -261,7 +259,7 @@ async fn the_server_restarting_in_the_middle_of_a_poll_loses_and_doubles_nothing
         let dovecot = Dovecot::start();
         let total = 150;
         dovecot.deliver("INBOX", &samples(total)).await;
-        let poller = Arc::new(ImapPoller::new(common::live(&engine), dovecot.settings()));
+        let poller = Arc::new(ImapPoller::new(crate::common::live(&engine), dovecot.settings()));
         let (stop_tx, stop_rx) = countersign::ingest::shutdown_channel();
         let running = poller.clone();
         let task = tokio::spawn(async move { running.run_until_stopped(stop_rx).await });
@@ -300,7 +298,7 @@ async fn new_mail_is_noticed_while_idle() {
         let dovecot = Dovecot::start();
         let mut settings = dovecot.settings();
         settings.poll_interval = Duration::from_secs(30); // only IDLE can notice within the test
-        let poller = Arc::new(ImapPoller::new(common::live(&engine), settings));
+        let poller = Arc::new(ImapPoller::new(crate::common::live(&engine), settings));
         let (stop_tx, stop_rx) = countersign::ingest::shutdown_channel();
         let running = poller.clone();
         let task = tokio::spawn(async move { running.run_until_stopped(stop_rx).await });
@@ -329,8 +327,8 @@ async fn two_pollers_on_one_postgres_database_never_both_take_a_message() {
     let dovecot = Dovecot::start();
     let total = 60;
     dovecot.deliver("INBOX", &samples(total)).await;
-    let first = ImapPoller::new(common::live(&engine_on(db.clone())), dovecot.settings());
-    let second = ImapPoller::new(common::live(&engine_on(db.clone())), dovecot.settings());
+    let first = ImapPoller::new(crate::common::live(&engine_on(db.clone())), dovecot.settings());
+    let second = ImapPoller::new(crate::common::live(&engine_on(db.clone())), dovecot.settings());
     let (a, b) = tokio::join!(first.drain_once(), second.drain_once());
     let (a, b) = (a.unwrap(), b.unwrap());
     assert!(a.lease_held ^ b.lease_held, "exactly one holds the lease: {a:?} {b:?}");
@@ -365,20 +363,23 @@ async fn mail_is_taken_over_implicit_tls_and_starttls_with_the_certificate_check
     tls.security = TransportSecurity::Tls;
     tls.port = dovecot.tls_port.unwrap();
     // Without our CA the server's certificate must be refused.
-    let refused = ImapPoller::new(common::live(&engine), tls.clone())
+    let refused = ImapPoller::new(crate::common::live(&engine), tls.clone())
         .drain_once()
         .await
         .unwrap_err();
     assert!(matches!(refused, ImapError::Tls { .. }), "{refused}");
     tls.ca_file = Some(dovecot.ca_file());
-    let summary = ImapPoller::new(common::live(&engine), tls).drain_once().await.unwrap();
+    let summary = ImapPoller::new(crate::common::live(&engine), tls)
+        .drain_once()
+        .await
+        .unwrap();
     assert_eq!(summary.ingested, 2);
 
     dovecot.deliver("INBOX", &[fixture("mail/forwarded.eml")]).await;
     let mut starttls = dovecot.settings();
     starttls.security = TransportSecurity::Starttls;
     starttls.ca_file = Some(dovecot.ca_file());
-    let summary = ImapPoller::new(common::live(&engine), starttls)
+    let summary = ImapPoller::new(crate::common::live(&engine), starttls)
         .drain_once()
         .await
         .unwrap();
@@ -401,7 +402,7 @@ async fn a_server_without_move_gets_copy_delete_and_expunge() {
         dovecot.deliver("INBOX", &samples(3)).await;
         let database = TestDatabase::create(Backend::Sqlite).await;
         let engine = engine_on(Db::connect(&database.url).await.unwrap());
-        let summary = ImapPoller::new(common::live(&engine), dovecot.settings())
+        let summary = ImapPoller::new(crate::common::live(&engine), dovecot.settings())
             .drain_once()
             .await
             .unwrap();
@@ -441,9 +442,9 @@ async fn a_message_that_fails_to_store_holds_up_no_other_in_its_group() {
             }
         };
         sqlx::raw_sql(poison).execute(&engine.db().pool).await.unwrap();
-        let workflow = common::workflows().get("primary_user_gp").unwrap().clone();
+        let workflow = crate::common::workflows().get("primary_user_gp").unwrap().clone();
         let mut mail = samples(2);
-        mail.push(common::form_email(
+        mail.push(crate::common::form_email(
             &workflow,
             7,
             &[],
@@ -459,7 +460,7 @@ async fn a_message_that_fails_to_store_holds_up_no_other_in_its_group() {
 
         // All five are fetched into one group; the group fails as a whole, and is recorded
         // again one message at a time: four stored, the poisoned one quarantined.
-        let summary = ImapPoller::new(common::live(&engine), settings)
+        let summary = ImapPoller::new(crate::common::live(&engine), settings)
             .drain_once()
             .await
             .unwrap();
@@ -497,7 +498,7 @@ async fn a_live_instance_keeps_the_lease_and_a_dead_ones_lapses_within_one_lease
         let mut settings = dovecot.settings();
         // Waits in IDLE far longer than the lease.
         settings.poll_interval = LEASE_DURATION * 3;
-        let first = Arc::new(ImapPoller::new(common::live(&engine), settings.clone()));
+        let first = Arc::new(ImapPoller::new(crate::common::live(&engine), settings.clone()));
         let (_stop, stop) = countersign::ingest::shutdown_channel();
         let running = {
             let first = first.clone();
@@ -516,7 +517,7 @@ async fn a_live_instance_keeps_the_lease_and_a_dead_ones_lapses_within_one_lease
             },
         )
         .await;
-        let second = ImapPoller::new(common::live(&engine), settings);
+        let second = ImapPoller::new(crate::common::live(&engine), settings);
         tokio::time::sleep(LEASE_DURATION + LEASE_HEARTBEAT).await;
         let tried = second.drain_once().await.unwrap();
         assert!(

@@ -1,13 +1,11 @@
 //! Outbound mail against a real SMTP server (Debian's Postfix, delivering into a Maildir that
 //! the tests read back), and timers on the working-day calendar with a clock the tests move.
 
-mod common;
-
 use std::sync::Arc;
 
+use crate::common::postfix::{MANAGERS, Postfix};
+use crate::common::{TestClock, TestDatabase, engine_with_clock, fixture, friday_morning, on_both_backends_clocked};
 use chrono::{Local, TimeZone};
-use common::postfix::{MANAGERS, Postfix};
-use common::{TestClock, TestDatabase, engine_with_clock, fixture, friday_morning, on_both_backends_clocked};
 use countersign::engine::Engine;
 use countersign::outbox::{AfterSendHook, Dispatcher};
 use countersign::scheduler::Scheduler;
@@ -19,7 +17,7 @@ fn dispatcher(engine: &Engine, postfix: &Postfix) -> Dispatcher {
     Dispatcher::new(
         engine.clone(),
         postfix.mailer_settings(),
-        &common::root().join("templates"),
+        &crate::common::root().join("templates"),
     )
     .unwrap()
 }
@@ -27,7 +25,7 @@ fn dispatcher(engine: &Engine, postfix: &Postfix) -> Dispatcher {
 fn scheduler(engine: &Engine) -> Scheduler {
     let settings = countersign::config::SchedulerSettings {
         managers_address: Some(MANAGERS.into()),
-        team_address: Some(common::postfix::TEAM.into()),
+        team_address: Some(crate::common::postfix::TEAM.into()),
         ..Default::default()
     };
     Scheduler::new(engine.clone(), settings).unwrap()
@@ -204,7 +202,7 @@ async fn auto_replies_bounces_list_mail_and_our_own_mail_get_no_automatic_answer
                       Message-ID: <bounce-1@mx.nhs.net>\r\nContent-Type: multipart/report; report-type=delivery-status; boundary=b\r\n\r\n\
                       --b\r\nContent-Type: text/plain\r\n\r\nThe mail could not be delivered.\r\n--b--\r\n";
         engine.intake(bounce.as_bytes(), "test").await.unwrap();
-        let ours = form.replace("wyn.apgruffydd@nhs.net", common::OUR_ADDRESS).replace("gp-1@practice", "ours-1@practice");
+        let ours = form.replace("wyn.apgruffydd@nhs.net", crate::common::OUR_ADDRESS).replace("gp-1@practice", "ours-1@practice");
         engine.intake(ours.as_bytes(), "test").await.unwrap();
 
         let summary = dispatcher(&engine, &postfix).dispatch_due().await.unwrap();
@@ -230,7 +228,7 @@ async fn a_reply_with_a_corrected_form_threads_into_its_case() {
         let sender = values["signatory_email"].clone();
         let email = countersign::samples::email_with_form(
             &sender,
-            common::AUTHSERV_ID,
+            crate::common::AUTHSERV_ID,
             "orig-1@practice.nhs.net",
             "Form",
             Some(("f.pdf", pdf)),
@@ -281,7 +279,7 @@ async fn a_reply_with_a_corrected_form_threads_into_its_case() {
                 "Authentication-Results",
                 mail_builder::headers::raw::Raw::new(format!(
                     "{}; dmarc=pass header.from=nhs.net",
-                    common::AUTHSERV_ID
+                    crate::common::AUTHSERV_ID
                 )),
             )
             .text_body("Corrected form attached.")
@@ -331,7 +329,7 @@ async fn a_reply_quoting_the_case_reference_joins_the_case_only_from_its_authent
         let reply = |from: &str, id: &str, auth: &str| {
             format!("From: {from}\r\nTo: pcse.openexeter@nhs.net\r\nSubject: Re: [{reference}] thanks\r\nMessage-ID: <{id}>\r\n{auth}\r\nAny news?\r\n").into_bytes()
         };
-        let authenticated = format!("Authentication-Results: {}; dmarc=pass header.from=nhs.net\r\n", common::AUTHSERV_ID);
+        let authenticated = format!("Authentication-Results: {}; dmarc=pass header.from=nhs.net\r\n", crate::common::AUTHSERV_ID);
         let sender = engine
             .intake(&reply("wyn.apgruffydd@nhs.net", "r0@nhs.net", &authenticated), "test")
             .await
@@ -358,7 +356,7 @@ async fn an_out_of_office_reply_is_recorded_on_the_case_and_not_answered() {
             "From: wyn.apgruffydd@nhs.net\r\nTo: pcse.openexeter@nhs.net\r\nSubject: Out of office: [{reference}]\r\n\
              Auto-Submitted: auto-replied\r\nIn-Reply-To: <gp-1@practice.nhs.net>\r\nMessage-ID: <ooo-1@nhs.net>\r\n\
              Authentication-Results: {}; dmarc=pass header.from=nhs.net\r\n\r\nI am away until Monday.\r\n",
-            common::AUTHSERV_ID
+            crate::common::AUTHSERV_ID
         );
         let before = outbox_rows(&engine).await.len();
         let report = engine.intake(ooo.as_bytes(), "test").await.unwrap();
@@ -384,7 +382,7 @@ async fn automatic_mail_is_rate_limited_per_recipient() {
     let postfix = Postfix::start();
     let wf = engine.workflows().get("primary_user_gp").unwrap().clone();
     for n in 0..7 {
-        let email = common::form_email(&wf, n, &[], "busy@nhs.net", &format!("busy-{n}@nhs.net"), "Form");
+        let email = crate::common::form_email(&wf, n, &[], "busy@nhs.net", &format!("busy-{n}@nhs.net"), "Form");
         engine.intake(&email, "test").await.unwrap();
     }
     let dispatcher = dispatcher(&engine, &postfix);
@@ -537,7 +535,7 @@ async fn two_schedulers_on_one_postgres_database_fire_each_timer_once() {
     let wf = engine.workflows().get("primary_user_gp").unwrap().clone();
     let cases = 25;
     for n in 0..cases {
-        let email = common::form_email(&wf, n, &[], "amara@nhs.net", &format!("many-{n}@nhs.net"), "Form");
+        let email = crate::common::form_email(&wf, n, &[], "amara@nhs.net", &format!("many-{n}@nhs.net"), "Form");
         engine.intake(&email, "test").await.unwrap();
     }
     let pending: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM timers WHERE status = 'pending'")
@@ -578,7 +576,7 @@ async fn two_dispatchers_on_one_postgres_database_send_each_message_once() {
     let postfix = Postfix::start();
     let wf = engine.workflows().get("primary_user_org").unwrap().clone();
     for n in 0..12 {
-        let email = common::form_email(&wf, n, &[], &format!("m{n}@nhs.net"), &format!("d-{n}@nhs.net"), "Form");
+        let email = crate::common::form_email(&wf, n, &[], &format!("m{n}@nhs.net"), &format!("d-{n}@nhs.net"), "Form");
         engine.intake(&email, "test").await.unwrap();
     }
     let (first, second) = (dispatcher(&engine, &postfix), dispatcher(&engine, &postfix));
@@ -707,7 +705,7 @@ async fn mail_goes_out_over_starttls_and_implicit_tls_with_the_certificate_check
     let clock = TestClock::at(friday_morning());
     let engine = engine_with_clock(Db::connect(&database.url).await.unwrap(), clock.clone());
     let postfix = Postfix::start_with(true);
-    let templates = common::root().join("templates");
+    let templates = crate::common::root().join("templates");
     let with = |security, port, ca: bool| {
         let mut settings = postfix.mailer_settings();
         let smtp = settings.smtp.as_mut().unwrap();

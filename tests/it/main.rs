@@ -1,0 +1,20 @@
+//! The integration tests: one binary (it links once, and its tests share one process), with a
+//! module per area. `common` starts what they need: a fresh database of each backend, Dovecot,
+//! Postfix, headless Chromium. Run one area with `cargo test --test it web::`. (`tests/pdf_hostile.rs` stays a binary
+//! of its own: the peak memory it measures must be its own.)
+
+mod common;
+
+mod accessibility;
+mod browser;
+mod cli;
+mod engine;
+mod faults;
+mod hostile_mail;
+mod imap;
+mod mail_out;
+mod pdf_extraction;
+mod query_plans;
+mod replies;
+mod sign_in;
+mod web;

@@ -457,7 +457,7 @@ async fn a_flattened_form_is_keyed_by_hand_then_accepted_authorised_by_someone_e
 
         use countersign::provision::{Provisioner, RecordedByCaseworker};
         let provisioner = RecordedByCaseworker {
-            open_exeter_user_id: "OE778899".into(),
+            recorded: vec![("open_exeter_user_id".into(), "OE778899".into())],
             note: None,
         };
         let done = provisioner

@@ -3,11 +3,11 @@
 //! give a prepared email, never a panic that escapes, or a hang.
 #![no_main]
 
-use std::sync::{Arc, OnceLock};
+use std::sync::OnceLock;
 
 use countersign::calendar::WorkingCalendar;
 use countersign::domain::NhsDomains;
-use countersign::engine::{Engine, EngineConfig, SystemClock};
+use countersign::engine::{Engine, EngineConfig};
 use countersign::mail::MailSettings;
 use countersign::pdf::ExtractLimits;
 use countersign::policy::PolicySettings;
@@ -33,11 +33,11 @@ fn harness() -> &'static Harness {
         // Preparation reads no database, but the engine carries one: an in-memory SQLite.
         let db = runtime.block_on(Db::connect("sqlite::memory:")).unwrap();
         let workflows = WorkflowSet::load(&root.join("workflows"), &root.join("templates")).unwrap();
-        let engine = Engine {
+        let engine = Engine::new(
             db,
-            workflows: Arc::new(workflows),
-            calendar: Arc::new(WorkingCalendar::shipped()),
-            config: EngineConfig {
+            workflows,
+            WorkingCalendar::shipped(),
+            EngineConfig {
                 policy: PolicySettings { nhs_domains: NhsDomains::default() },
                 mail: MailSettings {
                     authserv_id: "mx.countersign.test".into(),
@@ -46,9 +46,7 @@ fn harness() -> &'static Harness {
                 limits: ExtractLimits::default(),
                 pdf_reader: Default::default(),
             },
-            clock: Arc::new(SystemClock),
-            wakers: Default::default(),
-        };
+        );
         Harness { runtime, engine }
     })
 }

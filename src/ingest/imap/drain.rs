@@ -1,0 +1,456 @@
+//! One poll of the mailbox: a pipeline that fetches and prepares the next group of messages
+//! while it records the previous one in one transaction, then moves what it recorded (in UID
+//! order, so the saved position never passes a message not yet stored).
+
+use super::*;
+
+/// Messages committed before they are moved out of the mailbox together.
+const MOVE_BATCH: usize = 100;
+/// Messages recorded in one transaction, at most: one commit for many is most of the gain,
+/// and a failed group is redone one message at a time.
+const GROUP_MESSAGES: usize = 16;
+/// A group stops growing once this much mail is fetched for it (a 20 MB message is alone).
+const GROUP_BYTES: usize = 8 * 1024 * 1024;
+
+/// Messages taken but not yet moved.
+#[derive(Debug, Default)]
+pub(super) struct MoveBatch {
+    pub(super) processed: Vec<u32>,
+    /// UID, source and reason.
+    pub(super) quarantined: Vec<(u32, String, String)>,
+    /// The highest UID dealt with, moved or not there any more.
+    pub(super) last_uid: Option<u32>,
+}
+
+/// Where a message came from, as stored with it and in ingest errors: the mailbox's key, its
+/// UIDVALIDITY and the message's UID.
+pub(super) fn message_source(key: &str, uidvalidity: i64, uid: u32) -> String {
+    format!("{key};UIDVALIDITY={uidvalidity};UID={uid}")
+}
+
+/// A message fetched and not yet recorded, in the drain's pipeline.
+pub(super) enum InFlight {
+    /// Expunged by someone else between the search and the fetch.
+    Gone(u32),
+    /// Over the size limit, or set aside after it stopped the service before: quarantined
+    /// without reading it.
+    TooLarge(u32, String),
+    /// Being prepared (parsed, its PDFs read) on another worker: the raw bytes come back with it.
+    Preparing(u32, tokio::task::JoinHandle<(Vec<u8>, crate::engine::PreparedEmail)>),
+}
+
+/// What recording a message means for it on the server.
+pub(super) enum Recorded {
+    /// Nothing there to move.
+    Gone,
+    /// Stored (now or before): move it to the processed folder.
+    Stored { already_ingested: bool },
+    /// Move it to the quarantine folder, for this reason. `stored` is as for `Stored` when the
+    /// message was stored all the same (a malformed email is kept on a case), `None` if not.
+    Quarantine { reason: String, stored: Option<bool> },
+    /// Leave it, and stop this poll with the error: it is tried again on the next one.
+    Retry(ImapError),
+}
+
+impl MoveBatch {
+    pub(super) fn len(&self) -> usize {
+        self.processed.len() + self.quarantined.len()
+    }
+}
+
+impl ImapPoller {
+    /// Moves a batch of committed messages out of the mailbox, then saves the position.
+    /// Moving in batches keeps the server from rewriting its index once per message; a crash
+    /// before the move only means the batch is found again, already ingested, and moved then.
+    /// Returns whether this instance still holds the mailbox lease.
+    pub(super) async fn flush(
+        &self,
+        session: &mut ImapSession,
+        features: ServerFeatures,
+        uidvalidity: i64,
+        batch: &mut MoveBatch,
+        summary: &mut PollSummary,
+    ) -> Result<bool, ImapError> {
+        let key = self.settings.mailbox_key();
+        if !batch.processed.is_empty() {
+            Self::move_messages(
+                session,
+                features,
+                &uid_set(&batch.processed),
+                &self.settings.processed_folder,
+            )
+            .await?;
+        }
+        if !batch.quarantined.is_empty() {
+            let uids: Vec<u32> = batch.quarantined.iter().map(|(uid, _, _)| *uid).collect();
+            Self::move_messages(session, features, &uid_set(&uids), &self.settings.quarantine_folder).await?;
+        }
+        let mut conn = self.engine.db().pool.acquire().await.context("connecting")?;
+        let now = self.engine.now_ms();
+        for (uid, source, reason) in &batch.quarantined {
+            storage::record_quarantine(&mut conn, source, &key, reason, now).await?;
+            warn!(uid, reason = %reason, "message quarantined");
+        }
+        if let Some(last) = batch.last_uid {
+            storage::set_mailbox_position(&mut conn, &key, uidvalidity, i64::from(last)).await?;
+        }
+        drop(conn);
+        let (moved, quarantined) = (batch.processed.len(), batch.quarantined.len());
+        summary.uids.extend(
+            batch
+                .processed
+                .iter()
+                .copied()
+                .chain(batch.quarantined.iter().map(|(uid, _, _)| *uid)),
+        );
+        summary.quarantined += quarantined;
+        self.health.update(|h| {
+            h.backlog = h.backlog.saturating_sub(moved + quarantined);
+            h.ingested += moved as u64;
+            h.quarantined += quarantined as u64;
+        });
+        *batch = MoveBatch::default();
+        // Renewed per batch, so a long drain never outlives the lease.
+        self.hold_lease().await
+    }
+
+    /// Fetches the next group of messages (up to `GROUP_MESSAGES`, or until `GROUP_BYTES` are
+    /// fetched), starting each one's preparation on another worker as soon as it arrives.
+    pub(super) async fn fetch_group(
+        &self,
+        session: &mut ImapSession,
+        uids: &mut std::iter::Peekable<std::vec::IntoIter<u32>>,
+    ) -> Result<Vec<InFlight>, ImapError> {
+        let (mut group, mut bytes) = (Vec::new(), 0);
+        while group.len() < GROUP_MESSAGES && bytes < GROUP_BYTES {
+            let Some(uid) = uids.next() else { break };
+            group.push(match Self::fetch_body(session, uid).await? {
+                // Expunged by someone else since the search: nothing to take.
+                None => InFlight::Gone(uid),
+                Some(raw) if raw.len() > self.settings.max_message_bytes => InFlight::TooLarge(
+                    uid,
+                    format!(
+                        "the message is {} bytes, over the limit of {}",
+                        raw.len(),
+                        self.settings.max_message_bytes
+                    ),
+                ),
+                Some(raw) => {
+                    bytes += raw.len();
+                    // A message the service died on before is not read again more than a few
+                    // times; an error counting the try leaves it for the next poll.
+                    if let Some(reason) = self.engine.guard_preparation(&raw).await? {
+                        group.push(InFlight::TooLarge(uid, reason));
+                        continue;
+                    }
+                    let engine = self.engine.clone();
+                    InFlight::Preparing(
+                        uid,
+                        tokio::spawn(async move {
+                            let prepared = engine.prepare(&raw).await;
+                            (raw, prepared)
+                        }),
+                    )
+                }
+            });
+        }
+        Ok(group)
+    }
+
+    /// Records a group of fetched messages (waiting for their preparation first) in one
+    /// transaction, and says, in UID order, what to do with each on the server. If the group
+    /// fails, its messages are recorded one at a time, each with its own attempt count.
+    pub(super) async fn record_group(
+        &self,
+        items: Vec<InFlight>,
+        key: &str,
+        uidvalidity: i64,
+    ) -> Vec<(u32, Result<Recorded, ImapError>)> {
+        // Each message's outcome, in UID order; `None` for those the group transaction records.
+        let mut outcomes: Vec<(u32, Option<Result<Recorded, ImapError>>)> = Vec::with_capacity(items.len());
+        let (mut ready, mut prepared) = (Vec::new(), Vec::new());
+        for item in items {
+            let outcome = match item {
+                InFlight::Gone(uid) => (uid, Some(Ok(Recorded::Gone))),
+                InFlight::TooLarge(uid, reason) => (uid, Some(Ok(Recorded::Quarantine { reason, stored: None }))),
+                InFlight::Preparing(uid, preparing) => match preparing.await {
+                    Ok((raw, email)) => {
+                        ready.push((raw, message_source(key, uidvalidity, uid)));
+                        prepared.push(email);
+                        (uid, None)
+                    }
+                    Err(crashed) => {
+                        let error = crate::engine::EngineError::PreparationFailed(crashed.to_string());
+                        let source = message_source(key, uidvalidity, uid);
+                        (uid, Some(self.record_failure(key, &source, error).await))
+                    }
+                },
+            };
+            outcomes.push(outcome);
+        }
+        let results = self.record_ready(&ready, prepared).await;
+        let mut recorded = ready.iter().zip(results);
+        let mut done = Vec::with_capacity(outcomes.len());
+        for (uid, outcome) in outcomes {
+            let outcome = match outcome {
+                Some(outcome) => outcome,
+                None => {
+                    let Some(((raw, source), result)) = recorded.next() else {
+                        unreachable!("one result per message given to the group")
+                    };
+                    if result.is_err() {
+                        // Prepared to the end, then a storage failure: not a poison message.
+                        let _ = self.engine.preparation_finished(raw).await;
+                    }
+                    self.outcome(uid, key, source, result).await
+                }
+            };
+            done.push((uid, outcome));
+        }
+        done
+    }
+
+    /// Records the prepared messages of a group in one transaction or, if that fails, one at
+    /// a time: one result per message, in order. The one-at-a-time path prepares each message
+    /// again, because the failed transaction consumed the prepared forms (a rare path).
+    pub(super) async fn record_ready(
+        &self,
+        ready: &[(Vec<u8>, String)],
+        prepared: Vec<crate::engine::PreparedEmail>,
+    ) -> Vec<Result<IntakeReport, crate::engine::EngineError>> {
+        if ready.is_empty() {
+            return Vec::new();
+        }
+        let group = ready
+            .iter()
+            .zip(prepared)
+            .map(|((raw, source), email)| (raw.as_slice(), email, source.as_str()))
+            .collect();
+        match self.engine.record_group(group).await {
+            Ok(reports) => reports.into_iter().map(Ok).collect(),
+            Err(error) => {
+                warn!(error = %error, messages = ready.len(), "recording a group failed: recording its messages one at a time");
+                let mut one_by_one = Vec::with_capacity(ready.len());
+                for (raw, source) in ready {
+                    let email = self.engine.prepare(raw).await;
+                    one_by_one.push(self.engine.record(raw, email, source).await);
+                }
+                one_by_one
+            }
+        }
+    }
+
+    /// What recording one message means for it on the server.
+    pub(super) async fn outcome(
+        &self,
+        uid: u32,
+        key: &str,
+        source: &str,
+        result: Result<IntakeReport, crate::engine::EngineError>,
+    ) -> Result<Recorded, ImapError> {
+        match result {
+            Ok(report) => {
+                if let Some(hook) = &self.after_commit {
+                    hook(uid).await;
+                }
+                let malformed = report
+                    .cases
+                    .iter()
+                    .any(|c| c.finding_codes.iter().any(|f| f == "message_malformed"));
+                if malformed {
+                    let refs: Vec<&str> = report.cases.iter().map(|c| c.reference.as_str()).collect();
+                    Ok(Recorded::Quarantine {
+                        reason: format!(
+                            "the message could not be read as an email; it is kept on case {}",
+                            refs.join(", ")
+                        ),
+                        stored: Some(report.already_ingested),
+                    })
+                } else {
+                    Ok(Recorded::Stored {
+                        already_ingested: report.already_ingested,
+                    })
+                }
+            }
+            Err(error) => self.record_failure(key, source, error).await,
+        }
+    }
+
+    /// Counts a failed attempt at a message: quarantine after too many, else retry later.
+    pub(super) async fn record_failure(
+        &self,
+        key: &str,
+        source: &str,
+        error: crate::engine::EngineError,
+    ) -> Result<Recorded, ImapError> {
+        let mut conn = self.engine.db().pool.acquire().await.context("connecting")?;
+        let now = self.engine.now_ms();
+        let attempts = storage::record_ingest_error(&mut conn, source, key, &format!("{error:#}"), now).await?;
+        if attempts >= self.settings.max_attempts {
+            return Ok(Recorded::Quarantine {
+                reason: format!("ingesting failed {attempts} times: {error:#}"),
+                stored: None,
+            });
+        }
+        Ok(Recorded::Retry(ImapError::Intake(error)))
+    }
+
+    /// Takes every new message in the mailbox once. Stops early (between messages) when
+    /// `stop` is set.
+    #[instrument(skip_all, fields(mailbox = %self.settings.mailbox_key()))]
+    pub async fn poll_once(
+        &self,
+        session: &mut ImapSession,
+        stop: &watch::Receiver<bool>,
+    ) -> Result<PollSummary, ImapError> {
+        let key = self.settings.mailbox_key();
+        let mut summary = PollSummary::default();
+        if !self.hold_lease().await? {
+            self.health.update(|h| h.state = "waiting for the mailbox lease".into());
+            return Ok(summary);
+        }
+        summary.lease_held = true;
+        let features = Self::features(session).await?;
+        Self::ensure_folder(session, &self.settings.processed_folder).await?;
+        Self::ensure_folder(session, &self.settings.quarantine_folder).await?;
+        let mailbox = within("selecting the mailbox", async {
+            session
+                .select(&self.settings.mailbox)
+                .await
+                .imap("selecting the mailbox")
+        })
+        .await?;
+        let uidvalidity = i64::from(mailbox.uid_validity.ok_or_else(|| ImapError::NoUidValidity {
+            mailbox: self.settings.mailbox.clone(),
+        })?);
+
+        let mut conn = self.engine.db().pool.acquire().await.context("connecting")?;
+        let (stored_validity, stored_last) = storage::mailbox_position(&mut conn, &key).await?;
+        let last_uid = match stored_validity {
+            Some(v) if v == uidvalidity => stored_last.unwrap_or(0),
+            Some(v) => {
+                warn!(
+                    old = v,
+                    new = uidvalidity,
+                    "UIDVALIDITY changed: rescanning the mailbox; deduplication keeps it from re-importing"
+                );
+                0
+            }
+            None => 0,
+        };
+        storage::set_mailbox_position(&mut conn, &key, uidvalidity, last_uid).await?;
+        drop(conn);
+
+        // Dovecot answers `UID n:*` with the highest UID even when it is below n: filter.
+        let mut uids: Vec<u32> = within("searching for new mail", async {
+            session
+                .uid_search(format!("UID {}:*", last_uid + 1))
+                .await
+                .imap("searching for new mail")
+        })
+        .await?
+        .into_iter()
+        .filter(|uid| i64::from(*uid) > last_uid)
+        .collect();
+        uids.sort_unstable();
+        summary.backlog = uids.len();
+        self.health.update(|h| {
+            h.state = "polling".into();
+            h.backlog = uids.len();
+        });
+
+        let mut batch = MoveBatch::default();
+        // Where a drain spends its time, logged at debug level for tuning.
+        let (mut waiting, mut moving) = (Duration::ZERO, Duration::ZERO);
+        // A pipeline: while one group of messages is recorded (in one transaction), the next
+        // is fetched and prepared (parsed, its PDFs read) on other workers. Messages are
+        // recorded, moved and counted strictly in UID order, so the saved position never
+        // passes a message that is not stored yet.
+        let mut in_flight: Vec<InFlight> = Vec::new();
+        let mut uids = uids.into_iter().peekable();
+        loop {
+            if *stop.borrow() {
+                // What is fetched but not recorded is left for next time: it is not moved,
+                // and the saved position has not passed it.
+                break;
+            }
+            if batch.len() >= MOVE_BATCH {
+                let started = std::time::Instant::now();
+                let still_held = self
+                    .flush(session, features, uidvalidity, &mut batch, &mut summary)
+                    .await?;
+                moving += started.elapsed();
+                if !still_held {
+                    warn!("lost the mailbox lease; another instance has it");
+                    return Ok(summary);
+                }
+            }
+            if uids.peek().is_none() && in_flight.is_empty() {
+                break;
+            }
+            let started = std::time::Instant::now();
+            let previous = std::mem::take(&mut in_flight);
+            let (fetched, recorded) = tokio::join!(
+                self.fetch_group(session, &mut uids),
+                self.record_group(previous, &key, uidvalidity)
+            );
+            waiting += started.elapsed();
+            for (uid, recorded) in recorded {
+                match recorded? {
+                    Recorded::Gone => {}
+                    Recorded::Stored { already_ingested } => {
+                        summary.count_stored(already_ingested);
+                        batch.processed.push(uid);
+                    }
+                    Recorded::Quarantine { reason, stored } => {
+                        if let Some(already_ingested) = stored {
+                            summary.count_stored(already_ingested);
+                        }
+                        batch
+                            .quarantined
+                            .push((uid, message_source(&key, uidvalidity, uid), reason));
+                    }
+                    Recorded::Retry(error) => {
+                        // Likely passing (the database is down): move what is done, leave this
+                        // one, and retry from here on the next poll.
+                        self.flush(session, features, uidvalidity, &mut batch, &mut summary)
+                            .await?;
+                        return Err(error);
+                    }
+                }
+                batch.last_uid = Some(uid);
+            }
+            in_flight = fetched?;
+        }
+        let started = std::time::Instant::now();
+        self.flush(session, features, uidvalidity, &mut batch, &mut summary)
+            .await?;
+        moving += started.elapsed();
+        tracing::debug!(?waiting, ?moving, "drain timings");
+        let now = self.engine.now_ms();
+        let backlog = summary.backlog - summary.uids.len();
+        let mut conn = self.engine.db().pool.acquire().await.context("connecting")?;
+        storage::record_poll(&mut conn, &key, now, Some(backlog as i64), None).await?;
+        self.health.update(|h| {
+            h.last_poll_at = Some(now);
+            h.last_success_at = Some(now);
+            h.last_error = None;
+        });
+        info!(
+            ingested = summary.ingested,
+            already = summary.already_ingested,
+            quarantined = summary.quarantined,
+            "poll done"
+        );
+        Ok(summary)
+    }
+
+    /// Connects, polls once and logs out: `serve --once`, and tests.
+    pub async fn drain_once(&self) -> Result<PollSummary, ImapError> {
+        let (_keep, stop) = watch::channel(false);
+        let mut session = connect(&self.settings).await?;
+        let summary = self.poll_once(&mut session, &stop).await;
+        let _ = tokio::time::timeout(Duration::from_secs(5), session.logout()).await;
+        summary
+    }
+}

@@ -363,8 +363,9 @@ impl Engine {
         case: &CaseRecord,
         change: CaseChangeset,
     ) -> Result<CaseRecord, EngineError> {
-        storage::apply_change(conn, &change).await?;
-        Ok(after(case, &change))
+        let changed = after(case, &change);
+        storage::apply_change(conn, change).await?;
+        Ok(changed)
     }
 
     /// Moves a case as the system (checks, replies, timers), by the workflow's system
@@ -677,30 +678,39 @@ mod tests {
         }
     }
 
-    #[test]
-    fn a_move_is_planned_against_the_version_it_read_with_its_event_timers_and_mail() {
+    fn caseworker() -> Actor {
+        Actor {
+            name: "cw@pcse".into(),
+            role: ActorRole::Caseworker,
+        }
+    }
+
+    /// A caseworker's move of a GP case from `from` to `to`, as planned.
+    fn planned(before: &CaseRecord, to: &str, reason: &str, duplicate_of: Option<i64>) -> CaseChangeset {
         let set = workflows();
         let workflow = set.get("primary_user_gp").unwrap();
         let calendar = WorkingCalendar::default();
-        let caseworker = Actor {
-            name: "cw@pcse".into(),
-            role: ActorRole::Caseworker,
-        };
-        let plan = plan_for(workflow, "needs_review", "awaiting_information", &caseworker);
+        let actor = caseworker();
+        let plan = plan_for(workflow, &before.state, to, &actor);
         let step = Move {
             plan: &plan,
-            actor: &caseworker,
-            reason: Some("because"),
+            actor: &actor,
+            reason: Some(reason),
             recorded: &[],
-            duplicate_of: None,
+            duplicate_of,
         };
         let domains = crate::domain::NhsDomains::new(["nhs.net"]);
         let policy = notify::MailPolicy {
             our_addresses: &[],
             nhs_domains: &domains,
         };
+        plan_move(when(&calendar), &policy, before, workflow, &origin(), &step)
+    }
+
+    #[test]
+    fn a_move_is_planned_against_the_version_it_read_with_its_event_timers_and_mail() {
         let before = case("needs_review");
-        let change = plan_move(when(&calendar), &policy, &before, workflow, &origin(), &step);
+        let change = planned(&before, "awaiting_information", "because", None);
         assert_eq!(change.version, 3, "checked against the version read");
         assert_eq!(change.columns.state.as_deref(), Some("awaiting_information"));
         assert_eq!(change.events.len(), 1);
@@ -721,34 +731,7 @@ mod tests {
 
     #[test]
     fn a_move_to_a_final_state_cancels_the_case_wide_timers_too() {
-        let set = workflows();
-        let workflow = set.get("primary_user_gp").unwrap();
-        let calendar = WorkingCalendar::default();
-        let caseworker = Actor {
-            name: "cw@pcse".into(),
-            role: ActorRole::Caseworker,
-        };
-        let plan = plan_for(workflow, "needs_review", "rejected", &caseworker);
-        let step = Move {
-            plan: &plan,
-            actor: &caseworker,
-            reason: Some("wrong signatory"),
-            recorded: &[],
-            duplicate_of: Some(3),
-        };
-        let domains = crate::domain::NhsDomains::new(["nhs.net"]);
-        let policy = notify::MailPolicy {
-            our_addresses: &[],
-            nhs_domains: &domains,
-        };
-        let change = plan_move(
-            when(&calendar),
-            &policy,
-            &case("needs_review"),
-            workflow,
-            &origin(),
-            &step,
-        );
+        let change = planned(&case("needs_review"), "rejected", "wrong signatory", Some(3));
         assert_eq!(
             change.cancel_timers,
             CancelTimers {
@@ -767,10 +750,7 @@ mod tests {
     fn an_unclassified_case_leaves_only_for_its_exits_with_a_reason_by_staff() {
         let mut unclassified_case = case("needs_review");
         unclassified_case.workflow = None;
-        let caseworker = Actor {
-            name: "cw@pcse".into(),
-            role: ActorRole::Caseworker,
-        };
+        let caseworker = caseworker();
         let change = plan_unclassified_exit(1, &unclassified_case, &caseworker, "closed", Some("spam"), None).unwrap();
         assert_eq!(change.columns.state.as_deref(), Some("closed"));
         assert!(change.cancel_timers.case_wide);
@@ -801,10 +781,7 @@ mod tests {
 
     #[test]
     fn an_assignment_logs_a_claim_when_staff_take_the_case_themselves() {
-        let caseworker = Actor {
-            name: "cw@pcse".into(),
-            role: ActorRole::Caseworker,
-        };
+        let caseworker = caseworker();
         let change = plan_assignment(5, &case("needs_review"), &caseworker, Some((9, "CW@pcse")));
         assert_eq!(change.columns.assignee_id, Some(Some(9)));
         assert_eq!(change.events[0].kind, "claimed");

@@ -17,10 +17,6 @@ pub struct Deferred {
 }
 
 impl Deferred {
-    pub fn is_empty(&self) -> bool {
-        self.links.is_empty() && self.events.is_empty() && self.timers.is_empty() && self.mail.is_empty()
-    }
-
     /// Holds the rows of a change (its links, events, new timers and mail), not its columns.
     fn hold(&mut self, change: CaseChangeset) {
         let CaseChangeset {

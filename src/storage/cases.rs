@@ -399,9 +399,9 @@ pub struct NewMail {
 /// itself (`WHERE version = $expected`), so of two writers that planned against one version
 /// exactly one lands; the other gets [`StorageError::Conflict`] and its transaction must roll
 /// back. This is the only statement in the service that updates a case.
-pub async fn apply_change(conn: &mut AnyConnection, change: &CaseChangeset) -> Result<(), StorageError> {
-    apply_columns(conn, change).await?;
-    super::batch::write_rows(conn, change.clone()).await
+pub async fn apply_change(conn: &mut AnyConnection, change: CaseChangeset) -> Result<(), StorageError> {
+    apply_columns(conn, &change).await?;
+    super::batch::write_rows(conn, change).await
 }
 
 /// The version-checked update of a change's columns, then its timer cancellations: the part

@@ -701,7 +701,7 @@ async fn a_stale_update_is_refused_rather_than_lost() {
         let mut conn = engine.db().pool.acquire().await.unwrap();
         let mut write = countersign::engine::change::changeset(&stale, 0);
         write.columns.state = Some("rejected".into());
-        let refused = storage::apply_change(&mut conn, &write).await;
+        let refused = storage::apply_change(&mut conn, write).await;
         assert!(
             matches!(refused, Err(storage::StorageError::Conflict(_))),
             "a write based on an old version must not land: {refused:?}"

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use chrono::Datelike;
 use sqlx::AnyConnection;
-use tracing::{info, instrument};
+use tracing::{info, instrument, warn};
 
 use super::change::{self, Origin};
 use super::classify::{FormAnalysis, checks_summary};
@@ -365,6 +365,37 @@ impl Engine {
         self.confirm_stored(&reports).await?;
         self.recorded(&reports);
         Ok(reports)
+    }
+
+    /// Records prepared messages (`ready` holds each one's raw bytes and source) in one
+    /// transaction or, if that fails, one at a time, so that one bad message holds up no other:
+    /// one result per message, in order. The one-at-a-time path prepares each message again,
+    /// because the failed transaction consumed the prepared forms (a rare path).
+    pub async fn record_batch(
+        &self,
+        ready: &[(Vec<u8>, String)],
+        prepared: Vec<PreparedEmail>,
+    ) -> Vec<Result<IntakeReport, EngineError>> {
+        if ready.is_empty() {
+            return Vec::new();
+        }
+        let group = ready
+            .iter()
+            .zip(prepared)
+            .map(|((raw, source), email)| (raw.as_slice(), email, source.as_str()))
+            .collect();
+        match self.record_group(group).await {
+            Ok(reports) => reports.into_iter().map(Ok).collect(),
+            Err(error) => {
+                warn!(error = %error, messages = ready.len(), "recording a group failed: recording its messages one at a time");
+                let mut one_by_one = Vec::with_capacity(ready.len());
+                for (raw, source) in ready {
+                    let email = self.prepare(raw).await;
+                    one_by_one.push(self.record(raw, email, source).await);
+                }
+                one_by_one
+            }
+        }
     }
 
     /// Reads the messages of a commit back on another connection, so that a mail source marks

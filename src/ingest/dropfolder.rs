@@ -23,6 +23,7 @@ use std::time::{Duration, Instant, SystemTime};
 use anyhow::{Context, Result};
 use tracing::{error, info, warn};
 
+use super::{GROUP_BYTES, GROUP_MESSAGES};
 use crate::engine::Engine;
 
 /// What one scan did.
@@ -161,7 +162,9 @@ impl DropFolder {
         }
     }
 
-    /// Ingests every finished file waiting in the folder once.
+    /// Ingests every finished file waiting in the folder once. Files are taken in groups, as
+    /// from a mailbox: a group is recorded in one transaction while the next group's files are
+    /// read and prepared on other workers.
     pub async fn scan(&mut self, engine: &Engine) -> Result<ScanSummary> {
         let folder = &self.folder;
         std::fs::create_dir_all(folder).with_context(|| format!("creating drop folder {}", folder.display()))?;
@@ -169,22 +172,33 @@ impl DropFolder {
         let files = pending_files(folder);
         self.seen.retain(|path, _| files.contains(path));
         let now = Instant::now();
-        let mut last_error = None;
+        let mut settled = Vec::with_capacity(files.len());
         for file in files {
-            if !self.settled(&file, now) {
+            if self.settled(&file, now) {
+                settled.push(file);
+            } else {
                 summary.left += 1;
-                continue;
             }
-            match self.take(engine, &file).await? {
-                Taken::Ingested => summary.ingested += 1,
-                Taken::Quarantined => summary.quarantined += 1,
-                Taken::Left => summary.left += 1,
-                Taken::NotStored(error) => {
-                    summary.left += 1;
-                    last_error = Some(error);
+        }
+        let mut last_error = None;
+        let mut waiting = settled.into_iter().peekable();
+        let mut group = self.start_group(engine, &mut waiting).await;
+        while !group.is_empty() {
+            // The next group is read and being prepared while this one is recorded.
+            let next = self.start_group(engine, &mut waiting).await;
+            for (file, taken) in self.finish_group(engine, group).await? {
+                match taken {
+                    Taken::Ingested => summary.ingested += 1,
+                    Taken::Quarantined => summary.quarantined += 1,
+                    Taken::Left => summary.left += 1,
+                    Taken::NotStored(error) => {
+                        summary.left += 1;
+                        last_error = Some(error);
+                    }
                 }
+                self.seen.remove(&file);
             }
-            self.seen.remove(&file);
+            group = next;
         }
         let at = engine.now_ms();
         self.health.update(|h| {
@@ -201,83 +215,167 @@ impl DropFolder {
         Ok(summary)
     }
 
-    async fn take(&mut self, engine: &Engine, file: &Path) -> Result<Taken> {
-        let folder = self.folder.as_path();
-        let before = fingerprint(file);
-        let raw = match std::fs::read(file) {
-            Ok(raw) => raw,
-            Err(e) => {
-                error!(file = %file.display(), error = %e, "cannot read a dropped file");
-                return Ok(Taken::Left);
-            }
-        };
-        // Failures are counted per content, not per file name: a renamed copy is the same message.
-        let sha256 = crate::mail::sha256_hex(&raw);
-        if raw.len() > self.max_bytes {
-            let why = format!(
-                "the message is {} bytes, over the limit of {}",
-                raw.len(),
-                self.max_bytes
-            );
-            quarantine(file, folder, &why)?;
-            return Ok(Taken::Quarantined);
-        }
-        // A message the service died on before is not read again more than a few times.
-        match engine.guard_preparation(&raw).await {
-            Ok(None) => {}
-            Ok(Some(why)) => {
-                error!(file = %file.display(), reason = %why, "set aside");
-                quarantine(file, folder, &why)?;
-                return Ok(Taken::Quarantined);
-            }
-            Err(e) => {
-                // The database takes no writes at all: nothing about this message is wrong.
-                warn!(file = %file.display(), error = %e, "the database refused a write; leaving the file for the next scan");
-                return Ok(Taken::NotStored(format!("{e:#}")));
-            }
-        }
-        match engine.intake(&raw, &format!("drop:{}", file.display())).await {
-            Ok(report) => {
-                self.store_failures.remove(&sha256);
-                for case in &report.cases {
-                    info!(file = %file.display(), reference = %case.reference, state = %case.state, "ingested");
-                    println!(
-                        "{}  {:<24} {:<14} {}",
-                        case.reference,
-                        case.workflow.as_deref().unwrap_or("(unclassified)"),
-                        case.state,
-                        case.finding_codes.join(",")
-                    );
+    /// Reads the next group of files (up to [`GROUP_MESSAGES`], or until [`GROUP_BYTES`] are
+    /// read) and starts each one's preparation on another worker.
+    async fn start_group(
+        &self,
+        engine: &Engine,
+        files: &mut std::iter::Peekable<std::vec::IntoIter<PathBuf>>,
+    ) -> Vec<Pending> {
+        let (mut group, mut bytes) = (Vec::new(), 0);
+        while group.len() < GROUP_MESSAGES && bytes < GROUP_BYTES {
+            let Some(file) = files.next() else { break };
+            let before = fingerprint(&file);
+            let raw = match std::fs::read(&file) {
+                Ok(raw) => raw,
+                Err(e) => {
+                    error!(file = %file.display(), error = %e, "cannot read a dropped file");
+                    group.push(Pending::Done(file, Taken::Left));
+                    continue;
                 }
-                // What is moved to processed/ is exactly what was stored: a file still being
-                // written is taken again, whole, on the next scan.
-                if fingerprint(file) != before {
-                    warn!(file = %file.display(), "the file changed while it was read; leaving it for the next scan");
-                    return Ok(Taken::Left);
-                }
-                move_into(file, &folder.join("processed"))?;
-                Ok(Taken::Ingested)
+            };
+            if raw.len() > self.max_bytes {
+                let why = format!(
+                    "the message is {} bytes, over the limit of {}",
+                    raw.len(),
+                    self.max_bytes
+                );
+                group.push(Pending::Quarantine(file, why));
+                continue;
             }
-            Err(e) => {
-                // Its preparation did finish, so this try does not count it as poison.
-                let _ = engine.preparation_finished(&raw).await;
-                let failures = {
-                    let count = self.store_failures.entry(sha256.clone()).or_insert(0);
-                    *count += 1;
-                    *count
-                };
-                if failures < MAX_STORE_FAILURES {
-                    warn!(file = %file.display(), error = %e, failures, "not stored; leaving the file for the next scan");
-                    return Ok(Taken::NotStored(format!("{e:#}")));
+            bytes += raw.len();
+            // A message the service died on before is not read again more than a few times.
+            match engine.guard_preparation(&raw).await {
+                Ok(None) => {}
+                Ok(Some(why)) => {
+                    error!(file = %file.display(), reason = %why, "set aside");
+                    group.push(Pending::Quarantine(file, why));
+                    continue;
                 }
-                let why = format!("storing it failed {failures} times: {e:#}");
-                self.store_failures.remove(&sha256);
-                error!(file = %file.display(), reason = %why, "quarantined");
-                quarantine(file, folder, &why)?;
-                Ok(Taken::Quarantined)
+                Err(e) => {
+                    // The database takes no writes at all: nothing about this message is wrong.
+                    warn!(file = %file.display(), error = %e, "the database refused a write; leaving the file for the next scan");
+                    group.push(Pending::Done(file, Taken::NotStored(format!("{e:#}"))));
+                    continue;
+                }
             }
+            let sha256 = crate::mail::sha256_hex(&raw);
+            let engine = engine.clone();
+            let preparing = tokio::spawn(async move {
+                let prepared = engine.prepare(&raw).await;
+                (raw, prepared)
+            });
+            group.push(Pending::Preparing {
+                file,
+                before,
+                sha256,
+                preparing,
+            });
         }
+        group
     }
+
+    /// Records a group's prepared files in one transaction (one at a time if that fails), then
+    /// moves each file where it belongs: what each file came to, in order.
+    async fn finish_group(&mut self, engine: &Engine, group: Vec<Pending>) -> Result<Vec<(PathBuf, Taken)>> {
+        let (mut ready, mut prepared, mut readied) = (Vec::new(), Vec::new(), Vec::new());
+        let mut done = Vec::with_capacity(group.len());
+        for pending in group {
+            match pending {
+                Pending::Done(file, taken) => done.push((file, taken)),
+                Pending::Quarantine(file, why) => {
+                    quarantine(&file, &self.folder, &why)?;
+                    done.push((file, Taken::Quarantined));
+                }
+                Pending::Preparing {
+                    file,
+                    before,
+                    sha256,
+                    preparing,
+                } => match preparing.await {
+                    Ok((raw, email)) => {
+                        ready.push((raw, format!("drop:{}", file.display())));
+                        prepared.push(email);
+                        readied.push((file, before, sha256));
+                    }
+                    Err(crashed) => {
+                        let error = crate::engine::EngineError::PreparationFailed(crashed.to_string());
+                        let taken = self.store_failed(&file, sha256, &error)?;
+                        done.push((file, taken));
+                    }
+                },
+            }
+        }
+        let results = engine.record_batch(&ready, prepared).await;
+        for (((raw, _), (file, before, sha256)), result) in ready.iter().zip(readied).zip(results) {
+            let taken = match result {
+                Ok(report) => {
+                    self.store_failures.remove(&sha256);
+                    for case in &report.cases {
+                        info!(file = %file.display(), reference = %case.reference, state = %case.state, "ingested");
+                        println!(
+                            "{}  {:<24} {:<14} {}",
+                            case.reference,
+                            case.workflow.as_deref().unwrap_or("(unclassified)"),
+                            case.state,
+                            case.finding_codes.join(",")
+                        );
+                    }
+                    // What is moved to processed/ is exactly what was stored: a file still
+                    // being written is taken again, whole, on the next scan.
+                    if fingerprint(&file) != before {
+                        warn!(file = %file.display(), "the file changed while it was read; leaving it for the next scan");
+                        Taken::Left
+                    } else {
+                        move_into(&file, &self.folder.join("processed"))?;
+                        Taken::Ingested
+                    }
+                }
+                Err(e) => {
+                    // Its preparation did finish, so this try does not count it as poison.
+                    let _ = engine.preparation_finished(raw).await;
+                    self.store_failed(&file, sha256, &e)?
+                }
+            };
+            done.push((file, taken));
+        }
+        Ok(done)
+    }
+
+    /// Counts a failure to store a file's message (per content, not per file name: a renamed
+    /// copy is the same message): left for the next scan, or set aside after too many.
+    fn store_failed(&mut self, file: &Path, sha256: String, e: &crate::engine::EngineError) -> Result<Taken> {
+        let failures = {
+            let count = self.store_failures.entry(sha256.clone()).or_insert(0);
+            *count += 1;
+            *count
+        };
+        if failures < MAX_STORE_FAILURES {
+            warn!(file = %file.display(), error = %e, failures, "not stored; leaving the file for the next scan");
+            return Ok(Taken::NotStored(format!("{e:#}")));
+        }
+        let why = format!("storing it failed {failures} times: {e:#}");
+        self.store_failures.remove(&sha256);
+        error!(file = %file.display(), reason = %why, "quarantined");
+        quarantine(file, &self.folder, &why)?;
+        Ok(Taken::Quarantined)
+    }
+}
+
+/// A file of a group being taken.
+enum Pending {
+    /// Nothing more to do with it this scan.
+    Done(PathBuf, Taken),
+    /// To be set aside in `quarantine/`, for this reason.
+    Quarantine(PathBuf, String),
+    /// Being prepared (parsed, its PDFs read) on another worker; `before` is its fingerprint
+    /// when it was read, `sha256` its content's hash (what store failures are counted by).
+    Preparing {
+        file: PathBuf,
+        before: Option<(u64, SystemTime)>,
+        sha256: String,
+        preparing: tokio::task::JoinHandle<(Vec<u8>, crate::engine::PreparedEmail)>,
+    },
 }
 
 enum Taken {

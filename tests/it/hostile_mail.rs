@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::common::{AUTHSERV_ID, friday_morning, on_both_backends};
+use crate::common::{AUTHSERV_ID, friday_morning, on_both_backends, stored};
 use countersign::engine::Engine;
 use countersign::storage;
 
@@ -131,10 +131,7 @@ async fn a_message_the_service_died_on_three_times_is_set_aside_not_read_again()
         assert_eq!((summary.ingested, summary.quarantined), (0, 1));
         let reason = std::fs::read_to_string(dir.path().join("quarantine/poison.eml.reason.txt")).unwrap();
         assert!(reason.contains("stopped the service 3 times"), "{reason}");
-        let cases: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM cases")
-            .fetch_one(&engine.db().pool)
-            .await
-            .unwrap();
+        let cases: i64 = stored(&engine).await.cases;
         assert_eq!(cases, 0, "not read again");
 
         // A message that is read to the end leaves no count behind, so redeliveries are fine.
@@ -146,10 +143,7 @@ async fn a_message_the_service_died_on_three_times_is_set_aside_not_read_again()
                 .unwrap();
             assert_eq!((summary.ingested, summary.quarantined), (1, 0), "round {round}");
         }
-        let left: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM prepare_attempts")
-            .fetch_one(&engine.db().pool)
-            .await
-            .unwrap();
+        let left: i64 = stored(&engine).await.prepare_attempts;
         assert_eq!(left, 0);
     })
     .await;
@@ -194,10 +188,7 @@ async fn a_reused_message_id_with_other_bytes_is_stored_and_flagged_never_droppe
         // The genuine one delivered again is a redelivery, and makes nothing new.
         let again = engine.intake(&genuine, "test").await.unwrap();
         assert!(again.already_ingested);
-        let stored: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM raw_messages")
-            .fetch_one(&engine.db().pool)
-            .await
-            .unwrap();
+        let stored: i64 = stored(&engine).await.raw_messages;
         assert_eq!(stored, 2);
     })
     .await;

@@ -5,15 +5,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::common::dovecot::{Dovecot, DovecotOptions};
-use crate::common::{TestDatabase, engine_on, fixture, on_both_backends};
+use crate::common::{TestDatabase, engine_on, fixture, on_both_backends, stored};
 use countersign::config::TransportSecurity;
-use countersign::engine::Engine;
 use countersign::ingest::imap::{AfterCommitHook, ImapError, ImapPoller, retry_quarantined};
 use countersign::storage::{self, Backend, Db};
-
-async fn count(engine: &Engine, sql: &'static str) -> i64 {
-    sqlx::query_scalar(sql).fetch_one(&engine.db().pool).await.expect(sql)
-}
 
 fn samples(n: usize) -> Vec<Vec<u8>> {
     let workflows = crate::common::workflows();
@@ -59,16 +54,9 @@ async fn messages_are_ingested_once_and_moved() {
         assert_eq!(dovecot.count("Processed").await, 5);
         // two_forms.eml has two forms, but its GP form is the very PDF gp_form.eml brought, so
         // it is linked to that case rather than opened again.
-        assert_eq!(count(&engine, "SELECT COUNT(*) FROM cases").await, 5);
-        assert_eq!(
-            count(
-                &engine,
-                "SELECT COUNT(*) FROM case_messages WHERE relation = 'duplicate'"
-            )
-            .await,
-            1
-        );
-        assert_eq!(count(&engine, "SELECT COUNT(*) FROM raw_messages").await, 5);
+        assert_eq!(stored(&engine).await.cases, 5);
+        assert_eq!(stored(&engine).await.duplicate_links, 1);
+        assert_eq!(stored(&engine).await.raw_messages, 5);
 
         // Nothing new: nothing done.
         let again = poller.drain_once().await.unwrap();
@@ -133,7 +121,7 @@ async fn a_malformed_message_goes_to_quarantine_with_its_reason_and_is_retried_o
         // Retried: already ingested, so no new case; still not mail, so back to quarantine.
         let summary = poller.drain_once().await.unwrap();
         assert_eq!((summary.already_ingested, summary.quarantined), (1, 1));
-        assert_eq!(count(&engine, "SELECT COUNT(*) FROM cases").await, 2);
+        assert_eq!(stored(&engine).await.cases, 2);
     })
     .await;
 }
@@ -159,7 +147,7 @@ async fn a_poller_killed_between_commit_and_move_restarts_without_a_duplicate() 
         task.abort();
         let _ = task.await;
         // Messages commit in groups: the first group (here, all three) is stored...
-        let committed = count(&engine, "SELECT COUNT(*) FROM raw_messages").await;
+        let committed = stored(&engine).await.raw_messages;
         assert!((1..=3).contains(&committed), "the first group committed: {committed}");
         assert_eq!(dovecot.count("INBOX").await, 3, "...but was not moved");
 
@@ -174,12 +162,8 @@ async fn a_poller_killed_between_commit_and_move_restarts_without_a_duplicate() 
             .unwrap();
         let committed = usize::try_from(committed).unwrap();
         assert_eq!((summary.already_ingested, summary.ingested), (committed, 3 - committed));
-        assert_eq!(count(&engine, "SELECT COUNT(*) FROM raw_messages").await, 3);
-        assert_eq!(
-            count(&engine, "SELECT COUNT(*) FROM cases").await,
-            3,
-            "no duplicate case"
-        );
+        assert_eq!(stored(&engine).await.raw_messages, 3);
+        assert_eq!(stored(&engine).await.cases, 3, "no duplicate case");
         assert_eq!(dovecot.count("INBOX").await, 0);
     })
     .await;
@@ -204,7 +188,7 @@ async fn a_new_uidvalidity_means_a_rescan_not_a_reimport() {
 
         let summary = poller.drain_once().await.unwrap();
         assert_eq!((summary.already_ingested, summary.ingested), (4, 1), "{summary:?}");
-        assert_eq!(count(&engine, "SELECT COUNT(*) FROM cases").await, 5);
+        assert_eq!(stored(&engine).await.cases, 5);
         assert_eq!(dovecot.count("INBOX").await, 0);
         let mut conn = engine.db().pool.acquire().await.unwrap();
         let after = storage::mailbox_health(&mut conn).await.unwrap()[0].clone();
@@ -265,13 +249,13 @@ async fn the_server_restarting_in_the_middle_of_a_poll_loses_and_doubles_nothing
         let task = tokio::spawn(async move { running.run_until_stopped(stop_rx).await });
 
         wait_until("some mail is taken", Duration::from_secs(60), async || {
-            count(&engine, "SELECT COUNT(*) FROM raw_messages").await >= 10
+            stored(&engine).await.raw_messages >= 10
         })
         .await;
         dovecot.restart();
-        let taken_at_restart = count(&engine, "SELECT COUNT(*) FROM raw_messages").await;
+        let taken_at_restart = stored(&engine).await.raw_messages;
         wait_until("all mail is taken", Duration::from_secs(120), async || {
-            count(&engine, "SELECT COUNT(*) FROM raw_messages").await == total as i64
+            stored(&engine).await.raw_messages == total as i64
         })
         .await;
         stop_tx.send(true).unwrap();
@@ -284,7 +268,7 @@ async fn the_server_restarting_in_the_middle_of_a_poll_loses_and_doubles_nothing
             taken_at_restart < total as i64,
             "the restart came mid-poll ({taken_at_restart} of {total} taken)"
         );
-        assert_eq!(count(&engine, "SELECT COUNT(*) FROM cases").await, total as i64);
+        assert_eq!(stored(&engine).await.cases, total as i64);
         assert_eq!(dovecot.count("INBOX").await, 0);
         assert_eq!(dovecot.count("Processed").await, total as u32);
         assert_eq!(poller.health().snapshot().state, "stopped");
@@ -308,7 +292,7 @@ async fn new_mail_is_noticed_while_idle() {
         .await;
         dovecot.deliver("INBOX", &[fixture("mail/gp_form.eml")]).await;
         wait_until("the mail is taken", Duration::from_secs(30), async || {
-            count(&engine, "SELECT COUNT(*) FROM cases").await == 1
+            stored(&engine).await.cases == 1
         })
         .await;
         stop_tx.send(true).unwrap();
@@ -338,11 +322,9 @@ async fn two_pollers_on_one_postgres_database_never_both_take_a_message() {
     all.dedup();
     assert_eq!(all.len(), before, "no UID taken twice");
     assert_eq!(all.len(), total);
-    let cases: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM cases")
-        .fetch_one(&db.pool)
-        .await
-        .unwrap();
-    assert_eq!(cases, total as i64);
+    let mut conn = db.pool.acquire().await.unwrap();
+    assert_eq!(storage::inventory(&mut conn).await.unwrap().cases, total as i64);
+    drop(conn);
     db.close().await;
     database.drop_database().await;
 }
@@ -470,11 +452,11 @@ async fn a_message_that_fails_to_store_holds_up_no_other_in_its_group() {
         assert_eq!(taken, vec![1, 2, 3, 4, 5], "each message taken once");
         assert_eq!(dovecot.count("Processed").await, 4);
         assert_eq!(dovecot.count("Quarantine").await, 1);
-        assert_eq!(count(&engine, "SELECT COUNT(*) FROM raw_messages").await, 4);
-        assert_eq!(count(&engine, "SELECT COUNT(*) FROM cases").await, 4);
+        assert_eq!(stored(&engine).await.raw_messages, 4);
+        assert_eq!(stored(&engine).await.cases, 4);
         // Its preparation finished; only storing it failed: that is not counted as a poison
         // message (which would be set aside, with the wrong reason, after three polls).
-        assert_eq!(count(&engine, "SELECT COUNT(*) FROM prepare_attempts").await, 0);
+        assert_eq!(stored(&engine).await.prepare_attempts, 0);
         let mut conn = engine.db().pool.acquire().await.unwrap();
         let errors = storage::open_ingest_errors(&mut conn).await.unwrap();
         assert_eq!(errors.len(), 1, "{errors:?}");
@@ -508,12 +490,9 @@ async fn a_live_instance_keeps_the_lease_and_a_dead_ones_lapses_within_one_lease
             "the first instance holds the lease",
             Duration::from_secs(20),
             async || {
-                count(
-                    &engine,
-                    "SELECT COUNT(*) FROM mailbox_state WHERE lease_holder IS NOT NULL",
-                )
-                .await
-                    == 1
+                let mut conn = engine.db().pool.acquire().await.unwrap();
+                let health = storage::mailbox_health(&mut conn).await.unwrap();
+                health.iter().any(|mailbox| mailbox.lease_holder.is_some())
             },
         )
         .await;

@@ -4,7 +4,9 @@
 use std::sync::Arc;
 
 use crate::common::postfix::{MANAGERS, Postfix};
-use crate::common::{TestClock, TestDatabase, engine_with_clock, fixture, friday_morning, on_both_backends_clocked};
+use crate::common::{
+    TestClock, TestDatabase, engine_with_clock, fixture, friday_morning, on_both_backends_clocked, stored,
+};
 use chrono::{Local, TimeZone};
 use countersign::engine::Engine;
 use countersign::outbox::{AfterSendHook, Dispatcher};
@@ -48,10 +50,6 @@ fn to(state: &str, reason: &str) -> TransitionRequest {
         reason: Some(reason.into()),
         ..TransitionRequest::default()
     }
-}
-
-async fn count(engine: &Engine, sql: &'static str) -> i64 {
-    sqlx::query_scalar(sql).fetch_one(&engine.db().pool).await.expect(sql)
 }
 
 async fn first_case(engine: &Engine, name: &str) -> String {
@@ -211,7 +209,7 @@ async fn auto_replies_bounces_list_mail_and_our_own_mail_get_no_automatic_answer
         assert!(rows.iter().all(|(_, _, status)| status == "suppressed"), "{rows:?}");
         std::thread::sleep(std::time::Duration::from_millis(300));
         assert!(postfix.messages().is_empty());
-        assert_eq!(count(&engine, "SELECT COUNT(*) FROM raw_messages").await, 5, "each message is kept: nothing is lost");
+        assert_eq!(stored(&engine).await.raw_messages, 5, "each message is kept: nothing is lost");
     })
     .await;
 }
@@ -290,7 +288,7 @@ async fn a_reply_with_a_corrected_form_threads_into_its_case() {
         assert_eq!(report.cases.len(), 1);
         assert_eq!(report.cases[0].reference, reference, "no new case");
         assert_eq!(report.cases[0].state, "needs_review");
-        assert_eq!(count(&engine, "SELECT COUNT(*) FROM cases").await, 1);
+        assert_eq!(stored(&engine).await.cases, 1);
         let mut conn = engine.db().pool.acquire().await.unwrap();
         let case = storage::case_by_reference(&mut conn, &reference)
             .await
@@ -538,10 +536,7 @@ async fn two_schedulers_on_one_postgres_database_fire_each_timer_once() {
         let email = crate::common::form_email(&wf, n, &[], "amara@nhs.net", &format!("many-{n}@nhs.net"), "Form");
         engine.intake(&email, "test").await.unwrap();
     }
-    let pending: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM timers WHERE status = 'pending'")
-        .fetch_one(&db.pool)
-        .await
-        .unwrap();
+    let pending = stored(&engine).await.pending_timers;
     assert_eq!(pending, 3 * cases as i64);
     clock.set(at(2026, 12, 31, 12));
     let (first, second) = (scheduler(&engine), scheduler(&engine));
@@ -629,10 +624,7 @@ async fn the_daily_digest_runs_once_on_working_days_and_housekeeping_keeps_open_
         clock.set(at(2029, 11, 27, 2) + chrono::Duration::minutes(45));
         let ran = scheduler.run_due_jobs().await.unwrap();
         assert!(ran.iter().any(|r| r.starts_with("housekeeping: cleared 1 ")), "{ran:?}");
-        let kept: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM raw_messages WHERE raw IS NOT NULL")
-            .fetch_one(&engine.db().pool)
-            .await
-            .unwrap();
+        let kept = stored(&engine).await.raw_messages_kept;
         assert_eq!(kept, 1);
         let _ = open;
     })

@@ -6,11 +6,7 @@ use super::*;
 
 /// Messages committed before they are moved out of the mailbox together.
 const MOVE_BATCH: usize = 100;
-/// Messages recorded in one transaction, at most: one commit for many is most of the gain,
-/// and a failed group is redone one message at a time.
-const GROUP_MESSAGES: usize = 16;
-/// A group stops growing once this much mail is fetched for it (a 20 MB message is alone).
-const GROUP_BYTES: usize = 8 * 1024 * 1024;
+use crate::ingest::{GROUP_BYTES, GROUP_MESSAGES};
 
 /// Messages taken but not yet moved.
 #[derive(Debug, Default)]
@@ -188,7 +184,7 @@ impl ImapPoller {
             };
             outcomes.push(outcome);
         }
-        let results = self.record_ready(&ready, prepared).await;
+        let results = self.engine.record_batch(&ready, prepared).await;
         let mut recorded = ready.iter().zip(results);
         let mut done = Vec::with_capacity(outcomes.len());
         for (uid, outcome) in outcomes {
@@ -208,36 +204,6 @@ impl ImapPoller {
             done.push((uid, outcome));
         }
         done
-    }
-
-    /// Records the prepared messages of a group in one transaction or, if that fails, one at
-    /// a time: one result per message, in order. The one-at-a-time path prepares each message
-    /// again, because the failed transaction consumed the prepared forms (a rare path).
-    pub(super) async fn record_ready(
-        &self,
-        ready: &[(Vec<u8>, String)],
-        prepared: Vec<crate::engine::PreparedEmail>,
-    ) -> Vec<Result<IntakeReport, crate::engine::EngineError>> {
-        if ready.is_empty() {
-            return Vec::new();
-        }
-        let group = ready
-            .iter()
-            .zip(prepared)
-            .map(|((raw, source), email)| (raw.as_slice(), email, source.as_str()))
-            .collect();
-        match self.engine.record_group(group).await {
-            Ok(reports) => reports.into_iter().map(Ok).collect(),
-            Err(error) => {
-                warn!(error = %error, messages = ready.len(), "recording a group failed: recording its messages one at a time");
-                let mut one_by_one = Vec::with_capacity(ready.len());
-                for (raw, source) in ready {
-                    let email = self.engine.prepare(raw).await;
-                    one_by_one.push(self.engine.record(raw, email, source).await);
-                }
-                one_by_one
-            }
-        }
     }
 
     /// What recording one message means for it on the server.

@@ -196,6 +196,14 @@ pub fn live(engine: &Engine) -> Engine {
     }))
 }
 
+/// What the engine's database holds, counted through the storage API.
+pub async fn stored(engine: &Engine) -> countersign::storage::Inventory {
+    let mut conn = engine.db().pool.acquire().await.expect("a connection");
+    countersign::storage::inventory(&mut conn)
+        .await
+        .expect("counting stored records")
+}
+
 /// A database that exists for one test.
 pub struct TestDatabase {
     pub url: String,

@@ -7,7 +7,7 @@
 use std::collections::BTreeSet;
 use std::path::Path;
 
-use chrono::{Datelike, Days, NaiveDate, Weekday};
+use chrono::{DateTime, Datelike, Days, Local, NaiveDate, NaiveTime, Weekday};
 
 pub const SHIPPED_BANK_HOLIDAYS: &str = include_str!("../workflows/bank-holidays.json");
 
@@ -96,6 +96,36 @@ impl WorkingCalendar {
             .filter(|d| self.is_working_day(*d))
             .count() as i64
     }
+
+    /// The time from `from` to `to` that falls on working days, in minutes: how long a case
+    /// spent somewhere, as its SLA counts (a weekend or a bank holiday counts nothing).
+    pub fn working_minutes_between(&self, from: DateTime<Local>, to: DateTime<Local>) -> i64 {
+        if to <= from {
+            return 0;
+        }
+        let mut minutes = 0;
+        let mut day = from.date_naive();
+        let last = to.date_naive();
+        while day <= last {
+            if self.is_working_day(day) {
+                let start = if day == from.date_naive() {
+                    from.naive_local()
+                } else {
+                    day.and_time(NaiveTime::MIN)
+                };
+                let end = match day.succ_opt() {
+                    Some(next) if day != last => next.and_time(NaiveTime::MIN),
+                    _ => to.naive_local(),
+                };
+                minutes += (end - start).num_minutes().max(0);
+            }
+            match day.succ_opt() {
+                Some(next) => day = next,
+                None => break,
+            }
+        }
+        minutes
+    }
 }
 
 #[cfg(test)]
@@ -104,6 +134,20 @@ mod tests {
 
     fn day(y: i32, m: u32, d: u32) -> NaiveDate {
         NaiveDate::from_ymd_opt(y, m, d).unwrap()
+    }
+
+    #[test]
+    fn working_minutes_skip_weekends_and_count_part_days() {
+        use chrono::TimeZone;
+        let cal = WorkingCalendar::default();
+        let at = |d: u32, h: u32| Local.with_ymd_and_hms(2026, 11, d, h, 0, 0).unwrap();
+        // Friday 20 November 10:00 to Monday 23rd 10:00: 14 hours of Friday, 10 of Monday.
+        assert_eq!(cal.working_minutes_between(at(20, 10), at(23, 10)), 24 * 60);
+        // Within one day.
+        assert_eq!(cal.working_minutes_between(at(23, 9), at(23, 17)), 8 * 60);
+        // Saturday to Sunday: nothing; backwards: nothing.
+        assert_eq!(cal.working_minutes_between(at(21, 9), at(22, 17)), 0);
+        assert_eq!(cal.working_minutes_between(at(23, 17), at(23, 9)), 0);
     }
 
     #[test]

@@ -9,7 +9,8 @@
 //!    names a case may do), then every case change planned and written through one path
 //!    ([`engine::change`]) into [`storage`], following the [`workflow`] files.
 //! 5. [`scheduler`] fires durable timers; [`outbox`] sends the mail changes queued.
-//! 6. [`web`]: caseworkers and managers work the queue; [`users`] are its accounts.
+//! 6. [`web`]: caseworkers and managers work the queue; [`users`] are its accounts; managers
+//!    read [`reports`] worked out from the event log.
 //!
 //! Beside them: [`domain`] types, the working-day [`calendar`], [`provision`] (the seam for
 //! an automated provisioner), [`samples`] for demos and benchmarks, and the [`cli`].
@@ -40,6 +41,8 @@ pub mod policy;
 pub mod provision;
 /// Replies: whether mail that names a case may change it, and what its forms do. Pure.
 pub mod replies;
+/// The managers' SLA reports, from the event log on the working-day calendar. Pure.
+pub mod reports;
 /// Sample emails with filled forms, for trying it out and for benchmarks.
 pub mod samples;
 /// Durable timers on a working-day calendar, and scheduled jobs (digest, housekeeping).

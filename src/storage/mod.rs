@@ -239,6 +239,7 @@ mod organisations;
 mod outbox;
 mod queries;
 mod queue;
+mod reports;
 mod timers;
 mod users;
 
@@ -254,5 +255,6 @@ pub use organisations::*;
 pub use outbox::*;
 pub use queries::{CaseKey, PER_CASE_QUERIES};
 pub use queue::{QueueQuery, QueueRecord, queue_page};
+pub use reports::{cases_received_since, open_cases, report_lifecycles};
 pub use timers::*;
 pub use users::*;

@@ -14,6 +14,7 @@ pub mod auth;
 mod case;
 pub mod error;
 pub mod queue;
+pub mod reports;
 mod view;
 
 use std::sync::Arc;
@@ -38,6 +39,8 @@ pub enum Access {
     Public,
     /// Any signed-in member of staff.
     Staff,
+    /// Managers (and admins, who may do what a manager may).
+    Manager,
     /// Admins only.
     Admin,
 }
@@ -87,6 +90,7 @@ pub fn routes() -> Vec<Route> {
         queue::routes(),
         case::routes(),
         admin::routes(),
+        reports::routes(),
         api::routes(),
     ]
     .into_iter()
@@ -208,8 +212,13 @@ async fn enforce(state: AppState, access: Access, request: Request, next: Next) 
         Ok(user) => user,
         Err(error) => return refuse(error),
     };
-    if access == Access::Admin
-        && let Err(error) = user.require(&[ActorRole::Admin])
+    let needed: &[ActorRole] = match access {
+        Access::Admin => &[ActorRole::Admin],
+        Access::Manager => &[ActorRole::Manager],
+        Access::Public | Access::Staff => &[],
+    };
+    if !needed.is_empty()
+        && let Err(error) = user.require(needed)
     {
         return refuse(error);
     }
@@ -224,7 +233,7 @@ pub fn router(state: AppState) -> Router {
         let access = route.access;
         let handler = match access {
             Access::Public => route.handler,
-            Access::Staff | Access::Admin => {
+            Access::Staff | Access::Manager | Access::Admin => {
                 let guard = move |State(state): State<AppState>, request: Request, next: Next| {
                     enforce(state, access, request, next)
                 };

@@ -35,3 +35,9 @@
     if (key === "q" && claim) { window.location = "/"; }
   });
 })();
+// The reports' Print button (a printable layout is in app.css's print rules).
+(function () {
+  Array.prototype.forEach.call(document.querySelectorAll("[data-print]"), function (button) {
+    button.addEventListener("click", function () { window.print(); });
+  });
+})();

@@ -16,5 +16,6 @@ mod mail_out;
 mod pdf_extraction;
 mod query_plans;
 mod replies;
+mod reports;
 mod sign_in;
 mod web;

@@ -15,16 +15,16 @@ use http_body_util::BodyExt;
 use tower::ServiceExt;
 
 /// A browser: a router and the cookies it has been given.
-struct Browser {
+pub(crate) struct Browser {
     app: Router,
     cookies: BTreeMap<String, String>,
 }
 
-struct Page {
-    status: StatusCode,
-    location: Option<String>,
-    headers: axum::http::HeaderMap,
-    body: String,
+pub(crate) struct Page {
+    pub(crate) status: StatusCode,
+    pub(crate) location: Option<String>,
+    pub(crate) headers: axum::http::HeaderMap,
+    pub(crate) body: String,
 }
 
 impl Page {
@@ -44,7 +44,7 @@ impl Page {
 }
 
 impl Browser {
-    async fn new(engine: &Engine) -> Browser {
+    pub(crate) async fn new(engine: &Engine) -> Browser {
         Self::at(engine, "http://countersign.test").await
     }
 
@@ -104,7 +104,7 @@ impl Browser {
             .join("; ")
     }
 
-    async fn get(&mut self, path: &str) -> Page {
+    pub(crate) async fn get(&mut self, path: &str) -> Page {
         let request = Request::get(path)
             .header(header::COOKIE, self.cookie_header())
             .body(Body::empty())
@@ -126,7 +126,7 @@ impl Browser {
     }
 
     /// Signs in (setting the password through the one-time link first).
-    async fn sign_in_as(&mut self, engine: &Engine, email: &str, role: ActorRole) {
+    pub(crate) async fn sign_in_as(&mut self, engine: &Engine, email: &str, role: ActorRole) {
         let mut conn = engine.db().pool.acquire().await.unwrap();
         let (_, token) = countersign::users::add(&mut conn, email, email, role, engine.now_ms())
             .await
@@ -169,6 +169,7 @@ fn sample_path(path: &str) -> String {
     path.replace("{token}", "not-a-token")
         .replace("{reference}", "CS-2026-000001")
         .replace("{email}", "someone@nhs.net")
+        .replace("{table}", "weeks.csv")
 }
 
 #[tokio::test]
@@ -203,7 +204,10 @@ async fn every_route_needs_sign_in_and_the_right_role() {
         caseworker
             .sign_in_as(&engine, "cw@nhs.net", ActorRole::Caseworker)
             .await;
-        for (method, path, access) in table.iter().filter(|(_, _, a)| *a == Access::Admin) {
+        for (method, path, access) in table
+            .iter()
+            .filter(|(_, _, a)| matches!(a, Access::Admin | Access::Manager))
+        {
             let path = sample_path(path);
             let page = if *method == "GET" {
                 caseworker.get(&path).await
@@ -218,9 +222,19 @@ async fn every_route_needs_sign_in_and_the_right_role() {
         }
         let page = caseworker.get("/admin/users").await;
         assert_eq!(page.status, StatusCode::FORBIDDEN);
+        assert_eq!(caseworker.get("/reports").await.status, StatusCode::FORBIDDEN);
+        let mut manager = Browser::new(&engine).await;
+        manager.sign_in_as(&engine, "boss@nhs.net", ActorRole::Manager).await;
+        assert_eq!(manager.get("/reports").await.status, StatusCode::OK);
+        assert_eq!(manager.get("/admin/users").await.status, StatusCode::FORBIDDEN);
         let mut admin = Browser::new(&engine).await;
         admin.sign_in_as(&engine, "admin@nhs.net", ActorRole::Admin).await;
         assert_eq!(admin.get("/admin/users").await.status, StatusCode::OK);
+        assert_eq!(
+            admin.get("/reports").await.status,
+            StatusCode::OK,
+            "an admin may do what a manager may"
+        );
     })
     .await;
 }

@@ -1,0 +1,458 @@
+//! The managers' SLA reports, computed from the event log: each case's life is rebuilt from
+//! its `created` and `transition` events, and every figure (throughput, time in each state,
+//! SLA met, breaches, rounds) is counted on the working-day calendar with the SLA clock
+//! stopped in the states a workflow marks `sla_running = false`. Pure: storage reads the
+//! rows ([`crate::storage::report_lifecycles`]), this module turns them into figures, and
+//! the web pages and the digest show them.
+
+use std::collections::{BTreeMap, HashMap};
+
+use chrono::{DateTime, Datelike, Duration, Local, NaiveDate, TimeZone};
+use serde::Serialize;
+
+use crate::calendar::WorkingCalendar;
+use crate::workflow::{WorkflowSet, wellknown};
+
+/// One lifecycle event of a case, as storage reads it: its creation, or a state move.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LifecycleEvent {
+    pub case_id: i64,
+    pub at: i64,
+    /// The state it entered.
+    pub to_state: String,
+    /// Who moved it (`system` for the engine).
+    pub actor: String,
+    pub actor_role: String,
+}
+
+/// What a report knows of one case besides its events.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct CaseFacts {
+    pub workflow: Option<String>,
+    pub organisation: Option<String>,
+    /// Its findings' codes, as now recorded.
+    pub findings: Vec<String>,
+}
+
+/// An open case, for the backlog and the workload.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OpenCase {
+    pub workflow: Option<String>,
+    pub state: String,
+    pub created_at: i64,
+    pub assignee: Option<String>,
+    pub due_at: Option<i64>,
+    pub sla_paused: bool,
+}
+
+/// The dates a report covers: `from` to `to`, both included.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Period {
+    pub from: NaiveDate,
+    pub to: NaiveDate,
+}
+
+impl Period {
+    /// The `weeks` whole weeks (Monday to Sunday) up to and including the week of `today`.
+    pub fn last_weeks(today: NaiveDate, weeks: u32) -> Period {
+        let monday = today - Duration::days(i64::from(today.weekday().num_days_from_monday()));
+        Period {
+            from: monday - Duration::weeks(i64::from(weeks.max(1)) - 1),
+            to: monday + Duration::days(6),
+        }
+    }
+
+    /// The period of the same length just before this one: what a report compares with.
+    pub fn previous(&self) -> Period {
+        let days = (self.to - self.from).num_days() + 1;
+        Period {
+            from: self.from - Duration::days(days),
+            to: self.from - Duration::days(1),
+        }
+    }
+
+    /// Its bounds in unix milliseconds: the start of `from`, and the start of the day after `to`.
+    pub fn bounds_ms(&self) -> (i64, i64) {
+        let start = |d: NaiveDate| {
+            Local
+                .from_local_datetime(&d.and_time(chrono::NaiveTime::MIN))
+                .earliest()
+                .map(|t| t.timestamp_millis())
+                .unwrap_or(0)
+        };
+        (start(self.from), start(self.to + Duration::days(1)))
+    }
+
+    fn contains(&self, ms: i64) -> bool {
+        let (from, to) = self.bounds_ms();
+        (from..to).contains(&ms)
+    }
+}
+
+/// A median and a 90th percentile, in working days.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Spread {
+    pub count: usize,
+    pub median: f64,
+    pub p90: f64,
+}
+
+impl Spread {
+    /// The nearest-rank median and 90th percentile of `values` (None when there are none).
+    pub fn of(mut values: Vec<f64>) -> Option<Spread> {
+        if values.is_empty() {
+            return None;
+        }
+        values.sort_by(f64::total_cmp);
+        let rank = |p: f64| values[((p * values.len() as f64).ceil() as usize).clamp(1, values.len()) - 1];
+        Some(Spread {
+            count: values.len(),
+            median: rank(0.5),
+            p90: rank(0.9),
+        })
+    }
+}
+
+/// One week's throughput for one workflow.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct WeekRow {
+    pub week: NaiveDate,
+    pub workflow: String,
+    pub received: usize,
+    pub completed: usize,
+    /// Of those completed (with an SLA), how many inside it.
+    pub within_sla: usize,
+    pub with_sla: usize,
+}
+
+/// A workflow's SLA record over the period.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SlaRow {
+    pub workflow: String,
+    pub target_working_days: u32,
+    pub completed: usize,
+    pub within: usize,
+    pub percent_within: Option<f64>,
+    /// Received to provisioned, in working days (SLA pauses included: the practice waits).
+    pub to_provisioned: Option<Spread>,
+    /// Working days the SLA clock ran, received to completion.
+    pub sla_days: Option<Spread>,
+}
+
+/// Working days spent in one state, over the visits that ended in the period.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct StateTime {
+    pub state: String,
+    pub spread: Spread,
+}
+
+/// A count under a label: breaches by organisation, findings that send forms back...
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Tally {
+    pub label: String,
+    pub count: usize,
+}
+
+/// Open cases by age since they were received, in working days.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct AgeBucket {
+    pub label: &'static str,
+    pub count: usize,
+}
+
+/// One caseworker's share of the work.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Caseworker {
+    pub name: String,
+    /// State moves they made in the period.
+    pub moves: usize,
+    /// Cases they moved to a final state in the period.
+    pub completed: usize,
+    /// Open cases assigned to them now.
+    pub open: usize,
+}
+
+/// The headline figures, also worked out for the previous period to compare.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Default)]
+pub struct Headline {
+    pub received: usize,
+    pub completed: usize,
+    pub percent_within_sla: Option<f64>,
+    pub median_days_to_provisioned: Option<f64>,
+    pub breached: usize,
+}
+
+/// Every figure of the managers' report for one period.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Report {
+    pub period: Period,
+    pub headline: Headline,
+    pub weeks: Vec<WeekRow>,
+    pub sla: Vec<SlaRow>,
+    pub state_times: Vec<StateTime>,
+    pub breaches_by_workflow: Vec<Tally>,
+    pub breaches_by_organisation: Vec<Tally>,
+    pub breaches_by_finding: Vec<Tally>,
+    pub sent_back_for: Vec<Tally>,
+    pub second_rounds_by_organisation: Vec<Tally>,
+    pub backlog: Vec<AgeBucket>,
+    pub caseworkers: Vec<Caseworker>,
+}
+
+/// The report's inputs: every lifecycle event of the cases that had one in the period (in
+/// order per case), those cases' facts, and the cases open now.
+pub struct Inputs<'a> {
+    pub events: &'a [LifecycleEvent],
+    pub facts: &'a HashMap<i64, CaseFacts>,
+    pub open: &'a [OpenCase],
+    pub now: DateTime<Local>,
+}
+
+const MINUTES_PER_DAY: f64 = 24.0 * 60.0;
+
+/// The state a case sits in between two events, and for how long.
+struct Visit<'a> {
+    state: &'a str,
+    entered: i64,
+    left: Option<i64>,
+}
+
+fn local(ms: i64) -> DateTime<Local> {
+    DateTime::from_timestamp_millis(ms)
+        .unwrap_or_default()
+        .with_timezone(&Local)
+}
+
+fn week_of(ms: i64) -> NaiveDate {
+    let date = local(ms).date_naive();
+    date - Duration::days(i64::from(date.weekday().num_days_from_monday()))
+}
+
+fn week_row<'a>(weeks: &'a mut BTreeMap<(NaiveDate, String), WeekRow>, ms: i64, workflow: &str) -> &'a mut WeekRow {
+    let week = week_of(ms);
+    weeks.entry((week, workflow.to_string())).or_insert_with(|| WeekRow {
+        week,
+        workflow: workflow.to_string(),
+        received: 0,
+        completed: 0,
+        within_sla: 0,
+        with_sla: 0,
+    })
+}
+
+fn tallies(counts: HashMap<String, usize>) -> Vec<Tally> {
+    let mut rows: Vec<Tally> = counts
+        .into_iter()
+        .map(|(label, count)| Tally { label, count })
+        .collect();
+    rows.sort_by(|a, b| b.count.cmp(&a.count).then_with(|| a.label.cmp(&b.label)));
+    rows
+}
+
+fn percent(part: usize, whole: usize) -> Option<f64> {
+    (whole > 0).then(|| 100.0 * part as f64 / whole as f64)
+}
+
+/// Whether a state ends a case: final in its workflow, or one of the exits of a case no
+/// workflow took.
+fn is_final(workflows: &WorkflowSet, workflow: Option<&str>, state: &str) -> bool {
+    match workflow.and_then(|w| workflows.get(w)) {
+        Some(def) => def.state(state).is_some_and(|s| s.terminal),
+        None => wellknown::unclassified::EXITS.iter().any(|(exit, _)| *exit == state),
+    }
+}
+
+/// Works out the report for `period` from its inputs.
+pub fn compute(period: Period, inputs: &Inputs<'_>, workflows: &WorkflowSet, calendar: &WorkingCalendar) -> Report {
+    let working_days =
+        |from: i64, to: i64| calendar.working_minutes_between(local(from), local(to)) as f64 / MINUTES_PER_DAY;
+    let mut weeks: BTreeMap<(NaiveDate, String), WeekRow> = BTreeMap::new();
+    let mut headline = Headline::default();
+    let mut sla_days: HashMap<String, Vec<f64>> = HashMap::new();
+    let mut within: HashMap<String, (usize, usize)> = HashMap::new();
+    let mut to_provisioned: HashMap<String, Vec<f64>> = HashMap::new();
+    let mut state_days: HashMap<String, Vec<f64>> = HashMap::new();
+    let (mut by_workflow, mut by_org, mut by_finding) = (HashMap::new(), HashMap::new(), HashMap::new());
+    let (mut sent_back_for, mut second_rounds) = (HashMap::new(), HashMap::new());
+    let mut caseworkers: BTreeMap<String, Caseworker> = BTreeMap::new();
+    let no_facts = CaseFacts::default();
+
+    for case_events in inputs.events.chunk_by(|a, b| a.case_id == b.case_id) {
+        let facts = inputs.facts.get(&case_events[0].case_id).unwrap_or(&no_facts);
+        let workflow_name = facts.workflow.as_deref();
+        let label = workflow_name.unwrap_or("unclassified");
+        let workflow = workflow_name.and_then(|w| workflows.get(w));
+        let visits: Vec<Visit<'_>> = case_events
+            .iter()
+            .enumerate()
+            .map(|(i, e)| Visit {
+                state: &e.to_state,
+                entered: e.at,
+                left: case_events.get(i + 1).map(|next| next.at),
+            })
+            .collect();
+        let received_at = case_events[0].at;
+        if period.contains(received_at) {
+            headline.received += 1;
+            week_row(&mut weeks, received_at, label).received += 1;
+        }
+        for (i, visit) in visits.iter().enumerate() {
+            if let Some(left) = visit.left.filter(|left| period.contains(*left)) {
+                state_days
+                    .entry(visit.state.to_string())
+                    .or_default()
+                    .push(working_days(visit.entered, left));
+                let mover = &case_events[i + 1];
+                if mover.actor_role != "system" {
+                    caseworkers
+                        .entry(mover.actor.clone())
+                        .or_insert_with(|| Caseworker {
+                            name: mover.actor.clone(),
+                            moves: 0,
+                            completed: 0,
+                            open: 0,
+                        })
+                        .moves += 1;
+                }
+                if case_events[i + 1].to_state == wellknown::AWAITING_INFORMATION {
+                    for finding in &facts.findings {
+                        *sent_back_for.entry(finding.clone()).or_insert(0) += 1;
+                    }
+                    if visits[..=i].iter().any(|v| v.state == wellknown::AWAITING_INFORMATION) {
+                        let org = facts.organisation.clone().unwrap_or_else(|| "(not known)".into());
+                        *second_rounds.entry(org).or_insert(0) += 1;
+                    }
+                }
+            }
+        }
+        // Completed: the case entered a final state in the period.
+        let Some(end) = visits
+            .iter()
+            .find(|v| is_final(workflows, workflow_name, v.state) && period.contains(v.entered))
+        else {
+            continue;
+        };
+        headline.completed += 1;
+        week_row(&mut weeks, end.entered, label).completed += 1;
+        let closer = case_events
+            .iter()
+            .find(|e| e.at == end.entered && e.to_state == end.state);
+        if let Some(closer) = closer.filter(|c| c.actor_role != "system")
+            && let Some(worker) = caseworkers.get_mut(&closer.actor)
+        {
+            worker.completed += 1;
+        }
+        if end.state == wellknown::PROVISIONED {
+            to_provisioned
+                .entry(label.to_string())
+                .or_default()
+                .push(working_days(received_at, end.entered));
+        }
+        let Some(workflow) = workflow else { continue };
+        let running: f64 = visits
+            .iter()
+            .take_while(|v| v.entered < end.entered)
+            .filter(|v| workflow.state(v.state).is_none_or(|s| s.sla_running))
+            .map(|v| working_days(v.entered, v.left.unwrap_or(end.entered)))
+            .sum();
+        let met = running <= f64::from(workflow.sla.target_working_days);
+        sla_days.entry(label.to_string()).or_default().push(running);
+        let tally = within.entry(label.to_string()).or_insert((0, 0));
+        tally.1 += 1;
+        let row = week_row(&mut weeks, end.entered, label);
+        row.with_sla += 1;
+        if met {
+            tally.0 += 1;
+            row.within_sla += 1;
+        } else {
+            headline.breached += 1;
+            *by_workflow.entry(workflow.title.clone()).or_insert(0) += 1;
+            let org = facts.organisation.clone().unwrap_or_else(|| "(not known)".into());
+            *by_org.entry(org).or_insert(0) += 1;
+            for finding in &facts.findings {
+                *by_finding.entry(finding.clone()).or_insert(0) += 1;
+            }
+        }
+    }
+
+    let all_to_provisioned: Vec<f64> = to_provisioned.values().flatten().copied().collect();
+    headline.median_days_to_provisioned = Spread::of(all_to_provisioned).map(|s| s.median);
+    let mut sla: Vec<SlaRow> = workflows
+        .iter()
+        .map(|def| {
+            let (met, of) = within.get(&def.name).copied().unwrap_or((0, 0));
+            SlaRow {
+                workflow: def.name.clone(),
+                target_working_days: def.sla.target_working_days,
+                completed: of,
+                within: met,
+                percent_within: percent(met, of),
+                to_provisioned: Spread::of(to_provisioned.remove(&def.name).unwrap_or_default()),
+                sla_days: Spread::of(sla_days.remove(&def.name).unwrap_or_default()),
+            }
+        })
+        .collect();
+    sla.sort_by(|a, b| a.workflow.cmp(&b.workflow));
+    let (met, of) = within.values().fold((0, 0), |(m, o), (a, b)| (m + a, o + b));
+    headline.percent_within_sla = percent(met, of);
+    let mut state_times: Vec<StateTime> = state_days
+        .into_iter()
+        .filter_map(|(state, days)| Spread::of(days).map(|spread| StateTime { state, spread }))
+        .collect();
+    state_times.sort_by(|a, b| a.state.cmp(&b.state));
+
+    let now = inputs.now.timestamp_millis();
+    let mut backlog = vec![
+        AgeBucket {
+            label: "0–2 working days",
+            count: 0,
+        },
+        AgeBucket {
+            label: "3–5 working days",
+            count: 0,
+        },
+        AgeBucket {
+            label: "6–10 working days",
+            count: 0,
+        },
+        AgeBucket {
+            label: "over 10 working days",
+            count: 0,
+        },
+    ];
+    for case in inputs.open {
+        let age = calendar.working_days_between(local(case.created_at).date_naive(), local(now).date_naive());
+        let bucket = match age {
+            ..=2 => 0,
+            3..=5 => 1,
+            6..=10 => 2,
+            _ => 3,
+        };
+        backlog[bucket].count += 1;
+        if let Some(name) = &case.assignee {
+            caseworkers
+                .entry(name.clone())
+                .or_insert_with(|| Caseworker {
+                    name: name.clone(),
+                    moves: 0,
+                    completed: 0,
+                    open: 0,
+                })
+                .open += 1;
+        }
+    }
+    Report {
+        period,
+        headline,
+        weeks: weeks.into_values().collect(),
+        sla,
+        state_times,
+        breaches_by_workflow: tallies(by_workflow),
+        breaches_by_organisation: tallies(by_org),
+        breaches_by_finding: tallies(by_finding),
+        sent_back_for: tallies(sent_back_for),
+        second_rounds_by_organisation: tallies(second_rounds),
+        backlog,
+        caseworkers: caseworkers.into_values().collect(),
+    }
+}

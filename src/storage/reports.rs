@@ -1,0 +1,148 @@
+//! What the managers' reports read: each case's state moves in a period, the facts of those
+//! cases, the cases open now, and the dashboard's counts. The figures themselves are worked
+//! out in [`crate::reports`].
+
+use std::collections::HashMap;
+
+use sqlx::{AnyConnection, Row};
+
+use super::{QueryContext, StorageError};
+use crate::reports::{CaseFacts, LifecycleEvent, OpenCase};
+
+/// Ids in one `IN (...)` list, at most: well inside both databases' limits.
+const IDS_PER_QUERY: usize = 500;
+
+fn placeholders(from: usize, count: usize) -> String {
+    (from..from + count)
+        .map(|i| format!("${i}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Every state move (creation included) of each case that moved in `[from_ms, to_ms)`, in
+/// order per case, with those cases' facts.
+pub async fn report_lifecycles(
+    conn: &mut AnyConnection,
+    from_ms: i64,
+    to_ms: i64,
+) -> Result<(Vec<LifecycleEvent>, HashMap<i64, CaseFacts>), StorageError> {
+    let ids: Vec<i64> = sqlx::query_scalar(
+        "SELECT DISTINCT case_id FROM case_events WHERE at >= $1 AND at < $2 AND to_state IS NOT NULL ORDER BY case_id",
+    )
+    .bind(from_ms)
+    .bind(to_ms)
+    .fetch_all(&mut *conn)
+    .await
+    .context("finding the cases that moved in a period")?;
+    let mut events = Vec::new();
+    let mut facts = HashMap::with_capacity(ids.len());
+    for chunk in ids.chunks(IDS_PER_QUERY) {
+        let list = placeholders(1, chunk.len());
+        let sql = format!(
+            "SELECT case_id, at, to_state, actor, actor_role FROM case_events \
+             WHERE case_id IN ({list}) AND to_state IS NOT NULL ORDER BY case_id, id"
+        );
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for id in chunk {
+            query = query.bind(*id);
+        }
+        for row in query
+            .fetch_all(&mut *conn)
+            .await
+            .context("reading the state moves of a period's cases")?
+        {
+            events.push(LifecycleEvent {
+                case_id: row.try_get(0).context("decoding a state move")?,
+                at: row.try_get(1).context("decoding a state move")?,
+                to_state: row.try_get(2).context("decoding a state move")?,
+                actor: row.try_get(3).context("decoding a state move")?,
+                actor_role: row.try_get(4).context("decoding a state move")?,
+            });
+        }
+        let sql =
+            format!("SELECT id, workflow, COALESCE(org_name, org_ods_code), findings FROM cases WHERE id IN ({list})");
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for id in chunk {
+            query = query.bind(*id);
+        }
+        for row in query
+            .fetch_all(&mut *conn)
+            .await
+            .context("reading the facts of a period's cases")?
+        {
+            let findings: String = row.try_get(3).context("decoding a case's facts")?;
+            facts.insert(
+                row.try_get(0).context("decoding a case's facts")?,
+                CaseFacts {
+                    workflow: row.try_get(1).context("decoding a case's facts")?,
+                    organisation: row.try_get(2).context("decoding a case's facts")?,
+                    findings: finding_codes(&findings),
+                },
+            );
+        }
+    }
+    Ok((events, facts))
+}
+
+/// The distinct codes of a case's stored findings (a list of `{ "code": ... }` objects).
+fn finding_codes(json: &str) -> Vec<String> {
+    #[derive(serde::Deserialize)]
+    struct Coded {
+        code: String,
+    }
+    let mut codes: Vec<String> = serde_json::from_str::<Vec<Coded>>(json)
+        .map(|found| found.into_iter().map(|f| f.code).collect())
+        .unwrap_or_default();
+    codes.sort();
+    codes.dedup();
+    codes
+}
+
+/// The cases in any of `open_states` now, with their assignee's address.
+pub async fn open_cases(conn: &mut AnyConnection, open_states: &[String]) -> Result<Vec<OpenCase>, StorageError> {
+    if open_states.is_empty() {
+        return Ok(Vec::new());
+    }
+    let sql = format!(
+        "SELECT c.workflow, c.state, c.created_at, u.email, c.due_at, c.sla_paused_at \
+         FROM cases c LEFT JOIN users u ON u.id = c.assignee_id WHERE c.state IN ({})",
+        placeholders(1, open_states.len())
+    );
+    let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+    for state in open_states {
+        query = query.bind(state.as_str());
+    }
+    let rows = query.fetch_all(&mut *conn).await.context("reading the open cases")?;
+    rows.iter()
+        .map(|row| {
+            Ok(OpenCase {
+                workflow: row.try_get(0)?,
+                state: row.try_get(1)?,
+                created_at: row.try_get(2)?,
+                assignee: row.try_get(3)?,
+                due_at: row.try_get(4)?,
+                sla_paused: row.try_get::<Option<i64>, _>(5)?.is_some(),
+            })
+        })
+        .collect::<Result<_, sqlx::Error>>()
+        .context("decoding an open case")
+}
+
+/// Cases received since `since_ms`: the dashboard's intake today.
+pub async fn cases_received_since(conn: &mut AnyConnection, since_ms: i64) -> Result<i64, StorageError> {
+    sqlx::query_scalar("SELECT COUNT(*) FROM cases WHERE created_at >= $1")
+        .bind(since_ms)
+        .fetch_one(&mut *conn)
+        .await
+        .context("counting today's intake")
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn finding_codes_are_read_once_each_and_bad_json_gives_none() {
+        let json = r#"[{"code":"b","message":"x"},{"code":"a"},{"code":"b"}]"#;
+        assert_eq!(super::finding_codes(json), vec!["a", "b"]);
+        assert!(super::finding_codes("not json").is_empty());
+    }
+}

@@ -1,0 +1,516 @@
+//! The managers' pages: a dashboard of the queue as it is now, and the SLA reports for a
+//! period compared with the one before, each table also as CSV and the main ones as charts.
+//! The charts are drawn here as small SVG strings: a few bars and labels are simpler to draw
+//! by hand than to configure a plotting crate for (plotters' SVG backend needs its own font
+//! handling for text, and these charts need nothing but rectangles and labels), and they need
+//! no JavaScript. Every chart has its numbers in a table beside it.
+
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderValue, header};
+use axum::response::{IntoResponse, Response};
+use axum_csrf::CsrfToken;
+use chrono::{Duration, NaiveDate};
+
+use crate::reports::{self, Period, Report};
+use crate::storage;
+use crate::web::auth::{CurrentUser, render};
+use crate::web::{Access, AppState, Route, WebError};
+use crate::workflow::wellknown;
+
+pub(in crate::web) fn routes() -> Vec<Route> {
+    vec![
+        Route::get("/reports", Access::Manager, report_page),
+        Route::get("/reports/{table}", Access::Manager, report_csv),
+    ]
+}
+
+/// The widest period a report may cover.
+const MAX_DAYS: i64 = 5 * 366;
+/// The period shown when none is asked for: the last 13 weeks (a quarter).
+const DEFAULT_WEEKS: u32 = 13;
+
+#[derive(serde::Deserialize, Default)]
+pub struct PeriodQuery {
+    #[serde(default)]
+    from: String,
+    #[serde(default)]
+    to: String,
+}
+
+impl PeriodQuery {
+    /// The period asked for, or the default; a clear message when the dates make no sense.
+    fn period(&self, today: NaiveDate) -> Result<Period, String> {
+        let date = |text: &str, name: &str| {
+            NaiveDate::parse_from_str(text.trim(), "%Y-%m-%d")
+                .map_err(|_| format!("Enter the {name} date as year-month-day, for example 2026-11-02."))
+        };
+        let period = match (self.from.trim().is_empty(), self.to.trim().is_empty()) {
+            (true, true) => return Ok(Period::last_weeks(today, DEFAULT_WEEKS)),
+            (false, true) => Period {
+                from: date(&self.from, "start")?,
+                to: today,
+            },
+            (true, false) => {
+                let to = date(&self.to, "end")?;
+                Period {
+                    from: to - Duration::weeks(i64::from(DEFAULT_WEEKS)) + Duration::days(1),
+                    to,
+                }
+            }
+            (false, false) => Period {
+                from: date(&self.from, "start")?,
+                to: date(&self.to, "end")?,
+            },
+        };
+        if period.to < period.from {
+            return Err("The end date must be on or after the start date.".into());
+        }
+        if (period.to - period.from).num_days() > MAX_DAYS {
+            return Err("A report covers five years at most: choose a shorter period.".into());
+        }
+        Ok(period)
+    }
+}
+
+/// Works out the report for `period` from the database.
+pub async fn report_for(state: &AppState, period: Period) -> Result<Report, WebError> {
+    let engine = &state.engine;
+    let (from, to) = period.bounds_ms();
+    let mut conn = engine.db().pool.acquire().await?;
+    let (events, facts) = storage::report_lifecycles(&mut conn, from, to).await?;
+    let open = storage::open_cases(&mut conn, &open_states(engine.workflows())).await?;
+    drop(conn);
+    let inputs = reports::Inputs {
+        events: &events,
+        facts: &facts,
+        open: &open,
+        now: engine.clock().now(),
+    };
+    Ok(reports::compute(period, &inputs, engine.workflows(), engine.calendar()))
+}
+
+/// Every state that is not final in some workflow, or where an unclassified case waits.
+fn open_states(workflows: &crate::workflow::WorkflowSet) -> Vec<String> {
+    let mut states: Vec<String> = workflows
+        .iter()
+        .flat_map(|w| w.states.iter().filter(|s| !s.terminal).map(|s| s.name.clone()))
+        .chain([wellknown::unclassified::STATE.to_string()])
+        .collect();
+    states.sort();
+    states.dedup();
+    states
+}
+
+/// The queue now: cases by state, at risk and breached, and today's intake.
+#[derive(Debug, serde::Serialize)]
+struct Dashboard {
+    by_state: Vec<(String, i64)>,
+    open: usize,
+    breached: usize,
+    at_risk: usize,
+    paused: usize,
+    received_today: i64,
+}
+
+async fn dashboard(state: &AppState) -> Result<Dashboard, WebError> {
+    let engine = &state.engine;
+    let now = engine.clock().now();
+    let mut conn = engine.db().pool.acquire().await?;
+    let open = storage::open_cases(&mut conn, &open_states(engine.workflows())).await?;
+    let midnight = Period {
+        from: now.date_naive(),
+        to: now.date_naive(),
+    }
+    .bounds_ms()
+    .0;
+    let received_today = storage::cases_received_since(&mut conn, midnight).await?;
+    drop(conn);
+    let now_ms = now.timestamp_millis();
+    let tomorrow = crate::engine::change::When {
+        now,
+        calendar: engine.calendar(),
+    }
+    .working_days_later(1);
+    let mut by_state: std::collections::BTreeMap<String, i64> = Default::default();
+    let (mut breached, mut at_risk, mut paused) = (0, 0, 0);
+    for case in &open {
+        *by_state.entry(case.state.clone()).or_insert(0) += 1;
+        match case.due_at {
+            _ if case.sla_paused => paused += 1,
+            Some(due) if due < now_ms => breached += 1,
+            Some(due) if due < tomorrow => at_risk += 1,
+            _ => {}
+        }
+    }
+    Ok(Dashboard {
+        by_state: by_state.into_iter().collect(),
+        open: open.len(),
+        breached,
+        at_risk,
+        paused,
+        received_today,
+    })
+}
+
+pub async fn report_page(
+    State(state): State<AppState>,
+    user: CurrentUser,
+    token: CsrfToken,
+    Query(query): Query<PeriodQuery>,
+) -> Result<Response, WebError> {
+    let today = state.engine.clock().now().date_naive();
+    let mut context = tera::Context::new();
+    context.insert("user", &user.0);
+    context.insert("csrf", &token.authenticity_token().map_err(WebError::internal)?);
+    context.insert("dashboard", &dashboard(&state).await?);
+    context.insert("from", &query.from);
+    context.insert("to", &query.to);
+    match query.period(today) {
+        Ok(period) => {
+            let report = report_for(&state, period).await?;
+            let previous = report_for(&state, period.previous()).await?;
+            context.insert("charts", &charts(&report));
+            context.insert("period_query", &format!("from={}&to={}", period.from, period.to));
+            context.insert("period_from", &period.from.format("%-d %B %Y").to_string());
+            context.insert("period_to", &period.to.format("%-d %B %Y").to_string());
+            context.insert("period_days", &((period.to - period.from).num_days() + 1));
+            context.insert("report", &report);
+            context.insert("previous", &previous);
+        }
+        Err(message) => context.insert("error", &message),
+    }
+    Ok((token, render(&state, "reports.html.tera", &context)?).into_response())
+}
+
+/// One table of the report as CSV: `/reports/weeks.csv?from=…&to=…`.
+pub async fn report_csv(
+    State(state): State<AppState>,
+    Path(table): Path<String>,
+    Query(query): Query<PeriodQuery>,
+) -> Result<Response, WebError> {
+    let name = table.strip_suffix(".csv").ok_or(WebError::NotFound)?;
+    let today = state.engine.clock().now().date_naive();
+    let period = query.period(today).map_err(WebError::BadRequest)?;
+    let report = report_for(&state, period).await?;
+    let rows = csv_rows(&report, name).ok_or(WebError::NotFound)?;
+    let mut response = to_csv(&rows).into_response();
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/csv; charset=utf-8"),
+    );
+    let disposition = format!(
+        "attachment; filename=\"countersign-{name}-{}-{}.csv\"",
+        period.from, period.to
+    );
+    if let Ok(value) = HeaderValue::from_str(&disposition) {
+        headers.insert(header::CONTENT_DISPOSITION, value);
+    }
+    Ok(response)
+}
+
+fn days(value: Option<f64>) -> String {
+    value.map(|v| format!("{v:.1}")).unwrap_or_default()
+}
+
+/// A table of the report as rows of cells, its header first; None for an unknown table.
+pub fn csv_rows(report: &Report, table: &str) -> Option<Vec<Vec<String>>> {
+    let tally = |rows: &[reports::Tally], label: &str| {
+        std::iter::once(vec![label.to_string(), "count".to_string()])
+            .chain(rows.iter().map(|t| vec![t.label.clone(), t.count.to_string()]))
+            .collect()
+    };
+    Some(match table {
+        "weeks" => std::iter::once(
+            [
+                "week",
+                "workflow",
+                "received",
+                "completed",
+                "completed_with_sla",
+                "within_sla",
+            ]
+            .map(String::from)
+            .to_vec(),
+        )
+        .chain(report.weeks.iter().map(|w| {
+            vec![
+                w.week.to_string(),
+                w.workflow.clone(),
+                w.received.to_string(),
+                w.completed.to_string(),
+                w.with_sla.to_string(),
+                w.within_sla.to_string(),
+            ]
+        }))
+        .collect(),
+        "sla" => std::iter::once(
+            [
+                "workflow",
+                "target_working_days",
+                "completed",
+                "within_sla",
+                "percent_within_sla",
+                "median_days_to_provisioned",
+                "p90_days_to_provisioned",
+                "median_sla_days",
+                "p90_sla_days",
+            ]
+            .map(String::from)
+            .to_vec(),
+        )
+        .chain(report.sla.iter().map(|s| {
+            vec![
+                s.workflow.clone(),
+                s.target_working_days.to_string(),
+                s.completed.to_string(),
+                s.within.to_string(),
+                days(s.percent_within),
+                days(s.to_provisioned.map(|d| d.median)),
+                days(s.to_provisioned.map(|d| d.p90)),
+                days(s.sla_days.map(|d| d.median)),
+                days(s.sla_days.map(|d| d.p90)),
+            ]
+        }))
+        .collect(),
+        "state_times" => std::iter::once(
+            ["state", "visits", "median_working_days", "p90_working_days"]
+                .map(String::from)
+                .to_vec(),
+        )
+        .chain(report.state_times.iter().map(|s| {
+            vec![
+                s.state.clone(),
+                s.spread.count.to_string(),
+                days(Some(s.spread.median)),
+                days(Some(s.spread.p90)),
+            ]
+        }))
+        .collect(),
+        "breaches_by_workflow" => tally(&report.breaches_by_workflow, "workflow"),
+        "breaches_by_organisation" => tally(&report.breaches_by_organisation, "organisation"),
+        "breaches_by_finding" => tally(&report.breaches_by_finding, "finding"),
+        "sent_back_for" => tally(&report.sent_back_for, "finding"),
+        "second_rounds" => tally(&report.second_rounds_by_organisation, "organisation"),
+        "backlog" => std::iter::once(vec!["age".to_string(), "open_cases".to_string()])
+            .chain(
+                report
+                    .backlog
+                    .iter()
+                    .map(|b| vec![b.label.to_string(), b.count.to_string()]),
+            )
+            .collect(),
+        "caseworkers" => std::iter::once(
+            ["caseworker", "moves", "completed", "open_now"]
+                .map(String::from)
+                .to_vec(),
+        )
+        .chain(report.caseworkers.iter().map(|c| {
+            vec![
+                c.name.clone(),
+                c.moves.to_string(),
+                c.completed.to_string(),
+                c.open.to_string(),
+            ]
+        }))
+        .collect(),
+        _ => return None,
+    })
+}
+
+/// CSV text, every cell quoted. A cell that a spreadsheet would run as a formula (an
+/// organisation's name comes from a form anyone can send) is prefixed with `'`.
+pub fn to_csv(rows: &[Vec<String>]) -> String {
+    let mut out = String::new();
+    for row in rows {
+        let cells: Vec<String> = row
+            .iter()
+            .map(|cell| {
+                let guarded = if cell.starts_with(['=', '+', '-', '@', '\t', '\r']) && cell.parse::<f64>().is_err() {
+                    format!("'{cell}")
+                } else {
+                    cell.clone()
+                };
+                format!("\"{}\"", guarded.replace('"', "\"\""))
+            })
+            .collect();
+        out.push_str(&cells.join(","));
+        out.push_str("\r\n");
+    }
+    out
+}
+
+/// A bar chart's bars: a label and one or two values.
+struct Bars<'a> {
+    title: &'a str,
+    series: &'a [&'a str],
+    bars: Vec<(String, Vec<f64>)>,
+    max: Option<f64>,
+}
+
+fn escape(text: &str) -> String {
+    text.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
+
+/// Draws a bar chart as SVG; it is described by `title` and read in full from its table.
+fn bar_chart(chart: &Bars<'_>) -> String {
+    const WIDTH: f64 = 640.0;
+    const HEIGHT: f64 = 200.0;
+    const LEFT: f64 = 40.0;
+    const BOTTOM: f64 = 40.0;
+    let top = chart
+        .max
+        .unwrap_or_else(|| {
+            chart
+                .bars
+                .iter()
+                .flat_map(|(_, v)| v.iter().copied())
+                .fold(0.0, f64::max)
+        })
+        .max(1.0);
+    let slots = chart.bars.len().max(1) as f64;
+    let slot = (WIDTH - LEFT) / slots;
+    let per_series = chart.series.len().max(1) as f64;
+    let bar = (slot * 0.8 / per_series).max(1.0);
+    let mut svg = format!(
+        r#"<svg class="chart" viewBox="0 0 {WIDTH} {HEIGHT}" role="img" aria-label="{}" xmlns="http://www.w3.org/2000/svg">"#,
+        escape(chart.title)
+    );
+    let plot = HEIGHT - BOTTOM;
+    svg.push_str(&format!(
+        r#"<line x1="{LEFT}" y1="{plot}" x2="{WIDTH}" y2="{plot}" class="axis"/><text x="{}" y="12" class="tick">{}</text><text x="{}" y="{plot}" class="tick">0</text>"#,
+        LEFT - 4.0,
+        top.round(),
+        LEFT - 4.0
+    ));
+    let label_every = (chart.bars.len() / 8).max(1);
+    for (i, (label, values)) in chart.bars.iter().enumerate() {
+        let x0 = LEFT + i as f64 * slot + slot * 0.1;
+        for (s, value) in values.iter().enumerate() {
+            let h = (value / top * (plot - 16.0)).max(0.0);
+            svg.push_str(&format!(
+                r#"<rect class="series-{s}" x="{:.1}" y="{:.1}" width="{:.1}" height="{:.1}"/>"#,
+                x0 + s as f64 * bar,
+                plot - h,
+                bar,
+                h
+            ));
+        }
+        if i % label_every == 0 {
+            svg.push_str(&format!(
+                r#"<text x="{:.1}" y="{}" class="label">{}</text>"#,
+                x0,
+                plot + 16.0,
+                escape(label)
+            ));
+        }
+    }
+    for (s, name) in chart.series.iter().enumerate() {
+        let x = LEFT + s as f64 * 160.0;
+        svg.push_str(&format!(
+            r#"<rect class="series-{s}" x="{x}" y="{}" width="10" height="10"/><text x="{}" y="{}" class="label">{}</text>"#,
+            HEIGHT - 12.0,
+            x + 14.0,
+            HEIGHT - 3.0,
+            escape(name)
+        ));
+    }
+    svg.push_str("</svg>");
+    svg
+}
+
+/// The report's charts, as SVG: weekly throughput, the weekly SLA trend, the backlog's age.
+#[derive(serde::Serialize)]
+struct Charts {
+    throughput: String,
+    sla_trend: String,
+    backlog: String,
+}
+
+fn charts(report: &Report) -> Charts {
+    let mut by_week: std::collections::BTreeMap<NaiveDate, (f64, f64, f64, f64)> = Default::default();
+    for w in &report.weeks {
+        let entry = by_week.entry(w.week).or_default();
+        entry.0 += w.received as f64;
+        entry.1 += w.completed as f64;
+        entry.2 += w.within_sla as f64;
+        entry.3 += w.with_sla as f64;
+    }
+    let label = |week: &NaiveDate| week.format("%d %b").to_string();
+    Charts {
+        throughput: bar_chart(&Bars {
+            title: "Cases received and completed per week",
+            series: &["received", "completed"],
+            bars: by_week.iter().map(|(w, v)| (label(w), vec![v.0, v.1])).collect(),
+            max: None,
+        }),
+        sla_trend: bar_chart(&Bars {
+            title: "Percentage completed within the SLA, per week",
+            series: &["% within SLA"],
+            bars: by_week
+                .iter()
+                .map(|(w, v)| (label(w), vec![if v.3 > 0.0 { 100.0 * v.2 / v.3 } else { 0.0 }]))
+                .collect(),
+            max: Some(100.0),
+        }),
+        backlog: bar_chart(&Bars {
+            title: "Open cases by working days since received",
+            series: &["open cases"],
+            bars: report
+                .backlog
+                .iter()
+                .map(|b| (b.label.to_string(), vec![b.count as f64]))
+                .collect(),
+            max: None,
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn csv_quotes_every_cell_and_defuses_formulas() {
+        let rows = vec![
+            vec!["organisation".to_string(), "count".to_string()],
+            vec!["=HYPERLINK(\"http://x\")".to_string(), "-3".to_string()],
+        ];
+        assert_eq!(
+            to_csv(&rows),
+            "\"organisation\",\"count\"\r\n\"'=HYPERLINK(\"\"http://x\"\")\",\"-3\"\r\n"
+        );
+    }
+
+    #[test]
+    fn a_period_is_checked_and_defaults_to_a_quarter() {
+        let today = NaiveDate::from_ymd_opt(2026, 12, 2).unwrap();
+        let default = PeriodQuery::default().period(today).unwrap();
+        assert_eq!(default.to, NaiveDate::from_ymd_opt(2026, 12, 6).unwrap());
+        assert_eq!((default.to - default.from).num_days() + 1, 13 * 7);
+        let backwards = PeriodQuery {
+            from: "2026-12-01".into(),
+            to: "2026-11-01".into(),
+        };
+        assert!(backwards.period(today).unwrap_err().contains("on or after"));
+        let garbage = PeriodQuery {
+            from: "yesterday".into(),
+            to: String::new(),
+        };
+        assert!(garbage.period(today).unwrap_err().contains("year-month-day"));
+    }
+
+    #[test]
+    fn chart_labels_are_escaped() {
+        let svg = bar_chart(&Bars {
+            title: "a <title>",
+            series: &["x"],
+            bars: vec![("<b>".into(), vec![1.0])],
+            max: None,
+        });
+        assert!(svg.contains("a &lt;title&gt;") && svg.contains("&lt;b&gt;") && !svg.contains("<b>"));
+    }
+}

@@ -456,3 +456,152 @@ pub fn compute(period: Period, inputs: &Inputs<'_>, workflows: &WorkflowSet, cal
         caseworkers: caseworkers.into_values().collect(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ms(day: u32, hour: u32) -> i64 {
+        Local
+            .with_ymd_and_hms(2026, 11, day, hour, 0, 0)
+            .unwrap()
+            .timestamp_millis()
+    }
+
+    fn moved(case_id: i64, at: i64, to: &str, actor: &str) -> LifecycleEvent {
+        LifecycleEvent {
+            case_id,
+            at,
+            to_state: to.into(),
+            actor: actor.into(),
+            actor_role: if actor == "system" { "system" } else { "caseworker" }.into(),
+        }
+    }
+
+    fn facts(workflow: Option<&str>, org: &str, findings: &[&str]) -> CaseFacts {
+        CaseFacts {
+            workflow: workflow.map(str::to_string),
+            organisation: Some(org.into()),
+            findings: findings.iter().map(|f| f.to_string()).collect(),
+        }
+    }
+
+    fn november() -> Period {
+        Period {
+            from: NaiveDate::from_ymd_opt(2026, 11, 2).unwrap(),
+            to: NaiveDate::from_ymd_opt(2026, 11, 30).unwrap(),
+        }
+    }
+
+    #[test]
+    fn percentiles_are_nearest_rank() {
+        let spread = Spread::of((1..=10).map(f64::from).collect()).unwrap();
+        assert_eq!((spread.count, spread.median, spread.p90), (10, 5.0, 9.0));
+        assert_eq!(Spread::of(vec![3.0]).map(|s| (s.median, s.p90)), Some((3.0, 3.0)));
+        assert!(Spread::of(Vec::new()).is_none());
+    }
+
+    #[test]
+    fn the_last_weeks_end_on_the_sunday_of_this_week_and_compare_with_as_many_before() {
+        let period = Period::last_weeks(NaiveDate::from_ymd_opt(2026, 12, 2).unwrap(), 2);
+        assert_eq!(period.from, NaiveDate::from_ymd_opt(2026, 11, 23).unwrap());
+        assert_eq!(period.to, NaiveDate::from_ymd_opt(2026, 12, 6).unwrap());
+        let before = period.previous();
+        assert_eq!(before.from, NaiveDate::from_ymd_opt(2026, 11, 9).unwrap());
+        assert_eq!(before.to, NaiveDate::from_ymd_opt(2026, 11, 22).unwrap());
+    }
+
+    /// Two rounds of correction for one case, a late case with findings, and an unclassified
+    /// case closed by a caseworker (no SLA of its own).
+    #[test]
+    fn send_backs_second_rounds_and_breaches_are_counted_by_finding_and_organisation() {
+        let workflows = crate::workflow::shipped();
+        let calendar = WorkingCalendar::default();
+        let events = vec![
+            // Case 1: sent back twice, each time for its two findings; provisioned in time
+            // (the SLA clock stops while the practice has the form).
+            moved(1, ms(2, 10), "received", "system"),
+            moved(1, ms(2, 10), "needs_review", "system"),
+            moved(1, ms(2, 12), "awaiting_information", "alice"),
+            moved(1, ms(16, 10), "needs_review", "system"),
+            moved(1, ms(16, 11), "awaiting_information", "alice"),
+            moved(1, ms(23, 10), "needs_review", "system"),
+            moved(1, ms(23, 11), "validated", "alice"),
+            moved(1, ms(23, 12), "authorised", "bob"),
+            moved(1, ms(23, 13), "provisioned", "bob"),
+            // Case 2: received Monday 2nd, rejected Wednesday 11th: 7 working days, late.
+            moved(2, ms(2, 9), "received", "system"),
+            moved(2, ms(2, 9), "needs_review", "system"),
+            moved(2, ms(11, 9), "rejected", "bob"),
+            // Case 3: an email without a form, closed.
+            moved(3, ms(3, 9), "needs_review", "system"),
+            moved(3, ms(3, 10), "closed", "alice"),
+        ];
+        let facts: HashMap<i64, CaseFacts> = [
+            (1, facts(Some("primary_user_gp"), "Riverside Surgery", &["ods_code_malformed", "signatory_role_not_allowed"])),
+            (2, facts(Some("primary_user_gp"), "Hillside Practice", &["signatory_role_not_allowed"])),
+            (3, facts(None, "(none)", &[])),
+        ]
+        .into();
+        let inputs = Inputs {
+            events: &events,
+            facts: &facts,
+            open: &[],
+            now: Local.with_ymd_and_hms(2026, 11, 30, 9, 0, 0).unwrap(),
+        };
+        let report = compute(november(), &inputs, &workflows, &calendar);
+        assert_eq!((report.headline.received, report.headline.completed), (3, 3));
+        assert_eq!(report.headline.breached, 1);
+        let gp = report.sla.iter().find(|s| s.workflow == "primary_user_gp").unwrap();
+        assert_eq!((gp.completed, gp.within), (2, 1), "the unclassified case has no SLA");
+        let tally = |rows: &[Tally]| rows.iter().map(|t| (t.label.clone(), t.count)).collect::<Vec<_>>();
+        assert_eq!(
+            tally(&report.sent_back_for),
+            vec![
+                ("ods_code_malformed".to_string(), 2),
+                ("signatory_role_not_allowed".to_string(), 2)
+            ]
+        );
+        assert_eq!(tally(&report.second_rounds_by_organisation), vec![("Riverside Surgery".to_string(), 1)]);
+        assert_eq!(tally(&report.breaches_by_organisation), vec![("Hillside Practice".to_string(), 1)]);
+        assert_eq!(tally(&report.breaches_by_finding), vec![("signatory_role_not_allowed".to_string(), 1)]);
+        let unclassified = report.weeks.iter().find(|w| w.workflow == "unclassified").unwrap();
+        assert_eq!((unclassified.received, unclassified.completed, unclassified.with_sla), (1, 1, 0));
+        let alice = report.caseworkers.iter().find(|c| c.name == "alice").unwrap();
+        assert_eq!((alice.moves, alice.completed), (4, 1));
+        // Case 1's SLA ran 2 h (review) + 1 h (review) + 1 h (review) + 1 h (validated) + 1 h
+        // (authorised) = 6 h, the smaller of the two (case 2 ran 7 days); its total to provisioned counts the
+        // weeks with the practice too: Mon 2nd 10:00 to Mon 23rd 13:00 = 15 working days + 3 h.
+        let sla_days = gp.sla_days.unwrap();
+        assert!((sla_days.median - 6.0 / 24.0).abs() < 1e-9, "{sla_days:?}");
+        let to_provisioned = gp.to_provisioned.unwrap();
+        assert!((to_provisioned.median - (15.0 + 3.0 / 24.0)).abs() < 1e-9, "{to_provisioned:?}");
+    }
+
+    #[test]
+    fn open_cases_are_aged_in_working_days_and_counted_against_their_assignee() {
+        let workflows = crate::workflow::shipped();
+        let calendar = WorkingCalendar::default();
+        let open = |day: u32, who: Option<&str>| OpenCase {
+            workflow: Some("primary_user_gp".into()),
+            state: "needs_review".into(),
+            created_at: ms(day, 9),
+            assignee: who.map(str::to_string),
+            due_at: None,
+            sla_paused: false,
+        };
+        // Now: Monday 30th. Received 30th (0), 25th (3), 19th (7), 2nd (20 working days).
+        let cases = vec![open(30, Some("alice")), open(25, Some("alice")), open(19, None), open(2, Some("bob"))];
+        let inputs = Inputs {
+            events: &[],
+            facts: &HashMap::new(),
+            open: &cases,
+            now: Local.with_ymd_and_hms(2026, 11, 30, 12, 0, 0).unwrap(),
+        };
+        let report = compute(november(), &inputs, &workflows, &calendar);
+        let counts: Vec<usize> = report.backlog.iter().map(|b| b.count).collect();
+        assert_eq!(counts, vec![1, 1, 1, 1]);
+        let open_by: Vec<(String, usize)> = report.caseworkers.iter().map(|c| (c.name.clone(), c.open)).collect();
+        assert_eq!(open_by, vec![("alice".to_string(), 2), ("bob".to_string(), 1)]);
+    }
+}

@@ -415,6 +415,7 @@ async fn case_journey(backend: Backend) {
         ("/admin/organisations", "Organisations"),
         ("/admin/workflows", "Workflows"),
         ("/?q=no-such-case", "Open cases"),
+        ("/reports", "Dashboard"),
     ]
     .map(|(path, heading)| (path.to_string(), heading.to_string()))
     .to_vec();
@@ -426,6 +427,20 @@ async fn case_journey(backend: Backend) {
         assert!(heading.starts_with(expected.as_str()), "{path} shows {heading}");
         audit_accessibility(&browser, path).await;
     }
+
+    // The managers' reports (an admin may do what a manager may): the journey's case is
+    // counted, the charts are drawn, every table links its CSV.
+    browser.set_window_size(1280, 3000).await.unwrap();
+    browser
+        .goto(&format!("{base}/reports?from=2026-11-16&to=2026-12-06"))
+        .await
+        .unwrap();
+    wait_for(&browser, "svg.chart").await;
+    let reports = browser.source().await.unwrap();
+    assert!(reports.contains("Headline figures") && reports.contains("primary user gp"), "{reports}");
+    let csv_links = browser.find_all(Locator::Css("a.csv")).await.unwrap();
+    assert!(csv_links.len() >= 9, "every table can be exported: {}", csv_links.len());
+    std::fs::write(output(backend, "reports.png"), browser.screenshot().await.unwrap()).unwrap();
 
     browser.close().await.unwrap();
     stop_tx.send(true).unwrap();

@@ -47,6 +47,8 @@ pub mod reports;
 pub mod samples;
 /// Durable timers on a working-day calendar, and scheduled jobs (digest, housekeeping).
 pub mod scheduler;
+/// Synthetic years of cases for the reports' benchmark and demos (`countersign dev seed`).
+pub mod seed;
 /// SQLite and PostgreSQL: pools, migrations, and every query the service runs.
 pub mod storage;
 /// Staff accounts: password hashes, lockout, one-time links, sessions.

@@ -538,8 +538,22 @@ mod tests {
             moved(3, ms(3, 10), "closed", "alice"),
         ];
         let facts: HashMap<i64, CaseFacts> = [
-            (1, facts(Some("primary_user_gp"), "Riverside Surgery", &["ods_code_malformed", "signatory_role_not_allowed"])),
-            (2, facts(Some("primary_user_gp"), "Hillside Practice", &["signatory_role_not_allowed"])),
+            (
+                1,
+                facts(
+                    Some("primary_user_gp"),
+                    "Riverside Surgery",
+                    &["ods_code_malformed", "signatory_role_not_allowed"],
+                ),
+            ),
+            (
+                2,
+                facts(
+                    Some("primary_user_gp"),
+                    "Hillside Practice",
+                    &["signatory_role_not_allowed"],
+                ),
+            ),
             (3, facts(None, "(none)", &[])),
         ]
         .into();
@@ -562,11 +576,23 @@ mod tests {
                 ("signatory_role_not_allowed".to_string(), 2)
             ]
         );
-        assert_eq!(tally(&report.second_rounds_by_organisation), vec![("Riverside Surgery".to_string(), 1)]);
-        assert_eq!(tally(&report.breaches_by_organisation), vec![("Hillside Practice".to_string(), 1)]);
-        assert_eq!(tally(&report.breaches_by_finding), vec![("signatory_role_not_allowed".to_string(), 1)]);
+        assert_eq!(
+            tally(&report.second_rounds_by_organisation),
+            vec![("Riverside Surgery".to_string(), 1)]
+        );
+        assert_eq!(
+            tally(&report.breaches_by_organisation),
+            vec![("Hillside Practice".to_string(), 1)]
+        );
+        assert_eq!(
+            tally(&report.breaches_by_finding),
+            vec![("signatory_role_not_allowed".to_string(), 1)]
+        );
         let unclassified = report.weeks.iter().find(|w| w.workflow == "unclassified").unwrap();
-        assert_eq!((unclassified.received, unclassified.completed, unclassified.with_sla), (1, 1, 0));
+        assert_eq!(
+            (unclassified.received, unclassified.completed, unclassified.with_sla),
+            (1, 1, 0)
+        );
         let alice = report.caseworkers.iter().find(|c| c.name == "alice").unwrap();
         assert_eq!((alice.moves, alice.completed), (4, 1));
         // Case 1's SLA ran 2 h (review) + 1 h (review) + 1 h (review) + 1 h (validated) + 1 h
@@ -575,7 +601,10 @@ mod tests {
         let sla_days = gp.sla_days.unwrap();
         assert!((sla_days.median - 6.0 / 24.0).abs() < 1e-9, "{sla_days:?}");
         let to_provisioned = gp.to_provisioned.unwrap();
-        assert!((to_provisioned.median - (15.0 + 3.0 / 24.0)).abs() < 1e-9, "{to_provisioned:?}");
+        assert!(
+            (to_provisioned.median - (15.0 + 3.0 / 24.0)).abs() < 1e-9,
+            "{to_provisioned:?}"
+        );
     }
 
     #[test]
@@ -591,7 +620,12 @@ mod tests {
             sla_paused: false,
         };
         // Now: Monday 30th. Received 30th (0), 25th (3), 19th (7), 2nd (20 working days).
-        let cases = vec![open(30, Some("alice")), open(25, Some("alice")), open(19, None), open(2, Some("bob"))];
+        let cases = vec![
+            open(30, Some("alice")),
+            open(25, Some("alice")),
+            open(19, None),
+            open(2, Some("bob")),
+        ];
         let inputs = Inputs {
             events: &[],
             facts: &HashMap::new(),

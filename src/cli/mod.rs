@@ -7,6 +7,7 @@ use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 
 mod cases;
+mod dev;
 mod mailbox;
 mod outbox;
 mod users;
@@ -88,6 +89,11 @@ pub enum Command {
         #[command(subcommand)]
         command: MailboxCommand,
     },
+    /// Developer tools: `dev seed --cases N` fills the database with synthetic history.
+    Dev {
+        #[command(subcommand)]
+        command: dev::DevCommand,
+    },
     /// Write sample emails (filled forms, good and bad) into a folder, e.g. the drop folder.
     Samples {
         dir: PathBuf,
@@ -134,6 +140,7 @@ pub async fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Workflows { command } => workflows::workflows_command(&settings, command)?,
         Command::Forms { command } => workflows::forms_command(&settings, command)?,
+        Command::Dev { command } => dev::dev_command(&settings, command).await?,
         Command::Samples { dir, count } => workflows::samples_command(&settings, &dir, count)?,
         Command::Ingest { paths } => cases::ingest_command(&settings, &paths).await?,
         Command::Serve { once, interval } => {

@@ -240,6 +240,7 @@ mod outbox;
 mod queries;
 mod queue;
 mod reports;
+mod seed;
 mod timers;
 mod users;
 
@@ -256,5 +257,6 @@ pub use outbox::*;
 pub use queries::{CaseKey, PER_CASE_QUERIES};
 pub use queue::{QueueQuery, QueueRecord, queue_page};
 pub use reports::{cases_received_since, open_cases, report_lifecycles};
+pub use seed::{insert_seeded, seed_origin_message, seeded_count};
 pub use timers::*;
 pub use users::*;

@@ -11,6 +11,7 @@ use axum::response::{IntoResponse, Response};
 use axum_csrf::CsrfToken;
 use chrono::{Duration, NaiveDate};
 
+use crate::engine::Engine;
 use crate::reports::{self, Period, Report};
 use crate::storage;
 use crate::web::auth::{CurrentUser, render};
@@ -73,8 +74,7 @@ impl PeriodQuery {
 }
 
 /// Works out the report for `period` from the database.
-pub async fn report_for(state: &AppState, period: Period) -> Result<Report, WebError> {
-    let engine = &state.engine;
+pub async fn report_for(engine: &Engine, period: Period) -> Result<Report, WebError> {
     let (from, to) = period.bounds_ms();
     let mut conn = engine.db().pool.acquire().await?;
     let (events, facts) = storage::report_lifecycles(&mut conn, from, to).await?;
@@ -103,7 +103,7 @@ fn open_states(workflows: &crate::workflow::WorkflowSet) -> Vec<String> {
 
 /// The queue now: cases by state, at risk and breached, and today's intake.
 #[derive(Debug, serde::Serialize)]
-struct Dashboard {
+pub struct Dashboard {
     by_state: Vec<(String, i64)>,
     open: usize,
     breached: usize,
@@ -112,8 +112,7 @@ struct Dashboard {
     received_today: i64,
 }
 
-async fn dashboard(state: &AppState) -> Result<Dashboard, WebError> {
-    let engine = &state.engine;
+pub async fn dashboard(engine: &Engine) -> Result<Dashboard, WebError> {
     let now = engine.clock().now();
     let mut conn = engine.db().pool.acquire().await?;
     let open = storage::open_cases(&mut conn, &open_states(engine.workflows())).await?;
@@ -162,13 +161,13 @@ pub async fn report_page(
     let mut context = tera::Context::new();
     context.insert("user", &user.0);
     context.insert("csrf", &token.authenticity_token().map_err(WebError::internal)?);
-    context.insert("dashboard", &dashboard(&state).await?);
+    context.insert("dashboard", &dashboard(&state.engine).await?);
     context.insert("from", &query.from);
     context.insert("to", &query.to);
     match query.period(today) {
         Ok(period) => {
-            let report = report_for(&state, period).await?;
-            let previous = report_for(&state, period.previous()).await?;
+            let report = report_for(&state.engine, period).await?;
+            let previous = report_for(&state.engine, period.previous()).await?;
             context.insert("charts", &charts(&report));
             context.insert("period_query", &format!("from={}&to={}", period.from, period.to));
             context.insert("period_from", &period.from.format("%-d %B %Y").to_string());
@@ -191,7 +190,7 @@ pub async fn report_csv(
     let name = table.strip_suffix(".csv").ok_or(WebError::NotFound)?;
     let today = state.engine.clock().now().date_naive();
     let period = query.period(today).map_err(WebError::BadRequest)?;
-    let report = report_for(&state, period).await?;
+    let report = report_for(&state.engine, period).await?;
     let rows = csv_rows(&report, name).ok_or(WebError::NotFound)?;
     let mut response = to_csv(&rows).into_response();
     let headers = response.headers_mut();

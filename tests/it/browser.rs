@@ -437,7 +437,10 @@ async fn case_journey(backend: Backend) {
         .unwrap();
     wait_for(&browser, "svg.chart").await;
     let reports = browser.source().await.unwrap();
-    assert!(reports.contains("Headline figures") && reports.contains("primary user gp"), "{reports}");
+    assert!(
+        reports.contains("Headline figures") && reports.contains("primary user gp"),
+        "{reports}"
+    );
     let csv_links = browser.find_all(Locator::Css("a.csv")).await.unwrap();
     assert!(csv_links.len() >= 9, "every table can be exported: {}", csv_links.len());
     std::fs::write(output(backend, "reports.png"), browser.screenshot().await.unwrap()).unwrap();

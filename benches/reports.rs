@@ -1,0 +1,120 @@
+//! Reports benchmark (`cargo bench --bench reports`): seeds synthetic years of cases
+//! (`COUNTERSIGN_BENCH_REPORT_CASES`, default 100,000; the figure is 1,000,000) into a
+//! fresh SQLite database, and into PostgreSQL too when `COUNTERSIGN_BENCH_POSTGRES_URL` names
+//! a server, then times the managers' dashboard and reports over a quarter and a year (each
+//! report also works out the period before, as the page does). Prints figures; asserts nothing.
+
+use std::time::Instant;
+
+use chrono::Local;
+use countersign::reports::Period;
+use countersign::storage::Db;
+use countersign::web::reports::{dashboard, report_for};
+use sqlx::Connection;
+
+fn engine(db: Db) -> countersign::engine::Engine {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let workflows =
+        countersign::workflow::WorkflowSet::load(&root.join("workflows"), &root.join("templates")).expect("workflows");
+    countersign::engine::Engine::new(
+        db,
+        workflows,
+        countersign::calendar::WorkingCalendar::shipped(),
+        countersign::engine::EngineConfig {
+            policy: Default::default(),
+            mail: countersign::mail::MailSettings {
+                authserv_id: "mx.example".into(),
+                our_addresses: vec![],
+            },
+            limits: Default::default(),
+            pdf_reader: Default::default(),
+        },
+    )
+}
+
+async fn run(label: &str, url: &str, cases: usize) {
+    let engine = engine(Db::connect(url).await.expect("database"));
+    let started = Instant::now();
+    let now = engine.now_ms();
+    let mut conn = engine.db().pool.acquire().await.unwrap();
+    let origin = countersign::storage::seed_origin_message(&mut conn, now).await.unwrap();
+    drop(conn);
+    let mut written = 0;
+    while written < cases {
+        let batch = 20_000.min(cases - written);
+        let made = countersign::seed::cases(batch, written as u64 + 1, now, 4, written as u64 + 1);
+        let mut tx = engine.db().begin_write().await.unwrap();
+        countersign::storage::insert_seeded(&mut tx, &made, origin)
+            .await
+            .unwrap();
+        tx.commit().await.unwrap();
+        written += batch;
+    }
+    println!(
+        "{label}: seeded {cases} cases (4 years) in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    let today = Local::now().date_naive();
+    let periods = [
+        ("quarter (13 weeks)", Period::last_weeks(today, 13)),
+        ("year (52 weeks)", Period::last_weeks(today, 52)),
+    ];
+    let time = |runs: &mut Vec<f64>, since: Instant| runs.push(since.elapsed().as_secs_f64() * 1000.0);
+    let summary = |mut runs: Vec<f64>| {
+        runs.sort_by(f64::total_cmp);
+        format!(
+            "median {:.0} ms, worst {:.0} ms",
+            runs[runs.len() / 2],
+            runs[runs.len() - 1]
+        )
+    };
+    let mut runs = Vec::new();
+    for _ in 0..5 {
+        let since = Instant::now();
+        dashboard(&engine).await.unwrap();
+        time(&mut runs, since);
+    }
+    println!("{label}: dashboard: {}", summary(runs));
+    for (name, period) in periods {
+        let mut runs = Vec::new();
+        let mut completed = 0;
+        for _ in 0..5 {
+            let since = Instant::now();
+            let report = report_for(&engine, period).await.unwrap();
+            report_for(&engine, period.previous()).await.unwrap();
+            time(&mut runs, since);
+            completed = report.headline.completed;
+        }
+        println!(
+            "{label}: report page, {name} and the period before ({completed} cases completed): {}",
+            summary(runs)
+        );
+    }
+    engine.db().close().await;
+}
+
+#[tokio::main]
+async fn main() {
+    let cases: usize = std::env::var("COUNTERSIGN_BENCH_REPORT_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(100_000);
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}?mode=rwc", dir.path().join("reports.db").display());
+    run("SQLite", &url, cases).await;
+    if let Ok(admin) = std::env::var("COUNTERSIGN_BENCH_POSTGRES_URL") {
+        let name = format!("countersign_reports_bench_{}", std::process::id());
+        let mut conn = sqlx::PgConnection::connect(&admin).await.expect("PostgreSQL");
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+            .execute(&mut conn)
+            .await
+            .unwrap();
+        let mut url = url::Url::parse(&admin).unwrap();
+        url.set_path(&format!("/{name}"));
+        run("PostgreSQL", url.as_str(), cases).await;
+        sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE {name} WITH (FORCE)")))
+            .execute(&mut conn)
+            .await
+            .unwrap();
+    }
+}

@@ -8,8 +8,8 @@ use std::time::Instant;
 
 use chrono::Local;
 use countersign::reports::Period;
+use countersign::reports::{dashboard, report_for};
 use countersign::storage::Db;
-use countersign::web::reports::{dashboard, report_for};
 use sqlx::Connection;
 
 fn engine(db: Db) -> countersign::engine::Engine {

@@ -93,6 +93,8 @@ pub struct SchedulerSettings {
     /// Raw message bytes are cleared this many days after receipt, once their cases are
     /// closed; the case record and the form stay.
     pub raw_retention_days: i64,
+    /// The web app's public address, for the digest's link to the reports.
+    pub web_base_url: String,
 }
 
 impl Default for SchedulerSettings {
@@ -103,6 +105,7 @@ impl Default for SchedulerSettings {
             digest_schedule: "0 0 8 * * Mon-Fri".into(),
             housekeeping_schedule: "0 30 2 * * *".into(),
             raw_retention_days: 730,
+            web_base_url: "http://127.0.0.1:8080".into(),
         }
     }
 }
@@ -269,6 +272,8 @@ impl Settings {
         }
         if let Some(v) = &layer.web_base_url {
             self.web_base_url = v.clone();
+            // The digest links to the reports at the same address.
+            self.scheduler.web_base_url = v.clone();
         }
         if let Some(v) = layer.web_secure_cookies {
             self.web_secure_cookies = v;

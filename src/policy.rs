@@ -84,6 +84,81 @@ impl FindingCode {
 }
 
 impl FindingCode {
+    /// Every finding, in the order the rules meet them.
+    pub const ALL: [FindingCode; 26] = [
+        FindingCode::RequiredFieldMissing,
+        FindingCode::OdsCodeMalformed,
+        FindingCode::OrganisationTypeMismatch,
+        FindingCode::EmailMalformed,
+        FindingCode::EmailNotNhs,
+        FindingCode::DateMalformed,
+        FindingCode::ChoiceNotAllowed,
+        FindingCode::SignatoryRoleNotAllowed,
+        FindingCode::DeclarationNotTicked,
+        FindingCode::SignatureDateInFuture,
+        FindingCode::SignatureDateTooOld,
+        FindingCode::SenderNotNhs,
+        FindingCode::SenderNotSignatory,
+        FindingCode::SenderNotAuthenticated,
+        FindingCode::NoFormFound,
+        FindingCode::FormHasNoFields,
+        FindingCode::FormNotRecognised,
+        FindingCode::FormIdMissing,
+        FindingCode::PdfUnreadable,
+        FindingCode::PdfPasswordProtected,
+        FindingCode::PdfTooLarge,
+        FindingCode::MessageMalformed,
+        FindingCode::RefersToCase,
+        FindingCode::DeliveryReport,
+        FindingCode::MessageIdReused,
+        FindingCode::TooManyAttachments,
+    ];
+
+    /// The finding's code as stored, back to the finding (None for a code no rule has).
+    pub fn parse(code: &str) -> Option<FindingCode> {
+        Self::ALL.into_iter().find(|f| f.as_str() == code)
+    }
+
+    /// A short name for staff, in plain English: what the queue's filter, its rows and the
+    /// reports show instead of the stored code.
+    pub fn label(self) -> &'static str {
+        match self {
+            FindingCode::RequiredFieldMissing => "A required field is empty",
+            FindingCode::OdsCodeMalformed => "ODS code not valid",
+            FindingCode::OrganisationTypeMismatch => "Wrong form for this kind of organisation",
+            FindingCode::EmailMalformed => "Email address not valid",
+            FindingCode::EmailNotNhs => "Email address not an NHS address",
+            FindingCode::DateMalformed => "Date not valid",
+            FindingCode::ChoiceNotAllowed => "Choice not one of the options",
+            FindingCode::SignatoryRoleNotAllowed => "Signatory not authorised to sign",
+            FindingCode::DeclarationNotTicked => "Declaration not ticked",
+            FindingCode::SignatureDateInFuture => "Signed in the future",
+            FindingCode::SignatureDateTooOld => "Signed too long ago",
+            FindingCode::SenderNotNhs => "Sent from outside the NHS",
+            FindingCode::SenderNotSignatory => "Not sent by the signatory",
+            FindingCode::SenderNotAuthenticated => "Sender not authenticated",
+            FindingCode::NoFormFound => "No form attached",
+            FindingCode::FormHasNoFields => "Form has no fillable fields",
+            FindingCode::FormNotRecognised => "Form not recognised",
+            FindingCode::FormIdMissing => "Form has no form ID",
+            FindingCode::PdfUnreadable => "PDF cannot be read",
+            FindingCode::PdfPasswordProtected => "PDF is password protected",
+            FindingCode::PdfTooLarge => "PDF too large",
+            FindingCode::MessageMalformed => "Email cannot be read",
+            FindingCode::RefersToCase => "Mentions another case",
+            FindingCode::DeliveryReport => "A delivery report (bounce)",
+            FindingCode::MessageIdReused => "Message-ID reused by other mail",
+            FindingCode::TooManyAttachments => "Too many attachments",
+        }
+    }
+}
+
+/// The plain-English label of a stored finding code (the code itself if no rule has it).
+pub fn finding_label(code: &str) -> String {
+    FindingCode::parse(code).map_or_else(|| code.replace('_', " "), |f| f.label().to_string())
+}
+
+impl FindingCode {
     /// What the finding asks of the sender, in our own words only. Mail we send quotes this,
     /// never the finding's own message, which may repeat text from the form or the email.
     pub fn guidance(self) -> &'static str {

@@ -14,7 +14,7 @@ use std::collections::BTreeMap;
 use std::str::FromStr;
 use std::time::Duration;
 
-use chrono::{DateTime, Local, TimeZone};
+use chrono::{DateTime, Local};
 use tokio::sync::watch;
 use tracing::{info, warn};
 
@@ -102,41 +102,32 @@ impl Scheduler {
         Ok(ran)
     }
 
-    /// The managers' morning digest: the backlog by workflow and state, and what is due today
-    /// or overdue. Skipped on bank holidays (the schedule already skips weekends).
+    /// The managers' morning digest: a short summary of the dashboard (open, past the SLA, at
+    /// risk, waiting on the sender) and of the last week's report, with a link to the reports
+    /// for the rest. Skipped on bank holidays (the schedule already skips weekends).
     async fn daily_digest(&self, occurrence: DateTime<Local>) -> Result<String, SchedulerError> {
         if !self.engine.calendar().is_working_day(occurrence.date_naive()) {
             return Ok("skipped: not a working day".into());
         }
-        let terminal = self.engine.workflows().terminal_states();
-        let mut conn = self.engine.db().pool.acquire().await.context("connecting")?;
-        let mut by_state = Vec::new();
-        let mut open_total = 0i64;
-        for (workflow, state, count) in storage::case_counts_by_state(&mut conn).await? {
-            if terminal.contains(&state) {
-                continue;
-            }
-            open_total += count;
-            by_state.push(serde_json::json!({ "workflow": workflow.unwrap_or_else(|| "unclassified".into()), "state": state, "count": count }));
-        }
-        let end_of_day = occurrence
-            .date_naive()
-            .and_hms_opt(23, 59, 59)
-            .and_then(|t| Local.from_local_datetime(&t).earliest())
-            .unwrap_or(occurrence);
-        let mut breaching = Vec::new();
-        for due in storage::cases_due_by(&mut conn, end_of_day.timestamp_millis(), 2000).await? {
-            if terminal.contains(&due.state) {
-                continue;
-            }
-            breaching.push(serde_json::json!({
-                "reference": due.reference,
-                "org_ods_code": due.org_ods_code,
-                "state": due.state,
-                "due_at": DateTime::from_timestamp_millis(due.due_at).map(|t| t.with_timezone(&Local).format("%d/%m/%Y").to_string()),
-            }));
-        }
-        let context = serde_json::json!({ "open_total": open_total, "by_state": by_state, "breaching": breaching });
+        let now = crate::reports::dashboard(&self.engine).await?;
+        let yesterday = occurrence.date_naive() - chrono::Duration::days(1);
+        let week = crate::reports::Period {
+            from: yesterday - chrono::Duration::days(6),
+            to: yesterday,
+        };
+        let report = crate::reports::report_for(&self.engine, week).await?;
+        let context = serde_json::json!({
+            "open_total": now.open,
+            "breached": now.breached,
+            "at_risk": now.at_risk,
+            "paused": now.paused,
+            "week_from": week.from.format("%-d %B").to_string(),
+            "week_to": week.to.format("%-d %B").to_string(),
+            "received": report.headline.received,
+            "completed": report.headline.completed,
+            "percent_within_sla": report.headline.percent_within_sla.map(|p| format!("{p:.0}%")),
+            "reports_link": format!("{}/reports", self.settings.web_base_url.trim_end_matches('/')),
+        });
         let recipient = self.settings.managers_address.clone();
         let digest = storage::NewMail {
             template: "daily_digest".into(),
@@ -147,9 +138,10 @@ impl Scheduler {
             in_reply_to: None,
             automatic: true,
         };
+        let mut conn = self.engine.db().pool.acquire().await.context("connecting")?;
         storage::enqueue_mail(&mut conn, digest, self.engine.now_ms()).await?;
         self.engine.wakers().outbox.notify_one();
-        Ok(format!("{open_total} open, {} due today or overdue", breaching.len()))
+        Ok(format!("{} open, {} past their SLA", now.open, now.breached))
     }
 
     /// Clears the raw bytes of messages older than the retention period whose cases are all

@@ -421,3 +421,16 @@ fn finding_codes_are_stable_strings() {
     let json = serde_json::to_string(&Finding::new(FindingCode::NoFormFound, "x")).unwrap();
     assert!(json.contains("\"no_form_found\""), "{json}");
 }
+
+#[test]
+fn every_finding_has_a_plain_label_and_its_code_reads_back() {
+    for finding in FindingCode::ALL {
+        assert_eq!(FindingCode::parse(finding.as_str()), Some(finding));
+        assert!(!finding.label().contains('_'), "{:?}", finding);
+    }
+    assert_eq!(
+        finding_label("signatory_role_not_allowed"),
+        "Signatory not authorised to sign"
+    );
+    assert_eq!(finding_label("some_future_code"), "some future code");
+}

@@ -10,6 +10,8 @@ use crate::policy::Finding;
 /// What the queue is asked for. Empty strings mean "any".
 #[derive(Debug, Clone)]
 pub struct QueueQuery<'a> {
+    /// Open cases (most urgent first), closed ones or every case (both newest first).
+    pub scope: QueueScope,
     pub state: &'a str,
     pub workflow: &'a str,
     /// A finding code the case must have.
@@ -21,16 +23,31 @@ pub struct QueueQuery<'a> {
     pub overdue_before: Option<i64>,
     /// A reference, ODS code, organisation, sender, or any text of the form.
     pub search: &'a str,
-    /// Keyset cursor: the `(due_at, id)` of the last row of the previous page.
+    /// Keyset cursor: the `(due_at, id)` of the last row of the previous page (open cases),
+    /// or `(_, id)` (closed or every case; 0 for the first page).
     pub after: (i64, i64),
-    /// Final states, left out of the queue.
+    /// Final states: left out of the open cases, the only ones of the closed.
     pub terminal_states: &'a [String],
     pub limit: i64,
+}
+
+/// Which cases the queue lists.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum QueueScope {
+    /// Cases still to be worked, most urgent first.
+    #[default]
+    Open,
+    /// Cases in a final state, newest first ("what happened to our request?").
+    Closed,
+    /// Every case, newest first.
+    All,
 }
 
 /// One row of the queue.
 #[derive(Debug, Clone)]
 pub struct QueueRecord {
+    /// The SLA clock is stopped (the case waits on its sender).
+    pub sla_paused: bool,
     pub id: i64,
     pub reference: String,
     pub workflow: Option<String>,
@@ -52,7 +69,7 @@ pub struct QueueRecord {
 fn search_text_sql(backend: Backend) -> &'static str {
     match backend {
         Backend::Postgres => {
-            "countersign_search_fold(COALESCE(c.org_name, '') || ' ' || COALESCE(c.sender, '') || ' ' || c.reference || ' ' || c.fields) LIKE countersign_search_fold($8) ESCAPE '\\'"
+            "countersign_search_fold(COALESCE(c.org_name, '') || ' ' || COALESCE(c.sender, '') || ' ' || c.reference || ' ' || c.fields || ' ' || c.recorded) LIKE countersign_search_fold($8) ESCAPE '\\'"
         }
         Backend::Sqlite => "(SELECT LOWER(terms) FROM case_search WHERE rowid = c.id) LIKE $8 ESCAPE '\\'",
     }
@@ -168,21 +185,39 @@ pub async fn queue_page(conn: &mut AnyConnection, q: &QueueQuery<'_>) -> Result<
     let placeholders: Vec<String> = (0..q.terminal_states.len())
         .map(|i| format!("${}", i + next_placeholder))
         .collect();
-    // The cursor is a row comparison, `(due_at, id) > (…)`: both databases read it as a range
-    // of the (due_at, id) index. Spelled as `due_at > x OR (due_at = x AND id > y)`, PostgreSQL
-    // scans the index from its start and filters, and a page deep in the queue costs ~100 ms.
+    // Open cases: the cursor is a row comparison, `(due_at, id) > (…)`: both databases read
+    // it as a range of the (due_at, id) index. Spelled as `due_at > x OR (due_at = x AND id >
+    // y)`, PostgreSQL scans the index from its start and filters, and a page deep in the
+    // queue costs ~100 ms. Closed and all cases go newest first by id (a closed case may have
+    // no due time); `$9` is still bound there, so it is named where it decides nothing.
+    let placeholders = if q.scope == QueueScope::All {
+        Vec::new()
+    } else {
+        placeholders
+    };
+    let in_final = if placeholders.is_empty() {
+        "1 = 0".to_string()
+    } else {
+        format!("c.state IN ({})", placeholders.join(", "))
+    };
+    let (scope_clause, order) = match q.scope {
+        QueueScope::Open => (
+            format!("(c.due_at, c.id) > ($9, $10) AND NOT ({in_final})"),
+            "c.due_at, c.id",
+        ),
+        QueueScope::Closed => (format!("(c.id < $10 OR $9 < -1) AND {in_final}"), "c.id DESC"),
+        QueueScope::All => ("(c.id < $10 OR $9 < -1)".to_string(), "c.id DESC"),
+    };
     let sql = format!(
-        "SELECT c.id, c.reference, c.workflow, c.state, c.org_name, c.org_ods_code, c.findings, c.created_at, c.due_at, u.email
+        "SELECT c.id, c.reference, c.workflow, c.state, c.org_name, c.org_ods_code, c.findings, c.created_at, c.due_at, u.email, c.sla_paused_at
          FROM {from} LEFT JOIN users u ON u.id = c.assignee_id
          WHERE ($1 = '' OR c.state = $1) AND ($2 = '' OR c.workflow = $2) AND ($3 = '' OR c.findings LIKE $3 ESCAPE '\\')
            AND ($4 = '' OR ($4 = 'mine' AND c.assignee_id = $5) OR ($4 = 'unassigned' AND c.assignee_id IS NULL))
            AND ($6 = 0 OR c.due_at < $7)
            AND {search_clause}
            AND ($12 = '' OR c.org_ods_code = $12 OR c.reference = $12)
-           AND (c.due_at, c.id) > ($9, $10)
-           {}
-         ORDER BY c.due_at, c.id LIMIT $11",
-        if placeholders.is_empty() { String::new() } else { format!("AND c.state NOT IN ({})", placeholders.join(", ")) }
+           AND {scope_clause}
+         ORDER BY {order} LIMIT $11"
     );
     let finding = if q.finding.is_empty() {
         String::new()
@@ -209,8 +244,10 @@ pub async fn queue_page(conn: &mut AnyConnection, q: &QueueQuery<'_>) -> Result<
     if let QueueSource::Matched(match_query) = source {
         query = query.bind(match_query);
     }
-    for state_name in q.terminal_states {
-        query = query.bind(state_name.clone());
+    if q.scope != QueueScope::All {
+        for state_name in q.terminal_states {
+            query = query.bind(state_name.clone());
+        }
     }
     let rows = query.fetch_all(&mut *conn).await.context("reading the queue")?;
     rows.iter()
@@ -228,6 +265,7 @@ pub async fn queue_page(conn: &mut AnyConnection, q: &QueueQuery<'_>) -> Result<
                 created_at: row.try_get(7)?,
                 due_at: row.try_get(8)?,
                 assignee: row.try_get(9)?,
+                sla_paused: row.try_get::<Option<i64>, _>(10)?.is_some(),
             })
         })
         .collect::<Result<_, sqlx::Error>>()

@@ -175,8 +175,10 @@ fn case_context(state: &AppState, file: storage::CaseFile, role: ActorRole, cont
         "sla",
         match closed_at {
             Some(closed) => closed_sla_status(case.due_at, closed),
+            None if case.workflow.is_none() => "",
             None => sla_status(
                 case.due_at,
+                case.sla_paused_at.is_some(),
                 state.engine.now_ms(),
                 state.engine.working_days_from_now(1),
             ),

@@ -27,6 +27,9 @@ pub(super) fn routes() -> Vec<Route> {
 
 #[derive(Debug, Default, serde::Deserialize, serde::Serialize)]
 pub struct QueueFilter {
+    /// `open` (the default), `closed` or `all`.
+    #[serde(default)]
+    pub status: String,
     #[serde(default)]
     pub state: String,
     #[serde(default)]
@@ -54,12 +57,25 @@ pub struct QueueRow {
     pub state: String,
     pub org_name: Option<String>,
     pub org_ods_code: Option<String>,
+    /// Each finding once, in plain English.
     pub findings: Vec<String>,
     pub age_working_days: i64,
     pub due: Option<String>,
     pub due_at: Option<i64>,
     pub sla: &'static str,
     pub assignee: Option<String>,
+}
+
+impl QueueFilter {
+    /// Which cases the filter lists: a final state asked for by name is among the closed.
+    pub fn scope(&self, terminal: &[String]) -> storage::QueueScope {
+        match self.status.as_str() {
+            "closed" => storage::QueueScope::Closed,
+            "all" => storage::QueueScope::All,
+            _ if terminal.contains(&self.state) => storage::QueueScope::Closed,
+            _ => storage::QueueScope::Open,
+        }
+    }
 }
 
 /// Open cases, most urgent first, a page at a time (keyset, so it stays fast at any depth).
@@ -75,13 +91,21 @@ pub async fn load_queue(
     user_id: i64,
 ) -> Result<(Vec<QueueRow>, Option<String>), WebError> {
     let terminal = state.engine.workflows().terminal_states();
+    let scope = filter.scope(&terminal);
     let (after_due, after_id) = filter
         .after
         .split_once(':')
         .and_then(|(d, i)| Some((d.parse::<i64>().ok()?, i.parse::<i64>().ok()?)))
         .unwrap_or((-1, 0));
+    // Closed and all cases go newest first: the first page starts above every id.
+    let after_id = if scope != storage::QueueScope::Open && after_id == 0 {
+        i64::MAX
+    } else {
+        after_id
+    };
     let now = state.engine.now_ms();
     let query = storage::QueueQuery {
+        scope,
         state: &filter.state,
         workflow: &filter.workflow,
         finding: &filter.finding,
@@ -109,11 +133,28 @@ pub async fn load_queue(
             state: row.state.clone(),
             org_name: row.org_name.clone(),
             org_ods_code: row.org_ods_code.clone(),
-            findings: row.finding_codes.clone(),
+            findings: {
+                let mut labels: Vec<String> = row
+                    .finding_codes
+                    .iter()
+                    .map(|c| crate::policy::finding_label(c))
+                    .collect();
+                labels.dedup();
+                labels.sort();
+                labels.dedup();
+                labels
+            },
             age_working_days: state.engine.calendar().working_days_between(created, today),
             due: when(due_at),
             due_at,
-            sla: sla_status(due_at, now, at_risk_until),
+            sla: if terminal.contains(&row.state) {
+                "closed"
+            } else if row.workflow.is_none() {
+                // No workflow, no SLA: an unclassified case arms no SLA timers, so it shows none.
+                ""
+            } else {
+                sla_status(due_at, row.sla_paused, now, at_risk_until)
+            },
             assignee: row.assignee.clone(),
         });
     }
@@ -133,6 +174,7 @@ pub async fn queue(
     let (rows, next) = load_queue(&state, &mut conn, &filter, user.0.id).await?;
     drop(conn);
     let mut context = base_context(&user, &token)?;
+    let terminal = state.engine.workflows().terminal_states();
     let mut states: Vec<String> = state
         .engine
         .workflows()
@@ -141,9 +183,21 @@ pub async fn queue(
         .collect();
     states.sort();
     states.dedup();
+    // Every workflow declares the final states an unclassified case may be sent to.
+    let closed_states = &terminal;
+    let findings: Vec<(&str, &str)> = crate::policy::FindingCode::ALL
+        .iter()
+        .map(|f| (f.as_str(), f.label()))
+        .collect();
+    let heading = match filter.scope(&terminal) {
+        storage::QueueScope::Open => "Open cases",
+        storage::QueueScope::Closed => "Closed cases",
+        storage::QueueScope::All => "All cases",
+    };
     let next_url = next.map(|cursor| {
         let mut query = url::form_urlencoded::Serializer::new(String::new());
         for (key, value) in [
+            ("status", &filter.status),
             ("q", &filter.q),
             ("state", &filter.state),
             ("workflow", &filter.workflow),
@@ -162,6 +216,9 @@ pub async fn queue(
     context.insert("next_url", &next_url);
     context.insert("filter", &filter);
     context.insert("states", &states);
+    context.insert("closed_states", &closed_states);
+    context.insert("findings", &findings);
+    context.insert("heading", heading);
     context.insert(
         "workflows",
         &state

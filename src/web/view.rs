@@ -14,7 +14,11 @@ pub(super) fn when(ms: Option<i64>) -> Option<String> {
 
 /// On track, at risk (due before `at_risk_until`, a working day from now) or breached, as
 /// text; the page adds colour.
-pub(super) fn sla_status(due_at: Option<i64>, now: i64, at_risk_until: i64) -> &'static str {
+pub(super) fn sla_status(due_at: Option<i64>, paused: bool, now: i64, at_risk_until: i64) -> &'static str {
+    if paused {
+        // The sender has the ball: the clock is stopped, so the case cannot be late.
+        return "paused";
+    }
     match due_at {
         Some(due) if due < now => "breached",
         Some(due) if due <= at_risk_until => "at risk",
@@ -50,10 +54,15 @@ mod tests {
     #[test]
     fn sla_status_is_breached_past_due_at_risk_within_a_working_day_else_on_track() {
         let (now, at_risk_until) = (1_000, 5_000);
-        assert_eq!(sla_status(Some(999), now, at_risk_until), "breached");
-        assert_eq!(sla_status(Some(1_000), now, at_risk_until), "at risk");
-        assert_eq!(sla_status(Some(5_000), now, at_risk_until), "at risk");
-        assert_eq!(sla_status(Some(5_001), now, at_risk_until), "on track");
+        assert_eq!(sla_status(Some(999), false, now, at_risk_until), "breached");
+        assert_eq!(
+            sla_status(Some(999), true, now, at_risk_until),
+            "paused",
+            "never breached while paused"
+        );
+        assert_eq!(sla_status(Some(1_000), false, now, at_risk_until), "at risk");
+        assert_eq!(sla_status(Some(5_000), false, now, at_risk_until), "at risk");
+        assert_eq!(sla_status(Some(5_001), false, now, at_risk_until), "on track");
         assert_eq!(sla_status(None, now, at_risk_until), "on track");
     }
 

@@ -599,9 +599,21 @@ async fn the_daily_digest_runs_once_on_working_days_and_housekeeping_keeps_open_
         clock.set(at(2026, 11, 23, 8) + chrono::Duration::minutes(5));
         let ran = scheduler.run_due_jobs().await.unwrap();
         assert!(
-            ran.iter().any(|r| r.starts_with("daily_digest: 1 open, ")),
+            ran.iter().any(|r| r == "daily_digest: 1 open, 0 past their SLA"),
             "the rejected case is not open: {ran:?}"
         );
+        // A short summary of the dashboard and last week's report, with a link: no list of
+        // cases (the outbox keeps what the template is given).
+        let context: String = sqlx::query_scalar("SELECT context FROM outbox WHERE template = 'daily_digest'")
+            .fetch_one(&engine.db().pool)
+            .await
+            .unwrap();
+        let context: serde_json::Value = serde_json::from_str(&context).unwrap();
+        assert_eq!(context["open_total"], 1);
+        assert_eq!(context["received"], 2, "both cases came in the week before: {context}");
+        assert_eq!(context["completed"], 1, "{context}");
+        assert!(context["reports_link"].as_str().unwrap().ends_with("/reports"));
+        assert!(context.get("breaching").is_none(), "no list of hundreds of lines");
         assert_eq!(
             scheduler.run_due_jobs().await.unwrap(),
             Vec::<String>::new(),

@@ -410,6 +410,96 @@ async fn the_queue_lists_open_cases_by_urgency_with_filters_and_search() {
     .await;
 }
 
+#[tokio::test]
+async fn closed_cases_are_found_by_search_state_and_open_exeter_id_and_paused_cases_are_not_late() {
+    on_both_backends(|engine| async move {
+        use countersign::workflow::{Actor, TransitionRequest};
+        for name in ["mail/gp_form.eml", "mail/no_form.eml", "mail/forwarded.eml"] {
+            engine.intake(&fixture(name), "test").await.unwrap();
+        }
+        let alice = Actor {
+            name: "alice@nhs.net".into(),
+            role: ActorRole::Caseworker,
+        };
+        let bob = Actor {
+            name: "bob@nhs.net".into(),
+            role: ActorRole::Caseworker,
+        };
+        let to = |state: &str, recorded: &[(&str, &str)]| TransitionRequest {
+            to: state.into(),
+            reason: Some("test".into()),
+            recorded: recorded.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            ..TransitionRequest::default()
+        };
+        // CS-2026-000001 provisioned (closed, with its Open Exeter user ID); CS-2026-000003 sent
+        // back to the practice (its SLA clock paused); CS-2026-000002 (no form) stays open.
+        engine
+            .transition("CS-2026-000001", &to("authorised", &[]), &bob)
+            .await
+            .unwrap();
+        engine
+            .transition(
+                "CS-2026-000001",
+                &to("provisioned", &[("open_exeter_user_id", "OE424242")]),
+                &bob,
+            )
+            .await
+            .unwrap();
+        engine
+            .transition("CS-2026-000003", &to("awaiting_information", &[]), &alice)
+            .await
+            .unwrap();
+        let mut browser = Browser::new(&engine).await;
+        browser.sign_in_as(&engine, "cw@nhs.net", ActorRole::Caseworker).await;
+        let open = browser.get("/").await;
+        assert!(
+            !open.body.contains("CS-2026-000001"),
+            "the open queue leaves closed cases out"
+        );
+        assert!(
+            open.body.contains(r#"<span class="tag sla-paused">paused</span>"#),
+            "{}",
+            open.body
+        );
+        assert!(!open.body.contains("sla-breached"));
+        // The no-form case's finding, once, in plain English, and no SLA tag: it has no workflow.
+        assert!(open.body.contains("No form attached") && !open.body.contains(">no_form_found<"));
+        assert!(open.body.contains("no SLA yet"));
+        let closed = browser.get("/?status=closed").await;
+        assert!(closed.body.contains("<h1>Closed cases</h1>"));
+        assert!(closed.body.contains("CS-2026-000001") && !closed.body.contains("CS-2026-000002"));
+        assert!(closed.body.contains(r#"<span class="tag sla-closed">closed</span>"#));
+        let by_state = browser.get("/?state=provisioned").await;
+        assert!(
+            by_state.body.contains("CS-2026-000001"),
+            "a final state asked for by name lists closed cases"
+        );
+        let everything = browser.get("/?status=all").await;
+        for reference in ["CS-2026-000001", "CS-2026-000002", "CS-2026-000003"] {
+            assert!(everything.body.contains(reference), "{reference}");
+        }
+        let by_id = browser.get("/?status=all&q=OE424242").await;
+        assert!(
+            by_id.body.contains("CS-2026-000001") && !by_id.body.contains("CS-2026-000003"),
+            "found by the Open Exeter user ID recorded at provisioning: {}",
+            by_id.body
+        );
+        let by_ods = browser.get("/?status=all&q=A81001").await;
+        assert!(by_ods.body.contains("CS-2026-000001"), "found by ODS code once closed");
+        let by_reference = browser.get("/?q=CS-2026-000001").await;
+        assert!(
+            !by_reference.body.contains("href=\"/cases/CS-2026-000001\""),
+            "the open queue still leaves it out"
+        );
+        // Pages of closed cases: newest first, the cursor carries on below the last id.
+        let newest = browser.get("/?status=all").await;
+        let first = newest.body.find("CS-2026-000003").unwrap();
+        let last = newest.body.find("CS-2026-000001").unwrap();
+        assert!(first < last, "newest first");
+    })
+    .await;
+}
+
 /// Ingests `count` generated sample emails (good and bad forms of every workflow).
 async fn ingest_samples(engine: &Engine, count: usize) {
     let workflows = crate::common::workflows();

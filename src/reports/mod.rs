@@ -2,8 +2,12 @@
 //! its `created` and `transition` events, and every figure (throughput, time in each state,
 //! SLA met, breaches, rounds) is counted on the working-day calendar with the SLA clock
 //! stopped in the states a workflow marks `sla_running = false`. Pure: storage reads the
-//! rows ([`crate::storage::report_lifecycles`]), this module turns them into figures, and
-//! the web pages and the digest show them.
+//! rows ([`crate::storage::report_lifecycles`]) for [`load`], this module turns them into
+//! figures, and the web pages and the digest show them.
+
+mod load;
+
+pub use load::{Dashboard, dashboard, report_for};
 
 use std::collections::{BTreeMap, HashMap};
 

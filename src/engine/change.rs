@@ -146,6 +146,20 @@ pub fn plan_move(
     change
 }
 
+/// The timers `workflow` arms for a case that starts waiting in `state` now.
+pub fn state_timers(when: When<'_>, workflow: &WorkflowDef, state: &str) -> Vec<NewTimer> {
+    workflow
+        .timers
+        .iter()
+        .filter(|t| t.state == state)
+        .map(|timer| NewTimer {
+            name: timer.name.clone(),
+            state: state.to_string(),
+            due_at: when.working_days_later(timer.after_working_days),
+        })
+        .collect()
+}
+
 /// Plans sending an unclassified case (no workflow yet) to one of its final states, by a
 /// caseworker or a manager, with a reason. Pure.
 pub fn plan_unclassified_exit(
@@ -322,6 +336,13 @@ impl Engine {
                 ..by("workflow_changed")
             });
         }
+        if case.workflow.is_none() {
+            // An unclassified case had no SLA: given its form type, its clock starts, counted
+            // from when the email arrived, and the state it waits in arms its own timers.
+            let when = self.when();
+            sla::start_late(&mut change, when, workflow, case.created_at);
+            change.arm_timers.extend(state_timers(when, workflow, &case.state));
+        }
         let mut fields = case.fields.clone();
         for (field, new) in values {
             let old = fields.insert(field.clone(), new.clone());
@@ -436,9 +457,11 @@ impl Engine {
         let original = match &request.duplicate_of {
             Some(wanted) => {
                 let wanted = wanted.trim().to_uppercase();
+                if wanted == case.reference {
+                    return Err(EngineError::DuplicateOfItself(wanted));
+                }
                 let original = storage::case_by_reference(&mut tx, &wanted)
                     .await?
-                    .filter(|o| o.id != case.id)
                     .ok_or(EngineError::NoSuchOriginal(wanted))?;
                 Some(original)
             }

@@ -60,6 +60,8 @@ pub enum EngineError {
     Stale { reference: String, state: String },
     #[error("Give the reference of the case this one duplicates (no case “{0}”)")]
     NoSuchOriginal(String),
+    #[error("A case cannot be a duplicate of itself: give the reference of the earlier case ({0} is this one)")]
+    DuplicateOfItself(String),
     #[error("no workflow named `{0}`")]
     UnknownWorkflow(String),
     #[error(

@@ -92,14 +92,27 @@ fn context(case: &CaseRecord, workflow: &WorkflowDef, reason: Option<&str>) -> s
         ms.and_then(chrono::DateTime::from_timestamp_millis)
             .map(|t| t.with_timezone(&Local).format("%d/%m/%Y %H:%M").to_string())
     };
-    let findings: Vec<serde_json::Value> = case
-        .findings
-        .iter()
-        .map(|f| {
+    // One entry per problem, however many fields have it: a form with twelve empty fields is
+    // told once that required fields are empty, with the fields named.
+    let mut findings: Vec<(crate::policy::FindingCode, Vec<&str>)> = Vec::new();
+    for finding in &case.findings {
+        let field = finding
+            .field
+            .as_deref()
+            .and_then(|name| workflow.field(name))
+            .map(|d| d.label.as_str());
+        match findings.iter_mut().find(|(code, _)| *code == finding.code) {
+            Some((_, fields)) => fields.extend(field.filter(|f| !fields.contains(f))),
+            None => findings.push((finding.code, field.into_iter().collect())),
+        }
+    }
+    let findings: Vec<serde_json::Value> = findings
+        .into_iter()
+        .map(|(code, fields)| {
             serde_json::json!({
-                "code": f.code.as_str(),
-                "field": f.field.as_deref().and_then(|name| workflow.field(name)).map(|d| d.label.as_str()),
-                "message": f.code.guidance(),
+                "code": code.as_str(),
+                "field": (!fields.is_empty()).then(|| fields.join(", ")),
+                "message": code.guidance(),
             })
         })
         .collect();
@@ -125,9 +138,32 @@ fn context(case: &CaseRecord, workflow: &WorkflowDef, reason: Option<&str>) -> s
     })
 }
 
+/// What the case page puts in the reason box of a request for information: the mail lists
+/// the findings itself, so the reason starts as a sentence that introduces them, never as a
+/// copy of them (a practice was once told every problem twice).
+pub const SUGGESTED_CORRECTION_REASON: &str = "We have checked your form and it needs correcting before we can go on.";
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_request_for_correction_names_each_problem_once_with_its_fields() {
+        let mut case = super::super::change::tests_support::case();
+        let missing = |field: &str| crate::policy::Finding {
+            code: crate::policy::FindingCode::RequiredFieldMissing,
+            field: Some(field.into()),
+            message: format!("{field} is empty"),
+        };
+        case.findings = vec![missing("ods_code"), missing("org_name"), missing("ods_code")];
+        let context = context(&case, &workflow(), Some(SUGGESTED_CORRECTION_REASON));
+        let findings = context["findings"].as_array().unwrap();
+        assert_eq!(findings.len(), 1, "{findings:?}");
+        let guidance = crate::policy::FindingCode::RequiredFieldMissing.guidance();
+        assert_eq!(findings[0]["message"], guidance);
+        assert_eq!(findings[0]["field"].as_str().unwrap().matches(',').count(), 1, "two fields, each once");
+        assert!(!context["reason"].as_str().unwrap().contains(guidance), "the reason does not repeat it");
+    }
 
     fn workflow() -> WorkflowDef {
         crate::workflow::shipped().get("primary_user_gp").unwrap().clone()

@@ -195,25 +195,12 @@ impl Engine {
         });
         let when = self.when();
         // The SLA counts from when the email first arrived, as if the form had come with it.
-        let remaining = sla::remaining_since_created(when, workflow, case.created_at);
-        change.arm_timers.extend(sla::timers(when, workflow, remaining));
+        sla::start_late(&mut change, when, workflow, case.created_at);
         let validated = wellknown::state_after_checks(false);
         let moves_on = form.findings.is_empty() && case.state != validated;
         if !moves_on {
             // It stays where it is: that state's timers start now.
-            change
-                .arm_timers
-                .extend(
-                    workflow
-                        .timers
-                        .iter()
-                        .filter(|t| t.state == case.state)
-                        .map(|timer| storage::NewTimer {
-                            name: timer.name.clone(),
-                            state: case.state.clone(),
-                            due_at: when.working_days_later(timer.after_working_days),
-                        }),
-                );
+            change.arm_timers.extend(change::state_timers(when, workflow, &case.state));
         }
         let mut case = self.apply(conn, &case, change).await?;
         if moves_on {

@@ -50,6 +50,15 @@ pub fn resume(change: &mut CaseChangeset, when: When<'_>, case: &CaseRecord, wor
     Some(due_at)
 }
 
+/// Starts the SLA clock of a case that joins a workflow late (a caseworker chose its form
+/// type, or its form came in a reply): due when the SLA counted from the email's arrival
+/// ends, with the timers that tell managers it is at risk and then breached.
+pub fn start_late(change: &mut CaseChangeset, when: When<'_>, workflow: &WorkflowDef, created_at: i64) {
+    let remaining = remaining_since_created(when, workflow, created_at);
+    change.columns.due_at = Some(Some(when.working_days_later(remaining)));
+    change.arm_timers.extend(timers(when, workflow, remaining));
+}
+
 /// The working days left of the SLA for a case that joins a workflow late (its form came in
 /// a reply): the SLA counts from when the email first arrived.
 pub fn remaining_since_created(when: When<'_>, workflow: &WorkflowDef, created_at: i64) -> u32 {

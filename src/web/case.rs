@@ -132,13 +132,8 @@ fn case_context(state: &AppState, file: storage::CaseFile, role: ActorRole, cont
         .into_iter()
         .map(|c| serde_json::json!({ "reference": c.reference, "state": c.state }))
         .collect();
-    // The findings, as a starting point for a request for information the caseworker edits.
-    let suggested_reason = case
-        .findings
-        .iter()
-        .map(|f| format!("- {}", f.message))
-        .collect::<Vec<_>>()
-        .join("\n");
+    // The reason a request for information starts with; the mail lists the findings itself.
+    let suggested_reason = crate::engine::notify::SUGGESTED_CORRECTION_REASON;
     context.insert(
         "workflow_title",
         &workflow

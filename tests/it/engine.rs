@@ -376,6 +376,40 @@ async fn a_form_with_findings_is_held_for_review() {
     .await;
 }
 
+/// An email with no form waits unclassified, with no SLA. Given its form type, it is in the log
+/// and its SLA clock starts (counted from the email's arrival), with its timers.
+#[tokio::test]
+async fn choosing_a_form_type_for_an_unclassified_case_logs_it_and_starts_its_sla() {
+    on_both_backends(|engine| async move {
+        let reference = first_case(&engine, "mail/no_form.eml").await;
+        assert!(case(&engine, &reference).await.workflow.is_none());
+        assert!(timers(&engine, &reference).await.iter().all(|t| !t.name.starts_with("sla_")));
+        let keyed = engine
+            .key_fields(&reference, Some("primary_user_gp"), &BTreeMap::new(), &caseworker("alice"))
+            .await
+            .unwrap();
+        assert_eq!(keyed.workflow.as_deref(), Some("primary_user_gp"));
+        let logged: Vec<String> = events(&engine, &reference).await.into_iter().map(|e| e.kind).collect();
+        assert!(logged.contains(&"workflow_changed".to_string()), "{logged:?}");
+        let pending: Vec<String> = timers(&engine, &reference)
+            .await
+            .into_iter()
+            .filter(|t| t.status == "pending")
+            .map(|t| t.name)
+            .collect();
+        assert!(
+            pending.contains(&"sla_at_risk".to_string()) && pending.contains(&"sla_breached".to_string()),
+            "{pending:?}"
+        );
+        // Received Friday 20 November: five working days on is Friday 27th.
+        let due = chrono::DateTime::from_timestamp_millis(keyed.due_at.expect("a due time"))
+            .unwrap()
+            .with_timezone(&chrono::Local);
+        assert_eq!(due.date_naive(), chrono::NaiveDate::from_ymd_opt(2026, 11, 27).unwrap());
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn a_flattened_form_is_keyed_by_hand_then_accepted_authorised_by_someone_else_and_provisioned() {
     on_both_backends(|engine| async move {
@@ -880,7 +914,14 @@ async fn marking_a_duplicate_is_atomic() {
                 ..to("duplicate", Some("same request"))
             };
             let refused = engine.transition(&copy, &request, &actor).await;
-            assert!(matches!(refused, Err(EngineError::NoSuchOriginal(_))), "{refused:?}");
+            if wrong == copy {
+                // Said plainly, not "no case CS-…" of a case that plainly exists.
+                let message = refused.as_ref().unwrap_err().to_string();
+                assert!(matches!(refused, Err(EngineError::DuplicateOfItself(_))), "{refused:?}");
+                assert!(message.contains("cannot be a duplicate of itself"), "{message}");
+            } else {
+                assert!(matches!(refused, Err(EngineError::NoSuchOriginal(_))), "{refused:?}");
+            }
             let mut conn = engine.db().pool.acquire().await.unwrap();
             let unchanged = storage::case_by_reference(&mut conn, &copy).await.unwrap().unwrap();
             assert_eq!(

@@ -102,6 +102,10 @@ impl Scheduler {
         Ok(ran)
     }
 
+    /// How far back the nightly housekeeping makes sure report days are kept: the year and a
+    /// month a manager most often looks at, with its comparison period partly.
+    const REPORT_DAYS_KEPT_AHEAD: i64 = 400;
+
     /// The managers' morning digest: a short summary of the dashboard (open, past the SLA, at
     /// risk, waiting on the sender) and of the last week's report, with a link to the reports
     /// for the rest. Skipped on bank holidays (the schedule already skips weekends).
@@ -160,8 +164,12 @@ impl Scheduler {
             storage::clear_raw_message(&mut conn, id).await?;
             cleared += 1;
         }
+        drop(conn);
+        // The reports read each past day's kept facts: keep any day of the last 13 months not
+        // kept yet (after the first night, that is yesterday).
+        let kept = crate::reports::keep_past_days(&self.engine, Self::REPORT_DAYS_KEPT_AHEAD).await?;
         Ok(format!(
-            "cleared {cleared} raw message(s) older than {} days",
+            "cleared {cleared} raw message(s) older than {} days; kept {kept} day(s) of report figures",
             self.settings.raw_retention_days
         ))
     }

@@ -155,14 +155,21 @@ mod tests {
             field: Some(field.into()),
             message: format!("{field} is empty"),
         };
-        case.findings = vec![missing("ods_code"), missing("org_name"), missing("ods_code")];
+        case.findings = vec![missing("org_ods_code"), missing("org_name"), missing("org_ods_code")];
         let context = context(&case, &workflow(), Some(SUGGESTED_CORRECTION_REASON));
         let findings = context["findings"].as_array().unwrap();
         assert_eq!(findings.len(), 1, "{findings:?}");
         let guidance = crate::policy::FindingCode::RequiredFieldMissing.guidance();
         assert_eq!(findings[0]["message"], guidance);
-        assert_eq!(findings[0]["field"].as_str().unwrap().matches(',').count(), 1, "two fields, each once");
-        assert!(!context["reason"].as_str().unwrap().contains(guidance), "the reason does not repeat it");
+        assert_eq!(
+            findings[0]["field"].as_str().unwrap().matches(',').count(),
+            1,
+            "two fields, each once"
+        );
+        assert!(
+            !context["reason"].as_str().unwrap().contains(guidance),
+            "the reason does not repeat it"
+        );
     }
 
     fn workflow() -> WorkflowDef {

@@ -200,7 +200,9 @@ impl Engine {
         let moves_on = form.findings.is_empty() && case.state != validated;
         if !moves_on {
             // It stays where it is: that state's timers start now.
-            change.arm_timers.extend(change::state_timers(when, workflow, &case.state));
+            change
+                .arm_timers
+                .extend(change::state_timers(when, workflow, &case.state));
         }
         let mut case = self.apply(conn, &case, change).await?;
         if moves_on {

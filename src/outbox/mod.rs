@@ -241,7 +241,9 @@ mod tests {
             "case": { "reference": "CS-2026-000001", "state": "validated", "org_name": "X", "due_at": "27/11/2026 10:00", "updated_at": "20/11/2026 10:00" },
             "workflow": { "name": "w", "title": "T" },
             "reason": "r", "findings": [], "recorded": { "open_exeter_user_id": "OE1" },
-            "open_total": 3, "by_state": [], "breaching": [],
+            "open_total": 3, "breached": 1, "at_risk": 0, "paused": 1, "week_from": "16 November",
+            "week_to": "22 November", "received": 5, "completed": 4, "percent_within_sla": "75%",
+            "reports_link": "http://127.0.0.1:8080/reports",
         });
         let names = crate::workflow::definition::email_template_names(
             &Path::new(env!("CARGO_MANIFEST_DIR")).join("templates/email"),

@@ -1,25 +1,124 @@
 //! Reading what the reports need through storage, for the web pages, the digest and the
-//! benchmark; the figures themselves are worked out by the pure [`super::compute`].
+//! benchmark; the figures themselves are worked out by the pure [`super::daily_facts`] and
+//! [`super::assemble`]. Days that are over are worked out once and kept.
 
-use super::{Period, Report};
+use std::collections::BTreeMap;
+
+use chrono::{Duration, NaiveDate};
+
+use super::{DayFacts, Period, Report};
 use crate::engine::Engine;
 use crate::storage::{self, QueryContext, StorageError};
 use crate::workflow::wellknown;
 
-/// Works out the report for `period` from the database.
-pub async fn report_for(engine: &Engine, period: Period) -> Result<Report, StorageError> {
-    let (from, to) = period.bounds_ms();
+/// Days worked out in one go when filling in kept days: a month's cases, a bounded read.
+const DAYS_PER_READ: i64 = 31;
+
+/// Each day's facts from `first` to `last`, worked out from the event log (every case that
+/// moved in those days, read in one go).
+async fn work_out_days(
+    engine: &Engine,
+    first: NaiveDate,
+    last: NaiveDate,
+) -> Result<BTreeMap<NaiveDate, DayFacts>, StorageError> {
+    let (from, to) = Period { from: first, to: last }.bounds_ms();
     let mut conn = engine.db().pool.acquire().await.context("connecting")?;
     let (events, facts) = storage::report_lifecycles(&mut conn, from, to).await?;
-    let open = storage::open_cases(&mut conn, &open_states(engine.workflows())).await?;
     drop(conn);
     let inputs = super::Inputs {
         events: &events,
         facts: &facts,
-        open: &open,
+        open: &[],
         now: engine.clock().now(),
     };
-    let mut report = super::compute(period, &inputs, engine.workflows(), engine.calendar());
+    Ok(super::daily_facts(
+        first,
+        last,
+        &inputs,
+        engine.workflows(),
+        engine.calendar(),
+    ))
+}
+
+/// The facts of every day of `period`: past days from those kept (working out and keeping
+/// any not kept yet, a month at a time), today and later from the event log as it is now.
+pub async fn days_of(engine: &Engine, period: Period) -> Result<BTreeMap<NaiveDate, DayFacts>, StorageError> {
+    let today = engine.clock().now().date_naive();
+    let mut days = BTreeMap::new();
+    let last_past = period.to.min(today - Duration::days(1));
+    if period.from <= last_past {
+        let mut conn = engine.db().pool.acquire().await.context("connecting")?;
+        let kept = storage::cached_report_days(&mut conn, &period.from.to_string(), &last_past.to_string()).await?;
+        drop(conn);
+        for (day, json) in kept {
+            // A kept day that no longer reads (an older shape) is worked out again.
+            if let (Ok(day), Ok(facts)) = (day.parse::<NaiveDate>(), serde_json::from_str::<DayFacts>(&json)) {
+                days.insert(day, facts);
+            }
+        }
+        let missing: Vec<NaiveDate> = period
+            .from
+            .iter_days()
+            .take_while(|d| *d <= last_past)
+            .filter(|d| !days.contains_key(d))
+            .collect();
+        for run in missing.chunk_by(|a, b| (*b - *a).num_days() == 1) {
+            for block in run.chunks(DAYS_PER_READ as usize) {
+                let (first, last) = (block[0], block[block.len() - 1]);
+                let mut worked = work_out_days(engine, first, last).await?;
+                let keep: Vec<(String, String)> = block
+                    .iter()
+                    .map(|day| {
+                        let facts = worked.remove(day).unwrap_or_default();
+                        let json = serde_json::to_string(&facts).unwrap_or_else(|_| "{}".into());
+                        days.insert(*day, facts);
+                        (day.to_string(), json)
+                    })
+                    .collect();
+                let mut conn = engine.db().pool.acquire().await.context("connecting")?;
+                storage::keep_report_days(&mut conn, &keep, engine.now_ms()).await?;
+            }
+        }
+    }
+    let first_live = period.from.max(today);
+    if first_live <= period.to {
+        days.extend(work_out_days(engine, first_live, period.to).await?);
+    }
+    Ok(days)
+}
+
+/// Works out and keeps the facts of the `back` days before today that are not kept yet, so
+/// that reports read kept days only (the nightly housekeeping calls it). Returns how many
+/// days it worked out.
+pub async fn keep_past_days(engine: &Engine, back: i64) -> Result<usize, StorageError> {
+    let today = engine.clock().now().date_naive();
+    let period = Period {
+        from: today - Duration::days(back.max(1)),
+        to: today - Duration::days(1),
+    };
+    let mut conn = engine.db().pool.acquire().await.context("connecting")?;
+    let kept = storage::cached_report_days(&mut conn, &period.from.to_string(), &period.to.to_string())
+        .await?
+        .len();
+    drop(conn);
+    let all = days_of(engine, period).await?.len();
+    Ok(all.saturating_sub(kept))
+}
+
+/// Works out the report for `period`: its days' facts, the cases open now.
+pub async fn report_for(engine: &Engine, period: Period) -> Result<Report, StorageError> {
+    let days = days_of(engine, period).await?;
+    let mut conn = engine.db().pool.acquire().await.context("connecting")?;
+    let open = storage::open_cases(&mut conn, &open_states(engine.workflows())).await?;
+    drop(conn);
+    let mut report = super::assemble(
+        period,
+        &days,
+        &open,
+        engine.clock().now(),
+        engine.workflows(),
+        engine.calendar(),
+    );
     // Findings are shown to managers in plain English, not as stored codes.
     for tally in report
         .breaches_by_finding

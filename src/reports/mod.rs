@@ -7,12 +7,12 @@
 
 mod load;
 
-pub use load::{Dashboard, dashboard, report_for};
+pub use load::{Dashboard, dashboard, days_of, keep_past_days, report_for};
 
 use std::collections::{BTreeMap, HashMap};
 
 use chrono::{DateTime, Datelike, Duration, Local, NaiveDate, TimeZone};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::calendar::WorkingCalendar;
 use crate::workflow::{WorkflowSet, wellknown};
@@ -85,11 +85,6 @@ impl Period {
                 .unwrap_or(0)
         };
         (start(self.from), start(self.to + Duration::days(1)))
-    }
-
-    fn contains(&self, ms: i64) -> bool {
-        let (from, to) = self.bounds_ms();
-        (from..to).contains(&ms)
     }
 }
 
@@ -213,6 +208,114 @@ pub struct Inputs<'a> {
 }
 
 const MINUTES_PER_DAY: f64 = 24.0 * 60.0;
+/// Durations are counted in half-hours of working time: fine enough for figures shown to a
+/// tenth of a day, and coarse enough that a day's durations are a short list of counts.
+const MINUTES_PER_BUCKET: i64 = 30;
+
+/// How many durations fell in each half-hour of working time: the form a duration takes in a
+/// day's facts, so that days merge into any period and its percentiles.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Histogram(BTreeMap<u32, u32>);
+
+impl Histogram {
+    fn add(&mut self, minutes: i64) {
+        let bucket = u32::try_from(minutes.max(0) / MINUTES_PER_BUCKET).unwrap_or(u32::MAX);
+        *self.0.entry(bucket).or_insert(0) += 1;
+    }
+
+    fn merge(&mut self, other: &Histogram) {
+        for (bucket, count) in &other.0 {
+            *self.0.entry(*bucket).or_insert(0) += count;
+        }
+    }
+
+    /// The nearest-rank median and 90th percentile, in working days (each duration taken at
+    /// the start of its half-hour).
+    pub fn spread(&self) -> Option<Spread> {
+        let count: u64 = self.0.values().map(|c| u64::from(*c)).sum();
+        if count == 0 {
+            return None;
+        }
+        let rank = |p: f64| {
+            let wanted = ((p * count as f64).ceil() as u64).clamp(1, count);
+            let mut seen = 0;
+            for (bucket, n) in &self.0 {
+                seen += u64::from(*n);
+                if seen >= wanted {
+                    return f64::from(*bucket) * MINUTES_PER_BUCKET as f64 / MINUTES_PER_DAY;
+                }
+            }
+            0.0
+        };
+        Some(Spread {
+            count: count as usize,
+            median: rank(0.5),
+            p90: rank(0.9),
+        })
+    }
+}
+
+/// What happened on one day, in a form that adds up: a period's report is the sum of its
+/// days. Past days never change (the event log is append-only, and each figure belongs to the
+/// day of the event that decides it), so they are worked out once and kept
+/// ([`crate::storage::cached_report_days`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DayFacts {
+    /// By workflow (or `unclassified`).
+    pub received: BTreeMap<String, u32>,
+    pub completed: BTreeMap<String, u32>,
+    /// Completed with an SLA, and of those, within it.
+    pub with_sla: BTreeMap<String, u32>,
+    pub within_sla: BTreeMap<String, u32>,
+    pub to_provisioned: BTreeMap<String, Histogram>,
+    pub sla_time: BTreeMap<String, Histogram>,
+    /// Visits that ended that day, by state.
+    pub state_time: BTreeMap<String, Histogram>,
+    pub breaches_by_workflow: BTreeMap<String, u32>,
+    pub breaches_by_organisation: BTreeMap<String, u32>,
+    pub breaches_by_finding: BTreeMap<String, u32>,
+    pub sent_back_for: BTreeMap<String, u32>,
+    pub second_rounds: BTreeMap<String, u32>,
+    /// By caseworker.
+    pub moves: BTreeMap<String, u32>,
+    pub completions: BTreeMap<String, u32>,
+}
+
+fn bump(map: &mut BTreeMap<String, u32>, key: &str) {
+    *map.entry(key.to_string()).or_insert(0) += 1;
+}
+
+fn merge_counts(into: &mut BTreeMap<String, u32>, from: &BTreeMap<String, u32>) {
+    for (key, count) in from {
+        *into.entry(key.clone()).or_insert(0) += count;
+    }
+}
+
+fn merge_histograms(into: &mut BTreeMap<String, Histogram>, from: &BTreeMap<String, Histogram>) {
+    for (key, histogram) in from {
+        into.entry(key.clone()).or_default().merge(histogram);
+    }
+}
+
+impl DayFacts {
+    /// Adds another day's (or period's) facts to these.
+    pub fn merge(&mut self, other: &DayFacts) {
+        merge_counts(&mut self.received, &other.received);
+        merge_counts(&mut self.completed, &other.completed);
+        merge_counts(&mut self.with_sla, &other.with_sla);
+        merge_counts(&mut self.within_sla, &other.within_sla);
+        merge_histograms(&mut self.to_provisioned, &other.to_provisioned);
+        merge_histograms(&mut self.sla_time, &other.sla_time);
+        merge_histograms(&mut self.state_time, &other.state_time);
+        merge_counts(&mut self.breaches_by_workflow, &other.breaches_by_workflow);
+        merge_counts(&mut self.breaches_by_organisation, &other.breaches_by_organisation);
+        merge_counts(&mut self.breaches_by_finding, &other.breaches_by_finding);
+        merge_counts(&mut self.sent_back_for, &other.sent_back_for);
+        merge_counts(&mut self.second_rounds, &other.second_rounds);
+        merge_counts(&mut self.moves, &other.moves);
+        merge_counts(&mut self.completions, &other.completions);
+    }
+}
 
 /// The state a case sits in between two events, and for how long.
 struct Visit<'a> {
@@ -227,27 +330,41 @@ fn local(ms: i64) -> DateTime<Local> {
         .with_timezone(&Local)
 }
 
-fn week_of(ms: i64) -> NaiveDate {
-    let date = local(ms).date_naive();
-    date - Duration::days(i64::from(date.weekday().num_days_from_monday()))
+/// The facts of the day of `ms`, when that day is between `first` and `last`.
+fn day_entry(
+    days: &mut BTreeMap<NaiveDate, DayFacts>,
+    first: NaiveDate,
+    last: NaiveDate,
+    ms: i64,
+) -> Option<&mut DayFacts> {
+    let day = day_of(ms);
+    (first..=last).contains(&day).then(|| days.entry(day).or_default())
 }
 
-fn week_row<'a>(weeks: &'a mut BTreeMap<(NaiveDate, String), WeekRow>, ms: i64, workflow: &str) -> &'a mut WeekRow {
-    let week = week_of(ms);
-    weeks.entry((week, workflow.to_string())).or_insert_with(|| WeekRow {
-        week,
-        workflow: workflow.to_string(),
-        received: 0,
+fn worker<'a>(caseworkers: &'a mut BTreeMap<String, Caseworker>, name: &str) -> &'a mut Caseworker {
+    caseworkers.entry(name.to_string()).or_insert_with(|| Caseworker {
+        name: name.to_string(),
+        moves: 0,
         completed: 0,
-        within_sla: 0,
-        with_sla: 0,
+        open: 0,
     })
 }
 
-fn tallies(counts: HashMap<String, usize>) -> Vec<Tally> {
+fn day_of(ms: i64) -> NaiveDate {
+    local(ms).date_naive()
+}
+
+fn monday_of(date: NaiveDate) -> NaiveDate {
+    date - Duration::days(i64::from(date.weekday().num_days_from_monday()))
+}
+
+fn tallies(counts: &BTreeMap<String, u32>) -> Vec<Tally> {
     let mut rows: Vec<Tally> = counts
-        .into_iter()
-        .map(|(label, count)| Tally { label, count })
+        .iter()
+        .map(|(label, count)| Tally {
+            label: label.clone(),
+            count: *count as usize,
+        })
         .collect();
     rows.sort_by(|a, b| b.count.cmp(&a.count).then_with(|| a.label.cmp(&b.label)));
     rows
@@ -255,6 +372,10 @@ fn tallies(counts: HashMap<String, usize>) -> Vec<Tally> {
 
 fn percent(part: usize, whole: usize) -> Option<f64> {
     (whole > 0).then(|| 100.0 * part as f64 / whole as f64)
+}
+
+fn total(map: &BTreeMap<String, u32>) -> usize {
+    map.values().map(|c| *c as usize).sum()
 }
 
 /// Whether a state ends a case: final in its workflow, or one of the exits of a case no
@@ -266,26 +387,26 @@ fn is_final(workflows: &WorkflowSet, workflow: Option<&str>, state: &str) -> boo
     }
 }
 
-/// Works out the report for `period` from its inputs.
-pub fn compute(period: Period, inputs: &Inputs<'_>, workflows: &WorkflowSet, calendar: &WorkingCalendar) -> Report {
-    let working_days =
-        |from: i64, to: i64| calendar.working_minutes_between(local(from), local(to)) as f64 / MINUTES_PER_DAY;
-    let mut weeks: BTreeMap<(NaiveDate, String), WeekRow> = BTreeMap::new();
-    let mut headline = Headline::default();
-    let mut sla_days: HashMap<String, Vec<f64>> = HashMap::new();
-    let mut within: HashMap<String, (usize, usize)> = HashMap::new();
-    let mut to_provisioned: HashMap<String, Vec<f64>> = HashMap::new();
-    let mut state_days: HashMap<String, Vec<f64>> = HashMap::new();
-    let (mut by_workflow, mut by_org, mut by_finding) = (HashMap::new(), HashMap::new(), HashMap::new());
-    let (mut sent_back_for, mut second_rounds) = (HashMap::new(), HashMap::new());
-    let mut caseworkers: BTreeMap<String, Caseworker> = BTreeMap::new();
+/// Each day's facts from `first` to `last` (both included), from the lifecycles of every case
+/// that moved in those days. Each figure goes to the day of the event that decides it: a
+/// receipt to the day it came, a completion (with its SLA and durations) to the day it ended,
+/// a visit to a state to the day it was left, a move to the day it was made.
+pub fn daily_facts(
+    first: NaiveDate,
+    last: NaiveDate,
+    inputs: &Inputs<'_>,
+    workflows: &WorkflowSet,
+    calendar: &WorkingCalendar,
+) -> BTreeMap<NaiveDate, DayFacts> {
+    let minutes = |from: i64, to: i64| calendar.working_minutes_between(local(from), local(to));
+    let mut days: BTreeMap<NaiveDate, DayFacts> = BTreeMap::new();
     let no_facts = CaseFacts::default();
-
     for case_events in inputs.events.chunk_by(|a, b| a.case_id == b.case_id) {
         let facts = inputs.facts.get(&case_events[0].case_id).unwrap_or(&no_facts);
         let workflow_name = facts.workflow.as_deref();
         let label = workflow_name.unwrap_or("unclassified");
         let workflow = workflow_name.and_then(|w| workflows.get(w));
+        let organisation = facts.organisation.as_deref().unwrap_or("(not known)");
         let visits: Vec<Visit<'_>> = case_events
             .iter()
             .enumerate()
@@ -296,116 +417,154 @@ pub fn compute(period: Period, inputs: &Inputs<'_>, workflows: &WorkflowSet, cal
             })
             .collect();
         let received_at = case_events[0].at;
-        if period.contains(received_at) {
-            headline.received += 1;
-            week_row(&mut weeks, received_at, label).received += 1;
+        if let Some(day) = day_entry(&mut days, first, last, received_at) {
+            bump(&mut day.received, label);
         }
         for (i, visit) in visits.iter().enumerate() {
-            if let Some(left) = visit.left.filter(|left| period.contains(*left)) {
-                state_days
-                    .entry(visit.state.to_string())
-                    .or_default()
-                    .push(working_days(visit.entered, left));
-                let mover = &case_events[i + 1];
-                if mover.actor_role != "system" {
-                    caseworkers
-                        .entry(mover.actor.clone())
-                        .or_insert_with(|| Caseworker {
-                            name: mover.actor.clone(),
-                            moves: 0,
-                            completed: 0,
-                            open: 0,
-                        })
-                        .moves += 1;
+            let Some(left) = visit.left else { continue };
+            let Some(day) = day_entry(&mut days, first, last, left) else {
+                continue;
+            };
+            day.state_time
+                .entry(visit.state.to_string())
+                .or_default()
+                .add(minutes(visit.entered, left));
+            let mover = &case_events[i + 1];
+            if mover.actor_role != "system" {
+                bump(&mut day.moves, &mover.actor);
+            }
+            if mover.to_state == wellknown::AWAITING_INFORMATION {
+                for finding in &facts.findings {
+                    bump(&mut day.sent_back_for, finding);
                 }
-                if case_events[i + 1].to_state == wellknown::AWAITING_INFORMATION {
-                    for finding in &facts.findings {
-                        *sent_back_for.entry(finding.clone()).or_insert(0) += 1;
-                    }
-                    if visits[..=i].iter().any(|v| v.state == wellknown::AWAITING_INFORMATION) {
-                        let org = facts.organisation.clone().unwrap_or_else(|| "(not known)".into());
-                        *second_rounds.entry(org).or_insert(0) += 1;
-                    }
+                if visits[..=i].iter().any(|v| v.state == wellknown::AWAITING_INFORMATION) {
+                    bump(&mut day.second_rounds, organisation);
                 }
             }
         }
-        // Completed: the case entered a final state in the period.
-        let Some(end) = visits
+        // Completed: the case entered a final state.
+        let Some((end_index, end)) = visits
             .iter()
-            .find(|v| is_final(workflows, workflow_name, v.state) && period.contains(v.entered))
+            .enumerate()
+            .find(|(_, v)| is_final(workflows, workflow_name, v.state))
         else {
             continue;
         };
-        headline.completed += 1;
-        week_row(&mut weeks, end.entered, label).completed += 1;
-        let closer = case_events
-            .iter()
-            .find(|e| e.at == end.entered && e.to_state == end.state);
-        if let Some(closer) = closer.filter(|c| c.actor_role != "system")
-            && let Some(worker) = caseworkers.get_mut(&closer.actor)
-        {
-            worker.completed += 1;
+        let Some(day) = day_entry(&mut days, first, last, end.entered) else {
+            continue;
+        };
+        bump(&mut day.completed, label);
+        let closer = &case_events[end_index];
+        if closer.actor_role != "system" {
+            bump(&mut day.completions, &closer.actor);
         }
         if end.state == wellknown::PROVISIONED {
-            to_provisioned
+            day.to_provisioned
                 .entry(label.to_string())
                 .or_default()
-                .push(working_days(received_at, end.entered));
+                .add(minutes(received_at, end.entered));
         }
         let Some(workflow) = workflow else { continue };
-        let running: f64 = visits
+        let running: i64 = visits[..end_index]
             .iter()
-            .take_while(|v| v.entered < end.entered)
             .filter(|v| workflow.state(v.state).is_none_or(|s| s.sla_running))
-            .map(|v| working_days(v.entered, v.left.unwrap_or(end.entered)))
+            .map(|v| minutes(v.entered, v.left.unwrap_or(end.entered)))
             .sum();
-        let met = running <= f64::from(workflow.sla.target_working_days);
-        sla_days.entry(label.to_string()).or_default().push(running);
-        let tally = within.entry(label.to_string()).or_insert((0, 0));
-        tally.1 += 1;
-        let row = week_row(&mut weeks, end.entered, label);
-        row.with_sla += 1;
-        if met {
-            tally.0 += 1;
-            row.within_sla += 1;
+        day.sla_time.entry(label.to_string()).or_default().add(running);
+        bump(&mut day.with_sla, label);
+        if running <= i64::from(workflow.sla.target_working_days) * MINUTES_PER_DAY as i64 {
+            bump(&mut day.within_sla, label);
         } else {
-            headline.breached += 1;
-            *by_workflow.entry(workflow.title.clone()).or_insert(0) += 1;
-            let org = facts.organisation.clone().unwrap_or_else(|| "(not known)".into());
-            *by_org.entry(org).or_insert(0) += 1;
+            bump(&mut day.breaches_by_workflow, &workflow.title);
+            bump(&mut day.breaches_by_organisation, organisation);
             for finding in &facts.findings {
-                *by_finding.entry(finding.clone()).or_insert(0) += 1;
+                bump(&mut day.breaches_by_finding, finding);
             }
         }
     }
+    days
+}
 
-    let all_to_provisioned: Vec<f64> = to_provisioned.values().flatten().copied().collect();
-    headline.median_days_to_provisioned = Spread::of(all_to_provisioned).map(|s| s.median);
+/// The report for `period` from its days' facts (days missing had nothing happen), and the
+/// cases open now.
+pub fn assemble(
+    period: Period,
+    days: &BTreeMap<NaiveDate, DayFacts>,
+    open: &[OpenCase],
+    now: DateTime<Local>,
+    workflows: &WorkflowSet,
+    calendar: &WorkingCalendar,
+) -> Report {
+    let mut all = DayFacts::default();
+    let mut weeks: BTreeMap<(NaiveDate, String), WeekRow> = BTreeMap::new();
+    for (day, facts) in days.range(period.from..=period.to) {
+        all.merge(facts);
+        let week = monday_of(*day);
+        let labels: std::collections::BTreeSet<&String> = facts.received.keys().chain(facts.completed.keys()).collect();
+        for label in labels {
+            let count = |map: &BTreeMap<String, u32>| map.get(label).copied().unwrap_or(0) as usize;
+            let row = weeks.entry((week, label.clone())).or_insert_with(|| WeekRow {
+                week,
+                workflow: label.clone(),
+                received: 0,
+                completed: 0,
+                within_sla: 0,
+                with_sla: 0,
+            });
+            row.received += count(&facts.received);
+            row.completed += count(&facts.completed);
+            row.with_sla += count(&facts.with_sla);
+            row.within_sla += count(&facts.within_sla);
+        }
+    }
     let mut sla: Vec<SlaRow> = workflows
         .iter()
         .map(|def| {
-            let (met, of) = within.get(&def.name).copied().unwrap_or((0, 0));
+            let of = all.with_sla.get(&def.name).copied().unwrap_or(0) as usize;
+            let met = all.within_sla.get(&def.name).copied().unwrap_or(0) as usize;
             SlaRow {
                 workflow: def.name.clone(),
                 target_working_days: def.sla.target_working_days,
                 completed: of,
                 within: met,
                 percent_within: percent(met, of),
-                to_provisioned: Spread::of(to_provisioned.remove(&def.name).unwrap_or_default()),
-                sla_days: Spread::of(sla_days.remove(&def.name).unwrap_or_default()),
+                to_provisioned: all.to_provisioned.get(&def.name).and_then(Histogram::spread),
+                sla_days: all.sla_time.get(&def.name).and_then(Histogram::spread),
             }
         })
         .collect();
     sla.sort_by(|a, b| a.workflow.cmp(&b.workflow));
-    let (met, of) = within.values().fold((0, 0), |(m, o), (a, b)| (m + a, o + b));
-    headline.percent_within_sla = percent(met, of);
-    let mut state_times: Vec<StateTime> = state_days
-        .into_iter()
-        .filter_map(|(state, days)| Spread::of(days).map(|spread| StateTime { state, spread }))
+    let mut every_provisioning = Histogram::default();
+    for histogram in all.to_provisioned.values() {
+        every_provisioning.merge(histogram);
+    }
+    let (with_sla, within_sla) = (total(&all.with_sla), total(&all.within_sla));
+    let headline = Headline {
+        received: total(&all.received),
+        completed: total(&all.completed),
+        percent_within_sla: percent(within_sla, with_sla),
+        median_days_to_provisioned: every_provisioning.spread().map(|s| s.median),
+        breached: with_sla - within_sla,
+    };
+    let state_times: Vec<StateTime> = all
+        .state_time
+        .iter()
+        .filter_map(|(state, h)| {
+            h.spread().map(|spread| StateTime {
+                state: state.clone(),
+                spread,
+            })
+        })
         .collect();
-    state_times.sort_by(|a, b| a.state.cmp(&b.state));
 
-    let now = inputs.now.timestamp_millis();
+    let mut caseworkers: BTreeMap<String, Caseworker> = BTreeMap::new();
+    for (name, count) in &all.moves {
+        worker(&mut caseworkers, name).moves += *count as usize;
+    }
+    for (name, count) in &all.completions {
+        worker(&mut caseworkers, name).completed += *count as usize;
+    }
+    let today = now.date_naive();
     let mut backlog = vec![
         AgeBucket {
             label: "0–2 working days",
@@ -424,9 +583,8 @@ pub fn compute(period: Period, inputs: &Inputs<'_>, workflows: &WorkflowSet, cal
             count: 0,
         },
     ];
-    for case in inputs.open {
-        let age = calendar.working_days_between(local(case.created_at).date_naive(), local(now).date_naive());
-        let bucket = match age {
+    for case in open {
+        let bucket = match calendar.working_days_between(day_of(case.created_at), today) {
             ..=2 => 0,
             3..=5 => 1,
             6..=10 => 2,
@@ -434,15 +592,7 @@ pub fn compute(period: Period, inputs: &Inputs<'_>, workflows: &WorkflowSet, cal
         };
         backlog[bucket].count += 1;
         if let Some(name) = &case.assignee {
-            caseworkers
-                .entry(name.clone())
-                .or_insert_with(|| Caseworker {
-                    name: name.clone(),
-                    moves: 0,
-                    completed: 0,
-                    open: 0,
-                })
-                .open += 1;
+            worker(&mut caseworkers, name).open += 1;
         }
     }
     Report {
@@ -451,14 +601,20 @@ pub fn compute(period: Period, inputs: &Inputs<'_>, workflows: &WorkflowSet, cal
         weeks: weeks.into_values().collect(),
         sla,
         state_times,
-        breaches_by_workflow: tallies(by_workflow),
-        breaches_by_organisation: tallies(by_org),
-        breaches_by_finding: tallies(by_finding),
-        sent_back_for: tallies(sent_back_for),
-        second_rounds_by_organisation: tallies(second_rounds),
+        breaches_by_workflow: tallies(&all.breaches_by_workflow),
+        breaches_by_organisation: tallies(&all.breaches_by_organisation),
+        breaches_by_finding: tallies(&all.breaches_by_finding),
+        sent_back_for: tallies(&all.sent_back_for),
+        second_rounds_by_organisation: tallies(&all.second_rounds),
         backlog,
         caseworkers: caseworkers.into_values().collect(),
     }
+}
+
+/// Works out the report for `period` straight from its inputs (every case that moved in it).
+pub fn compute(period: Period, inputs: &Inputs<'_>, workflows: &WorkflowSet, calendar: &WorkingCalendar) -> Report {
+    let days = daily_facts(period.from, period.to, inputs, workflows, calendar);
+    assemble(period, &days, inputs.open, inputs.now, workflows, calendar)
 }
 
 #[cfg(test)]

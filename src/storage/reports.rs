@@ -146,3 +146,44 @@ mod tests {
         assert!(super::finding_codes("not json").is_empty());
     }
 }
+
+/// The kept facts of the days from `first` to `last` (`YYYY-MM-DD`, both included).
+pub async fn cached_report_days(
+    conn: &mut AnyConnection,
+    first: &str,
+    last: &str,
+) -> Result<Vec<(String, String)>, StorageError> {
+    let rows = sqlx::query("SELECT day, facts FROM report_days WHERE day >= $1 AND day <= $2 ORDER BY day")
+        .bind(first)
+        .bind(last)
+        .fetch_all(&mut *conn)
+        .await
+        .context("reading kept report days")?;
+    rows.iter()
+        .map(|row| Ok((row.try_get(0)?, row.try_get(1)?)))
+        .collect::<Result<_, sqlx::Error>>()
+        .context("decoding kept report days")
+}
+
+/// Keeps the facts of days that are over. A day kept already is left as it is (two instances
+/// working out the same day get the same facts).
+pub async fn keep_report_days(
+    conn: &mut AnyConnection,
+    days: &[(String, String)],
+    now: i64,
+) -> Result<(), StorageError> {
+    for chunk in days.chunks(IDS_PER_QUERY / 3) {
+        let sql = super::batch::multi_row_insert(
+            "INSERT INTO report_days (day, facts, computed_at) VALUES",
+            3,
+            chunk.len(),
+            " ON CONFLICT (day) DO NOTHING",
+        );
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for (day, facts) in chunk {
+            query = query.bind(day.as_str()).bind(facts.as_str()).bind(now);
+        }
+        query.execute(&mut *conn).await.context("keeping report days")?;
+    }
+    Ok(())
+}

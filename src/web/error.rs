@@ -58,7 +58,9 @@ impl From<EngineError> for WebError {
         match error {
             EngineError::CaseNotFound(_) => WebError::NotFound,
             EngineError::Conflict(_) | EngineError::Stale { .. } => WebError::Conflict(error.to_string()),
-            EngineError::NoSuchOriginal(_) | EngineError::DuplicateOfItself(_) => WebError::BadRequest(error.to_string()),
+            EngineError::NoSuchOriginal(_) | EngineError::DuplicateOfItself(_) => {
+                WebError::BadRequest(error.to_string())
+            }
             EngineError::Transition {
                 source: TransitionError::RoleNotAllowed { .. } | TransitionError::FourEyes { .. },
                 ..

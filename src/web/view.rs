@@ -63,7 +63,7 @@ mod tests {
         assert_eq!(sla_status(Some(1_000), false, now, at_risk_until), "at risk");
         assert_eq!(sla_status(Some(5_000), false, now, at_risk_until), "at risk");
         assert_eq!(sla_status(Some(5_001), false, now, at_risk_until), "on track");
-        assert_eq!(sla_status(None, now, at_risk_until), "on track");
+        assert_eq!(sla_status(None, false, now, at_risk_until), "on track");
     }
 
     #[test]

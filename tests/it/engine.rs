@@ -383,9 +383,19 @@ async fn choosing_a_form_type_for_an_unclassified_case_logs_it_and_starts_its_sl
     on_both_backends(|engine| async move {
         let reference = first_case(&engine, "mail/no_form.eml").await;
         assert!(case(&engine, &reference).await.workflow.is_none());
-        assert!(timers(&engine, &reference).await.iter().all(|t| !t.name.starts_with("sla_")));
+        assert!(
+            timers(&engine, &reference)
+                .await
+                .iter()
+                .all(|t| !t.name.starts_with("sla_"))
+        );
         let keyed = engine
-            .key_fields(&reference, Some("primary_user_gp"), &BTreeMap::new(), &caseworker("alice"))
+            .key_fields(
+                &reference,
+                Some("primary_user_gp"),
+                &BTreeMap::new(),
+                &caseworker("alice"),
+            )
             .await
             .unwrap();
         assert_eq!(keyed.workflow.as_deref(), Some("primary_user_gp"));

@@ -155,6 +155,22 @@ async fn the_reports_match_figures_worked_out_by_hand() {
         let backlog = csv(&mut manager, "backlog", period).await;
         assert!(backlog.contains(r#""0–2 working days","1""#), "{backlog}");
 
+        // The days that are over are kept, and a second reading of them gives the same figures.
+        let mut conn = engine.db().pool.acquire().await.unwrap();
+        let kept = countersign::storage::cached_report_days(&mut conn, "2026-11-16", "2026-12-06")
+            .await
+            .unwrap();
+        drop(conn);
+        assert_eq!(
+            kept.len(),
+            14,
+            "16 to 29 November are over; today and later are not kept"
+        );
+        assert_eq!(
+            csv(&mut manager, "sla", period).await,
+            sla,
+            "kept days add up to the same figures"
+        );
         // The period before: nothing received, nothing completed.
         let before = manager.get("/reports/weeks.csv?from=2026-10-26&to=2026-11-15").await;
         assert_eq!(before.body.lines().count(), 1, "only the header: {}", before.body);

@@ -117,6 +117,14 @@ impl App {
         let dispatcher =
             crate::outbox::Dispatcher::new(engine.clone(), settings.mailer.clone(), &settings.templates_dir)?;
         let scheduler = crate::scheduler::Scheduler::new(engine.clone(), settings.scheduler.clone())?;
+        let mut conn = engine.db().pool.acquire().await.context("connecting")?;
+        if crate::users::list(&mut conn).await?.is_empty() {
+            // A fresh installation: nobody can sign in until an admin exists.
+            println!(
+                "No staff accounts yet. Create the first admin, then open the link it prints to set a password:\n    countersign users add you@nhs.net --role admin"
+            );
+        }
+        drop(conn);
         let (stop_tx, stop_rx) = crate::ingest::shutdown_channel();
         tokio::spawn(async move {
             crate::ingest::shutdown_signal().await;

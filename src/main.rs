@@ -26,7 +26,7 @@ async fn run() -> std::process::ExitCode {
     match countersign::cli::run(cli).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(error) => {
-            eprintln!("error: {error:#}");
+            eprintln!("error: {}", countersign::cli::describe(&error));
             std::process::ExitCode::FAILURE
         }
     }

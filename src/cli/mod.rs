@@ -102,6 +102,35 @@ pub enum Command {
     },
 }
 
+/// A command whose output is piped into `head` stops quietly when the pipe closes, as other
+/// command-line tools do, rather than panicking in `println!`. Not for `serve`: there a closed
+/// socket must be an error to handle, never the end of the process.
+fn quiet_on_closed_pipe() {
+    #[cfg(unix)]
+    // SAFETY: restoring the default disposition of one signal, before any thread that
+    // could be writing to a pipe exists beyond the runtime's idle workers.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
+
+/// An error and its causes on one line, each said once: an error that already quotes its
+/// cause (`storage failed: disk full`) is not followed by the cause again.
+pub fn describe(error: &anyhow::Error) -> String {
+    let mut text = String::new();
+    for cause in error.chain() {
+        let said = cause.to_string();
+        if text.contains(&said) {
+            continue;
+        }
+        if !text.is_empty() {
+            text.push_str(": ");
+        }
+        text.push_str(&said);
+    }
+    text
+}
+
 fn parse_key_value(text: &str) -> Result<(String, String), String> {
     let (k, v) = text
         .split_once('=')
@@ -135,6 +164,9 @@ async fn build_engine(settings: &Settings) -> Result<Engine> {
 }
 
 pub async fn run(cli: Cli) -> Result<()> {
+    if !matches!(cli.command, Command::Serve { .. }) {
+        quiet_on_closed_pipe();
+    }
     let settings = Settings::load(cli.config.as_deref())?;
     tracing::debug!(?settings, "settings loaded");
     match cli.command {
@@ -160,4 +192,20 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Case { command } => cases::case_command(&settings, command).await?,
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[derive(Debug, thiserror::Error)]
+    #[error("storage failed: {0}")]
+    struct Quoting(#[source] std::io::Error);
+
+    #[test]
+    fn an_error_that_quotes_its_cause_is_said_once() {
+        let inner = std::io::Error::other("disk full");
+        let error = anyhow::Error::new(Quoting(inner)).context("ingesting mail");
+        assert_eq!(super::describe(&error), "ingesting mail: storage failed: disk full");
+        let plain = anyhow::anyhow!("no such case").context("showing CS-2026-000001");
+        assert_eq!(super::describe(&plain), "showing CS-2026-000001: no such case");
+    }
 }

@@ -2,7 +2,7 @@
 //! takes.
 
 use axum::Form;
-use axum::extract::{FromRequestParts, Path, State};
+use axum::extract::{FromRequestParts, Path, Query, State};
 use axum::http::request::Parts;
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use axum_csrf::CsrfToken;
@@ -90,9 +90,44 @@ fn csrf_value(token: &CsrfToken) -> Result<String, WebError> {
     token.authenticity_token().map_err(WebError::internal)
 }
 
-pub async fn sign_in_page(State(state): State<AppState>, token: CsrfToken) -> Result<Response, WebError> {
+/// Where sign-in goes on to, and what the page says first.
+#[derive(serde::Deserialize, Default)]
+pub struct SignInQuery {
+    /// The page the visitor asked for before signing in.
+    #[serde(default)]
+    next: String,
+    /// `password`: they have just set their password.
+    #[serde(default)]
+    done: String,
+}
+
+/// `next` when it is a page of this app (a path, never another site), else None.
+pub fn local_path(next: &str) -> Option<&str> {
+    let ok =
+        next.starts_with('/') && !next.starts_with("//") && !next.starts_with("/\\") && !next.contains(['\r', '\n']);
+    ok.then_some(next)
+}
+
+/// The sign-in page's context: the CSRF token, where to go on to, and, on a fresh
+/// installation with no staff accounts, how to create the first admin.
+async fn sign_in_context(state: &AppState, token: &CsrfToken, next: &str) -> Result<tera::Context, WebError> {
     let mut context = tera::Context::new();
-    context.insert("csrf", &csrf_value(&token)?);
+    context.insert("csrf", &csrf_value(token)?);
+    context.insert("next", local_path(next).unwrap_or(""));
+    let mut conn = state.engine.db().pool.acquire().await?;
+    context.insert("first_run", &users::list(&mut conn).await?.is_empty());
+    Ok(context)
+}
+
+pub async fn sign_in_page(
+    State(state): State<AppState>,
+    token: CsrfToken,
+    Query(query): Query<SignInQuery>,
+) -> Result<Response, WebError> {
+    let mut context = sign_in_context(&state, &token, &query.next).await?;
+    if query.done == "password" {
+        context.insert("success", "Your password is set. Sign in with it.");
+    }
     Ok((token, render(&state, "sign_in.html.tera", &context)?).into_response())
 }
 
@@ -101,6 +136,8 @@ pub struct SignInForm {
     csrf: String,
     email: String,
     password: String,
+    #[serde(default)]
+    next: String,
 }
 
 /// The network address a request came from, for throttling sign-in by client. Requests that
@@ -139,10 +176,18 @@ pub async fn sign_in(
                 .secure(state.secure_cookies)
                 .same_site(SameSite::Lax)
                 .build();
-            return Ok((jar.add(cookie), Redirect::to("/")).into_response());
+            // Back to the page asked for; else managers start on their dashboard.
+            let landing = match local_path(&form.next) {
+                Some(next) => next.to_string(),
+                None if user.role.is_among(&[crate::workflow::ActorRole::Manager]) => "/reports".to_string(),
+                None => "/".to_string(),
+            };
+            return Ok((jar.add(cookie), Redirect::to(&landing)).into_response());
         }
         Err(refusal) => refusal,
     };
+    // One pooled connection at a time per request: the page below takes its own.
+    drop(conn);
     let message = match refusal {
         SignInRefusal::WrongCredentials => "That email address and password do not match an account.".to_string(),
         SignInRefusal::TooSoon { until } => {
@@ -161,8 +206,7 @@ pub async fn sign_in(
             )
         }
     };
-    let mut context = tera::Context::new();
-    context.insert("csrf", &csrf_value(&token)?);
+    let mut context = sign_in_context(&state, &token, &form.next).await?;
     context.insert("error", &message);
     context.insert("email", &form.email);
     Ok((
@@ -229,7 +273,7 @@ pub async fn set_password(
         Some("The two passwords do not match.".to_string())
     } else {
         match users::set_password_with_token(&mut conn, &link, &form.password, state.engine.now_ms()).await {
-            Ok(_) => return Ok(Redirect::to("/sign-in").into_response()),
+            Ok(_) => return Ok(Redirect::to("/sign-in?done=password").into_response()),
             Err(users::UserError::WeakPassword(why)) => Some(why),
             Err(other) => return Err(other.into()),
         }

@@ -47,6 +47,48 @@ impl WebError {
         }
     }
 
+    /// The page's heading, in plain words (never a bare "Conflict" or "Bad Request").
+    fn heading(&self) -> &'static str {
+        match self {
+            WebError::SignInRequired => "Sign in first",
+            WebError::Forbidden(_) => "You cannot do that",
+            WebError::NotFound => "Page not found",
+            WebError::Conflict(_) => "Someone else changed this first",
+            WebError::BadRequest(_) => "There is a problem",
+            WebError::Internal(_) => "Sorry, something went wrong",
+        }
+    }
+
+    /// The error as a page in the app's layout, its message in the NHS error-summary pattern.
+    /// Written here rather than with the templates: it must render even when they cannot.
+    fn page(&self) -> String {
+        let escape = |text: &str| {
+            text.replace('&', "&amp;")
+                .replace('<', "&lt;")
+                .replace('>', "&gt;")
+                .replace('"', "&quot;")
+        };
+        let message = match self {
+            WebError::NotFound => {
+                "There is no page at this address. Check it, or find the case from the queue.".to_string()
+            }
+            WebError::Conflict(why) => format!("{why} Reload the page to see the case as it is now, then try again."),
+            other => other.to_string(),
+        };
+        let heading = self.heading();
+        format!(
+            "<!doctype html><html lang=\"en-GB\"><head><meta charset=\"utf-8\">\
+             <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
+             <title>{heading} – Countersign</title><link rel=\"stylesheet\" href=\"/static/app.css\"></head>\
+             <body><a class=\"skip-link\" href=\"#main\">Skip to main content</a>\
+             <header class=\"site\"><a href=\"/\">Countersign</a></header>\
+             <main class=\"page\" id=\"main\"><h1>{heading}</h1>\
+             <div class=\"error-summary\" role=\"alert\"><p>{}</p></div>\
+             <p><a href=\"/\">Back to the queue</a></p></main></body></html>",
+            escape(&message)
+        )
+    }
+
     pub fn internal(error: impl std::fmt::Display) -> Self {
         tracing::error!(error = %error, "request failed");
         WebError::Internal(error.to_string())
@@ -105,15 +147,7 @@ impl IntoResponse for WebError {
         if matches!(self, WebError::SignInRequired) {
             return Redirect::to("/sign-in").into_response();
         }
-        let message = self.to_string();
-        let escaped = message.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;");
-        let page = format!(
-            "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>Countersign</title>\
-             <link rel=\"stylesheet\" href=\"/static/app.css\"></head><body><main class=\"page\">\
-             <h1>{}</h1><p class=\"error-message\" role=\"alert\">{escaped}</p><p><a href=\"/\">Back to the queue</a></p></main></body></html>",
-            self.status().canonical_reason().unwrap_or("Error")
-        );
-        (self.status(), Html(page)).into_response()
+        (self.status(), Html(self.page())).into_response()
     }
 }
 

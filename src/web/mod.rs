@@ -210,6 +210,12 @@ async fn enforce(state: AppState, access: Access, request: Request, next: Next) 
     let (mut parts, body) = request.into_parts();
     let user = match auth::CurrentUser::from_request_parts(&mut parts, &state).await {
         Ok(user) => user,
+        // A page asked for while signed out is where sign-in goes on to.
+        Err(WebError::SignInRequired) if !api && parts.method == axum::http::Method::GET => {
+            let asked = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+            let next: String = url::form_urlencoded::byte_serialize(asked.as_bytes()).collect();
+            return axum::response::Redirect::to(&format!("/sign-in?next={next}")).into_response();
+        }
         Err(error) => return refuse(error),
     };
     let needed: &[ActorRole] = match access {
@@ -224,6 +230,15 @@ async fn enforce(state: AppState, access: Access, request: Request, next: Next) 
     }
     parts.extensions.insert(user);
     next.run(Request::from_parts(parts, body)).await
+}
+
+/// Any address no route answers: a page in the app's layout (JSON under `/api/`).
+async fn not_found(uri: axum::http::Uri) -> Response {
+    if uri.path().starts_with("/api/") {
+        error::ApiError(WebError::NotFound).into_response()
+    } else {
+        WebError::NotFound.into_response()
+    }
 }
 
 /// The whole app, from [`routes`].
@@ -245,6 +260,7 @@ pub fn router(state: AppState) -> Router {
         router = router.route(route.path, handler);
     }
     router
+        .fallback(not_found)
         .layer(axum::middleware::from_fn_with_state(state.clone(), security_headers))
         .with_state(state)
 }

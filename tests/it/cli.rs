@@ -100,6 +100,24 @@ async fn ingest_list_show_and_transition_from_the_command_line() {
         assert!(shown.contains("created") && shown.contains("-> received"), "{shown}");
         assert!(shown.contains("acknowledgement"), "{shown}");
 
+        // Piped into a reader that stops early (as `| head -1` does), it stops quietly.
+        let mut piped = Command::new(env!("CARGO_BIN_EXE_countersign"))
+            .args(["case", "show", first[0]])
+            .current_dir(dir.path())
+            .env("COUNTERSIGN_DATA_DIR", dir.path())
+            .env("COUNTERSIGN_DATABASE_URL", &database.url)
+            .env("COUNTERSIGN_WORKFLOWS_DIR", root().join("workflows"))
+            .env("COUNTERSIGN_TEMPLATES_DIR", root().join("templates"))
+            .env_remove("COUNTERSIGN_CONFIG")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        drop(piped.stdout.take());
+        let closed = piped.wait_with_output().unwrap();
+        let said = String::from_utf8_lossy(&closed.stderr);
+        assert!(!said.contains("panicked"), "a closed pipe is no panic: {said}");
+
         // `--as` names a real staff account, and acts with that account's role.
         let stranger = countersign(
             dir.path(),
@@ -107,7 +125,14 @@ async fn ingest_list_show_and_transition_from_the_command_line() {
             &["case", "transition", first[0], "authorised", "--as", "nobody@nhs.net"],
         );
         assert!(!stranger.status.success());
-        assert!(String::from_utf8_lossy(&stranger.stderr).contains("no staff account"));
+        let said = String::from_utf8_lossy(&stranger.stderr);
+        assert!(said.contains("no staff account"), "{said}");
+        assert_eq!(said.lines().filter(|l| l.starts_with("error:")).count(), 1, "{said}");
+        let first_line = said.lines().find(|l| l.starts_with("error:")).unwrap();
+        let words: Vec<&str> = first_line.split(": ").collect();
+        let mut unique = words.clone();
+        unique.dedup();
+        assert_eq!(words, unique, "no cause said twice: {first_line}");
         stdout(&countersign(
             dir.path(),
             &database.url,
@@ -284,6 +309,10 @@ fn serve_stops_cleanly_on_sigterm() {
         assert!(reader.read_line(&mut line).unwrap() > 0, "serve stopped early: {seen}");
         seen.push_str(&line);
     }
+    assert!(
+        seen.contains("No staff accounts yet") && seen.contains("countersign users add"),
+        "a fresh installation says how to create the first admin: {seen}"
+    );
     let status = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status()

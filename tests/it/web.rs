@@ -145,7 +145,12 @@ impl Browser {
                 ],
             )
             .await;
-        assert_eq!(done.location.as_deref(), Some("/sign-in"), "{}", done.body);
+        assert_eq!(
+            done.location.as_deref(),
+            Some("/sign-in?done=password"),
+            "{}",
+            done.body
+        );
         let page = self.get("/sign-in").await;
         let csrf = page.csrf();
         let signed_in = self
@@ -154,7 +159,13 @@ impl Browser {
                 &[("csrf", &csrf), ("email", email), ("password", "river otter lantern")],
             )
             .await;
-        assert_eq!(signed_in.location.as_deref(), Some("/"), "{}", signed_in.body);
+        // Managers (and admins) start on their dashboard, everyone else on the queue.
+        let landing = if role.is_among(&[ActorRole::Manager]) {
+            "/reports"
+        } else {
+            "/"
+        };
+        assert_eq!(signed_in.location.as_deref(), Some(landing), "{}", signed_in.body);
     }
 
     /// Fills in and sends the sign-in form, as a person would.
@@ -186,7 +197,11 @@ async fn every_route_needs_sign_in_and_the_right_role() {
             } else {
                 anonymous.post(&path, &[]).await
             };
-            let sent_to_sign_in = page.location.as_deref() == Some("/sign-in") && page.status.is_redirection();
+            let sent_to_sign_in = page
+                .location
+                .as_deref()
+                .is_some_and(|to| to == "/sign-in" || to.starts_with("/sign-in?next="))
+                && page.status.is_redirection();
             if *access == Access::Public {
                 assert!(!sent_to_sign_in, "{method} {path} should be open");
             } else if path.starts_with("/api/") {
@@ -270,14 +285,84 @@ async fn set_password_links_work_once_and_refuse_weak_passwords() {
                 ],
             )
             .await;
-        assert_eq!(ok.location.as_deref(), Some("/sign-in"));
+        assert_eq!(ok.location.as_deref(), Some("/sign-in?done=password"));
+        let confirmed = browser.get("/sign-in?done=password").await;
+        assert!(
+            confirmed.body.contains("Your password is set"),
+            "a confirmation, not silence"
+        );
         let again = browser.get(&format!("/set-password/{token}")).await;
         assert_eq!(again.status, StatusCode::BAD_REQUEST);
+        assert!(
+            again.body.contains(r#"<header class="site">"#) && again.body.contains("<h1>There is a problem</h1>"),
+            "an error is a page in the app's layout, not a bare Bad Request: {}",
+            again.body
+        );
         assert!(
             again.body.contains("expired or has already been used"),
             "{}",
             again.body
         );
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn signing_in_from_a_link_lands_on_it_and_unknown_pages_and_first_runs_are_explained() {
+    on_both_backends(|engine| async move {
+        engine.intake(&fixture("mail/gp_form.eml"), "test").await.unwrap();
+        let mut browser = Browser::new(&engine).await;
+        // No staff accounts yet: the sign-in page says how to create the first admin.
+        let first = browser.get("/sign-in").await;
+        assert!(
+            first.body.contains("countersign users add you@nhs.net --role admin"),
+            "{}",
+            first.body
+        );
+        // A link to a case, followed while signed out, comes back to the case after sign-in.
+        let asked = browser.get("/cases/CS-2026-000001?tab=pdf").await;
+        let to = asked.location.clone().unwrap();
+        assert_eq!(to, "/sign-in?next=%2Fcases%2FCS-2026-000001%3Ftab%3Dpdf");
+        let page = browser.get(&to).await;
+        // (Tera escapes `/` in attributes as `&#x2F;`.)
+        assert!(
+            page.body
+                .contains(r#"name="next" value="&#x2F;cases&#x2F;CS-2026-000001?tab=pdf""#),
+            "{}",
+            page.body
+        );
+        let mut conn = engine.db().pool.acquire().await.unwrap();
+        let (_, token) = countersign::users::add(&mut conn, "cw@nhs.net", "cw", ActorRole::Caseworker, engine.now_ms())
+            .await
+            .unwrap();
+        countersign::users::set_password_with_token(&mut conn, &token, "river otter lantern", engine.now_ms())
+            .await
+            .unwrap();
+        drop(conn);
+        let csrf = browser.get("/sign-in").await.csrf();
+        let signed_in = browser
+            .post(
+                "/sign-in",
+                &[
+                    ("csrf", &csrf),
+                    ("email", "cw@nhs.net"),
+                    ("password", "river otter lantern"),
+                    ("next", "/cases/CS-2026-000001?tab=pdf"),
+                ],
+            )
+            .await;
+        assert_eq!(signed_in.location.as_deref(), Some("/cases/CS-2026-000001?tab=pdf"));
+        // Only this app's own pages: never another site.
+        for elsewhere in ["//evil.example/", "https://evil.example/", "/\\evil.example"] {
+            assert_eq!(countersign::web::auth::local_path(elsewhere), None, "{elsewhere}");
+        }
+        // An unknown address is a page in the app's layout; under the API, JSON.
+        let missing = browser.get("/no/such/page").await;
+        assert_eq!(missing.status, StatusCode::NOT_FOUND);
+        assert!(missing.body.contains("<h1>Page not found</h1>") && missing.body.contains(r#"<header class="site">"#));
+        let api = browser.get("/api/no-such-thing").await;
+        assert_eq!(api.status, StatusCode::NOT_FOUND);
+        assert!(api.body.contains("not_found"), "{}", api.body);
     })
     .await;
 }

@@ -80,11 +80,18 @@ pub fn plan_move(
     let plan = step.plan;
     let now = when.ms();
     // Only the values the transition declares (`records` in the workflow file) are kept.
+    // ...as the workflow declares them kept (trimmed; identifiers in capitals).
     let given: Vec<(String, String)> = step
         .recorded
         .iter()
         .filter(|(name, _)| plan.transition.records.contains(name))
-        .cloned()
+        .map(|(name, value)| {
+            let kept = workflow
+                .recorded_def(name)
+                .check(value)
+                .unwrap_or_else(|| value.clone());
+            (name.clone(), kept)
+        })
         .collect();
     let mut recorded = case.recorded.clone();
     recorded.extend(given.iter().cloned());

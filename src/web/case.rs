@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 
 use axum::Form;
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum_csrf::CsrfToken;
@@ -45,7 +45,25 @@ struct ActionView {
     to: String,
     label: String,
     reason_required: bool,
-    records: Vec<String>,
+    records: Vec<RecordView>,
+}
+
+/// A value an action records, as its form asks for it.
+#[derive(Debug, serde::Serialize)]
+struct RecordView {
+    name: String,
+    label: String,
+    hint: String,
+    max_length: usize,
+}
+
+/// What the case page says first: the outcome of what the caseworker just did.
+#[derive(serde::Deserialize, Default)]
+pub struct CaseQuery {
+    /// `moved`, `note`, `claimed`, `assigned` or `keyed`: a fixed set, so a link can never put
+    /// words of its own on the page.
+    #[serde(default)]
+    done: String,
 }
 
 pub async fn case_page(
@@ -53,7 +71,47 @@ pub async fn case_page(
     user: CurrentUser,
     token: CsrfToken,
     Path(reference): Path<String>,
+    Query(query): Query<CaseQuery>,
 ) -> Result<Response, WebError> {
+    show_case(&state, &user, token, &reference, Outcome::Done(query.done)).await
+}
+
+/// What the page reports above the case.
+enum Outcome {
+    /// What was done, as a [`CaseQuery::done`] word (or nothing).
+    Done(String),
+    /// An action that was refused, with why: shown in an error summary on the page itself.
+    Refused(WebError),
+}
+
+/// Acts on a case, then shows it: with a confirmation when it worked, or the case page with
+/// the refusal in its error summary when the engine said no (never a bare error page).
+async fn act_then_show(
+    state: &AppState,
+    user: &CurrentUser,
+    token: CsrfToken,
+    reference: &str,
+    done: &str,
+    result: Result<(), WebError>,
+) -> Result<Response, WebError> {
+    match result {
+        Ok(()) => Ok(Redirect::to(&format!("/cases/{reference}?done={done}")).into_response()),
+        Err(error @ (WebError::BadRequest(_) | WebError::Conflict(_) | WebError::Forbidden(_))) => {
+            show_case(state, user, token, reference, Outcome::Refused(error)).await
+        }
+        Err(other) => Err(other),
+    }
+}
+
+async fn show_case(
+    state: &AppState,
+    user: &CurrentUser,
+    token: CsrfToken,
+    reference: &str,
+    outcome: Outcome,
+) -> Result<Response, WebError> {
+    let state = state.clone();
+    let reference = reference.to_string();
     // One connection for the whole page (see `load_queue`).
     let mut conn = state.engine.db().pool.acquire().await?;
     let file = storage::case_file(&mut conn, &reference)
@@ -77,11 +135,31 @@ pub async fn case_page(
         .next()
         .map(|r| r.reference);
     drop(conn);
-    let mut context = base_context(&user, &token)?;
+    let mut context = base_context(user, &token)?;
+    let state_label = file.case.state.replace('_', " ");
     case_context(&state, file, user.0.role, &mut context);
     context.insert("staff", &staff);
     context.insert("next_case", &next_case);
-    Ok((token, render(&state, "case.html.tera", &context)?).into_response())
+    let status = match outcome {
+        Outcome::Done(done) => {
+            let said = match done.as_str() {
+                "moved" => Some(format!("Done: the case is now {state_label}.")),
+                "note" => Some("Your note is added.".to_string()),
+                "claimed" => Some("The case is yours.".to_string()),
+                "assigned" => Some("The case's assignee is changed.".to_string()),
+                "keyed" => Some("The fields are saved and the checks ran again.".to_string()),
+                _ => None,
+            };
+            context.insert("success", &said);
+            axum::http::StatusCode::OK
+        }
+        Outcome::Refused(error) => {
+            context.insert("problem", &error.to_string());
+            context.insert("problem_heading", error.heading());
+            error.status()
+        }
+    };
+    Ok((status, token, render(&state, "case.html.tera", &context)?).into_response())
 }
 
 /// The case page's template context, from its case file.
@@ -156,7 +234,7 @@ fn case_context(state: &AppState, file: storage::CaseFile, role: ActorRole, cont
     context.insert("auth", &auth);
     context.insert("body", &body);
     context.insert("attachments", &attachments);
-    context.insert("timeline", &timeline(events, mail, timers));
+    context.insert("timeline", &timeline(events, mail, timers, workflow));
     context.insert("notes", &notes);
     // Mail that named a case but was not allowed to change it is a case of its own: each page
     // links to the other, so the caseworker sees both.
@@ -179,6 +257,16 @@ fn case_context(state: &AppState, file: storage::CaseFile, role: ActorRole, cont
             ),
         },
     );
+    // What was recorded (the Open Exeter user ID at provisioning), under its declared label.
+    let recorded_values: Vec<(String, &String)> = case
+        .recorded
+        .iter()
+        .map(|(name, value)| {
+            let label = workflow.map_or_else(|| name.replace('_', " "), |w| w.recorded_def(name).label);
+            (label, value)
+        })
+        .collect();
+    context.insert("recorded_values", &recorded_values);
     context.insert("has_pdf", &case.form_attachment_id.is_some());
     // A form with no fields (or no workflow yet) is keyed by hand beside the PDF.
     let needs_keying = case
@@ -241,10 +329,45 @@ fn key_field_views(
 }
 
 /// Events, mail and timers, in time order.
+/// What an event changed, for the timeline: a keyed field's name with its old and new value,
+/// the values a transition recorded.
+fn event_detail(event: &storage::CaseEvent, workflow: Option<&crate::workflow::WorkflowDef>) -> String {
+    let Some(data) = event
+        .data
+        .as_deref()
+        .and_then(|d| serde_json::from_str::<serde_json::Value>(d).ok())
+    else {
+        return String::new();
+    };
+    let label = |name: &str| {
+        workflow
+            .and_then(|w| w.field(name))
+            .map(|f| f.label.clone())
+            .unwrap_or_else(|| name.replace('_', " "))
+    };
+    let quoted = |value: &serde_json::Value| match value.as_str() {
+        Some(text) => format!("“{text}”"),
+        None => "(empty)".to_string(),
+    };
+    if event.kind == "field_keyed" {
+        let field = data["field"].as_str().unwrap_or("a field");
+        return format!("{}: {} → {}", label(field), quoted(&data["old"]), quoted(&data["new"]));
+    }
+    match data.as_object() {
+        Some(values) if event.kind == "transition" => values
+            .iter()
+            .map(|(name, value)| format!("{}: {}", label(name), quoted(value)))
+            .collect::<Vec<_>>()
+            .join("; "),
+        _ => String::new(),
+    }
+}
+
 fn timeline(
     events: Vec<storage::CaseEvent>,
     mail: Vec<storage::OutboxRecord>,
     timers: Vec<storage::TimerRecord>,
+    workflow: Option<&crate::workflow::WorkflowDef>,
 ) -> Vec<TimelineEntry> {
     let mut timeline: Vec<TimelineEntry> = events
         .into_iter()
@@ -254,13 +377,18 @@ fn timeline(
                 (None, Some(t)) => format!("→ {t}"),
                 _ => String::new(),
             };
+            let detail = event_detail(&e, workflow);
             TimelineEntry {
                 at: e.at,
                 when: when(Some(e.at)),
                 // A transition shows its own name ("hold for review"), other events their kind.
                 kind: e.transition.as_deref().unwrap_or(&e.kind).replace('_', " "),
+                text: [change, detail, e.reason.unwrap_or_default()]
+                    .into_iter()
+                    .filter(|part| !part.is_empty())
+                    .collect::<Vec<_>>()
+                    .join(" · "),
                 who: e.actor,
-                text: [change, e.reason.unwrap_or_default()].join(" ").trim().to_string(),
             }
         })
         .collect();
@@ -301,7 +429,19 @@ fn actions(
                 to: t.to.clone(),
                 label: t.label.clone(),
                 reason_required: t.reason_required,
-                records: t.records.clone(),
+                records: t
+                    .records
+                    .iter()
+                    .map(|name| {
+                        let def = workflow.recorded_def(name);
+                        RecordView {
+                            name: name.clone(),
+                            label: def.label,
+                            hint: def.hint,
+                            max_length: def.max_length,
+                        }
+                    })
+                    .collect(),
             })
             .collect(),
         None if case.state == unclassified::STATE && role.is_among(unclassified::BY) => unclassified::EXITS
@@ -404,8 +544,16 @@ pub async fn transition(
         recorded,
         expected_version: Some(version),
     };
-    state.engine.transition(&reference, &request, &user.actor()).await?;
-    Ok(Redirect::to(&format!("/cases/{reference}")).into_response())
+    let result = state.engine.transition(&reference, &request, &user.actor()).await;
+    act_then_show(
+        &state,
+        &user,
+        token,
+        &reference,
+        "moved",
+        result.map(drop).map_err(WebError::from),
+    )
+    .await
 }
 
 pub async fn claim(
@@ -416,8 +564,8 @@ pub async fn claim(
     Form(form): Form<CsrfForm>,
 ) -> Result<Response, WebError> {
     check_csrf(&token, &form.csrf)?;
-    assign_case(&state, &user, &reference, Some(&user.0)).await?;
-    Ok(Redirect::to(&format!("/cases/{reference}")).into_response())
+    let result = assign_case(&state, &user, &reference, Some(&user.0)).await;
+    act_then_show(&state, &user, token, &reference, "claimed", result).await
 }
 
 #[derive(serde::Deserialize)]
@@ -443,7 +591,7 @@ pub async fn add_note(
         .ok_or(WebError::NotFound)?;
     storage::add_note(&mut tx, case.id, &user.0.email, form.body.trim(), state.engine.now_ms()).await?;
     tx.commit().await?;
-    Ok(Redirect::to(&format!("/cases/{reference}#notes")).into_response())
+    Ok(Redirect::to(&format!("/cases/{reference}?done=note#notes")).into_response())
 }
 
 /// Keys the fields of a printed, flattened or scanned form (or puts an unclassified case in a
@@ -471,14 +619,17 @@ pub async fn key_fields(
         })
         .filter(|(_, v)| !v.is_empty())
         .collect();
-    if fields.is_empty() && workflow.is_none() {
-        return Err(WebError::BadRequest("Key at least one field.".into()));
-    }
-    state
-        .engine
-        .key_fields(&reference, workflow.as_deref(), &fields, &user.actor())
-        .await?;
-    Ok(Redirect::to(&format!("/cases/{reference}")).into_response())
+    let result = if fields.is_empty() && workflow.is_none() {
+        Err(WebError::BadRequest("Key at least one field.".into()))
+    } else {
+        state
+            .engine
+            .key_fields(&reference, workflow.as_deref(), &fields, &user.actor())
+            .await
+            .map(drop)
+            .map_err(WebError::from)
+    };
+    act_then_show(&state, &user, token, &reference, "keyed", result).await
 }
 
 #[derive(serde::Deserialize)]
@@ -515,8 +666,15 @@ pub async fn assign(
         let found = crate::users::find_by_email(&mut conn, &form.assignee)
             .await?
             .filter(|u| !u.disabled);
-        Some(found.ok_or_else(|| WebError::BadRequest(format!("No active user {}", form.assignee)))?)
+        drop(conn);
+        match found {
+            Some(user) => Some(user),
+            None => {
+                let problem = WebError::BadRequest(format!("There is no active member of staff {}.", form.assignee));
+                return act_then_show(&state, &user, token, &reference, "assigned", Err(problem)).await;
+            }
+        }
     };
-    assign_case(&state, &user, &reference, assignee.as_ref()).await?;
-    Ok(Redirect::to(&format!("/cases/{reference}")).into_response())
+    let result = assign_case(&state, &user, &reference, assignee.as_ref()).await;
+    act_then_show(&state, &user, token, &reference, "assigned", result).await
 }

@@ -25,7 +25,7 @@ pub enum WebError {
 }
 
 impl WebError {
-    fn status(&self) -> StatusCode {
+    pub(crate) fn status(&self) -> StatusCode {
         match self {
             WebError::SignInRequired => StatusCode::UNAUTHORIZED,
             WebError::Forbidden(_) => StatusCode::FORBIDDEN,
@@ -48,7 +48,7 @@ impl WebError {
     }
 
     /// The page's heading, in plain words (never a bare "Conflict" or "Bad Request").
-    fn heading(&self) -> &'static str {
+    pub(crate) fn heading(&self) -> &'static str {
         match self {
             WebError::SignInRequired => "Sign in first",
             WebError::Forbidden(_) => "You cannot do that",
@@ -107,6 +107,14 @@ impl From<EngineError> for WebError {
                 source: TransitionError::RoleNotAllowed { .. } | TransitionError::FourEyes { .. },
                 ..
             } => WebError::Forbidden(error.to_string()),
+            // What the form was missing, or got wrong: the caseworker puts it right.
+            EngineError::Transition {
+                source:
+                    TransitionError::ReasonRequired { .. }
+                    | TransitionError::MissingRecordedValue { .. }
+                    | TransitionError::RecordedValueInvalid { .. },
+                ..
+            } => WebError::BadRequest(error.to_string()),
             EngineError::Transition { .. } | EngineError::Unclassified { .. } | EngineError::NotKeyable { .. } => {
                 WebError::Conflict(error.to_string())
             }

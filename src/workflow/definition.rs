@@ -269,6 +269,82 @@ pub struct Replies {
     pub replace_form_in: Vec<String>,
 }
 
+/// The characters a recorded value may have.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RecordedCharacters {
+    /// Any printable text.
+    #[default]
+    Printable,
+    /// Letters and digits only.
+    Alphanumeric,
+    /// Digits only.
+    Digits,
+}
+
+/// A value a transition records (the Open Exeter user ID given at provisioning): what the
+/// form calls it, the hint beside it, and the format it must have.
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RecordedDef {
+    pub label: String,
+    #[serde(default)]
+    pub hint: String,
+    #[serde(default = "one")]
+    pub min_length: usize,
+    #[serde(default = "two_hundred")]
+    pub max_length: usize,
+    #[serde(default)]
+    pub characters: RecordedCharacters,
+    /// Stored in capitals (identifiers that are shown in capitals).
+    #[serde(default)]
+    pub uppercase: bool,
+}
+
+fn one() -> usize {
+    1
+}
+
+fn two_hundred() -> usize {
+    200
+}
+
+impl RecordedDef {
+    /// A value with no declaration: any printable text, named after itself.
+    pub fn undeclared(name: &str) -> RecordedDef {
+        let mut label = name.replace('_', " ");
+        if let Some(first) = label.get_mut(0..1) {
+            first.make_ascii_uppercase();
+        }
+        RecordedDef {
+            label,
+            hint: String::new(),
+            min_length: 1,
+            max_length: 200,
+            characters: RecordedCharacters::Printable,
+            uppercase: false,
+        }
+    }
+
+    /// The value as it is kept (trimmed, in capitals if declared so), or None when it does
+    /// not have the declared format.
+    pub fn check(&self, value: &str) -> Option<String> {
+        let value = value.trim();
+        let value = if self.uppercase {
+            value.to_uppercase()
+        } else {
+            value.to_string()
+        };
+        let length = value.chars().count();
+        let characters_ok = match self.characters {
+            RecordedCharacters::Printable => value.chars().all(|c| !c.is_control()),
+            RecordedCharacters::Alphanumeric => value.chars().all(|c| c.is_ascii_alphanumeric()),
+            RecordedCharacters::Digits => value.chars().all(|c| c.is_ascii_digit()),
+        };
+        (characters_ok && (self.min_length..=self.max_length).contains(&length)).then_some(value)
+    }
+}
+
 /// One workflow, as written in its file.
 #[derive(Debug, Clone, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
@@ -291,12 +367,23 @@ pub struct WorkflowDef {
     /// What mail in reply to a case may do to it.
     #[serde(default)]
     pub replies: Replies,
+    /// How each value a transition records (`records`) is asked for and checked, by name.
+    #[serde(default)]
+    pub recorded: std::collections::BTreeMap<String, RecordedDef>,
     /// Where the file came from, for error messages.
     #[serde(skip)]
     pub source: PathBuf,
 }
 
 impl WorkflowDef {
+    /// How the recorded value `name` is asked for and checked.
+    pub fn recorded_def(&self, name: &str) -> RecordedDef {
+        self.recorded
+            .get(name)
+            .cloned()
+            .unwrap_or_else(|| RecordedDef::undeclared(name))
+    }
+
     pub fn field(&self, name: &str) -> Option<&FieldDef> {
         self.fields.iter().find(|f| f.name == name)
     }
@@ -585,6 +672,20 @@ impl WorkflowDef {
                 "must not exceed sla.target_working_days".into(),
             ));
         }
+        for (name, def) in &self.recorded {
+            if def.min_length == 0 || def.min_length > def.max_length {
+                return Err(invalid(
+                    &format!("recorded.{name}"),
+                    "needs 1 <= min_length <= max_length".into(),
+                ));
+            }
+            if !self.transitions.iter().any(|t| t.records.contains(name)) {
+                return Err(invalid(
+                    &format!("recorded.{name}"),
+                    "no transition records it (`records`)".into(),
+                ));
+            }
+        }
         Ok(())
     }
 }
@@ -694,6 +795,28 @@ pub fn email_template_names(dir: &Path) -> Result<BTreeSet<String>, DefinitionEr
                 .map(str::to_string)
         })
         .collect())
+}
+
+#[cfg(test)]
+mod recorded_tests {
+    use super::*;
+
+    #[test]
+    fn a_recorded_value_is_checked_against_its_declared_format() {
+        let def = crate::workflow::shipped()
+            .get("primary_user_gp")
+            .unwrap()
+            .recorded_def("open_exeter_user_id");
+        assert_eq!(def.label, "Open Exeter user ID");
+        assert_eq!(def.check("  oe123456 ").as_deref(), Some("OE123456"));
+        for wrong in ["hello world", "", "OE1", "OE12345678901234567890", "OE-123456"] {
+            assert_eq!(def.check(wrong), None, "{wrong:?}");
+        }
+        assert_eq!(
+            RecordedDef::undeclared("open_exeter_user_id").label,
+            "Open exeter user id"
+        );
+    }
 }
 
 #[cfg(test)]

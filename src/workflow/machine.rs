@@ -22,6 +22,8 @@ pub enum TransitionError {
     ReasonRequired { to: String },
     #[error("moving the case to {to} needs `{value}` to be recorded")]
     MissingRecordedValue { to: String, value: String },
+    #[error("“{given}” is not a valid {label}. {hint}")]
+    RecordedValueInvalid { label: String, given: String, hint: String },
     #[error("four-eyes check: {actor} already {did} this case, so someone else must authorise it")]
     FourEyes { actor: String, did: String },
 }
@@ -134,11 +136,22 @@ pub fn plan_transition<'w>(
         return Err(TransitionError::ReasonRequired { to: to.to_string() });
     }
     for value in &transition.records {
-        let given = request.recorded.iter().any(|(k, v)| k == value && !v.trim().is_empty());
-        if !given {
+        let Some((_, given)) = request
+            .recorded
+            .iter()
+            .find(|(k, v)| k == value && !v.trim().is_empty())
+        else {
             return Err(TransitionError::MissingRecordedValue {
                 to: to.to_string(),
-                value: value.clone(),
+                value: workflow.recorded_def(value).label,
+            });
+        };
+        let def = workflow.recorded_def(value);
+        if def.check(given).is_none() {
+            return Err(TransitionError::RecordedValueInvalid {
+                label: def.label,
+                given: given.trim().chars().take(60).collect(),
+                hint: def.hint,
             });
         }
     }

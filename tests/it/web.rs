@@ -740,7 +740,7 @@ async fn the_case_page_shows_fields_findings_email_pdf_and_timeline() {
         browser
             .post(
                 &format!("/cases/{reference}/notes"),
-                &[("csrf", &csrf), ("body", "Rang the practice.")],
+                &[("csrf", &csrf), ("body", "Rang the practice.\nThey will resend.")],
             )
             .await;
         browser
@@ -748,6 +748,13 @@ async fn the_case_page_shows_fields_findings_email_pdf_and_timeline() {
             .await;
         let page = browser.get(&format!("/cases/{reference}")).await;
         assert!(page.body.contains("Rang the practice.") && page.body.contains("cw@nhs.net"));
+        // Its line break is kept (shown by the note's style, the text itself escaped).
+        assert!(
+            page.body
+                .contains("<p class=\"note-body\">Rang the practice.\nThey will resend.</p>"),
+            "{}",
+            page.body
+        );
     })
     .await;
 }
@@ -793,8 +800,13 @@ async fn actions_follow_the_workflow_roles_four_eyes_and_concurrency() {
             .await;
         assert_eq!(
             refused.status,
-            StatusCode::CONFLICT,
+            StatusCode::BAD_REQUEST,
             "a reason is needed: {}",
+            refused.body
+        );
+        assert!(
+            refused.body.contains("<h2>There is a problem</h2>") && refused.body.contains("needs a reason"),
+            "said on the case page itself: {}",
             refused.body
         );
         let accepted = alice
@@ -835,7 +847,30 @@ async fn actions_follow_the_workflow_roles_four_eyes_and_concurrency() {
             .post(&path, &[("csrf", &bob_csrf), ("to", "authorised"), ("version", "3")])
             .await;
         assert_eq!(authorised.status, StatusCode::SEE_OTHER, "{}", authorised.body);
-        // Reopening is for managers.
+        // The Open Exeter user ID has the format the workflow declares; a wrong one is said
+        // on the case page, and nothing is mailed.
+        for (wrong, says) in [
+            ("hello world", "is not a valid Open Exeter user ID"),
+            ("", "Open Exeter user ID"),
+        ] {
+            let refused = bob
+                .post(
+                    &path,
+                    &[
+                        ("csrf", &bob_csrf),
+                        ("to", "provisioned"),
+                        ("version", "4"),
+                        ("open_exeter_user_id", wrong),
+                    ],
+                )
+                .await;
+            assert_eq!(refused.status, StatusCode::BAD_REQUEST, "{wrong:?}: {}", refused.body);
+            assert!(
+                refused.body.contains(says) && refused.body.contains("error-summary"),
+                "{}",
+                refused.body
+            );
+        }
         let provisioned = bob
             .post(
                 &path,
@@ -843,13 +878,27 @@ async fn actions_follow_the_workflow_roles_four_eyes_and_concurrency() {
                     ("csrf", &bob_csrf),
                     ("to", "provisioned"),
                     ("version", "4"),
-                    ("open_exeter_user_id", "OE445566"),
+                    ("open_exeter_user_id", "oe445566"),
                 ],
             )
             .await;
         assert_eq!(provisioned.status, StatusCode::SEE_OTHER, "{}", provisioned.body);
-        let page = bob.get(&format!("/cases/{reference}")).await;
+        assert_eq!(
+            provisioned.location.as_deref(),
+            Some(format!("/cases/{reference}?done=moved").as_str())
+        );
+        let page = bob.get(provisioned.location.as_deref().unwrap()).await;
         assert!(page.body.contains("Provisioned"), "the page shows the new state");
+        assert!(
+            page.body.contains("Done: the case is now provisioned."),
+            "a confirmation banner"
+        );
+        assert!(
+            page.body
+                .contains("<dt>Open Exeter user ID</dt><dd class=\"recorded\">OE445566</dd>"),
+            "the ID is shown on the case afterwards: {}",
+            page.body
+        );
         let json: serde_json::Value =
             serde_json::from_str(&bob.get(&format!("/api/cases/{reference}")).await.body).unwrap();
         assert_eq!(json["case"]["state"], "provisioned");
@@ -900,6 +949,22 @@ async fn a_flattened_form_is_keyed_beside_its_pdf_and_checked_by_the_same_rules(
         assert!(
             page.body.contains("A Practice Manager cannot sign this form"),
             "the same rules ran on the keyed fields"
+        );
+        // The timeline names each keyed field with its old and new value, not a bare
+        // "field keyed" line.
+        let role_label = engine
+            .workflows()
+            .get("primary_user_gp")
+            .unwrap()
+            .field("signatory_role")
+            .unwrap()
+            .label
+            .clone();
+        assert!(
+            page.body
+                .contains(&format!("{role_label}: (empty) → “Practice Manager”")),
+            "{}",
+            page.body
         );
         let json: serde_json::Value =
             serde_json::from_str(&browser.get(&format!("/api/cases/{reference}")).await.body).unwrap();

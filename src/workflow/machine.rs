@@ -203,7 +203,7 @@ mod tests {
         TransitionRequest {
             to: to.into(),
             reason: Some("because".into()),
-            recorded: vec![("open_exeter_user_id".into(), "OE1".into())],
+            recorded: vec![("open_exeter_user_id".into(), "OE123456".into())],
             ..TransitionRequest::default()
         }
     }
@@ -394,9 +394,20 @@ mod tests {
             err,
             TransitionError::MissingRecordedValue {
                 to: "provisioned".into(),
-                value: "open_exeter_user_id".into()
+                value: "Open Exeter user ID".into()
             }
         );
+        // Given, it must have the workflow's declared format.
+        req.recorded = vec![("open_exeter_user_id".into(), "hello world".into())];
+        let err = plan_transition(
+            wf,
+            "authorised",
+            &req,
+            &actor(ActorRole::Caseworker),
+            &CaseHistory::default(),
+        )
+        .unwrap_err();
+        assert!(matches!(err, TransitionError::RecordedValueInvalid { .. }), "{err:?}");
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! Reports benchmark (`cargo bench --bench reports`): seeds synthetic years of cases
 //! (`COUNTERSIGN_BENCH_REPORT_CASES`, default 100,000; the figure is 1,000,000) into a
-//! fresh SQLite database, and into PostgreSQL too when `COUNTERSIGN_BENCH_POSTGRES_URL` names
+//! fresh SQLite database (unless `COUNTERSIGN_BENCH_SQLITE=0`), and into PostgreSQL too when
+//! `COUNTERSIGN_BENCH_POSTGRES_URL` names
 //! a server, then times the managers' dashboard and reports over a quarter and a year (each
 //! report also works out the period before, as the page does): the first request, which
 //! works out and keeps each past day's figures, then later ones, which add up kept days.
@@ -112,7 +113,10 @@ async fn main() {
         .unwrap_or(100_000);
     let dir = tempfile::tempdir().unwrap();
     let url = format!("sqlite://{}?mode=rwc", dir.path().join("reports.db").display());
-    run("SQLite", &url, cases).await;
+    // `COUNTERSIGN_BENCH_SQLITE=0` measures PostgreSQL alone.
+    if std::env::var("COUNTERSIGN_BENCH_SQLITE").as_deref() != Ok("0") {
+        run("SQLite", &url, cases).await;
+    }
     if let Ok(admin) = std::env::var("COUNTERSIGN_BENCH_POSTGRES_URL") {
         let name = format!("countersign_reports_bench_{}", std::process::id());
         let mut conn = sqlx::PgConnection::connect(&admin).await.expect("PostgreSQL");

@@ -137,6 +137,7 @@ impl App {
             settings.web_base_url.clone(),
         )
         .await?;
+        web.staff_any_domain = settings.staff_any_domain;
         let poller = settings
             .imap
             .as_ref()

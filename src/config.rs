@@ -63,6 +63,8 @@ pub struct Settings {
     pub web_base_url: String,
     /// Mark cookies `Secure`: set it when the app is served over HTTPS.
     pub web_secure_cookies: bool,
+    /// Allow staff accounts outside the NHS domains (off: PCSE staff have NHS addresses).
+    pub staff_any_domain: bool,
 }
 
 /// How outbound mail is sent.
@@ -238,6 +240,7 @@ impl Settings {
             web_bind: "127.0.0.1:8080".into(),
             web_base_url: "http://127.0.0.1:8080".into(),
             web_secure_cookies: false,
+            staff_any_domain: false,
         }
     }
 
@@ -277,6 +280,9 @@ impl Settings {
         }
         if let Some(v) = layer.web_secure_cookies {
             self.web_secure_cookies = v;
+        }
+        if let Some(v) = layer.staff_any_domain {
+            self.staff_any_domain = v;
         }
         self.apply_imap(&layer)?;
         self.apply_mailer(&layer)?;
@@ -546,6 +552,7 @@ struct FileLayer {
     web_bind: Option<String>,
     web_base_url: Option<String>,
     web_secure_cookies: Option<bool>,
+    staff_any_domain: Option<bool>,
     smtp_host: Option<String>,
     smtp_port: Option<u16>,
     smtp_security: Option<String>,
@@ -608,6 +615,8 @@ impl FileLayer {
             web_bind: get("COUNTERSIGN_WEB_BIND"),
             web_base_url: get("COUNTERSIGN_WEB_BASE_URL"),
             web_secure_cookies: get("COUNTERSIGN_WEB_SECURE_COOKIES")
+                .map(|v| matches!(v.trim().to_ascii_lowercase().as_str(), "1" | "true" | "yes" | "on")),
+            staff_any_domain: get("COUNTERSIGN_STAFF_ANY_DOMAIN")
                 .map(|v| matches!(v.trim().to_ascii_lowercase().as_str(), "1" | "true" | "yes" | "on")),
             smtp_host: get("COUNTERSIGN_SMTP_HOST"),
             smtp_port: number("COUNTERSIGN_SMTP_PORT")?.map(|p| p as u16),

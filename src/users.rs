@@ -47,6 +47,8 @@ pub enum UserError {
     BadToken,
     #[error("could not hash the password: {0}")]
     Hash(String),
+    #[error("staff accounts need an NHS address ({0} is not one); set staff_any_domain to allow others")]
+    NotNhs(String),
     #[error("that account is disabled; enable it before sending it a set-password link")]
     Disabled,
 }
@@ -377,6 +379,29 @@ pub async fn authenticate(
 /// Ends every session of a user: after a new password, a disable, a role change.
 pub async fn end_all_sessions(conn: &mut AnyConnection, user_id: i64) -> Result<(), UserError> {
     Ok(storage::delete_user_sessions(conn, user_id).await?)
+}
+
+/// Whether `email` may be a staff account: an NHS address, unless the deployment allows any.
+pub fn check_staff_address(
+    email: &str,
+    nhs_domains: &crate::domain::NhsDomains,
+    any_domain: bool,
+) -> Result<(), UserError> {
+    let email = email.trim().to_lowercase();
+    let address = crate::domain::EmailAddress::parse(&email).ok_or_else(|| UserError::BadEmail(email.clone()))?;
+    if any_domain || nhs_domains.contains(&address) {
+        Ok(())
+    } else {
+        Err(UserError::NotNhs(email))
+    }
+}
+
+/// Lifts a lockout from failed sign-ins (an admin's "unlock").
+pub async fn unlock(conn: &mut AnyConnection, email: &str) -> Result<(), UserError> {
+    let user = find_by_email(conn, email)
+        .await?
+        .ok_or_else(|| UserError::NotFound(email.to_string()))?;
+    Ok(storage::clear_account_throttles(conn, &user.email).await?)
 }
 
 /// Changes a user's role; their sessions end, so the new role applies from their next sign-in.

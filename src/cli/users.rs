@@ -25,6 +25,14 @@ pub enum UsersCommand {
     Disable {
         email: String,
     },
+    /// Enable a disabled account again.
+    Enable {
+        email: String,
+    },
+    /// Lift a lockout from failed sign-ins.
+    Unlock {
+        email: String,
+    },
     /// Change a user's role; their sessions end.
     Role {
         email: String,
@@ -42,6 +50,7 @@ pub(super) async fn users_command(settings: &Settings, command: UsersCommand) ->
             let role = ActorRole::parse(&role)
                 .filter(|r| *r != ActorRole::System)
                 .with_context(|| format!("unknown role `{role}` (caseworker, manager, admin)"))?;
+            crate::users::check_staff_address(&email, &settings.nhs_domains, settings.staff_any_domain)?;
             let name = name.unwrap_or_else(|| email.split('@').next().unwrap_or(&email).to_string());
             let (user, token) = crate::users::add(&mut conn, &email, &name, role, now).await?;
             println!("added {} ({})", user.email, user.role.as_str());
@@ -71,6 +80,14 @@ pub(super) async fn users_command(settings: &Settings, command: UsersCommand) ->
         UsersCommand::Disable { email } => {
             crate::users::set_disabled(&mut conn, &email, true).await?;
             println!("disabled {email}");
+        }
+        UsersCommand::Enable { email } => {
+            crate::users::set_disabled(&mut conn, &email, false).await?;
+            println!("enabled {email}; `users reset {email}` prints a new set-password link");
+        }
+        UsersCommand::Unlock { email } => {
+            crate::users::unlock(&mut conn, &email).await?;
+            println!("unlocked {email}");
         }
         UsersCommand::Role { email, role } => {
             let role = ActorRole::parse(&role)

@@ -110,6 +110,8 @@ pub struct AppState {
     /// The mail sources running in this process, by name, as they are now: their last error
     /// shows even while the database (where polls are also recorded) takes no writes.
     pub live_mail_sources: Vec<(String, crate::ingest::HealthHandle)>,
+    /// Staff accounts may have addresses outside the NHS domains (settings' `staff_any_domain`).
+    pub staff_any_domain: bool,
 }
 
 impl FromRef<AppState> for CsrfConfig {
@@ -166,6 +168,7 @@ impl AppState {
             secure_cookies,
             base_url,
             live_mail_sources: Vec::new(),
+            staff_any_domain: false,
         })
     }
 }

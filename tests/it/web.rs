@@ -1063,6 +1063,91 @@ async fn cases_are_marked_duplicate_claimed_in_bulk_and_assigned() {
 }
 
 #[tokio::test]
+async fn admins_change_roles_enable_and_unlock_accounts_and_staff_have_nhs_addresses() {
+    crate::common::on_both_backends_clocked(|engine, clock| async move {
+        let mut admin = Browser::new(&engine).await;
+        admin.sign_in_as(&engine, "admin@nhs.net", ActorRole::Admin).await;
+        let mut worker = Browser::new(&engine).await;
+        worker.sign_in_as(&engine, "cw@nhs.net", ActorRole::Caseworker).await;
+        let csrf = admin.get("/admin/users").await.csrf();
+        // Not an NHS address: said on the page, and no account made.
+        let outsider = admin
+            .post(
+                "/admin/users",
+                &[
+                    ("csrf", &csrf),
+                    ("email", "someone@gmail.com"),
+                    ("display_name", "X"),
+                    ("role", "caseworker"),
+                ],
+            )
+            .await;
+        assert_eq!(outsider.status, StatusCode::BAD_REQUEST);
+        assert!(outsider.body.contains("need an NHS address") && outsider.body.contains("error-summary"));
+        let mut conn = engine.db().pool.acquire().await.unwrap();
+        assert!(
+            countersign::users::find_by_email(&mut conn, "someone@gmail.com")
+                .await
+                .unwrap()
+                .is_none()
+        );
+        drop(conn);
+        // A role change applies from the next sign-in (their session ends now).
+        let changed = admin
+            .post("/admin/users/cw@nhs.net/role", &[("csrf", &csrf), ("role", "manager")])
+            .await;
+        assert_eq!(changed.status, StatusCode::OK, "{}", changed.body);
+        assert!(changed.body.contains("cw@nhs.net is now manager"), "{}", changed.body);
+        assert!(
+            worker
+                .get("/")
+                .await
+                .location
+                .as_deref()
+                .is_some_and(|l| l.starts_with("/sign-in"))
+        );
+        // Disabled, then enabled again.
+        admin.post("/admin/users/cw@nhs.net/disable", &[("csrf", &csrf)]).await;
+        let enabled = admin.post("/admin/users/cw@nhs.net/enable", &[("csrf", &csrf)]).await;
+        assert!(enabled.body.contains("cw@nhs.net is enabled again"), "{}", enabled.body);
+        let mut conn = engine.db().pool.acquire().await.unwrap();
+        let user = countersign::users::find_by_email(&mut conn, "cw@nhs.net")
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(!user.disabled && user.role == ActorRole::Manager);
+        drop(conn);
+        // Locked out by failed sign-ins, then unlocked by the admin.
+        let mut stranger = Browser::new(&engine).await;
+        for attempt in 1..=5 {
+            stranger.try_sign_in("cw@nhs.net", "wrong password entirely").await;
+            clock.advance(chrono::Duration::milliseconds(countersign::users::backoff_ms(attempt)));
+        }
+        let locked = stranger.try_sign_in("cw@nhs.net", "river otter lantern").await;
+        assert!(locked.body.contains("locked"), "locked out: {}", locked.body);
+        let unlocked = admin.post("/admin/users/cw@nhs.net/unlock", &[("csrf", &csrf)]).await;
+        assert!(unlocked.body.contains("may sign in again"), "{}", unlocked.body);
+        let mut fresh = Browser::new(&engine).await;
+        let back = fresh.try_sign_in("cw@nhs.net", "river otter lantern").await;
+        assert_eq!(
+            back.location.as_deref(),
+            Some("/reports"),
+            "a manager now: {}",
+            back.body
+        );
+        // An admin cannot demote themself by one click.
+        let own = admin
+            .post(
+                "/admin/users/admin@nhs.net/role",
+                &[("csrf", &csrf), ("role", "caseworker")],
+            )
+            .await;
+        assert_eq!(own.status, StatusCode::BAD_REQUEST);
+    })
+    .await;
+}
+
+#[tokio::test]
 async fn admins_edit_organisations_and_see_each_workflow_drawn() {
     on_both_backends(|engine| async move {
         engine.intake(&fixture("mail/gp_form.eml"), "test").await.unwrap();

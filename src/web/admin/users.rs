@@ -1,4 +1,4 @@
-//! Staff accounts (admins): invite, reset, disable.
+//! Staff accounts (admins): invite, reset, disable and enable, unlock, change a role.
 
 use axum::Form;
 use axum::extract::{Path, State};
@@ -16,6 +16,9 @@ pub(in crate::web) fn routes() -> Vec<Route> {
         Route::post("/admin/users", Access::Admin, add_user),
         Route::post("/admin/users/{email}/reset", Access::Admin, reset_user),
         Route::post("/admin/users/{email}/disable", Access::Admin, disable_user),
+        Route::post("/admin/users/{email}/enable", Access::Admin, enable_user),
+        Route::post("/admin/users/{email}/unlock", Access::Admin, unlock_user),
+        Route::post("/admin/users/{email}/role", Access::Admin, change_role),
     ]
 }
 
@@ -33,12 +36,33 @@ async fn users_view(
     token: CsrfToken,
     link: Option<(String, String)>,
 ) -> Result<Response, WebError> {
+    users_view_saying(state, user, token, link, None, None).await
+}
+
+/// The users page, with a one-time link to hand on, a confirmation or a problem.
+async fn users_view_saying(
+    state: &AppState,
+    user: &CurrentUser,
+    token: CsrfToken,
+    link: Option<(String, String)>,
+    success: Option<String>,
+    problem: Option<WebError>,
+) -> Result<Response, WebError> {
     let mut conn = state.engine.db().pool.acquire().await?;
     let users = crate::users::list(&mut conn).await?;
+    drop(conn);
     let mut context = base_context(user, &token)?;
     context.insert("users", &users);
     context.insert("link", &link);
-    Ok((token, render(state, "users.html.tera", &context)?).into_response())
+    context.insert("success", &success);
+    let status = match &problem {
+        Some(error) => {
+            context.insert("problem", &error.to_string());
+            error.status()
+        }
+        None => axum::http::StatusCode::OK,
+    };
+    Ok((status, token, render(state, "users.html.tera", &context)?).into_response())
 }
 
 #[derive(serde::Deserialize)]
@@ -59,6 +83,13 @@ pub async fn add_user(
     let role = ActorRole::parse(&form.role)
         .filter(|r| *r != ActorRole::System)
         .ok_or_else(|| WebError::BadRequest("Choose caseworker, manager or admin.".into()))?;
+    if let Err(refused) = crate::users::check_staff_address(
+        &form.email,
+        &state.engine.config().policy.nhs_domains,
+        state.staff_any_domain,
+    ) {
+        return users_view_saying(&state, &user, token, None, None, Some(refused.into())).await;
+    }
     let mut conn = state.engine.db().pool.acquire().await?;
     let (added, secret) =
         crate::users::add(&mut conn, &form.email, &form.display_name, role, state.engine.now_ms()).await?;
@@ -99,4 +130,68 @@ pub async fn disable_user(
     let mut conn = state.engine.db().pool.acquire().await?;
     crate::users::set_disabled(&mut conn, &email, true).await?;
     Ok(Redirect::to("/admin/users").into_response())
+}
+
+pub async fn enable_user(
+    State(state): State<AppState>,
+    user: CurrentUser,
+    token: CsrfToken,
+    Path(email): Path<String>,
+    Form(form): Form<CsrfForm>,
+) -> Result<Response, WebError> {
+    check_csrf(&token, &form.csrf)?;
+    let mut conn = state.engine.db().pool.acquire().await?;
+    crate::users::set_disabled(&mut conn, &email, false).await?;
+    drop(conn);
+    let said = format!("{email} is enabled again. Send them a new set-password link if they need one.");
+    users_view_saying(&state, &user, token, None, Some(said), None).await
+}
+
+pub async fn unlock_user(
+    State(state): State<AppState>,
+    user: CurrentUser,
+    token: CsrfToken,
+    Path(email): Path<String>,
+    Form(form): Form<CsrfForm>,
+) -> Result<Response, WebError> {
+    check_csrf(&token, &form.csrf)?;
+    let mut conn = state.engine.db().pool.acquire().await?;
+    crate::users::unlock(&mut conn, &email).await?;
+    drop(conn);
+    let said = format!("{email} may sign in again now.");
+    users_view_saying(&state, &user, token, None, Some(said), None).await
+}
+
+#[derive(serde::Deserialize)]
+pub struct RoleForm {
+    csrf: String,
+    role: String,
+}
+
+pub async fn change_role(
+    State(state): State<AppState>,
+    user: CurrentUser,
+    token: CsrfToken,
+    Path(email): Path<String>,
+    Form(form): Form<RoleForm>,
+) -> Result<Response, WebError> {
+    check_csrf(&token, &form.csrf)?;
+    let Some(role) = ActorRole::parse(&form.role).filter(|r| *r != ActorRole::System) else {
+        let problem = WebError::BadRequest("Choose caseworker, manager or admin.".into());
+        return users_view_saying(&state, &user, token, None, None, Some(problem)).await;
+    };
+    if email.eq_ignore_ascii_case(&user.0.email) && role != ActorRole::Admin {
+        // The last door out of administration should not be one click on your own row.
+        let problem = WebError::BadRequest("You cannot take away your own admin role; ask another admin.".into());
+        return users_view_saying(&state, &user, token, None, None, Some(problem)).await;
+    }
+    let mut conn = state.engine.db().pool.acquire().await?;
+    let changed = crate::users::set_role(&mut conn, &email, role).await?;
+    drop(conn);
+    let said = format!(
+        "{} is now {}; their sessions ended, so the new role applies when they next sign in.",
+        changed.email,
+        role.as_str()
+    );
+    users_view_saying(&state, &user, token, None, Some(said), None).await
 }

@@ -256,7 +256,9 @@ pub use organisations::*;
 pub use outbox::*;
 pub use queries::{CaseKey, PER_CASE_QUERIES};
 pub use queue::{QueueQuery, QueueRecord, QueueScope, queue_page};
-pub use reports::{cached_report_days, cases_received_since, keep_report_days, open_cases, report_lifecycles};
+pub use reports::{
+    cached_report_days, cases_received_since, count_cases_in_states, keep_report_days, open_cases, report_lifecycles,
+};
 pub use seed::{insert_seeded, seed_origin_message, seeded_count};
 pub use timers::*;
 pub use users::*;

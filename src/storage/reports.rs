@@ -187,3 +187,27 @@ pub async fn keep_report_days(
     }
     Ok(())
 }
+
+/// How many cases are in each of `states` now (states with none are left out), by the
+/// (state, id) index.
+pub async fn count_cases_in_states(
+    conn: &mut AnyConnection,
+    states: &[String],
+) -> Result<Vec<(String, i64)>, StorageError> {
+    if states.is_empty() {
+        return Ok(Vec::new());
+    }
+    let sql = format!(
+        "SELECT state, COUNT(*) FROM cases WHERE state IN ({}) GROUP BY state ORDER BY state",
+        placeholders(1, states.len())
+    );
+    let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+    for state in states {
+        query = query.bind(state.as_str());
+    }
+    let rows = query.fetch_all(&mut *conn).await.context("counting cases by state")?;
+    rows.iter()
+        .map(|row| Ok((row.try_get(0)?, row.try_get(1)?)))
+        .collect::<Result<_, sqlx::Error>>()
+        .context("decoding counts by state")
+}

@@ -16,7 +16,7 @@ use crate::workflow::wellknown::{self, unclassified};
 use crate::workflow::{ActorRole, TransitionRequest};
 
 use super::queue::{QueueFilter, load_queue};
-use super::view::{CsrfForm, base_context, closed_sla_status, sla_status, when};
+use super::view::{base_context, closed_sla_status, sla_status, when};
 use super::{Access, Route};
 
 pub(super) fn routes() -> Vec<Route> {
@@ -82,6 +82,8 @@ enum Outcome {
     Done(String),
     /// An action that was refused, with why: shown in an error summary on the page itself.
     Refused(WebError),
+    /// Claiming a case a colleague (this address) has: asked first.
+    TakeOver(String),
 }
 
 /// Acts on a case, then shows it: with a confirmation when it worked, or the case page with
@@ -157,6 +159,10 @@ async fn show_case(
             context.insert("problem", &error.to_string());
             context.insert("problem_heading", error.heading());
             error.status()
+        }
+        Outcome::TakeOver(holder) => {
+            context.insert("take_over", &holder);
+            axum::http::StatusCode::OK
         }
     };
     Ok((status, token, render(&state, "case.html.tera", &context)?).into_response())
@@ -556,14 +562,37 @@ pub async fn transition(
     .await
 }
 
+#[derive(serde::Deserialize)]
+pub struct ClaimForm {
+    csrf: String,
+    /// `yes`: take the case from the colleague who has it.
+    #[serde(default)]
+    confirm: String,
+}
+
 pub async fn claim(
     State(state): State<AppState>,
     user: CurrentUser,
     token: CsrfToken,
     Path(reference): Path<String>,
-    Form(form): Form<CsrfForm>,
+    Form(form): Form<ClaimForm>,
 ) -> Result<Response, WebError> {
     check_csrf(&token, &form.csrf)?;
+    if form.confirm != "yes" {
+        // A colleague's case is taken only when asked twice.
+        let mut conn = state.engine.db().pool.acquire().await?;
+        let case = storage::case_by_reference(&mut conn, &reference)
+            .await?
+            .ok_or(WebError::NotFound)?;
+        let holder = match case.assignee_id.filter(|id| *id != user.0.id) {
+            Some(id) => storage::user_email_by_id(&mut conn, id).await?,
+            None => None,
+        };
+        drop(conn);
+        if let Some(holder) = holder {
+            return show_case(&state, &user, token, &reference, Outcome::TakeOver(holder)).await;
+        }
+    }
     let result = assign_case(&state, &user, &reference, Some(&user.0)).await;
     act_then_show(&state, &user, token, &reference, "claimed", result).await
 }

@@ -47,6 +47,11 @@ pub struct QueueFilter {
     /// Keyset cursor: `due_at:id` of the last row of the previous page.
     #[serde(default)]
     pub after: String,
+    /// After a bulk action: how many cases it changed, and how many it left with a colleague.
+    #[serde(default)]
+    pub done: String,
+    #[serde(default)]
+    pub left: String,
 }
 
 #[derive(Debug, Clone, serde::Serialize)]
@@ -67,6 +72,29 @@ pub struct QueueRow {
 }
 
 impl QueueFilter {
+    /// The filter as a query string (without the page cursor unless `with_cursor`): for the
+    /// next page's link, and for coming back to the same view after a bulk action.
+    pub fn query_string(&self, with_cursor: bool) -> String {
+        let mut query = url::form_urlencoded::Serializer::new(String::new());
+        for (key, value) in [
+            ("status", &self.status),
+            ("q", &self.q),
+            ("state", &self.state),
+            ("workflow", &self.workflow),
+            ("assignee", &self.assignee),
+            ("overdue", &self.overdue),
+            ("finding", &self.finding),
+        ] {
+            if !value.is_empty() {
+                query.append_pair(key, value);
+            }
+        }
+        if with_cursor && !self.after.is_empty() {
+            query.append_pair("after", &self.after);
+        }
+        query.finish()
+    }
+
     /// Which cases the filter lists: a final state asked for by name is among the closed.
     pub fn scope(&self, terminal: &[String]) -> storage::QueueScope {
         match self.status.as_str() {
@@ -172,6 +200,20 @@ pub async fn queue(
 ) -> Result<Response, WebError> {
     let mut conn = state.engine.db().pool.acquire().await?;
     let (rows, next) = load_queue(&state, &mut conn, &filter, user.0.id).await?;
+    let open_states: Vec<String> = {
+        let terminal = state.engine.workflows().terminal_states();
+        let mut open: Vec<String> = state
+            .engine
+            .workflows()
+            .iter()
+            .flat_map(|w| w.states.iter().map(|s| s.name.clone()))
+            .filter(|s| !terminal.contains(s))
+            .collect();
+        open.sort();
+        open.dedup();
+        open
+    };
+    let state_counts = storage::count_cases_in_states(&mut conn, &open_states).await?;
     drop(conn);
     let mut context = base_context(&user, &token)?;
     let terminal = state.engine.workflows().terminal_states();
@@ -195,24 +237,30 @@ pub async fn queue(
         storage::QueueScope::All => "All cases",
     };
     let next_url = next.map(|cursor| {
-        let mut query = url::form_urlencoded::Serializer::new(String::new());
-        for (key, value) in [
-            ("status", &filter.status),
-            ("q", &filter.q),
-            ("state", &filter.state),
-            ("workflow", &filter.workflow),
-            ("assignee", &filter.assignee),
-            ("overdue", &filter.overdue),
-            ("finding", &filter.finding),
-        ] {
-            if !value.is_empty() {
-                query.append_pair(key, value);
-            }
-        }
+        let mut query = url::form_urlencoded::Serializer::new(filter.query_string(false));
         query.append_pair("after", &cursor);
         format!("/?{}", query.finish())
     });
     context.insert("rows", &rows);
+    context.insert("state_counts", &state_counts);
+    // Bulk actions come back to this same view of the queue.
+    context.insert("back", &filter.query_string(false));
+    context.insert(
+        "success",
+        &filter.done.parse::<usize>().ok().map(|n| {
+            let left = filter.left.parse::<usize>().unwrap_or(0);
+            let mut said = format!("{n} case{} updated.", if n == 1 { "" } else { "s" });
+            if left > 0 {
+                said.push_str(&format!(
+                    " {left} left with the colleague who has {}: open {} to take {}.",
+                    if left == 1 { "it" } else { "them" },
+                    if left == 1 { "it" } else { "each" },
+                    if left == 1 { "it" } else { "one" }
+                ));
+            }
+            said
+        }),
+    );
     context.insert("next_url", &next_url);
     context.insert("filter", &filter);
     context.insert("states", &states);
@@ -266,8 +314,28 @@ pub async fn bulk(
         "unassign" => None,
         other => return Err(WebError::BadRequest(format!("Unknown bulk action “{other}”"))),
     };
+    let claiming = value("action") == "claim";
+    let (mut done, mut left) = (0, 0);
     for reference in &references {
+        if claiming {
+            // Claiming never takes a colleague's case unasked: those are left, and said so.
+            let mut conn = state.engine.db().pool.acquire().await?;
+            let held = storage::case_by_reference(&mut conn, reference)
+                .await?
+                .and_then(|c| c.assignee_id)
+                .is_some_and(|id| id != user.0.id);
+            drop(conn);
+            if held {
+                left += 1;
+                continue;
+            }
+        }
         assign_case(&state, &user, reference, assignee.as_ref()).await?;
+        done += 1;
     }
-    Ok(Redirect::to("/").into_response())
+    // Back to the same view of the queue (only ever this app's own queue).
+    let back = value("back");
+    let back: String = back.chars().filter(|c| !c.is_control() && *c != '#').collect();
+    let separator = if back.is_empty() { "" } else { "&" };
+    Ok(Redirect::to(&format!("/?{back}{separator}done={done}&left={left}")).into_response())
 }

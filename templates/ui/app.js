@@ -1,8 +1,26 @@
 // Keyboard shortcuts. The pages work without them; they save caseworkers a reach for the mouse.
 // Queue: j / k move between cases, Enter (or o) opens one, x ticks it, / searches.
-// Case page: c claims, n goes to the next case in the queue, a jumps to the actions, q back to the queue.
+// Case page: c goes to the Claim button (Enter then claims: no single key changes a case),
+// n goes to the next case in the queue, a jumps to the actions, q back to the queue.
+// Single-key shortcuts can be switched off (WCAG 2.1.4), remembered in this browser.
 (function () {
   "use strict";
+  var STORE = "countersign.shortcuts";
+  function enabled() {
+    try { return window.localStorage.getItem(STORE) !== "off"; } catch (e) { return true; }
+  }
+  Array.prototype.forEach.call(document.querySelectorAll("[data-shortcuts-toggle]"), function (button) {
+    function show() {
+      button.textContent = enabled() ? "Turn keyboard shortcuts off" : "Turn keyboard shortcuts on";
+      button.setAttribute("aria-pressed", enabled() ? "false" : "true");
+    }
+    button.hidden = false;
+    show();
+    button.addEventListener("click", function () {
+      try { window.localStorage.setItem(STORE, enabled() ? "off" : "on"); } catch (e) { /* private mode */ }
+      show();
+    });
+  });
   function typing(event) {
     var t = event.target;
     return t && (t.tagName === "INPUT" || t.tagName === "TEXTAREA" || t.tagName === "SELECT" || t.isContentEditable);
@@ -17,7 +35,7 @@
     if (link) link.focus();
   }
   document.addEventListener("keydown", function (event) {
-    if (typing(event) || event.altKey || event.ctrlKey || event.metaKey) return;
+    if (!enabled() || typing(event) || event.altKey || event.ctrlKey || event.metaKey) return;
     var key = event.key;
     if (rows.length) {
       if (key === "j") { select(current + 1); event.preventDefault(); }
@@ -27,7 +45,7 @@
       else if (key === "/") { var q = document.getElementById("q"); if (q) { q.focus(); event.preventDefault(); } }
     }
     var claim = document.getElementById("claim-form");
-    if (key === "c" && claim) { claim.submit(); }
+    if (key === "c" && claim) { var button = claim.querySelector("button"); if (button) { button.focus(); event.preventDefault(); } }
     var next = document.getElementById("next-case");
     if (key === "n" && next) { window.location = next.href; }
     var actions = document.getElementById("actions-h");

@@ -1022,6 +1022,46 @@ async fn cases_are_marked_duplicate_claimed_in_bulk_and_assigned() {
         assert_eq!(assigned.status, StatusCode::SEE_OTHER);
         assert!(other.get("/?assignee=mine").await.body.contains(&third));
 
+        // Claiming a colleague's case asks first, on the page and in bulk.
+        let asked = browser.post(&format!("/cases/{third}/claim"), &[("csrf", &csrf)]).await;
+        assert_eq!(asked.status, StatusCode::OK);
+        assert!(asked.body.contains("other@nhs.net has this case") && asked.body.contains("Yes, take it"));
+        assert!(
+            other.get("/?assignee=mine").await.body.contains(&third),
+            "not taken yet"
+        );
+        let bulk = browser
+            .post(
+                "/cases/bulk",
+                &[
+                    ("csrf", &csrf),
+                    ("action", "claim"),
+                    ("case", &third),
+                    ("back", "assignee=unassigned&q=x"),
+                ],
+            )
+            .await;
+        assert_eq!(
+            bulk.location.as_deref(),
+            Some("/?assignee=unassigned&q=x&done=0&left=1"),
+            "back to the same filtered view, saying one case was left with its colleague"
+        );
+        let said = browser.get(bulk.location.as_deref().unwrap()).await;
+        assert!(said.body.contains("1 left with the colleague"), "{}", said.body);
+        assert!(other.get("/?assignee=mine").await.body.contains(&third), "still theirs");
+        let taken = browser
+            .post(&format!("/cases/{third}/claim"), &[("csrf", &csrf), ("confirm", "yes")])
+            .await;
+        assert_eq!(
+            taken.location.as_deref(),
+            Some(format!("/cases/{third}?done=claimed").as_str())
+        );
+        assert!(browser.get("/?assignee=mine").await.body.contains(&third));
+        // The queue counts its open cases by state, each a filter.
+        let queue = browser.get("/").await;
+        assert!(queue.body.contains(r#"<ul class="state-counts""#), "{}", queue.body);
+        assert!(queue.body.contains(r#"href="/?state=needs_review""#));
+
         let page = browser.get(&format!("/cases/{second}")).await;
         let version = if page.body.contains("name=\"version\" value=\"1\"") {
             "1"

@@ -11,7 +11,7 @@ use std::time::Instant;
 
 use chrono::Local;
 use countersign::reports::Period;
-use countersign::reports::{dashboard, report_for};
+use countersign::reports::{dashboard, report_and_previous};
 use countersign::storage::Db;
 use sqlx::Connection;
 
@@ -82,8 +82,7 @@ async fn run(label: &str, url: &str, cases: usize) {
         // The first request works out every past day of both periods from the event log and
         // keeps it; later ones add up kept days (and work out today live).
         let since = Instant::now();
-        report_for(&engine, period).await.unwrap();
-        report_for(&engine, period.previous()).await.unwrap();
+        report_and_previous(&engine, period).await.unwrap();
         println!(
             "{label}: report page, {name}, first request (working out and keeping its days): {:.0} ms",
             since.elapsed().as_secs_f64() * 1000.0
@@ -92,8 +91,7 @@ async fn run(label: &str, url: &str, cases: usize) {
         let mut completed = 0;
         for _ in 0..5 {
             let since = Instant::now();
-            let report = report_for(&engine, period).await.unwrap();
-            report_for(&engine, period.previous()).await.unwrap();
+            let (report, _) = report_and_previous(&engine, period).await.unwrap();
             time(&mut runs, since);
             completed = report.headline.completed;
         }

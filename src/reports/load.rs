@@ -107,14 +107,26 @@ pub async fn keep_past_days(engine: &Engine, back: i64) -> Result<usize, Storage
 
 /// Works out the report for `period`: its days' facts, the cases open now.
 pub async fn report_for(engine: &Engine, period: Period) -> Result<Report, StorageError> {
-    let days = days_of(engine, period).await?;
     let mut conn = engine.db().pool.acquire().await.context("connecting")?;
     let open = storage::open_cases(&mut conn, &open_states(engine.workflows())).await?;
     drop(conn);
+    report_with_open(engine, period, &open).await
+}
+
+/// The report for `period` and the one for the period before it, to compare: the cases
+/// open now are read once, for the first (the backlog is today's, whatever the period).
+pub async fn report_and_previous(engine: &Engine, period: Period) -> Result<(Report, Report), StorageError> {
+    let report = report_for(engine, period).await?;
+    let previous = report_with_open(engine, period.previous(), &[]).await?;
+    Ok((report, previous))
+}
+
+async fn report_with_open(engine: &Engine, period: Period, open: &[super::OpenCase]) -> Result<Report, StorageError> {
+    let days = days_of(engine, period).await?;
     let mut report = super::assemble(
         period,
         &days,
-        &open,
+        open,
         engine.clock().now(),
         engine.workflows(),
         engine.calendar(),

@@ -11,7 +11,7 @@ use axum::response::{IntoResponse, Response};
 use axum_csrf::CsrfToken;
 use chrono::{Duration, NaiveDate};
 
-use crate::reports::{self, Period, Report, dashboard, report_for};
+use crate::reports::{self, Period, Report, dashboard, report_and_previous, report_for};
 use crate::web::auth::{CurrentUser, render};
 use crate::web::{Access, AppState, Route, WebError};
 
@@ -85,8 +85,7 @@ pub async fn report_page(
     context.insert("to", &query.to);
     match query.period(today) {
         Ok(period) => {
-            let report = report_for(&state.engine, period).await?;
-            let previous = report_for(&state.engine, period.previous()).await?;
+            let (report, previous) = report_and_previous(&state.engine, period).await?;
             context.insert("charts", &charts(&report));
             context.insert("period_query", &format!("from={}&to={}", period.from, period.to));
             context.insert("period_from", &period.from.format("%-d %B %Y").to_string());

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 mod compose;
-mod render;
+pub mod render;
 mod transport;
 
 pub use compose::compose;

@@ -24,6 +24,8 @@ pub struct CaseFile {
     pub named_case: Option<String>,
     /// Cases opened by mail that named this one but was not allowed to change it.
     pub related: Vec<CaseRecord>,
+    /// Every email linked to the case, oldest first, with its attachments.
+    pub messages: Vec<super::CaseMessage>,
 }
 
 /// The case file of `reference`, if there is such a case.
@@ -46,6 +48,7 @@ pub async fn case_file(conn: &mut AnyConnection, reference: &str) -> Result<Opti
         None => None,
     };
     let related = super::related_cases(conn, case.id).await?;
+    let messages = super::messages_of_case(conn, case.id).await?;
     Ok(Some(CaseFile {
         case,
         message,
@@ -57,5 +60,6 @@ pub async fn case_file(conn: &mut AnyConnection, reference: &str) -> Result<Opti
         assignee,
         named_case,
         related,
+        messages,
     }))
 }

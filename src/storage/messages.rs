@@ -373,3 +373,68 @@ pub async fn clear_prepare_attempts_of(conn: &mut AnyConnection, sha256s: &[&str
     }
     Ok(())
 }
+
+/// An email linked to a case (the one that opened it, replies, copies of its form), with its
+/// attachments.
+#[derive(Debug, Clone)]
+pub struct CaseMessage {
+    pub id: i64,
+    /// `origin`, `reply`, `auto_reply`, `duplicate`...
+    pub relation: String,
+    pub from_address: Option<String>,
+    pub subject: Option<String>,
+    pub sent_at: Option<i64>,
+    pub received_at: i64,
+    /// None once retention has cleared it.
+    pub raw: Option<Vec<u8>>,
+    pub attachments: Vec<AttachmentSummary>,
+}
+
+/// Every email linked to a case, oldest first.
+pub async fn messages_of_case(conn: &mut AnyConnection, case_id: i64) -> Result<Vec<CaseMessage>, StorageError> {
+    let rows = sqlx::query(super::queries::MESSAGES_OF_CASE)
+        .bind(case_id)
+        .fetch_all(&mut *conn)
+        .await
+        .context("reading a case's emails")?;
+    let mut messages = Vec::with_capacity(rows.len());
+    for row in &rows {
+        let id: i64 = row.try_get(0).context("decoding a case's email")?;
+        messages.push(CaseMessage {
+            id,
+            relation: row.try_get(1).context("decoding a case's email")?,
+            from_address: row.try_get(2).context("decoding a case's email")?,
+            subject: row.try_get(3).context("decoding a case's email")?,
+            sent_at: row.try_get(4).context("decoding a case's email")?,
+            received_at: row.try_get(5).context("decoding a case's email")?,
+            raw: row.try_get(6).context("decoding a case's email")?,
+            attachments: Vec::new(),
+        });
+    }
+    for message in &mut messages {
+        message.attachments = attachments_of_message(conn, message.id).await?;
+    }
+    Ok(messages)
+}
+
+/// An attachment's name, detected type and bytes, when it belongs to an email of `case_id`
+/// (never another case's: the address names both).
+pub async fn case_attachment(
+    conn: &mut AnyConnection,
+    case_id: i64,
+    attachment_id: i64,
+) -> Result<Option<(Option<String>, Option<String>, Vec<u8>)>, StorageError> {
+    let row = sqlx::query(
+        "SELECT a.filename, a.detected_type, a.content FROM attachments a \
+         JOIN case_messages cm ON cm.raw_message_id = a.raw_message_id \
+         WHERE a.id = $1 AND cm.case_id = $2",
+    )
+    .bind(attachment_id)
+    .bind(case_id)
+    .fetch_optional(&mut *conn)
+    .await
+    .context("reading an attachment of a case")?;
+    row.map(|r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?)))
+        .transpose()
+        .context("decoding an attachment")
+}

@@ -14,6 +14,8 @@ pub struct OutboxRecord {
     pub in_reply_to: Option<String>,
     pub created_at: i64,
     pub last_error: Option<String>,
+    /// What its template is given (JSON): the case page renders the mail from it.
+    pub context_json: String,
 }
 
 pub async fn outbox_for_case(conn: &mut AnyConnection, case_id: i64) -> Result<Vec<OutboxRecord>, StorageError> {
@@ -32,6 +34,7 @@ pub async fn outbox_for_case(conn: &mut AnyConnection, case_id: i64) -> Result<V
                 in_reply_to: r.try_get(4)?,
                 created_at: r.try_get(5)?,
                 last_error: r.try_get(6)?,
+                context_json: r.try_get(7)?,
             })
         })
         .collect::<Result<_, sqlx::Error>>()

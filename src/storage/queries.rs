@@ -10,7 +10,9 @@ pub(crate) const RELATED_CASES: &str = select_cases!("WHERE related_case_id = $1
 pub(crate) const EVENTS_FOR_CASE: &str = "SELECT at, actor, actor_role, kind, transition, from_state, to_state, reason, data FROM case_events WHERE case_id = $1 ORDER BY id";
 pub(crate) const TIMERS_FOR_CASE: &str =
     "SELECT name, state, due_at, status FROM timers WHERE case_id = $1 ORDER BY id";
-pub(crate) const OUTBOX_FOR_CASE: &str = "SELECT template, recipient, status, suppressed_reason, in_reply_to, created_at, last_error FROM outbox WHERE case_id = $1 ORDER BY id";
+pub(crate) const OUTBOX_FOR_CASE: &str = "SELECT template, recipient, status, suppressed_reason, in_reply_to, created_at, last_error, context FROM outbox WHERE case_id = $1 ORDER BY id";
+pub(crate) const MESSAGES_OF_CASE: &str = "SELECT m.id, cm.relation, m.from_address, m.subject, m.sent_at, m.received_at, m.raw \
+     FROM case_messages cm JOIN raw_messages m ON m.id = cm.raw_message_id WHERE cm.case_id = $1 ORDER BY m.received_at, m.id";
 pub(crate) const NOTES_FOR_CASE: &str =
     "SELECT author, body, created_at FROM case_notes WHERE case_id = $1 ORDER BY id";
 pub(crate) const ORIGIN_MESSAGE: &str =
@@ -39,6 +41,7 @@ pub const PER_CASE_QUERIES: &[(&str, &str, CaseKey)] = &[
     ("events of a case", EVENTS_FOR_CASE, CaseKey::Id),
     ("timers of a case", TIMERS_FOR_CASE, CaseKey::Id),
     ("outbox of a case", OUTBOX_FOR_CASE, CaseKey::Id),
+    ("messages of a case", MESSAGES_OF_CASE, CaseKey::Id),
     ("notes of a case", NOTES_FOR_CASE, CaseKey::Id),
     ("an attachment's bytes", ATTACHMENT_CONTENT, CaseKey::Id),
     ("a case's message", ORIGIN_MESSAGE, CaseKey::Id),

@@ -23,6 +23,7 @@ pub(super) fn routes() -> Vec<Route> {
     vec![
         Route::get("/cases/{reference}", Access::Staff, case_page),
         Route::get("/cases/{reference}/form.pdf", Access::Staff, form_pdf),
+        Route::get("/cases/{reference}/attachments/{id}", Access::Staff, attachment),
         Route::post("/cases/{reference}/transition", Access::Staff, transition),
         Route::post("/cases/{reference}/claim", Access::Staff, claim),
         Route::post("/cases/{reference}/notes", Access::Staff, add_note),
@@ -80,8 +81,9 @@ pub async fn case_page(
 enum Outcome {
     /// What was done, as a [`CaseQuery::done`] word (or nothing).
     Done(String),
-    /// An action that was refused, with why: shown in an error summary on the page itself.
-    Refused(WebError),
+    /// An action that was refused, with why: shown in an error summary on the page itself,
+    /// with the action chosen again (its form open) when it was a state move.
+    Refused(WebError, Option<String>),
     /// Claiming a case a colleague (this address) has: asked first.
     TakeOver(String),
 }
@@ -96,10 +98,23 @@ async fn act_then_show(
     done: &str,
     result: Result<(), WebError>,
 ) -> Result<Response, WebError> {
+    act_then_show_choosing(state, user, token, reference, done, result, None).await
+}
+
+/// [`act_then_show`] for a state move: a refusal reopens the chosen action's form.
+async fn act_then_show_choosing(
+    state: &AppState,
+    user: &CurrentUser,
+    token: CsrfToken,
+    reference: &str,
+    done: &str,
+    result: Result<(), WebError>,
+    chosen: Option<String>,
+) -> Result<Response, WebError> {
     match result {
         Ok(()) => Ok(Redirect::to(&format!("/cases/{reference}?done={done}")).into_response()),
         Err(error @ (WebError::BadRequest(_) | WebError::Conflict(_) | WebError::Forbidden(_))) => {
-            show_case(state, user, token, reference, Outcome::Refused(error)).await
+            show_case(state, user, token, reference, Outcome::Refused(error, chosen)).await
         }
         Err(other) => Err(other),
     }
@@ -155,7 +170,8 @@ async fn show_case(
             context.insert("success", &said);
             axum::http::StatusCode::OK
         }
-        Outcome::Refused(error) => {
+        Outcome::Refused(error, chosen) => {
+            context.insert("chosen", &chosen);
             context.insert("problem", &error.to_string());
             context.insert("problem_heading", error.heading());
             error.status()
@@ -181,6 +197,7 @@ fn case_context(state: &AppState, file: storage::CaseFile, role: ActorRole, cont
         assignee,
         named_case,
         related,
+        messages,
     } = file;
     let workflow = case.workflow.as_deref().and_then(|w| state.engine.workflows().get(w));
     let body = message
@@ -240,6 +257,7 @@ fn case_context(state: &AppState, file: storage::CaseFile, role: ActorRole, cont
     context.insert("auth", &auth);
     context.insert("body", &body);
     context.insert("attachments", &attachments);
+    context.insert("thread", &correspondence(state, &case, &messages, &mail));
     context.insert("timeline", &timeline(events, mail, timers, workflow));
     context.insert("notes", &notes);
     // Mail that named a case but was not allowed to change it is a case of its own: each page
@@ -316,6 +334,144 @@ fn field_views(case: &storage::CaseRecord, workflow: Option<&crate::workflow::Wo
             serde_json::json!({ "name": def.name, "label": def.label, "value": case.fields.get(&def.name), "findings": about })
         })
         .collect()
+}
+
+/// One message in a case's correspondence.
+#[derive(Debug, serde::Serialize)]
+struct ThreadEntry {
+    at: i64,
+    when: String,
+    /// `in` (mail we received) or `out` (mail we sent or held back).
+    direction: &'static str,
+    who: String,
+    subject: String,
+    /// What kind of message: the email that opened the case, a reply, our acknowledgement...
+    kind: String,
+    /// Its text: received mail as sent (shown escaped), ours as rendered from its template.
+    text: String,
+    /// Ours: sent, waiting, failed or held back (with why).
+    status: String,
+    attachments: Vec<serde_json::Value>,
+}
+
+/// Every message in and out of a case, in order: the emails linked to it (with their
+/// attachments, linked for download) and our own mail, rendered as it reads, with what
+/// happened to it.
+fn correspondence(
+    state: &AppState,
+    case: &storage::CaseRecord,
+    messages: &[storage::CaseMessage],
+    mail: &[storage::OutboxRecord],
+) -> Vec<ThreadEntry> {
+    let mut thread: Vec<ThreadEntry> = messages
+        .iter()
+        .map(|m| {
+            let text = match m.raw.as_deref() {
+                Some(raw) => crate::mail::parse(raw, &state.engine.config().mail)
+                    .text_body
+                    .unwrap_or_else(|| "(no plain-text part)".into()),
+                None => "(the email's text has been cleared by the retention policy)".into(),
+            };
+            ThreadEntry {
+                at: m.received_at,
+                when: when(Some(m.received_at)).unwrap_or_default(),
+                direction: "in",
+                who: m.from_address.clone().unwrap_or_else(|| "(no sender)".into()),
+                subject: m.subject.clone().unwrap_or_default(),
+                kind: match m.relation.as_str() {
+                    "origin" => "the email that opened the case".into(),
+                    "reply" => "a reply".into(),
+                    "auto_reply" => "an automatic reply".into(),
+                    "duplicate" => "the same form again".into(),
+                    other => other.replace('_', " "),
+                },
+                text,
+                status: String::new(),
+                attachments: m
+                    .attachments
+                    .iter()
+                    .map(|a| {
+                        serde_json::json!({
+                            "name": a.filename.clone().unwrap_or_else(|| format!("attachment {}", a.id)),
+                            "href": format!("/cases/{}/attachments/{}", case.reference, a.id),
+                            "size": a.size,
+                        })
+                    })
+                    .collect(),
+            }
+        })
+        .collect();
+    for out in mail {
+        let context: serde_json::Value = serde_json::from_str(&out.context_json).unwrap_or_default();
+        let (subject, text) = match state.mail.render(&out.template, &context) {
+            Ok(rendered) => (rendered.subject, rendered.text),
+            Err(_) => (out.template.replace('_', " "), "(this message cannot be shown)".into()),
+        };
+        let status = match (&out.suppressed_reason, out.status.as_str()) {
+            (Some(why), _) => format!("held back: {why}"),
+            (None, "failed") => format!("failed: {}", out.last_error.clone().unwrap_or_default()),
+            (None, other) => other.to_string(),
+        };
+        thread.push(ThreadEntry {
+            at: out.created_at,
+            when: when(Some(out.created_at)).unwrap_or_default(),
+            direction: "out",
+            who: out.recipient.clone().unwrap_or_else(|| "(no recipient)".into()),
+            subject,
+            kind: out.template.replace('_', " "),
+            text,
+            status,
+            attachments: Vec::new(),
+        });
+    }
+    thread.sort_by_key(|t| t.at);
+    thread
+}
+
+/// One attachment of one of a case's emails, as a download: never shown inline, since its
+/// bytes are whatever the sender sent.
+pub async fn attachment(
+    State(state): State<AppState>,
+    _user: CurrentUser,
+    Path((reference, id)): Path<(String, i64)>,
+) -> Result<Response, WebError> {
+    let mut conn = state.engine.db().pool.acquire().await?;
+    let case = storage::case_by_reference(&mut conn, &reference)
+        .await?
+        .ok_or(WebError::NotFound)?;
+    let (name, _, bytes) = storage::case_attachment(&mut conn, case.id, id)
+        .await?
+        .ok_or(WebError::NotFound)?;
+    drop(conn);
+    // A file name is the sender's text: only plain characters reach the header.
+    let safe: String = name
+        .unwrap_or_else(|| format!("attachment-{id}"))
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_') {
+                c
+            } else {
+                '_'
+            }
+        })
+        .take(100)
+        .collect();
+    let mut response = bytes.into_response();
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/octet-stream"),
+    );
+    headers.insert(
+        header::CONTENT_DISPOSITION,
+        HeaderValue::from_str(&format!("attachment; filename=\"{safe}\"")).map_err(WebError::internal)?,
+    );
+    headers.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    headers.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static("sandbox; default-src 'none'"),
+    );
+    Ok(response)
 }
 
 /// The fields a caseworker may key by hand (not the digital signature).

@@ -112,6 +112,8 @@ pub struct AppState {
     pub live_mail_sources: Vec<(String, crate::ingest::HealthHandle)>,
     /// Staff accounts may have addresses outside the NHS domains (settings' `staff_any_domain`).
     pub staff_any_domain: bool,
+    /// The email templates: a case's correspondence shows our mail as it reads.
+    pub mail: Arc<crate::outbox::render::Renderer>,
 }
 
 impl FromRef<AppState> for CsrfConfig {
@@ -169,6 +171,12 @@ impl AppState {
             base_url,
             live_mail_sources: Vec::new(),
             staff_any_domain: false,
+            mail: Arc::new(crate::outbox::render::Renderer::load(templates_dir).map_err(|e| {
+                WebSetupError::Templates {
+                    dir: templates_dir.display().to_string(),
+                    message: e.to_string(),
+                }
+            })?),
         })
     }
 }

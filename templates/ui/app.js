@@ -49,7 +49,7 @@
     var next = document.getElementById("next-case");
     if (key === "n" && next) { window.location = next.href; }
     var actions = document.getElementById("actions-h");
-    if (key === "a" && actions) { actions.scrollIntoView(); var first = document.querySelector("#actions textarea, #actions button"); if (first) first.focus(); }
+    if (key === "a" && actions) { actions.scrollIntoView(); var first = document.getElementById("action-choice"); if (first) { first.focus(); event.preventDefault(); } }
     if (key === "q" && claim) { window.location = "/"; }
   });
 })();
@@ -58,4 +58,20 @@
   Array.prototype.forEach.call(document.querySelectorAll("[data-print]"), function (button) {
     button.addEventListener("click", function () { window.print(); });
   });
+})();
+// The case page's "choose an action": only the chosen action's form (and its reason box)
+// shows. Without script every action's form shows, and each still works.
+(function () {
+  var choice = document.querySelector("[data-action-choice]");
+  if (!choice) return;
+  var forms = Array.prototype.slice.call(document.querySelectorAll(".action-form"));
+  function show() {
+    forms.forEach(function (form) { form.hidden = form.getAttribute("data-action") !== choice.value; });
+  }
+  choice.addEventListener("change", function () {
+    show();
+    var open = document.querySelector(".action-form:not([hidden]) textarea, .action-form:not([hidden]) input:not([type=hidden])");
+    if (open) open.focus();
+  });
+  show();
 })();

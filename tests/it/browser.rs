@@ -124,6 +124,14 @@ async fn click(browser: &Client, css: &str) {
 }
 
 async fn act(browser: &Client, to: &str, fill: &[(&str, &str)]) {
+    // One "choose an action" control: choosing shows that action's form alone.
+    browser
+        .find(Locator::Css(&format!("#action-choice option[value='{to}']")))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
     for (id, text) in fill {
         let field = browser.find(Locator::Id(id)).await.unwrap();
         field.clear().await.unwrap();
@@ -255,7 +263,7 @@ async fn case_journey(backend: Backend) {
     // The queue: find the case.
     audit_accessibility(&browser, "the queue").await;
     let queue = browser.source().await.unwrap();
-    assert!(queue.contains(&reference) && queue.contains("signatory_role_not_allowed"));
+    assert!(queue.contains(&reference) && queue.contains("Signatory not authorised to sign"));
     std::fs::write(output(backend, "queue-1280.png"), browser.screenshot().await.unwrap()).unwrap();
     browser.set_window_size(400, 900).await.unwrap();
     std::fs::write(output(backend, "queue-narrow.png"), browser.screenshot().await.unwrap()).unwrap();
@@ -351,6 +359,17 @@ async fn case_journey(backend: Backend) {
         page.contains("Needs review") && !page.contains("A Practice Manager cannot sign this form"),
         "the corrected form passed"
     );
+    // The correspondence: the first email, our request as the practice read it, their reply
+    // with its attachment.
+    assert!(
+        page.contains("Correspondence") && page.contains("Corrected form attached."),
+        "the reply is readable"
+    );
+    assert!(
+        page.contains("Please have a GP partner sign page 2."),
+        "our request, as sent"
+    );
+    assert!(page.contains("corrected.pdf"), "the reply's attachment is listed");
 
     // Accept, then a second person authorises and provisions.
     act(

@@ -189,7 +189,7 @@ impl FindingCode {
             }
             FindingCode::NoFormFound => "No access-request form was attached. Please attach the completed PDF form.",
             FindingCode::FormHasNoFields => {
-                "The form has no fillable fields (it was printed, flattened or scanned), so we will key it in by hand."
+                "The form's boxes cannot be read by our system (it was printed, flattened or scanned), so we will read it by hand, which can take a little longer. Next time, please fill the form in on screen and send the PDF itself."
             }
             FindingCode::FormNotRecognised => {
                 "The attachment is not one of our current forms. Please use the current form."

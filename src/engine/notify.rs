@@ -125,13 +125,23 @@ fn context(case: &CaseRecord, workflow: &WorkflowDef, reason: Option<&str>) -> s
         "reason": reason,
         "recorded": case.recorded,
         "findings": findings,
-        "workflow": { "name": workflow.name, "title": workflow.title },
+        "workflow": {
+            "name": workflow.name,
+            "title": workflow.title,
+            "request": workflow.request_name.as_deref().unwrap_or(&workflow.title),
+            "sla_working_days": workflow.sla.target_working_days,
+        },
         "case": {
             "reference": case.reference,
             "state": case.state,
             "state_label": workflow.state(&case.state).map(|s| s.label.as_str()).unwrap_or(&case.state),
             "org_ods_code": checked_ods,
             "due_at": when(case.due_at),
+            // The date a practice can expect an answer by: the SLA's due date, in words.
+            "due_date": case
+                .due_at
+                .and_then(chrono::DateTime::from_timestamp_millis)
+                .map(|t| t.with_timezone(&Local).format("%A %-d %B %Y").to_string()),
             "updated_at": when(Some(case.updated_at)),
             "created_at": when(Some(case.created_at)),
         },
@@ -146,6 +156,50 @@ pub const SUGGESTED_CORRECTION_REASON: &str = "We have checked your form and it 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The walk-through found "Thank you for your primary user request: gp practice" and
+    /// "your additional permissions for an existing user": mail names the request in words,
+    /// and says when to expect an answer.
+    #[test]
+    fn an_acknowledgement_names_the_request_in_words_and_says_when_to_expect_an_answer() {
+        let renderer =
+            crate::outbox::render::Renderer::load(&std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("templates"))
+                .unwrap();
+        let mut case = super::super::change::tests_support::case();
+        case.due_at = Some(
+            chrono::TimeZone::with_ymd_and_hms(&Local, 2026, 11, 27, 10, 0, 0)
+                .unwrap()
+                .timestamp_millis(),
+        );
+        for (name, says) in [
+            (
+                "primary_user_gp",
+                "your request for a Primary User account for a GP practice",
+            ),
+            (
+                "additional_permissions",
+                "your request for additional permissions for an existing Open Exeter user",
+            ),
+        ] {
+            let workflow = crate::workflow::shipped().get(name).unwrap().clone();
+            let mail = renderer
+                .render("acknowledgement", &context(&case, &workflow, None))
+                .unwrap();
+            assert!(mail.text.contains(says), "{name}: {}", mail.text);
+            let days = workflow.sla.target_working_days;
+            assert!(
+                mail.text
+                    .contains(&format!("within {days} working days, by Friday 27 November 2026")),
+                "{}",
+                mail.text
+            );
+            assert!(
+                !mail.text.to_lowercase().contains("request: gp practice"),
+                "{}",
+                mail.text
+            );
+        }
+    }
 
     #[test]
     fn a_request_for_correction_names_each_problem_once_with_its_fields() {

@@ -214,7 +214,7 @@ mod tests {
     fn a_request_for_correction_lists_each_finding_and_escapes_html() {
         let context = serde_json::json!({
             "case": { "reference": "CS-2026-000042", "org_name": "Riverside <Surgery>" },
-            "workflow": { "name": "primary_user_gp", "title": "Primary User request: GP practice" },
+            "workflow": { "name": "primary_user_gp", "title": "Primary User request: GP practice", "request": "request for a Primary User account" },
             "reason": "Please re-sign <b>page 2</b>.",
             "findings": [{ "code": "declaration_not_ticked", "message": "Tick the declaration." }],
         });
@@ -238,8 +238,8 @@ mod tests {
     #[test]
     fn every_shipped_template_renders() {
         let context = serde_json::json!({
-            "case": { "reference": "CS-2026-000001", "state": "validated", "org_name": "X", "due_at": "27/11/2026 10:00", "updated_at": "20/11/2026 10:00" },
-            "workflow": { "name": "w", "title": "T" },
+            "case": { "reference": "CS-2026-000001", "state": "validated", "org_name": "X", "due_at": "27/11/2026 10:00", "due_date": "Friday 27 November 2026", "updated_at": "20/11/2026 10:00" },
+            "workflow": { "name": "w", "title": "T", "request": "request for a thing", "sla_working_days": 5 },
             "reason": "r", "findings": [], "recorded": { "open_exeter_user_id": "OE1" },
             "open_total": 3, "breached": 1, "at_risk": 0, "paused": 1, "week_from": "16 November",
             "week_to": "22 November", "received": 5, "completed": 4, "percent_within_sla": "75%",

@@ -137,16 +137,6 @@ pub async fn cases_received_since(conn: &mut AnyConnection, since_ms: i64) -> Re
         .context("counting today's intake")
 }
 
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn finding_codes_are_read_once_each_and_bad_json_gives_none() {
-        let json = r#"[{"code":"b","message":"x"},{"code":"a"},{"code":"b"}]"#;
-        assert_eq!(super::finding_codes(json), vec!["a", "b"]);
-        assert!(super::finding_codes("not json").is_empty());
-    }
-}
-
 /// The kept facts of the days from `first` to `last` (`YYYY-MM-DD`, both included).
 pub async fn cached_report_days(
     conn: &mut AnyConnection,
@@ -210,4 +200,14 @@ pub async fn count_cases_in_states(
         .map(|row| Ok((row.try_get(0)?, row.try_get(1)?)))
         .collect::<Result<_, sqlx::Error>>()
         .context("decoding counts by state")
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn finding_codes_are_read_once_each_and_bad_json_gives_none() {
+        let json = r#"[{"code":"b","message":"x"},{"code":"a"},{"code":"b"}]"#;
+        assert_eq!(super::finding_codes(json), vec!["a", "b"]);
+        assert!(super::finding_codes("not json").is_empty());
+    }
 }

@@ -351,6 +351,10 @@ impl RecordedDef {
 pub struct WorkflowDef {
     pub name: String,
     pub title: String,
+    /// What the practice asked for, as our mail names it in a sentence ("your request for a
+    /// Primary User account"); the title when not given.
+    #[serde(default)]
+    pub request_name: Option<String>,
     pub organisation_kind: OrganisationKind,
     /// The person who accepted or keyed a case may not also authorise it.
     #[serde(default = "yes")]

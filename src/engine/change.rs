@@ -153,6 +153,20 @@ pub fn plan_move(
     change
 }
 
+/// What four-eyes needs to know of a case's past, from its events: who accepted or keyed it.
+pub fn history_of(workflow: &WorkflowDef, events: &[CaseEvent]) -> CaseHistory {
+    CaseHistory {
+        accepted_or_keyed_by: events
+            .iter()
+            .filter(|e| {
+                e.actor_role != ActorRole::System.as_str()
+                    && machine::is_first_pair_of_eyes(workflow, e.transition.as_deref(), e.kind == "field_keyed")
+            })
+            .map(|e| e.actor.clone())
+            .collect(),
+    }
+}
+
 /// The timers `workflow` arms for a case that starts waiting in `state` now.
 pub fn state_timers(when: When<'_>, workflow: &WorkflowDef, state: &str) -> Vec<NewTimer> {
     workflow
@@ -611,16 +625,7 @@ impl Engine {
         workflow: &WorkflowDef,
     ) -> Result<CaseHistory, EngineError> {
         let events = storage::events_for_case(conn, case.id).await?;
-        Ok(CaseHistory {
-            accepted_or_keyed_by: events
-                .into_iter()
-                .filter(|e| {
-                    e.actor_role != ActorRole::System.as_str()
-                        && machine::is_first_pair_of_eyes(workflow, e.transition.as_deref(), e.kind == "field_keyed")
-                })
-                .map(|e| e.actor)
-                .collect(),
-        })
+        Ok(history_of(workflow, &events))
     }
 }
 

@@ -12,8 +12,8 @@ use axum_csrf::CsrfToken;
 use super::auth::{CurrentUser, check_csrf, render};
 use super::{AppState, WebError};
 use crate::storage;
+use crate::workflow::TransitionRequest;
 use crate::workflow::wellknown::{self, unclassified};
-use crate::workflow::{ActorRole, TransitionRequest};
 
 use super::queue::{QueueFilter, load_queue};
 use super::view::{base_context, closed_sla_status, sla_status, when};
@@ -154,7 +154,7 @@ async fn show_case(
     drop(conn);
     let mut context = base_context(user, &token)?;
     let state_label = file.case.state.replace('_', " ");
-    case_context(&state, file, user.0.role, &mut context);
+    case_context(&state, file, &user.actor(), &mut context);
     context.insert("staff", &staff);
     context.insert("next_case", &next_case);
     let status = match outcome {
@@ -185,7 +185,12 @@ async fn show_case(
 }
 
 /// The case page's template context, from its case file.
-fn case_context(state: &AppState, file: storage::CaseFile, role: ActorRole, context: &mut tera::Context) {
+fn case_context(
+    state: &AppState,
+    file: storage::CaseFile,
+    actor: &crate::workflow::Actor,
+    context: &mut tera::Context,
+) {
     let storage::CaseFile {
         case,
         message,
@@ -258,13 +263,14 @@ fn case_context(state: &AppState, file: storage::CaseFile, role: ActorRole, cont
     context.insert("body", &body);
     context.insert("attachments", &attachments);
     context.insert("thread", &correspondence(state, &case, &messages, &mail));
+    context.insert("actions", &actions(&case, workflow, actor, &events));
     context.insert("timeline", &timeline(events, mail, timers, workflow));
     context.insert("notes", &notes);
     // Mail that named a case but was not allowed to change it is a case of its own: each page
     // links to the other, so the caseworker sees both.
     context.insert("named_case", &named_case);
     context.insert("related_cases", &related);
-    context.insert("actions", &actions(&case, workflow, role));
+
     context.insert("assignee", &assignee);
     context.insert("due", &when(case.due_at));
     context.insert("closed", &when(closed_at));
@@ -581,31 +587,38 @@ fn timeline(
 fn actions(
     case: &storage::CaseRecord,
     workflow: Option<&crate::workflow::WorkflowDef>,
-    role: ActorRole,
+    actor: &crate::workflow::Actor,
+    events: &[storage::CaseEvent],
 ) -> Vec<ActionView> {
+    let role = actor.role;
     match workflow {
-        Some(workflow) => workflow
-            .transitions_from(&case.state)
-            .filter(|t| role.is_among(&t.by))
-            .map(|t| ActionView {
-                to: t.to.clone(),
-                label: t.label.clone(),
-                reason_required: t.reason_required,
-                records: t
-                    .records
-                    .iter()
-                    .map(|name| {
-                        let def = workflow.recorded_def(name);
-                        RecordView {
-                            name: name.clone(),
-                            label: def.label,
-                            hint: def.hint,
-                            max_length: def.max_length,
-                        }
-                    })
-                    .collect(),
-            })
-            .collect(),
+        Some(workflow) => {
+            let history = crate::engine::change::history_of(workflow, events);
+            workflow
+                .transitions_from(&case.state)
+                .filter(|t| role.is_among(&t.by))
+                // Offer nothing four-eyes would refuse this person.
+                .filter(|t| !crate::workflow::machine::four_eyes_forbids(workflow, t, actor, &history))
+                .map(|t| ActionView {
+                    to: t.to.clone(),
+                    label: t.label.clone(),
+                    reason_required: t.reason_required,
+                    records: t
+                        .records
+                        .iter()
+                        .map(|name| {
+                            let def = workflow.recorded_def(name);
+                            RecordView {
+                                name: name.clone(),
+                                label: def.label,
+                                hint: def.hint,
+                                max_length: def.max_length,
+                            }
+                        })
+                        .collect(),
+                })
+                .collect()
+        }
         None if case.state == unclassified::STATE && role.is_among(unclassified::BY) => unclassified::EXITS
             .iter()
             .map(|(to, label)| ActionView {

@@ -81,6 +81,20 @@ pub struct CaseHistory {
     pub accepted_or_keyed_by: Vec<String>,
 }
 
+/// Whether four-eyes keeps `actor` from taking `transition`: it authorises, and they accepted
+/// or keyed the case themselves. (The case page offers no action this forbids.)
+pub fn four_eyes_forbids(
+    workflow: &WorkflowDef,
+    transition: &TransitionDef,
+    actor: &Actor,
+    history: &CaseHistory,
+) -> bool {
+    workflow.four_eyes
+        && transition.four_eyes == Some(FourEyesPart::Authorises)
+        && actor.role != ActorRole::System
+        && history.accepted_or_keyed_by.iter().any(|name| name == &actor.name)
+}
+
 /// Decides whether `actor` may move a case in `from` to `request.to`.
 pub fn plan_transition<'w>(
     workflow: &'w WorkflowDef,
@@ -155,11 +169,7 @@ pub fn plan_transition<'w>(
             });
         }
     }
-    if workflow.four_eyes
-        && transition.four_eyes == Some(FourEyesPart::Authorises)
-        && actor.role != ActorRole::System
-        && history.accepted_or_keyed_by.iter().any(|name| name == &actor.name)
-    {
+    if four_eyes_forbids(workflow, transition, actor, history) {
         return Err(TransitionError::FourEyes {
             actor: actor.name.clone(),
             did: "accepted or keyed".into(),

@@ -837,7 +837,20 @@ async fn actions_follow_the_workflow_roles_four_eyes_and_concurrency() {
             .await;
         assert_eq!(conflict.status, StatusCode::CONFLICT);
         assert!(conflict.body.contains("Someone else changed"), "{}", conflict.body);
-        // Four-eyes: alice accepted it, so alice may not authorise it.
+        // Four-eyes: alice accepted it, so alice is not offered "Authorise" (and the engine
+        // refuses it if she asks anyway); bob is offered it.
+        let alices_page = alice.get(&format!("/cases/{reference}")).await;
+        assert!(
+            !alices_page.body.contains(r#"<option value="authorised""#),
+            "{}",
+            alices_page.body
+        );
+        assert!(
+            bob.get(&format!("/cases/{reference}"))
+                .await
+                .body
+                .contains(r#"<option value="authorised""#)
+        );
         let four_eyes = alice
             .post(&path, &[("csrf", &csrf), ("to", "authorised"), ("version", "3")])
             .await;

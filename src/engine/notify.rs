@@ -148,6 +148,60 @@ fn context(case: &CaseRecord, workflow: &WorkflowDef, reason: Option<&str>) -> s
     })
 }
 
+/// A template's context for a made-up case of `workflow` received `now`: what the admins'
+/// template previews render (two findings, an Open Exeter user ID, the SLA date).
+pub fn preview_context(workflow: &WorkflowDef, now: chrono::DateTime<Local>, due_at: i64) -> serde_json::Value {
+    let finding = |code: crate::policy::FindingCode, field: &str| crate::policy::Finding {
+        code,
+        field: workflow.field(field).map(|_| field.to_string()),
+        message: String::new(),
+    };
+    let case = CaseRecord {
+        id: 0,
+        reference: format!("CS-{}-000123", chrono::Datelike::year(&now)),
+        workflow: Some(workflow.name.clone()),
+        state: crate::workflow::wellknown::NEEDS_REVIEW.into(),
+        version: 1,
+        fields: Default::default(),
+        findings: vec![
+            finding(crate::policy::FindingCode::SignatoryRoleNotAllowed, "signatory_role"),
+            finding(crate::policy::FindingCode::RequiredFieldMissing, "user_email"),
+        ],
+        org_ods_code: Some("A81001".into()),
+        org_name: Some("Riverside Surgery".into()),
+        sender: Some("practice.manager@nhs.net".into()),
+        origin_message_id: 0,
+        form_attachment_id: None,
+        duplicate_of: None,
+        related_case_id: None,
+        assignee_id: None,
+        recorded: [("open_exeter_user_id".to_string(), "OE123456".to_string())].into(),
+        created_at: now.timestamp_millis(),
+        updated_at: now.timestamp_millis(),
+        due_at: Some(due_at),
+        sla_paused_at: None,
+    };
+    let mut value = context(&case, workflow, Some("(the reason the caseworker gives appears here)"));
+    // The digest's figures, for its preview.
+    if let Some(map) = value.as_object_mut() {
+        for (key, figure) in [
+            ("open_total", serde_json::json!(42)),
+            ("breached", serde_json::json!(3)),
+            ("at_risk", serde_json::json!(5)),
+            ("paused", serde_json::json!(7)),
+            ("week_from", serde_json::json!("16 November")),
+            ("week_to", serde_json::json!("22 November")),
+            ("received", serde_json::json!(61)),
+            ("completed", serde_json::json!(58)),
+            ("percent_within_sla", serde_json::json!("93%")),
+            ("reports_link", serde_json::json!("https://countersign.example/reports")),
+        ] {
+            map.insert(key.to_string(), figure);
+        }
+    }
+    value
+}
+
 /// What the case page puts in the reason box of a request for information: the mail lists
 /// the findings itself, so the reason starts as a sentence that introduces them, never as a
 /// copy of them (a practice was once told every problem twice).

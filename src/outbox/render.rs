@@ -31,6 +31,18 @@ impl Renderer {
         Ok(Renderer { tera })
     }
 
+    /// Every template's name (`acknowledgement`, `reminder`...), in order.
+    pub fn names(&self) -> Vec<String> {
+        let mut names: Vec<String> = self
+            .tera
+            .get_template_names()
+            .filter_map(|name| name.strip_suffix(".txt.tera"))
+            .map(str::to_string)
+            .collect();
+        names.sort();
+        names
+    }
+
     pub fn render(&self, template: &str, context: &serde_json::Value) -> Result<RenderedMail, OutboxError> {
         let failed = |e: tera::Error| {
             let mut message = e.to_string();

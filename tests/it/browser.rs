@@ -436,6 +436,7 @@ async fn case_journey(backend: Backend) {
         ("/admin/workflows", "Workflows"),
         ("/?q=no-such-case", "Open cases"),
         ("/reports", "Dashboard"),
+        ("/admin/templates", "Email templates"),
     ]
     .map(|(path, heading)| (path.to_string(), heading.to_string()))
     .to_vec();

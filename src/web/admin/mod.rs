@@ -1,14 +1,21 @@
-//! The admin pages: staff accounts, organisations, and the workflows as diagrams.
+//! The admin pages: staff accounts, organisations, the workflows as diagrams, and previews of
+//! every email template.
 
 mod organisations;
+mod templates;
 mod users;
 mod workflows;
 
 use super::Route;
 
 pub(super) fn routes() -> Vec<Route> {
-    [users::routes(), organisations::routes(), workflows::routes()]
-        .into_iter()
-        .flatten()
-        .collect()
+    [
+        users::routes(),
+        organisations::routes(),
+        workflows::routes(),
+        templates::routes(),
+    ]
+    .into_iter()
+    .flatten()
+    .collect()
 }

@@ -264,6 +264,8 @@ fn case_context(
     context.insert("attachments", &attachments);
     context.insert("thread", &correspondence(state, &case, &messages, &mail));
     context.insert("actions", &actions(&case, workflow, actor, &events));
+    // A case keyed by hand stays correctable (each change logged) until it is authorised.
+    let was_keyed = events.iter().any(|e| e.kind == "field_keyed");
     context.insert("timeline", &timeline(events, mail, timers, workflow));
     context.insert("notes", &notes);
     // Mail that named a case but was not allowed to change it is a case of its own: each page
@@ -298,17 +300,20 @@ fn case_context(
         .collect();
     context.insert("recorded_values", &recorded_values);
     context.insert("has_pdf", &case.form_attachment_id.is_some());
-    // A form with no fields (or no workflow yet) is keyed by hand beside the PDF.
+    // A form with no fields (or no workflow yet) is keyed by hand beside the PDF, and what was
+    // keyed can be corrected.
     let needs_keying = case
         .findings
         .iter()
         .any(|f| f.code == crate::policy::FindingCode::FormHasNoFields)
-        || case.workflow.is_none();
+        || case.workflow.is_none()
+        || was_keyed;
     context.insert(
         "keyable",
         &(needs_keying && wellknown::KEYABLE_STATES.contains(&case.state.as_str())),
     );
     context.insert("key_fields", &key_field_views(&case, workflow));
+    context.insert("was_keyed", &was_keyed);
     context.insert(
         "workflow_names",
         &state

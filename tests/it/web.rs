@@ -979,6 +979,23 @@ async fn a_flattened_form_is_keyed_beside_its_pdf_and_checked_by_the_same_rules(
             "{}",
             page.body
         );
+        // What was keyed stays correctable before authorisation, each change logged.
+        assert!(page.body.contains("Correct the keyed fields"), "{}", page.body);
+        let csrf = page.csrf();
+        let corrected = browser
+            .post(
+                &format!("/cases/{reference}/key"),
+                &[("csrf", &csrf), ("field.signatory_role", "GP Partner")],
+            )
+            .await;
+        assert_eq!(corrected.status, StatusCode::SEE_OTHER, "{}", corrected.body);
+        let page = browser.get(&format!("/cases/{reference}")).await;
+        assert!(
+            page.body.contains(&format!("{role_label}: “Practice Manager” → “GP Partner”")),
+            "{}",
+            page.body
+        );
+        assert!(!page.body.contains("A Practice Manager cannot sign this form"), "checked again");
         let json: serde_json::Value =
             serde_json::from_str(&browser.get(&format!("/api/cases/{reference}")).await.body).unwrap();
         let keyed = json["events"]
@@ -989,8 +1006,8 @@ async fn a_flattened_form_is_keyed_beside_its_pdf_and_checked_by_the_same_rules(
             .count();
         assert_eq!(
             keyed,
-            fields.len(),
-            "each keyed field is in the event log with old and new values"
+            fields.len() + 1,
+            "each keyed field (and the correction) is in the event log with old and new values"
         );
     })
     .await;

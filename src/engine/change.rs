@@ -145,7 +145,7 @@ pub fn plan_move(
         change.mail.push(notify::compose(
             settings,
             &snapshot,
-            workflow,
+            Some(workflow),
             &mail,
             &origin.sender_auth,
         ));
@@ -165,6 +165,58 @@ pub fn history_of(workflow: &WorkflowDef, events: &[CaseEvent]) -> CaseHistory {
             .map(|e| e.actor.clone())
             .collect(),
     }
+}
+
+/// Plans asking the sender of an email that came with no form for the form, by a member of
+/// staff: the request in the log and the mail queued, threaded to their email so that the
+/// form, when it comes in reply, joins this case (and gives it its workflow). Pure.
+pub fn plan_form_request(
+    now: i64,
+    settings: &notify::MailPolicy<'_>,
+    case: &CaseRecord,
+    actor: &Actor,
+    origin: &Origin,
+) -> Result<CaseChangeset, EngineError> {
+    if case.workflow.is_some() || case.state != unclassified::STATE {
+        return Err(EngineError::NoFormToAskFor {
+            reference: case.reference.clone(),
+        });
+    }
+    if !actor.role.is_among(unclassified::BY) {
+        return Err(EngineError::Transition {
+            reference: case.reference.clone(),
+            source: TransitionError::RoleNotAllowed {
+                role: actor.role.as_str().to_string(),
+                from: case.state.clone(),
+                to: case.state.clone(),
+                allowed_roles: unclassified::BY
+                    .iter()
+                    .map(|r| r.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            },
+        });
+    }
+    let mut change = changeset(case, now);
+    change.events.push(CaseEvent {
+        reason: Some(format!(
+            "asked {} for the form",
+            case.sender.as_deref().unwrap_or("the sender")
+        )),
+        ..CaseEvent::by(&actor.name, actor.role.as_str(), "form_requested", now)
+    });
+    let mail = notify::Notification {
+        template: "request_form",
+        recipient: case.sender.as_deref(),
+        reason: None,
+        automatic: false,
+        in_reply_to: origin.message_id.as_deref(),
+        suppress_because: origin.automatic.as_deref(),
+    };
+    change
+        .mail
+        .push(notify::compose(settings, case, None, &mail, &origin.sender_auth));
+    Ok(change)
 }
 
 /// The timers `workflow` arms for a case that starts waiting in `state` now.
@@ -531,6 +583,24 @@ impl Engine {
         };
         let updated = self.apply(&mut tx, &case, change).await?;
         tx.commit().await.context("committing a transition")?;
+        self.wakers.wake_all();
+        Ok(updated)
+    }
+
+    /// Asks the sender of an email that came with no form for the form (see
+    /// [`plan_form_request`]), with the page's version checked.
+    pub async fn request_form(
+        &self,
+        reference: &str,
+        actor: &Actor,
+        expected_version: Option<i64>,
+    ) -> Result<CaseRecord, EngineError> {
+        let mut tx = self.db.begin_write().await.context("starting a transaction")?;
+        let case = self.case_for_change(&mut tx, reference, expected_version).await?;
+        let origin = self.origin(&mut tx, &case).await?;
+        let change = plan_form_request(self.now_ms(), &self.mail_policy(), &case, actor, &origin)?;
+        let updated = self.apply(&mut tx, &case, change).await?;
+        tx.commit().await.context("committing a request for the form")?;
         self.wakers.wake_all();
         Ok(updated)
     }

@@ -68,6 +68,8 @@ pub enum EngineError {
         "case {reference} has no workflow yet, so it can only be {allowed}; key its fields against a workflow first"
     )]
     Unclassified { reference: String, allowed: String },
+    #[error("case {reference} already has its form (or is closed): there is no form to ask for")]
+    NoFormToAskFor { reference: String },
     #[error("case {reference} is {state}; fields can only be keyed while it is received or needs review")]
     NotKeyable { reference: String, state: String },
     #[error("workflow `{workflow}` has no field `{field}`")]

@@ -35,7 +35,7 @@ pub struct MailPolicy<'a> {
 pub fn compose(
     policy: &MailPolicy<'_>,
     case: &CaseRecord,
-    workflow: &WorkflowDef,
+    workflow: Option<&WorkflowDef>,
     mail: &Notification<'_>,
     sender_auth: &SenderAuth,
 ) -> NewMail {
@@ -87,7 +87,7 @@ pub fn compose(
 
 /// The template's context. Mail quotes no free text from the form or the email: findings in
 /// our own words, the ODS code only when it is well formed, and no organisation name.
-fn context(case: &CaseRecord, workflow: &WorkflowDef, reason: Option<&str>) -> serde_json::Value {
+fn context(case: &CaseRecord, workflow: Option<&WorkflowDef>, reason: Option<&str>) -> serde_json::Value {
     let when = |ms: Option<i64>| {
         ms.and_then(chrono::DateTime::from_timestamp_millis)
             .map(|t| t.with_timezone(&Local).format("%d/%m/%Y %H:%M").to_string())
@@ -99,7 +99,7 @@ fn context(case: &CaseRecord, workflow: &WorkflowDef, reason: Option<&str>) -> s
         let field = finding
             .field
             .as_deref()
-            .and_then(|name| workflow.field(name))
+            .and_then(|name| workflow.and_then(|w| w.field(name)))
             .map(|d| d.label.as_str());
         match findings.iter_mut().find(|(code, _)| *code == finding.code) {
             Some((_, fields)) => fields.extend(field.filter(|f| !fields.contains(f))),
@@ -125,16 +125,28 @@ fn context(case: &CaseRecord, workflow: &WorkflowDef, reason: Option<&str>) -> s
         "reason": reason,
         "recorded": case.recorded,
         "findings": findings,
-        "workflow": {
-            "name": workflow.name,
-            "title": workflow.title,
-            "request": workflow.request_name.as_deref().unwrap_or(&workflow.title),
-            "sla_working_days": workflow.sla.target_working_days,
+        // A case no workflow took yet (an email without a form) is named as what it is.
+        "workflow": match workflow {
+            Some(workflow) => serde_json::json!({
+                "name": workflow.name,
+                "title": workflow.title,
+                "request": workflow.request_name.as_deref().unwrap_or(&workflow.title),
+                "sla_working_days": workflow.sla.target_working_days,
+            }),
+            None => serde_json::json!({
+                "name": null,
+                "title": "Open Exeter access request",
+                "request": "email",
+                "sla_working_days": null,
+            }),
         },
         "case": {
             "reference": case.reference,
             "state": case.state,
-            "state_label": workflow.state(&case.state).map(|s| s.label.as_str()).unwrap_or(&case.state),
+            "state_label": workflow
+                .and_then(|w| w.state(&case.state))
+                .map(|s| s.label.as_str())
+                .unwrap_or(&case.state),
             "org_ods_code": checked_ods,
             "due_at": when(case.due_at),
             // The date a practice can expect an answer by: the SLA's due date, in words.
@@ -181,7 +193,11 @@ pub fn preview_context(workflow: &WorkflowDef, now: chrono::DateTime<Local>, due
         due_at: Some(due_at),
         sla_paused_at: None,
     };
-    let mut value = context(&case, workflow, Some("(the reason the caseworker gives appears here)"));
+    let mut value = context(
+        &case,
+        Some(workflow),
+        Some("(the reason the caseworker gives appears here)"),
+    );
     // The digest's figures, for its preview.
     if let Some(map) = value.as_object_mut() {
         for (key, figure) in [
@@ -237,7 +253,7 @@ mod tests {
         ] {
             let workflow = crate::workflow::shipped().get(name).unwrap().clone();
             let mail = renderer
-                .render("acknowledgement", &context(&case, &workflow, None))
+                .render("acknowledgement", &context(&case, Some(&workflow), None))
                 .unwrap();
             assert!(mail.text.contains(says), "{name}: {}", mail.text);
             let days = workflow.sla.target_working_days;
@@ -264,7 +280,7 @@ mod tests {
             message: format!("{field} is empty"),
         };
         case.findings = vec![missing("org_ods_code"), missing("org_name"), missing("org_ods_code")];
-        let context = context(&case, &workflow(), Some(SUGGESTED_CORRECTION_REASON));
+        let context = context(&case, Some(&workflow()), Some(SUGGESTED_CORRECTION_REASON));
         let findings = context["findings"].as_array().unwrap();
         assert_eq!(findings.len(), 1, "{findings:?}");
         let guidance = crate::policy::FindingCode::RequiredFieldMissing.guidance();
@@ -306,27 +322,27 @@ mod tests {
         let wf = workflow();
         case.sender = Some("gp@nhs.net".into());
         assert_eq!(
-            compose(&policy, &case, &wf, &notice(Some("gp@nhs.net"), true), &pass).suppressed_reason,
+            compose(&policy, &case, Some(&wf), &notice(Some("gp@nhs.net"), true), &pass).suppressed_reason,
             None
         );
         assert!(
-            compose(&policy, &case, &wf, &notice(Some("gp@nhs.net"), true), &unknown)
+            compose(&policy, &case, Some(&wf), &notice(Some("gp@nhs.net"), true), &unknown)
                 .suppressed_reason
                 .is_some()
         );
         // A person's decision is theirs to send.
         assert_eq!(
-            compose(&policy, &case, &wf, &notice(Some("gp@nhs.net"), false), &unknown).suppressed_reason,
+            compose(&policy, &case, Some(&wf), &notice(Some("gp@nhs.net"), false), &unknown).suppressed_reason,
             None
         );
         case.sender = Some("gp@example.com".into());
         assert!(
-            compose(&policy, &case, &wf, &notice(Some("gp@example.com"), true), &pass)
+            compose(&policy, &case, Some(&wf), &notice(Some("gp@example.com"), true), &pass)
                 .suppressed_reason
                 .is_some()
         );
         assert!(
-            compose(&policy, &case, &wf, &notice(None, false), &pass)
+            compose(&policy, &case, Some(&wf), &notice(None, false), &pass)
                 .suppressed_reason
                 .is_some()
         );
@@ -334,7 +350,7 @@ mod tests {
             compose(
                 &policy,
                 &case,
-                &wf,
+                Some(&wf),
                 &notice(Some("PCSE.openexeter@nhs.net"), false),
                 &pass
             )

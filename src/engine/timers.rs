@@ -176,7 +176,7 @@ impl Engine {
         change.mail.push(notify::compose(
             &self.mail_policy(),
             case,
-            workflow,
+            Some(workflow),
             mail,
             &origin.sender_auth,
         ));

@@ -26,6 +26,7 @@ pub(super) fn routes() -> Vec<Route> {
         Route::get("/cases/{reference}/attachments/{id}", Access::Staff, attachment),
         Route::post("/cases/{reference}/transition", Access::Staff, transition),
         Route::post("/cases/{reference}/claim", Access::Staff, claim),
+        Route::post("/cases/{reference}/request-form", Access::Staff, request_form),
         Route::post("/cases/{reference}/notes", Access::Staff, add_note),
         Route::post("/cases/{reference}/key", Access::Staff, key_fields),
         Route::post("/cases/{reference}/assign", Access::Staff, assign),
@@ -165,6 +166,9 @@ async fn show_case(
                 "claimed" => Some("The case is yours.".to_string()),
                 "assigned" => Some("The case's assignee is changed.".to_string()),
                 "keyed" => Some("The fields are saved and the checks ran again.".to_string()),
+                "form_requested" => {
+                    Some("The sender has been asked for the form; their reply will join this case.".to_string())
+                }
                 _ => None,
             };
             context.insert("success", &said);
@@ -731,6 +735,34 @@ pub async fn transition(
         token,
         &reference,
         "moved",
+        result.map(drop).map_err(WebError::from),
+    )
+    .await
+}
+
+#[derive(serde::Deserialize)]
+pub struct VersionedForm {
+    csrf: String,
+    version: String,
+}
+
+/// Asks the sender of an email that came with no form for the form.
+pub async fn request_form(
+    State(state): State<AppState>,
+    user: CurrentUser,
+    token: CsrfToken,
+    Path(reference): Path<String>,
+    Form(form): Form<VersionedForm>,
+) -> Result<Response, WebError> {
+    check_csrf(&token, &form.csrf)?;
+    let version = form.version.trim().parse().ok();
+    let result = state.engine.request_form(&reference, &user.actor(), version).await;
+    act_then_show(
+        &state,
+        &user,
+        token,
+        &reference,
+        "form_requested",
         result.map(drop).map_err(WebError::from),
     )
     .await

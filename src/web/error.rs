@@ -115,9 +115,10 @@ impl From<EngineError> for WebError {
                     | TransitionError::RecordedValueInvalid { .. },
                 ..
             } => WebError::BadRequest(error.to_string()),
-            EngineError::Transition { .. } | EngineError::Unclassified { .. } | EngineError::NotKeyable { .. } => {
-                WebError::Conflict(error.to_string())
-            }
+            EngineError::Transition { .. }
+            | EngineError::Unclassified { .. }
+            | EngineError::NotKeyable { .. }
+            | EngineError::NoFormToAskFor { .. } => WebError::Conflict(error.to_string()),
             EngineError::UnknownField { .. } | EngineError::UnknownWorkflow(_) => {
                 WebError::BadRequest(error.to_string())
             }

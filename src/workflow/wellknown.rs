@@ -40,7 +40,7 @@ pub mod unclassified {
     pub const EXITS: &[(&str, &str)] = &[
         ("rejected", "Reject"),
         ("withdrawn", "Withdraw"),
-        ("duplicate", "Mark as duplicate"),
+        ("duplicate", "Attach to another case (a duplicate of it)"),
         (CLOSED, "Close"),
     ];
     /// Who may send it there.

@@ -365,6 +365,71 @@ async fn a_form_sent_in_reply_to_a_case_without_one_classifies_that_case() {
     .await;
 }
 
+/// An email with no form never dead-ends: a caseworker asks the sender for the form (the mail
+/// goes, threaded, and is logged), and the form that comes back in reply to our request joins
+/// the case. A case with a form has no form to ask for.
+#[tokio::test]
+async fn a_caseworker_asks_for_the_missing_form_and_the_answer_joins_the_case() {
+    on_both_backends(|engine| async move {
+        let first = Mail {
+            from: SENDER,
+            subject: "Open Exeter access please".into(),
+            message_id: "ask-1@practice.nhs.net".into(),
+            in_reply_to: None,
+            authenticated: true,
+            pdf: None,
+        };
+        let reference = engine.intake(&first.bytes(), "test").await.unwrap().cases[0]
+            .reference
+            .clone();
+        let asked = engine.request_form(&reference, &person("alice"), None).await.unwrap();
+        assert!(asked.workflow.is_none(), "still waiting for its form");
+        assert!(
+            event_kinds(&engine, &reference)
+                .await
+                .contains(&"form_requested".to_string())
+        );
+        let mut conn = engine.db().pool.acquire().await.unwrap();
+        let id = storage::case_by_reference(&mut conn, &reference)
+            .await
+            .unwrap()
+            .unwrap()
+            .id;
+        let mail = storage::outbox_for_case(&mut conn, id).await.unwrap();
+        drop(conn);
+        let request = mail
+            .iter()
+            .find(|m| m.template == "request_form")
+            .expect("the request is queued");
+        assert_eq!(request.recipient.as_deref(), Some(SENDER));
+        assert_eq!(request.suppressed_reason, None, "a person decided to write: it goes");
+        let our_id: String = sqlx::query_scalar("SELECT message_id FROM outbox WHERE template = 'request_form'")
+            .fetch_one(&engine.db().pool)
+            .await
+            .unwrap();
+        let v = values(&engine, "primary_user_gp", 7, &[]);
+        let answer = Mail {
+            subject: format!("Re: [{reference}] Please send your Open Exeter form"),
+            message_id: "ask-2@practice.nhs.net".into(),
+            in_reply_to: Some(our_id.trim_matches(['<', '>'])),
+            pdf: Some(pdf(&engine, "primary_user_gp", &v)),
+            ..first
+        };
+        let report = engine.intake(&answer.bytes(), "test").await.unwrap();
+        assert_eq!(
+            report.cases[0].reference, reference,
+            "the form joins the case it was asked for"
+        );
+        assert_eq!(report.cases[0].workflow.as_deref(), Some("primary_user_gp"));
+        let refused = engine.request_form(&reference, &person("alice"), None).await;
+        assert!(
+            matches!(refused, Err(countersign::engine::EngineError::NoFormToAskFor { .. })),
+            "{refused:?}"
+        );
+    })
+    .await;
+}
+
 /// A delivery report returning `returned` (whole, as message/rfc822).
 fn bounce(returned: &[u8], message_id: &str) -> Vec<u8> {
     let mut mail = format!(

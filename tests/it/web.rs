@@ -581,6 +581,30 @@ async fn closed_cases_are_found_by_search_state_and_open_exeter_id_and_paused_ca
         let first = newest.body.find("CS-2026-000003").unwrap();
         let last = newest.body.find("CS-2026-000001").unwrap();
         assert!(first < last, "newest first");
+        // The email without a form does not dead-end: its page offers to ask for the form.
+        let no_form = browser.get("/cases/CS-2026-000002").await;
+        assert!(no_form.body.contains("Ask the sender for the form"), "{}", no_form.body);
+        let version = if no_form.body.contains(r#"name="version" value="1""#) {
+            "1"
+        } else {
+            "2"
+        };
+        let asked = browser
+            .post(
+                "/cases/CS-2026-000002/request-form",
+                &[("csrf", &no_form.csrf()), ("version", version)],
+            )
+            .await;
+        assert_eq!(
+            asked.location.as_deref(),
+            Some("/cases/CS-2026-000002?done=form_requested")
+        );
+        let said = browser.get(asked.location.as_deref().unwrap()).await;
+        assert!(
+            said.body.contains("The sender has been asked for the form"),
+            "{}",
+            said.body
+        );
     })
     .await;
 }
@@ -991,11 +1015,15 @@ async fn a_flattened_form_is_keyed_beside_its_pdf_and_checked_by_the_same_rules(
         assert_eq!(corrected.status, StatusCode::SEE_OTHER, "{}", corrected.body);
         let page = browser.get(&format!("/cases/{reference}")).await;
         assert!(
-            page.body.contains(&format!("{role_label}: “Practice Manager” → “GP Partner”")),
+            page.body
+                .contains(&format!("{role_label}: “Practice Manager” → “GP Partner”")),
             "{}",
             page.body
         );
-        assert!(!page.body.contains("A Practice Manager cannot sign this form"), "checked again");
+        assert!(
+            !page.body.contains("A Practice Manager cannot sign this form"),
+            "checked again"
+        );
         let json: serde_json::Value =
             serde_json::from_str(&browser.get(&format!("/api/cases/{reference}")).await.body).unwrap();
         let keyed = json["events"]

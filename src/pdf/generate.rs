@@ -13,7 +13,7 @@ const PAGE_HEIGHT: f32 = 842.0;
 const LEFT: f32 = 50.0;
 const FIELD_LEFT: f32 = 250.0;
 const FIELD_RIGHT: f32 = 545.0;
-const ROW: f32 = 30.0;
+const ROW: f32 = 24.0;
 
 /// Where completed forms are sent.
 pub const SUBMISSION_ADDRESS: &str = "pcse.openexeter@nhs.net";
@@ -47,38 +47,60 @@ fn build_form(workflow: &WorkflowDef, values: &BTreeMap<String, String>) -> Resu
         let page_id = builder.doc.new_object_id();
         let mut text = PageText::default();
         let mut annotations: Vec<Object> = Vec::new();
-        let mut y = PAGE_HEIGHT - 60.0;
+        let mut y = PAGE_HEIGHT - 50.0;
         if page_number == 1 {
-            text.line(LEFT, y, 16.0, true, &format!("Open Exeter - {}", workflow.title));
-            y -= 24.0;
-            for line in [
-                "Complete every field marked *. Page 2 must be signed by an authorised signatory,",
-                "otherwise the request cannot be processed. Email the completed form to",
-                SUBMISSION_ADDRESS,
-            ] {
-                text.line(LEFT, y, 10.0, false, line);
-                y -= 14.0;
-            }
-            y -= 16.0;
-        } else {
-            text.line(LEFT, y, 14.0, true, "Authorised signatory");
-            y -= 20.0;
-            let roles: Vec<&str> = workflow.signatories.roles.iter().map(|r| r.role.as_str()).collect();
-            text.line(LEFT, y, 10.0, false, "This form must be signed by one of:");
+            text.band(PAGE_HEIGHT - 36.0, "NHS Open Exeter access request");
             y -= 14.0;
-            for role in roles {
-                text.line(LEFT + 12.0, y, 10.0, false, &format!("- {role}"));
-                y -= 14.0;
+            text.line(LEFT, y, 16.0, true, &workflow.title);
+            y -= 20.0;
+            for line in [
+                "Fill in every field marked * on screen (or print and write in CAPITALS). It must be signed"
+                    .to_string(),
+                "by an authorised signatory for your organisation: see page 2 for who may sign, and what".to_string(),
+                format!("happens next. Email the completed PDF to {SUBMISSION_ADDRESS}."),
+            ] {
+                text.line(LEFT, y, 9.5, false, &line);
+                y -= 12.0;
             }
-            y -= 16.0;
+            y -= 6.0;
+        } else {
+            y = guidance_page(workflow, &mut text, y);
         }
+        let mut section: Option<&str> = None;
         for field in workflow.fields.iter().filter(|f| f.page == page_number) {
+            if field.section.as_deref() != section {
+                section = field.section.as_deref();
+                if let Some(heading) = section {
+                    y -= 6.0;
+                    text.line(LEFT, y, 12.0, true, heading);
+                    text.rule(LEFT, y - 4.0, FIELD_RIGHT, 0.5);
+                    y -= 22.0;
+                    if heading == "Authorised signatory" {
+                        let roles: Vec<&str> = workflow.signatories.roles.iter().map(|r| r.role.as_str()).collect();
+                        for line in wrap(&format!("Signed by one of: {}.", roles.join(", ")), 95) {
+                            text.line(LEFT, y, 9.0, false, &line);
+                            y -= 11.0;
+                        }
+                        y -= 6.0;
+                    }
+                }
+            }
             let label = if field.required {
                 format!("{} *", field.label)
             } else {
                 field.label.clone()
             };
-            text.line(LEFT, y, 10.0, false, &label);
+            if field.kind == FieldKind::Checkbox {
+                // The box first, its words beside it across the page: never drawn over them.
+                for (i, line) in wrap(&label, 85).iter().enumerate() {
+                    text.line(LEFT + 20.0, y - i as f32 * 12.0, 10.0, false, line);
+                }
+            } else {
+                let lines = wrap(&label, 38);
+                for (i, line) in lines.iter().enumerate() {
+                    text.line(LEFT, y - i as f32 * 11.0, 10.0, false, line);
+                }
+            }
             let field_ids = builder.add_field(workflow, field, page_id, y);
             annotations.extend(field_ids.widgets.into_iter().map(Object::Reference));
             all_fields.push(Object::Reference(field_ids.field));
@@ -89,11 +111,17 @@ fn build_form(workflow: &WorkflowDef, values: &BTreeMap<String, String>) -> Resu
                     text.line(FIELD_LEFT + 18.0 + i as f32 * 100.0, y, 10.0, false, option);
                 }
             }
-            y -= if field.kind == FieldKind::Signature {
-                ROW + 30.0
-            } else {
-                ROW
+            y -= match field.kind {
+                FieldKind::Signature => ROW + 26.0,
+                FieldKind::Checkbox => ROW + 4.0,
+                _ => ROW,
             };
+            if field.kind == FieldKind::Signature {
+                // Many practices print, sign and scan: a line to sign on by hand.
+                text.line(LEFT, y, 10.0, false, "Signature (if signed on paper)");
+                text.rule(FIELD_LEFT, y - 4.0, FIELD_RIGHT, 0.75);
+                y -= ROW + 6.0;
+            }
         }
         if y < 60.0 {
             return Err(GenerateError::PageOutOfRange {
@@ -108,7 +136,15 @@ fn build_form(workflow: &WorkflowDef, values: &BTreeMap<String, String>) -> Resu
             30.0,
             8.0,
             false,
-            &format!("Form {}   Page {page_number} of 2", workflow.recognise.form_id),
+            &format!(
+                "Form {}   Page {page_number} of 2   {}",
+                workflow.recognise.form_id,
+                if page_number == 1 {
+                    "Guidance notes overleaf"
+                } else {
+                    ""
+                }
+            ),
         );
         let content_id = builder.doc.add_object(Stream::new(dictionary! {}, text.encode()));
         builder.doc.objects.insert(
@@ -164,6 +200,75 @@ fn build_form(workflow: &WorkflowDef, values: &BTreeMap<String, String>) -> Resu
         source,
     })?;
     Ok(bytes)
+}
+
+/// Breaks `text` into lines of at most `width` characters, at spaces.
+fn wrap(text: &str, width: usize) -> Vec<String> {
+    let mut lines = Vec::new();
+    let mut line = String::new();
+    for word in text.split_whitespace() {
+        if !line.is_empty() && line.len() + 1 + word.len() > width {
+            lines.push(std::mem::take(&mut line));
+        }
+        if !line.is_empty() {
+            line.push(' ');
+        }
+        line.push_str(word);
+    }
+    if !line.is_empty() {
+        lines.push(line);
+    }
+    lines
+}
+
+/// Page 2: what a practice needs to know to get the form right first time. Returns where the
+/// page's text ends.
+fn guidance_page(workflow: &WorkflowDef, text: &mut PageText, mut y: f32) -> f32 {
+    text.line(LEFT, y, 14.0, true, "Guidance notes");
+    y -= 24.0;
+    let roles: Vec<&str> = workflow.signatories.roles.iter().map(|r| r.role.as_str()).collect();
+    let paragraphs: Vec<(&str, String)> = vec![
+        (
+            "Who may sign, and why",
+            format!(
+                "This request gives access to screening records for your whole organisation, so it must be signed by someone who can vouch for it: {}. The email address you send the form from should be an NHS address.",
+                roles.join(", ")
+            ),
+        ),
+        (
+            "If no authorised signatory is available",
+            format!(
+                "Do not ask someone else to sign in their place: a form signed by anyone else is returned. Email {SUBMISSION_ADDRESS} and we will tell you what to do."
+            ),
+        ),
+        (
+            "How to send the form",
+            format!(
+                "Fill the form in on screen where you can, save it, and email the PDF itself to {SUBMISSION_ADDRESS}. If you print it, write in capitals, sign it, and scan every page into one PDF. Send one form per person."
+            ),
+        ),
+        (
+            "What happens next",
+            format!(
+                "We reply with a reference number: keep it in the subject of any email about the request. We aim to finish within {} working days. If something needs correcting we tell you exactly what; reply to that email with the corrected form. When the account is set up we email you its user ID.",
+                workflow.sla.target_working_days
+            ),
+        ),
+        (
+            "Keeping the account",
+            "Open Exeter passwords expire after 30 days, and accounts not used for 90 days are suspended, so the new user should sign in soon and regularly.".to_string(),
+        ),
+    ];
+    for (heading, body) in paragraphs {
+        text.line(LEFT, y, 11.0, true, heading);
+        y -= 14.0;
+        for line in wrap(&body, 95) {
+            text.line(LEFT, y, 9.5, false, &line);
+            y -= 12.0;
+        }
+        y -= 10.0;
+    }
+    y
 }
 
 struct FieldIds {
@@ -233,7 +338,7 @@ impl<'v> FormBuilder<'v> {
         let text_rect = [FIELD_LEFT, y - 5.0, FIELD_RIGHT, y + 13.0];
         match field.kind {
             FieldKind::Checkbox => {
-                let mut widget = self.widget(page, [FIELD_LEFT, y - 3.0, FIELD_LEFT + 14.0, y + 11.0]);
+                let mut widget = self.widget(page, [LEFT, y - 3.0, LEFT + 14.0, y + 11.0]);
                 widget.extend(&dictionary! {
                     "FT" => "Btn", "T" => name, "TU" => tooltip, "AP" => self.toggle_appearance("Yes"),
                 });
@@ -335,6 +440,29 @@ struct PageText {
 }
 
 impl PageText {
+    /// A straight line from (`x1`, `y`) to (`x2`, `y`).
+    fn rule(&mut self, x1: f32, y: f32, x2: f32, width: f32) {
+        self.operations.extend([
+            Operation::new("w", vec![width.into()]),
+            Operation::new("m", vec![x1.into(), y.into()]),
+            Operation::new("l", vec![x2.into(), y.into()]),
+            Operation::new("S", vec![]),
+        ]);
+    }
+
+    /// A blue band across the top of the page with white words in it, as NHS forms have.
+    fn band(&mut self, y: f32, words: &str) {
+        self.operations.extend([
+            Operation::new("rg", vec![0.0.into(), 0.369.into(), 0.722.into()]),
+            Operation::new("re", vec![0.0.into(), y.into(), PAGE_WIDTH.into(), 36.0.into()]),
+            Operation::new("f", vec![]),
+            Operation::new("rg", vec![1.0.into(), 1.0.into(), 1.0.into()]),
+        ]);
+        self.line(LEFT, y + 13.0, 12.0, true, words);
+        self.operations
+            .push(Operation::new("rg", vec![0.0.into(), 0.0.into(), 0.0.into()]));
+    }
+
     fn line(&mut self, x: f32, y: f32, size: f32, bold: bool, text: &str) {
         let ascii: String = text.chars().map(|c| if c.is_ascii() { c } else { '?' }).collect();
         self.operations.extend([
@@ -381,34 +509,68 @@ mod tests {
         }
     }
 
+    /// The public form asks for the signature at the bottom of page 1: every field is on page
+    /// 1, the signatory's last, and page 2 is the guidance. The declaration's box is drawn
+    /// beside its words, never over them.
     #[test]
-    fn the_signatory_block_is_on_page_two() {
+    fn the_signatory_block_ends_page_one_and_its_declaration_box_stands_clear_of_its_words() {
         for workflow in workflows().iter() {
+            assert!(workflow.fields.iter().all(|f| f.page == 1), "{}", workflow.name);
+            let first_signatory = workflow
+                .fields
+                .iter()
+                .position(|f| f.name.starts_with("signatory_"))
+                .unwrap();
+            assert!(
+                workflow.fields[first_signatory..]
+                    .iter()
+                    .all(|f| f.name.starts_with("signatory_")),
+                "{}: the signatory block comes last",
+                workflow.name
+            );
             let doc = Document::load_mem(&blank_form(workflow).unwrap()).unwrap();
             let pages = doc.get_pages();
+            let page_one = pages[&1];
             let page_two = pages[&2];
-            for (_, object) in doc.objects.iter() {
-                let Ok(dict) = object.as_dict() else { continue };
-                let Ok(name) = dict.get(b"T").and_then(|t| t.as_str()) else {
-                    continue;
-                };
-                let name = String::from_utf8_lossy(name);
-                let page = dict
-                    .get(b"P")
-                    .ok()
-                    .or_else(|| {
-                        // A radio group's widgets carry the page.
-                        let kids = dict.get(b"Kids").ok()?.as_array().ok()?;
-                        doc.get_dictionary(kids.first()?.as_reference().ok()?)
-                            .ok()?
-                            .get(b"P")
-                            .ok()
-                    })
-                    .and_then(|p| p.as_reference().ok());
-                let on_page_two = page == Some(page_two);
-                assert_eq!(on_page_two, name.starts_with("signatory_"), "{}: {name}", workflow.name);
-            }
+            let annotations = |page| {
+                doc.get_dictionary(page)
+                    .unwrap()
+                    .get(b"Annots")
+                    .map(|a| a.as_array().unwrap().len())
+                    .unwrap_or(0)
+            };
+            assert!(
+                annotations(page_one) > 10 && annotations(page_two) == 0,
+                "{}",
+                workflow.name
+            );
+            let declaration = doc
+                .objects
+                .values()
+                .filter_map(|o| o.as_dict().ok())
+                .find(|d| {
+                    d.get(b"T")
+                        .and_then(|t| t.as_str())
+                        .is_ok_and(|t| t == b"signatory_declaration")
+                })
+                .unwrap();
+            let rect: Vec<f32> = declaration
+                .get(b"Rect")
+                .unwrap()
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_float().unwrap())
+                .collect();
+            // Its words start at LEFT + 20; the box ends before them.
+            assert!(rect[2] < LEFT + 20.0, "{}: {rect:?}", workflow.name);
         }
+    }
+
+    #[test]
+    fn long_labels_wrap_at_spaces() {
+        assert_eq!(wrap("a bb ccc dddd", 6), vec!["a bb", "ccc", "dddd"]);
+        assert_eq!(wrap("", 10), Vec::<String>::new());
     }
 
     #[test]

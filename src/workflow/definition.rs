@@ -111,6 +111,10 @@ pub struct FieldDef {
     /// The page (1-based) the blank form puts this field on.
     #[serde(default = "first_page")]
     pub page: u32,
+    /// The heading the blank form groups this field under ("Your organisation"), as the
+    /// practice thinks of its parts.
+    #[serde(default)]
+    pub section: Option<String>,
 }
 
 fn first_page() -> u32 {

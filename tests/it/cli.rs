@@ -226,10 +226,35 @@ fn forms_generate_writes_a_blank_form_per_workflow() {
         &url,
         &["forms", "generate", target.to_str().unwrap()],
     ));
+    // Each form is also drawn to PNG by an independent renderer (poppler's pdftoppm, which
+    // `.ci/run` installs), for a person to look at: tests/output/form-<id>-<page>.png.
+    let output = root().join("tests/output");
+    std::fs::create_dir_all(&output).unwrap();
     for id in ["PU-GP-1", "PU-ORG-1", "AP-1"] {
-        let bytes = std::fs::read(target.join(format!("{id}.pdf"))).unwrap();
+        let pdf = target.join(format!("{id}.pdf"));
+        let bytes = std::fs::read(&pdf).unwrap();
         let form = countersign::pdf::extract(&bytes, &[], Default::default()).unwrap();
         assert_eq!(form.get("form_id").and_then(|f| f.value.as_deref()), Some(id));
+        let rendered = Command::new("pdftoppm")
+            .args(["-png", "-r", "80"])
+            .arg(&pdf)
+            .arg(output.join(format!("form-{id}")))
+            .output()
+            .expect("pdftoppm (poppler-utils) renders the form");
+        assert!(
+            rendered.status.success(),
+            "{}",
+            String::from_utf8_lossy(&rendered.stderr)
+        );
+        for page in 1..=2 {
+            let png = output.join(format!("form-{id}-{page}.png"));
+            let size = std::fs::metadata(&png).map(|m| m.len()).unwrap_or(0);
+            assert!(
+                size > 5_000,
+                "{}: a real page, not a blank one ({size} bytes)",
+                png.display()
+            );
+        }
     }
 }
 

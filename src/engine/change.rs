@@ -527,13 +527,30 @@ impl Engine {
         let case = self
             .case_for_change(&mut tx, reference, request.expected_version)
             .await?;
+        let change = self.plan_request(&mut tx, &case, request, actor).await?;
+        let updated = self.apply(&mut tx, &case, change).await?;
+        tx.commit().await.context("committing a transition")?;
+        self.wakers.wake_all();
+        Ok(updated)
+    }
+
+    /// Plans what `request` would do to `case` (as read on `conn`): the machine's verdict, the
+    /// duplicate's original, the change and its mail. Applied by [`Engine::transition`]; shown
+    /// by [`Engine::preview_transition`].
+    async fn plan_request(
+        &self,
+        conn: &mut AnyConnection,
+        case: &CaseRecord,
+        request: &TransitionRequest,
+        actor: &Actor,
+    ) -> Result<CaseChangeset, EngineError> {
         let original = match &request.duplicate_of {
             Some(wanted) => {
                 let wanted = wanted.trim().to_uppercase();
                 if wanted == case.reference {
                     return Err(EngineError::DuplicateOfItself(wanted));
                 }
-                let original = storage::case_by_reference(&mut tx, &wanted)
+                let original = storage::case_by_reference(&mut *conn, &wanted)
                     .await?
                     .ok_or(EngineError::NoSuchOriginal(wanted))?;
                 Some(original)
@@ -554,11 +571,11 @@ impl Engine {
         };
         let duplicate_of = original.as_ref().map(|o| o.id);
         let now = self.now_ms();
-        let change = match case.workflow.as_deref() {
-            None => plan_unclassified_exit(now, &case, actor, &request.to, reason.as_deref(), duplicate_of)?,
+        Ok(match case.workflow.as_deref() {
+            None => plan_unclassified_exit(now, case, actor, &request.to, reason.as_deref(), duplicate_of)?,
             Some(name) => {
                 let workflow = self.workflow_named(Some(name))?;
-                let history = self.history(&mut tx, &case, workflow).await?;
+                let history = self.history(&mut *conn, &case, workflow).await?;
                 let request = TransitionRequest {
                     reason: reason.clone(),
                     ..request.clone()
@@ -570,7 +587,7 @@ impl Engine {
                             source,
                         }
                     })?;
-                let origin = self.origin(&mut tx, &case).await?;
+                let origin = self.origin(&mut *conn, &case).await?;
                 let step = Move {
                     plan: &plan,
                     actor,
@@ -578,13 +595,24 @@ impl Engine {
                     recorded: &request.recorded,
                     duplicate_of,
                 };
-                plan_move(self.when(), &self.mail_policy(), &case, workflow, &origin, &step)
+                plan_move(self.when(), &self.mail_policy(), case, workflow, &origin, &step)
             }
-        };
-        let updated = self.apply(&mut tx, &case, change).await?;
-        tx.commit().await.context("committing a transition")?;
-        self.wakers.wake_all();
-        Ok(updated)
+        })
+    }
+
+    /// The mail `request` would send, composed but not queued: what the case page previews
+    /// before a caseworker sends it. Nothing is written.
+    pub async fn preview_transition(
+        &self,
+        reference: &str,
+        request: &TransitionRequest,
+        actor: &Actor,
+    ) -> Result<Vec<storage::NewMail>, EngineError> {
+        let mut conn = self.db.pool.acquire().await.context("connecting")?;
+        let case = self
+            .case_for_change(&mut conn, reference, request.expected_version)
+            .await?;
+        Ok(self.plan_request(&mut conn, &case, request, actor).await?.mail)
     }
 
     /// Asks the sender of an email that came with no form for the form (see

@@ -47,6 +47,8 @@ struct ActionView {
     to: String,
     label: String,
     reason_required: bool,
+    /// The action sends an email (its transition names a template): it can be previewed.
+    sends_mail: bool,
     records: Vec<RecordView>,
 }
 
@@ -87,6 +89,17 @@ enum Outcome {
     Refused(WebError, Option<String>),
     /// Claiming a case a colleague (this address) has: asked first.
     TakeOver(String),
+    /// The email an action would send, shown before anything is sent.
+    Preview(Preview),
+}
+
+/// An action's email, previewed: the reason box keeps what was typed, to change and preview
+/// again, or to send.
+#[derive(serde::Serialize)]
+struct Preview {
+    to: String,
+    reason: String,
+    mail: Vec<serde_json::Value>,
 }
 
 /// Acts on a case, then shows it: with a confirmation when it worked, or the case page with
@@ -158,6 +171,8 @@ async fn show_case(
     case_context(&state, file, &user.actor(), &mut context);
     context.insert("staff", &staff);
     context.insert("next_case", &next_case);
+    context.insert("preview", &None::<Preview>);
+    context.insert("chosen", &None::<String>);
     let status = match outcome {
         Outcome::Done(done) => {
             let said = match done.as_str() {
@@ -182,6 +197,11 @@ async fn show_case(
         }
         Outcome::TakeOver(holder) => {
             context.insert("take_over", &holder);
+            axum::http::StatusCode::OK
+        }
+        Outcome::Preview(preview) => {
+            context.insert("chosen", &preview.to);
+            context.insert("preview", &preview);
             axum::http::StatusCode::OK
         }
     };
@@ -612,6 +632,7 @@ fn actions(
                     to: t.to.clone(),
                     label: t.label.clone(),
                     reason_required: t.reason_required,
+                    sends_mail: t.template.is_some(),
                     records: t
                         .records
                         .iter()
@@ -634,6 +655,7 @@ fn actions(
                 to: to.to_string(),
                 label: label.to_string(),
                 reason_required: true,
+                sends_mail: false,
                 records: vec![],
             })
             .collect(),
@@ -695,6 +717,9 @@ pub struct TransitionForm {
     /// For "mark as duplicate": the case this one repeats.
     #[serde(default)]
     duplicate_of: String,
+    /// `1`: show the email this action would send, and send nothing yet.
+    #[serde(default)]
+    preview: String,
     /// The values the transition records, by the names its workflow gives them (`records`);
     /// the engine keeps only those the transition declares.
     #[serde(flatten)]
@@ -728,16 +753,47 @@ pub async fn transition(
         recorded,
         expected_version: Some(version),
     };
+    // A refusal reopens the chosen action's form.
+    let chosen = Some(request.to.clone());
+    if form.preview == "1" {
+        return match state
+            .engine
+            .preview_transition(&reference, &request, &user.actor())
+            .await
+        {
+            Ok(mail) => {
+                let shown = Preview {
+                    to: request.to.clone(),
+                    reason: request.reason.clone().unwrap_or_default(),
+                    mail: mail.iter().map(|m| previewed(&state, m)).collect(),
+                };
+                show_case(&state, &user, token, &reference, Outcome::Preview(shown)).await
+            }
+            Err(error) => {
+                let refused = Outcome::Refused(WebError::from(error), chosen);
+                show_case(&state, &user, token, &reference, refused).await
+            }
+        };
+    }
     let result = state.engine.transition(&reference, &request, &user.actor()).await;
-    act_then_show(
-        &state,
-        &user,
-        token,
-        &reference,
-        "moved",
-        result.map(drop).map_err(WebError::from),
-    )
-    .await
+    let result = result.map(drop).map_err(WebError::from);
+    act_then_show_choosing(&state, &user, token, &reference, "moved", result, chosen).await
+}
+
+/// A composed email as the preview shows it: rendered from its template, with whether it
+/// would be held back.
+fn previewed(state: &AppState, mail: &storage::NewMail) -> serde_json::Value {
+    let context: serde_json::Value = serde_json::from_str(&mail.context_json).unwrap_or_default();
+    let (subject, text) = match state.mail.render(&mail.template, &context) {
+        Ok(rendered) => (rendered.subject, rendered.text),
+        Err(e) => (mail.template.clone(), format!("(this email cannot be shown: {e})")),
+    };
+    serde_json::json!({
+        "recipient": mail.recipient,
+        "subject": subject,
+        "text": text,
+        "held_back": mail.suppressed_reason,
+    })
 }
 
 #[derive(serde::Deserialize)]

@@ -141,7 +141,7 @@ async fn act(browser: &Client, to: &str, fill: &[(&str, &str)]) {
         .find(Locator::XPath(&format!("//form[input[@name='to' and @value='{to}']]")))
         .await
         .unwrap();
-    form.find(Locator::Css("button[type=submit]"))
+    form.find(Locator::Css("button[type=submit]:not([name=preview])"))
         .await
         .unwrap()
         .click()

@@ -833,6 +833,11 @@ async fn actions_follow_the_workflow_roles_four_eyes_and_concurrency() {
             "said on the case page itself: {}",
             refused.body
         );
+        assert!(
+            refused.body.contains(r#"data-chosen="rejected""#),
+            "the refused action's form is open again: {}",
+            refused.body
+        );
         let accepted = alice
             .post(
                 &path,
@@ -845,6 +850,46 @@ async fn actions_follow_the_workflow_roles_four_eyes_and_concurrency() {
             )
             .await;
         assert_eq!(accepted.status, StatusCode::SEE_OTHER, "{}", accepted.body);
+        // Before a request for information goes, its email can be read as the practice will
+        // read it, with the reason typed; nothing is sent or changed by looking.
+        let previewed = alice
+            .post(
+                &path,
+                &[
+                    ("csrf", &csrf),
+                    ("to", "awaiting_information"),
+                    ("reason", "Please have a GP partner sign it."),
+                    ("version", "3"),
+                    ("preview", "1"),
+                ],
+            )
+            .await;
+        assert_eq!(
+            previewed.status,
+            StatusCode::OK,
+            "{:?} {}",
+            previewed.location,
+            previewed.body
+        );
+        assert!(
+            previewed.body.contains("The email, before it goes"),
+            "{}",
+            previewed.body
+        );
+        assert!(
+            previewed.body.contains("Please have a GP partner sign it."),
+            "the reason, in the email and in the box"
+        );
+        assert!(
+            previewed
+                .body
+                .contains("Please correct your request for a Primary User account"),
+            "{}",
+            previewed.body
+        );
+        let json: serde_json::Value =
+            serde_json::from_str(&alice.get(&format!("/api/cases/{reference}")).await.body).unwrap();
+        assert_eq!(json["case"]["state"], "validated", "a preview changes nothing");
         // Bob's page is now stale.
         let stale = bob.get(&format!("/cases/{reference}")).await;
         let bob_csrf = stale.csrf();

@@ -575,7 +575,7 @@ impl Engine {
             None => plan_unclassified_exit(now, case, actor, &request.to, reason.as_deref(), duplicate_of)?,
             Some(name) => {
                 let workflow = self.workflow_named(Some(name))?;
-                let history = self.history(&mut *conn, &case, workflow).await?;
+                let history = self.history(&mut *conn, case, workflow).await?;
                 let request = TransitionRequest {
                     reason: reason.clone(),
                     ..request.clone()
@@ -587,7 +587,7 @@ impl Engine {
                             source,
                         }
                     })?;
-                let origin = self.origin(&mut *conn, &case).await?;
+                let origin = self.origin(&mut *conn, case).await?;
                 let step = Move {
                     plan: &plan,
                     actor,

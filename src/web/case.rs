@@ -68,6 +68,9 @@ pub struct CaseQuery {
     /// words of its own on the page.
     #[serde(default)]
     done: String,
+    /// The queue view the caseworker came from (its query string): "next case" stays in it.
+    #[serde(default)]
+    back: String,
 }
 
 pub async fn case_page(
@@ -77,13 +80,24 @@ pub async fn case_page(
     Path(reference): Path<String>,
     Query(query): Query<CaseQuery>,
 ) -> Result<Response, WebError> {
-    show_case(&state, &user, token, &reference, Outcome::Done(query.done)).await
+    show_case(
+        &state,
+        &user,
+        token,
+        &reference,
+        Outcome::Done {
+            done: query.done,
+            back: query.back,
+        },
+    )
+    .await
 }
 
 /// What the page reports above the case.
 enum Outcome {
-    /// What was done, as a [`CaseQuery::done`] word (or nothing).
-    Done(String),
+    /// What was done, as a [`CaseQuery::done`] word (or nothing), and the queue view the
+    /// caseworker came from.
+    Done { done: String, back: String },
     /// An action that was refused, with why: shown in an error summary on the page itself,
     /// with the action chosen again (its form open) when it was a state move.
     Refused(WebError, Option<String>),
@@ -154,10 +168,28 @@ async fn show_case(
         .filter(|u| !u.disabled)
         .map(|u| u.email)
         .collect();
-    // The next case in the queue after this one, for the "n" shortcut and the link.
+    // The next case after this one in the queue view the caseworker came from (the whole open
+    // queue when none), for the "n" shortcut and the link.
+    let back = match &outcome {
+        Outcome::Done { back, .. } => back.clone(),
+        _ => String::new(),
+    };
+    let view: QueueFilter = format!("/?{back}")
+        .parse::<axum::http::Uri>()
+        .ok()
+        .and_then(|uri| Query::<QueueFilter>::try_from_uri(&uri).ok())
+        .map(|Query(view)| view)
+        .unwrap_or_default();
+    let terminal = state.engine.workflows().terminal_states();
+    let cursor = match view.scope(&terminal) {
+        storage::QueueScope::Open => format!("{}:{}", file.case.due_at.unwrap_or(0), file.case.id),
+        _ => format!("0:{}", file.case.id),
+    };
     let after = QueueFilter {
-        after: format!("{}:{}", file.case.due_at.unwrap_or(0), file.case.id),
-        ..QueueFilter::default()
+        after: cursor,
+        done: String::new(),
+        left: String::new(),
+        ..view
     };
     let next_case = load_queue(&state, &mut conn, &after, user.0.id)
         .await?
@@ -171,10 +203,24 @@ async fn show_case(
     case_context(&state, file, &user.actor(), &mut context);
     context.insert("staff", &staff);
     context.insert("next_case", &next_case);
+    // Links onward keep the view: `?back=<the queue's query>`.
+    let back_query = after.query_string(false);
+    context.insert(
+        "view_suffix",
+        &if back_query.is_empty() {
+            String::new()
+        } else {
+            format!(
+                "?back={}",
+                url::form_urlencoded::byte_serialize(back_query.as_bytes()).collect::<String>()
+            )
+        },
+    );
+    context.insert("queue_link", &format!("/?{back_query}"));
     context.insert("preview", &None::<Preview>);
     context.insert("chosen", &None::<String>);
     let status = match outcome {
-        Outcome::Done(done) => {
+        Outcome::Done { done, .. } => {
             let said = match done.as_str() {
                 "moved" => Some(format!("Done: the case is now {state_label}.")),
                 "note" => Some("Your note is added.".to_string()),

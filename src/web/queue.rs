@@ -245,6 +245,19 @@ pub async fn queue(
     context.insert("state_counts", &state_counts);
     // Bulk actions come back to this same view of the queue.
     context.insert("back", &filter.query_string(false));
+    // Cases opened from here keep this view for their "next case" link.
+    let view = filter.query_string(false);
+    context.insert(
+        "view_suffix",
+        &if view.is_empty() {
+            String::new()
+        } else {
+            format!(
+                "?back={}",
+                url::form_urlencoded::byte_serialize(view.as_bytes()).collect::<String>()
+            )
+        },
+    );
     context.insert(
         "success",
         &filter.done.parse::<usize>().ok().map(|n| {

@@ -50,7 +50,8 @@
     if (key === "n" && next) { window.location = next.href; }
     var actions = document.getElementById("actions-h");
     if (key === "a" && actions) { actions.scrollIntoView(); var first = document.getElementById("action-choice"); if (first) { first.focus(); event.preventDefault(); } }
-    if (key === "q" && claim) { window.location = "/"; }
+    var queue = document.getElementById("back-to-queue");
+    if (key === "q" && queue) { window.location = queue.href; }
   });
 })();
 // The reports' Print button (a printable layout is in app.css's print rules).

@@ -609,6 +609,52 @@ async fn closed_cases_are_found_by_search_state_and_open_exeter_id_and_paused_ca
     .await;
 }
 
+/// "Next case" (`n`) stays within the queue view the caseworker opened the case from.
+#[tokio::test]
+async fn next_case_stays_within_the_filtered_view() {
+    on_both_backends(|engine| async move {
+        for name in ["mail/gp_form.eml", "mail/no_form.eml", "mail/forwarded.eml"] {
+            engine.intake(&fixture(name), "test").await.unwrap();
+        }
+        let mut browser = Browser::new(&engine).await;
+        browser.sign_in_as(&engine, "cw@nhs.net", ActorRole::Caseworker).await;
+        // The rows of a view, in order: their links carry the view.
+        let rows = |body: &str| -> Vec<String> {
+            body.split(r#"<td><a href="/cases/"#)
+                .skip(1)
+                .map(|rest| rest[..rest.find('"').unwrap()].to_string())
+                .collect()
+        };
+        let next = |body: &str| {
+            body.split(r#"id="next-case" href=""#)
+                .nth(1)
+                .map(|rest| rest[..rest.find('"').unwrap()].to_string())
+        };
+        let reviewing = rows(&browser.get("/?state=validated").await.body);
+        assert_eq!(reviewing.len(), 2, "{reviewing:?}");
+        assert!(
+            reviewing.iter().all(|r| r.ends_with("?back=state%3Dvalidated")),
+            "{reviewing:?}"
+        );
+        let first = browser.get(&format!("/cases/{}", reviewing[0])).await;
+        assert_eq!(
+            next(&first.body).as_deref(),
+            Some(format!("/cases/{}", reviewing[1]).as_str()),
+            "the next case is the view's next row"
+        );
+        let validated = rows(&browser.get("/?state=needs_review").await.body);
+        assert_eq!(validated.len(), 1, "{validated:?}");
+        let alone = browser.get(&format!("/cases/{}", validated[0])).await;
+        assert_eq!(next(&alone.body), None, "alone in its view, it has no next case");
+        let unfiltered = browser
+            .get(&format!("/cases/{}", validated[0].split('?').next().unwrap()))
+            .await;
+        assert!(next(&unfiltered.body).is_some() || rows(&browser.get("/").await.body).len() == 1);
+        assert!(unfiltered.body.contains("Back to the queue"));
+    })
+    .await;
+}
+
 /// Ingests `count` generated sample emails (good and bad forms of every workflow).
 async fn ingest_samples(engine: &Engine, count: usize) {
     let workflows = crate::common::workflows();

@@ -202,6 +202,31 @@ pub async fn count_cases_in_states(
         .context("decoding counts by state")
 }
 
+/// How many of the cases in `states` have each finding (each case counted once per code).
+pub async fn finding_counts(
+    conn: &mut AnyConnection,
+    states: &[String],
+) -> Result<std::collections::BTreeMap<String, usize>, StorageError> {
+    let mut counts = std::collections::BTreeMap::new();
+    if states.is_empty() {
+        return Ok(counts);
+    }
+    let sql = format!(
+        "SELECT findings FROM cases WHERE state IN ({}) AND findings <> '[]'",
+        placeholders(1, states.len())
+    );
+    let mut query = sqlx::query_scalar::<_, String>(sqlx::AssertSqlSafe(sql));
+    for state in states {
+        query = query.bind(state.as_str());
+    }
+    for findings in query.fetch_all(&mut *conn).await.context("counting findings")? {
+        for code in finding_codes(&findings) {
+            *counts.entry(code).or_insert(0) += 1;
+        }
+    }
+    Ok(counts)
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

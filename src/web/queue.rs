@@ -214,6 +214,7 @@ pub async fn queue(
         open
     };
     let state_counts = storage::count_cases_in_states(&mut conn, &open_states).await?;
+    let finding_counts = storage::finding_counts(&mut conn, &open_states).await?;
     drop(conn);
     let mut context = base_context(&user, &token)?;
     let terminal = state.engine.workflows().terminal_states();
@@ -227,10 +228,18 @@ pub async fn queue(
     states.dedup();
     // Every workflow declares the final states an unclassified case may be sent to.
     let closed_states = &terminal;
-    let findings: Vec<(&str, &str)> = crate::policy::FindingCode::ALL
+    // Each finding once, in plain English, with how many open cases have it (most first).
+    let mut findings: Vec<(&str, &str, usize)> = crate::policy::FindingCode::ALL
         .iter()
-        .map(|f| (f.as_str(), f.label()))
+        .map(|f| {
+            (
+                f.as_str(),
+                f.label(),
+                finding_counts.get(f.as_str()).copied().unwrap_or(0),
+            )
+        })
         .collect();
+    findings.sort_by(|a, b| b.2.cmp(&a.2).then_with(|| a.1.cmp(b.1)));
     let heading = match filter.scope(&terminal) {
         storage::QueueScope::Open => "Open cases",
         storage::QueueScope::Closed => "Closed cases",

@@ -549,6 +549,8 @@ async fn closed_cases_are_found_by_search_state_and_open_exeter_id_and_paused_ca
         assert!(!open.body.contains("sla-breached"));
         // The no-form case's finding, once, in plain English, and no SLA tag: it has no workflow.
         assert!(open.body.contains("No form attached") && !open.body.contains(">no_form_found<"));
+        // The finding filter counts the open cases that have each finding.
+        assert!(open.body.contains(">No form attached (1)</option>"), "{}", open.body);
         assert!(open.body.contains("no SLA yet"));
         let closed = browser.get("/?status=closed").await;
         assert!(closed.body.contains("<h1>Closed cases</h1>"));

@@ -114,6 +114,9 @@ pub struct AppState {
     pub staff_any_domain: bool,
     /// The email templates: a case's correspondence shows our mail as it reads.
     pub mail: Arc<crate::outbox::render::Renderer>,
+    /// The queue's counts by state and by finding, with when they were read (see
+    /// `queue::COUNTS_FRESH_FOR`).
+    pub queue_counts: Arc<std::sync::Mutex<Option<(std::time::Instant, queue::QueueCounts)>>>,
 }
 
 impl FromRef<AppState> for CsrfConfig {
@@ -171,6 +174,7 @@ impl AppState {
             base_url,
             live_mail_sources: Vec::new(),
             staff_any_domain: false,
+            queue_counts: Arc::default(),
             mail: Arc::new(crate::outbox::render::Renderer::load(templates_dir).map_err(|e| {
                 WebSetupError::Templates {
                     dir: templates_dir.display().to_string(),

@@ -213,8 +213,7 @@ pub async fn queue(
         open.dedup();
         open
     };
-    let state_counts = storage::count_cases_in_states(&mut conn, &open_states).await?;
-    let finding_counts = storage::finding_counts(&mut conn, &open_states).await?;
+    let (state_counts, finding_counts) = queue_counts(&state, &mut conn, &open_states).await?;
     drop(conn);
     let mut context = base_context(&user, &token)?;
     let terminal = state.engine.workflows().terminal_states();
@@ -299,6 +298,36 @@ pub async fn queue(
             .collect::<Vec<_>>(),
     );
     Ok((token, render(&state, "queue.html.tera", &context)?).into_response())
+}
+
+/// The open cases by state, and by finding code.
+pub type QueueCounts = (Vec<(String, i64)>, std::collections::BTreeMap<String, usize>);
+
+/// How long the queue's counts (by state, by finding) are reused before they are read again:
+/// reading every open case's findings on each page view would cost a large backlog dearly,
+/// and counts a few seconds old serve a caseworker choosing a filter just as well.
+const COUNTS_FRESH_FOR: std::time::Duration = std::time::Duration::from_secs(15);
+
+/// The open cases counted by state and by finding, read at most every [`COUNTS_FRESH_FOR`].
+async fn queue_counts(
+    state: &AppState,
+    conn: &mut AnyConnection,
+    open_states: &[String],
+) -> Result<QueueCounts, WebError> {
+    if let Ok(cached) = state.queue_counts.lock()
+        && let Some((at, counts)) = cached.as_ref()
+        && at.elapsed() < COUNTS_FRESH_FOR
+    {
+        return Ok(counts.clone());
+    }
+    let counts = (
+        storage::count_cases_in_states(conn, open_states).await?,
+        storage::finding_counts(conn, open_states).await?,
+    );
+    if let Ok(mut cached) = state.queue_counts.lock() {
+        *cached = Some((std::time::Instant::now(), counts.clone()));
+    }
+    Ok(counts)
 }
 
 /// Bulk actions from the queue: claim, assign or unassign every ticked case.

@@ -265,8 +265,19 @@ async fn case_journey(backend: Backend) {
     let queue = browser.source().await.unwrap();
     assert!(queue.contains(&reference) && queue.contains("Signatory not authorised to sign"));
     std::fs::write(output(backend, "queue-1280.png"), browser.screenshot().await.unwrap()).unwrap();
-    browser.set_window_size(400, 900).await.unwrap();
+    browser.set_window_size(390, 900).await.unwrap();
     std::fs::write(output(backend, "queue-narrow.png"), browser.screenshot().await.unwrap()).unwrap();
+    let overflow = browser
+        .execute(
+            "return document.documentElement.scrollWidth - document.documentElement.clientWidth;",
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert!(
+        overflow.as_i64().unwrap_or(0) <= 0,
+        "the queue scrolls sideways at 390 px by {overflow}"
+    );
     browser.set_window_size(1280, 1000).await.unwrap();
     // Keyboard: j selects the first (most urgent) case, Enter opens it.
     let first_row = browser
@@ -308,6 +319,21 @@ async fn case_journey(backend: Backend) {
         Some(format!("/cases/{reference}/form.pdf").as_str())
     );
     std::fs::write(output(backend, "case-1280.png"), browser.screenshot().await.unwrap()).unwrap();
+    // At 390 px (a phone) the case page fits without sideways scrolling.
+    browser.set_window_size(390, 900).await.unwrap();
+    let overflow = browser
+        .execute(
+            "return document.documentElement.scrollWidth - document.documentElement.clientWidth;",
+            vec![],
+        )
+        .await
+        .unwrap();
+    std::fs::write(output(backend, "case-narrow.png"), browser.screenshot().await.unwrap()).unwrap();
+    assert!(
+        overflow.as_i64().unwrap_or(0) <= 0,
+        "the case page scrolls sideways at 390 px by {overflow}"
+    );
+    browser.set_window_size(1280, 1000).await.unwrap();
 
     // Request information (the reason starts from the findings, and can be edited).
     act(

@@ -213,6 +213,7 @@ async fn case_journey(backend: Backend) {
         ("alice@nhs.net", ActorRole::Caseworker),
         ("bob@nhs.net", ActorRole::Caseworker),
         ("carol@nhs.net", ActorRole::Admin),
+        ("dana@nhs.net", ActorRole::Manager),
     ] {
         let mut conn = engine.db().pool.acquire().await.unwrap();
         let name = email.split('@').next().unwrap();
@@ -475,14 +476,35 @@ async fn case_journey(backend: Backend) {
         audit_accessibility(&browser, path).await;
     }
 
-    // The managers' reports (an admin may do what a manager may): the journey's case is
-    // counted, the charts are drawn, every table links its CSV.
+    // A manager: signing in lands on the dashboard; the reports for a period count the
+    // journey's case and draw their charts; every table links its CSV, and one downloads.
+    sign_out(&browser).await;
+    sign_in(&browser, &base, "dana@nhs.net").await;
+    assert!(
+        browser.current_url().await.unwrap().path() == "/reports",
+        "a manager lands on the dashboard"
+    );
     browser.set_window_size(1280, 3000).await.unwrap();
     browser
         .goto(&format!("{base}/reports?from=2026-11-16&to=2026-12-06"))
         .await
         .unwrap();
     wait_for(&browser, "svg.chart").await;
+    audit_accessibility(&browser, "the reports, as a manager").await;
+    let csv = browser
+        .execute_async(
+            "const done = arguments[arguments.length - 1];
+             const link = document.querySelector('a.csv[href^=\"/reports/sla.csv\"]');
+             fetch(link.href).then(r => r.text()).then(done);",
+            vec![],
+        )
+        .await
+        .unwrap();
+    let csv = csv.as_str().unwrap_or_default().to_string();
+    assert!(
+        csv.starts_with("\"workflow\",\"target_working_days\"") && csv.contains("\"primary_user_gp\""),
+        "the SLA table as CSV, downloaded with the manager's session: {csv}"
+    );
     let reports = browser.source().await.unwrap();
     assert!(
         reports.contains("Headline figures") && reports.contains("primary user gp"),

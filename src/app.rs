@@ -130,6 +130,18 @@ impl App {
             crate::ingest::shutdown_signal().await;
             let _ = stop_tx.send(true);
         });
+        // The reports add up kept days: keep any of the last 400 not kept yet now, in the
+        // background, rather than on a manager's first request (housekeeping keeps them after).
+        let warming = engine.clone();
+        tokio::spawn(async move {
+            match crate::reports::keep_past_days(&warming, 400).await {
+                Ok(0) => {}
+                Ok(days) => tracing::info!(days, "kept the report figures of past days"),
+                Err(error) => {
+                    tracing::warn!(error = %error, "keeping past days' report figures failed; reports work them out on request")
+                }
+            }
+        });
         let mut web = crate::web::AppState::new(
             engine.clone(),
             &settings.templates_dir,

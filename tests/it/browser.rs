@@ -151,6 +151,21 @@ async fn act(browser: &Client, to: &str, fill: &[(&str, &str)]) {
     wait_for(browser, &format!("#case-state[data-state='{to}']")).await;
 }
 
+/// Fails when the page is wider than the window (it would scroll sideways).
+async fn assert_fits_without_sideways_scrolling(browser: &Client, page: &str) {
+    let overflow = browser
+        .execute(
+            "return document.documentElement.scrollWidth - document.documentElement.clientWidth;",
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert!(
+        overflow.as_i64().unwrap_or(0) <= 0,
+        "{page} scrolls sideways by {overflow} px"
+    );
+}
+
 /// Runs axe-core (installed by `.ci/run` under `tests/axe`, from the npm registry) in the page
 /// and fails on any WCAG 2.0/2.1/2.2 A or AA violation, naming the rule and the elements.
 async fn audit_accessibility(browser: &Client, page: &str) {
@@ -268,17 +283,7 @@ async fn case_journey(backend: Backend) {
     std::fs::write(output(backend, "queue-1280.png"), browser.screenshot().await.unwrap()).unwrap();
     browser.set_window_size(390, 900).await.unwrap();
     std::fs::write(output(backend, "queue-narrow.png"), browser.screenshot().await.unwrap()).unwrap();
-    let overflow = browser
-        .execute(
-            "return document.documentElement.scrollWidth - document.documentElement.clientWidth;",
-            vec![],
-        )
-        .await
-        .unwrap();
-    assert!(
-        overflow.as_i64().unwrap_or(0) <= 0,
-        "the queue scrolls sideways at 390 px by {overflow}"
-    );
+    assert_fits_without_sideways_scrolling(&browser, "the queue at 390 px").await;
     browser.set_window_size(1280, 1000).await.unwrap();
     // Keyboard: j selects the first (most urgent) case, Enter opens it.
     let first_row = browser
@@ -322,18 +327,8 @@ async fn case_journey(backend: Backend) {
     std::fs::write(output(backend, "case-1280.png"), browser.screenshot().await.unwrap()).unwrap();
     // At 390 px (a phone) the case page fits without sideways scrolling.
     browser.set_window_size(390, 900).await.unwrap();
-    let overflow = browser
-        .execute(
-            "return document.documentElement.scrollWidth - document.documentElement.clientWidth;",
-            vec![],
-        )
-        .await
-        .unwrap();
     std::fs::write(output(backend, "case-narrow.png"), browser.screenshot().await.unwrap()).unwrap();
-    assert!(
-        overflow.as_i64().unwrap_or(0) <= 0,
-        "the case page scrolls sideways at 390 px by {overflow}"
-    );
+    assert_fits_without_sideways_scrolling(&browser, "the case page at 390 px").await;
     browser.set_window_size(1280, 1000).await.unwrap();
 
     // Request information (the reason starts from the findings, and can be edited).

@@ -132,6 +132,37 @@ pub async fn disable_user(
     Ok(Redirect::to("/admin/users").into_response())
 }
 
+/// What the users page can do to one account with one click.
+#[derive(Clone, Copy)]
+enum AccountAction {
+    Enable,
+    Unlock,
+}
+
+async fn act_on_account(
+    state: &AppState,
+    user: &CurrentUser,
+    token: CsrfToken,
+    email: &str,
+    csrf: &str,
+    action: AccountAction,
+) -> Result<Response, WebError> {
+    check_csrf(&token, csrf)?;
+    let mut conn = state.engine.db().pool.acquire().await?;
+    let said = match action {
+        AccountAction::Enable => {
+            crate::users::set_disabled(&mut conn, email, false).await?;
+            format!("{email} is enabled again. Send them a new set-password link if they need one.")
+        }
+        AccountAction::Unlock => {
+            crate::users::unlock(&mut conn, email).await?;
+            format!("{email} may sign in again now.")
+        }
+    };
+    drop(conn);
+    users_view_saying(state, user, token, None, Some(said), None).await
+}
+
 pub async fn enable_user(
     State(state): State<AppState>,
     user: CurrentUser,
@@ -139,12 +170,7 @@ pub async fn enable_user(
     Path(email): Path<String>,
     Form(form): Form<CsrfForm>,
 ) -> Result<Response, WebError> {
-    check_csrf(&token, &form.csrf)?;
-    let mut conn = state.engine.db().pool.acquire().await?;
-    crate::users::set_disabled(&mut conn, &email, false).await?;
-    drop(conn);
-    let said = format!("{email} is enabled again. Send them a new set-password link if they need one.");
-    users_view_saying(&state, &user, token, None, Some(said), None).await
+    act_on_account(&state, &user, token, &email, &form.csrf, AccountAction::Enable).await
 }
 
 pub async fn unlock_user(
@@ -154,12 +180,7 @@ pub async fn unlock_user(
     Path(email): Path<String>,
     Form(form): Form<CsrfForm>,
 ) -> Result<Response, WebError> {
-    check_csrf(&token, &form.csrf)?;
-    let mut conn = state.engine.db().pool.acquire().await?;
-    crate::users::unlock(&mut conn, &email).await?;
-    drop(conn);
-    let said = format!("{email} may sign in again now.");
-    users_view_saying(&state, &user, token, None, Some(said), None).await
+    act_on_account(&state, &user, token, &email, &form.csrf, AccountAction::Unlock).await
 }
 
 #[derive(serde::Deserialize)]

@@ -64,6 +64,8 @@ pub struct Move<'a> {
     pub recorded: &'a [(String, String)],
     /// The case the move marks this one a duplicate of, linked with it.
     pub duplicate_of: Option<i64>,
+    /// A person's own words for the move's email, in place of the template's body.
+    pub mail_text: Option<&'a str>,
 }
 
 /// Plans a state move the machine allowed: the new state and recorded values, its event,
@@ -142,13 +144,13 @@ pub fn plan_move(
             in_reply_to: origin.message_id.as_deref(),
             suppress_because: origin.automatic.as_deref(),
         };
-        change.mail.push(notify::compose(
-            settings,
-            &snapshot,
-            Some(workflow),
-            &mail,
-            &origin.sender_auth,
-        ));
+        let mut composed = notify::compose(settings, &snapshot, Some(workflow), &mail, &origin.sender_auth);
+        if step.actor.role != ActorRole::System
+            && let Some(text) = step.mail_text
+        {
+            notify::replace_body(&mut composed, text);
+        }
+        change.mail.push(composed);
     }
     change
 }
@@ -502,6 +504,7 @@ impl Engine {
             reason: Some(reason),
             recorded: &[],
             duplicate_of: None,
+            mail_text: None,
         };
         Ok(plan_move(
             self.when(),
@@ -594,6 +597,7 @@ impl Engine {
                     reason: reason.as_deref(),
                     recorded: &request.recorded,
                     duplicate_of,
+                    mail_text: request.mail_text.as_deref(),
                 };
                 plan_move(self.when(), &self.mail_policy(), case, workflow, &origin, &step)
             }
@@ -831,6 +835,7 @@ mod tests {
             reason: Some(reason),
             recorded: &[],
             duplicate_of,
+            mail_text: None,
         };
         let domains = crate::domain::NhsDomains::new(["nhs.net"]);
         let policy = notify::MailPolicy {

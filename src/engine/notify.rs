@@ -160,6 +160,31 @@ fn context(case: &CaseRecord, workflow: Option<&WorkflowDef>, reason: Option<&st
     })
 }
 
+/// The longest body a person may write in place of a template's.
+const MAX_OWN_WORDS: usize = 20_000;
+
+/// Puts a person's own words in place of the email's template body (the subject stays the
+/// template's): what a caseworker edited after previewing it. Control characters other than
+/// line breaks and tabs are dropped; the HTML version escapes it like any value.
+pub fn replace_body(mail: &mut NewMail, text: &str) {
+    let words: String = text
+        .chars()
+        .filter(|c| !c.is_control() || matches!(c, '\n' | '\t'))
+        .take(MAX_OWN_WORDS)
+        .collect();
+    if words.trim().is_empty() {
+        return;
+    }
+    let mut context: serde_json::Value = serde_json::from_str(&mail.context_json).unwrap_or_default();
+    if let Some(map) = context.as_object_mut() {
+        map.insert(
+            "body_override".into(),
+            serde_json::Value::String(words.trim().to_string()),
+        );
+        mail.context_json = context.to_string();
+    }
+}
+
 /// A template's context for a made-up case of `workflow` received `now`: what the admins'
 /// template previews render (two findings, an Open Exeter user ID, the SLA date).
 pub fn preview_context(workflow: &WorkflowDef, now: chrono::DateTime<Local>, due_at: i64) -> serde_json::Value {
@@ -269,6 +294,36 @@ mod tests {
                 mail.text
             );
         }
+    }
+
+    /// A caseworker's own words replace the template's body (not its subject), control
+    /// characters dropped; blank words change nothing.
+    #[test]
+    fn own_words_replace_the_body_but_not_the_subject() {
+        let renderer =
+            crate::outbox::render::Renderer::load(&std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("templates"))
+                .unwrap();
+        let case = super::super::change::tests_support::case();
+        let mut mail = NewMail {
+            template: "request_for_correction".into(),
+            recipient: Some("gp@nhs.net".into()),
+            context_json: context(&case, Some(&workflow()), Some("r")).to_string(),
+            message_id: "<m@x>".into(),
+            in_reply_to: None,
+            automatic: false,
+            suppressed_reason: None,
+        };
+        replace_body(&mut mail, "   ");
+        assert!(
+            !mail.context_json.contains("body_override"),
+            "blank words change nothing"
+        );
+        replace_body(&mut mail, "Dear Dr Jones,\nPlease sign page 1.\u{0007}");
+        let context: serde_json::Value = serde_json::from_str(&mail.context_json).unwrap();
+        let rendered = renderer.render("request_for_correction", &context).unwrap();
+        assert_eq!(rendered.text, "Dear Dr Jones,\nPlease sign page 1.\n");
+        assert!(rendered.subject.contains("[CS-2026-000007]"), "{}", rendered.subject);
+        assert!(rendered.html.contains("Please sign page 1."));
     }
 
     #[test]

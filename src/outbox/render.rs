@@ -67,7 +67,11 @@ impl Renderer {
             .map(str::trim)
             .unwrap_or("Countersign")
             .to_string();
-        let text = rest.trim().to_string() + "\n";
+        // A caseworker's own words, when they edited the email before it went.
+        let text = match context.get("body_override").and_then(|b| b.as_str()) {
+            Some(own) if !own.trim().is_empty() => own.trim().to_string() + "\n",
+            _ => rest.trim().to_string() + "\n",
+        };
         ctx.insert("subject", &subject);
         ctx.insert("plain", &text);
         let html = self

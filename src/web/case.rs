@@ -766,6 +766,13 @@ pub struct TransitionForm {
     /// `1`: show the email this action would send, and send nothing yet.
     #[serde(default)]
     preview: String,
+    /// The email as the caseworker edited it in the preview (empty: the template's words).
+    #[serde(default)]
+    mail_text: String,
+    /// The email as the preview showed it: when `mail_text` is still the same, nobody edited
+    /// it, and the template's words go (with the reason as it is now).
+    #[serde(default)]
+    previewed_text: String,
     /// The values the transition records, by the names its workflow gives them (`records`);
     /// the engine keeps only those the transition declares.
     #[serde(flatten)]
@@ -798,6 +805,10 @@ pub async fn transition(
         reason: Some(form.reason.trim().to_string()).filter(|r| !r.is_empty()),
         recorded,
         expected_version: Some(version),
+        mail_text: {
+            let normal = |text: &str| text.replace("\r\n", "\n").trim().to_string();
+            Some(normal(&form.mail_text)).filter(|t| !t.is_empty() && *t != normal(&form.previewed_text))
+        },
     };
     // A refusal reopens the chosen action's form.
     let chosen = Some(request.to.clone());
@@ -808,10 +819,30 @@ pub async fn transition(
             .await
         {
             Ok(mail) => {
+                // The template's own words too (with the reason as it is), so that sending
+                // unchanged words later sends the template, and changed ones are kept.
+                let unedited = TransitionRequest {
+                    mail_text: None,
+                    ..request.clone()
+                };
+                let template_words = state
+                    .engine
+                    .preview_transition(&reference, &unedited, &user.actor())
+                    .await
+                    .unwrap_or_default();
                 let shown = Preview {
                     to: request.to.clone(),
                     reason: request.reason.clone().unwrap_or_default(),
-                    mail: mail.iter().map(|m| previewed(&state, m)).collect(),
+                    mail: mail
+                        .iter()
+                        .zip(template_words.iter().map(Some).chain(std::iter::repeat(None)))
+                        .map(|(m, plain)| {
+                            let mut shown = previewed(&state, m);
+                            shown["template_text"] =
+                                plain.map(|p| previewed(&state, p)["text"].clone()).unwrap_or_default();
+                            shown
+                        })
+                        .collect(),
                 };
                 show_case(&state, &user, token, &reference, Outcome::Preview(shown)).await
             }

@@ -58,6 +58,9 @@ pub struct TransitionRequest {
     /// For "mark as duplicate": the reference of the case this one repeats, linked in the
     /// same transaction as the state change.
     pub duplicate_of: Option<String>,
+    /// A caseworker's own words for the email the move sends, in place of its template's body
+    /// (after previewing it); the subject stays the template's.
+    pub mail_text: Option<String>,
 }
 
 /// What the engine must do, all in one transaction, for an allowed transition.

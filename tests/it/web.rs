@@ -831,6 +831,70 @@ async fn the_case_page_shows_fields_findings_email_pdf_and_timeline() {
     .await;
 }
 
+/// Words a caseworker edited in the preview are the words that go; words left as the
+/// template wrote them follow the template (and the reason as it is when sent).
+#[tokio::test]
+async fn edited_email_words_are_sent_as_written_and_unedited_ones_follow_the_template() {
+    on_both_backends(|engine| async move {
+        let wf = engine.workflows().get("primary_user_gp").unwrap().clone();
+        let mut references = Vec::new();
+        for n in [3, 4] {
+            let email = crate::common::form_email(&wf, n, &[], "amara@nhs.net", &format!("edit-{n}@x"), "Form");
+            references.push(engine.intake(&email, "test").await.unwrap().cases[0].reference.clone());
+        }
+        let mut alice = Browser::new(&engine).await;
+        alice.sign_in_as(&engine, "alice@nhs.net", ActorRole::Caseworker).await;
+        for (reference, edited) in references.iter().zip([true, false]) {
+            let page = alice.get(&format!("/cases/{reference}")).await;
+            let csrf = page.csrf();
+            let version = if page.body.contains(r#"name="version" value="2""#) {
+                "2"
+            } else {
+                "1"
+            };
+            let words = if edited {
+                "Dear colleague, please sign page 1 again."
+            } else {
+                "as the template wrote it"
+            };
+            let sent = alice
+                .post(
+                    &format!("/cases/{reference}/transition"),
+                    &[
+                        ("csrf", &csrf),
+                        ("to", "awaiting_information"),
+                        ("reason", "The date is missing."),
+                        ("version", version),
+                        ("mail_text", words),
+                        ("previewed_text", "as the template wrote it"),
+                    ],
+                )
+                .await;
+            assert_eq!(sent.status, StatusCode::SEE_OTHER, "{}", sent.body);
+            let mut conn = engine.db().pool.acquire().await.unwrap();
+            let id = countersign::storage::case_by_reference(&mut conn, reference)
+                .await
+                .unwrap()
+                .unwrap()
+                .id;
+            let mail = countersign::storage::outbox_for_case(&mut conn, id).await.unwrap();
+            let request = mail.iter().find(|m| m.template == "request_for_correction").unwrap();
+            assert_eq!(
+                request.context_json.contains("please sign page 1 again"),
+                edited,
+                "{}",
+                request.context_json
+            );
+            assert_eq!(request.context_json.contains("body_override"), edited);
+            assert!(
+                request.context_json.contains("The date is missing."),
+                "the reason is kept either way"
+            );
+        }
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn actions_follow_the_workflow_roles_four_eyes_and_concurrency() {
     on_both_backends(|engine| async move {
@@ -938,6 +1002,32 @@ async fn actions_follow_the_workflow_roles_four_eyes_and_concurrency() {
         let json: serde_json::Value =
             serde_json::from_str(&alice.get(&format!("/api/cases/{reference}")).await.body).unwrap();
         assert_eq!(json["case"]["state"], "validated", "a preview changes nothing");
+        assert!(
+            previewed.body.contains(r#"name="mail_text""#),
+            "the email's words can be edited"
+        );
+        // Edited words are previewed as edited.
+        let edited = alice
+            .post(
+                &path,
+                &[
+                    ("csrf", &csrf),
+                    ("to", "awaiting_information"),
+                    ("reason", "Please have a GP partner sign it."),
+                    ("version", "3"),
+                    ("preview", "1"),
+                    ("mail_text", "Dear Dr Okafor, page 1 needs a partner's signature."),
+                    ("previewed_text", "what the template said"),
+                ],
+            )
+            .await;
+        assert!(
+            edited
+                .body
+                .contains("Dear Dr Okafor, page 1 needs a partner&#x27;s signature."),
+            "{}",
+            edited.body
+        );
         // Bob's page is now stale.
         let stale = bob.get(&format!("/cases/{reference}")).await;
         let bob_csrf = stale.csrf();

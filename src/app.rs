@@ -130,11 +130,12 @@ impl App {
             crate::ingest::shutdown_signal().await;
             let _ = stop_tx.send(true);
         });
-        // The reports add up kept days: keep any of the last 400 not kept yet now, in the
-        // background, rather than on a manager's first request (housekeeping keeps them after).
+        // The reports add up kept days: keep every past day not kept yet now, in the
+        // background, rather than on a manager's first request (housekeeping keeps each new
+        // one after).
         let warming = engine.clone();
         tokio::spawn(async move {
-            match crate::reports::keep_past_days(&warming, 400).await {
+            match crate::reports::keep_all_past_days(&warming).await {
                 Ok(0) => {}
                 Ok(days) => tracing::info!(days, "kept the report figures of past days"),
                 Err(error) => {

@@ -105,6 +105,21 @@ pub async fn keep_past_days(engine: &Engine, back: i64) -> Result<usize, Storage
     Ok(all.saturating_sub(kept))
 }
 
+/// Works out and keeps every past day's facts not kept yet, back to the first state move:
+/// what `serve` does in the background when it starts, so that a report over any period,
+/// years included, adds up kept days. Returns how many days it worked out.
+pub async fn keep_all_past_days(engine: &Engine) -> Result<usize, StorageError> {
+    let mut conn = engine.db().pool.acquire().await.context("connecting")?;
+    let first = storage::first_move_at(&mut conn).await?;
+    drop(conn);
+    let Some(first) = first else { return Ok(0) };
+    let first_day = chrono::DateTime::from_timestamp_millis(first)
+        .map(|t| t.with_timezone(&chrono::Local).date_naive())
+        .unwrap_or_else(|| engine.clock().now().date_naive());
+    let back = (engine.clock().now().date_naive() - first_day).num_days();
+    keep_past_days(engine, back).await
+}
+
 /// Works out the report for `period`: its days' facts, the cases open now.
 pub async fn report_for(engine: &Engine, period: Period) -> Result<Report, StorageError> {
     let mut conn = engine.db().pool.acquire().await.context("connecting")?;

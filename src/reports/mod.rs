@@ -7,7 +7,7 @@
 
 mod load;
 
-pub use load::{Dashboard, dashboard, days_of, keep_past_days, report_and_previous, report_for};
+pub use load::{Dashboard, dashboard, days_of, keep_all_past_days, keep_past_days, report_and_previous, report_for};
 
 use std::collections::{BTreeMap, HashMap};
 

@@ -214,6 +214,14 @@ pub async fn finding_counts(
     Ok(counts)
 }
 
+/// When the first state move happened (None before any case): how far back report days go.
+pub async fn first_move_at(conn: &mut AnyConnection) -> Result<Option<i64>, StorageError> {
+    sqlx::query_scalar("SELECT MIN(at) FROM case_events WHERE to_state IS NOT NULL")
+        .fetch_one(&mut *conn)
+        .await
+        .context("finding the first state move")
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

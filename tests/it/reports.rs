@@ -90,6 +90,14 @@ async fn the_reports_match_figures_worked_out_by_hand() {
     let _ = tracing_subscriber::fmt().with_test_writer().try_init();
     on_both_backends_clocked(|engine, clock| async move {
         data_set(&engine, &clock).await;
+        // What serve does when it starts: every past day from the first case's (Friday 20th)
+        // to yesterday (Sunday 29th) is kept; today is not.
+        assert_eq!(countersign::reports::keep_all_past_days(&engine).await.unwrap(), 10);
+        assert_eq!(
+            countersign::reports::keep_all_past_days(&engine).await.unwrap(),
+            0,
+            "kept once"
+        );
         let mut manager = Browser::new(&engine).await;
         manager.sign_in_as(&engine, "manager@nhs.net", ActorRole::Manager).await;
         let period = "from=2026-11-16&to=2026-12-06";

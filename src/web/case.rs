@@ -204,19 +204,8 @@ async fn show_case(
     context.insert("staff", &staff);
     context.insert("next_case", &next_case);
     // Links onward keep the view: `?back=<the queue's query>`.
-    let back_query = after.query_string(false);
-    context.insert(
-        "view_suffix",
-        &if back_query.is_empty() {
-            String::new()
-        } else {
-            format!(
-                "?back={}",
-                url::form_urlencoded::byte_serialize(back_query.as_bytes()).collect::<String>()
-            )
-        },
-    );
-    context.insert("queue_link", &format!("/?{back_query}"));
+    context.insert("view_suffix", &after.view_suffix());
+    context.insert("queue_link", &format!("/?{}", after.query_string()));
     context.insert("preview", &None::<Preview>);
     context.insert("chosen", &None::<String>);
     let status = match outcome {

@@ -72,9 +72,9 @@ pub struct QueueRow {
 }
 
 impl QueueFilter {
-    /// The filter as a query string (without the page cursor unless `with_cursor`): for the
-    /// next page's link, and for coming back to the same view after a bulk action.
-    pub fn query_string(&self, with_cursor: bool) -> String {
+    /// The filter as a query string, without its page cursor: for the next page's link, and
+    /// for coming back to the same view after a bulk action or from a case.
+    pub fn query_string(&self) -> String {
         let mut query = url::form_urlencoded::Serializer::new(String::new());
         for (key, value) in [
             ("status", &self.status),
@@ -89,10 +89,20 @@ impl QueueFilter {
                 query.append_pair(key, value);
             }
         }
-        if with_cursor && !self.after.is_empty() {
-            query.append_pair("after", &self.after);
-        }
         query.finish()
+    }
+
+    /// `?back=<this view>` for links to a case opened from it, so that its "next case" stays
+    /// in the view (empty for the whole open queue).
+    pub fn view_suffix(&self) -> String {
+        let view = self.query_string();
+        if view.is_empty() {
+            return String::new();
+        }
+        format!(
+            "?back={}",
+            url::form_urlencoded::byte_serialize(view.as_bytes()).collect::<String>()
+        )
     }
 
     /// Which cases the filter lists: a final state asked for by name is among the closed.
@@ -167,7 +177,6 @@ pub async fn load_queue(
                     .iter()
                     .map(|c| crate::policy::finding_label(c))
                     .collect();
-                labels.dedup();
                 labels.sort();
                 labels.dedup();
                 labels
@@ -200,31 +209,12 @@ pub async fn queue(
 ) -> Result<Response, WebError> {
     let mut conn = state.engine.db().pool.acquire().await?;
     let (rows, next) = load_queue(&state, &mut conn, &filter, user.0.id).await?;
-    let open_states: Vec<String> = {
-        let terminal = state.engine.workflows().terminal_states();
-        let mut open: Vec<String> = state
-            .engine
-            .workflows()
-            .iter()
-            .flat_map(|w| w.states.iter().map(|s| s.name.clone()))
-            .filter(|s| !terminal.contains(s))
-            .collect();
-        open.sort();
-        open.dedup();
-        open
-    };
+    let open_states = state.engine.workflows().open_states();
     let (state_counts, finding_counts) = queue_counts(&state, &mut conn, &open_states).await?;
     drop(conn);
     let mut context = base_context(&user, &token)?;
     let terminal = state.engine.workflows().terminal_states();
-    let mut states: Vec<String> = state
-        .engine
-        .workflows()
-        .iter()
-        .flat_map(|w| w.states.iter().filter(|s| !s.terminal).map(|s| s.name.clone()))
-        .collect();
-    states.sort();
-    states.dedup();
+    let states = &open_states;
     // Every workflow declares the final states an unclassified case may be sent to.
     let closed_states = &terminal;
     // Each finding once, in plain English, with how many open cases have it (most first).
@@ -245,27 +235,16 @@ pub async fn queue(
         storage::QueueScope::All => "All cases",
     };
     let next_url = next.map(|cursor| {
-        let mut query = url::form_urlencoded::Serializer::new(filter.query_string(false));
+        let mut query = url::form_urlencoded::Serializer::new(filter.query_string());
         query.append_pair("after", &cursor);
         format!("/?{}", query.finish())
     });
     context.insert("rows", &rows);
     context.insert("state_counts", &state_counts);
     // Bulk actions come back to this same view of the queue.
-    context.insert("back", &filter.query_string(false));
+    context.insert("back", &filter.query_string());
     // Cases opened from here keep this view for their "next case" link.
-    let view = filter.query_string(false);
-    context.insert(
-        "view_suffix",
-        &if view.is_empty() {
-            String::new()
-        } else {
-            format!(
-                "?back={}",
-                url::form_urlencoded::byte_serialize(view.as_bytes()).collect::<String>()
-            )
-        },
-    );
+    context.insert("view_suffix", &filter.view_suffix());
     context.insert(
         "success",
         &filter.done.parse::<usize>().ok().map(|n| {

@@ -780,6 +780,21 @@ impl WorkflowSet {
         states
     }
 
+    /// The names of the states a case is still open in: every state no workflow calls final
+    /// (where an unclassified case waits among them).
+    pub fn open_states(&self) -> Vec<String> {
+        let terminal = self.terminal_states();
+        let mut states: Vec<String> = self
+            .workflows
+            .values()
+            .flat_map(|w| w.states.iter().map(|s| s.name.clone()))
+            .filter(|s| !terminal.contains(s))
+            .collect();
+        states.sort();
+        states.dedup();
+        states
+    }
+
     pub fn by_form_id(&self, form_id: &str) -> Option<&WorkflowDef> {
         let wanted = form_id.trim();
         self.workflows

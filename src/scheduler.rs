@@ -113,13 +113,15 @@ impl Scheduler {
         if !self.engine.calendar().is_working_day(occurrence.date_naive()) {
             return Ok("skipped: not a working day".into());
         }
-        let now = crate::reports::dashboard(&self.engine).await?;
+        let open = crate::reports::open_now(&self.engine).await?;
+        let now = crate::reports::dashboard(&self.engine, &open).await?;
         let yesterday = occurrence.date_naive() - chrono::Duration::days(1);
         let week = crate::reports::Period {
             from: yesterday - chrono::Duration::days(6),
             to: yesterday,
         };
-        let report = crate::reports::report_for(&self.engine, week).await?;
+        // Only the week's own figures: the backlog is in the dashboard's part already.
+        let report = crate::reports::report_with_open(&self.engine, week, &[]).await?;
         let context = serde_json::json!({
             "open_total": now.open,
             "breached": now.breached,

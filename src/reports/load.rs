@@ -9,7 +9,6 @@ use chrono::{Duration, NaiveDate};
 use super::{DayFacts, Period, Report};
 use crate::engine::Engine;
 use crate::storage::{self, QueryContext, StorageError};
-use crate::workflow::wellknown;
 
 /// Days worked out in one go when filling in kept days: a month's cases, a bounded read.
 const DAYS_PER_READ: i64 = 31;
@@ -43,6 +42,15 @@ async fn work_out_days(
 /// The facts of every day of `period`: past days from those kept (working out and keeping
 /// any not kept yet, a month at a time), today and later from the event log as it is now.
 pub async fn days_of(engine: &Engine, period: Period) -> Result<BTreeMap<NaiveDate, DayFacts>, StorageError> {
+    Ok(days_and_worked_out(engine, period).await?.0)
+}
+
+/// [`days_of`], and how many past days it had to work out (and keep).
+async fn days_and_worked_out(
+    engine: &Engine,
+    period: Period,
+) -> Result<(BTreeMap<NaiveDate, DayFacts>, usize), StorageError> {
+    let mut worked_out = 0;
     let today = engine.clock().now().date_naive();
     let mut days = BTreeMap::new();
     let last_past = period.to.min(today - Duration::days(1));
@@ -77,6 +85,7 @@ pub async fn days_of(engine: &Engine, period: Period) -> Result<BTreeMap<NaiveDa
                     .collect();
                 let mut conn = engine.db().pool.acquire().await.context("connecting")?;
                 storage::keep_report_days(&mut conn, &keep, engine.now_ms()).await?;
+                worked_out += keep.len();
             }
         }
     }
@@ -84,7 +93,7 @@ pub async fn days_of(engine: &Engine, period: Period) -> Result<BTreeMap<NaiveDa
     if first_live <= period.to {
         days.extend(work_out_days(engine, first_live, period.to).await?);
     }
-    Ok(days)
+    Ok((days, worked_out))
 }
 
 /// Works out and keeps the facts of the `back` days before today that are not kept yet, so
@@ -96,13 +105,7 @@ pub async fn keep_past_days(engine: &Engine, back: i64) -> Result<usize, Storage
         from: today - Duration::days(back.max(1)),
         to: today - Duration::days(1),
     };
-    let mut conn = engine.db().pool.acquire().await.context("connecting")?;
-    let kept = storage::cached_report_days(&mut conn, &period.from.to_string(), &period.to.to_string())
-        .await?
-        .len();
-    drop(conn);
-    let all = days_of(engine, period).await?.len();
-    Ok(all.saturating_sub(kept))
+    Ok(days_and_worked_out(engine, period).await?.1)
 }
 
 /// Works out and keeps every past day's facts not kept yet, back to the first state move:
@@ -120,23 +123,36 @@ pub async fn keep_all_past_days(engine: &Engine) -> Result<usize, StorageError> 
     keep_past_days(engine, back).await
 }
 
-/// Works out the report for `period`: its days' facts, the cases open now.
-pub async fn report_for(engine: &Engine, period: Period) -> Result<Report, StorageError> {
+/// The cases open now: read once per page, for its dashboard and its report's backlog.
+pub async fn open_now(engine: &Engine) -> Result<Vec<super::OpenCase>, StorageError> {
     let mut conn = engine.db().pool.acquire().await.context("connecting")?;
-    let open = storage::open_cases(&mut conn, &open_states(engine.workflows())).await?;
-    drop(conn);
-    report_with_open(engine, period, &open).await
+    storage::open_cases(&mut conn, &engine.workflows().open_states()).await
 }
 
-/// The report for `period` and the one for the period before it, to compare: the cases
-/// open now are read once, for the first (the backlog is today's, whatever the period).
-pub async fn report_and_previous(engine: &Engine, period: Period) -> Result<(Report, Report), StorageError> {
-    let report = report_for(engine, period).await?;
+/// Works out the report for `period`: its days' facts, the cases open now.
+pub async fn report_for(engine: &Engine, period: Period) -> Result<Report, StorageError> {
+    report_with_open(engine, period, &open_now(engine).await?).await
+}
+
+/// The report for `period` and the one for the period before it, to compare, with `open`
+/// (the cases open now) as the first's backlog: the backlog is today's, whatever the period.
+pub async fn report_and_previous(
+    engine: &Engine,
+    period: Period,
+    open: &[super::OpenCase],
+) -> Result<(Report, Report), StorageError> {
+    let report = report_with_open(engine, period, open).await?;
     let previous = report_with_open(engine, period.previous(), &[]).await?;
     Ok((report, previous))
 }
 
-async fn report_with_open(engine: &Engine, period: Period, open: &[super::OpenCase]) -> Result<Report, StorageError> {
+/// The report for `period` with `open` as its backlog and workload (none, for a report that
+/// shows only the period's own figures).
+pub async fn report_with_open(
+    engine: &Engine,
+    period: Period,
+    open: &[super::OpenCase],
+) -> Result<Report, StorageError> {
     let days = days_of(engine, period).await?;
     let mut report = super::assemble(
         period,
@@ -157,18 +173,6 @@ async fn report_with_open(engine: &Engine, period: Period, open: &[super::OpenCa
     Ok(report)
 }
 
-/// Every state that is not final in some workflow, or where an unclassified case waits.
-fn open_states(workflows: &crate::workflow::WorkflowSet) -> Vec<String> {
-    let mut states: Vec<String> = workflows
-        .iter()
-        .flat_map(|w| w.states.iter().filter(|s| !s.terminal).map(|s| s.name.clone()))
-        .chain([wellknown::unclassified::STATE.to_string()])
-        .collect();
-    states.sort();
-    states.dedup();
-    states
-}
-
 /// The queue now: cases by state, at risk and breached, and today's intake.
 #[derive(Debug, serde::Serialize)]
 pub struct Dashboard {
@@ -180,10 +184,10 @@ pub struct Dashboard {
     pub received_today: i64,
 }
 
-pub async fn dashboard(engine: &Engine) -> Result<Dashboard, StorageError> {
+/// The dashboard, over `open` (the cases open now, from [`open_now`]).
+pub async fn dashboard(engine: &Engine, open: &[super::OpenCase]) -> Result<Dashboard, StorageError> {
     let now = engine.clock().now();
     let mut conn = engine.db().pool.acquire().await.context("connecting")?;
-    let open = storage::open_cases(&mut conn, &open_states(engine.workflows())).await?;
     let midnight = Period {
         from: now.date_naive(),
         to: now.date_naive(),
@@ -200,7 +204,7 @@ pub async fn dashboard(engine: &Engine) -> Result<Dashboard, StorageError> {
     .working_days_later(1);
     let mut by_state: std::collections::BTreeMap<String, i64> = Default::default();
     let (mut breached, mut at_risk, mut paused) = (0, 0, 0);
-    for case in &open {
+    for case in open {
         *by_state.entry(case.state.clone()).or_insert(0) += 1;
         match case.due_at {
             _ if case.sla_paused => paused += 1,

@@ -7,7 +7,10 @@
 
 mod load;
 
-pub use load::{Dashboard, dashboard, days_of, keep_all_past_days, keep_past_days, report_and_previous, report_for};
+pub use load::{
+    Dashboard, dashboard, days_of, keep_all_past_days, keep_past_days, open_now, report_and_previous, report_for,
+    report_with_open,
+};
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -94,22 +97,6 @@ pub struct Spread {
     pub count: usize,
     pub median: f64,
     pub p90: f64,
-}
-
-impl Spread {
-    /// The nearest-rank median and 90th percentile of `values` (None when there are none).
-    pub fn of(mut values: Vec<f64>) -> Option<Spread> {
-        if values.is_empty() {
-            return None;
-        }
-        values.sort_by(f64::total_cmp);
-        let rank = |p: f64| values[((p * values.len() as f64).ceil() as usize).clamp(1, values.len()) - 1];
-        Some(Spread {
-            count: values.len(),
-            median: rank(0.5),
-            p90: rank(0.9),
-        })
-    }
 }
 
 /// One week's throughput for one workflow.
@@ -611,7 +598,10 @@ pub fn assemble(
     }
 }
 
-/// Works out the report for `period` straight from its inputs (every case that moved in it).
+/// Works out the report for `period` straight from its inputs (every case that moved in it):
+/// the pure path the unit tests check; the service adds up kept days instead
+/// ([`load::report_for`]).
+#[cfg(test)]
 pub fn compute(period: Period, inputs: &Inputs<'_>, workflows: &WorkflowSet, calendar: &WorkingCalendar) -> Report {
     let days = daily_facts(period.from, period.to, inputs, workflows, calendar);
     assemble(period, &days, inputs.open, inputs.now, workflows, calendar)
@@ -653,12 +643,30 @@ mod tests {
         }
     }
 
+    /// The percentiles the reports show come from merged day histograms: nearest rank, each
+    /// duration taken at the start of its half-hour.
     #[test]
     fn percentiles_are_nearest_rank() {
-        let spread = Spread::of((1..=10).map(f64::from).collect()).unwrap();
+        let of = |days: &[f64]| {
+            let mut histogram = Histogram::default();
+            for d in days {
+                histogram.add((d * MINUTES_PER_DAY) as i64);
+            }
+            histogram.spread()
+        };
+        let spread = of(&(1..=10).map(f64::from).collect::<Vec<_>>()).unwrap();
         assert_eq!((spread.count, spread.median, spread.p90), (10, 5.0, 9.0));
-        assert_eq!(Spread::of(vec![3.0]).map(|s| (s.median, s.p90)), Some((3.0, 3.0)));
-        assert!(Spread::of(Vec::new()).is_none());
+        assert_eq!(of(&[3.0]).map(|s| (s.median, s.p90)), Some((3.0, 3.0)));
+        assert!(of(&[]).is_none());
+        // Within a half-hour, a duration counts from its start: 1 h 20 min reads as 1 h.
+        let short = of(&[80.0 / MINUTES_PER_DAY]).unwrap();
+        assert_eq!(short.median, 60.0 / MINUTES_PER_DAY);
+        // Days merge into one period's spread.
+        let (mut a, mut b) = (Histogram::default(), Histogram::default());
+        a.add(24 * 60);
+        b.add(3 * 24 * 60);
+        a.merge(&b);
+        assert_eq!(a.spread().map(|s| (s.count, s.median)), Some((2, 1.0)));
     }
 
     #[test]

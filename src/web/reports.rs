@@ -11,7 +11,7 @@ use axum::response::{IntoResponse, Response};
 use axum_csrf::CsrfToken;
 use chrono::{Duration, NaiveDate};
 
-use crate::reports::{self, Period, Report, dashboard, report_and_previous, report_for};
+use crate::reports::{self, Period, Report, dashboard, open_now, report_and_previous, report_for};
 use crate::web::auth::{CurrentUser, render};
 use crate::web::{Access, AppState, Route, WebError};
 
@@ -80,12 +80,14 @@ pub async fn report_page(
     let mut context = tera::Context::new();
     context.insert("user", &user.0);
     context.insert("csrf", &token.authenticity_token().map_err(WebError::internal)?);
-    context.insert("dashboard", &dashboard(&state.engine).await?);
+    // The open cases are read once, for the dashboard and the report's backlog.
+    let open = open_now(&state.engine).await?;
+    context.insert("dashboard", &dashboard(&state.engine, &open).await?);
     context.insert("from", &query.from);
     context.insert("to", &query.to);
     match query.period(today) {
         Ok(period) => {
-            let (report, previous) = report_and_previous(&state.engine, period).await?;
+            let (report, previous) = report_and_previous(&state.engine, period, &open).await?;
             context.insert("charts", &charts(&report));
             context.insert("period_query", &format!("from={}&to={}", period.from, period.to));
             context.insert("period_from", &period.from.format("%-d %B %Y").to_string());

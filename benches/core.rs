@@ -9,13 +9,11 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use countersign::calendar::WorkingCalendar;
-use countersign::engine::{Engine, EngineConfig};
-use countersign::mail::MailSettings;
+use countersign::app::{App, BuildOptions};
+use countersign::config::Settings;
+use countersign::engine::Engine;
 use countersign::pdf::worker::{WorkerPool, WorkerSettings};
 use countersign::pdf::{ExtractLimits, PdfReader, extract, extract_in_place};
-use countersign::policy::PolicySettings;
-use countersign::storage::Db;
 use countersign::workflow::WorkflowSet;
 use sqlx::Connection;
 
@@ -110,24 +108,20 @@ fn bench_extraction(root: &Path) {
     );
 }
 
-fn engine(db: Db, workflows: &WorkflowSet) -> Engine {
-    Engine::new(
-        db,
-        workflows.clone(),
-        WorkingCalendar::shipped(),
-        EngineConfig {
-            policy: PolicySettings::default(),
-            mail: MailSettings {
-                authserv_id: "mx.bench".into(),
-                our_addresses: vec![],
-            },
-            limits: ExtractLimits::default(),
-            // As the service reads PDFs: in worker processes.
-            pdf_reader: PdfReader::Workers(Arc::new(WorkerPool::new(WorkerSettings::new(
-                env!("CARGO_BIN_EXE_countersign").into(),
-            )))),
-        },
-    )
+/// The service's engine, built as `serve` builds it, reading PDFs in worker processes as the
+/// service does.
+async fn engine(database_url: &str) -> Engine {
+    let workers = PdfReader::Workers(Arc::new(WorkerPool::new(WorkerSettings::new(
+        env!("CARGO_BIN_EXE_countersign").into(),
+    ))));
+    let options = BuildOptions {
+        clock: None,
+        pdf_reader: Some(workers),
+    };
+    App::build_with(&Settings::for_database(database_url), options)
+        .await
+        .expect("building the service")
+        .into_engine()
 }
 
 async fn ingest_all(engine: &Engine, corpus: &[Vec<u8>], concurrency: usize) -> Duration {
@@ -191,7 +185,7 @@ async fn ingest_grouped(engine: &Engine, corpus: &[Vec<u8>]) -> Duration {
     start.elapsed()
 }
 
-async fn bench_ingest(workflows: &WorkflowSet, corpus: &[Vec<u8>]) {
+async fn bench_ingest(corpus: &[Vec<u8>]) {
     let n = corpus.len();
     let dir = tempfile::tempdir().unwrap();
     for concurrency in [1, 4] {
@@ -199,7 +193,7 @@ async fn bench_ingest(workflows: &WorkflowSet, corpus: &[Vec<u8>]) {
             "sqlite://{}?mode=rwc",
             dir.path().join(format!("bench-{concurrency}.db")).display()
         );
-        let engine = engine(Db::connect(&url).await.expect("sqlite"), workflows);
+        let engine = engine(&url).await;
         let elapsed = ingest_all(&engine, corpus, concurrency).await;
         println!(
             "  SQLite,     {concurrency} at a time: {n} emails in {:.2} s = {:.0} emails/s",
@@ -209,7 +203,7 @@ async fn bench_ingest(workflows: &WorkflowSet, corpus: &[Vec<u8>]) {
         engine.db().close().await;
     }
     let url = format!("sqlite://{}?mode=rwc", dir.path().join("bench-grouped.db").display());
-    let grouped = engine(Db::connect(&url).await.expect("sqlite"), workflows);
+    let grouped = engine(&url).await;
     let elapsed = ingest_grouped(&grouped, corpus).await;
     println!(
         "  SQLite,     groups of 16 (as the mailbox drain): {n} emails in {:.2} s = {:.0} emails/s",
@@ -231,7 +225,7 @@ async fn bench_ingest(workflows: &WorkflowSet, corpus: &[Vec<u8>]) {
             .unwrap();
         let mut url = url::Url::parse(&admin).unwrap();
         url.set_path(&format!("/{name}"));
-        let engine = engine(Db::connect(url.as_str()).await.expect("postgres"), workflows);
+        let engine = engine(url.as_str()).await;
         let elapsed = ingest_all(&engine, corpus, concurrency).await;
         println!(
             "  PostgreSQL, {concurrency} at a time: {n} emails in {:.2} s = {:.0} emails/s",
@@ -259,8 +253,13 @@ fn main() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(3000);
     let start = Instant::now();
-    let corpus = countersign::samples::sample_emails(&workflows, n, chrono::Local::now().date_naive(), "mx.bench")
-        .expect("corpus");
+    let corpus = countersign::samples::sample_emails(
+        &workflows,
+        n,
+        chrono::Local::now().date_naive(),
+        &Settings::defaults().authserv_id,
+    )
+    .expect("corpus");
     let bytes: usize = corpus.iter().map(Vec::len).sum();
     println!(
         "\ningest throughput ({n} generated emails, {:.1} MiB, made in {:.1} s):",
@@ -271,6 +270,6 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
-    runtime.block_on(bench_ingest(&workflows, &corpus));
+    runtime.block_on(bench_ingest(&corpus));
     println!("\npeak memory (RSS high-water mark): {:.1} MiB", peak_rss_mib());
 }

@@ -10,13 +10,8 @@ use common::dovecot;
 
 use std::time::Instant;
 
-use countersign::calendar::WorkingCalendar;
-use countersign::engine::{Engine, EngineConfig};
+use countersign::engine::{Engine, SystemClock};
 use countersign::ingest::imap::ImapPoller;
-use countersign::mail::MailSettings;
-use countersign::pdf::ExtractLimits;
-use countersign::policy::PolicySettings;
-use countersign::storage::Db;
 use countersign::workflow::WorkflowSet;
 use futures::TryStreamExt;
 use sqlx::Connection;
@@ -33,21 +28,9 @@ fn peak_rss_mib() -> f64 {
         .unwrap_or(f64::NAN)
 }
 
-fn engine(db: Db, workflows: &WorkflowSet) -> Engine {
-    Engine::new(
-        db,
-        workflows.clone(),
-        WorkingCalendar::shipped(),
-        EngineConfig {
-            policy: PolicySettings::default(),
-            mail: MailSettings {
-                authserv_id: countersign::config::Settings::defaults().authserv_id,
-                our_addresses: vec![],
-            },
-            limits: ExtractLimits::default(),
-            pdf_reader: Default::default(),
-        },
-    )
+/// The service's engine, built as `serve` builds it, on the system clock.
+async fn engine(database_url: &str) -> Engine {
+    common::engine_at(database_url, Some(std::sync::Arc::new(SystemClock))).await
 }
 
 /// Fetches every message one UID at a time, as the poller does, but does nothing with it.
@@ -74,7 +57,7 @@ async fn raw_fetch(server: &dovecot::Dovecot) -> (usize, usize) {
 async fn run(n: usize) {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
     let workflows = WorkflowSet::load(&root.join("workflows"), &root.join("templates")).unwrap();
-    let authserv = countersign::config::Settings::defaults().authserv_id;
+    let authserv = common::AUTHSERV_ID.to_string();
     let corpus =
         countersign::samples::sample_emails(&workflows, n, chrono::Local::now().date_naive(), &authserv).unwrap();
     let server = dovecot::Dovecot::start();
@@ -95,7 +78,7 @@ async fn run(n: usize) {
 
     let dir = tempfile::tempdir().unwrap();
     let url = format!("sqlite://{}?mode=rwc", dir.path().join("bench.db").display());
-    let sqlite = engine(Db::connect(&url).await.unwrap(), &workflows);
+    let sqlite = engine(&url).await;
     let start = Instant::now();
     let summary = ImapPoller::new(sqlite.clone(), server.settings())
         .drain_once()
@@ -120,7 +103,7 @@ async fn run(n: usize) {
             .unwrap();
         let mut url = url::Url::parse(&admin).unwrap();
         url.set_path(&format!("/{name}"));
-        let pg = engine(Db::connect(url.as_str()).await.unwrap(), &workflows);
+        let pg = engine(url.as_str()).await;
         let start = Instant::now();
         let summary = ImapPoller::new(pg.clone(), server.settings())
             .drain_once()

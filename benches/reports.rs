@@ -12,31 +12,18 @@ use std::time::Instant;
 use chrono::Local;
 use countersign::reports::Period;
 use countersign::reports::{dashboard, open_now, report_and_previous};
-use countersign::storage::Db;
 use sqlx::Connection;
 
-fn engine(db: Db) -> countersign::engine::Engine {
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
-    let workflows =
-        countersign::workflow::WorkflowSet::load(&root.join("workflows"), &root.join("templates")).expect("workflows");
-    countersign::engine::Engine::new(
-        db,
-        workflows,
-        countersign::calendar::WorkingCalendar::shipped(),
-        countersign::engine::EngineConfig {
-            policy: Default::default(),
-            mail: countersign::mail::MailSettings {
-                authserv_id: "mx.example".into(),
-                our_addresses: vec![],
-            },
-            limits: Default::default(),
-            pdf_reader: Default::default(),
-        },
-    )
+async fn engine(database_url: &str) -> countersign::engine::Engine {
+    let settings = countersign::config::Settings::for_database(database_url);
+    countersign::app::App::build_with(&settings, countersign::app::BuildOptions::in_process())
+        .await
+        .expect("building the service")
+        .into_engine()
 }
 
 async fn run(label: &str, url: &str, cases: usize) {
-    let engine = engine(Db::connect(url).await.expect("database"));
+    let engine = engine(url).await;
     let started = Instant::now();
     let now = engine.now_ms();
     let mut conn = engine.db().pool.acquire().await.unwrap();

@@ -8,10 +8,8 @@ use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use axum::http::{Request, header};
-use countersign::calendar::WorkingCalendar;
-use countersign::engine::{Engine, EngineConfig};
-use countersign::mail::MailSettings;
-use countersign::storage::Db;
+use countersign::app::{App, BuildOptions};
+use countersign::config::Settings;
 use countersign::workflow::{ActorRole, WorkflowSet};
 use http_body_util::BodyExt;
 use tower::ServiceExt;
@@ -55,23 +53,18 @@ fn fields_for(n: usize) -> String {
 async fn run(url: &str, backend: &str, cases: usize) {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
     let workflows = WorkflowSet::load(&root.join("workflows"), &root.join("templates")).unwrap();
-    let engine = Engine::new(
-        Db::connect(url).await.unwrap(),
-        workflows.clone(),
-        WorkingCalendar::shipped(),
-        EngineConfig {
-            policy: Default::default(),
-            mail: MailSettings {
-                authserv_id: "mx.bench".into(),
-                our_addresses: vec![],
-            },
-            limits: Default::default(),
-            pdf_reader: Default::default(),
-        },
-    );
+    let engine = App::build_with(&Settings::for_database(url), BuildOptions::in_process())
+        .await
+        .expect("building the service")
+        .into_engine();
     // A few real cases (with events, mail and timers), then many more written directly.
-    let samples =
-        countersign::samples::sample_emails(&workflows, 20, chrono::Local::now().date_naive(), "mx.bench").unwrap();
+    let samples = countersign::samples::sample_emails(
+        &workflows,
+        20,
+        chrono::Local::now().date_naive(),
+        &Settings::defaults().authserv_id,
+    )
+    .unwrap();
     for email in &samples {
         engine.intake(email, "bench").await.unwrap();
     }

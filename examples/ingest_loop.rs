@@ -17,26 +17,21 @@ async fn main() {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
     let workflows =
         countersign::workflow::WorkflowSet::load(&root.join("workflows"), &root.join("templates")).expect("workflows");
-    let corpus =
-        countersign::samples::sample_emails(&workflows, count, chrono::Local::now().date_naive(), "mx.example")
-            .expect("corpus");
+    let corpus = countersign::samples::sample_emails(
+        &workflows,
+        count,
+        chrono::Local::now().date_naive(),
+        &countersign::config::Settings::defaults().authserv_id,
+    )
+    .expect("corpus");
     let dir = std::env::temp_dir().join(format!("ingest-loop-{}", std::process::id()));
     let url = std::env::var("COUNTERSIGN_DATABASE_URL")
         .unwrap_or_else(|_| format!("sqlite://{}?mode=rwc", dir.join("loop.db").display()));
-    let engine = countersign::engine::Engine::new(
-        countersign::storage::Db::connect(&url).await.expect("database"),
-        workflows,
-        countersign::calendar::WorkingCalendar::shipped(),
-        countersign::engine::EngineConfig {
-            policy: Default::default(),
-            mail: countersign::mail::MailSettings {
-                authserv_id: "mx.example".into(),
-                our_addresses: vec![],
-            },
-            limits: Default::default(),
-            pdf_reader: Default::default(),
-        },
-    );
+    let settings = countersign::config::Settings::for_database(&url);
+    let engine = countersign::app::App::build_with(&settings, countersign::app::BuildOptions::in_process())
+        .await
+        .expect("building the service")
+        .into_engine();
     let started = std::time::Instant::now();
     let mut prepared = Vec::with_capacity(count);
     for email in &corpus {

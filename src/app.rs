@@ -9,7 +9,7 @@ use anyhow::{Context, Result};
 
 use crate::calendar::WorkingCalendar;
 use crate::config::Settings;
-use crate::engine::{Engine, EngineConfig};
+use crate::engine::{Clock, Engine, EngineConfig};
 use crate::mail::MailSettings;
 use crate::pdf::PdfReader;
 use crate::pdf::worker::{WorkerPool, WorkerSettings};
@@ -29,9 +29,35 @@ pub fn load_workflows(settings: &Settings) -> Result<WorkflowSet> {
     WorkflowSet::load(&settings.workflows_dir, &settings.templates_dir).context("loading workflows")
 }
 
+/// What a test or a benchmark may choose that a deployment does not: the clock, and whether
+/// PDFs are read in this process. A deployment takes the defaults (the system clock, PDFs
+/// read by worker processes under OS limits).
+#[derive(Default)]
+pub struct BuildOptions {
+    pub clock: Option<Arc<dyn Clock>>,
+    pub pdf_reader: Option<PdfReader>,
+}
+
+impl BuildOptions {
+    /// PDFs read in this process, on the system clock: for benchmarks and examples, which
+    /// measure the engine rather than the pipe to a worker.
+    pub fn in_process() -> BuildOptions {
+        BuildOptions {
+            clock: None,
+            pdf_reader: Some(PdfReader::InProcess),
+        }
+    }
+}
+
 /// What the engine needs besides the database, from settings. PDFs are read by this same
-/// binary, started as workers under OS limits.
-pub fn engine_config(settings: &Settings) -> Result<EngineConfig> {
+/// binary, started as workers under OS limits, unless `pdf_reader` says otherwise.
+fn engine_config(settings: &Settings, pdf_reader: Option<PdfReader>) -> Result<EngineConfig> {
+    let pdf_reader = match pdf_reader {
+        Some(reader) => reader,
+        None => PdfReader::Workers(Arc::new(WorkerPool::new(
+            WorkerSettings::current_exe().context("finding our own executable for the PDF workers")?,
+        ))),
+    };
     Ok(EngineConfig {
         policy: PolicySettings {
             nhs_domains: settings.nhs_domains.clone(),
@@ -41,22 +67,28 @@ pub fn engine_config(settings: &Settings) -> Result<EngineConfig> {
             our_addresses: vec![settings.mailer.from_address.clone()],
         },
         limits: settings.extract_limits(),
-        pdf_reader: PdfReader::Workers(Arc::new(WorkerPool::new(
-            WorkerSettings::current_exe().context("finding our own executable for the PDF workers")?,
-        ))),
+        pdf_reader,
     })
 }
 
 impl App {
     /// Opens (and migrates) the database, loads the workflows and the calendar.
     pub async fn build(settings: &Settings) -> Result<App> {
+        App::build_with(settings, BuildOptions::default()).await
+    }
+
+    /// [`App::build`], with a test's or a benchmark's clock or PDF reader.
+    pub async fn build_with(settings: &Settings, options: BuildOptions) -> Result<App> {
         let workflows = load_workflows(settings)?;
         let calendar = match &settings.bank_holidays_file {
             Some(path) => WorkingCalendar::load(path)?,
             None => WorkingCalendar::shipped(),
         };
         let db = Db::connect(&settings.database_url).await?;
-        let engine = Engine::new(db, workflows, calendar, engine_config(settings)?);
+        let mut engine = Engine::new(db, workflows, calendar, engine_config(settings, options.pdf_reader)?);
+        if let Some(clock) = options.clock {
+            engine = engine.with_clock(clock);
+        }
         Ok(App {
             engine,
             settings: settings.clone(),
@@ -65,6 +97,11 @@ impl App {
 
     pub fn engine(&self) -> &Engine {
         &self.engine
+    }
+
+    /// The engine alone, for a caller that runs no workers (tests, benchmarks, one command).
+    pub fn into_engine(self) -> Engine {
+        self.engine
     }
 
     /// One round of every worker: drain the mail source, fire due timers, run due jobs and

@@ -220,6 +220,14 @@ impl Settings {
         Ok(())
     }
 
+    /// The defaults, on another database: for benchmarks and examples run from the checkout.
+    pub fn for_database(database_url: &str) -> Self {
+        Settings {
+            database_url: database_url.into(),
+            ..Settings::defaults()
+        }
+    }
+
     pub fn defaults() -> Self {
         let data_dir = PathBuf::from("data");
         Settings {

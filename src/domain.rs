@@ -12,6 +12,10 @@
 //! assert!(!nhs.contains(&EmailAddress::parse("jo@nhs.net.example.com").unwrap()));
 //! ```
 
+mod kinds;
+
+pub use kinds::{EventKind, OutboxStatus, TimerStatus};
+
 use std::fmt;
 
 use chrono::{Datelike, NaiveDate};

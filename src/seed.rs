@@ -4,6 +4,7 @@
 //! caseworker and provisioning by another, rejections), ending open where "now" cuts it off.
 //! Pure: [`crate::storage::insert_seeded`] writes what this makes. Deterministic for a seed.
 
+use crate::domain::EventKind;
 use crate::workflow::wellknown;
 
 /// One synthetic case and its state moves, in order.
@@ -26,7 +27,7 @@ pub struct SeedMove {
     pub at: i64,
     pub actor: String,
     pub actor_role: &'static str,
-    pub kind: &'static str,
+    pub kind: crate::domain::EventKind,
     pub transition: Option<&'static str>,
     pub from_state: Option<String>,
     pub to_state: String,
@@ -94,7 +95,11 @@ fn one_case(random: &mut Random, number: u64, now: i64, span: i64) -> SeedCase {
             at,
             actor_role: if actor == "system" { "system" } else { "caseworker" },
             actor,
-            kind: if transition.is_some() { "transition" } else { "created" },
+            kind: if transition.is_some() {
+                EventKind::Transition
+            } else {
+                EventKind::Created
+            },
             transition,
             from_state: transition.map(|_| state.clone()),
             to_state: to.to_string(),

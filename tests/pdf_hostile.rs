@@ -168,17 +168,16 @@ async fn a_worker_that_overruns_its_time_is_killed_and_replaced() {
     assert!(!matches!(result, Err(PdfError::TimedOut(_))), "{result:?}");
 }
 
-fn engine_with_workers(db: countersign::storage::Db) -> Engine {
-    common::engine_on(db).with_pdf_reader(PdfReader::Workers(pool(|_| {})))
+async fn engine_with_workers(database_url: &str) -> Engine {
+    common::engine_on(database_url)
+        .await
+        .with_pdf_reader(PdfReader::Workers(pool(|_| {})))
 }
 
 #[tokio::test]
 async fn sixteen_hostile_pdfs_through_intake_at_once_leave_the_service_up_and_under_its_ceiling() {
     let database = common::TestDatabase::create(countersign::storage::Backend::Sqlite).await;
-    let db = countersign::storage::Db::connect(&database.url)
-        .await
-        .expect("database");
-    let engine = engine_with_workers(db);
+    let engine = engine_with_workers(&database.url).await;
     let emails: Vec<Vec<u8>> = (0..16)
         .map(|i| {
             let name = HOSTILE[i % HOSTILE.len()];

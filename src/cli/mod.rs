@@ -160,7 +160,7 @@ fn load_workflows(settings: &Settings) -> Result<WorkflowSet> {
 
 /// The engine, built by the composition root.
 async fn build_engine(settings: &Settings) -> Result<Engine> {
-    Ok(App::build(settings).await?.engine().clone())
+    Ok(App::build(settings).await?.into_engine())
 }
 
 pub async fn run(cli: Cli) -> Result<()> {

@@ -5,14 +5,16 @@ use clap::Subcommand;
 
 use super::build_engine;
 use crate::config::Settings;
+use crate::domain::OutboxStatus;
 use crate::storage;
 
 #[derive(Debug, Subcommand)]
 pub enum OutboxCommand {
     /// List outbound mail, newest first.
     List {
-        #[arg(long)]
-        status: Option<String>,
+        /// pending, sent, failed or suppressed
+        #[arg(long, value_parser = outbox_status)]
+        status: Option<OutboxStatus>,
         #[arg(long, default_value_t = 50)]
         limit: i64,
     },
@@ -25,7 +27,7 @@ pub(super) async fn outbox_command(settings: &Settings, command: OutboxCommand) 
     let mut conn = engine.db().pool.acquire().await?;
     match command {
         OutboxCommand::List { status, limit } => {
-            for m in storage::list_outbox(&mut conn, status.as_deref(), limit).await? {
+            for m in storage::list_outbox(&mut conn, status, limit).await? {
                 println!(
                     "{:>6}  {:<15} {:<24} {:<32} {:<10} {:>2}  {}",
                     m.id,
@@ -46,4 +48,11 @@ pub(super) async fn outbox_command(settings: &Settings, command: OutboxCommand) 
     drop(conn);
     engine.db().close().await;
     Ok(())
+}
+
+fn outbox_status(word: &str) -> Result<OutboxStatus, String> {
+    OutboxStatus::parse(word).ok_or_else(|| {
+        let words: Vec<&str> = OutboxStatus::ALL.iter().map(|s| s.as_str()).collect();
+        format!("not an outbox status; one of {}", words.join(", "))
+    })
 }

@@ -6,6 +6,7 @@
 //! the one storage call that writes all of it in the caller's transaction, where the version
 //! check happens. Nothing else in the service writes a case.
 
+use crate::domain::EventKind;
 use std::collections::BTreeMap;
 
 use chrono::{DateTime, Local, TimeZone};
@@ -111,7 +112,7 @@ pub fn plan_move(
         reason: step.reason.map(str::to_string),
         data: (!given.is_empty())
             .then(|| serde_json::to_string(&given.iter().cloned().collect::<BTreeMap<_, _>>()).unwrap_or_default()),
-        ..CaseEvent::by(&step.actor.name, step.actor.role.as_str(), "transition", now)
+        ..CaseEvent::by(&step.actor.name, step.actor.role.as_str(), EventKind::Transition, now)
     });
     change.cancel_timers = CancelTimers {
         of_state: plan.cancel_pending_timers,
@@ -162,7 +163,11 @@ pub fn history_of(workflow: &WorkflowDef, events: &[CaseEvent]) -> CaseHistory {
             .iter()
             .filter(|e| {
                 e.actor_role != ActorRole::System.as_str()
-                    && machine::is_first_pair_of_eyes(workflow, e.transition.as_deref(), e.kind == "field_keyed")
+                    && machine::is_first_pair_of_eyes(
+                        workflow,
+                        e.transition.as_deref(),
+                        e.kind == EventKind::FieldKeyed,
+                    )
             })
             .map(|e| e.actor.clone())
             .collect(),
@@ -205,7 +210,7 @@ pub fn plan_form_request(
             "asked {} for the form",
             case.sender.as_deref().unwrap_or("the sender")
         )),
-        ..CaseEvent::by(&actor.name, actor.role.as_str(), "form_requested", now)
+        ..CaseEvent::by(&actor.name, actor.role.as_str(), EventKind::FormRequested, now)
     });
     let mail = notify::Notification {
         template: "request_form",
@@ -274,7 +279,7 @@ pub fn plan_unclassified_exit(
         from_state: Some(case.state.clone()),
         to_state: Some(to.to_string()),
         reason: reason.map(str::to_string),
-        ..CaseEvent::by(&actor.name, actor.role.as_str(), "transition", now)
+        ..CaseEvent::by(&actor.name, actor.role.as_str(), EventKind::Transition, now)
     });
     change.cancel_timers = CancelTimers {
         of_state: true,
@@ -297,7 +302,11 @@ pub fn plan_assignment(now: i64, case: &CaseRecord, actor: &Actor, assignee: Opt
         ..CaseEvent::by(
             &actor.name,
             actor.role.as_str(),
-            if claimed { "claimed" } else { "assigned" },
+            if claimed {
+                EventKind::Claimed
+            } else {
+                EventKind::Assigned
+            },
             now,
         )
     });
@@ -397,7 +406,7 @@ impl Engine {
     ) -> CaseChangeset {
         let now = self.now_ms();
         let mut change = changeset(case, now);
-        let by = |kind: &str| CaseEvent::by(&actor.name, actor.role.as_str(), kind, now);
+        let by = |kind: EventKind| CaseEvent::by(&actor.name, actor.role.as_str(), kind, now);
         if case.workflow.as_deref() != Some(workflow.name.as_str()) {
             // Classifying (or re-classifying) a case changes which rules and roles apply to it:
             // a decision, so it is in the log like any other.
@@ -408,7 +417,7 @@ impl Engine {
                     case.workflow.as_deref().unwrap_or("none")
                 )),
                 data: Some(serde_json::json!({ "old": case.workflow, "new": workflow.name }).to_string()),
-                ..by("workflow_changed")
+                ..by(EventKind::WorkflowChanged)
             });
         }
         if case.workflow.is_none() {
@@ -424,7 +433,7 @@ impl Engine {
             if old.as_deref() != Some(new.as_str()) {
                 change.events.push(CaseEvent {
                     data: Some(serde_json::json!({ "field": field, "old": old, "new": new }).to_string()),
-                    ..by("field_keyed")
+                    ..by(EventKind::FieldKeyed)
                 });
             }
         }
@@ -922,10 +931,10 @@ mod tests {
         let caseworker = caseworker();
         let change = plan_assignment(5, &case("needs_review"), &caseworker, Some((9, "CW@pcse")));
         assert_eq!(change.columns.assignee_id, Some(Some(9)));
-        assert_eq!(change.events[0].kind, "claimed");
+        assert_eq!(change.events[0].kind, EventKind::Claimed);
         let change = plan_assignment(5, &case("needs_review"), &caseworker, None);
         assert_eq!(change.columns.assignee_id, Some(None));
-        assert_eq!(change.events[0].kind, "assigned");
+        assert_eq!(change.events[0].kind, EventKind::Assigned);
         assert_eq!(after(&case("x"), &change).version, 4);
     }
 }

@@ -2,6 +2,7 @@
 //! its cases opened, found again, or changed, in one transaction. A mailbox drain prepares
 //! the next email while it records this one, and records groups of emails in one commit.
 
+use crate::domain::EventKind;
 use std::collections::BTreeMap;
 
 use chrono::Datelike;
@@ -748,7 +749,7 @@ impl Engine {
                 ..CaseEvent::by(
                     parsed.from_address.as_deref().unwrap_or("a mail system"),
                     "sender",
-                    "delivery_report_received",
+                    EventKind::DeliveryReportReceived,
                     now,
                 )
             });
@@ -911,7 +912,7 @@ impl Engine {
                 "no workflow could be found for this email ({})",
                 codes.join(", ")
             )),
-            ..CaseEvent::system("created", now)
+            ..CaseEvent::system(EventKind::Created, now)
         });
         self.apply_deferred(w, &case, opened).await?;
         Ok(CaseOutcome {
@@ -1000,7 +1001,7 @@ impl Engine {
                     workflow.recognise.form_id,
                     parsed.from_address.as_deref().unwrap_or("an unknown sender")
                 )),
-                ..CaseEvent::system("created", now)
+                ..CaseEvent::system(EventKind::Created, now)
             },
         );
         // The SLA timers belong to the case, not to a state: they run until it is closed,
@@ -1042,7 +1043,7 @@ impl Engine {
         noted.events.push(CaseEvent {
             reason: Some("the same PDF arrived again in another email".into()),
             data: Some(serde_json::json!({ "raw_message_id": raw_message_id }).to_string()),
-            ..CaseEvent::system("duplicate_received", now)
+            ..CaseEvent::system(EventKind::DuplicateReceived, now)
         });
         self.apply_deferred(w, original, noted).await?;
         Ok(self.outcome(original, Some(original.reference.clone())))

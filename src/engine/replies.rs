@@ -2,6 +2,7 @@
 //! the case, and its forms replacing the case's form or classifying a case that had none.
 //! Every write goes through the change path.
 
+use crate::domain::EventKind;
 use sqlx::AnyConnection;
 
 use super::change::{self, Origin};
@@ -45,9 +46,9 @@ impl Engine {
                 parsed.from_address.as_deref().unwrap_or("unknown sender"),
                 SENDER,
                 if automatic {
-                    "auto_reply_received"
+                    EventKind::AutoReplyReceived
                 } else {
-                    "reply_received"
+                    EventKind::ReplyReceived
                 },
                 now,
             )
@@ -147,7 +148,7 @@ impl Engine {
         change.events.push(CaseEvent {
             reason: Some(checks_summary(&form.findings)),
             data: Some(serde_json::json!({ "from": parsed.from_address }).to_string()),
-            ..CaseEvent::system("form_resubmitted", now)
+            ..CaseEvent::system(EventKind::FormResubmitted, now)
         });
         if !voided.is_empty() {
             change.events.push(CaseEvent {
@@ -155,7 +156,7 @@ impl Engine {
                     "a replacement form arrived, so these decisions on the old form no longer stand: {}",
                     voided.join("; ")
                 )),
-                ..CaseEvent::system("decisions_voided", now)
+                ..CaseEvent::system(EventKind::DecisionsVoided, now)
             });
         }
         let mut case = self.apply(conn, &case, change).await?;
@@ -191,7 +192,7 @@ impl Engine {
                 workflow.recognise.form_id,
                 checks_summary(&form.findings)
             )),
-            ..CaseEvent::system("classified", now)
+            ..CaseEvent::system(EventKind::Classified, now)
         });
         let when = self.when();
         // The SLA counts from when the email first arrived, as if the form had come with it.
@@ -236,7 +237,12 @@ impl Engine {
 fn decisions_since_last_form(workflow: &WorkflowDef, events: &[CaseEvent]) -> Vec<String> {
     let since = events
         .iter()
-        .rposition(|e| matches!(e.kind.as_str(), "created" | "form_resubmitted" | "classified"))
+        .rposition(|e| {
+            matches!(
+                e.kind,
+                EventKind::Created | EventKind::FormResubmitted | EventKind::Classified
+            )
+        })
         .map(|i| i + 1)
         .unwrap_or(0);
     let decides = |name: Option<&str>| {

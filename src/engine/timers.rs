@@ -2,6 +2,7 @@
 //! event commit in one transaction, through the change path: each timer fires exactly once,
 //! even with several instances, and a crash mid-way leaves it pending.
 
+use crate::domain::EventKind;
 use tracing::info;
 
 use super::change::{self, Origin};
@@ -99,10 +100,10 @@ impl Engine {
             let Some(template) = workflow.sla.escalation_template.as_deref() else {
                 return Ok(Outcome::nothing("no escalation template"));
             };
-            let reason = if name == SLA_AT_RISK {
-                "The case's SLA is at risk."
+            let (kind, reason) = if name == SLA_AT_RISK {
+                (EventKind::SlaAtRisk, "The case's SLA is at risk.")
             } else {
-                "The case has breached its SLA."
+                (EventKind::SlaBreached, "The case has breached its SLA.")
             };
             let mail = Notification {
                 template,
@@ -112,7 +113,7 @@ impl Engine {
                 in_reply_to: None,
                 suppress_because: None,
             };
-            return Ok(self.noted_with_mail(case, workflow, name, reason, &mail, origin, now));
+            return Ok(self.noted_with_mail(case, workflow, kind, reason, &mail, origin, now));
         }
         if case.state != state {
             // Cancelled in the transaction that moved the case; this guards a race with it.
@@ -125,9 +126,9 @@ impl Engine {
             )));
         };
         let (recipient, kind, threaded) = match timer.action {
-            TimerAction::RemindSender => (case.sender.as_deref(), "reminder_sent", true),
-            TimerAction::NudgeTeam => (recipients.team.as_deref(), "team_nudged", false),
-            TimerAction::Escalate => (recipients.managers.as_deref(), "escalated", false),
+            TimerAction::RemindSender => (case.sender.as_deref(), EventKind::ReminderSent, true),
+            TimerAction::NudgeTeam => (recipients.team.as_deref(), EventKind::TeamNudged, false),
+            TimerAction::Escalate => (recipients.managers.as_deref(), EventKind::Escalated, false),
             TimerAction::Transition => {
                 let Some(transition) = timer.transition.as_deref().and_then(|t| workflow.transition(t)) else {
                     return Ok(Outcome::nothing("no transition"));
@@ -162,7 +163,7 @@ impl Engine {
         &self,
         case: &CaseRecord,
         workflow: &WorkflowDef,
-        kind: &str,
+        kind: EventKind,
         reason: &str,
         mail: &Notification<'_>,
         origin: &Origin,

@@ -6,6 +6,7 @@
 use sqlx::AnyConnection;
 
 use super::{CaseChangeset, CaseEvent, NewMail, NewTimer, QueryContext, StorageError};
+use crate::domain::{OutboxStatus, TimerStatus};
 
 /// The rows held back, in the order they were planned (so that events keep their order).
 #[derive(Debug, Default)]
@@ -101,7 +102,7 @@ pub async fn flush(conn: &mut AnyConnection, deferred: &mut Deferred) -> Result<
                 .bind(e.at)
                 .bind(&e.actor)
                 .bind(&e.actor_role)
-                .bind(&e.kind)
+                .bind(e.kind.as_str())
                 .bind(&e.transition)
                 .bind(&e.from_state)
                 .bind(&e.to_state)
@@ -124,7 +125,7 @@ pub async fn flush(conn: &mut AnyConnection, deferred: &mut Deferred) -> Result<
                 .bind(&timer.name)
                 .bind(&timer.state)
                 .bind(timer.due_at)
-                .bind("pending")
+                .bind(TimerStatus::Pending.as_str())
                 .bind(*now);
         }
         query.execute(&mut *conn).await.context("arming timers")?;
@@ -139,9 +140,9 @@ pub async fn flush(conn: &mut AnyConnection, deferred: &mut Deferred) -> Result<
         let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
         for (case_id, m, now) in chunk {
             let status = if m.suppressed_reason.is_some() {
-                "suppressed"
+                OutboxStatus::Suppressed
             } else {
-                "pending"
+                OutboxStatus::Pending
             };
             query = query
                 .bind(*case_id)
@@ -150,7 +151,7 @@ pub async fn flush(conn: &mut AnyConnection, deferred: &mut Deferred) -> Result<
                 .bind(&m.context_json)
                 .bind(&m.message_id)
                 .bind(&m.in_reply_to)
-                .bind(status)
+                .bind(status.as_str())
                 .bind(&m.suppressed_reason)
                 .bind(*now)
                 .bind(*now)

@@ -3,7 +3,8 @@
 use sqlx::{AnyConnection, Row};
 
 use super::queries::*;
-use super::{QueryContext, StorageError};
+use super::{QueryContext, StorageError, stored_word};
+use crate::domain::EventKind;
 
 // ---- Event log -----------------------------------------------------------------------------
 
@@ -12,7 +13,7 @@ pub struct CaseEvent {
     pub at: i64,
     pub actor: String,
     pub actor_role: String,
-    pub kind: String,
+    pub kind: EventKind,
     pub transition: Option<String>,
     pub from_state: Option<String>,
     pub to_state: Option<String>,
@@ -22,12 +23,12 @@ pub struct CaseEvent {
 
 impl CaseEvent {
     /// An event the engine records itself; set the other fields with `..CaseEvent::system(…)`.
-    pub fn system(kind: &str, at: i64) -> Self {
+    pub fn system(kind: EventKind, at: i64) -> Self {
         CaseEvent {
             at,
             actor: "system".into(),
             actor_role: "system".into(),
-            kind: kind.into(),
+            kind,
             transition: None,
             from_state: None,
             to_state: None,
@@ -37,7 +38,7 @@ impl CaseEvent {
     }
 
     /// An event a member of staff caused; set the other fields with `..CaseEvent::by(…)`.
-    pub fn by(actor: &str, actor_role: &str, kind: &str, at: i64) -> Self {
+    pub fn by(actor: &str, actor_role: &str, kind: EventKind, at: i64) -> Self {
         CaseEvent {
             actor: actor.into(),
             actor_role: actor_role.into(),
@@ -58,7 +59,7 @@ pub async fn events_for_case(conn: &mut AnyConnection, case_id: i64) -> Result<V
                 at: r.try_get(0)?,
                 actor: r.try_get(1)?,
                 actor_role: r.try_get(2)?,
-                kind: r.try_get(3)?,
+                kind: stored_word(r, 3, EventKind::parse)?,
                 transition: r.try_get(4)?,
                 from_state: r.try_get(5)?,
                 to_state: r.try_get(6)?,

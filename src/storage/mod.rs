@@ -208,6 +208,17 @@ fn create_sqlite_parent_dir(url: &str) -> Result<(), StorageError> {
     Ok(())
 }
 
+/// Reads a column holding one of the domain's stored words (`EventKind`, `OutboxStatus`,
+/// `TimerStatus`); a word no variant names is a decoding error, not a silent default.
+fn stored_word<T>(row: &sqlx::any::AnyRow, index: usize, parse: fn(&str) -> Option<T>) -> Result<T, sqlx::Error> {
+    use sqlx::Row;
+    let word: String = row.try_get(index)?;
+    parse(&word).ok_or_else(|| sqlx::Error::ColumnDecode {
+        index: index.to_string(),
+        source: format!("unknown stored word {word:?}").into(),
+    })
+}
+
 fn json_column<T: serde::de::DeserializeOwned>(text: &str, context: &'static str) -> Result<T, StorageError> {
     serde_json::from_str(text).map_err(|e| StorageError::Corrupt {
         context,

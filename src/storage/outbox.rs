@@ -3,13 +3,14 @@
 use sqlx::{AnyConnection, Row};
 
 use super::queries::*;
-use super::{QueryContext, StorageError};
+use super::{QueryContext, StorageError, stored_word};
+use crate::domain::OutboxStatus;
 
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct OutboxRecord {
     pub template: String,
     pub recipient: Option<String>,
-    pub status: String,
+    pub status: OutboxStatus,
     pub suppressed_reason: Option<String>,
     pub in_reply_to: Option<String>,
     pub created_at: i64,
@@ -29,7 +30,7 @@ pub async fn outbox_for_case(conn: &mut AnyConnection, case_id: i64) -> Result<V
             Ok(OutboxRecord {
                 template: r.try_get(0)?,
                 recipient: r.try_get(1)?,
-                status: r.try_get(2)?,
+                status: stored_word(r, 2, OutboxStatus::parse)?,
                 suppressed_reason: r.try_get(3)?,
                 in_reply_to: r.try_get(4)?,
                 created_at: r.try_get(5)?,
@@ -60,7 +61,7 @@ pub struct OutboxListing {
     pub case_reference: Option<String>,
     pub template: String,
     pub recipient: Option<String>,
-    pub status: String,
+    pub status: OutboxStatus,
     pub attempts: i64,
     /// The last error, or why it was suppressed.
     pub note: String,
@@ -69,7 +70,7 @@ pub struct OutboxListing {
 /// The newest outbound messages, optionally of one status.
 pub async fn list_outbox(
     conn: &mut AnyConnection,
-    status: Option<&str>,
+    status: Option<OutboxStatus>,
     limit: i64,
 ) -> Result<Vec<OutboxListing>, StorageError> {
     let rows = sqlx::query(
@@ -77,7 +78,7 @@ pub async fn list_outbox(
          FROM outbox o LEFT JOIN cases c ON c.id = o.case_id
          WHERE ($1 IS NULL OR o.status = $1) ORDER BY o.id DESC LIMIT $2",
     )
-    .bind(status)
+    .bind(status.map(OutboxStatus::as_str))
     .bind(limit)
     .fetch_all(&mut *conn)
     .await
@@ -89,7 +90,7 @@ pub async fn list_outbox(
                 case_reference: r.try_get(1)?,
                 template: r.try_get(2)?,
                 recipient: r.try_get(3)?,
-                status: r.try_get(4)?,
+                status: stored_word(r, 4, OutboxStatus::parse)?,
                 attempts: r.try_get(5)?,
                 note: r.try_get(6)?,
             })

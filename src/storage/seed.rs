@@ -82,7 +82,7 @@ pub async fn insert_seeded(conn: &mut AnyConnection, cases: &[SeedCase], origin:
                     .bind(m.at)
                     .bind(m.actor.as_str())
                     .bind(m.actor_role)
-                    .bind(m.kind)
+                    .bind(m.kind.as_str())
                     .bind(m.transition)
                     .bind(m.from_state.as_deref())
                     .bind(m.to_state.as_str())

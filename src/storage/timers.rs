@@ -3,7 +3,8 @@
 use sqlx::{AnyConnection, Row};
 
 use super::queries::*;
-use super::{CancelTimers, QueryContext, StorageError};
+use super::{CancelTimers, QueryContext, StorageError, stored_word};
+use crate::domain::TimerStatus;
 
 /// The `state` of timers that belong to the case rather than to one state (the SLA timers).
 pub const ANY_STATE: &str = "*";
@@ -41,7 +42,7 @@ pub struct TimerRecord {
     pub name: String,
     pub state: String,
     pub due_at: i64,
-    pub status: String,
+    pub status: TimerStatus,
 }
 
 pub async fn timers_for_case(conn: &mut AnyConnection, case_id: i64) -> Result<Vec<TimerRecord>, StorageError> {
@@ -56,7 +57,7 @@ pub async fn timers_for_case(conn: &mut AnyConnection, case_id: i64) -> Result<V
                 name: r.try_get(0)?,
                 state: r.try_get(1)?,
                 due_at: r.try_get(2)?,
-                status: r.try_get(3)?,
+                status: stored_word(r, 3, TimerStatus::parse)?,
             })
         })
         .collect::<Result<_, sqlx::Error>>()

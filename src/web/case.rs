@@ -1,6 +1,7 @@
 //! The case page and what a caseworker does from it: transitions, claiming and assigning,
 //! notes, keying a form by hand, and the form's PDF.
 
+use crate::domain::{EventKind, OutboxStatus};
 use std::collections::BTreeMap;
 
 use axum::Form;
@@ -324,7 +325,7 @@ fn case_context(
     context.insert("thread", &correspondence(state, &case, &messages, &mail));
     context.insert("actions", &actions(&case, workflow, actor, &events));
     // A case keyed by hand stays correctable (each change logged) until it is authorised.
-    let was_keyed = events.iter().any(|e| e.kind == "field_keyed");
+    let was_keyed = events.iter().any(|e| e.kind == EventKind::FieldKeyed);
     context.insert("timeline", &timeline(events, mail, timers, workflow));
     context.insert("notes", &notes);
     // Mail that named a case but was not allowed to change it is a case of its own: each page
@@ -477,9 +478,9 @@ fn correspondence(
             Ok(rendered) => (rendered.subject, rendered.text),
             Err(_) => (out.template.replace('_', " "), "(this message cannot be shown)".into()),
         };
-        let status = match (&out.suppressed_reason, out.status.as_str()) {
+        let status = match (&out.suppressed_reason, out.status) {
             (Some(why), _) => format!("held back: {why}"),
-            (None, "failed") => format!("failed: {}", out.last_error.clone().unwrap_or_default()),
+            (None, OutboxStatus::Failed) => format!("failed: {}", out.last_error.clone().unwrap_or_default()),
             (None, other) => other.to_string(),
         };
         thread.push(ThreadEntry {
@@ -581,12 +582,12 @@ fn event_detail(event: &storage::CaseEvent, workflow: Option<&crate::workflow::W
         Some(text) => format!("“{text}”"),
         None => "(empty)".to_string(),
     };
-    if event.kind == "field_keyed" {
+    if event.kind == EventKind::FieldKeyed {
         let field = data["field"].as_str().unwrap_or("a field");
         return format!("{}: {} → {}", label(field), quoted(&data["old"]), quoted(&data["new"]));
     }
     match data.as_object() {
-        Some(values) if event.kind == "transition" => values
+        Some(values) if event.kind == EventKind::Transition => values
             .iter()
             .map(|(name, value)| format!("{}: {}", label(name), quoted(value)))
             .collect::<Vec<_>>()
@@ -614,7 +615,7 @@ fn timeline(
                 at: e.at,
                 when: when(Some(e.at)),
                 // A transition shows its own name ("hold for review"), other events their kind.
-                kind: e.transition.as_deref().unwrap_or(&e.kind).replace('_', " "),
+                kind: e.transition.as_deref().unwrap_or(e.kind.as_str()).replace('_', " "),
                 text: [change, detail, e.reason.unwrap_or_default()]
                     .into_iter()
                     .filter(|part| !part.is_empty())

@@ -8,7 +8,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::common::{TestClock, TestDatabase, engine_with_clock, friday_morning};
-use countersign::storage::{Backend, Db};
+use countersign::storage::Backend;
 use countersign::workflow::ActorRole;
 use fantoccini::{Client, ClientBuilder, Locator};
 
@@ -223,7 +223,7 @@ async fn a_case_goes_from_inbox_to_provisioned_in_a_real_browser_on_postgres() {
 async fn case_journey(backend: Backend) {
     let database = TestDatabase::create(backend).await;
     let clock = TestClock::at(friday_morning());
-    let engine = engine_with_clock(Db::connect(&database.url).await.unwrap(), clock.clone());
+    let engine = engine_with_clock(&database.url, clock.clone()).await;
     for (email, role) in [
         ("alice@nhs.net", ActorRole::Caseworker),
         ("bob@nhs.net", ActorRole::Caseworker),

@@ -1,6 +1,7 @@
 //! The engine end to end, on SQLite and on PostgreSQL: emails in, cases out, transitions
 //! recorded with their events, timers and mail in one transaction.
 
+use countersign::domain::EventKind;
 use std::collections::BTreeMap;
 
 use crate::common::{fixture, on_both_backends, stored};
@@ -24,45 +25,12 @@ fn to(state: &str, reason: Option<&str>) -> TransitionRequest {
     }
 }
 
-/// Ingests a fixture and returns the reference of its first case.
-async fn first_case(engine: &Engine, fixture_name: &str) -> String {
-    engine.intake(&fixture(fixture_name), "test").await.unwrap().cases[0]
-        .reference
-        .clone()
-}
-
 /// Asserts that a transition was refused for the given reason.
 fn assert_refused(result: Result<storage::CaseRecord, EngineError>, expected: fn(&TransitionError) -> bool) {
     match result {
         Err(EngineError::Transition { source, .. }) if expected(&source) => {}
         other => panic!("expected a refusal, got {other:?}"),
     }
-}
-
-async fn case(engine: &Engine, reference: &str) -> storage::CaseRecord {
-    let mut conn = engine.db().pool.acquire().await.unwrap();
-    storage::case_by_reference(&mut conn, reference)
-        .await
-        .unwrap()
-        .expect("case exists")
-}
-
-async fn events(engine: &Engine, reference: &str) -> Vec<storage::CaseEvent> {
-    let id = case(engine, reference).await.id;
-    let mut conn = engine.db().pool.acquire().await.unwrap();
-    storage::events_for_case(&mut conn, id).await.unwrap()
-}
-
-async fn timers(engine: &Engine, reference: &str) -> Vec<storage::TimerRecord> {
-    let id = case(engine, reference).await.id;
-    let mut conn = engine.db().pool.acquire().await.unwrap();
-    storage::timers_for_case(&mut conn, id).await.unwrap()
-}
-
-async fn outbox(engine: &Engine, reference: &str) -> Vec<storage::OutboxRecord> {
-    let id = case(engine, reference).await.id;
-    let mut conn = engine.db().pool.acquire().await.unwrap();
-    storage::outbox_for_case(&mut conn, id).await.unwrap()
 }
 
 #[tokio::test]
@@ -77,7 +45,7 @@ async fn a_correct_form_becomes_a_validated_case_with_its_event_timers_and_ackno
         assert_eq!(outcome.state, "validated");
         assert_eq!(outcome.finding_codes, Vec::<String>::new());
 
-        let stored = case(&engine, &outcome.reference).await;
+        let stored = engine.case(&outcome.reference).await;
         assert_eq!(stored.fields.get("user_first_name").map(String::as_str), Some("Siân"));
         assert_eq!(
             stored.fields.get("signatory_name").map(String::as_str),
@@ -91,7 +59,7 @@ async fn a_correct_form_becomes_a_validated_case_with_its_event_timers_and_ackno
             .with_timezone(&chrono::Local);
         assert_eq!(due.date_naive(), chrono::NaiveDate::from_ymd_opt(2026, 11, 27).unwrap());
 
-        let log = events(&engine, &outcome.reference).await;
+        let log = engine.events(&outcome.reference).await;
         let kinds: Vec<(&str, Option<&str>)> = log.iter().map(|e| (e.kind.as_str(), e.to_state.as_deref())).collect();
         assert_eq!(
             kinds,
@@ -100,10 +68,11 @@ async fn a_correct_form_becomes_a_validated_case_with_its_event_timers_and_ackno
         assert_eq!(log[1].transition.as_deref(), Some("validate"));
         assert_eq!(log[1].actor, "system");
 
-        let armed: Vec<(String, String)> = timers(&engine, &outcome.reference)
+        let armed: Vec<(String, String)> = engine
+            .timers(&outcome.reference)
             .await
             .into_iter()
-            .map(|t| (t.name, t.status))
+            .map(|t| (t.name, t.status.to_string()))
             .collect();
         assert_eq!(
             armed,
@@ -114,11 +83,11 @@ async fn a_correct_form_becomes_a_validated_case_with_its_event_timers_and_ackno
             ]
         );
 
-        let mail = outbox(&engine, &outcome.reference).await;
+        let mail = engine.outbox(&outcome.reference).await;
         assert_eq!(mail.len(), 1);
         assert_eq!(mail[0].template, "acknowledgement");
         assert_eq!(mail[0].recipient.as_deref(), Some("wyn.apgruffydd@nhs.net"));
-        assert_eq!(mail[0].status, "pending");
+        assert_eq!(mail[0].status.as_str(), "pending");
         assert_eq!(mail[0].in_reply_to.as_deref(), Some("gp-1@practice.nhs.net"));
 
         // The raw message and its attachment are kept, with hashes and the detected type.
@@ -202,10 +171,11 @@ async fn the_same_pdf_in_a_new_message_is_linked_to_the_existing_case() {
         assert_eq!(stored(&engine).await.cases, 1);
         assert_eq!(stored(&engine).await.duplicate_links, 1);
         assert!(
-            events(&engine, reference)
+            engine
+                .events(reference)
                 .await
                 .iter()
-                .any(|e| e.kind == "duplicate_received")
+                .any(|e| e.kind == EventKind::DuplicateReceived)
         );
     })
     .await;
@@ -311,7 +281,7 @@ async fn a_broken_pdf_becomes_a_case_with_a_clear_finding() {
         // waits for a person and says why.
         assert_eq!(report.cases[0].state, "needs_review");
         assert!(!codes.is_empty(), "{codes:?}");
-        let stored = case(&engine, &report.cases[0].reference).await;
+        let stored = engine.case(&report.cases[0].reference).await;
         assert!(stored.findings.iter().all(|f| !f.message.is_empty()));
     })
     .await;
@@ -369,7 +339,7 @@ async fn a_form_with_findings_is_held_for_review() {
         let report = engine.intake(&email, "test").await.unwrap();
         assert_eq!(report.cases[0].state, "needs_review");
         assert_eq!(report.cases[0].finding_codes, vec!["signatory_role_not_allowed"]);
-        let log = events(&engine, &report.cases[0].reference).await;
+        let log = engine.events(&report.cases[0].reference).await;
         assert_eq!(log[1].transition.as_deref(), Some("hold_for_review"));
         assert!(log[1].reason.as_deref().unwrap().contains("signatory_role_not_allowed"));
     })
@@ -381,10 +351,11 @@ async fn a_form_with_findings_is_held_for_review() {
 #[tokio::test]
 async fn choosing_a_form_type_for_an_unclassified_case_logs_it_and_starts_its_sla() {
     on_both_backends(|engine| async move {
-        let reference = first_case(&engine, "mail/no_form.eml").await;
-        assert!(case(&engine, &reference).await.workflow.is_none());
+        let reference = engine.receive_fixture("mail/no_form.eml").await;
+        assert!(engine.case(&reference).await.workflow.is_none());
         assert!(
-            timers(&engine, &reference)
+            engine
+                .timers(&reference)
                 .await
                 .iter()
                 .all(|t| !t.name.starts_with("sla_"))
@@ -399,12 +370,18 @@ async fn choosing_a_form_type_for_an_unclassified_case_logs_it_and_starts_its_sl
             .await
             .unwrap();
         assert_eq!(keyed.workflow.as_deref(), Some("primary_user_gp"));
-        let logged: Vec<String> = events(&engine, &reference).await.into_iter().map(|e| e.kind).collect();
-        assert!(logged.contains(&"workflow_changed".to_string()), "{logged:?}");
-        let pending: Vec<String> = timers(&engine, &reference)
+        let logged: Vec<String> = engine
+            .events(&reference)
             .await
             .into_iter()
-            .filter(|t| t.status == "pending")
+            .map(|e| e.kind.to_string())
+            .collect();
+        assert!(logged.contains(&"workflow_changed".to_string()), "{logged:?}");
+        let pending: Vec<String> = engine
+            .timers(&reference)
+            .await
+            .into_iter()
+            .filter(|t| t.status.as_str() == "pending")
             .map(|t| t.name)
             .collect();
         assert!(
@@ -456,10 +433,11 @@ async fn a_flattened_form_is_keyed_by_hand_then_accepted_authorised_by_someone_e
             .unwrap();
         assert!(keyed.findings.is_empty(), "{:?}", keyed.findings);
         assert_eq!(keyed.org_ods_code.as_deref(), Some("A81001"));
-        let edits = events(&engine, &reference)
+        let edits = engine
+            .events(&reference)
             .await
             .into_iter()
-            .filter(|e| e.kind == "field_keyed")
+            .filter(|e| e.kind == EventKind::FieldKeyed)
             .count();
         assert_eq!(
             edits,
@@ -502,7 +480,8 @@ async fn a_flattened_form_is_keyed_by_hand_then_accepted_authorised_by_someone_e
             Some("OE778899")
         );
 
-        let states: Vec<String> = events(&engine, &reference)
+        let states: Vec<String> = engine
+            .events(&reference)
             .await
             .into_iter()
             .filter_map(|e| e.to_state)
@@ -511,14 +490,19 @@ async fn a_flattened_form_is_keyed_by_hand_then_accepted_authorised_by_someone_e
             states,
             vec!["received", "needs_review", "validated", "authorised", "provisioned"]
         );
-        let templates: Vec<String> = outbox(&engine, &reference)
+        let templates: Vec<String> = engine
+            .outbox(&reference)
             .await
             .into_iter()
             .map(|m| m.template)
             .collect();
         assert_eq!(templates, vec!["acknowledgement", "provisioned"]);
         assert!(
-            timers(&engine, &reference).await.iter().all(|t| t.status != "pending"),
+            engine
+                .timers(&reference)
+                .await
+                .iter()
+                .all(|t| t.status.as_str() != "pending"),
             "a final state has no live timers"
         );
     })
@@ -528,9 +512,9 @@ async fn a_flattened_form_is_keyed_by_hand_then_accepted_authorised_by_someone_e
 #[tokio::test]
 async fn an_illegal_transition_is_refused_and_changes_nothing() {
     on_both_backends(|engine| async move {
-        let reference = first_case(&engine, "mail/gp_form.eml").await;
-        let before = case(&engine, &reference).await;
-        let events_before = events(&engine, &reference).await.len();
+        let reference = engine.receive_fixture("mail/gp_form.eml").await;
+        let before = engine.case(&reference).await;
+        let events_before = engine.events(&reference).await.len();
         assert_refused(
             engine
                 .transition(&reference, &to("provisioned", None), &caseworker("alice"))
@@ -543,9 +527,9 @@ async fn an_illegal_transition_is_refused_and_changes_nothing() {
                 .await,
             |e| matches!(e, TransitionError::ReasonRequired { .. }),
         );
-        let after = case(&engine, &reference).await;
+        let after = engine.case(&reference).await;
         assert_eq!((after.state, after.version), (before.state, before.version));
-        assert_eq!(events(&engine, &reference).await.len(), events_before);
+        assert_eq!(engine.events(&reference).await.len(), events_before);
         assert!(matches!(
             engine
                 .transition("CS-2026-999999", &to("rejected", Some("x")), &caseworker("a"))
@@ -559,7 +543,7 @@ async fn an_illegal_transition_is_refused_and_changes_nothing() {
 #[tokio::test]
 async fn requesting_information_arms_the_reminder_and_leaving_the_state_cancels_it() {
     on_both_backends(|engine| async move {
-        let reference = first_case(&engine, "mail/gp_form.eml").await;
+        let reference = engine.receive_fixture("mail/gp_form.eml").await;
         engine
             .transition(
                 &reference,
@@ -568,10 +552,11 @@ async fn requesting_information_arms_the_reminder_and_leaving_the_state_cancels_
             )
             .await
             .unwrap();
-        let live: Vec<(String, chrono::NaiveDate)> = timers(&engine, &reference)
+        let live: Vec<(String, chrono::NaiveDate)> = engine
+            .timers(&reference)
             .await
             .into_iter()
-            .filter(|t| t.status == "pending" && !t.name.starts_with("sla_"))
+            .filter(|t| t.status.as_str() == "pending" && !t.name.starts_with("sla_"))
             .map(|t| {
                 (
                     t.name,
@@ -594,23 +579,23 @@ async fn requesting_information_arms_the_reminder_and_leaving_the_state_cancels_
                 )
             ]
         );
-        let mail = outbox(&engine, &reference).await;
+        let mail = engine.outbox(&reference).await;
         assert_eq!(mail.last().map(|m| m.template.as_str()), Some("request_for_correction"));
 
         engine
             .transition(&reference, &to("needs_review", None), &caseworker("alice"))
             .await
             .unwrap();
-        let all = timers(&engine, &reference).await;
+        let all = engine.timers(&reference).await;
         assert!(
             all.iter()
                 .filter(|t| t.name != "nudge_team" && !t.name.starts_with("sla_"))
-                .all(|t| t.status == "cancelled"),
+                .all(|t| t.status.as_str() == "cancelled"),
             "{all:?}"
         );
         assert_eq!(
             all.iter()
-                .filter(|t| t.status == "pending")
+                .filter(|t| t.status.as_str() == "pending")
                 .map(|t| t.name.as_str())
                 .collect::<Vec<_>>(),
             vec!["sla_at_risk", "sla_breached", "nudge_team"],
@@ -628,9 +613,9 @@ async fn an_automatic_message_is_never_answered_automatically() {
             .replacen("Subject:", "Auto-Submitted: auto-replied\r\nSubject:", 1)
             .replace("gp-1@practice", "auto-1@practice");
         let report = engine.intake(auto.as_bytes(), "test").await.unwrap();
-        let mail = outbox(&engine, &report.cases[0].reference).await;
+        let mail = engine.outbox(&report.cases[0].reference).await;
         assert_eq!(mail.len(), 1);
-        assert_eq!(mail[0].status, "suppressed");
+        assert_eq!(mail[0].status.as_str(), "suppressed");
         assert!(mail[0].suppressed_reason.as_deref().unwrap().contains("Auto-Submitted"));
     })
     .await;
@@ -639,7 +624,7 @@ async fn an_automatic_message_is_never_answered_automatically() {
 #[tokio::test]
 async fn an_unclassified_case_can_only_be_closed_off_or_keyed_into_a_workflow() {
     on_both_backends(|engine| async move {
-        let reference = first_case(&engine, "mail/no_form.eml").await;
+        let reference = engine.receive_fixture("mail/no_form.eml").await;
         let err = engine
             .transition(&reference, &to("validated", Some("x")), &caseworker("alice"))
             .await
@@ -667,17 +652,18 @@ async fn an_unclassified_case_can_only_be_closed_off_or_keyed_into_a_workflow() 
 #[tokio::test]
 async fn keying_a_case_into_a_workflow_is_an_event_in_the_log() {
     on_both_backends(|engine| async move {
-        let reference = first_case(&engine, "mail/no_form.eml").await;
+        let reference = engine.receive_fixture("mail/no_form.eml").await;
         let values: std::collections::BTreeMap<String, String> =
             [("org_name".to_string(), "Riverside Surgery".to_string())].into();
         engine
             .key_fields(&reference, Some("primary_user_gp"), &values, &caseworker("alice"))
             .await
             .unwrap();
-        let changed: Vec<_> = events(&engine, &reference)
+        let changed: Vec<_> = engine
+            .events(&reference)
             .await
             .into_iter()
-            .filter(|e| e.kind == "workflow_changed")
+            .filter(|e| e.kind == EventKind::WorkflowChanged)
             .collect();
         assert_eq!(changed.len(), 1, "{changed:?}");
         assert_eq!(changed[0].actor, "alice");
@@ -687,10 +673,11 @@ async fn keying_a_case_into_a_workflow_is_an_event_in_the_log() {
             .key_fields(&reference, Some("primary_user_gp"), &values, &caseworker("alice"))
             .await
             .unwrap();
-        let again = events(&engine, &reference)
+        let again = engine
+            .events(&reference)
             .await
             .into_iter()
-            .filter(|e| e.kind == "workflow_changed")
+            .filter(|e| e.kind == EventKind::WorkflowChanged)
             .count();
         assert_eq!(again, 1);
     })
@@ -728,8 +715,8 @@ async fn the_event_log_is_append_only() {
 #[tokio::test]
 async fn a_stale_update_is_refused_rather_than_lost() {
     on_both_backends(|engine| async move {
-        let reference = first_case(&engine, "mail/gp_form.eml").await;
-        let stale = case(&engine, &reference).await;
+        let reference = engine.receive_fixture("mail/gp_form.eml").await;
+        let stale = engine.case(&reference).await;
         engine
             .transition(&reference, &to("authorised", None), &caseworker("bob"))
             .await
@@ -743,7 +730,7 @@ async fn a_stale_update_is_refused_rather_than_lost() {
             "a write based on an old version must not land: {refused:?}"
         );
         drop(conn);
-        assert_eq!(case(&engine, &reference).await.state, "authorised");
+        assert_eq!(engine.case(&reference).await.state, "authorised");
     })
     .await;
 }
@@ -822,7 +809,7 @@ async fn a_pdf_over_the_size_limit_is_a_finding() {
             max_bytes: 1000,
             ..engine.config().limits
         };
-        let engine = engine.with_limits(limits);
+        let engine = engine.engine().with_limits(limits);
         let report = engine.intake(&fixture("mail/gp_form.eml"), "test").await.unwrap();
         assert_eq!(report.cases[0].finding_codes, vec!["pdf_too_large"]);
         assert_eq!(report.cases[0].state, "needs_review");
@@ -860,7 +847,7 @@ async fn a_group_recorded_in_one_transaction_deduplicates_within_itself() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_concurrent_transitions_on_one_case_exactly_one_wins() {
     on_both_backends(|engine| async move {
-        let reference = first_case(&engine, "mail/gp_form.eml").await;
+        let reference = engine.receive_fixture("mail/gp_form.eml").await;
         let mut conn = engine.db().pool.acquire().await.unwrap();
         let seen = storage::case_by_reference(&mut conn, &reference)
             .await
@@ -900,7 +887,7 @@ async fn two_concurrent_transitions_on_one_case_exactly_one_wins() {
             .await
             .unwrap()
             .into_iter()
-            .filter(|e| e.kind == "transition" && e.actor_role != "system")
+            .filter(|e| e.kind == EventKind::Transition && e.actor_role != "system")
             .count();
         assert_eq!(by_staff, 1, "one transition in the log");
     })
@@ -912,8 +899,8 @@ async fn two_concurrent_transitions_on_one_case_exactly_one_wins() {
 #[tokio::test]
 async fn marking_a_duplicate_is_atomic() {
     on_both_backends(|engine| async move {
-        let original = first_case(&engine, "mail/gp_form.eml").await;
-        let copy = first_case(&engine, "mail/no_form.eml").await;
+        let original = engine.receive_fixture("mail/gp_form.eml").await;
+        let copy = engine.receive_fixture("mail/no_form.eml").await;
         let actor = caseworker("cw@nhs.net");
         let mut conn = engine.db().pool.acquire().await.unwrap();
         let before = storage::case_by_reference(&mut conn, &copy).await.unwrap().unwrap();
@@ -965,10 +952,10 @@ async fn marking_a_duplicate_is_atomic() {
 #[tokio::test]
 async fn a_change_whose_mail_cannot_be_queued_changes_nothing() {
     on_both_backends(|engine| async move {
-        let reference = first_case(&engine, "mail/gp_form.eml").await;
-        let before = case(&engine, &reference).await;
-        let events_before = events(&engine, &reference).await.len();
-        let timers_before = timers(&engine, &reference).await.len();
+        let reference = engine.receive_fixture("mail/gp_form.eml").await;
+        let before = engine.case(&reference).await;
+        let events_before = engine.events(&reference).await.len();
+        let timers_before = engine.timers(&reference).await.len();
         let refuse = match engine.db().backend {
             storage::Backend::Sqlite => {
                 "CREATE TRIGGER refuse_mail BEFORE INSERT ON outbox BEGIN SELECT RAISE(ABORT, 'no mail today'); END;"
@@ -989,11 +976,11 @@ async fn a_change_whose_mail_cannot_be_queued_changes_nothing() {
             )
             .await;
         assert!(matches!(asked, Err(EngineError::Storage(_))), "{asked:?}");
-        let after = case(&engine, &reference).await;
+        let after = engine.case(&reference).await;
         assert_eq!((after.state, after.version), (before.state, before.version));
         assert_eq!(after.sla_paused_at, None, "the SLA pause went with it");
-        assert_eq!(events(&engine, &reference).await.len(), events_before);
-        assert_eq!(timers(&engine, &reference).await.len(), timers_before);
+        assert_eq!(engine.events(&reference).await.len(), events_before);
+        assert_eq!(engine.timers(&reference).await.len(), timers_before);
     })
     .await;
 }
@@ -1003,7 +990,7 @@ async fn a_change_whose_mail_cannot_be_queued_changes_nothing() {
 #[tokio::test]
 async fn a_transition_records_only_the_values_its_workflow_declares() {
     on_both_backends(|engine| async move {
-        let reference = first_case(&engine, "mail/gp_form.eml").await;
+        let reference = engine.receive_fixture("mail/gp_form.eml").await;
         let rejected = engine
             .transition(
                 &reference,
@@ -1016,7 +1003,7 @@ async fn a_transition_records_only_the_values_its_workflow_declares() {
             .await
             .unwrap();
         assert!(rejected.recorded.is_empty(), "{:?}", rejected.recorded);
-        assert!(case(&engine, &reference).await.recorded.is_empty());
+        assert!(engine.case(&reference).await.recorded.is_empty());
     })
     .await;
 }
@@ -1026,7 +1013,7 @@ async fn a_transition_records_only_the_values_its_workflow_declares() {
 #[tokio::test]
 async fn two_assignments_from_one_page_exactly_one_wins() {
     on_both_backends(|engine| async move {
-        let reference = first_case(&engine, "mail/gp_form.eml").await;
+        let reference = engine.receive_fixture("mail/gp_form.eml").await;
         let mut conn = engine.db().pool.acquire().await.unwrap();
         let mut ids = Vec::new();
         for email in ["a@nhs.net", "b@nhs.net"] {
@@ -1036,7 +1023,7 @@ async fn two_assignments_from_one_page_exactly_one_wins() {
             ids.push(user.id);
         }
         drop(conn);
-        let seen = case(&engine, &reference).await;
+        let seen = engine.case(&reference).await;
         let (a, b) = (caseworker("a@nhs.net"), caseworker("b@nhs.net"));
         let (first, second) = tokio::join!(
             engine.assign(&reference, Some((ids[0], "a@nhs.net")), &a, Some(seen.version)),
@@ -1045,12 +1032,13 @@ async fn two_assignments_from_one_page_exactly_one_wins() {
         let outcomes = [first, second];
         let won = outcomes.iter().filter(|o| o.is_ok()).count();
         assert_eq!(won, 1, "{outcomes:?}");
-        let after = case(&engine, &reference).await;
+        let after = engine.case(&reference).await;
         assert_eq!(after.version, seen.version + 1);
-        let claims = events(&engine, &reference)
+        let claims = engine
+            .events(&reference)
             .await
             .into_iter()
-            .filter(|e| e.kind == "claimed")
+            .filter(|e| e.kind == EventKind::Claimed)
             .count();
         assert_eq!(claims, 1);
     })

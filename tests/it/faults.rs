@@ -76,7 +76,7 @@ async fn two_writers_of_the_same_forms_make_one_case_per_form() {
     for backend in BACKENDS {
         // What one writer alone makes of both sets: the oracle.
         let alone = TestDatabase::create(backend).await;
-        let engine = engine_on(Db::connect(&alone.url).await.unwrap());
+        let engine = engine_on(&alone.url).await;
         for raw in originals.iter().chain(&copies) {
             engine.intake(raw, "alone").await.unwrap();
         }
@@ -86,8 +86,8 @@ async fn two_writers_of_the_same_forms_make_one_case_per_form() {
 
         // Two instances (two pools) on one database, each given one set, at once.
         let shared = TestDatabase::create(backend).await;
-        let a = engine_on(Db::connect(&shared.url).await.unwrap());
-        let b = engine_on(Db::connect(&shared.url).await.unwrap());
+        let a = engine_on(&shared.url).await;
+        let b = engine_on(&shared.url).await;
         let writer_a = {
             let (a, originals) = (a.clone(), originals.clone());
             tokio::spawn(async move {
@@ -252,7 +252,7 @@ async fn a_full_disk_marks_nothing_done_that_was_not_stored_and_the_drain_recove
     // fill; its transactions are never left in doubt on a live connection.)
     let disk = SmallDisk::mount("1200k");
     let url = format!("sqlite://{}?mode=rwc", disk.path().join("countersign.db").display());
-    let engine = engine_on(Db::connect(&url).await.unwrap());
+    let engine = engine_on(&url).await;
     let drop_folder = tempfile::tempdir().unwrap();
     let emails = sample_emails(120);
     for (n, email) in emails.iter().enumerate() {
@@ -304,7 +304,7 @@ async fn a_full_disk_marks_nothing_done_that_was_not_stored_and_the_drain_recove
         "{health:?}"
     );
     // Read on a fresh pool, as another process would see it.
-    let reader = engine_on(Db::connect(&url).await.unwrap());
+    let reader = engine_on(&url).await;
     let in_database = stored_hashes(reader.clone()).await;
     reader.db().close().await;
     let lost: Vec<_> = moved.iter().filter(|h| !in_database.contains(h)).collect();
@@ -340,7 +340,7 @@ async fn a_full_disk_marks_nothing_done_that_was_not_stored_and_the_drain_recove
 async fn a_full_disk_under_an_imap_drain_moves_nothing_unstored_and_doubles_no_mail() {
     let disk = SmallDisk::mount("1200k");
     let url = format!("sqlite://{}?mode=rwc", disk.path().join("countersign.db").display());
-    let engine = engine_on(Db::connect(&url).await.unwrap());
+    let engine = engine_on(&url).await;
     let dovecot = crate::common::dovecot::Dovecot::start();
     let total = 120;
     dovecot.deliver("INBOX", &sample_emails(total)).await;
@@ -519,7 +519,7 @@ async fn several_instances_migrating_one_new_database_at_once_all_succeed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_killed_mid_drain_lose_and_double_nothing_on_postgres() {
     let database = TestDatabase::create(Backend::Postgres).await;
-    let engine = engine_on(Db::connect(&database.url).await.unwrap());
+    let engine = engine_on(&database.url).await;
     let drop_folder = tempfile::tempdir().unwrap();
     let total = 120;
     let emails = sample_emails(total);

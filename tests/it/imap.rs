@@ -8,7 +8,7 @@ use crate::common::dovecot::{Dovecot, DovecotOptions};
 use crate::common::{TestDatabase, engine_on, fixture, on_both_backends, stored};
 use countersign::config::TransportSecurity;
 use countersign::ingest::imap::{AfterCommitHook, ImapError, ImapPoller, retry_quarantined};
-use countersign::storage::{self, Backend, Db};
+use countersign::storage::{self, Backend};
 
 fn samples(n: usize) -> Vec<Vec<u8>> {
     let workflows = crate::common::workflows();
@@ -307,12 +307,13 @@ async fn new_mail_is_noticed_while_idle() {
 #[tokio::test]
 async fn two_pollers_on_one_postgres_database_never_both_take_a_message() {
     let database = TestDatabase::create(Backend::Postgres).await;
-    let db = Db::connect(&database.url).await.unwrap();
     let dovecot = Dovecot::start();
     let total = 60;
     dovecot.deliver("INBOX", &samples(total)).await;
-    let first = ImapPoller::new(crate::common::live(&engine_on(db.clone())), dovecot.settings());
-    let second = ImapPoller::new(crate::common::live(&engine_on(db.clone())), dovecot.settings());
+    // Two instances: each built as `serve` builds it, with its own connection pool.
+    let (one, two) = (engine_on(&database.url).await, engine_on(&database.url).await);
+    let first = ImapPoller::new(crate::common::live(&one), dovecot.settings());
+    let second = ImapPoller::new(crate::common::live(&two), dovecot.settings());
     let (a, b) = tokio::join!(first.drain_once(), second.drain_once());
     let (a, b) = (a.unwrap(), b.unwrap());
     assert!(a.lease_held ^ b.lease_held, "exactly one holds the lease: {a:?} {b:?}");
@@ -322,10 +323,9 @@ async fn two_pollers_on_one_postgres_database_never_both_take_a_message() {
     all.dedup();
     assert_eq!(all.len(), before, "no UID taken twice");
     assert_eq!(all.len(), total);
-    let mut conn = db.pool.acquire().await.unwrap();
-    assert_eq!(storage::inventory(&mut conn).await.unwrap().cases, total as i64);
-    drop(conn);
-    db.close().await;
+    assert_eq!(stored(&one).await.cases, total as i64);
+    one.db().close().await;
+    two.db().close().await;
     database.drop_database().await;
 }
 
@@ -339,7 +339,7 @@ async fn mail_is_taken_over_implicit_tls_and_starttls_with_the_certificate_check
         .deliver("INBOX", &[fixture("mail/gp_form.eml"), fixture("mail/no_form.eml")])
         .await;
     let database = TestDatabase::create(Backend::Sqlite).await;
-    let engine = engine_on(Db::connect(&database.url).await.unwrap());
+    let engine = engine_on(&database.url).await;
 
     let mut tls = dovecot.settings();
     tls.security = TransportSecurity::Tls;
@@ -383,7 +383,7 @@ async fn a_server_without_move_gets_copy_delete_and_expunge() {
         session.logout().await.ok();
         dovecot.deliver("INBOX", &samples(3)).await;
         let database = TestDatabase::create(Backend::Sqlite).await;
-        let engine = engine_on(Db::connect(&database.url).await.unwrap());
+        let engine = engine_on(&database.url).await;
         let summary = ImapPoller::new(crate::common::live(&engine), dovecot.settings())
             .drain_once()
             .await

@@ -1,17 +1,18 @@
 //! Outbound mail against a real SMTP server (Debian's Postfix, delivering into a Maildir that
 //! the tests read back), and timers on the working-day calendar with a clock the tests move.
 
+use countersign::domain::EventKind;
 use std::sync::Arc;
 
 use crate::common::postfix::{MANAGERS, Postfix};
 use crate::common::{
-    TestClock, TestDatabase, engine_with_clock, fixture, friday_morning, on_both_backends_clocked, stored,
+    TestApp, TestClock, TestDatabase, engine_with_clock, fixture, friday_morning, on_both_backends_clocked, stored,
 };
 use chrono::{Local, TimeZone};
 use countersign::engine::Engine;
 use countersign::outbox::{AfterSendHook, Dispatcher};
 use countersign::scheduler::Scheduler;
-use countersign::storage::{self, Backend, Db};
+use countersign::storage::{self, Backend};
 use countersign::workflow::{Actor, ActorRole, TransitionRequest};
 use mail_parser::MessageParser;
 
@@ -52,12 +53,6 @@ fn to(state: &str, reason: &str) -> TransitionRequest {
     }
 }
 
-async fn first_case(engine: &Engine, name: &str) -> String {
-    engine.intake(&fixture(name), "test").await.unwrap().cases[0]
-        .reference
-        .clone()
-}
-
 async fn outbox_rows(engine: &Engine) -> Vec<(String, Option<String>, String)> {
     let rows = sqlx::query("SELECT template, recipient, status FROM outbox ORDER BY id")
         .fetch_all(&engine.db().pool)
@@ -76,7 +71,7 @@ fn header(raw: &[u8], name: &str) -> Option<String> {
 async fn the_acknowledgement_reaches_the_practice_threaded_and_marked_automatic() {
     on_both_backends_clocked(|engine, _clock| async move {
         let postfix = Postfix::start();
-        let reference = first_case(&engine, "mail/gp_form.eml").await;
+        let reference = engine.receive_fixture("mail/gp_form.eml").await;
         let summary = dispatcher(&engine, &postfix).dispatch_due().await.unwrap();
         assert_eq!(summary.sent, 1);
         let delivered = postfix.wait_for(1);
@@ -114,8 +109,8 @@ async fn mail_waits_while_the_smtp_server_is_down_and_goes_out_when_it_is_back()
     on_both_backends_clocked(|engine, clock| async move {
         let postfix = Postfix::start();
         postfix.stop();
-        first_case(&engine, "mail/gp_form.eml").await;
-        first_case(&engine, "mail/forwarded.eml").await;
+        engine.receive_fixture("mail/gp_form.eml").await;
+        engine.receive_fixture("mail/forwarded.eml").await;
         let dispatcher = dispatcher(&engine, &postfix);
         let summary = dispatcher.dispatch_due().await.unwrap();
         assert_eq!((summary.sent, summary.retrying), (0, 1));
@@ -152,7 +147,7 @@ async fn mail_waits_while_the_smtp_server_is_down_and_goes_out_when_it_is_back()
 async fn a_crash_between_sending_and_marking_sent_resends_with_the_same_message_id() {
     on_both_backends_clocked(|engine, clock| async move {
         let postfix = Postfix::start();
-        first_case(&engine, "mail/gp_form.eml").await;
+        engine.receive_fixture("mail/gp_form.eml").await;
         let sent = Arc::new(tokio::sync::Notify::new());
         let signal = sent.clone();
         let hook: AfterSendHook = Arc::new(move |_id| {
@@ -303,7 +298,7 @@ async fn a_reply_with_a_corrected_form_threads_into_its_case() {
             .await
             .unwrap()
             .into_iter()
-            .map(|e| e.kind)
+            .map(|e| e.kind.to_string())
             .collect();
         assert!(
             kinds.contains(&"reply_received".to_string()) && kinds.contains(&"form_resubmitted".to_string()),
@@ -314,7 +309,7 @@ async fn a_reply_with_a_corrected_form_threads_into_its_case() {
             timers
                 .iter()
                 .filter(|t| t.name == "remind_sender" || t.name == "close_without_reply")
-                .all(|t| t.status == "cancelled")
+                .all(|t| t.status.as_str() == "cancelled")
         );
     })
     .await;
@@ -323,7 +318,7 @@ async fn a_reply_with_a_corrected_form_threads_into_its_case() {
 #[tokio::test]
 async fn a_reply_quoting_the_case_reference_joins_the_case_only_from_its_authenticated_sender() {
     on_both_backends_clocked(|engine, _clock| async move {
-        let reference = first_case(&engine, "mail/gp_form.eml").await;
+        let reference = engine.receive_fixture("mail/gp_form.eml").await;
         let reply = |from: &str, id: &str, auth: &str| {
             format!("From: {from}\r\nTo: pcse.openexeter@nhs.net\r\nSubject: Re: [{reference}] thanks\r\nMessage-ID: <{id}>\r\n{auth}\r\nAny news?\r\n").into_bytes()
         };
@@ -349,7 +344,7 @@ async fn a_reply_quoting_the_case_reference_joins_the_case_only_from_its_authent
 #[tokio::test]
 async fn an_out_of_office_reply_is_recorded_on_the_case_and_not_answered() {
     on_both_backends_clocked(|engine, _clock| async move {
-        let reference = first_case(&engine, "mail/gp_form.eml").await;
+        let reference = engine.receive_fixture("mail/gp_form.eml").await;
         let ooo = format!(
             "From: wyn.apgruffydd@nhs.net\r\nTo: pcse.openexeter@nhs.net\r\nSubject: Out of office: [{reference}]\r\n\
              Auto-Submitted: auto-replied\r\nIn-Reply-To: <gp-1@practice.nhs.net>\r\nMessage-ID: <ooo-1@nhs.net>\r\n\
@@ -367,7 +362,7 @@ async fn an_out_of_office_reply_is_recorded_on_the_case_and_not_answered() {
             .unwrap()
             .unwrap();
         let events = storage::events_for_case(&mut conn, case.id).await.unwrap();
-        assert!(events.iter().any(|e| e.kind == "auto_reply_received"));
+        assert!(events.iter().any(|e| e.kind == EventKind::AutoReplyReceived));
     })
     .await;
 }
@@ -376,7 +371,7 @@ async fn an_out_of_office_reply_is_recorded_on_the_case_and_not_answered() {
 async fn automatic_mail_is_rate_limited_per_recipient() {
     let database = TestDatabase::create(Backend::Sqlite).await;
     let clock = TestClock::at(friday_morning());
-    let engine = engine_with_clock(Db::connect(&database.url).await.unwrap(), clock.clone());
+    let engine = engine_with_clock(&database.url, clock.clone()).await;
     let postfix = Postfix::start();
     let wf = engine.workflows().get("primary_user_gp").unwrap().clone();
     for n in 0..7 {
@@ -395,7 +390,7 @@ async fn automatic_mail_is_rate_limited_per_recipient() {
 async fn a_reminder_and_an_auto_close_fire_on_the_right_working_day() {
     on_both_backends_clocked(|engine, clock| async move {
         let scheduler = scheduler(&engine);
-        let reference = first_case(&engine, "mail/gp_form.eml").await;
+        let reference = engine.receive_fixture("mail/gp_form.eml").await;
         engine
             .transition(
                 &reference,
@@ -459,7 +454,7 @@ async fn a_reminder_and_an_auto_close_fire_on_the_right_working_day() {
         );
         let timers = storage::timers_for_case(&mut conn, case.id).await.unwrap();
         assert!(
-            timers.iter().all(|t| t.status != "pending"),
+            timers.iter().all(|t| t.status.as_str() != "pending"),
             "a closed case has no live timers: {timers:?}"
         );
     })
@@ -473,7 +468,7 @@ async fn escalations_to_managers_fire_at_risk_and_at_breach_across_bank_holidays
         // Received Thursday 24 December 2026. Working days: 29, 30, 31 Dec, then 4 and 5 Jan
         // (25 and 28 Dec and 1 Jan are bank holidays). SLA 5 days, at risk 1 day before.
         clock.set(at(2026, 12, 24, 10));
-        let reference = first_case(&engine, "mail/gp_form.eml").await;
+        let reference = engine.receive_fixture("mail/gp_form.eml").await;
         let fired_by = |y, m, d| {
             let scheduler = &scheduler;
             let clock = clock.clone();
@@ -514,7 +509,7 @@ async fn escalations_to_managers_fire_at_risk_and_at_breach_across_bank_holidays
             .await
             .unwrap()
             .into_iter()
-            .map(|e| e.kind)
+            .map(|e| e.kind.to_string())
             .collect();
         assert!(
             kinds.contains(&"sla_at_risk".to_string()) && kinds.contains(&"sla_breached".to_string()),
@@ -528,8 +523,8 @@ async fn escalations_to_managers_fire_at_risk_and_at_breach_across_bank_holidays
 async fn two_schedulers_on_one_postgres_database_fire_each_timer_once() {
     let database = TestDatabase::create(Backend::Postgres).await;
     let clock = TestClock::at(friday_morning());
-    let db = Db::connect(&database.url).await.unwrap();
-    let engine = engine_with_clock(db.clone(), clock.clone());
+    let engine = engine_with_clock(&database.url, clock.clone()).await;
+    let db = engine.db().clone();
     let wf = engine.workflows().get("primary_user_gp").unwrap().clone();
     let cases = 25;
     for n in 0..cases {
@@ -566,8 +561,8 @@ async fn two_schedulers_on_one_postgres_database_fire_each_timer_once() {
 #[tokio::test]
 async fn two_dispatchers_on_one_postgres_database_send_each_message_once() {
     let database = TestDatabase::create(Backend::Postgres).await;
-    let db = Db::connect(&database.url).await.unwrap();
-    let engine = engine_with_clock(db.clone(), TestClock::at(friday_morning()));
+    let engine = engine_with_clock(&database.url, TestClock::at(friday_morning())).await;
+    let db = engine.db().clone();
     let postfix = Postfix::start();
     let wf = engine.workflows().get("primary_user_org").unwrap().clone();
     for n in 0..12 {
@@ -589,8 +584,8 @@ async fn two_dispatchers_on_one_postgres_database_send_each_message_once() {
 async fn the_daily_digest_runs_once_on_working_days_and_housekeeping_keeps_open_cases_raw() {
     on_both_backends_clocked(|engine, clock| async move {
         let scheduler = scheduler(&engine);
-        let open = first_case(&engine, "mail/gp_form.eml").await;
-        let closed = first_case(&engine, "mail/no_form.eml").await;
+        let open = engine.receive_fixture("mail/gp_form.eml").await;
+        let closed = engine.receive_fixture("mail/no_form.eml").await;
         engine
             .transition(&closed, &to("rejected", "no form"), &caseworker("alice"))
             .await
@@ -647,7 +642,7 @@ async fn the_daily_digest_runs_once_on_working_days_and_housekeeping_keeps_open_
 async fn the_sla_clock_stops_while_the_sender_has_the_ball() {
     on_both_backends_clocked(|engine, clock| async move {
         // Received Friday 20 Nov, due Friday 27 Nov (5 working days).
-        let reference = first_case(&engine, "mail/gp_form.eml").await;
+        let reference = engine.receive_fixture("mail/gp_form.eml").await;
         // Monday 23 Nov: sent back to the practice with 4 working days left.
         clock.set(at(2026, 11, 23, 10));
         engine
@@ -667,7 +662,7 @@ async fn the_sla_clock_stops_while_the_sender_has_the_ball() {
             .await
             .unwrap()
             .into_iter()
-            .filter(|t| t.status == "pending")
+            .filter(|t| t.status.as_str() == "pending")
             .map(|t| t.name)
             .collect();
         assert!(!live.iter().any(|n| n.starts_with("sla_")), "paused: {live:?}");
@@ -692,7 +687,7 @@ async fn the_sla_clock_stops_while_the_sender_has_the_ball() {
             .await
             .unwrap()
             .into_iter()
-            .filter(|t| t.status == "pending")
+            .filter(|t| t.status.as_str() == "pending")
             .map(|t| t.name)
             .collect();
         assert!(
@@ -707,7 +702,7 @@ async fn the_sla_clock_stops_while_the_sender_has_the_ball() {
 async fn mail_goes_out_over_starttls_and_implicit_tls_with_the_certificate_checked() {
     let database = TestDatabase::create(Backend::Sqlite).await;
     let clock = TestClock::at(friday_morning());
-    let engine = engine_with_clock(Db::connect(&database.url).await.unwrap(), clock.clone());
+    let engine = TestApp::new(engine_with_clock(&database.url, clock.clone()).await);
     let postfix = Postfix::start_with(true);
     let templates = crate::common::root().join("templates");
     let with = |security, port, ca: bool| {
@@ -716,9 +711,9 @@ async fn mail_goes_out_over_starttls_and_implicit_tls_with_the_certificate_check
         smtp.security = security;
         smtp.port = port;
         smtp.ca_file = ca.then(|| postfix.ca_file());
-        Dispatcher::new(engine.clone(), settings, &templates).unwrap()
+        Dispatcher::new(engine.engine(), settings, &templates).unwrap()
     };
-    first_case(&engine, "mail/gp_form.eml").await;
+    engine.receive_fixture("mail/gp_form.eml").await;
     // Without our CA the server's certificate must be refused, and the mail kept for later.
     let refused = with(countersign::config::TransportSecurity::Starttls, postfix.port, false)
         .dispatch_due()
@@ -731,7 +726,7 @@ async fn mail_goes_out_over_starttls_and_implicit_tls_with_the_certificate_check
         .await
         .unwrap();
     assert_eq!(sent.sent, 1);
-    first_case(&engine, "mail/forwarded.eml").await;
+    engine.receive_fixture("mail/forwarded.eml").await;
     let sent = with(
         countersign::config::TransportSecurity::Tls,
         postfix.tls_port.unwrap(),

@@ -3,11 +3,12 @@
 //! before authorisation, one case per form; bounces are recorded and never ask for work. Every
 //! test runs on SQLite and on PostgreSQL.
 
+use countersign::domain::EventKind;
 use std::collections::BTreeMap;
 
 use crate::common::{AUTHSERV_ID, friday_morning, on_both_backends};
 use countersign::engine::Engine;
-use countersign::storage::{self, CaseRecord};
+use countersign::storage;
 use countersign::workflow::{Actor, ActorRole, TransitionRequest};
 
 const SENDER: &str = "practice.manager@nhs.net";
@@ -77,22 +78,6 @@ impl Mail<'_> {
     }
 }
 
-async fn case(engine: &Engine, reference: &str) -> CaseRecord {
-    let mut conn = engine.db().pool.acquire().await.unwrap();
-    storage::case_by_reference(&mut conn, reference).await.unwrap().unwrap()
-}
-
-async fn event_kinds(engine: &Engine, reference: &str) -> Vec<String> {
-    let id = case(engine, reference).await.id;
-    let mut conn = engine.db().pool.acquire().await.unwrap();
-    storage::events_for_case(&mut conn, id)
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|e| e.kind)
-        .collect()
-}
-
 /// A validated GP case from SENDER, authenticated; returns its reference.
 async fn validated_case(engine: &Engine, n: usize) -> String {
     let v = values(engine, "primary_user_gp", n, &[]);
@@ -127,7 +112,7 @@ async fn a_spoofed_reply_with_a_new_form_never_rewrites_an_authorised_case() {
             .transition(&reference, &to("authorised", "ok"), &person("bob"))
             .await
             .unwrap();
-        let before = case(&engine, &reference).await;
+        let before = engine.case(&reference).await;
         // The review's first route: any nhs.net mailbox, no authentication, the reference in
         // the subject, a form naming a new user.
         let spoof = Mail {
@@ -148,9 +133,9 @@ async fn a_spoofed_reply_with_a_new_form_never_rewrites_an_authorised_case() {
             "{:?}",
             new.finding_codes
         );
-        let linked = case(&engine, &new.reference).await;
+        let linked = engine.case(&new.reference).await;
         assert_eq!(linked.related_case_id, Some(before.id), "linked to the case it named");
-        let after = case(&engine, &reference).await;
+        let after = engine.case(&reference).await;
         assert_eq!(after.state, "authorised");
         assert_eq!(after.version, before.version, "the named case did not change at all");
         assert_eq!(after.fields, before.fields);
@@ -162,7 +147,7 @@ async fn a_spoofed_reply_with_a_new_form_never_rewrites_an_authorised_case() {
 async fn an_unauthenticated_reply_by_message_id_never_replaces_a_validated_cases_form() {
     on_both_backends(|engine| async move {
         let reference = validated_case(&engine, 2).await;
-        let before = case(&engine, &reference).await;
+        let before = engine.case(&reference).await;
         // The review's second route: a stranger, In-Reply-To the practice's own message.
         let spoof = Mail {
             from: "attacker@evil.example",
@@ -174,7 +159,7 @@ async fn an_unauthenticated_reply_by_message_id_never_replaces_a_validated_cases
         };
         let report = engine.intake(&spoof.bytes(), "test").await.unwrap();
         assert_ne!(report.cases[0].reference, reference);
-        let after = case(&engine, &reference).await;
+        let after = engine.case(&reference).await;
         assert_eq!((after.state.as_str(), after.version), ("validated", before.version));
         assert_eq!(after.fields, before.fields);
         // Even the case's own address is not enough without authentication.
@@ -185,7 +170,7 @@ async fn an_unauthenticated_reply_by_message_id_never_replaces_a_validated_cases
         };
         let report = engine.intake(&forged.bytes(), "test").await.unwrap();
         assert_ne!(report.cases[0].reference, reference);
-        assert_eq!(case(&engine, &reference).await.version, before.version);
+        assert_eq!(engine.case(&reference).await.version, before.version);
     })
     .await;
 }
@@ -227,17 +212,17 @@ async fn a_replacement_form_with_findings_sends_a_validated_case_back_and_voids_
             report.cases[0].state, "needs_review",
             "findings: back to review, also from validated"
         );
-        let after = case(&engine, &reference).await;
+        let after = engine.case(&reference).await;
         assert_eq!(
             after.fields.get("signatory_declaration").map(String::as_str),
             Some("Off")
         );
-        let kinds = event_kinds(&engine, &reference).await;
-        assert!(kinds.contains(&"form_resubmitted".to_string()), "{kinds:?}");
-        assert!(kinds.contains(&"decisions_voided".to_string()), "{kinds:?}");
+        let kinds = engine.event_kinds(&reference).await;
+        assert!(kinds.contains(&EventKind::FormResubmitted), "{kinds:?}");
+        assert!(kinds.contains(&EventKind::DecisionsVoided), "{kinds:?}");
         let mut conn = engine.db().pool.acquire().await.unwrap();
         let events = storage::events_for_case(&mut conn, after.id).await.unwrap();
-        let voided = events.iter().find(|e| e.kind == "decisions_voided").unwrap();
+        let voided = events.iter().find(|e| e.kind == EventKind::DecisionsVoided).unwrap();
         assert!(
             voided.reason.as_deref().unwrap().contains("accept by alice"),
             "{voided:?}"
@@ -267,7 +252,7 @@ async fn a_trusted_replacement_after_authorisation_opens_its_own_linked_case() {
             .transition(&reference, &to("authorised", "ok"), &person("bob"))
             .await
             .unwrap();
-        let before = case(&engine, &reference).await;
+        let before = engine.case(&reference).await;
         let reply = Mail {
             from: SENDER,
             subject: format!("Re: [{reference}] a change"),
@@ -285,13 +270,13 @@ async fn a_trusted_replacement_after_authorisation_opens_its_own_linked_case() {
         assert_eq!(report.cases[0].reference, reference);
         let new = &report.cases[1];
         assert!(new.finding_codes.contains(&"refers_to_case".to_string()));
-        let after = case(&engine, &reference).await;
+        let after = engine.case(&reference).await;
         assert_eq!(
             after.fields, before.fields,
             "authorised cases never change their fields by mail"
         );
         assert_eq!(after.state, "authorised");
-        assert_eq!(case(&engine, &new.reference).await.related_case_id, Some(before.id));
+        assert_eq!(engine.case(&new.reference).await.related_case_id, Some(before.id));
     })
     .await;
 }
@@ -300,7 +285,7 @@ async fn a_trusted_replacement_after_authorisation_opens_its_own_linked_case() {
 async fn a_form_of_another_workflow_in_reply_opens_a_case_of_its_own() {
     on_both_backends(|engine| async move {
         let reference = validated_case(&engine, 5).await;
-        let before = case(&engine, &reference).await;
+        let before = engine.case(&reference).await;
         let v = values(&engine, "additional_permissions", 5, &[]);
         let reply = Mail {
             from: SENDER,
@@ -318,8 +303,8 @@ async fn a_form_of_another_workflow_in_reply_opens_a_case_of_its_own() {
             !ap.finding_codes.contains(&"refers_to_case".to_string()),
             "a trusted, separate request"
         );
-        assert_eq!(case(&engine, &reference).await.fields, before.fields);
-        assert_eq!(case(&engine, &ap.reference).await.related_case_id, Some(before.id));
+        assert_eq!(engine.case(&reference).await.fields, before.fields);
+        assert_eq!(engine.case(&ap.reference).await.related_case_id, Some(before.id));
     })
     .await;
 }
@@ -354,13 +339,9 @@ async fn a_form_sent_in_reply_to_a_case_without_one_classifies_that_case() {
             report.cases[0].state, "validated",
             "checked as if the form had come first"
         );
-        let after = case(&engine, &reference).await;
+        let after = engine.case(&reference).await;
         assert_eq!(after.fields.get("org_ods_code"), v.get("org_ods_code"));
-        assert!(
-            event_kinds(&engine, &reference)
-                .await
-                .contains(&"classified".to_string())
-        );
+        assert!(engine.event_kinds(&reference).await.contains(&EventKind::Classified));
     })
     .await;
 }
@@ -384,11 +365,7 @@ async fn a_caseworker_asks_for_the_missing_form_and_the_answer_joins_the_case() 
             .clone();
         let asked = engine.request_form(&reference, &person("alice"), None).await.unwrap();
         assert!(asked.workflow.is_none(), "still waiting for its form");
-        assert!(
-            event_kinds(&engine, &reference)
-                .await
-                .contains(&"form_requested".to_string())
-        );
+        assert!(engine.event_kinds(&reference).await.contains(&EventKind::FormRequested));
         let mut conn = engine.db().pool.acquire().await.unwrap();
         let id = storage::case_by_reference(&mut conn, &reference)
             .await
@@ -450,7 +427,7 @@ fn bounce(returned: &[u8], message_id: &str) -> Vec<u8> {
 async fn a_bounce_is_recorded_on_the_case_it_returns_and_asks_for_no_work() {
     on_both_backends(|engine| async move {
         let reference = validated_case(&engine, 7).await;
-        let before = case(&engine, &reference).await;
+        let before = engine.case(&reference).await;
         // The practice's own message comes back, carrying its valid form.
         let v = values(&engine, "primary_user_gp", 7, &[]);
         let original = Mail {
@@ -470,12 +447,13 @@ async fn a_bounce_is_recorded_on_the_case_it_returns_and_asks_for_no_work() {
             report.cases[0].reference, reference,
             "linked to the case of the returned message"
         );
-        let after = case(&engine, &reference).await;
+        let after = engine.case(&reference).await;
         assert_eq!((after.state.as_str(), after.version), ("validated", before.version));
         assert!(
-            event_kinds(&engine, &reference)
+            engine
+                .event_kinds(&reference)
                 .await
-                .contains(&"delivery_report_received".to_string())
+                .contains(&EventKind::DeliveryReportReceived)
         );
 
         // A bounce that matches nothing, carrying a valid form of its own: kept, closed, never
@@ -504,7 +482,7 @@ async fn a_bounce_is_recorded_on_the_case_it_returns_and_asks_for_no_work() {
 async fn an_unauthenticated_auto_reply_naming_a_case_is_kept_apart_and_asks_for_no_work() {
     on_both_backends(|engine| async move {
         let reference = validated_case(&engine, 9).await;
-        let before = case(&engine, &reference).await;
+        let before = engine.case(&reference).await;
         let ooo = format!(
             "From: {SENDER}\r\nTo: pcse.openexeter@nhs.net\r\nSubject: Out of office: [{reference}]\r\n\
              Auto-Submitted: auto-replied\r\nIn-Reply-To: <orig-9@practice.nhs.net>\r\nMessage-ID: <ooo-9@nhs.net>\r\n\r\nAway.\r\n"
@@ -512,7 +490,7 @@ async fn an_unauthenticated_auto_reply_naming_a_case_is_kept_apart_and_asks_for_
         let report = engine.intake(ooo.as_bytes(), "test").await.unwrap();
         assert_ne!(report.cases[0].reference, reference);
         assert_eq!(report.cases[0].state, "closed");
-        assert_eq!(case(&engine, &reference).await.version, before.version);
+        assert_eq!(engine.case(&reference).await.version, before.version);
     })
     .await;
 }
@@ -531,7 +509,7 @@ async fn an_email_with_half_a_million_references_is_threaded_by_its_latest() {
         );
         let report = engine.intake(mail.as_bytes(), "test").await.unwrap();
         assert_eq!(report.cases[0].reference, reference);
-        assert!(event_kinds(&engine, &reference).await.contains(&"reply_received".to_string()));
+        assert!(engine.event_kinds(&reference).await.contains(&EventKind::ReplyReceived));
     })
     .await;
 }

@@ -1606,12 +1606,12 @@ async fn every_kind_of_page_answers_32_at_once_while_mail_is_drained_and_sent() 
             ..Default::default()
         };
         let dispatcher = countersign::outbox::Dispatcher::new(
-            engine.clone(),
+            engine.engine(),
             settings.clone(),
             &crate::common::root().join("templates"),
         )
         .unwrap();
-        let scheduler = countersign::scheduler::Scheduler::new(engine.clone(), Default::default()).unwrap();
+        let scheduler = countersign::scheduler::Scheduler::new(engine.engine(), Default::default()).unwrap();
         let drain = {
             let (engine, folder) = (engine.clone(), drop_folder.path().to_path_buf());
             tokio::spawn(async move {
@@ -1687,7 +1687,7 @@ async fn every_kind_of_page_answers_32_at_once_while_mail_is_drained_and_sent() 
 async fn api_health_shows_the_live_state_of_each_mail_source() {
     on_both_backends(|engine| async move {
         let mut state = AppState::new(
-            engine.clone(),
+            engine.engine(),
             &crate::common::root().join("templates"),
             false,
             "http://countersign.test".into(),

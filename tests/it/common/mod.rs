@@ -10,13 +10,11 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use chrono::{Local, TimeZone};
-use countersign::calendar::WorkingCalendar;
-use countersign::domain::NhsDomains;
-use countersign::engine::{Engine, EngineConfig, FixedClock};
-use countersign::mail::MailSettings;
-use countersign::pdf::ExtractLimits;
-use countersign::policy::PolicySettings;
-use countersign::storage::{Backend, Db};
+use countersign::app::{App, BuildOptions};
+use countersign::config::Settings;
+use countersign::engine::{Clock, Engine, FixedClock};
+use countersign::pdf::PdfReader;
+use countersign::storage::Backend;
 use countersign::workflow::WorkflowSet;
 use futures::FutureExt;
 use sqlx::Connection;
@@ -154,25 +152,40 @@ impl countersign::engine::Clock for TestClock {
     }
 }
 
-pub fn engine_with_clock(db: Db, clock: Arc<TestClock>) -> Engine {
-    engine_on(db).with_clock(clock)
+/// The settings the tests run with: the shipped workflows, templates and calendar, our
+/// test authserv-id, and the database at `database_url`.
+pub fn test_settings(database_url: &str) -> Settings {
+    let mut settings = Settings::defaults();
+    settings.database_url = database_url.into();
+    settings.workflows_dir = root().join("workflows");
+    settings.templates_dir = root().join("templates");
+    settings.authserv_id = AUTHSERV_ID.into();
+    settings.mailer.from_address = OUR_ADDRESS.into();
+    settings
 }
 
-/// The engine the tests use: the shipped workflows and calendar, PDFs read in process, and a
-/// clock stopped on Friday 20 November 2026, 10:00.
-pub fn engine_on(db: Db) -> Engine {
-    let config = EngineConfig {
-        policy: PolicySettings {
-            nhs_domains: NhsDomains::default(),
-        },
-        mail: MailSettings {
-            authserv_id: AUTHSERV_ID.into(),
-            our_addresses: vec![OUR_ADDRESS.into()],
-        },
-        limits: ExtractLimits::default(),
-        pdf_reader: Default::default(),
+/// The engine the tests use, built by the composition root as `serve` builds it, except that
+/// PDFs are read in process and the clock is the test's (by default stopped on Friday 20
+/// November 2026, 10:00).
+pub async fn engine_at(database_url: &str, clock: Option<Arc<dyn Clock>>) -> Engine {
+    let options = BuildOptions {
+        clock: Some(clock.unwrap_or_else(|| Arc::new(FixedClock(friday_morning())))),
+        pdf_reader: Some(PdfReader::InProcess),
     };
-    Engine::new(db, workflows(), WorkingCalendar::shipped(), config).with_clock(Arc::new(FixedClock(friday_morning())))
+    App::build_with(&test_settings(database_url), options)
+        .await
+        .unwrap_or_else(|e| panic!("building the service on {database_url}: {e:#}"))
+        .into_engine()
+}
+
+/// [`engine_at`] on the system-clock-free default: Friday 20 November 2026, 10:00.
+pub async fn engine_on(database_url: &str) -> Engine {
+    engine_at(database_url, None).await
+}
+
+/// [`engine_at`] on a clock the test moves.
+pub async fn engine_with_clock(database_url: &str, clock: Arc<TestClock>) -> Engine {
+    engine_at(database_url, Some(clock)).await
 }
 
 /// A clock that starts on Friday 20 November 2026, 10:00 (the fixtures' week) and runs at
@@ -265,19 +278,17 @@ fn replace_database(url: &str, name: &str) -> String {
     parsed.to_string()
 }
 
-/// Runs `body` against a fresh engine on SQLite, then on PostgreSQL.
+/// Runs `body` against a fresh service on SQLite, then on PostgreSQL.
 pub async fn on_both_backends<F, Fut>(body: F)
 where
-    F: Fn(Engine) -> Fut,
+    F: Fn(TestApp) -> Fut,
     Fut: Future<Output = ()>,
 {
     for backend in [Backend::Sqlite, Backend::Postgres] {
         let database = TestDatabase::create(backend).await;
-        let db = Db::connect(&database.url)
-            .await
-            .unwrap_or_else(|e| panic!("{backend:?}: {e}"));
-        let engine = engine_on(db.clone());
-        let outcome = AssertUnwindSafe(body(engine)).catch_unwind().await;
+        let engine = engine_on(&database.url).await;
+        let db = engine.db().clone();
+        let outcome = AssertUnwindSafe(body(TestApp::new(engine))).catch_unwind().await;
         db.close().await;
         database.drop_database().await;
         if let Err(panic) = outcome {
@@ -291,17 +302,15 @@ where
 /// 2026, 10:00).
 pub async fn on_both_backends_clocked<F, Fut>(body: F)
 where
-    F: Fn(Engine, Arc<TestClock>) -> Fut,
+    F: Fn(TestApp, Arc<TestClock>) -> Fut,
     Fut: Future<Output = ()>,
 {
     for backend in [Backend::Sqlite, Backend::Postgres] {
         let database = TestDatabase::create(backend).await;
-        let db = Db::connect(&database.url)
-            .await
-            .unwrap_or_else(|e| panic!("{backend:?}: {e}"));
         let clock = TestClock::at(friday_morning());
-        let engine = engine_with_clock(db.clone(), clock.clone());
-        let outcome = AssertUnwindSafe(body(engine, clock)).catch_unwind().await;
+        let engine = engine_with_clock(&database.url, clock.clone()).await;
+        let db = engine.db().clone();
+        let outcome = AssertUnwindSafe(body(TestApp::new(engine), clock)).catch_unwind().await;
         db.close().await;
         database.drop_database().await;
         if let Err(panic) = outcome {
@@ -310,5 +319,8 @@ where
         }
     }
 }
+mod app;
 pub mod dovecot;
 pub mod postfix;
+
+pub use app::TestApp;

@@ -231,22 +231,41 @@ impl Engine {
         self.record(raw, prepared, source).await
     }
 
-    /// Counts an attempt at preparing `raw`, before it starts; returns why the message should
-    /// be set aside instead, when earlier attempts never finished (the service died or hung
-    /// on it) [`MAX_PREPARE_ATTEMPTS`] times. The transaction that records the message clears
-    /// the count.
-    pub async fn guard_preparation(&self, raw: &[u8]) -> Result<Option<String>, EngineError> {
-        let sha256 = mail::sha256_hex(raw);
-        let mut conn = self.db.pool.acquire().await.context("connecting")?;
-        let attempts = storage::note_prepare_attempt(&mut conn, &sha256, self.now_ms()).await?;
-        if attempts <= MAX_PREPARE_ATTEMPTS {
-            return Ok(None);
+    /// Counts an attempt at preparing each of `raws`, before any starts, in one commit; says,
+    /// for each, why it should be set aside instead, when earlier attempts never finished (the
+    /// service died or hung on it) [`MAX_PREPARE_ATTEMPTS`] times. The transaction that
+    /// records a message clears its count. One commit for a group, not one a message: on
+    /// SQLite each would wait for the group being recorded beside it, and on PostgreSQL each
+    /// is a flush of the write-ahead log.
+    pub async fn guard_preparations(&self, raws: &[&[u8]]) -> Result<Vec<Option<String>>, EngineError> {
+        let hashes: Vec<String> = raws.iter().map(|raw| mail::sha256_hex(raw)).collect();
+        let mut distinct: Vec<&str> = hashes.iter().map(String::as_str).collect();
+        distinct.sort_unstable();
+        distinct.dedup();
+        if distinct.is_empty() {
+            return Ok(Vec::new());
         }
-        storage::clear_prepare_attempts(&mut conn, &sha256).await?;
-        Ok(Some(format!(
-            "reading this message stopped the service {} times (a crash or a hang), so it was set aside rather than tried again",
-            attempts - 1
-        )))
+        let mut tx = self.db.begin_write().await.context("starting a transaction")?;
+        let attempts = storage::note_prepare_attempts(&mut tx, &distinct, self.now_ms()).await?;
+        let set_aside: Vec<&str> = distinct
+            .iter()
+            .copied()
+            .filter(|sha256| attempts.get(*sha256).copied().unwrap_or(0) > MAX_PREPARE_ATTEMPTS)
+            .collect();
+        storage::clear_prepare_attempts_of(&mut tx, &set_aside).await?;
+        tx.commit().await.context("committing the attempt counts")?;
+        Ok(hashes
+            .iter()
+            .map(|sha256| {
+                let tried = attempts.get(sha256).copied().unwrap_or(0);
+                (tried > MAX_PREPARE_ATTEMPTS).then(|| {
+                    format!(
+                        "reading this message stopped the service {} times (a crash or a hang), so it was set aside rather than tried again",
+                        tried - 1
+                    )
+                })
+            })
+            .collect())
     }
 
     /// Preparation of `raw` finished, though recording it failed (storage, not the message):

@@ -216,12 +216,22 @@ impl DropFolder {
     }
 
     /// Reads the next group of files (up to [`GROUP_MESSAGES`], or until [`GROUP_BYTES`] are
-    /// read) and starts each one's preparation on another worker.
+    /// read), counts a try at each in one commit, and starts each one's preparation on
+    /// another worker.
     async fn start_group(
         &self,
         engine: &Engine,
         files: &mut std::iter::Peekable<std::vec::IntoIter<PathBuf>>,
     ) -> Vec<Pending> {
+        /// A file of the group: decided already, or read and waiting for its try to be counted.
+        enum Slot {
+            Decided(Pending),
+            Read {
+                file: PathBuf,
+                before: Option<(u64, SystemTime)>,
+                raw: Vec<u8>,
+            },
+        }
         let (mut group, mut bytes) = (Vec::new(), 0);
         while group.len() < GROUP_MESSAGES && bytes < GROUP_BYTES {
             let Some(file) = files.next() else { break };
@@ -230,7 +240,7 @@ impl DropFolder {
                 Ok(raw) => raw,
                 Err(e) => {
                     error!(file = %file.display(), error = %e, "cannot read a dropped file");
-                    group.push(Pending::Done(file, Taken::Left));
+                    group.push(Slot::Decided(Pending::Done(file, Taken::Left)));
                     continue;
                 }
             };
@@ -240,39 +250,60 @@ impl DropFolder {
                     raw.len(),
                     self.max_bytes
                 );
-                group.push(Pending::Quarantine(file, why));
+                group.push(Slot::Decided(Pending::Quarantine(file, why)));
                 continue;
             }
             bytes += raw.len();
-            // A message the service died on before is not read again more than a few times.
-            match engine.guard_preparation(&raw).await {
-                Ok(None) => {}
-                Ok(Some(why)) => {
-                    error!(file = %file.display(), reason = %why, "set aside");
-                    group.push(Pending::Quarantine(file, why));
-                    continue;
-                }
-                Err(e) => {
-                    // The database takes no writes at all: nothing about this message is wrong.
-                    warn!(file = %file.display(), error = %e, "the database refused a write; leaving the file for the next scan");
-                    group.push(Pending::Done(file, Taken::NotStored(format!("{e:#}"))));
-                    continue;
-                }
-            }
-            let sha256 = crate::mail::sha256_hex(&raw);
-            let engine = engine.clone();
-            let preparing = tokio::spawn(async move {
-                let prepared = engine.prepare(&raw).await;
-                (raw, prepared)
-            });
-            group.push(Pending::Preparing {
-                file,
-                before,
-                sha256,
-                preparing,
-            });
+            group.push(Slot::Read { file, before, raw });
         }
+        // A message the service died on before is not read again more than a few times.
+        let read: Vec<&[u8]> = group
+            .iter()
+            .filter_map(|pending| match pending {
+                Slot::Read { raw, .. } => Some(raw.as_slice()),
+                _ => None,
+            })
+            .collect();
+        let mut guarded = match engine.guard_preparations(&read).await {
+            Ok(set_aside) => Ok(set_aside.into_iter()),
+            Err(e) => Err(format!("{e:#}")),
+        };
         group
+            .into_iter()
+            .map(|pending| {
+                let (file, before, raw) = match pending {
+                    Slot::Decided(decided) => return decided,
+                    Slot::Read { file, before, raw } => (file, before, raw),
+                };
+                match &mut guarded {
+                    Ok(set_aside) => match set_aside.next().flatten() {
+                        Some(why) => {
+                            error!(file = %file.display(), reason = %why, "set aside");
+                            Pending::Quarantine(file, why)
+                        }
+                        None => {
+                            let sha256 = crate::mail::sha256_hex(&raw);
+                            let engine = engine.clone();
+                            let preparing = tokio::spawn(async move {
+                                let prepared = engine.prepare(&raw).await;
+                                (raw, prepared)
+                            });
+                            Pending::Preparing {
+                                file,
+                                before,
+                                sha256,
+                                preparing,
+                            }
+                        }
+                    },
+                    // The database takes no writes at all: nothing about this message is wrong.
+                    Err(e) => {
+                        warn!(file = %file.display(), error = %e, "the database refused a write; leaving the file for the next scan");
+                        Pending::Done(file, Taken::NotStored(e.clone()))
+                    }
+                }
+            })
+            .collect()
     }
 
     /// Records a group's prepared files in one transaction (one at a time if that fails), then

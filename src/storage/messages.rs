@@ -220,19 +220,38 @@ pub const MAX_THREAD_IDS: usize = 20;
 
 // ---- Crash-loop protection ------------------------------------------------------------------
 
-/// Counts one more attempt at preparing the message with this hash; returns the count,
-/// including this one. Runs in its own commit, before the preparation it guards.
-pub async fn note_prepare_attempt(conn: &mut AnyConnection, sha256: &str, now: i64) -> Result<i64, StorageError> {
-    sqlx::query_scalar(
-        "INSERT INTO prepare_attempts (sha256, attempts, updated_at) VALUES ($1, 1, $2)
-         ON CONFLICT (sha256) DO UPDATE SET attempts = prepare_attempts.attempts + 1, updated_at = $2
-         RETURNING attempts",
-    )
-    .bind(sha256)
-    .bind(now)
-    .fetch_one(&mut *conn)
-    .await
-    .context("counting an attempt to prepare a message")
+/// Counts an attempt at preparing each of several messages (by SHA-256, each once), in one
+/// statement: the attempts each has now.
+pub async fn note_prepare_attempts(
+    conn: &mut AnyConnection,
+    sha256s: &[&str],
+    now: i64,
+) -> Result<std::collections::HashMap<String, i64>, StorageError> {
+    let mut attempts = std::collections::HashMap::with_capacity(sha256s.len());
+    for chunk in sha256s.chunks(400) {
+        let sql = super::batch::multi_row_insert(
+            "INSERT INTO prepare_attempts (sha256, attempts, updated_at) VALUES",
+            3,
+            chunk.len(),
+            " ON CONFLICT (sha256) DO UPDATE SET attempts = prepare_attempts.attempts + 1, updated_at = excluded.updated_at
+             RETURNING sha256, attempts",
+        );
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for sha256 in chunk {
+            query = query.bind(*sha256).bind(1_i64).bind(now);
+        }
+        let rows = query
+            .fetch_all(&mut *conn)
+            .await
+            .context("counting attempts to prepare messages")?;
+        for row in &rows {
+            attempts.insert(
+                row.try_get::<String, _>(0).context("reading an attempt count")?,
+                row.try_get::<i64, _>(1).context("reading an attempt count")?,
+            );
+        }
+    }
+    Ok(attempts)
 }
 
 /// Forgets a message's attempts: it was recorded, or set aside.

@@ -123,7 +123,7 @@ async fn a_message_the_service_died_on_three_times_is_set_aside_not_read_again()
         std::fs::write(dir.path().join("poison.eml"), &poison).unwrap();
         // Three starts, each of which counted its try and then died while preparing it.
         for _ in 0..countersign::engine::MAX_PREPARE_ATTEMPTS {
-            assert_eq!(engine.guard_preparation(&poison).await.unwrap(), None);
+            assert_eq!(engine.guard_preparations(&[&poison]).await.unwrap(), vec![None]);
         }
         let summary = countersign::ingest::dropfolder::scan_once(&engine, dir.path())
             .await
@@ -145,6 +145,18 @@ async fn a_message_the_service_died_on_three_times_is_set_aside_not_read_again()
         }
         let left: i64 = stored(&engine).await.prepare_attempts;
         assert_eq!(left, 0);
+
+        // A group's tries are counted together: a message twice in it counts once, and only
+        // the poisoned one among good ones is set aside.
+        for _ in 0..countersign::engine::MAX_PREPARE_ATTEMPTS {
+            engine.guard_preparations(&[&poison]).await.unwrap();
+        }
+        let verdicts = engine.guard_preparations(&[&good, &poison, &good]).await.unwrap();
+        assert_eq!(verdicts.len(), 3);
+        assert!(verdicts[0].is_none() && verdicts[2].is_none(), "{verdicts:?}");
+        assert!(verdicts[1].as_deref().unwrap_or_default().contains("3 times"), "{verdicts:?}");
+        // The good message's one count is left (until it is recorded); the poisoned one's is cleared.
+        assert_eq!(stored(&engine).await.prepare_attempts, 1);
     })
     .await;
 }

@@ -111,16 +111,31 @@ impl ImapPoller {
     }
 
     /// Fetches the next group of messages (up to `GROUP_MESSAGES`, or until `GROUP_BYTES` are
-    /// fetched), starting each one's preparation on another worker as soon as it arrives.
+    /// fetched), counts a try at each in one commit, then starts each one's preparation on
+    /// another worker.
     pub(super) async fn fetch_group(
         &self,
         session: &mut ImapSession,
         uids: &mut std::iter::Peekable<std::vec::IntoIter<u32>>,
     ) -> Result<Vec<InFlight>, ImapError> {
-        let (mut group, mut bytes) = (Vec::new(), 0);
-        while group.len() < GROUP_MESSAGES && bytes < GROUP_BYTES {
+        let (mut fetched, mut bytes) = (Vec::new(), 0);
+        while fetched.len() < GROUP_MESSAGES && bytes < GROUP_BYTES {
             let Some(uid) = uids.next() else { break };
-            group.push(match Self::fetch_body(session, uid).await? {
+            let body = Self::fetch_body(session, uid).await?;
+            bytes += body.as_ref().map_or(0, Vec::len);
+            fetched.push((uid, body));
+        }
+        // A message the service died on before is not read again more than a few times; an
+        // error counting the tries leaves the group for the next poll.
+        let readable: Vec<&[u8]> = fetched
+            .iter()
+            .filter_map(|(_, body)| body.as_deref())
+            .filter(|raw| raw.len() <= self.settings.max_message_bytes)
+            .collect();
+        let mut set_aside = self.engine.guard_preparations(&readable).await?.into_iter();
+        let mut group = Vec::with_capacity(fetched.len());
+        for (uid, body) in fetched {
+            group.push(match body {
                 // Expunged by someone else since the search: nothing to take.
                 None => InFlight::Gone(uid),
                 Some(raw) if raw.len() > self.settings.max_message_bytes => InFlight::TooLarge(
@@ -131,23 +146,19 @@ impl ImapPoller {
                         self.settings.max_message_bytes
                     ),
                 ),
-                Some(raw) => {
-                    bytes += raw.len();
-                    // A message the service died on before is not read again more than a few
-                    // times; an error counting the try leaves it for the next poll.
-                    if let Some(reason) = self.engine.guard_preparation(&raw).await? {
-                        group.push(InFlight::TooLarge(uid, reason));
-                        continue;
+                Some(raw) => match set_aside.next().flatten() {
+                    Some(reason) => InFlight::TooLarge(uid, reason),
+                    None => {
+                        let engine = self.engine.clone();
+                        InFlight::Preparing(
+                            uid,
+                            tokio::spawn(async move {
+                                let prepared = engine.prepare(&raw).await;
+                                (raw, prepared)
+                            }),
+                        )
                     }
-                    let engine = self.engine.clone();
-                    InFlight::Preparing(
-                        uid,
-                        tokio::spawn(async move {
-                            let prepared = engine.prepare(&raw).await;
-                            (raw, prepared)
-                        }),
-                    )
-                }
+                },
             });
         }
         Ok(group)

@@ -27,7 +27,8 @@ async fn main() {
     let dir = std::env::temp_dir().join(format!("ingest-loop-{}", std::process::id()));
     let url = std::env::var("COUNTERSIGN_DATABASE_URL")
         .unwrap_or_else(|_| format!("sqlite://{}?mode=rwc", dir.join("loop.db").display()));
-    let settings = countersign::config::Settings::for_database(&url);
+    let mut settings = countersign::config::Settings::for_database(&url);
+    (settings.workflows_dir, settings.templates_dir) = (root.join("workflows"), root.join("templates"));
     let engine = countersign::app::App::build_with(&settings, countersign::app::BuildOptions::in_process())
         .await
         .expect("building the service")

@@ -10,7 +10,8 @@
 //!    ([`engine::change`]) into [`storage`], following the [`workflow`] files.
 //! 5. [`scheduler`] fires durable timers; [`outbox`] sends the mail changes queued.
 //! 6. [`web`]: caseworkers and managers work the queue; [`users`] are its accounts; managers
-//!    read [`reports`] worked out from the event log.
+//!    read [`reports`] worked out from the event log; other systems use the JSON API with
+//!    [`tokens`].
 //!
 //! Beside them: [`domain`] types, the working-day [`calendar`], [`provision`] (the seam for
 //! an automated provisioner), [`samples`] for demos and benchmarks, and the [`cli`].
@@ -51,6 +52,8 @@ pub mod scheduler;
 pub mod seed;
 /// SQLite and PostgreSQL: pools, migrations, and every query the service runs.
 pub mod storage;
+/// Bearer tokens for service accounts that use the JSON API.
+pub mod tokens;
 /// Staff accounts: password hashes, lockout, one-time links, sessions.
 pub mod users;
 /// The caseworkers' web app and the JSON API.

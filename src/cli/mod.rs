@@ -10,6 +10,7 @@ mod cases;
 mod dev;
 mod mailbox;
 mod outbox;
+mod tokens;
 mod users;
 mod workflows;
 
@@ -78,6 +79,11 @@ pub enum Command {
     Users {
         #[command(subcommand)]
         command: UsersCommand,
+    },
+    /// Bearer tokens for service accounts that use the JSON API.
+    Tokens {
+        #[command(subcommand)]
+        command: tokens::TokensCommand,
     },
     /// Outbound mail: what is waiting, sent, suppressed or failed.
     Outbox {
@@ -188,6 +194,7 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Mailbox { command } => mailbox::mailbox_command(&settings, command).await?,
         Command::Outbox { command } => outbox::outbox_command(&settings, command).await?,
         Command::Users { command } => users::users_command(&settings, command).await?,
+        Command::Tokens { command } => tokens::tokens_command(&settings, command).await?,
         Command::Cases { command } => cases::cases_command(&settings, command).await?,
         Command::Case { command } => cases::case_command(&settings, command).await?,
     }

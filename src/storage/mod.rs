@@ -253,6 +253,7 @@ mod queue;
 mod reports;
 mod seed;
 mod timers;
+mod tokens;
 mod users;
 
 pub use batch::{Deferred, apply_change_deferred, enqueue_mail, flush};
@@ -273,4 +274,5 @@ pub use reports::{
 };
 pub use seed::{insert_seeded, seed_origin_message, seeded_count};
 pub use timers::*;
+pub use tokens::*;
 pub use users::*;

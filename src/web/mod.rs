@@ -45,6 +45,25 @@ pub enum Access {
     Admin,
 }
 
+impl Access {
+    /// The roles a route needs beyond being signed in (admins may do what managers may:
+    /// `ActorRole::is_among` says so once).
+    fn roles(self) -> Option<&'static [ActorRole]> {
+        match self {
+            Access::Admin => Some(&[ActorRole::Admin]),
+            Access::Manager => Some(&[ActorRole::Manager]),
+            Access::Public | Access::Staff => None,
+        }
+    }
+}
+
+/// The token of an `Authorization: Bearer …` header, if there is one.
+fn bearer_token(headers: &axum::http::HeaderMap) -> Option<String> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim().to_string())
+}
+
 /// One route: how it is reached, who may use it, and what answers it.
 pub struct Route {
     pub method: &'static str,
@@ -223,6 +242,38 @@ async fn enforce(state: AppState, access: Access, request: Request, next: Next) 
         }
     };
     let (mut parts, body) = request.into_parts();
+    // Another system, by bearer token (the API only: pages are for people).
+    if api && let Some(presented) = bearer_token(&parts.headers) {
+        let mut conn = match state.engine.db().pool.acquire().await {
+            Ok(conn) => conn,
+            Err(e) => return refuse(WebError::from(e)),
+        };
+        let token = match crate::tokens::authenticate(&mut conn, &presented, state.engine.now_ms()).await {
+            Ok(Ok(token)) => token,
+            Ok(Err(refusal)) => {
+                tracing::warn!(?refusal, path = %parts.uri.path(), "API call with a refused token");
+                return refuse(WebError::SignInRequired);
+            }
+            Err(e) => return refuse(WebError::from(e)),
+        };
+        drop(conn);
+        if let Some(needed) = access.roles()
+            && !token.role.is_among(needed)
+        {
+            return refuse(WebError::Forbidden(format!(
+                "this needs the {} role",
+                needed.iter().map(|r| r.as_str()).collect::<Vec<_>>().join(" or ")
+            )));
+        }
+        let actor = api::token_actor(&token);
+        tracing::info!(actor = %actor.name, method = %parts.method, path = %parts.uri.path(), "API call");
+        parts.extensions.insert(api::ApiCaller {
+            actor,
+            user_id: None,
+            by_token: true,
+        });
+        return next.run(Request::from_parts(parts, body)).await;
+    }
     let user = match auth::CurrentUser::from_request_parts(&mut parts, &state).await {
         Ok(user) => user,
         // A page asked for while signed out is where sign-in goes on to.
@@ -233,15 +284,17 @@ async fn enforce(state: AppState, access: Access, request: Request, next: Next) 
         }
         Err(error) => return refuse(error),
     };
-    let needed: &[ActorRole] = match access {
-        Access::Admin => &[ActorRole::Admin],
-        Access::Manager => &[ActorRole::Manager],
-        Access::Public | Access::Staff => &[],
-    };
-    if !needed.is_empty()
+    if let Some(needed) = access.roles()
         && let Err(error) = user.require(needed)
     {
         return refuse(error);
+    }
+    if api {
+        parts.extensions.insert(api::ApiCaller {
+            actor: api::staff_actor(&user.0),
+            user_id: Some(user.0.id),
+            by_token: false,
+        });
     }
     parts.extensions.insert(user);
     next.run(Request::from_parts(parts, body)).await

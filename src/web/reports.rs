@@ -36,8 +36,12 @@ pub struct PeriodQuery {
 }
 
 impl PeriodQuery {
+    pub(in crate::web) fn new(from: String, to: String) -> PeriodQuery {
+        PeriodQuery { from, to }
+    }
+
     /// The period asked for, or the default; a clear message when the dates make no sense.
-    fn period(&self, today: NaiveDate) -> Result<Period, String> {
+    pub(in crate::web) fn period(&self, today: NaiveDate) -> Result<Period, String> {
         let date = |text: &str, name: &str| {
             NaiveDate::parse_from_str(text.trim(), "%Y-%m-%d")
                 .map_err(|_| format!("Enter the {name} date as year-month-day, for example 2026-11-02."))

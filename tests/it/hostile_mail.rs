@@ -154,7 +154,10 @@ async fn a_message_the_service_died_on_three_times_is_set_aside_not_read_again()
         let verdicts = engine.guard_preparations(&[&good, &poison, &good]).await.unwrap();
         assert_eq!(verdicts.len(), 3);
         assert!(verdicts[0].is_none() && verdicts[2].is_none(), "{verdicts:?}");
-        assert!(verdicts[1].as_deref().unwrap_or_default().contains("3 times"), "{verdicts:?}");
+        assert!(
+            verdicts[1].as_deref().unwrap_or_default().contains("3 times"),
+            "{verdicts:?}"
+        );
         // The good message's one count is left (until it is recorded); the poisoned one's is cleared.
         assert_eq!(stored(&engine).await.prepare_attempts, 1);
     })

@@ -6,6 +6,7 @@
 mod common;
 
 mod accessibility;
+mod api;
 mod browser;
 mod cli;
 mod engine;

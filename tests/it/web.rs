@@ -71,7 +71,7 @@ impl Browser {
         }
     }
 
-    async fn send(&mut self, request: Request<Body>) -> Page {
+    pub(crate) async fn send(&mut self, request: Request<Body>) -> Page {
         let response = self.app.clone().oneshot(request).await.unwrap();
         for value in response.headers().get_all(header::SET_COOKIE) {
             let text = value.to_str().unwrap();
@@ -96,7 +96,7 @@ impl Browser {
         }
     }
 
-    fn cookie_header(&self) -> String {
+    pub(crate) fn cookie_header(&self) -> String {
         self.cookies
             .iter()
             .map(|(k, v)| format!("{k}={v}"))
@@ -112,7 +112,7 @@ impl Browser {
         self.send(request).await
     }
 
-    async fn post(&mut self, path: &str, fields: &[(&str, &str)]) -> Page {
+    pub(crate) async fn post(&mut self, path: &str, fields: &[(&str, &str)]) -> Page {
         let mut form = url::form_urlencoded::Serializer::new(String::new());
         for (k, v) in fields {
             form.append_pair(k, v);
@@ -181,6 +181,7 @@ fn sample_path(path: &str) -> String {
         .replace("{reference}", "CS-2026-000001")
         .replace("{email}", "someone@nhs.net")
         .replace("{table}", "weeks.csv")
+        .replace("{id}", "1")
 }
 
 #[tokio::test]
@@ -479,10 +480,10 @@ async fn the_queue_lists_open_cases_by_urgency_with_filters_and_search() {
         );
         let unassigned = browser.get("/?assignee=mine").await;
         assert!(unassigned.body.contains("No open cases match"));
-        let health: serde_json::Value = serde_json::from_str(&browser.get("/api/health").await.body).unwrap();
+        let health: serde_json::Value = serde_json::from_str(&browser.get("/api/v1/health").await.body).unwrap();
         assert_eq!(health["outbox"]["pending"], 2, "two acknowledgements waiting: {health}");
         assert!(health["pending_timers"].as_i64().unwrap() > 0);
-        let api = browser.get("/api/cases?state=needs_review").await;
+        let api = browser.get("/api/v1/cases?state=needs_review").await;
         let json: serde_json::Value = serde_json::from_str(&api.body).unwrap();
         let refs: Vec<&str> = json["cases"]
             .as_array()
@@ -1000,8 +1001,8 @@ async fn actions_follow_the_workflow_roles_four_eyes_and_concurrency() {
             previewed.body
         );
         let json: serde_json::Value =
-            serde_json::from_str(&alice.get(&format!("/api/cases/{reference}")).await.body).unwrap();
-        assert_eq!(json["case"]["state"], "validated", "a preview changes nothing");
+            serde_json::from_str(&alice.get(&format!("/api/v1/cases/{reference}")).await.body).unwrap();
+        assert_eq!(json["state"], "validated", "a preview changes nothing");
         assert!(
             previewed.body.contains(r#"name="mail_text""#),
             "the email's words can be edited"
@@ -1120,9 +1121,9 @@ async fn actions_follow_the_workflow_roles_four_eyes_and_concurrency() {
             page.body
         );
         let json: serde_json::Value =
-            serde_json::from_str(&bob.get(&format!("/api/cases/{reference}")).await.body).unwrap();
-        assert_eq!(json["case"]["state"], "provisioned");
-        assert_eq!(json["case"]["recorded"]["open_exeter_user_id"], "OE445566");
+            serde_json::from_str(&bob.get(&format!("/api/v1/cases/{reference}")).await.body).unwrap();
+        assert_eq!(json["state"], "provisioned");
+        assert_eq!(json["recorded"]["open_exeter_user_id"], "OE445566");
     })
     .await;
 }
@@ -1208,7 +1209,7 @@ async fn a_flattened_form_is_keyed_beside_its_pdf_and_checked_by_the_same_rules(
             "checked again"
         );
         let json: serde_json::Value =
-            serde_json::from_str(&browser.get(&format!("/api/cases/{reference}")).await.body).unwrap();
+            serde_json::from_str(&browser.get(&format!("/api/v1/cases/{reference}")).await.body).unwrap();
         let keyed = json["events"]
             .as_array()
             .unwrap()
@@ -1336,9 +1337,13 @@ async fn cases_are_marked_duplicate_claimed_in_bulk_and_assigned() {
             .await;
         assert_eq!(marked.status, StatusCode::SEE_OTHER, "{}", marked.body);
         let json: serde_json::Value =
-            serde_json::from_str(&browser.get(&format!("/api/cases/{second}")).await.body).unwrap();
-        assert_eq!(json["case"]["state"], "duplicate");
-        assert!(json["case"]["duplicate_of"].as_i64().is_some());
+            serde_json::from_str(&browser.get(&format!("/api/v1/cases/{second}")).await.body).unwrap();
+        assert_eq!(json["state"], "duplicate");
+        assert!(
+            json["duplicate_of"]
+                .as_str()
+                .is_some_and(|original| original.starts_with("CS-"))
+        );
     })
     .await;
 }
@@ -1639,9 +1644,9 @@ async fn every_kind_of_page_answers_32_at_once_while_mail_is_drained_and_sent() 
             ("GET", "/admin/users".into(), String::new()),
             ("GET", "/admin/organisations".into(), String::new()),
             ("GET", "/admin/workflows".into(), String::new()),
-            ("GET", "/api/cases".into(), String::new()),
-            ("GET", format!("/api/cases/{reference}"), String::new()),
-            ("GET", "/api/health".into(), String::new()),
+            ("GET", "/api/v1/cases".into(), String::new()),
+            ("GET", format!("/api/v1/cases/{reference}"), String::new()),
+            ("GET", "/api/v1/health".into(), String::new()),
             ("GET", "/health".into(), String::new()),
         ];
         let limit = std::time::Duration::from_secs(120);
@@ -1703,7 +1708,7 @@ async fn api_health_shows_the_live_state_of_each_mail_source() {
         state.live_mail_sources.push(("drop:data/inbox".into(), health));
         let mut browser = Browser::with_state(state);
         browser.sign_in_as(&engine, "ops@nhs.net", ActorRole::Manager).await;
-        let page = browser.get("/api/health").await;
+        let page = browser.get("/api/v1/health").await;
         assert_eq!(page.status, StatusCode::OK);
         let json: serde_json::Value = serde_json::from_str(&page.body).unwrap();
         let source = &json["mail_sources"][0];

@@ -188,6 +188,7 @@ impl App {
         )
         .await?;
         web.staff_any_domain = settings.staff_any_domain;
+        web.ready_max_poll_age_ms = settings.ready_max_poll_age_secs.saturating_mul(1000) as i64;
         let poller = settings
             .imap
             .as_ref()

@@ -65,6 +65,8 @@ pub struct Settings {
     pub web_secure_cookies: bool,
     /// Allow staff accounts outside the NHS domains (off: PCSE staff have NHS addresses).
     pub staff_any_domain: bool,
+    /// `/readyz` fails when a mail source has not polled successfully for longer than this.
+    pub ready_max_poll_age_secs: u64,
 }
 
 /// How outbound mail is sent.
@@ -249,6 +251,7 @@ impl Settings {
             web_base_url: "http://127.0.0.1:8080".into(),
             web_secure_cookies: false,
             staff_any_domain: false,
+            ready_max_poll_age_secs: 300,
         }
     }
 
@@ -292,6 +295,10 @@ impl Settings {
         if let Some(v) = layer.staff_any_domain {
             self.staff_any_domain = v;
         }
+        if let Some(v) = layer.ready_max_poll_age_secs {
+            self.ready_max_poll_age_secs = v;
+        }
+
         self.apply_imap(&layer)?;
         self.apply_mailer(&layer)?;
         if let Some(data_dir) = layer.data_dir {
@@ -561,6 +568,7 @@ struct FileLayer {
     web_base_url: Option<String>,
     web_secure_cookies: Option<bool>,
     staff_any_domain: Option<bool>,
+    ready_max_poll_age_secs: Option<u64>,
     smtp_host: Option<String>,
     smtp_port: Option<u16>,
     smtp_security: Option<String>,
@@ -626,6 +634,7 @@ impl FileLayer {
                 .map(|v| matches!(v.trim().to_ascii_lowercase().as_str(), "1" | "true" | "yes" | "on")),
             staff_any_domain: get("COUNTERSIGN_STAFF_ANY_DOMAIN")
                 .map(|v| matches!(v.trim().to_ascii_lowercase().as_str(), "1" | "true" | "yes" | "on")),
+            ready_max_poll_age_secs: number("COUNTERSIGN_READY_MAX_POLL_AGE_SECS")?,
             smtp_host: get("COUNTERSIGN_SMTP_HOST"),
             smtp_port: number("COUNTERSIGN_SMTP_PORT")?.map(|p| p as u16),
             smtp_security: get("COUNTERSIGN_SMTP_SECURITY"),

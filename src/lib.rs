@@ -13,7 +13,7 @@
 //!    read [`reports`] worked out from the event log; other systems use the JSON API with
 //!    [`tokens`].
 //!
-//! Beside them: [`domain`] types, the working-day [`calendar`], [`provision`] (the seam for
+//! Beside them: [`domain`] types, the working-day [`calendar`], [`metrics`] for operators, [`provision`] (the seam for
 //! an automated provisioner), [`samples`] for demos and benchmarks, and the [`cli`].
 
 /// The composition root: `App::build(&Settings)`, shared by main and the command line.
@@ -32,6 +32,8 @@ pub mod engine;
 pub mod ingest;
 /// Reading one email: headers, sender authentication, PDF attachments (also when forwarded).
 pub mod mail;
+/// The service's own measurements, for `/metrics`.
+pub mod metrics;
 /// Outbound mail: the transactional outbox's dispatcher, templates, retries and rate limits.
 pub mod outbox;
 /// AcroForm extraction from PDFs, bounded in size and time; and the blank forms we hand out.

@@ -528,7 +528,7 @@ impl Engine {
     /// Moves a case to `request.to` on behalf of `actor`, if the workflow allows it. The
     /// version the actor saw (`request.expected_version`) is checked inside the transaction
     /// that writes: of two people acting on one page, exactly one wins.
-    #[instrument(skip(self, request), fields(to = %request.to))]
+    #[instrument(skip_all, fields(case = %reference, to = %request.to, actor = %actor.name))]
     pub async fn transition(
         &self,
         reference: &str,

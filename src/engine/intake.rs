@@ -224,6 +224,7 @@ impl Engine {
             let mut conn = self.db.pool.acquire().await.context("connecting")?;
             if let Some(id) = Self::stored_before(&mut conn, &mut prepared).await? {
                 storage::clear_prepare_attempts(&mut conn, &prepared.sha256).await?;
+                self.metrics.message("duplicate");
                 return self.already_ingested(&mut conn, id).await;
             }
         }
@@ -443,8 +444,17 @@ impl Engine {
         if reports.iter().any(|r| !r.already_ingested) {
             self.wakers.wake_all();
         }
-        for outcome in reports.iter().filter(|r| !r.already_ingested).flat_map(|r| &r.cases) {
-            info!(reference = %outcome.reference, state = %outcome.state, findings = ?outcome.finding_codes, "case recorded");
+        for report in reports {
+            self.metrics.message(if report.already_ingested {
+                "duplicate"
+            } else {
+                "ingested"
+            });
+        }
+        for report in reports.iter().filter(|r| !r.already_ingested) {
+            for outcome in &report.cases {
+                info!(reference = %outcome.reference, raw_message_id = report.raw_message_id, state = %outcome.state, findings = ?outcome.finding_codes, "case recorded");
+            }
         }
     }
 
@@ -492,7 +502,9 @@ impl Engine {
     }
 
     /// Records one prepared email inside the group's transaction: `stored` is what
-    /// [`Engine::store_messages`] stored of it.
+    /// [`Engine::store_messages`] stored of it. Every log line while it does carries the
+    /// message's Message-ID and where it came from.
+    #[instrument(skip_all, fields(message_id = prepared.parsed.message_id.as_deref().unwrap_or("-"), source = %source))]
     async fn record_in(
         &self,
         w: &mut Recording<'_>,
@@ -869,11 +881,14 @@ impl Engine {
             .enumerate()
             .filter(|(_, a)| a.looks_like_pdf())
         {
+            let started = std::time::Instant::now();
             let result = self
                 .config
                 .pdf_reader
                 .extract(attachment.bytes.clone(), form_ids.clone(), self.config.limits)
                 .await;
+            self.metrics
+                .extraction(started.elapsed().as_secs_f64(), result.is_err());
             let filename = attachment
                 .filename
                 .clone()

@@ -144,6 +144,8 @@ pub struct Engine {
     clock: Arc<dyn Clock>,
     /// Wakes this instance's timer and outbox workers when a commit gives them work.
     wakers: Wakers,
+    /// What this process counts as it works, for `/metrics`.
+    metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl Engine {
@@ -156,7 +158,13 @@ impl Engine {
             config,
             clock: Arc::new(SystemClock),
             wakers: Wakers::default(),
+            metrics: crate::metrics::Metrics::shared(),
         }
+    }
+
+    /// What this process counts as it works, for `/metrics`.
+    pub fn metrics(&self) -> &crate::metrics::Metrics {
+        &self.metrics
     }
 
     /// The same engine on another clock (tests and benchmarks set the time).

@@ -189,7 +189,10 @@ impl DropFolder {
             for (file, taken) in self.finish_group(engine, group).await? {
                 match taken {
                     Taken::Ingested => summary.ingested += 1,
-                    Taken::Quarantined => summary.quarantined += 1,
+                    Taken::Quarantined => {
+                        summary.quarantined += 1;
+                        engine.metrics().message("quarantined");
+                    }
                     Taken::Left => summary.left += 1,
                     Taken::NotStored(error) => {
                         summary.left += 1;

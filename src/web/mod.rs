@@ -13,6 +13,7 @@ mod assets;
 pub mod auth;
 mod case;
 pub mod error;
+mod ops;
 pub mod queue;
 pub mod reports;
 mod view;
@@ -111,6 +112,7 @@ pub fn routes() -> Vec<Route> {
         admin::routes(),
         reports::routes(),
         api::routes(),
+        ops::routes(),
     ]
     .into_iter()
     .flatten()
@@ -131,6 +133,9 @@ pub struct AppState {
     pub live_mail_sources: Vec<(String, crate::ingest::HealthHandle)>,
     /// Staff accounts may have addresses outside the NHS domains (settings' `staff_any_domain`).
     pub staff_any_domain: bool,
+    /// `/readyz` fails when a mail source of this process has not polled successfully for
+    /// longer than this (settings' `ready_max_poll_age_secs`).
+    pub ready_max_poll_age_ms: i64,
     /// The email templates: a case's correspondence shows our mail as it reads.
     pub mail: Arc<crate::outbox::render::Renderer>,
     /// The queue's counts by state and by finding, with when they were read (see
@@ -193,6 +198,7 @@ impl AppState {
             base_url,
             live_mail_sources: Vec::new(),
             staff_any_domain: false,
+            ready_max_poll_age_ms: 300_000,
             queue_counts: Arc::default(),
             mail: Arc::new(crate::outbox::render::Renderer::load(templates_dir).map_err(|e| {
                 WebSetupError::Templates {
@@ -328,6 +334,7 @@ pub fn router(state: AppState) -> Router {
         router = router.route(route.path, handler);
     }
     router
+        .route_layer(axum::middleware::from_fn_with_state(state.clone(), ops::measure))
         .fallback(not_found)
         .layer(axum::middleware::from_fn_with_state(state.clone(), security_headers))
         .with_state(state)

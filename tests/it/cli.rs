@@ -353,3 +353,62 @@ fn serve_stops_cleanly_on_sigterm() {
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
 }
+
+#[tokio::test]
+async fn json_logs_carry_the_message_and_case_and_never_a_token() {
+    let database = TestDatabase::create(Backend::Sqlite).await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("form.eml"), fixture("mail/gp_form.eml")).unwrap();
+    let run = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_countersign"))
+            .args(args)
+            .current_dir(dir.path())
+            .env("COUNTERSIGN_DATA_DIR", dir.path())
+            .env("COUNTERSIGN_DATABASE_URL", &database.url)
+            .env("COUNTERSIGN_WORKFLOWS_DIR", root().join("workflows"))
+            .env("COUNTERSIGN_TEMPLATES_DIR", root().join("templates"))
+            .env("COUNTERSIGN_AUTHSERV_ID", crate::common::AUTHSERV_ID)
+            .env("COUNTERSIGN_LOG", "info")
+            .env("COUNTERSIGN_LOG_FORMAT", "json")
+            .env_remove("COUNTERSIGN_CONFIG")
+            .output()
+            .expect("the binary runs")
+    };
+    let ingested = run(&["ingest", "form.eml"]);
+    assert!(
+        ingested.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ingested.stderr)
+    );
+    let logs = String::from_utf8_lossy(&ingested.stderr).into_owned();
+    let lines: Vec<serde_json::Value> = logs
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}")))
+        .collect();
+    let recorded = lines
+        .iter()
+        .find(|l| l["fields"]["message"] == "case recorded")
+        .unwrap_or_else(|| panic!("no 'case recorded' line: {logs}"));
+    assert!(
+        is_reference(recorded["fields"]["reference"].as_str().unwrap()),
+        "{recorded}"
+    );
+    assert!(recorded["fields"]["raw_message_id"].as_i64().is_some(), "{recorded}");
+    assert_eq!(recorded["span"]["source"], "file:form.eml", "{recorded}");
+
+    // A token made and used: it is printed once, on standard output, and logged nowhere.
+    let made = run(&["tokens", "create", "--name", "reporting", "--role", "manager"]);
+    let token = stdout(&made).trim().to_string();
+    assert!(token.starts_with("cs_") && token.len() > 40, "{token}");
+    assert!(!String::from_utf8_lossy(&made.stderr).contains(&token));
+    let listed = stdout(&run(&["tokens", "list"]));
+    assert!(
+        listed.contains("reporting") && listed.contains("manager") && !listed.contains(&token),
+        "{listed}"
+    );
+    stdout(&run(&["tokens", "revoke", "reporting"]));
+    assert!(stdout(&run(&["tokens", "list"])).contains("revoked"));
+    let again = run(&["tokens", "revoke", "reporting"]);
+    assert!(!again.status.success(), "revoking twice says so");
+    database.drop_database().await;
+}

@@ -64,7 +64,7 @@ impl Browser {
         }
     }
 
-    fn with_state(state: AppState) -> Browser {
+    pub(crate) fn with_state(state: AppState) -> Browser {
         Browser {
             app: router(state),
             cookies: BTreeMap::new(),

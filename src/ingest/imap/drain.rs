@@ -85,6 +85,7 @@ impl ImapPoller {
         let now = self.engine.now_ms();
         for (uid, source, reason) in &batch.quarantined {
             storage::record_quarantine(&mut conn, source, &key, reason, now).await?;
+            self.engine.metrics().message("quarantined");
             warn!(uid, reason = %reason, "message quarantined");
         }
         if let Some(last) = batch.last_uid {

@@ -1,0 +1,131 @@
+//! What operators see, on both backends: `/healthz`, `/readyz` (the database, the workflows,
+//! each mail source's last poll) and `/metrics`, scraped and read with a Prometheus text
+//! parser, after real work (mail in, a page served, a PDF that cannot be read).
+
+use axum::http::StatusCode;
+use countersign::web::AppState;
+use countersign::workflow::ActorRole;
+
+use crate::common::{fixture, on_both_backends};
+use crate::web::Browser;
+
+/// The value of the sample `name` whose labels include every pair of `labels`.
+fn sample(scrape: &prometheus_parse::Scrape, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    scrape
+        .samples
+        .iter()
+        .find(|s| s.metric == name && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
+        .map(|s| match s.value {
+            prometheus_parse::Value::Counter(v)
+            | prometheus_parse::Value::Gauge(v)
+            | prometheus_parse::Value::Untyped(v) => v,
+            prometheus_parse::Value::Histogram(ref buckets) => buckets.last().map(|b| b.count).unwrap_or(0.0),
+            prometheus_parse::Value::Summary(_) => f64::NAN,
+        })
+}
+
+#[tokio::test]
+async fn metrics_are_scraped_and_parsed_after_real_work() {
+    on_both_backends(|app| async move {
+        let reference = app.receive_fixture("mail/gp_form.eml").await;
+        app.receive(&fixture("mail/gp_form.eml")).await; // the same message again
+        app.receive(&fixture("mail/truncated_pdf.eml")).await;
+        let mut browser = Browser::new(&app).await;
+        browser.sign_in_as(&app, "cw@nhs.net", ActorRole::Caseworker).await;
+        assert_eq!(browser.get(&format!("/cases/{reference}")).await.status, StatusCode::OK);
+
+        let page = browser.get("/metrics").await;
+        assert_eq!(page.status, StatusCode::OK);
+        let lines = page.body.lines().map(|l| Ok(l.to_string()));
+        let scrape = prometheus_parse::Scrape::parse(lines).expect("Prometheus text");
+
+        assert_eq!(
+            sample(&scrape, "countersign_messages_total", &[("outcome", "ingested")]),
+            Some(2.0)
+        );
+        assert_eq!(
+            sample(&scrape, "countersign_messages_total", &[("outcome", "duplicate")]),
+            Some(1.0)
+        );
+        assert_eq!(
+            sample(
+                &scrape,
+                "countersign_open_cases",
+                &[("workflow", "primary_user_gp"), ("state", "validated")]
+            ),
+            Some(1.0),
+            "{}",
+            page.body
+        );
+        assert!(sample(&scrape, "countersign_pdf_extraction_failures_total", &[]).unwrap() >= 1.0);
+        assert!(sample(&scrape, "countersign_pdf_extraction_seconds", &[]).unwrap() >= 2.0);
+        // The case page was timed under its route's pattern, not its path.
+        assert_eq!(
+            sample(
+                &scrape,
+                "countersign_http_request_duration_seconds",
+                &[("route", "/cases/:reference"), ("method", "GET"), ("status", "2xx")]
+            ),
+            Some(1.0),
+            "{}",
+            page.body
+        );
+        assert!(!page.body.contains(&reference), "no case reference in the metrics");
+        assert!(sample(&scrape, "countersign_outbox_messages", &[("status", "pending")]).unwrap() >= 1.0);
+        assert!(sample(&scrape, "countersign_pending_timers", &[]).unwrap() >= 1.0);
+        assert!(sample(&scrape, "countersign_db_pool_connections", &[("status", "open")]).unwrap() >= 1.0);
+        assert!(sample(&scrape, "countersign_sla_cases", &[("sla", "breached")]).is_some());
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn ready_only_when_the_database_answers_and_each_mail_source_polled_recently() {
+    on_both_backends(|app| async move {
+        let health = countersign::ingest::HealthHandle::default();
+        let mut state = AppState::new(
+            app.engine(),
+            &crate::common::root().join("templates"),
+            false,
+            "http://countersign.test".into(),
+        )
+        .await
+        .unwrap();
+        state.live_mail_sources.push(("imap:pcse@INBOX".into(), health.clone()));
+        state.ready_max_poll_age_ms = 60_000;
+        let mut browser = Browser::with_state(state);
+
+        let up = browser.get("/healthz").await;
+        assert_eq!((up.status, up.body.as_str()), (StatusCode::OK, "ok"));
+
+        let page = browser.get("/readyz").await;
+        assert_eq!(page.status, StatusCode::SERVICE_UNAVAILABLE, "{}", page.body);
+        assert!(page.body.contains("has not polled successfully yet"), "{}", page.body);
+
+        health.update(|h| h.last_success_at = Some(app.now_ms() - 5_000));
+        let page = browser.get("/readyz").await;
+        assert_eq!(page.status, StatusCode::OK, "{}", page.body);
+        let json: serde_json::Value = serde_json::from_str(&page.body).unwrap();
+        assert_eq!(json["status"], "ready");
+        assert!(json["checks"].as_array().unwrap().iter().all(|c| c["ok"] == true));
+
+        health.update(|h| h.last_success_at = Some(app.now_ms() - 61_000));
+        let page = browser.get("/readyz").await;
+        assert_eq!(
+            page.status,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "a stale poller is not ready"
+        );
+
+        app.db().close().await;
+        let page = browser.get("/readyz").await;
+        assert_eq!(page.status, StatusCode::SERVICE_UNAVAILABLE);
+        assert!(page.body.contains("database"), "{}", page.body);
+        assert_eq!(
+            browser.get("/healthz").await.status,
+            StatusCode::OK,
+            "up, though not ready"
+        );
+    })
+    .await;
+}

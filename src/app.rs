@@ -189,6 +189,13 @@ impl App {
         .await?;
         web.staff_any_domain = settings.staff_any_domain;
         web.ready_max_poll_age_ms = settings.ready_max_poll_age_secs.saturating_mul(1000) as i64;
+        web.password_sign_in = settings.password_sign_in;
+        if let Some(oidc) = &settings.oidc {
+            web.oidc = Some(
+                crate::web::oidc::OidcSignIn::new(oidc.clone(), &settings.web_base_url)
+                    .context("setting up sign-in through the provider")?,
+            );
+        }
         let poller = settings
             .imap
             .as_ref()

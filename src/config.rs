@@ -67,6 +67,42 @@ pub struct Settings {
     pub staff_any_domain: bool,
     /// `/readyz` fails when a mail source has not polled successfully for longer than this.
     pub ready_max_poll_age_secs: u64,
+    /// Staff sign-in through an OpenID Connect provider (NHS CIS2 or another), when set.
+    pub oidc: Option<OidcSettings>,
+    /// Sign-in with a password (for small deployments); switch it off where everyone signs
+    /// in through the provider.
+    pub password_sign_in: bool,
+}
+
+/// An OpenID Connect provider staff sign in through.
+#[derive(Clone)]
+pub struct OidcSettings {
+    /// The issuer, exactly as the provider's discovery document names it.
+    pub issuer: String,
+    pub client_id: String,
+    pub client_secret: Option<SecretString>,
+    /// Which claim finds the staff account: `email` (the account's address) or `sub` (the
+    /// subject an admin matched to the account).
+    pub match_claim: OidcClaim,
+    /// The sign-in button's words.
+    pub label: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OidcClaim {
+    Email,
+    Subject,
+}
+
+impl std::fmt::Debug for OidcSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OidcSettings")
+            .field("issuer", &self.issuer)
+            .field("client_id", &self.client_id)
+            .field("client_secret", &self.client_secret.as_ref().map(|_| "(set)"))
+            .field("match_claim", &self.match_claim)
+            .finish()
+    }
 }
 
 /// How outbound mail is sent.
@@ -252,6 +288,8 @@ impl Settings {
             web_secure_cookies: false,
             staff_any_domain: false,
             ready_max_poll_age_secs: 300,
+            oidc: None,
+            password_sign_in: true,
         }
     }
 
@@ -298,6 +336,10 @@ impl Settings {
         if let Some(v) = layer.ready_max_poll_age_secs {
             self.ready_max_poll_age_secs = v;
         }
+        if let Some(v) = layer.password_sign_in {
+            self.password_sign_in = v;
+        }
+        self.apply_oidc(&layer)?;
 
         self.apply_imap(&layer)?;
         self.apply_mailer(&layer)?;
@@ -415,6 +457,50 @@ impl Settings {
     }
 
     /// IMAP is configured when a host is: then user and password (or a password file) are needed.
+    fn apply_oidc(&mut self, layer: &FileLayer) -> Result<(), ConfigError> {
+        let secret = secret_from(&layer.oidc_client_secret, &layer.oidc_client_secret_file)?;
+        let mut oidc = match (self.oidc.take(), &layer.oidc_issuer) {
+            (Some(existing), _) => existing,
+            (None, Some(issuer)) => OidcSettings {
+                issuer: issuer.clone(),
+                client_id: layer.oidc_client_id.clone().ok_or_else(|| ConfigError::Env {
+                    name: "oidc_client_id".into(),
+                    message: "needed when oidc_issuer is set".into(),
+                })?,
+                client_secret: None,
+                match_claim: OidcClaim::Email,
+                label: "Sign in with NHS Care Identity Service".into(),
+            },
+            (None, None) => return Ok(()),
+        };
+        if let Some(issuer) = &layer.oidc_issuer {
+            oidc.issuer = issuer.clone();
+        }
+        if let Some(id) = &layer.oidc_client_id {
+            oidc.client_id = id.clone();
+        }
+        if secret.is_some() {
+            oidc.client_secret = secret;
+        }
+        if let Some(claim) = &layer.oidc_claim {
+            oidc.match_claim = match claim.trim() {
+                "email" => OidcClaim::Email,
+                "sub" => OidcClaim::Subject,
+                other => {
+                    return Err(ConfigError::Env {
+                        name: "oidc_claim".into(),
+                        message: format!("`{other}` is not email or sub"),
+                    });
+                }
+            };
+        }
+        if let Some(label) = &layer.oidc_label {
+            oidc.label = label.clone();
+        }
+        self.oidc = Some(oidc);
+        Ok(())
+    }
+
     fn apply_imap(&mut self, layer: &FileLayer) -> Result<(), ConfigError> {
         let missing = |key: &str| ConfigError::Env {
             name: key.to_string(),
@@ -532,6 +618,8 @@ impl std::fmt::Debug for Settings {
             .field("pdf_timeout", &self.pdf_timeout)
             .field("imap", &self.imap)
             .field("mailer", &self.mailer)
+            .field("oidc", &self.oidc)
+            .field("password_sign_in", &self.password_sign_in)
             .finish()
     }
 }
@@ -569,6 +657,13 @@ struct FileLayer {
     web_secure_cookies: Option<bool>,
     staff_any_domain: Option<bool>,
     ready_max_poll_age_secs: Option<u64>,
+    password_sign_in: Option<bool>,
+    oidc_issuer: Option<String>,
+    oidc_client_id: Option<String>,
+    oidc_client_secret: Option<String>,
+    oidc_client_secret_file: Option<PathBuf>,
+    oidc_claim: Option<String>,
+    oidc_label: Option<String>,
     smtp_host: Option<String>,
     smtp_port: Option<u16>,
     smtp_security: Option<String>,
@@ -635,6 +730,14 @@ impl FileLayer {
             staff_any_domain: get("COUNTERSIGN_STAFF_ANY_DOMAIN")
                 .map(|v| matches!(v.trim().to_ascii_lowercase().as_str(), "1" | "true" | "yes" | "on")),
             ready_max_poll_age_secs: number("COUNTERSIGN_READY_MAX_POLL_AGE_SECS")?,
+            password_sign_in: get("COUNTERSIGN_PASSWORD_SIGN_IN")
+                .map(|v| matches!(v.trim().to_ascii_lowercase().as_str(), "1" | "true" | "yes" | "on")),
+            oidc_issuer: get("COUNTERSIGN_OIDC_ISSUER"),
+            oidc_client_id: get("COUNTERSIGN_OIDC_CLIENT_ID"),
+            oidc_client_secret: get("COUNTERSIGN_OIDC_CLIENT_SECRET"),
+            oidc_client_secret_file: get("COUNTERSIGN_OIDC_CLIENT_SECRET_FILE").map(PathBuf::from),
+            oidc_claim: get("COUNTERSIGN_OIDC_CLAIM"),
+            oidc_label: get("COUNTERSIGN_OIDC_LABEL"),
             smtp_host: get("COUNTERSIGN_SMTP_HOST"),
             smtp_port: number("COUNTERSIGN_SMTP_PORT")?.map(|p| p as u16),
             smtp_security: get("COUNTERSIGN_SMTP_SECURITY"),

@@ -38,6 +38,14 @@ pub enum UsersCommand {
         email: String,
         role: String,
     },
+    /// Match an account to its subject (`sub`) at the sign-in provider, for `oidc_claim =
+    /// "sub"`; `--clear` removes it.
+    Subject {
+        email: String,
+        subject: Option<String>,
+        #[arg(long)]
+        clear: bool,
+    },
 }
 
 pub(super) async fn users_command(settings: &Settings, command: UsersCommand) -> Result<()> {
@@ -99,6 +107,21 @@ pub(super) async fn users_command(settings: &Settings, command: UsersCommand) ->
                 user.email,
                 user.role.as_str()
             );
+        }
+        UsersCommand::Subject { email, subject, clear } => {
+            let email = email.trim().to_lowercase();
+            let subject = if clear {
+                None
+            } else {
+                Some(subject.context("give the subject, or --clear")?)
+            };
+            if !crate::storage::set_oidc_subject(&mut conn, &email, subject.as_deref()).await? {
+                anyhow::bail!("no user {email}");
+            }
+            match subject {
+                Some(subject) => println!("{email} signs in as provider subject {subject}"),
+                None => println!("{email} has no provider subject now"),
+            }
         }
     }
     drop(conn);

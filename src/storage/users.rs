@@ -344,3 +344,80 @@ pub async fn shared_secret(conn: &mut AnyConnection, name: &str, candidate: &str
         .await
         .context("reading a secret")
 }
+
+// ---- Sign-in through an OpenID Connect provider --------------------------------------------
+
+/// Remembers a sign-in that has left for the provider, and forgets those left over an hour.
+pub async fn insert_oidc_login(
+    conn: &mut AnyConnection,
+    state: &str,
+    nonce: &str,
+    pkce_verifier: &str,
+    next: &str,
+    now: i64,
+) -> Result<(), StorageError> {
+    sqlx::query("DELETE FROM oidc_logins WHERE created_at < $1")
+        .bind(now - 3_600_000)
+        .execute(&mut *conn)
+        .await
+        .context("forgetting abandoned sign-ins")?;
+    sqlx::query("INSERT INTO oidc_logins (state, nonce, pkce_verifier, next, created_at) VALUES ($1, $2, $3, $4, $5)")
+        .bind(state)
+        .bind(nonce)
+        .bind(pkce_verifier)
+        .bind(next)
+        .bind(now)
+        .execute(&mut *conn)
+        .await
+        .context("remembering a sign-in")?;
+    Ok(())
+}
+
+/// A sign-in coming back from the provider: takes its record (so a replayed `state` finds
+/// nothing) if it left no earlier than `not_before`. Its nonce, PKCE verifier and `next`.
+pub async fn take_oidc_login(
+    conn: &mut AnyConnection,
+    state: &str,
+    not_before: i64,
+) -> Result<Option<(String, String, String)>, StorageError> {
+    let row = sqlx::query("DELETE FROM oidc_logins WHERE state = $1 RETURNING nonce, pkce_verifier, next, created_at")
+        .bind(state)
+        .fetch_optional(&mut *conn)
+        .await
+        .context("taking a sign-in")?;
+    let Some(row) = row else { return Ok(None) };
+    let created_at: i64 = row.try_get(3).context("reading a sign-in")?;
+    if created_at < not_before {
+        return Ok(None);
+    }
+    Ok(Some((
+        row.try_get(0).context("reading a sign-in")?,
+        row.try_get(1).context("reading a sign-in")?,
+        row.try_get(2).context("reading a sign-in")?,
+    )))
+}
+
+/// The account matched to this provider subject.
+pub async fn user_by_oidc_subject(conn: &mut AnyConnection, subject: &str) -> Result<Option<User>, StorageError> {
+    let row = sqlx::query("SELECT id, email, display_name, role, disabled FROM users WHERE oidc_subject = $1")
+        .bind(subject)
+        .fetch_optional(&mut *conn)
+        .await
+        .context("finding a user by subject")?;
+    row.as_ref().map(user_from_row).transpose()
+}
+
+/// Matches an account to a provider subject; false when there is no such account.
+pub async fn set_oidc_subject(
+    conn: &mut AnyConnection,
+    email: &str,
+    subject: Option<&str>,
+) -> Result<bool, StorageError> {
+    let done = sqlx::query("UPDATE users SET oidc_subject = $1 WHERE email = $2")
+        .bind(subject)
+        .bind(email)
+        .execute(&mut *conn)
+        .await
+        .context("matching an account to a subject")?;
+    Ok(done.rows_affected() == 1)
+}

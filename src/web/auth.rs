@@ -116,7 +116,18 @@ async fn sign_in_context(state: &AppState, token: &CsrfToken, next: &str) -> Res
     context.insert("next", local_path(next).unwrap_or(""));
     let mut conn = state.engine.db().pool.acquire().await?;
     context.insert("first_run", &users::list(&mut conn).await?.is_empty());
+    context.insert("password_sign_in", &state.password_sign_in);
+    if let Some(oidc) = &state.oidc {
+        context.insert("oidc_label", oidc.label());
+    }
     Ok(context)
+}
+
+/// The sign-in page again, saying why signing in did not work.
+pub async fn sign_in_refused(state: &AppState, token: &CsrfToken, why: &str) -> Result<Html<String>, WebError> {
+    let mut context = sign_in_context(state, token, "").await?;
+    context.insert("error", why);
+    render(state, "sign_in.html.tera", &context)
 }
 
 pub async fn sign_in_page(
@@ -164,6 +175,11 @@ pub async fn sign_in(
     client: ClientAddress,
     Form(form): Form<SignInForm>,
 ) -> Result<Response, WebError> {
+    if !state.password_sign_in {
+        return Err(WebError::Forbidden(
+            "Signing in with a password is switched off here: use the sign-in service.".into(),
+        ));
+    }
     check_csrf(&token, &form.csrf)?;
     let now = state.engine.now_ms();
     let mut conn = state.engine.db().pool.acquire().await?;

@@ -13,6 +13,7 @@ mod assets;
 pub mod auth;
 mod case;
 pub mod error;
+pub mod oidc;
 mod ops;
 pub mod queue;
 pub mod reports;
@@ -113,6 +114,7 @@ pub fn routes() -> Vec<Route> {
         reports::routes(),
         api::routes(),
         ops::routes(),
+        oidc::routes(),
     ]
     .into_iter()
     .flatten()
@@ -136,6 +138,10 @@ pub struct AppState {
     /// `/readyz` fails when a mail source of this process has not polled successfully for
     /// longer than this (settings' `ready_max_poll_age_secs`).
     pub ready_max_poll_age_ms: i64,
+    /// Staff sign-in through an OpenID Connect provider, when one is configured.
+    pub oidc: Option<Arc<oidc::OidcSignIn>>,
+    /// Whether staff may sign in with a password (settings' `password_sign_in`).
+    pub password_sign_in: bool,
     /// The email templates: a case's correspondence shows our mail as it reads.
     pub mail: Arc<crate::outbox::render::Renderer>,
     /// The queue's counts by state and by finding, with when they were read (see
@@ -199,6 +205,8 @@ impl AppState {
             live_mail_sources: Vec::new(),
             staff_any_domain: false,
             ready_max_poll_age_ms: 300_000,
+            oidc: None,
+            password_sign_in: true,
             queue_counts: Arc::default(),
             mail: Arc::new(crate::outbox::render::Renderer::load(templates_dir).map_err(|e| {
                 WebSetupError::Templates {

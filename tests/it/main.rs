@@ -14,6 +14,7 @@ mod faults;
 mod hostile_mail;
 mod imap;
 mod mail_out;
+mod oidc;
 mod ops;
 mod pdf_extraction;
 mod query_plans;

@@ -15,16 +15,17 @@
 use std::collections::BTreeMap;
 
 use axum::Json;
-use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
-use axum::extract::{FromRequest, FromRequestParts, OriginalUri, State};
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{FromRequest, FromRequestParts, OriginalUri, Path, Query, State};
+use axum::http::StatusCode;
 use axum::http::request::Parts;
-use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
 use utoipa::{IntoParams, OpenApi, ToSchema};
 
 use super::error::ApiError;
 use super::queue::{QueueFilter, load_queue};
 use super::reports::PeriodQuery;
+use super::view::download;
 use super::{Access, AppState, Route, WebError};
 use crate::storage;
 use crate::workflow::{Actor, TransitionRequest};
@@ -145,31 +146,22 @@ impl ApiCaller {
 
 // ---- Inputs whose errors are JSON too --------------------------------------------------------
 
-/// A query string, read as `T`; a malformed one is a JSON 400.
-pub struct ApiQuery<T>(pub T);
+/// An extractor of the request's parts (`Query`, `Path`) whose refusal is a JSON 400, not
+/// axum's plain text.
+pub struct ApiInput<E>(pub E);
 
-impl<T: serde::de::DeserializeOwned + Send> FromRequestParts<AppState> for ApiQuery<T> {
+impl<E> FromRequestParts<AppState> for ApiInput<E>
+where
+    E: FromRequestParts<AppState> + Send,
+    E::Rejection: std::fmt::Display,
+{
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
-        let axum::extract::Query(value) = axum::extract::Query::<T>::from_request_parts(parts, state)
+        E::from_request_parts(parts, state)
             .await
-            .map_err(|e: QueryRejection| ApiError(WebError::BadRequest(e.body_text())))?;
-        Ok(ApiQuery(value))
-    }
-}
-
-/// Path parameters, read as `T`; malformed ones are a JSON 400.
-pub struct ApiPath<T>(pub T);
-
-impl<T: serde::de::DeserializeOwned + Send> FromRequestParts<AppState> for ApiPath<T> {
-    type Rejection = ApiError;
-
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
-        let axum::extract::Path(value) = axum::extract::Path::<T>::from_request_parts(parts, state)
-            .await
-            .map_err(|e: PathRejection| ApiError(WebError::BadRequest(e.body_text())))?;
-        Ok(ApiPath(value))
+            .map(ApiInput)
+            .map_err(|e| ApiError(WebError::BadRequest(e.to_string())))
     }
 }
 
@@ -464,7 +456,7 @@ fn rfc3339(ms: i64) -> String {
 pub async fn list_cases(
     State(state): State<AppState>,
     caller: ApiCaller,
-    ApiQuery(query): ApiQuery<CaseListQuery>,
+    ApiInput(Query(query)): ApiInput<Query<CaseListQuery>>,
 ) -> Result<Json<CaseList>, ApiError> {
     let take = |name: &str, value: Option<String>| -> Result<String, ApiError> {
         let value = value.unwrap_or_default();
@@ -530,7 +522,7 @@ async fn case_named(conn: &mut sqlx::AnyConnection, reference: &str) -> Result<s
 pub async fn get_case(
     State(state): State<AppState>,
     _caller: ApiCaller,
-    ApiPath(reference): ApiPath<String>,
+    ApiInput(Path(reference)): ApiInput<Path<String>>,
 ) -> Result<Json<CaseDetail>, ApiError> {
     let mut conn = state.engine.db().pool.acquire().await.map_err(WebError::from)?;
     let case = case_named(&mut conn, &reference).await?;
@@ -654,7 +646,7 @@ async fn case_detail(conn: &mut sqlx::AnyConnection, case: storage::CaseRecord) 
 pub async fn fire_transition(
     State(state): State<AppState>,
     caller: ApiCaller,
-    ApiPath(reference): ApiPath<String>,
+    ApiInput(Path(reference)): ApiInput<Path<String>>,
     ApiJson(body): ApiJson<TransitionBody>,
 ) -> Result<Json<CaseDetail>, ApiError> {
     caller.may_change()?;
@@ -702,7 +694,7 @@ pub async fn fire_transition(
 pub async fn add_note(
     State(state): State<AppState>,
     caller: ApiCaller,
-    ApiPath(reference): ApiPath<String>,
+    ApiInput(Path(reference)): ApiInput<Path<String>>,
     ApiJson(body): ApiJson<NoteBody>,
 ) -> Result<Response, ApiError> {
     caller.may_change()?;
@@ -731,30 +723,6 @@ pub async fn add_note(
     Ok((StatusCode::CREATED, Json(note)).into_response())
 }
 
-/// A file to download: never shown inline, since its bytes are whatever the sender sent.
-fn download(bytes: Vec<u8>, content_type: &'static str, name: &str) -> Result<Response, ApiError> {
-    let safe: String = name
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_') {
-                c
-            } else {
-                '_'
-            }
-        })
-        .take(100)
-        .collect();
-    let mut response = bytes.into_response();
-    let headers = response.headers_mut();
-    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
-    headers.insert(
-        header::CONTENT_DISPOSITION,
-        HeaderValue::from_str(&format!("attachment; filename=\"{safe}\"")).map_err(WebError::internal)?,
-    );
-    headers.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
-    Ok(response)
-}
-
 /// One of the case's emails exactly as it arrived (`message/rfc822`).
 #[utoipa::path(get, path = "/api/v1/cases/{reference}/messages/{id}", tag = "cases",
     params(
@@ -770,7 +738,7 @@ fn download(bytes: Vec<u8>, content_type: &'static str, name: &str) -> Result<Re
 pub async fn original_email(
     State(state): State<AppState>,
     _caller: ApiCaller,
-    ApiPath((reference, id)): ApiPath<(String, i64)>,
+    ApiInput(Path((reference, id))): ApiInput<Path<(String, i64)>>,
 ) -> Result<Response, ApiError> {
     let mut conn = state.engine.db().pool.acquire().await.map_err(WebError::from)?;
     let case = case_named(&mut conn, &reference).await?;
@@ -781,7 +749,7 @@ pub async fn original_email(
         .find(|m| m.id == id)
         .and_then(|m| m.raw)
         .ok_or(WebError::NotFound)?;
-    download(raw, "message/rfc822", &format!("{reference}-{id}.eml"))
+    Ok(download(raw, "message/rfc822", &format!("{reference}-{id}.eml"))?)
 }
 
 /// An attachment of one of the case's emails (a PDF form, usually), as sent.
@@ -799,7 +767,7 @@ pub async fn original_email(
 pub async fn attachment(
     State(state): State<AppState>,
     _caller: ApiCaller,
-    ApiPath((reference, id)): ApiPath<(String, i64)>,
+    ApiInput(Path((reference, id))): ApiInput<Path<(String, i64)>>,
 ) -> Result<Response, ApiError> {
     let mut conn = state.engine.db().pool.acquire().await.map_err(WebError::from)?;
     let case = case_named(&mut conn, &reference).await?;
@@ -807,11 +775,11 @@ pub async fn attachment(
         .await
         .map_err(WebError::from)?
         .ok_or(WebError::NotFound)?;
-    download(
+    Ok(download(
         bytes,
         "application/octet-stream",
         &name.unwrap_or_else(|| format!("attachment-{id}")),
-    )
+    )?)
 }
 
 /// The managers' report for a period (by default the last 13 weeks), and the same figures for
@@ -826,7 +794,7 @@ pub async fn attachment(
 pub async fn report(
     State(state): State<AppState>,
     _caller: ApiCaller,
-    ApiQuery(query): ApiQuery<ReportQuery>,
+    ApiInput(Query(query)): ApiInput<Query<ReportQuery>>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let today = state.engine.clock().now().date_naive();
     let period = PeriodQuery::new(query.from.unwrap_or_default(), query.to.unwrap_or_default())
@@ -868,7 +836,7 @@ pub async fn dashboard(State(state): State<AppState>, _caller: ApiCaller) -> Res
 pub async fn organisations(
     State(state): State<AppState>,
     _caller: ApiCaller,
-    ApiQuery(query): ApiQuery<OrganisationQuery>,
+    ApiInput(Query(query)): ApiInput<Query<OrganisationQuery>>,
 ) -> Result<Json<OrganisationList>, ApiError> {
     let text = query.q.unwrap_or_default();
     plain("q", &text)?;

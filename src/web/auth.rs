@@ -123,6 +123,30 @@ async fn sign_in_context(state: &AppState, token: &CsrfToken, next: &str) -> Res
     Ok(context)
 }
 
+/// Starts `user`'s session (however they proved who they are) and sends them back to the page
+/// they asked for (`next`), else managers to their dashboard and everyone else to the queue.
+pub async fn signed_in(
+    state: &AppState,
+    conn: &mut sqlx::AnyConnection,
+    jar: CookieJar,
+    user: &User,
+    next: &str,
+) -> Result<Response, WebError> {
+    let session = users::start_session(conn, user.id, state.engine.now_ms()).await?;
+    let cookie = Cookie::build((SESSION_COOKIE, session))
+        .path("/")
+        .http_only(true)
+        .secure(state.secure_cookies)
+        .same_site(SameSite::Lax)
+        .build();
+    let landing = match local_path(next) {
+        Some(next) => next.to_string(),
+        None if user.role.is_among(&[crate::workflow::ActorRole::Manager]) => "/reports".to_string(),
+        None => "/".to_string(),
+    };
+    Ok((jar.add(cookie), Redirect::to(&landing)).into_response())
+}
+
 /// The sign-in page again, saying why signing in did not work.
 pub async fn sign_in_refused(state: &AppState, token: &CsrfToken, why: &str) -> Result<Html<String>, WebError> {
     let mut context = sign_in_context(state, token, "").await?;
@@ -184,22 +208,7 @@ pub async fn sign_in(
     let now = state.engine.now_ms();
     let mut conn = state.engine.db().pool.acquire().await?;
     let refusal = match users::authenticate(&mut conn, &form.email, &form.password, &client.0, now).await? {
-        Ok(user) => {
-            let session = users::start_session(&mut conn, user.id, now).await?;
-            let cookie = Cookie::build((SESSION_COOKIE, session))
-                .path("/")
-                .http_only(true)
-                .secure(state.secure_cookies)
-                .same_site(SameSite::Lax)
-                .build();
-            // Back to the page asked for; else managers start on their dashboard.
-            let landing = match local_path(&form.next) {
-                Some(next) => next.to_string(),
-                None if user.role.is_among(&[crate::workflow::ActorRole::Manager]) => "/reports".to_string(),
-                None => "/".to_string(),
-            };
-            return Ok((jar.add(cookie), Redirect::to(&landing)).into_response());
-        }
+        Ok(user) => return signed_in(&state, &mut conn, jar, &user, &form.next).await,
         Err(refusal) => refusal,
     };
     // One pooled connection at a time per request: the page below takes its own.

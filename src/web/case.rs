@@ -514,35 +514,11 @@ pub async fn attachment(
         .await?
         .ok_or(WebError::NotFound)?;
     drop(conn);
-    // A file name is the sender's text: only plain characters reach the header.
-    let safe: String = name
-        .unwrap_or_else(|| format!("attachment-{id}"))
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_') {
-                c
-            } else {
-                '_'
-            }
-        })
-        .take(100)
-        .collect();
-    let mut response = bytes.into_response();
-    let headers = response.headers_mut();
-    headers.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/octet-stream"),
-    );
-    headers.insert(
-        header::CONTENT_DISPOSITION,
-        HeaderValue::from_str(&format!("attachment; filename=\"{safe}\"")).map_err(WebError::internal)?,
-    );
-    headers.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
-    headers.insert(
-        header::CONTENT_SECURITY_POLICY,
-        HeaderValue::from_static("sandbox; default-src 'none'"),
-    );
-    Ok(response)
+    super::view::download(
+        bytes,
+        "application/octet-stream",
+        &name.unwrap_or_else(|| format!("attachment-{id}")),
+    )
 }
 
 /// The fields a caseworker may key by hand (not the digital signature).

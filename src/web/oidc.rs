@@ -16,7 +16,6 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Redirect, Response};
 use axum_csrf::CsrfToken;
 use axum_extra::extract::CookieJar;
-use axum_extra::extract::cookie::{Cookie, SameSite};
 use openidconnect::core::{CoreAuthenticationFlow, CoreClient, CoreProviderMetadata};
 use openidconnect::{
     AuthorizationCode, ClientId, ClientSecret, CsrfToken as OidcState, IssuerUrl, Nonce, OAuth2TokenResponse,
@@ -25,7 +24,7 @@ use openidconnect::{
 use secrecy::ExposeSecret;
 use tracing::{info, warn};
 
-use super::auth::{SESSION_COOKIE, local_path};
+use super::auth::local_path;
 use super::{Access, AppState, Route, WebError};
 use crate::config::{OidcClaim, OidcSettings};
 use crate::storage;
@@ -304,20 +303,6 @@ pub async fn callback(
         warn!(identity = %identity, "signed in at the provider, but no enabled account matches");
         return refuse("You are signed in to NHS Care Identity Service, but you have no Countersign account (or it is disabled). Ask an admin to add you.").await;
     };
-    let session = crate::users::start_session(&mut conn, user.id, now)
-        .await
-        .map_err(WebError::internal)?;
     info!(user = %user.email, "signed in through the provider");
-    let cookie = Cookie::build((SESSION_COOKIE, session))
-        .path("/")
-        .http_only(true)
-        .secure(state.secure_cookies)
-        .same_site(SameSite::Lax)
-        .build();
-    let landing = match local_path(&next) {
-        Some(next) => next.to_string(),
-        None if user.role.is_among(&[crate::workflow::ActorRole::Manager]) => "/reports".to_string(),
-        None => "/".to_string(),
-    };
-    Ok((jar.add(cookie), Redirect::to(&landing)).into_response())
+    super::auth::signed_in(&state, &mut conn, jar, &user, &next).await
 }

@@ -4,6 +4,9 @@
 use axum_csrf::CsrfToken;
 use chrono::{DateTime, Local};
 
+use axum::http::{HeaderValue, header};
+use axum::response::{IntoResponse, Response};
+
 use super::WebError;
 use super::auth::CurrentUser;
 
@@ -45,6 +48,36 @@ pub(super) fn base_context(user: &CurrentUser, token: &CsrfToken) -> Result<tera
 #[derive(serde::Deserialize)]
 pub struct CsrfForm {
     pub csrf: String,
+}
+
+/// A file to download, named `name` (only plain characters reach the header): never shown
+/// inline, since its bytes are whatever the sender sent.
+pub(super) fn download(bytes: Vec<u8>, content_type: &'static str, name: &str) -> Result<Response, WebError> {
+    let safe: String = name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_') {
+                c
+            } else {
+                '_'
+            }
+        })
+        .take(100)
+        .collect();
+    let mut response = bytes.into_response();
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    headers.insert(
+        header::CONTENT_DISPOSITION,
+        HeaderValue::from_str(&format!("attachment; filename=\"{safe}\"")).map_err(WebError::internal)?,
+    );
+    headers.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    // Opened in a tab all the same, it runs nothing and loads nothing.
+    headers.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static("sandbox; default-src 'none'"),
+    );
+    Ok(response)
 }
 
 #[cfg(test)]

@@ -5,6 +5,7 @@
 //! Pure: [`crate::storage::insert_seeded`] writes what this makes. Deterministic for a seed.
 
 use crate::domain::EventKind;
+use crate::policy::FindingCode;
 use crate::workflow::wellknown;
 
 /// One synthetic case and its state moves, in order.
@@ -56,12 +57,13 @@ const HOUR: i64 = 3_600_000;
 const DAY: i64 = 24 * HOUR;
 const ORGANISATIONS: u64 = 2_000;
 const CASEWORKERS: u64 = 8;
-const FINDINGS: &[&str] = &[
-    "signatory_role_not_allowed",
-    "required_field_missing",
-    "signatory_email_not_nhs",
-    "ods_code_malformed",
-    "signature_missing",
+/// The findings synthetic cases are held for: real codes, so every seeded case reads back.
+const FINDINGS: &[FindingCode] = &[
+    FindingCode::SignatoryRoleNotAllowed,
+    FindingCode::RequiredFieldMissing,
+    FindingCode::EmailNotNhs,
+    FindingCode::OdsCodeMalformed,
+    FindingCode::DeclarationNotTicked,
 ];
 
 /// `count` cases received between `now - years` and `now`, numbered from `first_number`.
@@ -110,7 +112,7 @@ fn one_case(random: &mut Random, number: u64, now: i64, span: i64) -> SeedCase {
     let held = random.chance(30);
     let findings: Vec<&str> = if held {
         (0..=random.below(2))
-            .map(|_| FINDINGS[random.below(FINDINGS.len() as u64) as usize])
+            .map(|_| FINDINGS[random.below(FINDINGS.len() as u64) as usize].as_str())
             .collect()
     } else {
         Vec::new()

@@ -468,9 +468,39 @@ impl Engine {
         case: &CaseRecord,
         change: CaseChangeset,
     ) -> Result<CaseRecord, EngineError> {
+        let change = self.closing_clears_due_time(change);
         let changed = after(case, &change);
         storage::apply_change(conn, change).await?;
         Ok(changed)
+    }
+
+    /// A case that closes is due no more: its due time is cleared, so that the open queue,
+    /// which walks cases in due order, never steps over the closed ones (after years, nearly
+    /// all of them). The SLA figures come from the event log, not from this column.
+    pub(crate) fn closing_clears_due_time(&self, mut change: CaseChangeset) -> CaseChangeset {
+        if let Some(state) = &change.columns.state
+            && self.workflows.terminal_states().contains(state)
+        {
+            change.columns.due_at = Some(None);
+        }
+        change
+    }
+
+    /// Clears the due time of every closed case that still has one (cases closed before the
+    /// rule in [`Engine::closing_clears_due_time`]); how many it cleared.
+    pub async fn clear_due_times_of_closed_cases(&self) -> Result<u64, EngineError> {
+        let terminal = self.workflows.terminal_states();
+        let mut cleared = 0;
+        loop {
+            let mut tx = self.db.begin_write().await.context("starting a transaction")?;
+            // In slices, so that mail keeps being taken in while a large database catches up.
+            let done = storage::clear_due_times_in_states(&mut tx, &terminal, 10_000).await?;
+            tx.commit().await.context("committing cleared due times")?;
+            cleared += done;
+            if done == 0 {
+                return Ok(cleared);
+            }
+        }
     }
 
     /// Moves a case as the system (checks, replies, timers), by the workflow's system

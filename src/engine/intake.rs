@@ -856,6 +856,7 @@ impl Engine {
         case: &CaseRecord,
         change: storage::CaseChangeset,
     ) -> Result<CaseRecord, EngineError> {
+        let change = self.closing_clears_due_time(change);
         let after = change::after(case, &change);
         storage::apply_change_deferred(w.conn, change, &mut w.deferred).await?;
         Ok(after)

@@ -42,33 +42,54 @@ async fn work_out_days(
 /// The facts of every day of `period`: past days from those kept (working out and keeping
 /// any not kept yet, a month at a time), today and later from the event log as it is now.
 pub async fn days_of(engine: &Engine, period: Period) -> Result<BTreeMap<NaiveDate, DayFacts>, StorageError> {
-    Ok(days_and_worked_out(engine, period).await?.0)
+    Ok(days_and_worked_out(engine, period, Want::Facts).await?.0)
+}
+
+/// What [`days_and_worked_out`] is asked for: the days' facts (a report), or only that every
+/// past day is kept (the warm-up and housekeeping, which hold no facts in memory: years of
+/// them are hundreds of megabytes).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Want {
+    Facts,
+    KeptOnly,
 }
 
 /// [`days_of`], and how many past days it had to work out (and keep).
 async fn days_and_worked_out(
     engine: &Engine,
     period: Period,
+    want: Want,
 ) -> Result<(BTreeMap<NaiveDate, DayFacts>, usize), StorageError> {
     let mut worked_out = 0;
     let today = engine.clock().now().date_naive();
     let mut days = BTreeMap::new();
     let last_past = period.to.min(today - Duration::days(1));
     if period.from <= last_past {
+        let (first, last) = (period.from.to_string(), last_past.to_string());
         let mut conn = engine.db().pool.acquire().await.context("connecting")?;
-        let kept = storage::cached_report_days(&mut conn, &period.from.to_string(), &last_past.to_string()).await?;
-        drop(conn);
-        for (day, json) in kept {
-            // A kept day that no longer reads (an older shape) is worked out again.
-            if let (Ok(day), Ok(facts)) = (day.parse::<NaiveDate>(), serde_json::from_str::<DayFacts>(&json)) {
-                days.insert(day, facts);
+        let mut kept_days = std::collections::BTreeSet::new();
+        if want == Want::Facts {
+            for (day, json) in storage::cached_report_days(&mut conn, &first, &last).await? {
+                // A kept day that no longer reads (an older shape) is worked out again.
+                if let (Ok(day), Ok(facts)) = (day.parse::<NaiveDate>(), serde_json::from_str::<DayFacts>(&json)) {
+                    days.insert(day, facts);
+                    kept_days.insert(day);
+                }
             }
+        } else {
+            kept_days.extend(
+                storage::kept_report_day_names(&mut conn, &first, &last)
+                    .await?
+                    .iter()
+                    .filter_map(|day| day.parse::<NaiveDate>().ok()),
+            );
         }
+        drop(conn);
         let missing: Vec<NaiveDate> = period
             .from
             .iter_days()
             .take_while(|d| *d <= last_past)
-            .filter(|d| !days.contains_key(d))
+            .filter(|d| !kept_days.contains(d))
             .collect();
         for run in missing.chunk_by(|a, b| (*b - *a).num_days() == 1) {
             for block in run.chunks(DAYS_PER_READ as usize) {
@@ -79,7 +100,9 @@ async fn days_and_worked_out(
                     .map(|day| {
                         let facts = worked.remove(day).unwrap_or_default();
                         let json = serde_json::to_string(&facts).unwrap_or_else(|_| "{}".into());
-                        days.insert(*day, facts);
+                        if want == Want::Facts {
+                            days.insert(*day, facts);
+                        }
                         (day.to_string(), json)
                     })
                     .collect();
@@ -90,7 +113,7 @@ async fn days_and_worked_out(
         }
     }
     let first_live = period.from.max(today);
-    if first_live <= period.to {
+    if want == Want::Facts && first_live <= period.to {
         days.extend(work_out_days(engine, first_live, period.to).await?);
     }
     Ok((days, worked_out))
@@ -105,7 +128,7 @@ pub async fn keep_past_days(engine: &Engine, back: i64) -> Result<usize, Storage
         from: today - Duration::days(back.max(1)),
         to: today - Duration::days(1),
     };
-    Ok(days_and_worked_out(engine, period).await?.1)
+    Ok(days_and_worked_out(engine, period, Want::KeptOnly).await?.1)
 }
 
 /// Works out and keeps every past day's facts not kept yet, back to the first state move:

@@ -142,6 +142,20 @@ pub async fn cached_report_days(
         .context("decoding kept report days")
 }
 
+/// Which days between `first` and `last` have their facts kept (the days only).
+pub async fn kept_report_day_names(
+    conn: &mut AnyConnection,
+    first: &str,
+    last: &str,
+) -> Result<Vec<String>, StorageError> {
+    sqlx::query_scalar("SELECT day FROM report_days WHERE day >= $1 AND day <= $2 ORDER BY day")
+        .bind(first)
+        .bind(last)
+        .fetch_all(&mut *conn)
+        .await
+        .context("listing kept report days")
+}
+
 /// Keeps the facts of days that are over. A day kept already is left as it is (two instances
 /// working out the same day get the same facts).
 pub async fn keep_report_days(
@@ -187,6 +201,32 @@ pub async fn count_cases_in_states(
         .map(|row| Ok((row.try_get(0)?, row.try_get(1)?)))
         .collect::<Result<_, sqlx::Error>>()
         .context("decoding counts by state")
+}
+
+/// Clears the due time of up to `limit` cases in `states` that still have one; how many.
+pub async fn clear_due_times_in_states(
+    conn: &mut AnyConnection,
+    states: &[String],
+    limit: i64,
+) -> Result<u64, StorageError> {
+    if states.is_empty() {
+        return Ok(0);
+    }
+    let sql = format!(
+        "UPDATE cases SET due_at = NULL WHERE id IN (SELECT id FROM cases WHERE state IN ({}) AND due_at IS NOT NULL LIMIT ${})",
+        placeholders(1, states.len()),
+        states.len() + 1
+    );
+    let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+    for state in states {
+        query = query.bind(state.as_str());
+    }
+    let done = query
+        .bind(limit)
+        .execute(&mut *conn)
+        .await
+        .context("clearing the due times of closed cases")?;
+    Ok(done.rows_affected())
 }
 
 /// How many cases there are in each of `states`, by workflow (`None`: not yet classified).

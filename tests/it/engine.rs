@@ -1069,3 +1069,56 @@ async fn a_group_that_opens_fewer_cases_than_it_might_leaves_no_gap_in_reference
     })
     .await;
 }
+
+#[tokio::test]
+async fn a_closed_case_is_due_no_more_and_older_closed_cases_are_cleared_at_start() {
+    on_both_backends(|engine| async move {
+        let reference = engine.receive_fixture("mail/gp_form.eml").await;
+        assert!(
+            engine.case(&reference).await.due_at.is_some(),
+            "an open case has a due time"
+        );
+        engine
+            .transition(
+                &reference,
+                &to("rejected", Some("not our form")),
+                &caseworker("cw@nhs.net"),
+            )
+            .await
+            .unwrap();
+        assert_eq!(engine.case(&reference).await.due_at, None, "closed: due no more");
+
+        // Cases closed before the rule (here, synthetic ones that still have due times) are
+        // cleared by the start-up job, in slices, and only the closed ones.
+        let now = engine.now_ms();
+        let seeded = countersign::seed::cases(300, 1, now, 1, 7);
+        let closed: Vec<&str> = seeded
+            .iter()
+            .filter(|c| engine.workflows().terminal_states().contains(&c.state))
+            .map(|c| c.reference.as_str())
+            .collect();
+        let open: Vec<&str> = seeded
+            .iter()
+            .filter(|c| !engine.workflows().terminal_states().contains(&c.state))
+            .map(|c| c.reference.as_str())
+            .collect();
+        assert!(!closed.is_empty() && !open.is_empty());
+        let mut conn = engine.db().pool.acquire().await.unwrap();
+        let origin = storage::seed_origin_message(&mut conn, now).await.unwrap();
+        storage::insert_seeded(&mut conn, &seeded, origin).await.unwrap();
+        drop(conn);
+        assert!(engine.case(closed[0]).await.due_at.is_some());
+        let cleared = engine.clear_due_times_of_closed_cases().await.unwrap();
+        assert_eq!(cleared as usize, closed.len());
+        for reference in &closed {
+            assert_eq!(engine.case(reference).await.due_at, None, "{reference}");
+        }
+        assert!(engine.case(open[0]).await.due_at.is_some(), "open cases keep theirs");
+        assert_eq!(
+            engine.clear_due_times_of_closed_cases().await.unwrap(),
+            0,
+            "nothing left to do"
+        );
+    })
+    .await;
+}

@@ -43,6 +43,10 @@ pub(super) async fn dev_command(settings: &Settings, command: DevCommand) -> Res
                 number += batch as u64;
                 eprintln!("{written} of {cases} synthetic cases written");
             }
+            // A bulk load leaves the planner's statistics stale until autovacuum comes round.
+            let mut conn = engine.db().pool.acquire().await?;
+            crate::storage::refresh_statistics(&mut conn).await?;
+            drop(conn);
             println!(
                 "seeded {cases} cases over {years} years in {:.1} s",
                 started.elapsed().as_secs_f64()

@@ -273,7 +273,7 @@ pub use reports::{
     count_cases_in_states, finding_counts, first_move_at, keep_report_days, kept_report_day_names, open_cases,
     report_lifecycles,
 };
-pub use seed::{insert_seeded, seed_origin_message, seeded_count};
+pub use seed::{insert_seeded, refresh_statistics, seed_origin_message, seeded_count};
 pub use timers::*;
 pub use tokens::*;
 pub use users::*;

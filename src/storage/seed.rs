@@ -29,6 +29,15 @@ pub async fn seed_origin_message(conn: &mut AnyConnection, now: i64) -> Result<i
 }
 
 /// Inserts `cases` and their state moves (in the caller's transaction).
+/// Brings the query planner's statistics up to date (after a bulk load).
+pub async fn refresh_statistics(conn: &mut AnyConnection) -> Result<(), StorageError> {
+    sqlx::query("ANALYZE")
+        .execute(&mut *conn)
+        .await
+        .context("refreshing the planner's statistics")?;
+    Ok(())
+}
+
 pub async fn insert_seeded(conn: &mut AnyConnection, cases: &[SeedCase], origin: i64) -> Result<(), StorageError> {
     for chunk in cases.chunks(CASES_PER_STATEMENT) {
         let sql = multi_row_insert(

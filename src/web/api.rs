@@ -801,12 +801,14 @@ pub async fn report(
         .period(today)
         .map_err(WebError::BadRequest)?;
     let open = crate::reports::open_now(&state.engine).await.map_err(WebError::from)?;
-    let (report, previous) = crate::reports::report_and_previous(&state.engine, period, &open)
+    let both = state
+        .reports
+        .report_and_previous(&state.engine, period, &open)
         .await
         .map_err(WebError::from)?;
     Ok(Json(serde_json::json!({
         "from": period.from.to_string(), "to": period.to.to_string(),
-        "report": report, "previous": previous,
+        "report": both.0, "previous": both.1,
     })))
 }
 

@@ -142,6 +142,8 @@ pub struct AppState {
     pub oidc: Option<Arc<oidc::OidcSignIn>>,
     /// Whether staff may sign in with a password (settings' `password_sign_in`).
     pub password_sign_in: bool,
+    /// Reports worked out in the last half-minute, shared by whoever asks for them.
+    pub reports: Arc<reports::ReportCache>,
     /// The email templates: a case's correspondence shows our mail as it reads.
     pub mail: Arc<crate::outbox::render::Renderer>,
     /// The queue's counts by state and by finding, with when they were read (see
@@ -207,6 +209,7 @@ impl AppState {
             ready_max_poll_age_ms: 300_000,
             oidc: None,
             password_sign_in: true,
+            reports: Arc::default(),
             queue_counts: Arc::default(),
             mail: Arc::new(crate::outbox::render::Renderer::load(templates_dir).map_err(|e| {
                 WebSetupError::Templates {

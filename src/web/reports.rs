@@ -22,6 +22,42 @@ pub(in crate::web) fn routes() -> Vec<Route> {
     ]
 }
 
+/// How long a worked-out report is served again to whoever asks for the same period.
+const REPORT_FRESH_FOR: std::time::Duration = std::time::Duration::from_secs(30);
+/// Periods whose reports are kept at once.
+const REPORTS_KEPT: usize = 8;
+
+/// Reports worked out in the last [`REPORT_FRESH_FOR`], by period. Managers opening the same
+/// report together (or refreshing it) share one working-out; and since the lock is held while
+/// a report is worked out, a burst of report requests queues behind one rather than running
+/// side by side on every core, starving the queue's pages. Past days are kept facts anyway;
+/// only today's figures can be up to half a minute old.
+#[derive(Default)]
+pub struct ReportCache(tokio::sync::Mutex<Vec<(Period, std::time::Instant, std::sync::Arc<(Report, Report)>)>>);
+
+impl ReportCache {
+    /// The report for `period` and the one before it, worked out now or shared from the last
+    /// half-minute. `open` is the cases open now (read once by the page, for its dashboard).
+    pub async fn report_and_previous(
+        &self,
+        engine: &crate::engine::Engine,
+        period: Period,
+        open: &[reports::OpenCase],
+    ) -> Result<std::sync::Arc<(Report, Report)>, crate::storage::StorageError> {
+        let mut kept = self.0.lock().await;
+        kept.retain(|(_, at, _)| at.elapsed() < REPORT_FRESH_FOR);
+        if let Some((_, _, both)) = kept.iter().find(|(p, _, _)| *p == period) {
+            return Ok(both.clone());
+        }
+        let both = std::sync::Arc::new(report_and_previous(engine, period, open).await?);
+        if kept.len() >= REPORTS_KEPT {
+            kept.remove(0);
+        }
+        kept.push((period, std::time::Instant::now(), both.clone()));
+        Ok(both)
+    }
+}
+
 /// The widest period a report may cover.
 const MAX_DAYS: i64 = 5 * 366;
 /// The period shown when none is asked for: the last 13 weeks (a quarter).
@@ -91,14 +127,15 @@ pub async fn report_page(
     context.insert("to", &query.to);
     match query.period(today) {
         Ok(period) => {
-            let (report, previous) = report_and_previous(&state.engine, period, &open).await?;
-            context.insert("charts", &charts(&report));
+            let both = state.reports.report_and_previous(&state.engine, period, &open).await?;
+            let (report, previous) = (&both.0, &both.1);
+            context.insert("charts", &charts(report));
             context.insert("period_query", &format!("from={}&to={}", period.from, period.to));
             context.insert("period_from", &period.from.format("%-d %B %Y").to_string());
             context.insert("period_to", &period.to.format("%-d %B %Y").to_string());
             context.insert("period_days", &((period.to - period.from).num_days() + 1));
-            context.insert("report", &report);
-            context.insert("previous", &previous);
+            context.insert("report", report);
+            context.insert("previous", previous);
         }
         Err(message) => context.insert("error", &message),
     }

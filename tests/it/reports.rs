@@ -190,3 +190,21 @@ async fn the_reports_match_figures_worked_out_by_hand() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn a_report_asked_for_again_within_half_a_minute_is_shared_not_worked_out_again() {
+    crate::common::on_both_backends(|app| async move {
+        app.receive_fixture("mail/gp_form.eml").await;
+        let cache = countersign::web::reports::ReportCache::default();
+        let open = countersign::reports::open_now(&app).await.unwrap();
+        let period = countersign::reports::Period::last_weeks(app.clock().now().date_naive(), 13);
+        let first = cache.report_and_previous(&app, period, &open).await.unwrap();
+        let again = cache.report_and_previous(&app, period, &open).await.unwrap();
+        assert!(std::sync::Arc::ptr_eq(&first, &again), "shared");
+        let other = countersign::reports::Period::last_weeks(app.clock().now().date_naive(), 4);
+        let different = cache.report_and_previous(&app, other, &open).await.unwrap();
+        assert!(!std::sync::Arc::ptr_eq(&first, &different), "another period is its own");
+        assert_eq!(first.0, again.0);
+    })
+    .await;
+}

@@ -33,7 +33,10 @@ const REPORTS_KEPT: usize = 8;
 /// side by side on every core, starving the queue's pages. Past days are kept facts anyway;
 /// only today's figures can be up to half a minute old.
 #[derive(Default)]
-pub struct ReportCache(tokio::sync::Mutex<Vec<(Period, std::time::Instant, std::sync::Arc<(Report, Report)>)>>);
+pub struct ReportCache(tokio::sync::Mutex<Vec<KeptReport>>);
+
+/// A period, when its report was worked out, and the report with the one before it.
+type KeptReport = (Period, std::time::Instant, std::sync::Arc<(Report, Report)>);
 
 impl ReportCache {
     /// The report for `period` and the one before it, worked out now or shared from the last

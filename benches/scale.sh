@@ -95,7 +95,7 @@ drive() {
   local per=$(( connections / instances )); [ "$per" -lt 1 ] && per=1
   local pids=()
   for n in $(seq 0 $((instances - 1))); do
-    wrk -t2 -c"$per" -d"${seconds}s" --latency --timeout 30s -H "$header" \
+    wrk -t"$(( per < 2 ? 1 : 2 ))" -c"$per" -d"${seconds}s" --latency --timeout 30s -H "$header" \
       "http://127.0.0.1:$((port + n))$path" >"$work/wrk-$n.txt" 2>&1 &
     pids+=($!)
   done

@@ -95,9 +95,23 @@ fn move_into(file: &Path, folder: &Path) -> Result<PathBuf> {
     Ok(target)
 }
 
-/// Moves a file to `quarantine/`, with its reason in a `.reason.txt` beside it.
+/// Whether `error` is a file that is not there any more: another instance watching the same
+/// folder (or a person) took it first. Its message is stored once whoever took it, so for
+/// this scan it is simply gone.
+fn gone(error: &anyhow::Error) -> bool {
+    error
+        .downcast_ref::<std::io::Error>()
+        .is_some_and(|e| e.kind() == std::io::ErrorKind::NotFound)
+}
+
+/// Moves a file to `quarantine/`, with its reason in a `.reason.txt` beside it; nothing when
+/// the file is gone already.
 fn quarantine(file: &Path, folder: &Path, why: &str) -> Result<()> {
-    let target = move_into(file, &folder.join("quarantine"))?;
+    let target = match move_into(file, &folder.join("quarantine")) {
+        Ok(target) => target,
+        Err(error) if gone(&error) => return Ok(()),
+        Err(error) => return Err(error),
+    };
     let reason = PathBuf::from(format!("{}.reason.txt", target.display()));
     std::fs::write(&reason, format!("{why}\n")).with_context(|| format!("writing {}", reason.display()))?;
     Ok(())
@@ -361,8 +375,13 @@ impl DropFolder {
                         warn!(file = %file.display(), "the file changed while it was read; leaving it for the next scan");
                         Taken::Left
                     } else {
-                        move_into(&file, &self.folder.join("processed"))?;
-                        Taken::Ingested
+                        match move_into(&file, &self.folder.join("processed")) {
+                            Ok(_) => Taken::Ingested,
+                            // Another instance recorded it too (once: the dedup key saw to
+                            // that) and moved it first.
+                            Err(error) if gone(&error) => Taken::Left,
+                            Err(error) => return Err(error),
+                        }
                     }
                 }
                 Err(e) => {
@@ -442,9 +461,18 @@ pub async fn run(
 ) -> Result<()> {
     println!("watching {} (Ctrl-C to stop)", drop_folder.folder.display());
     while !*stop.borrow() {
-        let summary = drop_folder.scan(engine).await?;
-        if summary.ingested + summary.quarantined > 0 {
-            info!(?summary, "scan done");
+        // A scan that fails (a full disk, a folder it may not write to) is reported in the
+        // health view and tried again after the interval: it never stops the service.
+        match drop_folder.scan(engine).await {
+            Ok(summary) if summary.ingested + summary.quarantined > 0 => info!(?summary, "scan done"),
+            Ok(_) => {}
+            Err(error) => {
+                error!(error = %format!("{error:#}"), "scanning the drop folder failed; trying again");
+                drop_folder.health.update(|h| {
+                    h.state = "failing".into();
+                    h.last_error = Some(format!("{error:#}"));
+                });
+            }
         }
         tokio::select! {
             _ = stop.changed() => {}
@@ -471,4 +499,21 @@ pub fn retry_quarantined(folder: &Path) -> Result<usize> {
         }
     }
     Ok(moved)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_file_another_instance_took_is_gone_not_a_failure() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("taken.eml");
+        let error = super::move_into(&missing, &dir.path().join("processed")).unwrap_err();
+        assert!(super::gone(&error), "{error:#}");
+        assert!(
+            super::quarantine(&missing, dir.path(), "why").is_ok(),
+            "nothing to set aside"
+        );
+        let other = anyhow::Error::new(std::io::Error::from(std::io::ErrorKind::PermissionDenied));
+        assert!(!super::gone(&other));
+    }
 }

@@ -642,3 +642,50 @@ async fn a_message_that_never_stores_is_set_aside_after_its_tries_and_holds_up_n
     })
     .await;
 }
+
+#[tokio::test]
+async fn two_instances_scanning_one_drop_folder_store_each_message_once_and_neither_fails() {
+    for backend in [Backend::Sqlite, Backend::Postgres] {
+        let database = TestDatabase::create(backend).await;
+        let (a, b) = (engine_on(&database.url).await, engine_on(&database.url).await);
+        let dir = tempfile::tempdir().unwrap();
+        let workflows = crate::common::workflows();
+        let emails = countersign::samples::sample_emails(
+            &workflows,
+            60,
+            crate::common::friday_morning().date_naive(),
+            crate::common::AUTHSERV_ID,
+        )
+        .unwrap();
+        for (n, email) in emails.iter().enumerate() {
+            std::fs::write(dir.path().join(format!("{n:03}.eml")), email).unwrap();
+        }
+        // Both take the same files at once: one moves each file, the other finds it gone.
+        let (first, second) = tokio::join!(
+            countersign::ingest::dropfolder::scan_once(&a, dir.path()),
+            countersign::ingest::dropfolder::scan_once(&b, dir.path())
+        );
+        let (first, second) = (
+            first.unwrap_or_else(|e| panic!("{backend:?}: {e:#}")),
+            second.unwrap_or_else(|e| panic!("{backend:?}: {e:#}")),
+        );
+        assert!(
+            first.ingested + second.ingested >= 60,
+            "{backend:?}: {first:?} {second:?}"
+        );
+        assert_eq!(
+            stored(&a).await.raw_messages,
+            60,
+            "{backend:?}: each message stored once"
+        );
+        let processed = std::fs::read_dir(dir.path().join("processed")).unwrap().count();
+        let left = std::fs::read_dir(dir.path())
+            .unwrap()
+            .filter(|e| e.as_ref().unwrap().path().extension().is_some_and(|x| x == "eml"))
+            .count();
+        assert_eq!((processed, left), (60, 0), "{backend:?}");
+        a.db().close().await;
+        b.db().close().await;
+        database.drop_database().await;
+    }
+}

@@ -48,17 +48,23 @@ impl FromRequestParts<AppState> for CurrentUser {
     }
 }
 
+/// Refuses `role` unless it is one of `roles` (admins may do what managers may): for staff and
+/// for API tokens alike.
+pub fn require_role(role: ActorRole, roles: &[ActorRole]) -> Result<(), WebError> {
+    if role.is_among(roles) {
+        Ok(())
+    } else {
+        Err(WebError::Forbidden(format!(
+            "this needs the {} role",
+            roles.iter().map(|r| r.as_str()).collect::<Vec<_>>().join(" or ")
+        )))
+    }
+}
+
 impl CurrentUser {
     /// Refuses unless the user has one of `roles` (admins may do what managers may).
     pub fn require(&self, roles: &[ActorRole]) -> Result<(), WebError> {
-        if self.0.role.is_among(roles) {
-            Ok(())
-        } else {
-            Err(WebError::Forbidden(format!(
-                "this needs the {} role",
-                roles.iter().map(|r| r.as_str()).collect::<Vec<_>>().join(" or ")
-            )))
-        }
+        require_role(self.0.role, roles)
     }
 
     pub fn actor(&self) -> crate::workflow::Actor {

@@ -275,12 +275,9 @@ async fn enforce(state: AppState, access: Access, request: Request, next: Next) 
         };
         drop(conn);
         if let Some(needed) = access.roles()
-            && !token.role.is_among(needed)
+            && let Err(error) = auth::require_role(token.role, needed)
         {
-            return refuse(WebError::Forbidden(format!(
-                "this needs the {} role",
-                needed.iter().map(|r| r.as_str()).collect::<Vec<_>>().join(" or ")
-            )));
+            return refuse(error);
         }
         let actor = api::token_actor(&token);
         tracing::info!(actor = %actor.name, method = %parts.method, path = %parts.uri.path(), "API call");

@@ -229,32 +229,6 @@ pub async fn clear_due_times_in_states(
     Ok(done.rows_affected())
 }
 
-/// How many cases there are in each of `states`, by workflow (`None`: not yet classified).
-pub async fn count_cases_by_workflow_in_states(
-    conn: &mut AnyConnection,
-    states: &[String],
-) -> Result<Vec<(Option<String>, String, i64)>, StorageError> {
-    if states.is_empty() {
-        return Ok(Vec::new());
-    }
-    let sql = format!(
-        "SELECT workflow, state, COUNT(*) FROM cases WHERE state IN ({}) GROUP BY workflow, state ORDER BY workflow, state",
-        placeholders(1, states.len())
-    );
-    let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
-    for state in states {
-        query = query.bind(state.as_str());
-    }
-    let rows = query
-        .fetch_all(&mut *conn)
-        .await
-        .context("counting cases by workflow and state")?;
-    rows.iter()
-        .map(|row| Ok((row.try_get(0)?, row.try_get(1)?, row.try_get(2)?)))
-        .collect::<Result<_, sqlx::Error>>()
-        .context("decoding counts by workflow and state")
-}
-
 /// How many of the cases in `states` have each finding (each case counted once per code).
 pub async fn finding_counts(
     conn: &mut AnyConnection,

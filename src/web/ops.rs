@@ -89,18 +89,23 @@ pub async fn readyz(State(state): State<AppState>) -> Response {
 /// Every metric, in Prometheus text format.
 pub async fn metrics(State(state): State<AppState>) -> Result<Response, WebError> {
     let engine = &state.engine;
-    let open_states = engine.workflows().open_states();
     let mut conn = engine.db().pool.acquire().await?;
-    let open_cases = storage::count_cases_by_workflow_in_states(&mut conn, &open_states)
-        .await?
-        .into_iter()
-        .map(|(workflow, state, count)| (workflow.unwrap_or_else(|| "unclassified".into()), state, count))
-        .collect();
     let outbox = storage::outbox_counts_by_status(&mut conn).await?;
     let pending_timers = storage::pending_timer_count(&mut conn).await?;
     drop(conn);
+    // The open cases are read once: the dashboard's SLA figures and the counts by workflow
+    // and state both come from them.
     let open = crate::reports::open_now(engine).await?;
     let dashboard = crate::reports::dashboard(engine, &open).await?;
+    let mut by_workflow: std::collections::BTreeMap<(String, String), i64> = Default::default();
+    for case in &open {
+        let workflow = case.workflow.clone().unwrap_or_else(|| "unclassified".into());
+        *by_workflow.entry((workflow, case.state.clone())).or_insert(0) += 1;
+    }
+    let open_cases = by_workflow
+        .into_iter()
+        .map(|((workflow, state), count)| (workflow, state, count))
+        .collect();
     let now = engine.now_ms();
     let sources = state
         .live_mail_sources

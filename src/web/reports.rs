@@ -40,18 +40,27 @@ type KeptReport = (Period, std::time::Instant, std::sync::Arc<(Report, Report)>)
 
 impl ReportCache {
     /// The report for `period` and the one before it, worked out now or shared from the last
-    /// half-minute. `open` is the cases open now (read once by the page, for its dashboard).
+    /// half-minute. `open` is the cases open now when the caller has read them already (the
+    /// page, for its dashboard); otherwise they are read only if the report is worked out.
     pub async fn report_and_previous(
         &self,
         engine: &crate::engine::Engine,
         period: Period,
-        open: &[reports::OpenCase],
+        open: Option<&[reports::OpenCase]>,
     ) -> Result<std::sync::Arc<(Report, Report)>, crate::storage::StorageError> {
         let mut kept = self.0.lock().await;
         kept.retain(|(_, at, _)| at.elapsed() < REPORT_FRESH_FOR);
         if let Some((_, _, both)) = kept.iter().find(|(p, _, _)| *p == period) {
             return Ok(both.clone());
         }
+        let read;
+        let open = match open {
+            Some(open) => open,
+            None => {
+                read = open_now(engine).await?;
+                &read
+            }
+        };
         let both = std::sync::Arc::new(report_and_previous(engine, period, open).await?);
         if kept.len() >= REPORTS_KEPT {
             kept.remove(0);
@@ -130,7 +139,10 @@ pub async fn report_page(
     context.insert("to", &query.to);
     match query.period(today) {
         Ok(period) => {
-            let both = state.reports.report_and_previous(&state.engine, period, &open).await?;
+            let both = state
+                .reports
+                .report_and_previous(&state.engine, period, Some(&open))
+                .await?;
             let (report, previous) = (&both.0, &both.1);
             context.insert("charts", &charts(report));
             context.insert("period_query", &format!("from={}&to={}", period.from, period.to));

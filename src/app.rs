@@ -85,6 +85,11 @@ impl App {
             None => WorkingCalendar::shipped(),
         };
         let db = Db::connect(&settings.database_url).await?;
+        // Events written before the log was chained are hashed once, before anything appends.
+        let sealed = crate::audit::seal_unsealed(&db).await?;
+        if sealed > 0 {
+            tracing::info!(sealed, "events written before the hash chain were sealed into it");
+        }
         let mut engine = Engine::new(db, workflows, calendar, engine_config(settings, options.pdf_reader)?);
         if let Some(clock) = options.clock {
             engine = engine.with_clock(clock);

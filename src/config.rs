@@ -49,6 +49,8 @@ pub struct Settings {
     pub authserv_id: String,
     /// Read a real mailbox even though `authserv_id` is still the shipped default.
     pub allow_default_authserv_id: bool,
+    /// Our own DKIM, ARC and Exchange-internal check of each email's sender.
+    pub sender_check: crate::dkim::SenderCheckSettings,
     pub max_pdf_bytes: usize,
     pub pdf_timeout: Duration,
     /// The mailbox to take mail from; when unset, the drop folder is used.
@@ -278,6 +280,7 @@ impl Settings {
             nhs_domains: NhsDomains::default(),
             authserv_id: DEFAULT_AUTHSERV_ID.into(),
             allow_default_authserv_id: false,
+            sender_check: crate::dkim::SenderCheckSettings::default(),
             max_pdf_bytes: ExtractLimits::default().max_bytes,
             pdf_timeout: ExtractLimits::default().timeout,
             imap: None,
@@ -380,6 +383,22 @@ impl Settings {
         }
         if let Some(v) = layer.allow_default_authserv_id {
             self.allow_default_authserv_id = v;
+        }
+        let check = &mut self.sender_check;
+        if let Some(v) = layer.dkim_verify {
+            check.verify_dkim = v;
+        }
+        if let Some(v) = &layer.dns_servers {
+            check.dns_servers = v.clone();
+        }
+        if let Some(v) = layer.dns_timeout_ms {
+            check.dns_timeout_ms = v;
+        }
+        if let Some(v) = &layer.trusted_arc_sealers {
+            check.trusted_arc_sealers = v.clone();
+        }
+        if let Some(v) = layer.trust_exchange_internal {
+            check.trust_exchange_internal = v;
         }
         if let Some(v) = layer.max_pdf_bytes {
             self.max_pdf_bytes = v;
@@ -614,6 +633,7 @@ impl std::fmt::Debug for Settings {
             .field("drop_folder", &self.drop_folder)
             .field("nhs_domains", &self.nhs_domains.entries())
             .field("authserv_id", &self.authserv_id)
+            .field("sender_check", &self.sender_check)
             .field("max_pdf_bytes", &self.max_pdf_bytes)
             .field("pdf_timeout", &self.pdf_timeout)
             .field("imap", &self.imap)
@@ -638,6 +658,11 @@ struct FileLayer {
     nhs_domains: Option<Vec<String>>,
     authserv_id: Option<String>,
     allow_default_authserv_id: Option<bool>,
+    dkim_verify: Option<bool>,
+    dns_servers: Option<Vec<String>>,
+    dns_timeout_ms: Option<u64>,
+    trusted_arc_sealers: Option<Vec<String>>,
+    trust_exchange_internal: Option<bool>,
     max_pdf_bytes: Option<usize>,
     pdf_timeout_secs: Option<u64>,
     imap_host: Option<String>,
@@ -682,6 +707,14 @@ struct FileLayer {
     raw_retention_days: Option<u64>,
 }
 
+/// A comma-separated list, without empty entries.
+fn list(text: &str) -> Vec<String> {
+    text.split(',')
+        .map(|d| d.trim().to_string())
+        .filter(|d| !d.is_empty())
+        .collect()
+}
+
 impl FileLayer {
     fn from_env(get: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
         let number = |name: &str| -> Result<Option<u64>, ConfigError> {
@@ -709,6 +742,13 @@ impl FileLayer {
             }),
             authserv_id: get("COUNTERSIGN_AUTHSERV_ID"),
             allow_default_authserv_id: get("COUNTERSIGN_ALLOW_DEFAULT_AUTHSERV_ID")
+                .map(|v| matches!(v.trim().to_ascii_lowercase().as_str(), "1" | "true" | "yes" | "on")),
+            dkim_verify: get("COUNTERSIGN_DKIM_VERIFY")
+                .map(|v| matches!(v.trim().to_ascii_lowercase().as_str(), "1" | "true" | "yes" | "on")),
+            dns_servers: get("COUNTERSIGN_DNS_SERVERS").map(|v| list(&v)),
+            dns_timeout_ms: number("COUNTERSIGN_DNS_TIMEOUT_MS")?,
+            trusted_arc_sealers: get("COUNTERSIGN_TRUSTED_ARC_SEALERS").map(|v| list(&v)),
+            trust_exchange_internal: get("COUNTERSIGN_TRUST_EXCHANGE_INTERNAL")
                 .map(|v| matches!(v.trim().to_ascii_lowercase().as_str(), "1" | "true" | "yes" | "on")),
             max_pdf_bytes: number("COUNTERSIGN_MAX_PDF_BYTES")?.map(|v| v as usize),
             pdf_timeout_secs: number("COUNTERSIGN_PDF_TIMEOUT_SECS")?,

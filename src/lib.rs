@@ -4,7 +4,8 @@
 //!
 //! 1. [`config`] → [`app`]: settings in; the composition root builds the service.
 //! 2. [`ingest`]: mail arrives (an IMAP mailbox taken exactly once, or a drop folder).
-//! 3. [`mail`] → [`pdf`]: one email read, its PDF forms extracted under limits.
+//! 3. [`mail`] → [`dkim`] → [`pdf`]: one email read, its sender checked (our own DKIM check
+//!    beside the receiving server's verdict), its PDF forms extracted under limits.
 //! 4. [`engine`]: forms classified ([`policy`] checks them, [`replies`] decides what mail that
 //!    names a case may do), then every case change planned and written through one path
 //!    ([`engine::change`]) into [`storage`], following the [`workflow`] files.
@@ -13,21 +14,27 @@
 //!    read [`reports`] worked out from the event log; other systems use the JSON API with
 //!    [`tokens`].
 //!
-//! Beside them: [`domain`] types, the working-day [`calendar`], [`metrics`] for operators, [`provision`] (the seam for
+//! Beside them: the hash-chained event log's [`audit`], [`domain`] types, the working-day [`calendar`], [`metrics`] for operators, [`provision`] (the seam for
 //! an automated provisioner), [`samples`] for demos and benchmarks, and the [`cli`].
 
 /// The composition root: `App::build(&Settings)`, shared by main and the command line.
 pub mod app;
+/// The tamper-evident event log: per-case hash chains, daily anchors, `audit verify`.
+pub mod audit;
 /// Working days: weekends and England and Wales bank holidays.
 pub mod calendar;
 /// The command line.
 pub mod cli;
 /// Settings: built-in defaults < optional config file < environment variables.
 pub mod config;
+/// Our own check of an email's sender: DKIM (mail-auth), ARC, the Exchange Online marker.
+pub mod dkim;
 /// Validated domain types: ODS codes, email addresses, NHS domains, case references.
 pub mod domain;
 /// Intake, replies, timers and every case change: pure planners, one write path.
 pub mod engine;
+/// A case's evidence pack: its emails, forms, verdicts and chained event log, with a manifest.
+pub mod evidence;
 /// Mail sources: an IMAP mailbox taken exactly once, or a local drop folder.
 pub mod ingest;
 /// Reading one email: headers, sender authentication, PDF attachments (also when forwarded).

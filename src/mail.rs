@@ -381,8 +381,9 @@ fn returned_message_ids(message: &mail_parser::Message<'_>) -> Vec<String> {
 
 /// A DKIM signing domain is aligned with the From domain when it is the same domain or a
 /// parent of it (relaxed alignment, as DMARC uses by default).
-fn aligned(signing_domain: &str, from_domain: &str) -> bool {
+pub fn aligned(signing_domain: &str, from_domain: &str) -> bool {
     let d = signing_domain.trim_end_matches('.');
+    let from_domain = from_domain.trim_end_matches('.');
     !d.is_empty() && d.contains('.') && (from_domain == d || from_domain.ends_with(&format!(".{d}")))
 }
 

@@ -170,9 +170,11 @@ impl Scheduler {
         // The reports read each past day's kept facts: keep any day of the last 13 months not
         // kept yet (after the first night, that is yesterday).
         let kept = crate::reports::keep_past_days(&self.engine, Self::REPORT_DAYS_KEPT_AHEAD).await?;
+        // The night's anchor of the event log's chains.
+        let anchor = crate::audit::write_anchor(self.engine.db(), self.engine.now_ms()).await?;
         Ok(format!(
-            "cleared {cleared} raw message(s) older than {} days; kept {kept} day(s) of report figures",
-            self.settings.raw_retention_days
+            "cleared {cleared} raw message(s) older than {} days; kept {kept} day(s) of report figures; audit anchor #{} {}",
+            self.settings.raw_retention_days, anchor.id, anchor.hash
         ))
     }
 

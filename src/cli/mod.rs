@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 
+mod audit;
 mod cases;
 mod dev;
 mod mailbox;
@@ -79,6 +80,11 @@ pub enum Command {
     Users {
         #[command(subcommand)]
         command: UsersCommand,
+    },
+    /// The tamper-evident event log: `audit verify`, `audit anchor`.
+    Audit {
+        #[command(subcommand)]
+        command: audit::AuditCommand,
     },
     /// Bearer tokens for service accounts that use the JSON API.
     Tokens {
@@ -195,6 +201,7 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Outbox { command } => outbox::outbox_command(&settings, command).await?,
         Command::Users { command } => users::users_command(&settings, command).await?,
         Command::Tokens { command } => tokens::tokens_command(&settings, command).await?,
+        Command::Audit { command } => audit::audit_command(&settings, command).await?,
         Command::Cases { command } => cases::cases_command(&settings, command).await?,
         Command::Case { command } => cases::case_command(&settings, command).await?,
     }

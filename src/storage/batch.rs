@@ -88,29 +88,7 @@ pub async fn flush(conn: &mut AnyConnection, deferred: &mut Deferred) -> Result<
         }
         query.execute(&mut *conn).await.context("linking messages to cases")?;
     }
-    for chunk in held.events.chunks(ROWS_PER_STATEMENT) {
-        let sql = multi_row_insert(
-            "INSERT INTO case_events (case_id, at, actor, actor_role, kind, transition, from_state, to_state, reason, data) VALUES",
-            10,
-            chunk.len(),
-            "",
-        );
-        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
-        for (case_id, e) in chunk {
-            query = query
-                .bind(*case_id)
-                .bind(e.at)
-                .bind(&e.actor)
-                .bind(&e.actor_role)
-                .bind(e.kind.as_str())
-                .bind(&e.transition)
-                .bind(&e.from_state)
-                .bind(&e.to_state)
-                .bind(&e.reason)
-                .bind(&e.data);
-        }
-        query.execute(&mut *conn).await.context("writing the event log")?;
-    }
+    super::audit::append_events(conn, held.events).await?;
     for chunk in held.timers.chunks(ROWS_PER_STATEMENT) {
         let sql = multi_row_insert(
             "INSERT INTO timers (case_id, name, state, due_at, status, created_at) VALUES",

@@ -406,6 +406,10 @@ pub struct CaseMessage {
     pub received_at: i64,
     /// None once retention has cleared it.
     pub raw: Option<Vec<u8>>,
+    /// The sender-authentication verdict worked out when it arrived (JSON).
+    pub sender_auth_json: String,
+    /// SHA-256 of the bytes as they arrived (kept after retention clears the bytes).
+    pub sha256: String,
     pub attachments: Vec<AttachmentSummary>,
 }
 
@@ -427,6 +431,8 @@ pub async fn messages_of_case(conn: &mut AnyConnection, case_id: i64) -> Result<
             sent_at: row.try_get(4).context("decoding a case's email")?,
             received_at: row.try_get(5).context("decoding a case's email")?,
             raw: row.try_get(6).context("decoding a case's email")?,
+            sender_auth_json: row.try_get(7).context("decoding a case's email")?,
+            sha256: row.try_get(8).context("decoding a case's email")?,
             attachments: Vec::new(),
         });
     }

@@ -238,6 +238,7 @@ macro_rules! select_cases {
     };
 }
 
+mod audit;
 mod batch;
 mod case_file;
 mod cases;
@@ -256,6 +257,10 @@ mod timers;
 mod tokens;
 mod users;
 
+pub use audit::{
+    ChainOwner, StoredAnchor, anchors, chain_length, chain_of, chains_after, event_hash_at, orphaned_chains,
+    seal_unsealed_events, write_anchor,
+};
 pub use batch::{Deferred, apply_change_deferred, enqueue_mail, flush};
 pub use case_file::{CaseFile, case_file};
 pub use cases::*;

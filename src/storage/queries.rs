@@ -11,7 +11,7 @@ pub(crate) const EVENTS_FOR_CASE: &str = "SELECT at, actor, actor_role, kind, tr
 pub(crate) const TIMERS_FOR_CASE: &str =
     "SELECT name, state, due_at, status FROM timers WHERE case_id = $1 ORDER BY id";
 pub(crate) const OUTBOX_FOR_CASE: &str = "SELECT template, recipient, status, suppressed_reason, in_reply_to, created_at, last_error, context FROM outbox WHERE case_id = $1 ORDER BY id";
-pub(crate) const MESSAGES_OF_CASE: &str = "SELECT m.id, cm.relation, m.from_address, m.subject, m.sent_at, m.received_at, m.raw \
+pub(crate) const MESSAGES_OF_CASE: &str = "SELECT m.id, cm.relation, m.from_address, m.subject, m.sent_at, m.received_at, m.raw, m.sender_auth, m.sha256 \
      FROM case_messages cm JOIN raw_messages m ON m.id = cm.raw_message_id WHERE cm.case_id = $1 ORDER BY m.received_at, m.id";
 pub(crate) const NOTES_FOR_CASE: &str =
     "SELECT author, body, created_at FROM case_notes WHERE case_id = $1 ORDER BY id";

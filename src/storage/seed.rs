@@ -3,14 +3,15 @@
 
 use sqlx::{AnyConnection, Row};
 
+use super::CaseEvent;
 use super::batch::multi_row_insert;
 use super::{QueryContext, StorageError};
+use crate::audit::chain::event_hash;
 use crate::seed::SeedCase;
 
-/// Case rows per statement (14 values each) and event rows (10 values each): well inside
-/// both databases' limits on bound values.
+/// Case rows per statement (16 values each): well inside both databases' limits on bound
+/// values.
 const CASES_PER_STATEMENT: usize = 200;
-const EVENTS_PER_STATEMENT: usize = 500;
 
 /// The stored email every synthetic case points at (a case needs one): made once.
 pub async fn seed_origin_message(conn: &mut AnyConnection, now: i64) -> Result<i64, StorageError> {
@@ -41,8 +42,8 @@ pub async fn refresh_statistics(conn: &mut AnyConnection) -> Result<(), StorageE
 pub async fn insert_seeded(conn: &mut AnyConnection, cases: &[SeedCase], origin: i64) -> Result<(), StorageError> {
     for chunk in cases.chunks(CASES_PER_STATEMENT) {
         let sql = multi_row_insert(
-            "INSERT INTO cases (reference, workflow, state, version, fields, findings, org_ods_code, org_name, sender, origin_message_id, created_at, updated_at, due_at, recorded) VALUES",
-            14,
+            "INSERT INTO cases (reference, workflow, state, version, fields, findings, org_ods_code, org_name, sender, origin_message_id, created_at, updated_at, due_at, recorded, chain_seq, chain_at) VALUES",
+            16,
             chunk.len(),
             " RETURNING id, reference",
         );
@@ -63,7 +64,9 @@ pub async fn insert_seeded(conn: &mut AnyConnection, cases: &[SeedCase], origin:
                 .bind(case.created_at)
                 .bind(updated)
                 .bind(case.due_at)
-                .bind("{}");
+                .bind("{}")
+                .bind(case.moves.len() as i64)
+                .bind(updated);
         }
         let rows = query.fetch_all(&mut *conn).await.context("storing synthetic cases")?;
         let mut ids = std::collections::HashMap::with_capacity(rows.len());
@@ -72,37 +75,27 @@ pub async fn insert_seeded(conn: &mut AnyConnection, cases: &[SeedCase], origin:
             let reference: String = row.try_get(1).context("reading a synthetic case's id")?;
             ids.insert(reference, id);
         }
-        let events: Vec<(i64, &crate::seed::SeedMove)> = chunk
-            .iter()
-            .filter_map(|case| ids.get(&case.reference).map(|id| (*id, case)))
-            .flat_map(|(id, case)| case.moves.iter().map(move |m| (id, m)))
-            .collect();
-        for events in events.chunks(EVENTS_PER_STATEMENT) {
-            let sql = multi_row_insert(
-                "INSERT INTO case_events (case_id, at, actor, actor_role, kind, transition, from_state, to_state, reason, data) VALUES",
-                10,
-                events.len(),
-                "",
-            );
-            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
-            for (id, m) in events {
-                query = query
-                    .bind(*id)
-                    .bind(m.at)
-                    .bind(m.actor.as_str())
-                    .bind(m.actor_role)
-                    .bind(m.kind.as_str())
-                    .bind(m.transition)
-                    .bind(m.from_state.as_deref())
-                    .bind(m.to_state.as_str())
-                    .bind(None::<String>)
-                    .bind(None::<String>);
+        // Each synthetic case's state moves, chained as the service chains events.
+        let mut events = Vec::new();
+        for case in chunk {
+            let Some(&case_id) = ids.get(&case.reference) else {
+                continue;
+            };
+            let mut prev = String::new();
+            for (index, m) in case.moves.iter().enumerate() {
+                let seq = index as i64 + 1;
+                let event = CaseEvent {
+                    transition: m.transition.map(str::to_string),
+                    from_state: m.from_state.clone(),
+                    to_state: Some(m.to_state.clone()),
+                    ..CaseEvent::by(&m.actor, m.actor_role, m.kind, m.at)
+                };
+                let hash = event_hash(case_id, seq, &prev, &event);
+                prev = hash.clone();
+                events.push((case_id, seq, hash, event));
             }
-            query
-                .execute(&mut *conn)
-                .await
-                .context("storing synthetic state moves")?;
         }
+        super::audit::insert_chained(conn, &events).await?;
     }
     Ok(())
 }

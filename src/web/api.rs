@@ -39,6 +39,7 @@ pub(super) fn routes() -> Vec<Route> {
         Route::post("/api/v1/cases/{reference}/notes", Access::Staff, add_note),
         Route::get("/api/v1/cases/{reference}/messages/{id}", Access::Staff, original_email),
         Route::get("/api/v1/cases/{reference}/attachments/{id}", Access::Staff, attachment),
+        Route::get("/api/v1/cases/{reference}/evidence", Access::Staff, evidence_pack),
         Route::get("/api/v1/reports", Access::Manager, report),
         Route::get("/api/v1/reports/dashboard", Access::Manager, dashboard),
         Route::get("/api/v1/organisations", Access::Staff, organisations),
@@ -65,6 +66,7 @@ pub(super) fn routes() -> Vec<Route> {
         add_note,
         original_email,
         attachment,
+        evidence_pack,
         report,
         dashboard,
         organisations,
@@ -780,6 +782,30 @@ pub async fn attachment(
         "application/octet-stream",
         &name.unwrap_or_else(|| format!("attachment-{id}")),
     )?)
+}
+
+/// The case's evidence pack: a zip of its emails as they arrived, their attachments, the
+/// fields read, the verdicts, the hash-chained event log, and `MANIFEST.sha256` (check it with
+/// `sha256sum -c MANIFEST.sha256` in the unpacked folder).
+#[utoipa::path(get, path = "/api/v1/cases/{reference}/evidence", tag = "cases",
+    params(("reference" = String, Path, description = "The case reference")),
+    responses(
+        (status = 200, description = "The evidence pack", content_type = "application/zip", body = Vec<u8>),
+        (status = 400, description = "The address cannot be read", body = ErrorBody),
+        (status = 401, description = "No valid token or session", body = ErrorBody),
+        (status = 404, description = "No such case", body = ErrorBody),
+    ))]
+pub async fn evidence_pack(
+    State(state): State<AppState>,
+    caller: ApiCaller,
+    ApiInput(Path(reference)): ApiInput<Path<String>>,
+) -> Result<Response, ApiError> {
+    let pack = crate::evidence::evidence_pack(state.engine.db(), &reference, state.engine.now_ms())
+        .await
+        .map_err(WebError::from)?
+        .ok_or(WebError::NotFound)?;
+    tracing::info!(case = %reference, actor = %caller.actor.name, "evidence pack downloaded");
+    Ok(download(pack.bytes, "application/zip", &pack.file_name)?)
 }
 
 /// The managers' report for a period (by default the last 13 weeks), and the same figures for

@@ -25,6 +25,7 @@ pub(super) fn routes() -> Vec<Route> {
         Route::get("/cases/{reference}", Access::Staff, case_page),
         Route::get("/cases/{reference}/form.pdf", Access::Staff, form_pdf),
         Route::get("/cases/{reference}/attachments/{id}", Access::Staff, attachment),
+        Route::get("/cases/{reference}/evidence.zip", Access::Staff, evidence_pack),
         Route::post("/cases/{reference}/transition", Access::Staff, transition),
         Route::post("/cases/{reference}/claim", Access::Staff, claim),
         Route::post("/cases/{reference}/request-form", Access::Staff, request_form),
@@ -519,6 +520,19 @@ pub async fn attachment(
         "application/octet-stream",
         &name.unwrap_or_else(|| format!("attachment-{id}")),
     )
+}
+
+/// The case's evidence pack (a zip with a SHA-256 manifest); its download is logged.
+pub async fn evidence_pack(
+    State(state): State<AppState>,
+    user: CurrentUser,
+    Path(reference): Path<String>,
+) -> Result<Response, WebError> {
+    let pack = crate::evidence::evidence_pack(state.engine.db(), &reference, state.engine.now_ms())
+        .await?
+        .ok_or(WebError::NotFound)?;
+    tracing::info!(case = %reference, actor = %user.0.email, "evidence pack downloaded");
+    super::view::download(pack.bytes, "application/zip", &pack.file_name)
 }
 
 /// The fields a caseworker may key by hand (not the digital signature).

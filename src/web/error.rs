@@ -134,6 +134,12 @@ impl From<crate::storage::StorageError> for WebError {
     }
 }
 
+impl From<crate::evidence::EvidenceError> for WebError {
+    fn from(error: crate::evidence::EvidenceError) -> Self {
+        WebError::internal(error)
+    }
+}
+
 impl From<crate::users::UserError> for WebError {
     fn from(error: crate::users::UserError) -> Self {
         use crate::users::UserError;

@@ -277,6 +277,20 @@ async fn notes_the_original_email_and_its_pdf_come_through_the_api() {
                 .starts_with("attachment;")
         );
         assert!(page.body.starts_with("%PDF-"), "the form as sent");
+        // The evidence pack (its contents are checked in `evidence::`).
+        let page = call(
+            &mut browser,
+            "GET",
+            &format!("/api/v1/cases/{reference}/evidence"),
+            &bot,
+            None,
+        )
+        .await;
+        assert_eq!(page.status, StatusCode::OK, "{}", page.body);
+        assert_eq!(page.headers[header::CONTENT_TYPE], "application/zip");
+        assert!(page.body.starts_with("PK"), "a zip");
+        let page = call(&mut browser, "GET", "/api/v1/cases/CS-2099-999999/evidence", &bot, None).await;
+        assert_error(&page, StatusCode::NOT_FOUND, "not_found");
         // Another case's attachment is never reached through this case's address.
         let page = call(
             &mut browser,

@@ -7,9 +7,11 @@ mod common;
 
 mod accessibility;
 mod api;
+mod audit;
 mod browser;
 mod cli;
 mod engine;
+mod evidence;
 mod faults;
 mod hostile_mail;
 mod imap;

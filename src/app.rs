@@ -68,6 +68,7 @@ fn engine_config(settings: &Settings, pdf_reader: Option<PdfReader>) -> Result<E
         },
         limits: settings.extract_limits(),
         pdf_reader,
+        sender_checker: crate::dkim::SenderChecker::new(settings.sender_check.clone())?,
     })
 }
 
@@ -140,10 +141,12 @@ impl App {
         }
         let fired = scheduler.fire_due_timers().await?;
         let jobs = scheduler.run_due_jobs().await?;
+        let rechecked = engine.recheck_senders().await?;
         let sent = dispatcher.dispatch_due().await?;
         tracing::info!(
             timers = fired.len(),
             jobs = jobs.len(),
+            senders_rechecked = rechecked,
             sent = sent.sent,
             "one round done"
         );

@@ -12,7 +12,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::mail::aligned;
+use crate::mail::{SenderAuth, aligned};
 use mail_auth::common::parse::TxtRecordParser;
 use mail_auth::common::verify::DomainKey;
 use mail_auth::hickory_resolver::config::{ConnectionConfig, NameServerConfig, ResolverConfig, ResolverOpts};
@@ -120,7 +120,8 @@ pub struct SignatureCheck {
     /// The signing domain (`d=`).
     pub domain: String,
     pub selector: String,
-    /// `pass`, `fail`, `neutral`, `permerror`, `temperror` or `none`.
+    /// `pass`, `fail`, `neutral`, `policy` (verified, but not enough: `l=`, or From not
+    /// signed), `permerror`, `temperror` or `none`.
     pub result: String,
     /// Why it did not pass, when it did not.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -154,6 +155,114 @@ impl OwnCheck {
     pub fn temporary_failure(&self) -> Option<&SignatureCheck> {
         self.signatures.iter().find(|s| s.result == "temperror")
     }
+}
+
+/// The sender verdict as stored with the message: the verdict, which path decided it, and
+/// the evidence of our own check. Stored as one JSON object whose `verdict`, `method` and
+/// `reason` keys read as a [`SenderAuth`] too.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SenderVerdict {
+    #[serde(flatten)]
+    pub auth: SenderAuth,
+    /// What decided it: `authentication_results` (our receiving server's header), `dkim`
+    /// (our own check), `arc` (a trusted forwarder's seal), `exchange_internal`, or `none`.
+    #[serde(default)]
+    pub decided_by: String,
+    #[serde(default)]
+    pub own_check: OwnCheck,
+}
+
+impl SenderVerdict {
+    /// Reads a stored verdict (one stored before the own check existed reads with no evidence).
+    pub fn from_stored(json: &str) -> SenderVerdict {
+        serde_json::from_str(json).unwrap_or_else(|_| SenderVerdict {
+            auth: SenderAuth::Missing {
+                reason: "no verdict stored".into(),
+            },
+            decided_by: "none".into(),
+            own_check: OwnCheck::default(),
+        })
+    }
+
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).unwrap_or_default()
+    }
+}
+
+/// Puts the receiving server's verdict (`header`) and our own check together. A pass by
+/// either path is a pass; a DNS failure with nothing else passing is temporary (checked
+/// again), never a pass; a malformed message (two From headers, say) is never authenticated.
+pub fn decide(header: &SenderAuth, own: OwnCheck, malformed: bool) -> SenderVerdict {
+    let verdict = |auth: SenderAuth, decided_by: &str, own: OwnCheck| SenderVerdict {
+        auth,
+        decided_by: decided_by.into(),
+        own_check: own,
+    };
+    if malformed {
+        return verdict(header.clone(), "none", own);
+    }
+    if header.passed() {
+        return verdict(header.clone(), "authentication_results", own);
+    }
+    if own.aligned_pass().is_some() {
+        return verdict(SenderAuth::Pass { method: "dkim".into() }, "dkim", own);
+    }
+    if own.arc_vouched_by.is_some() {
+        return verdict(SenderAuth::Pass { method: "arc".into() }, "arc", own);
+    }
+    if own.exchange_internal {
+        return verdict(
+            SenderAuth::Pass {
+                method: "exchange_internal".into(),
+            },
+            "exchange_internal",
+            own,
+        );
+    }
+    if let Some(pending) = own.temporary_failure() {
+        let reason = format!(
+            "the DKIM key of {} could not be fetched for now, so the sender will be checked again",
+            pending.domain
+        );
+        return verdict(SenderAuth::Temporary { reason }, "dkim", own);
+    }
+    // Neither path passed: say what our own check saw as well.
+    let auth = match header {
+        SenderAuth::Fail { reason } | SenderAuth::Missing { reason } | SenderAuth::Temporary { reason } => {
+            let seen = own_summary(&own);
+            let reason = if seen.is_empty() {
+                reason.clone()
+            } else {
+                format!("{reason}; {seen}")
+            };
+            match header {
+                SenderAuth::Fail { .. } => SenderAuth::Fail { reason },
+                _ => SenderAuth::Missing { reason },
+            }
+        }
+        SenderAuth::Pass { .. } => header.clone(),
+    };
+    verdict(auth, "none", own)
+}
+
+/// What our own check saw, in a few words, for a verdict that did not pass.
+fn own_summary(own: &OwnCheck) -> String {
+    if own.signatures.is_empty() {
+        return "no DKIM signature on the message".into();
+    }
+    let each: Vec<String> = own
+        .signatures
+        .iter()
+        .map(|s| {
+            let aligned = if s.aligned {
+                "aligned"
+            } else {
+                "not aligned with the From domain"
+            };
+            format!("DKIM d={} {} ({aligned})", s.domain, s.result)
+        })
+        .collect();
+    format!("our own check: {}", each.join(", "))
 }
 
 /// The checker: a DNS resolver (built once) and its cache.
@@ -251,9 +360,20 @@ impl SenderChecker {
             .verify_dkim(Parameters::new(&message).with_txt_cache(&*self.cache))
             .await;
         for output in &outputs {
-            let Some(signature) = output.signature() else { continue };
+            let Some(signature) = output.signature() else {
+                // A DKIM-Signature header that could not be read at all: evidence too.
+                let (result, detail) = describe(output.result());
+                own.signatures.push(SignatureCheck {
+                    domain: "(unreadable)".into(),
+                    selector: String::new(),
+                    result: result.into(),
+                    detail,
+                    aligned: false,
+                });
+                continue;
+            };
             let domain = signature.d.to_ascii_lowercase();
-            let (result, detail) = describe(output.result());
+            let (result, detail) = judge(describe(output.result()), signature.l, &signature.h);
             own.signatures.push(SignatureCheck {
                 aligned: from_domain.is_some_and(|from| aligned(&domain, from)),
                 domain,
@@ -328,6 +448,29 @@ fn first_hop_aligned_pass(aar: &str, from_domain: Option<&str>) -> bool {
     })
 }
 
+/// A verified signature still does not count when it signs only part of the body (`l=`: the
+/// rest, a PDF of anyone's, could have been added) or does not sign the From header.
+fn judge(
+    (result, detail): (&'static str, Option<String>),
+    body_length: u64,
+    signed_headers: &[String],
+) -> (&'static str, Option<String>) {
+    if result != "pass" {
+        (result, detail)
+    } else if body_length > 0 {
+        (
+            "policy",
+            Some(format!(
+                "it signs only the first {body_length} bytes of the body (l=), so the rest could have been added"
+            )),
+        )
+    } else if !signed_headers.iter().any(|h| h.eq_ignore_ascii_case("from")) {
+        ("policy", Some("it does not sign the From header".into()))
+    } else {
+        (result, detail)
+    }
+}
+
 fn describe(result: &DkimResult) -> (&'static str, Option<String>) {
     match result {
         DkimResult::Pass => ("pass", None),
@@ -351,6 +494,17 @@ mod tests {
         assert!(!aligned("evil.example", "nhs.net"));
         assert!(!aligned("hs.net", "nhs.net"));
         assert!(!aligned("practice.nhs.net", "nhs.net"));
+    }
+
+    #[test]
+    fn a_pass_over_part_of_the_body_or_without_from_does_not_count() {
+        let signed = |names: &[&str]| names.iter().map(|n| n.to_string()).collect::<Vec<_>>();
+        let pass = ("pass", None);
+        assert_eq!(judge(pass.clone(), 0, &signed(&["From", "Subject"])), pass);
+        assert_eq!(judge(pass.clone(), 120, &signed(&["From"])).0, "policy");
+        assert_eq!(judge(pass.clone(), 0, &signed(&["Subject", "To"])).0, "policy");
+        let fail = ("fail", Some("bad".to_string()));
+        assert_eq!(judge(fail.clone(), 120, &signed(&[])), fail);
     }
 
     #[test]

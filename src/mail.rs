@@ -36,6 +36,8 @@ pub enum SenderAuth {
     Fail { reason: String },
     /// Our server left no verdict.
     Missing { reason: String },
+    /// A DKIM key could not be fetched for now (a DNS failure): not a pass, and checked again.
+    Temporary { reason: String },
 }
 
 impl SenderAuth {
@@ -111,6 +113,11 @@ pub struct ParsedEmail {
     pub attachments_dropped: usize,
     /// Set when the bytes could not be read as an email at all.
     pub malformed: Option<String>,
+    /// The domain of the single From address, lower case (none when malformed).
+    pub from_domain: Option<String>,
+    /// Exchange Online marked it as sent inside its own tenant
+    /// (`X-MS-Exchange-Organization-AuthAs: Internal`, exactly once).
+    pub exchange_internal: bool,
 }
 
 /// Settings for reading mail.
@@ -176,6 +183,8 @@ fn unreadable(why: String) -> ParsedEmail {
         attachments: vec![],
         attachments_dropped: 0,
         malformed: Some(why),
+        from_domain: None,
+        exchange_internal: false,
     }
 }
 
@@ -233,6 +242,13 @@ fn parse_unguarded(raw: &[u8], settings: &MailSettings) -> ParsedEmail {
         None => sender_auth(&auth_headers, from_domain.as_deref(), &settings.authserv_id),
     };
     let bounce = bounce_reason(&message, from_address.as_deref());
+    let auth_as: Vec<&str> = message
+        .headers_raw()
+        .filter(|(name, _)| name.eq_ignore_ascii_case("X-MS-Exchange-Organization-AuthAs"))
+        .map(|(_, v)| v.trim())
+        .collect();
+    let exchange_internal = malformed.is_none() && auth_as.len() == 1 && auth_as[0].eq_ignore_ascii_case("Internal");
+    let from_domain = if malformed.is_none() { from_domain } else { None };
     ParsedEmail {
         message_id: message.message_id().and_then(crate::domain::clean_message_id),
         subject: message.subject().map(crate::domain::reveal_hidden_characters),
@@ -267,6 +283,8 @@ fn parse_unguarded(raw: &[u8], settings: &MailSettings) -> ParsedEmail {
         attachments,
         attachments_dropped,
         malformed,
+        from_domain,
+        exchange_internal,
     }
 }
 

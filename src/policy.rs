@@ -452,6 +452,12 @@ fn check_sender(facts: &Facts<'_>, settings: &PolicySettings, findings: &mut Vec
             ));
         }
     }
+    if let SenderAuth::Temporary { reason } = facts.sender_auth {
+        findings.push(Finding::new(
+            FindingCode::SenderNotAuthenticated,
+            format!("We have not been able to confirm yet that the email really came from the sender's organisation ({reason})."),
+        ));
+    }
     if let SenderAuth::Fail { reason } | SenderAuth::Missing { reason } = facts.sender_auth {
         findings.push(Finding::new(
             FindingCode::SenderNotAuthenticated,

@@ -189,6 +189,9 @@ impl Scheduler {
             if let Err(error) = self.run_due_jobs().await {
                 warn!(error = %error, "scheduled jobs failed");
             }
+            if let Err(error) = self.engine.recheck_senders().await {
+                warn!(error = %error, "checking senders again failed");
+            }
             let now = self.engine.now_ms();
             let next = self
                 .engine

@@ -48,6 +48,31 @@ impl VerifyReport {
     }
 }
 
+/// One case's chain, checked: what the case page, the API and the evidence pack show.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
+pub struct ChainVerdict {
+    /// Every event follows the one before, none is missing, none was altered.
+    pub intact: bool,
+    pub events: usize,
+    /// Where the chain is broken, when it is.
+    pub problems: Vec<String>,
+}
+
+/// Checks the chain of case `case_id` (its events, and the length its row records).
+pub async fn case_chain(conn: &mut sqlx::AnyConnection, case_id: i64) -> Result<ChainVerdict, StorageError> {
+    let chain = storage::chain_of(conn, case_id).await?;
+    let recorded = storage::chain_length(conn, case_id).await?;
+    let problems: Vec<String> = check_chain(case_id, recorded, &chain)
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    Ok(ChainVerdict {
+        intact: problems.is_empty(),
+        events: chain.len(),
+        problems,
+    })
+}
+
 /// Hashes events written before the chain existed. Run at start-up.
 pub async fn seal_unsealed(db: &Db) -> Result<u64, StorageError> {
     let mut tx = db.begin_write().await.map_err(|source| StorageError::Query {

@@ -99,6 +99,8 @@ stored_words! {
         SlaAtRisk = "sla_at_risk",
         /// The case's SLA timer says it has breached (managers are told).
         SlaBreached = "sla_breached",
+        /// The sender, not checkable when the email came (a DNS failure), was checked again.
+        SenderRechecked = "sender_rechecked",
     }
 }
 

@@ -144,6 +144,8 @@ pub struct PreparedEmail {
     thread: Option<i64>,
     /// Its Message-ID was stored before, with other bytes: it is kept under a key of its own.
     message_id_reused: bool,
+    /// Who sent it, as the receiving server's header and our own check decide together.
+    sender_verdict: crate::dkim::SenderVerdict,
 }
 
 /// The case an email named but may not change, and why (no reason: a separate request from
@@ -169,6 +171,9 @@ impl Related {
     }
 }
 
+/// How soon a sender whose DKIM key could not be fetched is checked again.
+pub(crate) const SENDER_RECHECK_AFTER_MS: i64 = 10 * 60 * 1000;
+
 impl PreparedEmail {
     /// The row that stores the message.
     fn new_raw_message<'a>(
@@ -189,6 +194,8 @@ impl PreparedEmail {
             subject: parsed.subject.as_deref(),
             sent_at: parsed.date_ms,
             sender_auth_json,
+            sender_recheck_at: matches!(self.sender_verdict.auth, mail::SenderAuth::Temporary { .. })
+                .then_some(now + SENDER_RECHECK_AFTER_MS),
             automatic: parsed.automatic.as_deref(),
             raw,
         }
@@ -228,6 +235,7 @@ impl Engine {
                 return self.already_ingested(&mut conn, id).await;
             }
         }
+        self.check_sender(raw, &mut prepared).await;
         prepared.analyses = self.analyse_attachments(&prepared.parsed).await;
         self.record(raw, prepared, source).await
     }
@@ -299,14 +307,30 @@ impl Engine {
     /// checks its forms. A mailbox drain prepares the next email while it records this one.
     pub async fn prepare(&self, raw: &[u8]) -> PreparedEmail {
         let mut prepared = self.digest(raw);
+        self.check_sender(raw, &mut prepared).await;
         prepared.analyses = self.analyse_attachments(&prepared.parsed).await;
         prepared
+    }
+
+    /// Our own check of the sender, on the bytes as they will be stored, put together with the
+    /// receiving server's verdict; the email is then classified on the result.
+    async fn check_sender(&self, raw: &[u8], prepared: &mut PreparedEmail) {
+        let parsed = &prepared.parsed;
+        let own = self
+            .config
+            .sender_checker
+            .check(raw, parsed.from_domain.as_deref(), parsed.exchange_internal)
+            .await;
+        let verdict = crate::dkim::decide(&parsed.sender_auth, own, parsed.malformed.is_some());
+        prepared.parsed.sender_auth = verdict.auth.clone();
+        prepared.sender_verdict = verdict;
     }
 
     /// The parsed email, its SHA-256 and the key it is deduplicated by (its Message-ID, or its
     /// hash when it has none), with no forms read yet.
     fn digest(&self, raw: &[u8]) -> PreparedEmail {
         let parsed = mail::parse(raw, &self.config.mail);
+        let (parsed_auth, parsed_malformed) = (parsed.sender_auth.clone(), parsed.malformed.is_some());
         let sha256 = mail::sha256_hex(raw);
         let dedup_key = match &parsed.message_id {
             Some(id) => format!("mid:{id}"),
@@ -319,6 +343,7 @@ impl Engine {
             analyses: Vec::new(),
             thread: None,
             message_id_reused: false,
+            sender_verdict: crate::dkim::decide(&parsed_auth, crate::dkim::OwnCheck::default(), parsed_malformed),
         }
     }
 
@@ -472,10 +497,7 @@ impl Engine {
         let hashes: Vec<&str> = emails.iter().map(|(_, p, _)| p.sha256.as_str()).collect();
         storage::clear_prepare_attempts_of(w.conn(), &hashes).await?;
         let now = self.now_ms();
-        let auth: Vec<String> = emails
-            .iter()
-            .map(|(_, p, _)| serde_json::to_string(&p.parsed.sender_auth).unwrap_or_default())
-            .collect();
+        let auth: Vec<String> = emails.iter().map(|(_, p, _)| p.sender_verdict.to_json()).collect();
         let messages: Vec<storage::NewRawMessage<'_>> = emails
             .iter()
             .zip(&auth)
@@ -517,7 +539,7 @@ impl Engine {
             return self.open_cases(w, raw_message_id, attachment_ids, prepared).await;
         }
         let now = self.now_ms();
-        let auth_json = serde_json::to_string(&prepared.parsed.sender_auth).unwrap_or_default();
+        let auth_json = prepared.sender_verdict.to_json();
         // The key was taken: a redelivery, or a reused Message-ID with other bytes, kept under
         // a key of its own.
         let raw_message_id = loop {
@@ -554,6 +576,7 @@ impl Engine {
             analyses,
             thread,
             message_id_reused,
+            sender_verdict: _,
         } = prepared;
 
         if let Some(why) = &parsed.bounce {

@@ -24,6 +24,8 @@ pub mod intake;
 pub mod notify;
 /// Mail that names a case: noted, its forms replacing or classifying the case's.
 pub mod replies;
+/// Checking again a sender whose DKIM key could not be fetched when the email came.
+pub mod sender_recheck;
 /// The SLA clock: at-risk and breach timers, paused while the sender has the ball. Pure.
 pub mod sla;
 /// Firing a due timer: its mail or its transition, through the change path.
@@ -131,6 +133,8 @@ pub struct EngineConfig {
     pub limits: ExtractLimits,
     /// Where PDFs are read: worker processes in the service, in process in fast tests.
     pub pdf_reader: pdf::PdfReader,
+    /// Our own check of each email's sender (DKIM, ARC, the Exchange marker).
+    pub sender_checker: crate::dkim::SenderChecker,
 }
 
 /// The engine: the database, the workflows, the calendar, its settings and its clock. Built

@@ -18,6 +18,8 @@ pub struct NewRawMessage<'a> {
     pub subject: Option<&'a str>,
     pub sent_at: Option<i64>,
     pub sender_auth_json: &'a str,
+    /// When to check the sender again (a DKIM key could not be fetched), if at all.
+    pub sender_recheck_at: Option<i64>,
     pub automatic: Option<&'a str>,
     pub raw: &'a [u8],
 }
@@ -297,8 +299,8 @@ pub async fn insert_raw_messages(
     let mut ids = Vec::with_capacity(messages.len());
     for chunk in messages.chunks(200) {
         let sql = super::batch::multi_row_insert(
-            "INSERT INTO raw_messages (dedup_key, message_id, sha256, source, received_at, from_address, subject, sent_at, sender_auth, automatic, size_bytes, raw) VALUES",
-            12,
+            "INSERT INTO raw_messages (dedup_key, message_id, sha256, source, received_at, from_address, subject, sent_at, sender_auth, sender_recheck_at, automatic, size_bytes, raw) VALUES",
+            13,
             chunk.len(),
             " ON CONFLICT (dedup_key) DO NOTHING RETURNING id, dedup_key",
         );
@@ -314,6 +316,7 @@ pub async fn insert_raw_messages(
                 .bind(m.subject)
                 .bind(m.sent_at)
                 .bind(m.sender_auth_json)
+                .bind(m.sender_recheck_at)
                 .bind(m.automatic)
                 .bind(m.raw.len() as i64)
                 .bind(m.raw);
@@ -462,4 +465,57 @@ pub async fn case_attachment(
     row.map(|r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?)))
         .transpose()
         .context("decoding an attachment")
+}
+
+/// A message whose sender is due to be checked again: its id, bytes (if still kept) and when
+/// it arrived.
+pub struct SenderRecheck {
+    pub id: i64,
+    pub raw: Option<Vec<u8>>,
+    pub received_at: i64,
+}
+
+/// Messages whose sender check is due again by `now` (at most `limit`, the longest waiting
+/// first).
+pub async fn senders_due_for_recheck(
+    conn: &mut AnyConnection,
+    now: i64,
+    limit: i64,
+) -> Result<Vec<SenderRecheck>, StorageError> {
+    let rows = sqlx::query(
+        "SELECT id, raw, received_at FROM raw_messages WHERE sender_recheck_at IS NOT NULL AND sender_recheck_at <= $1 \
+         ORDER BY sender_recheck_at LIMIT $2",
+    )
+    .bind(now)
+    .bind(limit)
+    .fetch_all(&mut *conn)
+    .await
+    .context("finding senders to check again")?;
+    rows.iter()
+        .map(|r| {
+            Ok(SenderRecheck {
+                id: r.try_get(0)?,
+                raw: r.try_get(1)?,
+                received_at: r.try_get(2)?,
+            })
+        })
+        .collect::<Result<_, sqlx::Error>>()
+        .context("finding senders to check again")
+}
+
+/// Stores a message's sender verdict, and when to check it again (`None`: decided).
+pub async fn set_sender_verdict(
+    conn: &mut AnyConnection,
+    raw_message_id: i64,
+    verdict_json: &str,
+    recheck_at: Option<i64>,
+) -> Result<(), StorageError> {
+    sqlx::query("UPDATE raw_messages SET sender_auth = $1, sender_recheck_at = $2 WHERE id = $3")
+        .bind(verdict_json)
+        .bind(recheck_at)
+        .bind(raw_message_id)
+        .execute(&mut *conn)
+        .await
+        .context("storing a sender verdict")?;
+    Ok(())
 }

@@ -314,6 +314,11 @@ pub struct MessageView {
     pub received_at: String,
     /// Whether the original is still kept (retention clears it).
     pub original_kept: bool,
+    /// Who sent it: `verdict` (`pass`, `fail`, `missing`, `temporary`), `method` or `reason`,
+    /// `decided_by` (`authentication_results`, `dkim`, `arc`, `exchange_internal`, `none`) and
+    /// `own_check` (every DKIM signature: domain, selector, result, alignment).
+    #[schema(value_type = Object)]
+    pub sender_authentication: serde_json::Value,
     pub attachments: Vec<AttachmentView>,
 }
 
@@ -376,6 +381,8 @@ pub struct CaseDetail {
     pub mail: Vec<MailView>,
     pub timers: Vec<TimerView>,
     pub notes: Vec<NoteView>,
+    /// Whether the case's hash-chained event log is intact, and where not.
+    pub event_chain: crate::audit::ChainVerdict,
 }
 
 /// A transition to fire.
@@ -537,6 +544,7 @@ async fn case_detail(conn: &mut sqlx::AnyConnection, case: storage::CaseRecord) 
     let mail = storage::outbox_for_case(conn, case.id).await.map_err(WebError::from)?;
     let timers = storage::timers_for_case(conn, case.id).await.map_err(WebError::from)?;
     let notes = storage::notes_for_case(conn, case.id).await.map_err(WebError::from)?;
+    let event_chain = crate::audit::case_chain(conn, case.id).await.map_err(WebError::from)?;
     let duplicate_of = match case.duplicate_of {
         Some(id) => storage::case_by_id(conn, id)
             .await
@@ -591,6 +599,10 @@ async fn case_detail(conn: &mut sqlx::AnyConnection, case: storage::CaseRecord) 
                 subject: m.subject,
                 received_at: rfc3339(m.received_at),
                 original_kept: m.raw.is_some(),
+                sender_authentication: serde_json::to_value(crate::dkim::SenderVerdict::from_stored(
+                    &m.sender_auth_json,
+                ))
+                .unwrap_or_default(),
                 attachments: m
                     .attachments
                     .into_iter()
@@ -629,6 +641,7 @@ async fn case_detail(conn: &mut sqlx::AnyConnection, case: storage::CaseRecord) 
                 created_at: rfc3339(n.created_at),
             })
             .collect(),
+        event_chain,
     })
 }
 

@@ -199,8 +199,10 @@ async fn show_case(
         .into_iter()
         .next()
         .map(|r| r.reference);
+    let event_chain = crate::audit::case_chain(&mut conn, file.case.id).await?;
     drop(conn);
     let mut context = base_context(user, &token)?;
+    context.insert("event_chain", &event_chain);
     let state_label = file.case.state.replace('_', " ");
     case_context(&state, file, &user.actor(), &mut context);
     context.insert("staff", &staff);
@@ -271,10 +273,8 @@ fn case_context(
         .as_deref()
         .map(|r| crate::mail::parse(r, &state.engine.config().mail))
         .and_then(|m| m.text_body);
-    let auth: crate::mail::SenderAuth =
-        serde_json::from_str(&message.sender_auth_json).unwrap_or(crate::mail::SenderAuth::Missing {
-            reason: "no verdict stored".into(),
-        });
+    let sender = crate::dkim::SenderVerdict::from_stored(&message.sender_auth_json);
+    let auth = sender.auth.clone();
     // A closed case is judged by when it closed (met or missed), not by the clock running on.
     let closed_at = if state.engine.workflows().terminal_states().contains(&case.state) {
         events
@@ -321,6 +321,7 @@ fn case_context(
     context.insert("sent", &when(message.sent_at));
     context.insert("received", &when(Some(message.received_at)));
     context.insert("auth", &auth);
+    context.insert("sender_check", &sender);
     context.insert("body", &body);
     context.insert("attachments", &attachments);
     context.insert("thread", &correspondence(state, &case, &messages, &mail));

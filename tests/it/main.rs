@@ -22,5 +22,6 @@ mod pdf_extraction;
 mod query_plans;
 mod replies;
 mod reports;
+mod sender_check;
 mod sign_in;
 mod web;

@@ -49,6 +49,8 @@ pub mod pdf;
 pub mod policy;
 /// Recording that an account was provisioned; an interface an automated provisioner can fill.
 pub mod provision;
+/// The organisation registry: NHS ODS files read (GP practices, organisations and roles).
+pub mod registry;
 /// Replies: whether mail that names a case may change it, and what its forms do. Pure.
 pub mod replies;
 /// The managers' SLA reports, from the event log on the working-day calendar. Pure.

@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::domain::{EmailAddress, NhsDomains, OdsCode, normalise_role, parse_form_date};
 use crate::mail::SenderAuth;
+use crate::registry::RegistryLookup;
 use crate::workflow::{FieldKind, OrganisationKind, WorkflowDef};
 
 /// Every finding's stable code. Renaming a variant is a breaking change for stored cases.
@@ -48,6 +49,10 @@ pub enum FindingCode {
     MessageIdReused,
     /// More attachments than we read in one email.
     TooManyAttachments,
+    /// The ODS code is not in the organisation registry.
+    OrganisationUnknown,
+    /// The organisation is closed (or dormant, or only proposed) in the registry.
+    OrganisationClosed,
 }
 
 impl FindingCode {
@@ -79,13 +84,15 @@ impl FindingCode {
             FindingCode::DeliveryReport => "delivery_report",
             FindingCode::MessageIdReused => "message_id_reused",
             FindingCode::TooManyAttachments => "too_many_attachments",
+            FindingCode::OrganisationUnknown => "organisation_unknown",
+            FindingCode::OrganisationClosed => "organisation_closed",
         }
     }
 }
 
 impl FindingCode {
     /// Every finding, in the order the rules meet them.
-    pub const ALL: [FindingCode; 26] = [
+    pub const ALL: [FindingCode; 28] = [
         FindingCode::RequiredFieldMissing,
         FindingCode::OdsCodeMalformed,
         FindingCode::OrganisationTypeMismatch,
@@ -112,6 +119,8 @@ impl FindingCode {
         FindingCode::DeliveryReport,
         FindingCode::MessageIdReused,
         FindingCode::TooManyAttachments,
+        FindingCode::OrganisationUnknown,
+        FindingCode::OrganisationClosed,
     ];
 
     /// The finding's code as stored, back to the finding (None for a code no rule has).
@@ -149,6 +158,8 @@ impl FindingCode {
             FindingCode::DeliveryReport => "A delivery report (bounce)",
             FindingCode::MessageIdReused => "Message-ID reused by other mail",
             FindingCode::TooManyAttachments => "Too many attachments",
+            FindingCode::OrganisationUnknown => "Organisation not in the ODS register",
+            FindingCode::OrganisationClosed => "Organisation closed",
         }
     }
 }
@@ -206,6 +217,12 @@ impl FindingCode {
             FindingCode::RefersToCase => "Your email will be looked at by a caseworker.",
             FindingCode::DeliveryReport => "This was a delivery report.",
             FindingCode::MessageIdReused => "Your email will be looked at by a caseworker.",
+            FindingCode::OrganisationUnknown => {
+                "The ODS code on the form is not one we can find in the NHS organisation register. Please check it."
+            }
+            FindingCode::OrganisationClosed => {
+                "The NHS organisation register lists this organisation as closed. Please check the ODS code."
+            }
             FindingCode::TooManyAttachments => {
                 "Your email had more attachments than we can take. Please send each form on its own."
             }
@@ -347,20 +364,78 @@ fn check_organisation_type(facts: &Facts<'_>, findings: &mut Vec<Finding>) {
     let Some(code) = value(facts, "org_ods_code").and_then(OdsCode::parse) else {
         return;
     };
-    let message = match (facts.workflow.organisation_kind, code.is_gp_practice()) {
+    findings.extend(type_mismatch(
+        facts.workflow.organisation_kind,
+        &code,
+        code.is_gp_practice(),
+        false,
+    ));
+}
+
+/// The finding when a form is for the wrong kind of organisation: `is_gp` from the
+/// registry when it knows the code, otherwise from the code's pattern.
+fn type_mismatch(kind: OrganisationKind, code: &OdsCode, is_gp: bool, by_registry: bool) -> Option<Finding> {
+    let how = if by_registry {
+        "according to the NHS organisation register"
+    } else {
+        "a letter and five digits"
+    };
+    let message = match (kind, is_gp) {
         (OrganisationKind::GpPractice, false) => format!(
-            "{code} is not a GP practice code (a letter and five digits), but this is the GP practice form. Other organisations should use the form for other organisations."
+            "{code} is not a GP practice ({how}), but this is the GP practice form. Other organisations should use the form for other organisations."
         ),
         (OrganisationKind::Other, true) => format!(
-            "{code} is a GP practice code, but this is the form for other organisations. GP practices should use the GP practice form."
+            "{code} is a GP practice ({how}), but this is the form for other organisations. GP practices should use the GP practice form."
         ),
-        _ => return,
+        _ => return None,
     };
-    findings.push(Finding::on_field(
+    Some(Finding::on_field(
         FindingCode::OrganisationTypeMismatch,
         "org_ods_code",
         message,
-    ));
+    ))
+}
+
+/// The registry's word on the form's organisation, added to the findings `check` made: a code
+/// the registry does not hold, or an organisation it lists as closed, is a finding; and where
+/// it knows the code, whether the organisation is a GP practice comes from it rather than
+/// from the code's pattern. A registry never imported says nothing.
+pub fn check_against_registry(
+    workflow: &WorkflowDef,
+    fields: &BTreeMap<String, String>,
+    lookup: &RegistryLookup,
+    today: NaiveDate,
+    findings: &mut Vec<Finding>,
+) {
+    let Some(code) = fields.get("org_ods_code").and_then(|c| OdsCode::parse(c)) else {
+        return;
+    };
+    match lookup {
+        RegistryLookup::NotLoaded => {}
+        RegistryLookup::Unknown => findings.push(Finding::on_field(
+            FindingCode::OrganisationUnknown,
+            "org_ods_code",
+            format!("{code} is not in the NHS organisation register (ODS): check the code with the sender."),
+        )),
+        RegistryLookup::Known(org) => {
+            if !org.is_open(today) {
+                let since = org
+                    .closed_on
+                    .map(|d| format!(" since {}", d.format("%-d %B %Y")))
+                    .unwrap_or_default();
+                findings.push(Finding::on_field(
+                    FindingCode::OrganisationClosed,
+                    "org_ods_code",
+                    format!(
+                        "{code} is {}{since} in the NHS organisation register.",
+                        org.status.as_str()
+                    ),
+                ));
+            }
+            findings.retain(|f| f.code != FindingCode::OrganisationTypeMismatch);
+            findings.extend(type_mismatch(workflow.organisation_kind, &code, org.gp_practice, true));
+        }
+    }
 }
 
 /// Matches a typed role against the workflow's roles and their synonyms, tolerant of case,

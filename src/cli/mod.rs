@@ -10,6 +10,7 @@ mod audit;
 mod cases;
 mod dev;
 mod mailbox;
+mod organisations;
 mod outbox;
 mod tokens;
 mod users;
@@ -80,6 +81,11 @@ pub enum Command {
     Users {
         #[command(subcommand)]
         command: UsersCommand,
+    },
+    /// The organisation registry (NHS ODS files): `organisations import`, `organisations show`.
+    Organisations {
+        #[command(subcommand)]
+        command: organisations::OrganisationsCommand,
     },
     /// The tamper-evident event log: `audit verify`, `audit anchor`.
     Audit {
@@ -202,6 +208,7 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Users { command } => users::users_command(&settings, command).await?,
         Command::Tokens { command } => tokens::tokens_command(&settings, command).await?,
         Command::Audit { command } => audit::audit_command(&settings, command).await?,
+        Command::Organisations { command } => organisations::organisations_command(&settings, command).await?,
         Command::Cases { command } => cases::cases_command(&settings, command).await?,
         Command::Case { command } => cases::case_command(&settings, command).await?,
     }

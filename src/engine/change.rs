@@ -403,6 +403,7 @@ impl Engine {
         actor: &Actor,
         origin: &Origin,
         sender: Option<&str>,
+        registry: &crate::registry::RegistryLookup,
     ) -> CaseChangeset {
         let now = self.now_ms();
         let mut change = changeset(case, now);
@@ -444,7 +445,8 @@ impl Engine {
             sender_auth: &origin.sender_auth,
             today: self.today(),
         };
-        let findings = policy::check(&facts, &self.config.policy);
+        let mut findings = policy::check(&facts, &self.config.policy);
+        policy::check_against_registry(workflow, &fields, registry, self.today(), &mut findings);
         let mut form = form_columns(workflow, &fields, &findings);
         // A keyed organisation name is kept as typed (an empty one clears it).
         form.org_name = fields.get("org_name").cloned();
@@ -725,7 +727,18 @@ impl Engine {
         }
         let message = storage::origin_of(&mut tx, case.origin_message_id).await?;
         let origin = Origin::from_stored(&message);
-        let change = self.plan_keying(&case, workflow, values, actor, &origin, message.from_address.as_deref());
+        let mut keyed = case.fields.clone();
+        keyed.extend(values.iter().map(|(k, v)| (k.clone(), v.clone())));
+        let registry = super::intake::registry_lookup_for(&mut tx, &keyed).await?;
+        let change = self.plan_keying(
+            &case,
+            workflow,
+            values,
+            actor,
+            &origin,
+            message.from_address.as_deref(),
+            &registry,
+        );
         let updated = self.apply(&mut tx, &case, change).await?;
         tx.commit().await.context("committing keyed fields")?;
         Ok(updated)

@@ -171,6 +171,20 @@ impl Related {
     }
 }
 
+/// What the registry says about the organisation `fields` name (`NotLoaded` when they name none).
+pub(crate) async fn registry_lookup_for(
+    conn: &mut AnyConnection,
+    fields: &BTreeMap<String, String>,
+) -> Result<crate::registry::RegistryLookup, EngineError> {
+    match fields
+        .get("org_ods_code")
+        .and_then(|c| crate::domain::OdsCode::parse(c))
+    {
+        Some(code) => Ok(storage::registry_lookup(conn, code.as_str()).await?),
+        None => Ok(crate::registry::RegistryLookup::NotLoaded),
+    }
+}
+
 /// How soon a sender whose DKIM key could not be fetched is checked again.
 pub(crate) const SENDER_RECHECK_AFTER_MS: i64 = 10 * 60 * 1000;
 
@@ -917,9 +931,37 @@ impl Engine {
                 .filename
                 .clone()
                 .unwrap_or_else(|| "unnamed attachment".into());
-            analyses.push(self.analyse_form(index, &filename, result, parsed));
+            let mut analysis = self.analyse_form(index, &filename, result, parsed);
+            self.check_registry(&mut analysis).await;
+            analyses.push(analysis);
         }
         analyses
+    }
+
+    /// The organisation registry's word on a classified form's organisation. A lookup that
+    /// fails leaves the form as the rules judged it (and says so in the log): the write that
+    /// follows needs the same database, and fails clearly if it is gone.
+    async fn check_registry(&self, analysis: &mut FormAnalysis) {
+        let Some(workflow) = analysis.workflow.as_deref().and_then(|w| self.workflows.get(w)) else {
+            return;
+        };
+        let lookup = match self.db.pool.acquire().await {
+            Ok(mut conn) => registry_lookup_for(&mut conn, &analysis.fields).await,
+            Err(e) => Err(EngineError::from(storage::StorageError::Query {
+                context: "connecting to look up an organisation",
+                source: e,
+            })),
+        };
+        match lookup {
+            Ok(lookup) => crate::policy::check_against_registry(
+                workflow,
+                &analysis.fields,
+                &lookup,
+                self.today(),
+                &mut analysis.findings,
+            ),
+            Err(error) => tracing::warn!(error = %error, "the organisation registry could not be read"),
+        }
     }
 
     #[allow(clippy::too_many_arguments)]

@@ -434,3 +434,83 @@ fn every_finding_has_a_plain_label_and_its_code_reads_back() {
     );
     assert_eq!(finding_label("some_future_code"), "some future code");
 }
+
+mod registry {
+    use super::*;
+    use crate::registry::{OrgStatus, RegisteredOrganisation, RegistryLookup};
+
+    fn known(code: &str, gp_practice: bool, status: OrgStatus) -> RegistryLookup {
+        RegistryLookup::Known(RegisteredOrganisation {
+            code: code.into(),
+            name: "X".into(),
+            gp_practice,
+            roles: vec![],
+            status,
+            closed_on: None,
+        })
+    }
+
+    fn after_registry(workflow: &str, fields: &BTreeMap<String, String>, lookup: &RegistryLookup) -> Vec<FindingCode> {
+        let mut findings = check_with(workflow, fields, "wyn@nhs.net", &PASS);
+        let set = workflows();
+        check_against_registry(set.get(workflow).unwrap(), fields, lookup, today(), &mut findings);
+        findings.into_iter().map(|f| f.code).collect()
+    }
+
+    #[test]
+    fn a_registry_never_imported_says_nothing() {
+        assert_eq!(
+            after_registry("primary_user_gp", &good_gp(), &RegistryLookup::NotLoaded),
+            vec![]
+        );
+    }
+
+    #[test]
+    fn a_code_the_registry_does_not_hold_is_a_finding() {
+        assert_eq!(
+            after_registry("primary_user_gp", &good_gp(), &RegistryLookup::Unknown),
+            vec![FindingCode::OrganisationUnknown]
+        );
+    }
+
+    #[test]
+    fn a_closed_organisation_is_a_finding() {
+        assert_eq!(
+            after_registry("primary_user_gp", &good_gp(), &known("A81001", true, OrgStatus::Closed)),
+            vec![FindingCode::OrganisationClosed]
+        );
+        assert_eq!(
+            after_registry("primary_user_gp", &good_gp(), &known("A81001", true, OrgStatus::Active)),
+            vec![]
+        );
+    }
+
+    #[test]
+    fn the_registry_not_the_pattern_says_what_a_known_code_is() {
+        // A practice-shaped code the registry says is no practice: the GP form is wrong for it.
+        let walk_in = with(good_gp(), "org_ods_code", "B82005");
+        assert_eq!(
+            codes("primary_user_gp", &walk_in),
+            vec![],
+            "the pattern alone finds nothing"
+        );
+        assert_eq!(
+            after_registry("primary_user_gp", &walk_in, &known("B82005", false, OrgStatus::Active)),
+            vec![FindingCode::OrganisationTypeMismatch]
+        );
+        // ... and the organisation form is right for it, though the pattern says otherwise.
+        let org_form = with(good_org(), "org_ods_code", "B82005");
+        assert_eq!(
+            codes("primary_user_org", &org_form),
+            vec![FindingCode::OrganisationTypeMismatch]
+        );
+        assert_eq!(
+            after_registry(
+                "primary_user_org",
+                &org_form,
+                &known("B82005", false, OrgStatus::Active)
+            ),
+            vec![]
+        );
+    }
+}

@@ -412,3 +412,62 @@ async fn json_logs_carry_the_message_and_case_and_never_a_token() {
     assert!(!again.status.success(), "revoking twice says so");
     database.drop_database().await;
 }
+
+#[tokio::test]
+async fn the_organisation_registry_is_imported_and_shown_from_the_command_line() {
+    for backend in [Backend::Sqlite, Backend::Postgres] {
+        let database = TestDatabase::create(backend).await;
+        let dir = tempfile::tempdir().unwrap();
+        let samples = root().join("samples/ods");
+        let gp = samples.join("epraccur-sample.csv");
+        let orgs = samples.join("organisations-sample.csv");
+        let said = stdout(&countersign(
+            dir.path(),
+            &database.url,
+            &[
+                "organisations",
+                "import",
+                "--gp-practices",
+                gp.to_str().unwrap(),
+                "--organisations",
+                orgs.to_str().unwrap(),
+            ],
+        ));
+        assert!(said.contains("epraccur: 51 organisation(s)"), "{said}");
+        assert!(
+            said.contains("the registry holds 62 organisation(s), 51 of them GP practices"),
+            "{said}"
+        );
+        let said = stdout(&countersign(
+            dir.path(),
+            &database.url,
+            &["organisations", "show", "A81050"],
+        ));
+        assert!(said.contains("GP practice, closed (closed 2025-03-31)"), "{said}");
+        let said = stdout(&countersign(
+            dir.path(),
+            &database.url,
+            &["organisations", "show", "ZZZ99"],
+        ));
+        assert!(said.contains("not in the registry"), "{said}");
+        // A file with a bad row imports nothing, and says where.
+        let bad = dir.path().join("bad.csv");
+        std::fs::write(
+            &bad,
+            "OrgId,Name,Status,Roles\nRX1,TRUST,Active,RO197\nRX2,TRUST,Sometimes,RO197\n",
+        )
+        .unwrap();
+        let output = countersign(
+            dir.path(),
+            &database.url,
+            &["organisations", "import", "--organisations", bad.to_str().unwrap()],
+        );
+        assert!(!output.status.success());
+        assert!(
+            String::from_utf8_lossy(&output.stderr).contains("line 3"),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        database.drop_database().await;
+    }
+}

@@ -20,6 +20,7 @@ mod oidc;
 mod ops;
 mod pdf_extraction;
 mod query_plans;
+mod registry;
 mod replies;
 mod reports;
 mod sender_check;

@@ -1,0 +1,100 @@
+//! The organisation registry's rows: imported in bulk, looked up by code.
+
+use sqlx::{AnyConnection, Row};
+
+use super::batch::multi_row_insert;
+use super::{QueryContext, StorageError};
+use crate::registry::{OrgStatus, RegisteredOrganisation, RegistryLookup};
+
+/// Rows per statement (8 values each).
+const ROWS_PER_STATEMENT: usize = 500;
+
+/// Adds or replaces `organisations` (from the file `source`); returns how many.
+pub async fn import_registry(
+    conn: &mut AnyConnection,
+    organisations: &[RegisteredOrganisation],
+    source: &str,
+    now: i64,
+) -> Result<usize, StorageError> {
+    for chunk in organisations.chunks(ROWS_PER_STATEMENT) {
+        let sql = multi_row_insert(
+            "INSERT INTO ods_registry (ods_code, name, gp_practice, roles, status, closed_on, source, imported_at) VALUES",
+            8,
+            chunk.len(),
+            " ON CONFLICT (ods_code) DO UPDATE SET name = EXCLUDED.name, \
+              gp_practice = CASE WHEN ods_registry.gp_practice = 1 OR EXCLUDED.gp_practice = 1 THEN 1 ELSE 0 END, \
+              roles = EXCLUDED.roles, status = EXCLUDED.status, closed_on = EXCLUDED.closed_on, \
+              source = EXCLUDED.source, imported_at = EXCLUDED.imported_at",
+        );
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for org in chunk {
+            query = query
+                .bind(&org.code)
+                .bind(&org.name)
+                .bind(i64::from(org.gp_practice))
+                .bind(org.roles.join(" "))
+                .bind(org.status.as_str())
+                .bind(org.closed_on.map(|d| d.to_string()))
+                .bind(source)
+                .bind(now);
+        }
+        query
+            .execute(&mut *conn)
+            .await
+            .context("importing the organisation registry")?;
+    }
+    Ok(organisations.len())
+}
+
+/// What the registry says about `code` (`NotLoaded` when nothing was ever imported).
+pub async fn registry_lookup(conn: &mut AnyConnection, code: &str) -> Result<RegistryLookup, StorageError> {
+    let row = sqlx::query(
+        "SELECT ods_code, name, gp_practice, roles, status, closed_on FROM ods_registry WHERE ods_code = $1",
+    )
+    .bind(code.trim().to_ascii_uppercase())
+    .fetch_optional(&mut *conn)
+    .await
+    .context("looking up an organisation")?;
+    let Some(row) = row else {
+        let loaded: Option<String> = sqlx::query_scalar("SELECT ods_code FROM ods_registry LIMIT 1")
+            .fetch_optional(&mut *conn)
+            .await
+            .context("looking up an organisation")?;
+        return Ok(if loaded.is_some() {
+            RegistryLookup::Unknown
+        } else {
+            RegistryLookup::NotLoaded
+        });
+    };
+    let decode = |e: sqlx::Error| StorageError::Query {
+        context: "decoding an organisation",
+        source: e,
+    };
+    let status: String = row.try_get(4).map_err(decode)?;
+    let roles: String = row.try_get(3).map_err(decode)?;
+    let closed_on: Option<String> = row.try_get(5).map_err(decode)?;
+    Ok(RegistryLookup::Known(RegisteredOrganisation {
+        code: row.try_get(0).map_err(decode)?,
+        name: row.try_get(1).map_err(decode)?,
+        gp_practice: row.try_get::<i64, _>(2).map_err(decode)? == 1,
+        roles: roles.split_whitespace().map(str::to_string).collect(),
+        status: OrgStatus::parse(&status).ok_or_else(|| StorageError::Corrupt {
+            context: "an organisation's status",
+            message: status.clone(),
+        })?,
+        closed_on: closed_on.and_then(|d| chrono::NaiveDate::parse_from_str(&d, "%Y-%m-%d").ok()),
+    }))
+}
+
+/// How many organisations the registry holds, and how many are GP practices.
+pub async fn registry_counts(conn: &mut AnyConnection) -> Result<(i64, i64), StorageError> {
+    let row =
+        sqlx::query("SELECT COUNT(*), (SELECT COUNT(*) FROM ods_registry WHERE gp_practice = 1) FROM ods_registry")
+            .fetch_one(&mut *conn)
+            .await
+            .context("counting the organisation registry")?;
+    Ok((
+        row.try_get(0).context("counting the organisation registry")?,
+        row.try_get(1).context("counting the organisation registry")?,
+    ))
+}

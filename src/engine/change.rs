@@ -401,10 +401,13 @@ impl Engine {
         workflow: &WorkflowDef,
         values: &BTreeMap<String, String>,
         actor: &Actor,
-        origin: &Origin,
-        sender: Option<&str>,
-        registry: &crate::registry::RegistryLookup,
+        known: &Known<'_>,
     ) -> CaseChangeset {
+        let Known {
+            origin,
+            sender,
+            registry,
+        } = *known;
         let now = self.now_ms();
         let mut change = changeset(case, now);
         let by = |kind: EventKind| CaseEvent::by(&actor.name, actor.role.as_str(), kind, now);
@@ -730,15 +733,12 @@ impl Engine {
         let mut keyed = case.fields.clone();
         keyed.extend(values.iter().map(|(k, v)| (k.clone(), v.clone())));
         let registry = super::intake::registry_lookup_for(&mut tx, &keyed).await?;
-        let change = self.plan_keying(
-            &case,
-            workflow,
-            values,
-            actor,
-            &origin,
-            message.from_address.as_deref(),
-            &registry,
-        );
+        let known = Known {
+            origin: &origin,
+            sender: message.from_address.as_deref(),
+            registry: &registry,
+        };
+        let change = self.plan_keying(&case, workflow, values, actor, &known);
         let updated = self.apply(&mut tx, &case, change).await?;
         tx.commit().await.context("committing keyed fields")?;
         Ok(updated)
@@ -781,6 +781,15 @@ impl Engine {
         let events = storage::events_for_case(conn, case.id).await?;
         Ok(history_of(workflow, &events))
     }
+}
+
+/// What the rules know besides the form when keyed fields are checked again: the email that
+/// opened the case, its sender's address, and the registry's word on the organisation.
+#[derive(Clone, Copy)]
+pub struct Known<'a> {
+    pub origin: &'a Origin,
+    pub sender: Option<&'a str>,
+    pub registry: &'a crate::registry::RegistryLookup,
 }
 
 impl Origin {

@@ -95,15 +95,14 @@ impl Engine {
             // A case still waiting for review has its rules run again on the new verdict;
             // one that has moved on keeps its decisions, and the log says what was found.
             let mut change = match workflow {
-                Some(workflow) if KEYABLE_STATES.contains(&case.state.as_str()) => self.plan_keying(
-                    &case,
-                    workflow,
-                    &BTreeMap::new(),
-                    &Actor::system(),
-                    &origin,
-                    message.from_address.as_deref(),
-                    &registry,
-                ),
+                Some(workflow) if KEYABLE_STATES.contains(&case.state.as_str()) => {
+                    let known = super::change::Known {
+                        origin: &origin,
+                        sender: message.from_address.as_deref(),
+                        registry: &registry,
+                    };
+                    self.plan_keying(&case, workflow, &BTreeMap::new(), &Actor::system(), &known)
+                }
                 _ => super::change::changeset(&case, self.now_ms()),
             };
             change.events.insert(

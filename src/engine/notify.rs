@@ -121,10 +121,23 @@ fn context(case: &CaseRecord, workflow: Option<&WorkflowDef>, reason: Option<&st
         .as_deref()
         .and_then(OdsCode::parse)
         .map(|o| o.as_str().to_string());
+    // When the signatory's role was refused: who may sign, in the workflow file's words, and
+    // what to do when none of them is there.
+    let refused_signatory = case
+        .findings
+        .iter()
+        .any(|f| f.code == crate::policy::FindingCode::SignatoryRoleNotAllowed);
+    let who_may_sign = workflow.filter(|_| refused_signatory).map(|w| {
+        serde_json::json!({
+            "roles": w.signatories.roles.iter().map(|r| r.role.as_str()).collect::<Vec<_>>(),
+            "appoint_caldicott_guardian_url": w.signatories.appoint_caldicott_guardian_url,
+        })
+    });
     serde_json::json!({
         "reason": reason,
         "recorded": case.recorded,
         "findings": findings,
+        "who_may_sign": who_may_sign,
         // A case no workflow took yet (an email without a form) is named as what it is.
         "workflow": match workflow {
             Some(workflow) => serde_json::json!({
@@ -324,6 +337,37 @@ mod tests {
         assert_eq!(rendered.text, "Dear Dr Jones,\nPlease sign page 1.\n");
         assert!(rendered.subject.contains("[CS-2026-000007]"), "{}", rendered.subject);
         assert!(rendered.html.contains("Please sign page 1."));
+    }
+
+    #[test]
+    fn a_refused_signatory_is_told_who_may_sign_and_how_to_appoint_a_caldicott_guardian() {
+        let renderer =
+            crate::outbox::render::Renderer::load(&std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("templates"))
+                .unwrap();
+        let mut case = super::super::change::tests_support::case();
+        let workflow = workflow();
+        let plain = context(&case, Some(&workflow), Some("r"));
+        assert!(plain["who_may_sign"].is_null(), "only when a signatory was refused");
+        case.findings = vec![crate::policy::Finding::new(
+            crate::policy::FindingCode::SignatoryRoleNotAllowed,
+            "Practice Nurse may not sign",
+        )];
+        let refused = context(&case, Some(&workflow), Some("r"));
+        let roles = refused["who_may_sign"]["roles"].as_array().unwrap();
+        assert!(roles.iter().any(|r| r == "Caldicott Guardian"), "{roles:?}");
+        for template in ["rejection", "request_for_correction"] {
+            let text = renderer.render(template, &refused).unwrap().text;
+            assert!(
+                text.contains("Who may sign this form: Lead GP, GP Partner"),
+                "{template}: {text}"
+            );
+            assert!(text.contains("appoint a Caldicott Guardian"), "{template}: {text}");
+            assert!(
+                text.contains("https://www.gov.uk/government/groups/uk-caldicott-guardian-council"),
+                "{template}: {text}"
+            );
+            assert!(!text.contains("Practice Nurse"), "our words only: {text}");
+        }
     }
 
     #[test]

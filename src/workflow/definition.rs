@@ -153,6 +153,10 @@ pub struct Signatories {
     pub roles: Vec<SignatoryRole>,
     /// A signature older than this many calendar days is stale.
     pub max_age_days: u32,
+    /// Where an organisation with no one able to sign learns how to appoint a Caldicott
+    /// Guardian (who may then sign); quoted in our mail when a signatory's role is refused.
+    #[serde(default)]
+    pub appoint_caldicott_guardian_url: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize, serde::Serialize)]

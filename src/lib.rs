@@ -61,6 +61,8 @@ pub mod samples;
 pub mod scheduler;
 /// Synthetic years of cases for the reports' benchmark and demos (`countersign dev seed`).
 pub mod seed;
+/// The signatory register: who may sign for an organisation, and what it says of a form's signatory.
+pub mod signatories;
 /// SQLite and PostgreSQL: pools, migrations, and every query the service runs.
 pub mod storage;
 /// Bearer tokens for service accounts that use the JSON API.

@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use crate::domain::{EmailAddress, NhsDomains, OdsCode, normalise_role, parse_form_date};
 use crate::mail::SenderAuth;
 use crate::registry::RegistryLookup;
+use crate::signatories::{RegisterLookup, SignatoryStanding, claims_primary, standing};
 use crate::workflow::{FieldKind, OrganisationKind, WorkflowDef};
 
 /// Every finding's stable code. Renaming a variant is a breaking change for stored cases.
@@ -53,6 +54,10 @@ pub enum FindingCode {
     OrganisationUnknown,
     /// The organisation is closed (or dormant, or only proposed) in the registry.
     OrganisationClosed,
+    /// The signatory register does not know the signatory for this organisation.
+    SignatoryNotKnown,
+    /// Signed as an existing Primary User or Primary Contact who is not one in our records.
+    SignatoryNotPrimaryUser,
 }
 
 impl FindingCode {
@@ -86,13 +91,15 @@ impl FindingCode {
             FindingCode::TooManyAttachments => "too_many_attachments",
             FindingCode::OrganisationUnknown => "organisation_unknown",
             FindingCode::OrganisationClosed => "organisation_closed",
+            FindingCode::SignatoryNotKnown => "signatory_not_known",
+            FindingCode::SignatoryNotPrimaryUser => "signatory_not_primary_user",
         }
     }
 }
 
 impl FindingCode {
     /// Every finding, in the order the rules meet them.
-    pub const ALL: [FindingCode; 28] = [
+    pub const ALL: [FindingCode; 30] = [
         FindingCode::RequiredFieldMissing,
         FindingCode::OdsCodeMalformed,
         FindingCode::OrganisationTypeMismatch,
@@ -121,6 +128,8 @@ impl FindingCode {
         FindingCode::TooManyAttachments,
         FindingCode::OrganisationUnknown,
         FindingCode::OrganisationClosed,
+        FindingCode::SignatoryNotKnown,
+        FindingCode::SignatoryNotPrimaryUser,
     ];
 
     /// The finding's code as stored, back to the finding (None for a code no rule has).
@@ -160,6 +169,8 @@ impl FindingCode {
             FindingCode::TooManyAttachments => "Too many attachments",
             FindingCode::OrganisationUnknown => "Organisation not in the ODS register",
             FindingCode::OrganisationClosed => "Organisation closed",
+            FindingCode::SignatoryNotKnown => "Signatory not known: verify them",
+            FindingCode::SignatoryNotPrimaryUser => "Signatory is not a Primary User in our records",
         }
     }
 }
@@ -222,6 +233,12 @@ impl FindingCode {
             }
             FindingCode::OrganisationClosed => {
                 "The NHS organisation register lists this organisation as closed. Please check the ODS code."
+            }
+            FindingCode::SignatoryNotKnown => {
+                "We need to confirm the signatory before we go on, and may contact your organisation to do so."
+            }
+            FindingCode::SignatoryNotPrimaryUser => {
+                "The form is signed as an existing Primary User or Primary Contact, but our records do not show the signatory as one for your organisation. Please have another authorised signatory sign it."
             }
             FindingCode::TooManyAttachments => {
                 "Your email had more attachments than we can take. Please send each form on its own."
@@ -435,6 +452,42 @@ pub fn check_against_registry(
             findings.retain(|f| f.code != FindingCode::OrganisationTypeMismatch);
             findings.extend(type_mismatch(workflow.organisation_kind, &code, org.gp_practice, true));
         }
+    }
+}
+
+/// The signatory register's word on the form's signatory: one who signs as an existing
+/// Primary User or Primary Contact must be one in our records for the organisation; any
+/// other must be known to the register (once it holds anyone). A role the workflow does not
+/// allow is `check`'s finding already, and is not looked up.
+pub fn check_against_register(
+    workflow: &WorkflowDef,
+    fields: &BTreeMap<String, String>,
+    lookup: &RegisterLookup,
+    findings: &mut Vec<Finding>,
+) {
+    let s = &workflow.signatories;
+    let text = |field: &str| fields.get(field).map(|v| v.trim()).filter(|v| !v.is_empty());
+    let (Some(code), Some(role)) = (
+        text("org_ods_code").and_then(OdsCode::parse),
+        text(&s.role_field).and_then(|r| match_signatory_role(workflow, r)),
+    ) else {
+        return;
+    };
+    let name = text(&s.name_field);
+    let email = text(&s.email_field);
+    let who = name.or(email).unwrap_or("the signatory");
+    match standing(lookup, name, email, claims_primary(role)) {
+        SignatoryStanding::Known | SignatoryStanding::Unchecked => {}
+        SignatoryStanding::NotAPrimaryUser => findings.push(Finding::on_field(
+            FindingCode::SignatoryNotPrimaryUser,
+            &s.role_field,
+            format!("{who} signed as {role} of {code}, but our records hold no such Primary User or Primary Contact for it."),
+        )),
+        SignatoryStanding::NotKnown => findings.push(Finding::on_field(
+            FindingCode::SignatoryNotKnown,
+            &s.name_field,
+            format!("{who} ({role}) is not a known signatory of {code}: verify them (for example by phoning the organisation) and record how on the case."),
+        )),
     }
 }
 

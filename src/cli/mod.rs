@@ -12,6 +12,7 @@ mod dev;
 mod mailbox;
 mod organisations;
 mod outbox;
+mod signatories;
 mod tokens;
 mod users;
 mod workflows;
@@ -86,6 +87,11 @@ pub enum Command {
     Organisations {
         #[command(subcommand)]
         command: organisations::OrganisationsCommand,
+    },
+    /// The signatory register: `signatories import FILE`, `signatories list [--ods CODE]`.
+    Signatories {
+        #[command(subcommand)]
+        command: signatories::SignatoriesCommand,
     },
     /// The tamper-evident event log: `audit verify`, `audit anchor`.
     Audit {
@@ -208,6 +214,7 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Users { command } => users::users_command(&settings, command).await?,
         Command::Tokens { command } => tokens::tokens_command(&settings, command).await?,
         Command::Audit { command } => audit::audit_command(&settings, command).await?,
+        Command::Signatories { command } => signatories::signatories_command(&settings, command).await?,
         Command::Organisations { command } => organisations::organisations_command(&settings, command).await?,
         Command::Cases { command } => cases::cases_command(&settings, command).await?,
         Command::Case { command } => cases::case_command(&settings, command).await?,

@@ -21,6 +21,9 @@ pub enum OrganisationsCommand {
     },
     /// What the registry says about one ODS code.
     Show { code: String },
+    /// Organisations with fewer than two active Primary Users (none first), and those whose
+    /// only one is being replaced.
+    Coverage,
 }
 
 pub(super) async fn organisations_command(settings: &Settings, command: OrganisationsCommand) -> Result<()> {
@@ -57,6 +60,26 @@ pub(super) async fn organisations_command(settings: &Settings, command: Organisa
             tx.commit().await.context("committing the import")?;
             let (total, practices) = crate::storage::registry_counts(&mut *engine.db().pool.acquire().await?).await?;
             println!("the registry holds {total} organisation(s), {practices} of them GP practices");
+        }
+        OrganisationsCommand::Coverage => {
+            let mut conn = engine.db().pool.acquire().await?;
+            let terminal = engine.workflows().terminal_states();
+            let mut short = crate::storage::primary_user_coverage(&mut conn, &terminal).await?;
+            short.sort_by_key(|c| (c.primary_users, c.ods_code.clone()));
+            for c in &short {
+                let replacing = c
+                    .replacing
+                    .as_deref()
+                    .map(|r| format!(", being replaced ({r})"))
+                    .unwrap_or_default();
+                println!(
+                    "{:<8} {:<40} {} Primary User(s){replacing}",
+                    c.ods_code,
+                    c.name.as_deref().unwrap_or("-"),
+                    c.primary_users
+                );
+            }
+            println!("{} organisation(s) with fewer than two Primary Users", short.len());
         }
         OrganisationsCommand::Show { code } => {
             let mut conn = engine.db().pool.acquire().await?;

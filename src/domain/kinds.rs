@@ -101,6 +101,9 @@ stored_words! {
         SlaBreached = "sla_breached",
         /// The sender, not checkable when the email came (a DNS failure), was checked again.
         SenderRechecked = "sender_rechecked",
+        /// A caseworker verified the form's signatory (how is the reason); they joined the
+        /// signatory register.
+        SignatoryVerified = "signatory_verified",
     }
 }
 

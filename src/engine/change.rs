@@ -313,6 +313,37 @@ pub fn plan_assignment(now: i64, case: &CaseRecord, actor: &Actor, assignee: Opt
     change
 }
 
+/// The Primary User a case adds to our records when it reaches the workflow's
+/// `records.primary_user_on` state: its proposed user, for its organisation.
+pub fn primary_user_record(workflow: &WorkflowDef, case: &CaseRecord, to: &str) -> Option<storage::NewSignatory> {
+    if workflow.records.primary_user_on.as_deref() != Some(to) {
+        return None;
+    }
+    let field = |name: &str| case.fields.get(name).map(|v| v.trim()).filter(|v| !v.is_empty());
+    let ods_code = case.org_ods_code.clone()?;
+    let name = [field("user_first_name"), field("user_last_name")]
+        .into_iter()
+        .flatten()
+        .collect::<Vec<_>>()
+        .join(" ");
+    let email = field("user_email").map(str::to_string);
+    if name.is_empty() && email.is_none() {
+        return None;
+    }
+    Some(storage::NewSignatory {
+        signatory: crate::signatories::KnownSignatory {
+            ods_code,
+            role: crate::signatories::PRIMARY_USER.into(),
+            name,
+            email,
+            source: "provisioned".into(),
+        },
+        verified_by: None,
+        note: Some(format!("provisioned by {}", case.reference)),
+        case_reference: Some(case.reference.clone()),
+    })
+}
+
 /// What a form sets on its case: its workflow, fields and findings, and the organisation it
 /// names (the ODS code only when it is well formed).
 pub fn form_columns(workflow: &WorkflowDef, fields: &BTreeMap<String, String>, findings: &[Finding]) -> FormColumns {
@@ -407,6 +438,7 @@ impl Engine {
             origin,
             sender,
             registry,
+            register,
         } = *known;
         let now = self.now_ms();
         let mut change = changeset(case, now);
@@ -450,6 +482,7 @@ impl Engine {
         };
         let mut findings = policy::check(&facts, &self.config.policy);
         policy::check_against_registry(workflow, &fields, registry, self.today(), &mut findings);
+        policy::check_against_register(workflow, &fields, register, &mut findings);
         let mut form = form_columns(workflow, &fields, &findings);
         // A keyed organisation name is kept as typed (an empty one clears it).
         form.org_name = fields.get("org_name").cloned();
@@ -643,7 +676,11 @@ impl Engine {
                     duplicate_of,
                     mail_text: request.mail_text.as_deref(),
                 };
-                plan_move(self.when(), &self.mail_policy(), case, workflow, &origin, &step)
+                let mut change = plan_move(self.when(), &self.mail_policy(), case, workflow, &origin, &step);
+                change
+                    .add_signatories
+                    .extend(primary_user_record(workflow, case, &request.to));
+                change
             }
         })
     }
@@ -732,15 +769,98 @@ impl Engine {
         let origin = Origin::from_stored(&message);
         let mut keyed = case.fields.clone();
         keyed.extend(values.iter().map(|(k, v)| (k.clone(), v.clone())));
-        let registry = super::intake::registry_lookup_for(&mut tx, &keyed).await?;
+        let (registry, register) = super::intake::records_for(&mut tx, &keyed).await?;
         let known = Known {
             origin: &origin,
             sender: message.from_address.as_deref(),
             registry: &registry,
+            register: &register,
         };
         let change = self.plan_keying(&case, workflow, values, actor, &known);
         let updated = self.apply(&mut tx, &case, change).await?;
         tx.commit().await.context("committing keyed fields")?;
+        Ok(updated)
+    }
+
+    /// A caseworker verified the signatory the case's form names (by phoning the organisation,
+    /// say): the signatory joins the register for the organisation, with who verified them and
+    /// how, the log records it, and the case's rules run again (so the finding goes). One
+    /// change, one transaction.
+    pub async fn verify_signatory(
+        &self,
+        reference: &str,
+        how: &str,
+        actor: &Actor,
+        expected_version: Option<i64>,
+    ) -> Result<CaseRecord, EngineError> {
+        let how = crate::domain::storable_text(how.trim());
+        if how.is_empty() {
+            return Err(EngineError::VerificationUnexplained);
+        }
+        let mut tx = self.db.begin_write().await.context("starting a transaction")?;
+        let case = self.case_for_change(&mut tx, reference, expected_version).await?;
+        let workflow = self.workflow_named(case.workflow.as_deref())?;
+        let signatories = &workflow.signatories;
+        let field = |name: &str| {
+            case.fields
+                .get(name)
+                .map(|v| v.trim().to_string())
+                .filter(|v| !v.is_empty())
+        };
+        let role = field(&signatories.role_field)
+            .and_then(|typed| policy::match_signatory_role(workflow, &typed).map(str::to_string));
+        let (Some(ods_code), Some(role), Some(name)) =
+            (case.org_ods_code.clone(), role, field(&signatories.name_field))
+        else {
+            return Err(EngineError::NoSignatoryToVerify {
+                reference: case.reference.clone(),
+            });
+        };
+        let verified = storage::NewSignatory {
+            signatory: crate::signatories::KnownSignatory {
+                ods_code,
+                role: role.clone(),
+                name: name.clone(),
+                email: field(&signatories.email_field),
+                source: "verified".into(),
+            },
+            verified_by: Some(actor.name.clone()),
+            note: Some(how.clone()),
+            case_reference: Some(case.reference.clone()),
+        };
+        // The rules run again with the signatory as the register will hold them.
+        let message = storage::origin_of(&mut tx, case.origin_message_id).await?;
+        let origin = Origin::from_stored(&message);
+        let (registry, mut register) = super::intake::records_for(&mut tx, &case.fields).await?;
+        register.in_use = true;
+        register.of_organisation.push(verified.signatory.clone());
+        let known = Known {
+            origin: &origin,
+            sender: message.from_address.as_deref(),
+            registry: &registry,
+            register: &register,
+        };
+        let mut change = if wellknown::KEYABLE_STATES.contains(&case.state.as_str()) {
+            self.plan_keying(&case, workflow, &BTreeMap::new(), actor, &known)
+        } else {
+            changeset(&case, self.now_ms())
+        };
+        change.events.insert(
+            0,
+            CaseEvent {
+                reason: Some(how),
+                data: Some(serde_json::json!({ "name": name, "role": role }).to_string()),
+                ..CaseEvent::by(
+                    &actor.name,
+                    actor.role.as_str(),
+                    EventKind::SignatoryVerified,
+                    self.now_ms(),
+                )
+            },
+        );
+        change.add_signatories.push(verified);
+        let updated = self.apply(&mut tx, &case, change).await?;
+        tx.commit().await.context("committing a signatory's verification")?;
         Ok(updated)
     }
 
@@ -790,6 +910,7 @@ pub struct Known<'a> {
     pub origin: &'a Origin,
     pub sender: Option<&'a str>,
     pub registry: &'a crate::registry::RegistryLookup,
+    pub register: &'a crate::signatories::RegisterLookup,
 }
 
 impl Origin {

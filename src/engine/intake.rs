@@ -185,6 +185,22 @@ pub(crate) async fn registry_lookup_for(
     }
 }
 
+/// What the registry and the signatory register hold for the organisation `fields` name.
+pub(crate) async fn records_for(
+    conn: &mut AnyConnection,
+    fields: &BTreeMap<String, String>,
+) -> Result<(crate::registry::RegistryLookup, crate::signatories::RegisterLookup), EngineError> {
+    let registry = registry_lookup_for(conn, fields).await?;
+    let register = match fields
+        .get("org_ods_code")
+        .and_then(|c| crate::domain::OdsCode::parse(c))
+    {
+        Some(code) => storage::register_lookup(conn, code.as_str()).await?,
+        None => crate::signatories::RegisterLookup::default(),
+    };
+    Ok((registry, register))
+}
+
 /// How soon a sender whose DKIM key could not be fetched is checked again.
 pub(crate) const SENDER_RECHECK_AFTER_MS: i64 = 10 * 60 * 1000;
 
@@ -932,34 +948,38 @@ impl Engine {
                 .clone()
                 .unwrap_or_else(|| "unnamed attachment".into());
             let mut analysis = self.analyse_form(index, &filename, result, parsed);
-            self.check_registry(&mut analysis).await;
+            self.check_records(&mut analysis).await;
             analyses.push(analysis);
         }
         analyses
     }
 
-    /// The organisation registry's word on a classified form's organisation. A lookup that
-    /// fails leaves the form as the rules judged it (and says so in the log): the write that
-    /// follows needs the same database, and fails clearly if it is gone.
-    async fn check_registry(&self, analysis: &mut FormAnalysis) {
+    /// Our records' word on a classified form: the organisation registry on its organisation,
+    /// the signatory register on its signatory. A lookup that fails leaves the form as the
+    /// rules judged it (and says so in the log): the write that follows needs the same
+    /// database, and fails clearly if it is gone.
+    async fn check_records(&self, analysis: &mut FormAnalysis) {
         let Some(workflow) = analysis.workflow.as_deref().and_then(|w| self.workflows.get(w)) else {
             return;
         };
-        let lookup = match self.db.pool.acquire().await {
-            Ok(mut conn) => registry_lookup_for(&mut conn, &analysis.fields).await,
+        let looked_up = match self.db.pool.acquire().await {
+            Ok(mut conn) => records_for(&mut conn, &analysis.fields).await,
             Err(e) => Err(EngineError::from(storage::StorageError::Query {
                 context: "connecting to look up an organisation",
                 source: e,
             })),
         };
-        match lookup {
-            Ok(lookup) => crate::policy::check_against_registry(
-                workflow,
-                &analysis.fields,
-                &lookup,
-                self.today(),
-                &mut analysis.findings,
-            ),
+        match looked_up {
+            Ok((registry, register)) => {
+                crate::policy::check_against_registry(
+                    workflow,
+                    &analysis.fields,
+                    &registry,
+                    self.today(),
+                    &mut analysis.findings,
+                );
+                crate::policy::check_against_register(workflow, &analysis.fields, &register, &mut analysis.findings);
+            }
             Err(error) => tracing::warn!(error = %error, "the organisation registry could not be read"),
         }
     }

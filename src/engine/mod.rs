@@ -76,6 +76,12 @@ pub enum EngineError {
     NotKeyable { reference: String, state: String },
     #[error("workflow `{workflow}` has no field `{field}`")]
     UnknownField { workflow: String, field: String },
+    #[error(
+        "Say how you verified the signatory (for example: phoned the practice on its listed number and spoke to them)"
+    )]
+    VerificationUnexplained,
+    #[error("case {reference} names no signatory to verify (it has no form, or the form names no signatory and role)")]
+    NoSignatoryToVerify { reference: String },
 }
 
 impl From<StorageError> for EngineError {

@@ -91,7 +91,7 @@ impl Engine {
             let message = storage::origin_of(&mut tx, raw_message_id).await?;
             let origin = super::Origin::from_stored(&message);
             let workflow = case.workflow.as_deref().and_then(|w| self.workflows().get(w));
-            let registry = super::intake::registry_lookup_for(&mut tx, &case.fields).await?;
+            let (registry, register) = super::intake::records_for(&mut tx, &case.fields).await?;
             // A case still waiting for review has its rules run again on the new verdict;
             // one that has moved on keeps its decisions, and the log says what was found.
             let mut change = match workflow {
@@ -100,6 +100,7 @@ impl Engine {
                         origin: &origin,
                         sender: message.from_address.as_deref(),
                         registry: &registry,
+                        register: &register,
                     };
                     self.plan_keying(&case, workflow, &BTreeMap::new(), &Actor::system(), &known)
                 }

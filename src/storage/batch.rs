@@ -15,6 +15,7 @@ pub struct Deferred {
     events: Vec<(i64, CaseEvent)>,
     timers: Vec<(i64, NewTimer, i64)>,
     mail: Vec<(Option<i64>, NewMail, i64)>,
+    signatories: Vec<(super::NewSignatory, i64)>,
 }
 
 impl Deferred {
@@ -27,8 +28,10 @@ impl Deferred {
             arm_timers,
             mail,
             link_messages,
+            add_signatories,
             ..
         } = change;
+        self.signatories.extend(add_signatories.into_iter().map(|s| (s, at)));
         self.links.extend(
             link_messages
                 .into_iter()
@@ -89,6 +92,9 @@ pub async fn flush(conn: &mut AnyConnection, deferred: &mut Deferred) -> Result<
         query.execute(&mut *conn).await.context("linking messages to cases")?;
     }
     super::audit::append_events(conn, held.events).await?;
+    for (signatory, at) in &held.signatories {
+        super::add_signatories(conn, std::slice::from_ref(signatory), *at).await?;
+    }
     for chunk in held.timers.chunks(ROWS_PER_STATEMENT) {
         let sql = multi_row_insert(
             "INSERT INTO timers (case_id, name, state, due_at, status, created_at) VALUES",

@@ -330,6 +330,8 @@ pub struct CaseChangeset {
     pub mail: Vec<NewMail>,
     /// Messages to file on the case, with how they relate to it (`reply`, `bounce`, …).
     pub link_messages: Vec<(i64, &'static str)>,
+    /// Signatories the change adds to the register (a verified signatory, a new Primary User).
+    pub add_signatories: Vec<super::NewSignatory>,
 }
 
 /// The case's own columns a change sets; `None` leaves one as it is.

@@ -254,6 +254,7 @@ mod queue;
 mod registry;
 mod reports;
 mod seed;
+mod signatories;
 mod timers;
 mod tokens;
 mod users;
@@ -280,6 +281,9 @@ pub use reports::{
     first_move_at, keep_report_days, kept_report_day_names, open_cases, report_lifecycles,
 };
 pub use seed::{insert_seeded, refresh_statistics, seed_origin_message, seeded_count};
+pub use signatories::{
+    Coverage, NewSignatory, add_signatories, list_signatories, primary_user_coverage, register_lookup,
+};
 pub use timers::*;
 pub use tokens::*;
 pub use users::*;

@@ -37,6 +37,11 @@ pub(super) fn routes() -> Vec<Route> {
         Route::get("/api/v1/cases/{reference}", Access::Staff, get_case),
         Route::post("/api/v1/cases/{reference}/transitions", Access::Staff, fire_transition),
         Route::post("/api/v1/cases/{reference}/notes", Access::Staff, add_note),
+        Route::post(
+            "/api/v1/cases/{reference}/signatory-verification",
+            Access::Staff,
+            verify_signatory,
+        ),
         Route::get("/api/v1/cases/{reference}/messages/{id}", Access::Staff, original_email),
         Route::get("/api/v1/cases/{reference}/attachments/{id}", Access::Staff, attachment),
         Route::get("/api/v1/cases/{reference}/evidence", Access::Staff, evidence_pack),
@@ -64,6 +69,7 @@ pub(super) fn routes() -> Vec<Route> {
         get_case,
         fire_transition,
         add_note,
+        verify_signatory,
         original_email,
         attachment,
         evidence_pack,
@@ -403,6 +409,14 @@ pub struct TransitionBody {
     pub duplicate_of: Option<String>,
 }
 
+/// A signatory verified: how, and the case version the caller saw.
+#[derive(Debug, serde::Deserialize, ToSchema)]
+pub struct VerificationBody {
+    /// How the signatory was verified (for example: phoned the practice's listed number).
+    pub how: String,
+    pub expected_version: i64,
+}
+
 /// A note to add.
 #[derive(Debug, serde::Deserialize, ToSchema)]
 pub struct NoteBody {
@@ -691,6 +705,43 @@ pub async fn fire_transition(
         .await
         .map_err(WebError::from)?;
     tracing::info!(case = %updated.reference, actor = %caller.actor.name, to = %updated.state, "transition by API");
+    let mut conn = state.engine.db().pool.acquire().await.map_err(WebError::from)?;
+    Ok(Json(case_detail(&mut conn, updated).await?))
+}
+
+/// Records that the caller verified the signatory the case's form names, and how: the
+/// signatory joins the register for the organisation and the case's rules run again.
+#[utoipa::path(post, path = "/api/v1/cases/{reference}/signatory-verification", tag = "cases",
+    params(("reference" = String, Path, description = "The case reference")),
+    request_body = VerificationBody,
+    responses(
+        (status = 200, description = "The case after the verification", body = CaseDetail),
+        (status = 400, description = "No `how`, the request cannot be read, or the case names no signatory", body = ErrorBody),
+        (status = 401, description = "No valid token", body = ErrorBody),
+        (status = 403, description = "Not by token", body = ErrorBody),
+        (status = 404, description = "No such case", body = ErrorBody),
+        (status = 409, description = "The case changed since `expected_version`", body = ErrorBody),
+    ))]
+pub async fn verify_signatory(
+    State(state): State<AppState>,
+    caller: ApiCaller,
+    ApiInput(Path(reference)): ApiInput<Path<String>>,
+    ApiJson(body): ApiJson<VerificationBody>,
+) -> Result<Json<CaseDetail>, ApiError> {
+    caller.may_change()?;
+    plain("reference", &reference)?;
+    plain("how", &body.how)?;
+    if body.how.chars().count() > 2_000 {
+        return Err(ApiError(WebError::BadRequest(
+            "`how` is at most 2,000 characters.".into(),
+        )));
+    }
+    let updated = state
+        .engine
+        .verify_signatory(&reference, &body.how, &caller.actor, Some(body.expected_version))
+        .await
+        .map_err(WebError::from)?;
+    tracing::info!(case = %updated.reference, actor = %caller.actor.name, "signatory verified by API");
     let mut conn = state.engine.db().pool.acquire().await.map_err(WebError::from)?;
     Ok(Json(case_detail(&mut conn, updated).await?))
 }

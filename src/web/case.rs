@@ -32,6 +32,7 @@ pub(super) fn routes() -> Vec<Route> {
         Route::post("/cases/{reference}/notes", Access::Staff, add_note),
         Route::post("/cases/{reference}/key", Access::Staff, key_fields),
         Route::post("/cases/{reference}/assign", Access::Staff, assign),
+        Route::post("/cases/{reference}/verify-signatory", Access::Staff, verify_signatory),
     ]
 }
 
@@ -220,6 +221,9 @@ async fn show_case(
                 "claimed" => Some("The case is yours.".to_string()),
                 "assigned" => Some("The case's assignee is changed.".to_string()),
                 "keyed" => Some("The fields are saved and the checks ran again.".to_string()),
+                "signatory_verified" => {
+                    Some("The signatory is recorded as verified, and the checks ran again.".to_string())
+                }
                 "form_requested" => {
                     Some("The sender has been asked for the form; their reply will join this case.".to_string())
                 }
@@ -386,6 +390,14 @@ fn case_context(
             .collect::<Vec<_>>(),
     );
     context.insert("suggested_reason", &suggested_reason);
+    // A signatory the register does not know is verified by a caseworker, who says how.
+    context.insert(
+        "signatory_to_verify",
+        &case
+            .findings
+            .iter()
+            .any(|f| f.code == crate::policy::FindingCode::SignatoryNotKnown),
+    );
     context.insert("case", &case);
 }
 
@@ -915,6 +927,32 @@ pub async fn claim(
     }
     let result = assign_case(&state, &user, &reference, Some(&user.0)).await;
     act_then_show(&state, &user, token, &reference, "claimed", result).await
+}
+
+#[derive(serde::Deserialize)]
+pub struct VerifyForm {
+    csrf: String,
+    how: String,
+    version: Option<i64>,
+}
+
+/// Records that the caseworker verified the form's signatory, and how: the signatory joins the
+/// register and the case's rules run again.
+pub async fn verify_signatory(
+    State(state): State<AppState>,
+    user: CurrentUser,
+    token: CsrfToken,
+    Path(reference): Path<String>,
+    Form(form): Form<VerifyForm>,
+) -> Result<Response, WebError> {
+    check_csrf(&token, &form.csrf)?;
+    let result = state
+        .engine
+        .verify_signatory(&reference, &form.how, &user.actor(), form.version)
+        .await
+        .map(|_| ())
+        .map_err(WebError::from);
+    act_then_show(&state, &user, token, &reference, "signatory_verified", result).await
 }
 
 #[derive(serde::Deserialize)]

@@ -119,9 +119,10 @@ impl From<EngineError> for WebError {
             | EngineError::Unclassified { .. }
             | EngineError::NotKeyable { .. }
             | EngineError::NoFormToAskFor { .. } => WebError::Conflict(error.to_string()),
-            EngineError::UnknownField { .. } | EngineError::UnknownWorkflow(_) => {
-                WebError::BadRequest(error.to_string())
-            }
+            EngineError::UnknownField { .. }
+            | EngineError::UnknownWorkflow(_)
+            | EngineError::VerificationUnexplained
+            | EngineError::NoSignatoryToVerify { .. } => WebError::BadRequest(error.to_string()),
             EngineError::Storage(e) => WebError::internal(e),
             EngineError::NotDurable { .. } | EngineError::PreparationFailed(_) => WebError::internal(error),
         }

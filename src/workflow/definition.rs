@@ -277,6 +277,16 @@ pub struct Replies {
     pub replace_form_in: Vec<String>,
 }
 
+/// What a case adds to our own records. When a case reaches `primary_user_on`, its proposed
+/// user (`user_first_name`, `user_last_name`, `user_email` of `org_ods_code`) becomes one of
+/// the organisation's Primary Users in the signatory register.
+#[derive(Debug, Clone, Default, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Records {
+    #[serde(default)]
+    pub primary_user_on: Option<String>,
+}
+
 /// The characters a recorded value may have.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -379,6 +389,9 @@ pub struct WorkflowDef {
     /// What mail in reply to a case may do to it.
     #[serde(default)]
     pub replies: Replies,
+    /// What the case adds to our own records (the Primary Users it provisions).
+    #[serde(default)]
+    pub records: Records,
     /// How each value a transition records (`records`) is asked for and checked, by name.
     #[serde(default)]
     pub recorded: std::collections::BTreeMap<String, RecordedDef>,
@@ -643,6 +656,11 @@ impl WorkflowDef {
         }
         // A replacement form is checked again: a case with findings goes to needs_review, a clean
         // one in needs_review to validated, so the system needs those moves from each state.
+        if let Some(state) = &self.records.primary_user_on
+            && !state_names.contains(state.as_str())
+        {
+            return Err(invalid("records.primary_user_on", format!("unknown state `{state}`")));
+        }
         for (j, state) in self.replies.replace_form_in.iter().enumerate() {
             let key = format!("replies.replace_form_in[{j}]");
             if !state_names.contains(state.as_str()) {

@@ -25,4 +25,5 @@ mod replies;
 mod reports;
 mod sender_check;
 mod sign_in;
+mod signatories;
 mod web;

@@ -1,0 +1,163 @@
+//! The signatory register's rows, and the Primary User coverage of organisations.
+
+use sqlx::{AnyConnection, Row};
+
+use super::{QueryContext, StorageError};
+use crate::signatories::{KnownSignatory, PRIMARY_USER, RegisterLookup};
+
+/// A signatory to add, and how we know them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewSignatory {
+    pub signatory: KnownSignatory,
+    /// Who verified them (a caseworker's address), when someone did.
+    pub verified_by: Option<String>,
+    /// How they were verified, or where they came from.
+    pub note: Option<String>,
+    pub case_reference: Option<String>,
+}
+
+/// Adds signatories (in the caller's transaction).
+pub async fn add_signatories(conn: &mut AnyConnection, new: &[NewSignatory], now: i64) -> Result<(), StorageError> {
+    for entry in new {
+        let s = &entry.signatory;
+        sqlx::query(
+            "INSERT INTO signatories (ods_code, role, name, email, source, verified_by, note, case_reference, active, created_at, updated_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 1, $9, $9)",
+        )
+        .bind(&s.ods_code)
+        .bind(&s.role)
+        .bind(&s.name)
+        .bind(s.email.as_deref())
+        .bind(&s.source)
+        .bind(entry.verified_by.as_deref())
+        .bind(entry.note.as_deref())
+        .bind(entry.case_reference.as_deref())
+        .bind(now)
+        .execute(&mut *conn)
+        .await
+        .context("adding a signatory")?;
+    }
+    Ok(())
+}
+
+const SIGNATORY_COLUMNS: &str = "ods_code, role, name, email, source";
+
+fn signatory(r: &sqlx::any::AnyRow) -> Result<KnownSignatory, sqlx::Error> {
+    Ok(KnownSignatory {
+        ods_code: r.try_get(0)?,
+        role: r.try_get(1)?,
+        name: r.try_get(2)?,
+        email: r.try_get(3)?,
+        source: r.try_get(4)?,
+    })
+}
+
+/// The active signatories of `ods_code`, and whether the register holds anyone at all.
+pub async fn register_lookup(conn: &mut AnyConnection, ods_code: &str) -> Result<RegisterLookup, StorageError> {
+    let sql = format!("SELECT {SIGNATORY_COLUMNS} FROM signatories WHERE ods_code = $1 AND active = 1 ORDER BY id");
+    let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(ods_code)
+        .fetch_all(&mut *conn)
+        .await
+        .context("looking up signatories")?;
+    let of_organisation = rows
+        .iter()
+        .map(signatory)
+        .collect::<Result<Vec<_>, sqlx::Error>>()
+        .context("decoding signatories")?;
+    let in_use = !of_organisation.is_empty()
+        || sqlx::query_scalar::<_, i64>("SELECT id FROM signatories WHERE active = 1 LIMIT 1")
+            .fetch_optional(&mut *conn)
+            .await
+            .context("looking up signatories")?
+            .is_some();
+    Ok(RegisterLookup {
+        in_use,
+        of_organisation,
+    })
+}
+
+/// Every active signatory of `ods_code` (or of every organisation), for the command line.
+pub async fn list_signatories(
+    conn: &mut AnyConnection,
+    ods_code: Option<&str>,
+) -> Result<Vec<KnownSignatory>, StorageError> {
+    let sql = format!(
+        "SELECT {SIGNATORY_COLUMNS} FROM signatories WHERE active = 1 AND ($1 IS NULL OR ods_code = $1) ORDER BY ods_code, role, name"
+    );
+    let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(ods_code)
+        .fetch_all(&mut *conn)
+        .await
+        .context("listing signatories")?;
+    rows.iter()
+        .map(signatory)
+        .collect::<Result<_, sqlx::Error>>()
+        .context("decoding signatories")
+}
+
+/// An organisation short of Primary Users.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Coverage {
+    pub ods_code: String,
+    pub name: Option<String>,
+    pub primary_users: i64,
+    /// An open request to replace a Primary User, when the organisation has only one.
+    pub replacing: Option<String>,
+}
+
+/// Organisations we have dealt with (a case named them) or that the register knows, with
+/// fewer than two active Primary Users; each with an open replacement request when there is one.
+pub async fn primary_user_coverage(
+    conn: &mut AnyConnection,
+    terminal_states: &[String],
+) -> Result<Vec<Coverage>, StorageError> {
+    let rows = sqlx::query(
+        "SELECT o.ods_code, MAX(o.name), \
+                (SELECT COUNT(*) FROM signatories s WHERE s.ods_code = o.ods_code AND s.active = 1 AND s.role = $1) \
+           FROM (SELECT ods_code, name FROM organisations UNION SELECT DISTINCT ods_code, NULL FROM signatories) o \
+          GROUP BY o.ods_code ORDER BY o.ods_code",
+    )
+    .bind(PRIMARY_USER)
+    .fetch_all(&mut *conn)
+    .await
+    .context("counting Primary Users")?;
+    let mut short = Vec::new();
+    for row in &rows {
+        let primary_users: i64 = row.try_get(2).context("counting Primary Users")?;
+        if primary_users >= 2 {
+            continue;
+        }
+        let ods_code: String = row.try_get(0).context("counting Primary Users")?;
+        short.push(Coverage {
+            name: row.try_get(1).context("counting Primary Users")?,
+            primary_users,
+            replacing: None,
+            ods_code,
+        });
+    }
+    // Open replacement requests, for the organisations with exactly one.
+    let open = sqlx::query("SELECT reference, org_ods_code, state, fields FROM cases WHERE org_ods_code IS NOT NULL AND fields LIKE '%Replacement%'")
+        .fetch_all(&mut *conn)
+        .await
+        .context("finding replacement requests")?;
+    for row in &open {
+        let state: String = row.try_get(2).context("finding replacement requests")?;
+        if terminal_states.contains(&state) {
+            continue;
+        }
+        let fields: String = row.try_get(3).context("finding replacement requests")?;
+        let replacing = serde_json::from_str::<std::collections::BTreeMap<String, String>>(&fields)
+            .ok()
+            .and_then(|f| f.get("request_kind").cloned())
+            .is_some_and(|k| k == "Replacement");
+        if !replacing {
+            continue;
+        }
+        let code: String = row.try_get(1).context("finding replacement requests")?;
+        if let Some(entry) = short.iter_mut().find(|c| c.ods_code == code && c.primary_users == 1) {
+            entry.replacing = Some(row.try_get(0).context("finding replacement requests")?);
+        }
+    }
+    Ok(short)
+}

@@ -132,6 +132,8 @@ pub struct SchedulerSettings {
     /// cron expressions (seconds first), in local time.
     pub digest_schedule: String,
     pub housekeeping_schedule: String,
+    /// The weekly list of organisations short of Primary Users.
+    pub coverage_digest_schedule: String,
     /// Raw message bytes are cleared this many days after receipt, once their cases are
     /// closed; the case record and the form stay.
     pub raw_retention_days: i64,
@@ -146,6 +148,7 @@ impl Default for SchedulerSettings {
             managers_address: None,
             digest_schedule: "0 0 8 * * Mon-Fri".into(),
             housekeeping_schedule: "0 30 2 * * *".into(),
+            coverage_digest_schedule: "0 0 8 * * Mon".into(),
             raw_retention_days: 730,
             web_base_url: "http://127.0.0.1:8080".into(),
         }
@@ -460,6 +463,11 @@ impl Settings {
                 &layer.housekeeping_schedule,
                 &mut j.housekeeping_schedule,
             ),
+            (
+                "coverage_digest_schedule",
+                &layer.coverage_digest_schedule,
+                &mut j.coverage_digest_schedule,
+            ),
         ] {
             if let Some(expression) = value {
                 cron::Schedule::from_str(expression).map_err(|e| ConfigError::Env {
@@ -704,6 +712,7 @@ struct FileLayer {
     mail_rate_per_hour: Option<u64>,
     digest_schedule: Option<String>,
     housekeeping_schedule: Option<String>,
+    coverage_digest_schedule: Option<String>,
     raw_retention_days: Option<u64>,
 }
 
@@ -793,6 +802,7 @@ impl FileLayer {
             mail_rate_per_hour: number("COUNTERSIGN_MAIL_RATE_PER_HOUR")?,
             digest_schedule: get("COUNTERSIGN_DIGEST_SCHEDULE"),
             housekeeping_schedule: get("COUNTERSIGN_HOUSEKEEPING_SCHEDULE"),
+            coverage_digest_schedule: get("COUNTERSIGN_COVERAGE_DIGEST_SCHEDULE"),
             raw_retention_days: number("COUNTERSIGN_RAW_RETENTION_DAYS")?,
             imap_idle: get("COUNTERSIGN_IMAP_IDLE")
                 .map(|v| matches!(v.trim().to_ascii_lowercase().as_str(), "1" | "true" | "yes" | "on")),

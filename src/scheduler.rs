@@ -37,6 +37,7 @@ pub struct Scheduler {
     settings: SchedulerSettings,
     digest: cron::Schedule,
     housekeeping: cron::Schedule,
+    coverage_digest: cron::Schedule,
 }
 
 impl Scheduler {
@@ -50,6 +51,7 @@ impl Scheduler {
         Ok(Scheduler {
             digest: parse("digest_schedule", &settings.digest_schedule)?,
             housekeeping: parse("housekeeping_schedule", &settings.housekeeping_schedule)?,
+            coverage_digest: parse("coverage_digest_schedule", &settings.coverage_digest_schedule)?,
             engine,
             settings,
         })
@@ -76,7 +78,11 @@ impl Scheduler {
     pub async fn run_due_jobs(&self) -> Result<Vec<String>, SchedulerError> {
         let now = self.engine.clock().now();
         let mut ran = Vec::new();
-        for (job, schedule) in [("daily_digest", &self.digest), ("housekeeping", &self.housekeeping)] {
+        for (job, schedule) in [
+            ("daily_digest", &self.digest),
+            ("housekeeping", &self.housekeeping),
+            ("coverage_digest", &self.coverage_digest),
+        ] {
             let Some(occurrence) = schedule
                 .after(&(now - chrono::Duration::days(1)))
                 .take_while(|t| *t <= now)
@@ -92,6 +98,7 @@ impl Scheduler {
             drop(conn);
             let outcome = match job {
                 "daily_digest" => self.daily_digest(occurrence).await?,
+                "coverage_digest" => self.coverage_digest().await?,
                 _ => self.housekeeping().await?,
             };
             let mut conn = self.engine.db().pool.acquire().await.context("connecting")?;
@@ -148,6 +155,48 @@ impl Scheduler {
         storage::enqueue_mail(&mut conn, digest, self.engine.now_ms()).await?;
         self.engine.wakers().outbox.notify_one();
         Ok(format!("{} open, {} past their SLA", now.open, now.breached))
+    }
+
+    /// The managers' weekly list of organisations short of Primary Users: none, one, and one
+    /// being replaced (what `/reports/coverage` shows), with a link to it.
+    async fn coverage_digest(&self) -> Result<String, SchedulerError> {
+        let mut conn = self.engine.db().pool.acquire().await.context("connecting")?;
+        let terminal = self.engine.workflows().terminal_states();
+        let short = storage::primary_user_coverage(&mut conn, &terminal).await?;
+        let line = |c: &storage::Coverage| {
+            // Our own words and checked codes only: the name comes from our records.
+            let name = c.name.as_deref().unwrap_or("");
+            match &c.replacing {
+                Some(reference) => format!("{} {name} (being replaced: {reference})", c.ods_code),
+                None => format!("{} {name}", c.ods_code),
+            }
+        };
+        let none: Vec<String> = short.iter().filter(|c| c.primary_users == 0).map(line).collect();
+        let one: Vec<String> = short.iter().filter(|c| c.primary_users == 1).map(line).collect();
+        let replacing = short.iter().filter(|c| c.replacing.is_some()).count();
+        let context = serde_json::json!({
+            "none": none,
+            "one": one,
+            "replacing": replacing,
+            "coverage_link": format!("{}/reports/coverage", self.settings.web_base_url.trim_end_matches('/')),
+        });
+        let recipient = self.settings.managers_address.clone();
+        let digest = storage::NewMail {
+            template: "coverage_digest".into(),
+            suppressed_reason: recipient.is_none().then(|| "no managers_address is set".into()),
+            recipient,
+            context_json: context.to_string(),
+            message_id: format!("<{}@countersign>", uuid::Uuid::new_v4()),
+            in_reply_to: None,
+            automatic: true,
+        };
+        storage::enqueue_mail(&mut conn, digest, self.engine.now_ms()).await?;
+        self.engine.wakers().outbox.notify_one();
+        Ok(format!(
+            "{} organisation(s) with no Primary User, {} with one ({replacing} being replaced)",
+            none.len(),
+            one.len()
+        ))
     }
 
     /// Clears the raw bytes of messages older than the retention period whose cases are all

@@ -65,12 +65,17 @@ pub async fn register_lookup(conn: &mut AnyConnection, ods_code: &str) -> Result
         .map(signatory)
         .collect::<Result<Vec<_>, sqlx::Error>>()
         .context("decoding signatories")?;
-    let in_use = !of_organisation.is_empty()
-        || sqlx::query_scalar::<_, i64>("SELECT id FROM signatories WHERE active = 1 LIMIT 1")
-            .fetch_optional(&mut *conn)
-            .await
-            .context("looking up signatories")?
-            .is_some();
+    // The register is in use once someone keeps it (an import, an admin, a verification):
+    // the Primary Users we provision by ourselves do not make every other signatory unknown.
+    let kept = |s: &KnownSignatory| s.source != "provisioned";
+    let in_use = of_organisation.iter().any(kept)
+        || sqlx::query_scalar::<_, i64>(
+            "SELECT id FROM signatories WHERE active = 1 AND source <> 'provisioned' LIMIT 1",
+        )
+        .fetch_optional(&mut *conn)
+        .await
+        .context("looking up signatories")?
+        .is_some();
     Ok(RegisterLookup {
         in_use,
         of_organisation,
@@ -160,4 +165,55 @@ pub async fn primary_user_coverage(
         }
     }
     Ok(short)
+}
+
+/// A register row as the admin page lists it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct RegisterRow {
+    pub id: i64,
+    pub signatory: KnownSignatory,
+    pub verified_by: Option<String>,
+    pub note: Option<String>,
+    pub case_reference: Option<String>,
+}
+
+/// The active register rows of one organisation (or the first `limit` of all), for admins.
+pub async fn register_rows(
+    conn: &mut AnyConnection,
+    ods_code: Option<&str>,
+    limit: i64,
+) -> Result<Vec<RegisterRow>, StorageError> {
+    let rows = sqlx::query(
+        "SELECT ods_code, role, name, email, source, id, verified_by, note, case_reference FROM signatories \
+         WHERE active = 1 AND ($1 IS NULL OR ods_code = $1) ORDER BY ods_code, role, name LIMIT $2",
+    )
+    .bind(ods_code)
+    .bind(limit)
+    .fetch_all(&mut *conn)
+    .await
+    .context("listing the signatory register")?;
+    rows.iter()
+        .map(|r| {
+            Ok(RegisterRow {
+                signatory: signatory(r)?,
+                id: r.try_get(5)?,
+                verified_by: r.try_get(6)?,
+                note: r.try_get(7)?,
+                case_reference: r.try_get(8)?,
+            })
+        })
+        .collect::<Result<_, sqlx::Error>>()
+        .context("decoding the signatory register")
+}
+
+/// Takes a signatory off the register (the row stays, inactive, for the record); false when
+/// there is no such active row.
+pub async fn deactivate_signatory(conn: &mut AnyConnection, id: i64, now: i64) -> Result<bool, StorageError> {
+    let done = sqlx::query("UPDATE signatories SET active = 0, updated_at = $1 WHERE id = $2 AND active = 1")
+        .bind(now)
+        .bind(id)
+        .execute(&mut *conn)
+        .await
+        .context("removing a signatory")?;
+    Ok(done.rows_affected() == 1)
 }

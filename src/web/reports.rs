@@ -18,6 +18,7 @@ use crate::web::{Access, AppState, Route, WebError};
 pub(in crate::web) fn routes() -> Vec<Route> {
     vec![
         Route::get("/reports", Access::Manager, report_page),
+        Route::get("/reports/coverage", Access::Manager, coverage_page),
         Route::get("/reports/{table}", Access::Manager, report_csv),
     ]
 }
@@ -120,6 +121,32 @@ impl PeriodQuery {
         }
         Ok(period)
     }
+}
+
+/// Primary User coverage: organisations with no active Primary User, then those with one (and
+/// whose only one is being replaced), from our own records.
+pub async fn coverage_page(
+    State(state): State<AppState>,
+    user: CurrentUser,
+    token: CsrfToken,
+) -> Result<Response, WebError> {
+    let mut conn = state.engine.db().pool.acquire().await?;
+    let terminal = state.engine.workflows().terminal_states();
+    let mut short = crate::storage::primary_user_coverage(&mut conn, &terminal).await?;
+    drop(conn);
+    short.sort_by_key(|c| (c.primary_users, c.replacing.is_none(), c.ods_code.clone()));
+    let mut context = tera::Context::new();
+    context.insert("user", &user.0);
+    context.insert("csrf", &token.authenticity_token().map_err(WebError::internal)?);
+    context.insert(
+        "none",
+        &short.iter().filter(|c| c.primary_users == 0).collect::<Vec<_>>(),
+    );
+    context.insert(
+        "one",
+        &short.iter().filter(|c| c.primary_users == 1).collect::<Vec<_>>(),
+    );
+    Ok((token, render(&state, "coverage.html.tera", &context)?).into_response())
 }
 
 pub async fn report_page(

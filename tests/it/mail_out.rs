@@ -743,3 +743,45 @@ async fn mail_goes_out_over_starttls_and_implicit_tls_with_the_certificate_check
         "both deliveries used TLS: {log}"
     );
 }
+
+#[tokio::test]
+async fn the_weekly_coverage_digest_lists_organisations_short_of_primary_users() {
+    on_both_backends_clocked(|engine, clock| async move {
+        let scheduler = scheduler(&engine);
+        engine.receive_fixture("mail/gp_form.eml").await;
+        // Monday 23 Nov 2026, 08:05: the weekly list is due.
+        clock.set(at(2026, 11, 23, 8) + chrono::Duration::minutes(5));
+        let ran = scheduler.run_due_jobs().await.unwrap();
+        assert!(
+            ran.iter()
+                .any(|r| r == "coverage_digest: 1 organisation(s) with no Primary User, 0 with one (0 being replaced)"),
+            "{ran:?}"
+        );
+        let context: String = sqlx::query_scalar("SELECT context FROM outbox WHERE template = 'coverage_digest'")
+            .fetch_one(&engine.db().pool)
+            .await
+            .unwrap();
+        let context: serde_json::Value = serde_json::from_str(&context).unwrap();
+        assert!(context["none"][0].as_str().unwrap().starts_with("A81001"), "{context}");
+        assert!(
+            context["coverage_link"]
+                .as_str()
+                .unwrap()
+                .ends_with("/reports/coverage")
+        );
+        // It renders, in our words.
+        let renderer = countersign::outbox::render::Renderer::load(&crate::common::root().join("templates")).unwrap();
+        let mail = renderer.render("coverage_digest", &context).unwrap();
+        assert!(
+            mail.subject.contains("1 organisation(s) with no Primary User"),
+            "{}",
+            mail.subject
+        );
+        assert!(mail.text.contains("  - A81001"), "{}", mail.text);
+        // Weekly: not again on Tuesday.
+        clock.set(at(2026, 11, 24, 8) + chrono::Duration::minutes(5));
+        let ran = scheduler.run_due_jobs().await.unwrap();
+        assert!(!ran.iter().any(|r| r.starts_with("coverage_digest")), "{ran:?}");
+    })
+    .await;
+}

@@ -138,6 +138,16 @@ async fn a_provisioned_primary_user_joins_the_register_and_only_a_real_one_signs
         let signed = chrono::NaiveDate::from_ymd_opt(2026, 11, 18).unwrap();
         let mut values: BTreeMap<String, String> = countersign::samples::good_values(workflow, 7, signed);
         values.insert("org_ods_code".into(), "A81001".into());
+        // Our own Primary User records alone do not make every other signatory unknown.
+        let keyed = app
+            .key_fields(&later, Some("primary_user_gp"), &values, &caseworker("alice"))
+            .await
+            .unwrap();
+        assert!(
+            !codes(&keyed).contains(&"signatory_not_known".to_string()),
+            "{:?}",
+            keyed.findings
+        );
         values.insert("signatory_role".into(), "Existing Primary Contact".into());
         values.insert("signatory_name".into(), "Mallory Someone".into());
         values.insert("signatory_email".into(), "mallory@nhs.net".into());
@@ -178,6 +188,90 @@ async fn a_provisioned_primary_user_joins_the_register_and_only_a_real_one_signs
             .find(|c| c.ods_code == "A81001")
             .expect("A81001 has fewer than two");
         assert_eq!(practice.primary_users, 1);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn admins_keep_the_register_and_managers_read_the_coverage() {
+    use axum::http::StatusCode;
+
+    use crate::web::Browser;
+
+    on_both_backends(|app| async move {
+        let engine = app.engine();
+        app.receive_fixture("mail/gp_form.eml").await;
+        let mut admin = Browser::new(&engine).await;
+        admin.sign_in_as(&engine, "admin@nhs.net", ActorRole::Admin).await;
+        let page = admin.get("/admin/signatories?ods=a81001").await;
+        assert_eq!(page.status, StatusCode::OK);
+        assert!(page.body.contains("No signatories for A81001"), "{}", page.body);
+        let csrf = page.csrf();
+        let added = admin
+            .post(
+                "/admin/signatories",
+                &[
+                    ("csrf", &csrf),
+                    ("ods_code", "a81001"),
+                    ("role", "Caldicott Guardian"),
+                    ("name", "Jo Bloggs"),
+                    ("email", "jo.bloggs@nhs.net"),
+                ],
+            )
+            .await;
+        assert_eq!(added.status, StatusCode::SEE_OTHER, "{}", added.body);
+        let page = admin.get("/admin/signatories?ods=A81001").await;
+        assert!(
+            page.body.contains("Jo Bloggs") && page.body.contains("admin by admin@nhs.net"),
+            "{}",
+            page.body
+        );
+        let refused = admin
+            .post(
+                "/admin/signatories",
+                &[
+                    ("csrf", &csrf),
+                    ("ods_code", "A81001"),
+                    ("role", "Lead GP"),
+                    ("name", "X"),
+                    ("email", "not an address"),
+                ],
+            )
+            .await;
+        assert_eq!(refused.status, StatusCode::BAD_REQUEST);
+
+        let mut conn = app.db().pool.acquire().await.unwrap();
+        let rows = storage::register_rows(&mut conn, Some("A81001"), 10).await.unwrap();
+        drop(conn);
+        assert_eq!(rows.len(), 1);
+        let removed = admin
+            .post(
+                &format!("/admin/signatories/{}/remove", rows[0].id),
+                &[("csrf", &csrf), ("ods", "A81001")],
+            )
+            .await;
+        assert_eq!(removed.status, StatusCode::SEE_OTHER);
+        assert!(
+            !admin
+                .get("/admin/signatories?ods=A81001")
+                .await
+                .body
+                .contains("Jo Bloggs")
+        );
+
+        // The practice has no Primary User: a manager sees it on the coverage page.
+        let mut manager = Browser::new(&engine).await;
+        manager.sign_in_as(&engine, "manager@nhs.net", ActorRole::Manager).await;
+        let page = manager.get("/reports/coverage").await;
+        assert_eq!(page.status, StatusCode::OK);
+        let none =
+            &page.body[page.body.find("No Primary User").unwrap()..page.body.find("Only one Primary User").unwrap()];
+        assert!(none.contains("A81001"), "{none}");
+        let mut caseworker = Browser::new(&engine).await;
+        caseworker
+            .sign_in_as(&engine, "cw@nhs.net", ActorRole::Caseworker)
+            .await;
+        assert_eq!(caseworker.get("/reports/coverage").await.status, StatusCode::FORBIDDEN);
     })
     .await;
 }

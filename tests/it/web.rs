@@ -29,7 +29,7 @@ pub(crate) struct Page {
 
 impl Page {
     /// The CSRF token in the page's first form.
-    fn csrf(&self) -> String {
+    pub(crate) fn csrf(&self) -> String {
         let start = self
             .body
             .find("name=\"csrf\" value=\"")

@@ -2,6 +2,7 @@
 //! every email template.
 
 mod organisations;
+mod signatories;
 mod templates;
 mod users;
 mod workflows;
@@ -12,6 +13,7 @@ pub(super) fn routes() -> Vec<Route> {
     [
         users::routes(),
         organisations::routes(),
+        signatories::routes(),
         workflows::routes(),
         templates::routes(),
     ]

@@ -444,6 +444,24 @@ async fn case_journey(backend: Backend) {
         browser.screenshot().await.unwrap(),
     )
     .unwrap();
+    // The evidence a caseworker checks further down: who sent it and what decided, the log's
+    // chain, and the evidence pack.
+    assert!(
+        page.contains("Decided by: our mail server"),
+        "the sender check says what decided it"
+    );
+    assert!(page.contains("log intact"), "the event chain's state is shown");
+    assert!(page.contains("Download the evidence pack"));
+    for (id, name) in [
+        ("email-h", "case-sender-check.png"),
+        ("timeline-h", "case-timeline.png"),
+    ] {
+        let section = browser
+            .find(Locator::XPath(&format!("//section[h2[@id='{id}']]")))
+            .await
+            .unwrap();
+        std::fs::write(output(backend, name), section.screenshot().await.unwrap()).unwrap();
+    }
     assert!(
         std::fs::metadata(output(backend, "queue-1280.png")).unwrap().len() > 10_000,
         "a real screenshot"

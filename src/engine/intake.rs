@@ -171,34 +171,21 @@ impl Related {
     }
 }
 
-/// What the registry says about the organisation `fields` name (`NotLoaded` when they name none).
-pub(crate) async fn registry_lookup_for(
-    conn: &mut AnyConnection,
-    fields: &BTreeMap<String, String>,
-) -> Result<crate::registry::RegistryLookup, EngineError> {
-    match fields
-        .get("org_ods_code")
-        .and_then(|c| crate::domain::OdsCode::parse(c))
-    {
-        Some(code) => Ok(storage::registry_lookup(conn, code.as_str()).await?),
-        None => Ok(crate::registry::RegistryLookup::NotLoaded),
-    }
-}
-
 /// What the registry and the signatory register hold for the organisation `fields` name.
 pub(crate) async fn records_for(
     conn: &mut AnyConnection,
     fields: &BTreeMap<String, String>,
 ) -> Result<(crate::registry::RegistryLookup, crate::signatories::RegisterLookup), EngineError> {
-    let registry = registry_lookup_for(conn, fields).await?;
-    let register = match fields
+    match fields
         .get("org_ods_code")
         .and_then(|c| crate::domain::OdsCode::parse(c))
     {
-        Some(code) => storage::register_lookup(conn, code.as_str()).await?,
-        None => crate::signatories::RegisterLookup::default(),
-    };
-    Ok((registry, register))
+        Some(code) => Ok(storage::records_of(conn, code.as_str()).await?),
+        None => Ok((
+            crate::registry::RegistryLookup::NotLoaded,
+            crate::signatories::RegisterLookup::default(),
+        )),
+    }
 }
 
 /// How soon a sender whose DKIM key could not be fetched is checked again.

@@ -98,3 +98,56 @@ pub async fn registry_counts(conn: &mut AnyConnection) -> Result<(i64, i64), Sto
         row.try_get(1).context("counting the organisation registry")?,
     ))
 }
+
+/// The registry's word on `code` and the signatory register's rows for it, in two queries
+/// (one for the registry and both "is anything loaded" questions, one for the signatories):
+/// every form asks, so round trips count.
+pub async fn records_of(
+    conn: &mut AnyConnection,
+    code: &str,
+) -> Result<(RegistryLookup, crate::signatories::RegisterLookup), StorageError> {
+    let code = code.trim().to_ascii_uppercase();
+    let row = sqlx::query(
+        "SELECT r.ods_code, r.name, r.gp_practice, r.roles, r.status, r.closed_on, \
+                (SELECT COUNT(*) FROM (SELECT 1 FROM ods_registry LIMIT 1) AS loaded), \
+                (SELECT COUNT(*) FROM (SELECT 1 FROM signatories WHERE active = 1 AND source <> 'provisioned' LIMIT 1) AS kept) \
+           FROM (SELECT 1 AS one) AS base LEFT JOIN ods_registry r ON r.ods_code = $1",
+    )
+    .bind(&code)
+    .fetch_one(&mut *conn)
+    .await
+    .context("looking up an organisation")?;
+    let decode = |e: sqlx::Error| StorageError::Query {
+        context: "decoding an organisation",
+        source: e,
+    };
+    let loaded: i64 = row.try_get(6).map_err(decode)?;
+    let register_in_use: i64 = row.try_get(7).map_err(decode)?;
+    let found: Option<String> = row.try_get(0).map_err(decode)?;
+    let registry = match found {
+        None if loaded > 0 => RegistryLookup::Unknown,
+        None => RegistryLookup::NotLoaded,
+        Some(found) => {
+            let status: String = row.try_get(4).map_err(decode)?;
+            let roles: String = row.try_get(3).map_err(decode)?;
+            let closed_on: Option<String> = row.try_get(5).map_err(decode)?;
+            RegistryLookup::Known(RegisteredOrganisation {
+                code: found,
+                name: row.try_get(1).map_err(decode)?,
+                gp_practice: row.try_get::<i64, _>(2).map_err(decode)? == 1,
+                roles: roles.split_whitespace().map(str::to_string).collect(),
+                status: OrgStatus::parse(&status).ok_or_else(|| StorageError::Corrupt {
+                    context: "an organisation's status",
+                    message: status.clone(),
+                })?,
+                closed_on: closed_on.and_then(|d| chrono::NaiveDate::parse_from_str(&d, "%Y-%m-%d").ok()),
+            })
+        }
+    };
+    let of_organisation = super::list_signatories(conn, Some(&code)).await?;
+    let register = crate::signatories::RegisterLookup {
+        in_use: register_in_use > 0,
+        of_organisation,
+    };
+    Ok((registry, register))
+}

@@ -141,9 +141,16 @@ impl Scheduler {
             "percent_within_sla": report.headline.percent_within_sla.map(|p| format!("{p:.0}%")),
             "reports_link": format!("{}/reports", self.settings.web_base_url.trim_end_matches('/')),
         });
+        self.mail_managers("daily_digest", &context).await?;
+        Ok(format!("{} open, {} past their SLA", now.open, now.breached))
+    }
+
+    /// Queues a message to the managers (held back, and recorded as such, when no
+    /// `managers_address` is set).
+    async fn mail_managers(&self, template: &str, context: &serde_json::Value) -> Result<(), SchedulerError> {
         let recipient = self.settings.managers_address.clone();
-        let digest = storage::NewMail {
-            template: "daily_digest".into(),
+        let mail = storage::NewMail {
+            template: template.into(),
             suppressed_reason: recipient.is_none().then(|| "no managers_address is set".into()),
             recipient,
             context_json: context.to_string(),
@@ -152,9 +159,9 @@ impl Scheduler {
             automatic: true,
         };
         let mut conn = self.engine.db().pool.acquire().await.context("connecting")?;
-        storage::enqueue_mail(&mut conn, digest, self.engine.now_ms()).await?;
+        storage::enqueue_mail(&mut conn, mail, self.engine.now_ms()).await?;
         self.engine.wakers().outbox.notify_one();
-        Ok(format!("{} open, {} past their SLA", now.open, now.breached))
+        Ok(())
     }
 
     /// The managers' weekly list of organisations short of Primary Users: none, one, and one
@@ -163,13 +170,12 @@ impl Scheduler {
         let mut conn = self.engine.db().pool.acquire().await.context("connecting")?;
         let terminal = self.engine.workflows().terminal_states();
         let short = storage::primary_user_coverage(&mut conn, &terminal).await?;
-        let line = |c: &storage::Coverage| {
-            // Our own words and checked codes only: the name comes from our records.
-            let name = c.name.as_deref().unwrap_or("");
-            match &c.replacing {
-                Some(reference) => format!("{} {name} (being replaced: {reference})", c.ods_code),
-                None => format!("{} {name}", c.ods_code),
-            }
+        drop(conn);
+        // Checked codes and references only: an organisation's name was first typed on a
+        // form, and mail quotes no one's text (the coverage page shows the names).
+        let line = |c: &storage::Coverage| match &c.replacing {
+            Some(reference) => format!("{} (being replaced: {reference})", c.ods_code),
+            None => c.ods_code.clone(),
         };
         let none: Vec<String> = short.iter().filter(|c| c.primary_users == 0).map(line).collect();
         let one: Vec<String> = short.iter().filter(|c| c.primary_users == 1).map(line).collect();
@@ -180,18 +186,7 @@ impl Scheduler {
             "replacing": replacing,
             "coverage_link": format!("{}/reports/coverage", self.settings.web_base_url.trim_end_matches('/')),
         });
-        let recipient = self.settings.managers_address.clone();
-        let digest = storage::NewMail {
-            template: "coverage_digest".into(),
-            suppressed_reason: recipient.is_none().then(|| "no managers_address is set".into()),
-            recipient,
-            context_json: context.to_string(),
-            message_id: format!("<{}@countersign>", uuid::Uuid::new_v4()),
-            in_reply_to: None,
-            automatic: true,
-        };
-        storage::enqueue_mail(&mut conn, digest, self.engine.now_ms()).await?;
-        self.engine.wakers().outbox.notify_one();
+        self.mail_managers("coverage_digest", &context).await?;
         Ok(format!(
             "{} organisation(s) with no Primary User, {} with one ({replacing} being replaced)",
             none.len(),

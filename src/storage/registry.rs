@@ -66,6 +66,12 @@ pub async fn registry_lookup(conn: &mut AnyConnection, code: &str) -> Result<Reg
             RegistryLookup::NotLoaded
         });
     };
+    Ok(RegistryLookup::Known(organisation_from(&row)?))
+}
+
+/// An organisation from a row whose first six columns are the registry's (code, name,
+/// gp_practice, roles, status, closed_on).
+fn organisation_from(row: &sqlx::any::AnyRow) -> Result<RegisteredOrganisation, StorageError> {
     let decode = |e: sqlx::Error| StorageError::Query {
         context: "decoding an organisation",
         source: e,
@@ -73,7 +79,7 @@ pub async fn registry_lookup(conn: &mut AnyConnection, code: &str) -> Result<Reg
     let status: String = row.try_get(4).map_err(decode)?;
     let roles: String = row.try_get(3).map_err(decode)?;
     let closed_on: Option<String> = row.try_get(5).map_err(decode)?;
-    Ok(RegistryLookup::Known(RegisteredOrganisation {
+    Ok(RegisteredOrganisation {
         code: row.try_get(0).map_err(decode)?,
         name: row.try_get(1).map_err(decode)?,
         gp_practice: row.try_get::<i64, _>(2).map_err(decode)? == 1,
@@ -83,7 +89,7 @@ pub async fn registry_lookup(conn: &mut AnyConnection, code: &str) -> Result<Reg
             message: status.clone(),
         })?,
         closed_on: closed_on.and_then(|d| chrono::NaiveDate::parse_from_str(&d, "%Y-%m-%d").ok()),
-    }))
+    })
 }
 
 /// How many organisations the registry holds, and how many are GP practices.
@@ -127,22 +133,7 @@ pub async fn records_of(
     let registry = match found {
         None if loaded > 0 => RegistryLookup::Unknown,
         None => RegistryLookup::NotLoaded,
-        Some(found) => {
-            let status: String = row.try_get(4).map_err(decode)?;
-            let roles: String = row.try_get(3).map_err(decode)?;
-            let closed_on: Option<String> = row.try_get(5).map_err(decode)?;
-            RegistryLookup::Known(RegisteredOrganisation {
-                code: found,
-                name: row.try_get(1).map_err(decode)?,
-                gp_practice: row.try_get::<i64, _>(2).map_err(decode)? == 1,
-                roles: roles.split_whitespace().map(str::to_string).collect(),
-                status: OrgStatus::parse(&status).ok_or_else(|| StorageError::Corrupt {
-                    context: "an organisation's status",
-                    message: status.clone(),
-                })?,
-                closed_on: closed_on.and_then(|d| chrono::NaiveDate::parse_from_str(&d, "%Y-%m-%d").ok()),
-            })
-        }
+        Some(_) => RegistryLookup::Known(organisation_from(&row)?),
     };
     let of_organisation = super::list_signatories(conn, Some(&code)).await?;
     let register = crate::signatories::RegisterLookup {

@@ -778,6 +778,11 @@ async fn the_weekly_coverage_digest_lists_organisations_short_of_primary_users()
             mail.subject
         );
         assert!(mail.text.contains("  - A81001"), "{}", mail.text);
+        assert!(
+            !mail.text.contains("Riverside"),
+            "no text typed on a form: {}",
+            mail.text
+        );
         // Weekly: not again on Tuesday.
         clock.set(at(2026, 11, 24, 8) + chrono::Duration::minutes(5));
         let ran = scheduler.run_due_jobs().await.unwrap();

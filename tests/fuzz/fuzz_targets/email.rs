@@ -6,6 +6,7 @@
 use std::sync::OnceLock;
 
 use countersign::calendar::WorkingCalendar;
+use countersign::dkim::{SenderCheckSettings, SenderChecker};
 use countersign::domain::NhsDomains;
 use countersign::engine::{Engine, EngineConfig};
 use countersign::mail::MailSettings;
@@ -30,7 +31,8 @@ fn harness() -> &'static Harness {
         let _ = std::panic::take_hook();
         let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-        // Preparation reads no database, but the engine carries one: an in-memory SQLite.
+        // Preparation reads the organisation registry and the signatory register (empty here):
+        // an in-memory SQLite.
         let db = runtime.block_on(Db::connect("sqlite::memory:")).unwrap();
         let workflows = WorkflowSet::load(&root.join("workflows"), &root.join("templates")).unwrap();
         let engine = Engine::new(
@@ -45,6 +47,14 @@ fn harness() -> &'static Harness {
                 },
                 limits: ExtractLimits::default(),
                 pdf_reader: Default::default(),
+                // Our own DKIM check runs on every input (mail-auth parses the attacker's
+                // signatures); a key lookup meets a loopback port where nothing answers, fast.
+                sender_checker: SenderChecker::new(SenderCheckSettings {
+                    dns_servers: vec!["127.0.0.1:9".into()],
+                    dns_timeout_ms: 50,
+                    ..SenderCheckSettings::default()
+                })
+                .unwrap(),
             },
         );
         Harness { runtime, engine }

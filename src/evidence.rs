@@ -8,7 +8,6 @@ use std::io::Write;
 
 use sha2::{Digest, Sha256};
 
-use crate::audit::chain::check_chain;
 use crate::storage::{self, Db, StorageError};
 
 #[derive(Debug, thiserror::Error)]
@@ -35,9 +34,7 @@ pub async fn evidence_pack(db: &Db, reference: &str, now: i64) -> Result<Option<
         return Ok(None);
     };
     let case = &file.case;
-    let chain = storage::chain_of(&mut conn, case.id).await?;
-    let recorded_length = storage::chain_length(&mut conn, case.id).await?;
-    let breaks = check_chain(case.id, recorded_length, &chain);
+    let (chain, chain_verdict) = crate::audit::case_chain_with_events(&mut conn, case.id).await?;
 
     let mut entries: Vec<(String, Vec<u8>)> = Vec::new();
     let mut senders = Vec::new();
@@ -116,9 +113,9 @@ pub async fn evidence_pack(db: &Db, reference: &str, now: i64) -> Result<Option<
     let verdicts = serde_json::json!({
         "sender_authentication": senders,
         "event_chain": {
-            "intact": breaks.is_empty(),
-            "events": chain.len(),
-            "problems": breaks.iter().map(ToString::to_string).collect::<Vec<_>>(),
+            "intact": chain_verdict.intact,
+            "events": chain_verdict.events,
+            "problems": chain_verdict.problems,
             "how_to_check": "each event's hash is SHA-256 over the JSON array [\"countersign-event-v1\", case id, seq, previous hash (\"\" for the first), at_ms, actor, actor_role, kind, transition, from_state, to_state, reason, data]",
             "case_id": case.id,
         },
@@ -128,7 +125,7 @@ pub async fn evidence_pack(db: &Db, reference: &str, now: i64) -> Result<Option<
     entries.push(("events.json".into(), pretty(&events)));
     entries.push((
         "README.txt".into(),
-        readme(&case.reference, now, breaks.is_empty()).into_bytes(),
+        readme(&case.reference, now, chain_verdict.intact).into_bytes(),
     ));
 
     let folder = safe_name(&case.reference);

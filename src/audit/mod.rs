@@ -60,17 +60,26 @@ pub struct ChainVerdict {
 
 /// Checks the chain of case `case_id` (its events, and the length its row records).
 pub async fn case_chain(conn: &mut sqlx::AnyConnection, case_id: i64) -> Result<ChainVerdict, StorageError> {
+    Ok(case_chain_with_events(conn, case_id).await?.1)
+}
+
+/// [`case_chain`], and the events themselves (the evidence pack lists them).
+pub async fn case_chain_with_events(
+    conn: &mut sqlx::AnyConnection,
+    case_id: i64,
+) -> Result<(Vec<chain::StoredEvent>, ChainVerdict), StorageError> {
     let chain = storage::chain_of(conn, case_id).await?;
     let recorded = storage::chain_length(conn, case_id).await?;
     let problems: Vec<String> = check_chain(case_id, recorded, &chain)
         .iter()
         .map(ToString::to_string)
         .collect();
-    Ok(ChainVerdict {
+    let verdict = ChainVerdict {
         intact: problems.is_empty(),
         events: chain.len(),
         problems,
-    })
+    };
+    Ok((chain, verdict))
 }
 
 /// Hashes events written before the chain existed. Run at start-up.

@@ -432,14 +432,8 @@ impl Engine {
         workflow: &WorkflowDef,
         values: &BTreeMap<String, String>,
         actor: &Actor,
-        known: &Known<'_>,
+        known: &Known,
     ) -> CaseChangeset {
-        let Known {
-            origin,
-            sender,
-            registry,
-            register,
-        } = *known;
         let now = self.now_ms();
         let mut change = changeset(case, now);
         let by = |kind: EventKind| CaseEvent::by(&actor.name, actor.role.as_str(), kind, now);
@@ -476,18 +470,47 @@ impl Engine {
         let facts = Facts {
             workflow,
             fields: &fields,
-            sender,
-            sender_auth: &origin.sender_auth,
+            sender: known.sender.as_deref(),
+            sender_auth: &known.origin.sender_auth,
             today: self.today(),
         };
         let mut findings = policy::check(&facts, &self.config.policy);
-        policy::check_against_registry(workflow, &fields, registry, self.today(), &mut findings);
-        policy::check_against_register(workflow, &fields, register, &mut findings);
+        policy::check_against_registry(workflow, &fields, &known.registry, self.today(), &mut findings);
+        policy::check_against_register(workflow, &fields, &known.register, &mut findings);
         let mut form = form_columns(workflow, &fields, &findings);
         // A keyed organisation name is kept as typed (an empty one clears it).
         form.org_name = fields.get("org_name").cloned();
         change.columns.form = Some(form);
         change
+    }
+
+    /// What the rules know of `case` besides the form, read in the change's transaction;
+    /// `fields` are the fields they will check (the case's, or as keyed).
+    pub(crate) async fn known(
+        &self,
+        conn: &mut AnyConnection,
+        case: &CaseRecord,
+        fields: &BTreeMap<String, String>,
+    ) -> Result<Known, EngineError> {
+        let message = storage::origin_of(&mut *conn, case.origin_message_id).await?;
+        let (registry, register) = super::intake::records_for(conn, fields).await?;
+        Ok(Known {
+            origin: Origin::from_stored(&message),
+            sender: message.from_address,
+            registry,
+            register,
+        })
+    }
+
+    /// The case's rules run again on what is known now, when it still waits for review (one
+    /// that has moved on keeps its decisions); otherwise an empty change.
+    pub(crate) fn recheck_rules(&self, case: &CaseRecord, actor: &Actor, known: &Known) -> CaseChangeset {
+        match case.workflow.as_deref().and_then(|w| self.workflows.get(w)) {
+            Some(workflow) if wellknown::KEYABLE_STATES.contains(&case.state.as_str()) => {
+                self.plan_keying(case, workflow, &BTreeMap::new(), actor, known)
+            }
+            _ => changeset(case, self.now_ms()),
+        }
     }
 
     /// The planner's view of now.
@@ -765,17 +788,9 @@ impl Engine {
                 field: field.clone(),
             });
         }
-        let message = storage::origin_of(&mut tx, case.origin_message_id).await?;
-        let origin = Origin::from_stored(&message);
         let mut keyed = case.fields.clone();
         keyed.extend(values.iter().map(|(k, v)| (k.clone(), v.clone())));
-        let (registry, register) = super::intake::records_for(&mut tx, &keyed).await?;
-        let known = Known {
-            origin: &origin,
-            sender: message.from_address.as_deref(),
-            registry: &registry,
-            register: &register,
-        };
+        let known = self.known(&mut tx, &case, &keyed).await?;
         let change = self.plan_keying(&case, workflow, values, actor, &known);
         let updated = self.apply(&mut tx, &case, change).await?;
         tx.commit().await.context("committing keyed fields")?;
@@ -829,22 +844,10 @@ impl Engine {
             case_reference: Some(case.reference.clone()),
         };
         // The rules run again with the signatory as the register will hold them.
-        let message = storage::origin_of(&mut tx, case.origin_message_id).await?;
-        let origin = Origin::from_stored(&message);
-        let (registry, mut register) = super::intake::records_for(&mut tx, &case.fields).await?;
-        register.in_use = true;
-        register.of_organisation.push(verified.signatory.clone());
-        let known = Known {
-            origin: &origin,
-            sender: message.from_address.as_deref(),
-            registry: &registry,
-            register: &register,
-        };
-        let mut change = if wellknown::KEYABLE_STATES.contains(&case.state.as_str()) {
-            self.plan_keying(&case, workflow, &BTreeMap::new(), actor, &known)
-        } else {
-            changeset(&case, self.now_ms())
-        };
+        let mut known = self.known(&mut tx, &case, &case.fields).await?;
+        known.register.in_use = true;
+        known.register.of_organisation.push(verified.signatory.clone());
+        let mut change = self.recheck_rules(&case, actor, &known);
         change.events.insert(
             0,
             CaseEvent {
@@ -903,14 +906,15 @@ impl Engine {
     }
 }
 
-/// What the rules know besides the form when keyed fields are checked again: the email that
-/// opened the case, its sender's address, and the registry's word on the organisation.
-#[derive(Clone, Copy)]
-pub struct Known<'a> {
-    pub origin: &'a Origin,
-    pub sender: Option<&'a str>,
-    pub registry: &'a crate::registry::RegistryLookup,
-    pub register: &'a crate::signatories::RegisterLookup,
+/// What the rules know besides the form when a case's fields are checked again: the email
+/// that opened the case, its sender's address, and our records on the organisation (the
+/// registry's word on it, the signatory register's rows for it).
+#[derive(Debug, Clone)]
+pub struct Known {
+    pub origin: Origin,
+    pub sender: Option<String>,
+    pub registry: crate::registry::RegistryLookup,
+    pub register: crate::signatories::RegisterLookup,
 }
 
 impl Origin {

@@ -3,8 +3,6 @@
 //! again every ten minutes; once decided, the verdict is stored, each of its cases logs the
 //! recheck, and the rules run again over a case still waiting for review.
 
-use std::collections::BTreeMap;
-
 use super::intake::SENDER_RECHECK_AFTER_MS;
 use super::{Engine, EngineError};
 use crate::dkim::{SenderVerdict, decide};
@@ -12,7 +10,6 @@ use crate::domain::EventKind;
 use crate::mail::{self, SenderAuth};
 use crate::storage::{self, CaseEvent, QueryContext};
 use crate::workflow::Actor;
-use crate::workflow::wellknown::KEYABLE_STATES;
 
 /// How long a sender stays "temporary" before the check gives up (not a pass).
 const GIVE_UP_AFTER_MS: i64 = 24 * 60 * 60 * 1000;
@@ -88,24 +85,10 @@ impl Engine {
             if case.origin_message_id != raw_message_id {
                 continue;
             }
-            let message = storage::origin_of(&mut tx, raw_message_id).await?;
-            let origin = super::Origin::from_stored(&message);
-            let workflow = case.workflow.as_deref().and_then(|w| self.workflows().get(w));
-            let (registry, register) = super::intake::records_for(&mut tx, &case.fields).await?;
             // A case still waiting for review has its rules run again on the new verdict;
             // one that has moved on keeps its decisions, and the log says what was found.
-            let mut change = match workflow {
-                Some(workflow) if KEYABLE_STATES.contains(&case.state.as_str()) => {
-                    let known = super::change::Known {
-                        origin: &origin,
-                        sender: message.from_address.as_deref(),
-                        registry: &registry,
-                        register: &register,
-                    };
-                    self.plan_keying(&case, workflow, &BTreeMap::new(), &Actor::system(), &known)
-                }
-                _ => super::change::changeset(&case, self.now_ms()),
-            };
+            let known = self.known(&mut tx, &case, &case.fields).await?;
+            let mut change = self.recheck_rules(&case, &Actor::system(), &known);
             change.events.insert(
                 0,
                 CaseEvent {

@@ -283,7 +283,7 @@ pub use reports::{
 pub use seed::{insert_seeded, refresh_statistics, seed_origin_message, seeded_count};
 pub use signatories::{
     Coverage, NewSignatory, RegisterRow, add_signatories, deactivate_signatory, list_signatories,
-    primary_user_coverage, register_lookup, register_rows,
+    primary_user_coverage, register_rows,
 };
 pub use timers::*;
 pub use tokens::*;

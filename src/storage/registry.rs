@@ -48,25 +48,7 @@ pub async fn import_registry(
 
 /// What the registry says about `code` (`NotLoaded` when nothing was ever imported).
 pub async fn registry_lookup(conn: &mut AnyConnection, code: &str) -> Result<RegistryLookup, StorageError> {
-    let row = sqlx::query(
-        "SELECT ods_code, name, gp_practice, roles, status, closed_on FROM ods_registry WHERE ods_code = $1",
-    )
-    .bind(code.trim().to_ascii_uppercase())
-    .fetch_optional(&mut *conn)
-    .await
-    .context("looking up an organisation")?;
-    let Some(row) = row else {
-        let loaded: Option<String> = sqlx::query_scalar("SELECT ods_code FROM ods_registry LIMIT 1")
-            .fetch_optional(&mut *conn)
-            .await
-            .context("looking up an organisation")?;
-        return Ok(if loaded.is_some() {
-            RegistryLookup::Unknown
-        } else {
-            RegistryLookup::NotLoaded
-        });
-    };
-    Ok(RegistryLookup::Known(organisation_from(&row)?))
+    Ok(records_of(conn, code).await?.0)
 }
 
 /// An organisation from a row whose first six columns are the registry's (code, name,

@@ -3,7 +3,7 @@
 use sqlx::{AnyConnection, Row};
 
 use super::{QueryContext, StorageError};
-use crate::signatories::{KnownSignatory, PRIMARY_USER, RegisterLookup};
+use crate::signatories::{KnownSignatory, PRIMARY_USER};
 
 /// A signatory to add, and how we know them.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -52,37 +52,7 @@ fn signatory(r: &sqlx::any::AnyRow) -> Result<KnownSignatory, sqlx::Error> {
     })
 }
 
-/// The active signatories of `ods_code`, and whether the register holds anyone at all.
-pub async fn register_lookup(conn: &mut AnyConnection, ods_code: &str) -> Result<RegisterLookup, StorageError> {
-    let sql = format!("SELECT {SIGNATORY_COLUMNS} FROM signatories WHERE ods_code = $1 AND active = 1 ORDER BY id");
-    let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
-        .bind(ods_code)
-        .fetch_all(&mut *conn)
-        .await
-        .context("looking up signatories")?;
-    let of_organisation = rows
-        .iter()
-        .map(signatory)
-        .collect::<Result<Vec<_>, sqlx::Error>>()
-        .context("decoding signatories")?;
-    // The register is in use once someone keeps it (an import, an admin, a verification):
-    // the Primary Users we provision by ourselves do not make every other signatory unknown.
-    let kept = |s: &KnownSignatory| s.source != "provisioned";
-    let in_use = of_organisation.iter().any(kept)
-        || sqlx::query_scalar::<_, i64>(
-            "SELECT id FROM signatories WHERE active = 1 AND source <> 'provisioned' LIMIT 1",
-        )
-        .fetch_optional(&mut *conn)
-        .await
-        .context("looking up signatories")?
-        .is_some();
-    Ok(RegisterLookup {
-        in_use,
-        of_organisation,
-    })
-}
-
-/// Every active signatory of `ods_code` (or of every organisation), for the command line.
+/// Every active signatory of `ods_code` (or of every organisation).
 pub async fn list_signatories(
     conn: &mut AnyConnection,
     ods_code: Option<&str>,

@@ -12,6 +12,7 @@ use crate::config::Settings;
 use crate::engine::{Clock, Engine, EngineConfig};
 use crate::mail::MailSettings;
 use crate::pdf::PdfReader;
+use crate::pdf::signature::TrustAnchors;
 use crate::pdf::worker::{WorkerPool, WorkerSettings};
 use crate::policy::PolicySettings;
 use crate::storage::Db;
@@ -61,6 +62,10 @@ fn engine_config(settings: &Settings, pdf_reader: Option<PdfReader>) -> Result<E
     Ok(EngineConfig {
         policy: PolicySettings {
             nhs_domains: settings.nhs_domains.clone(),
+            trust_anchors: match &settings.signature_trust_store {
+                Some(path) => TrustAnchors::from_pem_file(path)?,
+                None => TrustAnchors::default(),
+            },
         },
         mail: MailSettings {
             authserv_id: settings.authserv_id.clone(),

@@ -51,6 +51,10 @@ pub struct Settings {
     pub allow_default_authserv_id: bool,
     /// Our own DKIM, ARC and Exchange-internal check of each email's sender.
     pub sender_check: crate::dkim::SenderCheckSettings,
+    /// A PEM file of the certificates trusted to vouch for digital signatures on forms (for
+    /// example the NHS or a qualified trust service's root). Unset, no signature is trusted:
+    /// each is checked and shown, and a caseworker confirms the signatory another way.
+    pub signature_trust_store: Option<PathBuf>,
     pub max_pdf_bytes: usize,
     pub pdf_timeout: Duration,
     /// The mailbox to take mail from; when unset, the drop folder is used.
@@ -284,6 +288,7 @@ impl Settings {
             authserv_id: DEFAULT_AUTHSERV_ID.into(),
             allow_default_authserv_id: false,
             sender_check: crate::dkim::SenderCheckSettings::default(),
+            signature_trust_store: None,
             max_pdf_bytes: ExtractLimits::default().max_bytes,
             pdf_timeout: ExtractLimits::default().timeout,
             imap: None,
@@ -402,6 +407,9 @@ impl Settings {
         }
         if let Some(v) = layer.trust_exchange_internal {
             check.trust_exchange_internal = v;
+        }
+        if let Some(v) = layer.signature_trust_store {
+            self.signature_trust_store = Some(v);
         }
         if let Some(v) = layer.max_pdf_bytes {
             self.max_pdf_bytes = v;
@@ -642,6 +650,7 @@ impl std::fmt::Debug for Settings {
             .field("nhs_domains", &self.nhs_domains.entries())
             .field("authserv_id", &self.authserv_id)
             .field("sender_check", &self.sender_check)
+            .field("signature_trust_store", &self.signature_trust_store)
             .field("max_pdf_bytes", &self.max_pdf_bytes)
             .field("pdf_timeout", &self.pdf_timeout)
             .field("imap", &self.imap)
@@ -671,6 +680,7 @@ struct FileLayer {
     dns_timeout_ms: Option<u64>,
     trusted_arc_sealers: Option<Vec<String>>,
     trust_exchange_internal: Option<bool>,
+    signature_trust_store: Option<PathBuf>,
     max_pdf_bytes: Option<usize>,
     pdf_timeout_secs: Option<u64>,
     imap_host: Option<String>,
@@ -759,6 +769,7 @@ impl FileLayer {
             trusted_arc_sealers: get("COUNTERSIGN_TRUSTED_ARC_SEALERS").map(|v| list(&v)),
             trust_exchange_internal: get("COUNTERSIGN_TRUST_EXCHANGE_INTERNAL")
                 .map(|v| matches!(v.trim().to_ascii_lowercase().as_str(), "1" | "true" | "yes" | "on")),
+            signature_trust_store: get("COUNTERSIGN_SIGNATURE_TRUST_STORE").map(PathBuf::from),
             max_pdf_bytes: number("COUNTERSIGN_MAX_PDF_BYTES")?.map(|v| v as usize),
             pdf_timeout_secs: number("COUNTERSIGN_PDF_TIMEOUT_SECS")?,
             imap_host: get("COUNTERSIGN_IMAP_HOST"),

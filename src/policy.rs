@@ -10,6 +10,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::domain::{EmailAddress, NhsDomains, OdsCode, normalise_role, parse_form_date};
 use crate::mail::SenderAuth;
+use crate::pdf::SignatureInfo;
+use crate::pdf::signature::{Integrity, TrustAnchors, TrustStatus};
 use crate::registry::RegistryLookup;
 use crate::signatories::{RegisterLookup, SignatoryStanding, claims_primary, standing};
 use crate::workflow::{FieldKind, OrganisationKind, WorkflowDef};
@@ -58,6 +60,13 @@ pub enum FindingCode {
     SignatoryNotKnown,
     /// Signed as an existing Primary User or Primary Contact who is not one in our records.
     SignatoryNotPrimaryUser,
+    /// A digital signature on the form does not match the file (altered, damaged or forged).
+    DigitalSignatureInvalid,
+    /// A digital signature verifies, but its certificate is not one we trust (self-signed,
+    /// unknown issuer, expired), or it could not be checked.
+    DigitalSignatureNotTrusted,
+    /// The form was updated after it was digitally signed, and the update changes its fields.
+    FormChangedAfterSigning,
 }
 
 impl FindingCode {
@@ -93,13 +102,16 @@ impl FindingCode {
             FindingCode::OrganisationClosed => "organisation_closed",
             FindingCode::SignatoryNotKnown => "signatory_not_known",
             FindingCode::SignatoryNotPrimaryUser => "signatory_not_primary_user",
+            FindingCode::DigitalSignatureInvalid => "digital_signature_invalid",
+            FindingCode::DigitalSignatureNotTrusted => "digital_signature_not_trusted",
+            FindingCode::FormChangedAfterSigning => "form_changed_after_signing",
         }
     }
 }
 
 impl FindingCode {
     /// Every finding, in the order the rules meet them.
-    pub const ALL: [FindingCode; 30] = [
+    pub const ALL: [FindingCode; 33] = [
         FindingCode::RequiredFieldMissing,
         FindingCode::OdsCodeMalformed,
         FindingCode::OrganisationTypeMismatch,
@@ -130,7 +142,21 @@ impl FindingCode {
         FindingCode::OrganisationClosed,
         FindingCode::SignatoryNotKnown,
         FindingCode::SignatoryNotPrimaryUser,
+        FindingCode::DigitalSignatureInvalid,
+        FindingCode::DigitalSignatureNotTrusted,
+        FindingCode::FormChangedAfterSigning,
     ];
+
+    /// Findings about the PDF file itself rather than the values on it: keying the form by
+    /// hand, or checking its rules again, does not change them.
+    pub fn is_about_the_file(self) -> bool {
+        matches!(
+            self,
+            FindingCode::DigitalSignatureInvalid
+                | FindingCode::DigitalSignatureNotTrusted
+                | FindingCode::FormChangedAfterSigning
+        )
+    }
 
     /// The finding's code as stored, back to the finding (None for a code no rule has).
     pub fn parse(code: &str) -> Option<FindingCode> {
@@ -171,6 +197,9 @@ impl FindingCode {
             FindingCode::OrganisationClosed => "Organisation closed",
             FindingCode::SignatoryNotKnown => "Signatory not known: verify them",
             FindingCode::SignatoryNotPrimaryUser => "Signatory is not a Primary User in our records",
+            FindingCode::DigitalSignatureInvalid => "Digital signature does not match the form",
+            FindingCode::DigitalSignatureNotTrusted => "Digital signature not from a trusted certificate",
+            FindingCode::FormChangedAfterSigning => "Form changed after it was signed",
         }
     }
 }
@@ -243,6 +272,15 @@ impl FindingCode {
             FindingCode::TooManyAttachments => {
                 "Your email had more attachments than we can take. Please send each form on its own."
             }
+            FindingCode::DigitalSignatureInvalid => {
+                "The digital signature on the form does not match the form as we received it. Please sign the completed form again and send it without changing it afterwards."
+            }
+            FindingCode::DigitalSignatureNotTrusted => {
+                "We could not confirm the certificate behind the form's digital signature, so a caseworker will check the signatory another way."
+            }
+            FindingCode::FormChangedAfterSigning => {
+                "The form was changed after it was signed. Please make any changes first, then have the signatory sign the final form."
+            }
         }
     }
 }
@@ -279,6 +317,8 @@ impl Finding {
 #[derive(Debug, Clone, Default)]
 pub struct PolicySettings {
     pub nhs_domains: NhsDomains,
+    /// The certificates trusted to vouch for digital signatures on forms.
+    pub trust_anchors: TrustAnchors,
 }
 
 /// Everything the rules look at for one form.
@@ -488,6 +528,69 @@ pub fn check_against_register(
             &s.name_field,
             format!("{who} ({role}) is not a known signatory of {code}: verify them (for example by phoning the organisation) and record how on the case."),
         )),
+    }
+}
+
+/// The findings a form's digital signatures call for, once [`crate::pdf::signature`] has
+/// checked them against the file and the trust store. An unsigned signature field (the
+/// signature is optional) calls for none.
+pub fn check_digital_signatures(signatures: &[SignatureInfo], findings: &mut Vec<Finding>) {
+    for signature in signatures.iter().filter(|s| s.signed) {
+        let field = signature.field.as_str();
+        let Some(check) = &signature.verification else {
+            findings.push(Finding::on_field(
+                FindingCode::DigitalSignatureNotTrusted,
+                field,
+                "The form carries a digital signature that was not checked.",
+            ));
+            continue;
+        };
+        match &check.integrity {
+            Integrity::Broken { reason } => findings.push(Finding::on_field(
+                FindingCode::DigitalSignatureInvalid,
+                field,
+                format!("The digital signature does not match the form: {reason}."),
+            )),
+            Integrity::Unsupported { reason } => findings.push(Finding::on_field(
+                FindingCode::DigitalSignatureNotTrusted,
+                field,
+                format!("The digital signature could not be checked: {reason}."),
+            )),
+            Integrity::Intact => match &check.trust {
+                Some(trust) if trust.status == TrustStatus::Trusted => {}
+                Some(trust) => findings.push(Finding::on_field(
+                    FindingCode::DigitalSignatureNotTrusted,
+                    field,
+                    format!("The digital signature is intact, but {}.", trust.detail),
+                )),
+                None => findings.push(Finding::on_field(
+                    FindingCode::DigitalSignatureNotTrusted,
+                    field,
+                    "The digital signature is intact, but its certificate was not checked against the trust store.",
+                )),
+            },
+        }
+        if let Some(later) = &check.later_revisions {
+            if !later.signed_revision_readable {
+                findings.push(Finding::on_field(
+                    FindingCode::FormChangedAfterSigning,
+                    field,
+                    format!(
+                        "{} bytes were added after the form was signed, and the signed version cannot be read to compare.",
+                        later.bytes_after_signing
+                    ),
+                ));
+            } else if !later.changed_fields.is_empty() {
+                findings.push(Finding::on_field(
+                    FindingCode::FormChangedAfterSigning,
+                    field,
+                    format!(
+                        "The form was changed after it was signed: {} now differ from what the signatory signed.",
+                        later.changed_fields.join(", ")
+                    ),
+                ));
+            }
+        }
     }
 }
 

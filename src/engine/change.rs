@@ -477,6 +477,8 @@ impl Engine {
         let mut findings = policy::check(&facts, &self.config.policy);
         policy::check_against_registry(workflow, &fields, &known.registry, self.today(), &mut findings);
         policy::check_against_register(workflow, &fields, &known.register, &mut findings);
+        // What the file itself showed (its digital signature) stands, whatever is keyed.
+        findings.extend(case.findings.iter().filter(|f| f.code.is_about_the_file()).cloned());
         let mut form = form_columns(workflow, &fields, &findings);
         // A keyed organisation name is kept as typed (an empty one clears it).
         form.org_name = fields.get("org_name").cloned();

@@ -49,13 +49,14 @@ impl Engine {
             extraction: None,
             findings: vec![],
         };
-        let extracted = match result {
+        let mut extracted = match result {
             Ok(extracted) => extracted,
             Err(error) => {
                 analysis.findings.push(finding_for_pdf_error(&error, filename));
                 return analysis;
             }
         };
+        self.judge_signature_trust(&mut extracted);
         if !extracted.has_fields() {
             // Printed, flattened or scanned: wait for a caseworker to key it in.
             analysis.workflow = extracted
@@ -102,9 +103,24 @@ impl Engine {
             ));
         }
         analysis.findings.extend(policy::check(&facts, &self.config.policy));
+        policy::check_digital_signatures(&extracted.signatures, &mut analysis.findings);
         analysis.workflow = Some(workflow.name.clone());
         analysis.extraction = Some(extracted);
         analysis
+    }
+
+    /// Judges each intact digital signature's certificate against the trust store, now: the
+    /// worker that read the PDF checked the file's bytes, but knows neither the trust store
+    /// nor the engine's clock.
+    fn judge_signature_trust(&self, extracted: &mut ExtractedForm) {
+        let now = self.clock.now().with_timezone(&chrono::Utc);
+        for check in extracted.signatures.iter_mut().filter_map(|s| s.verification.as_mut()) {
+            check.trust = Some(pdf::signature::judge_trust(
+                check,
+                &self.config.policy.trust_anchors,
+                now,
+            ));
+        }
     }
 
     /// A form without a `form_id` belongs to the workflow all of whose recognition fields it

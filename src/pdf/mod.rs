@@ -6,6 +6,7 @@
 //! This module walks the field tree and decodes values as the PDF specification defines them.
 
 pub mod generate;
+pub mod signature;
 pub mod worker;
 
 use std::collections::HashSet;
@@ -88,6 +89,10 @@ pub struct SignatureInfo {
     pub signer_name: Option<String>,
     /// The `/M` signing time as written (`D:20260102120000Z`).
     pub signing_time: Option<String>,
+    /// What the file proves about the signature (its bytes, digest, certificate and any later
+    /// changes), for a signed field; see [`signature`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verification: Option<signature::SignatureCheck>,
 }
 
 /// One terminal field of the form.
@@ -226,6 +231,58 @@ pub fn extract_in_place(
     known_form_ids: &[String],
     limits: ExtractLimits,
 ) -> Result<ExtractedForm, PdfError> {
+    let (mut form, raw_signatures) = read_form(bytes, known_form_ids, limits)?;
+    verify_signatures(bytes, &mut form, raw_signatures, limits);
+    Ok(form)
+}
+
+/// Checks the signed fields' signatures against the file (see [`signature::check_signature`]).
+/// The signed revision of an updated file is read with the same limits, its own signatures
+/// left alone, and each distinct revision at most once.
+fn verify_signatures(
+    bytes: &[u8],
+    form: &mut ExtractedForm,
+    raw_signatures: Vec<(usize, signature::RawSignature)>,
+    limits: ExtractLimits,
+) {
+    let final_fields = comparable_fields(form);
+    let mut revisions: std::collections::HashMap<usize, Option<std::collections::BTreeMap<String, String>>> =
+        std::collections::HashMap::new();
+    let mut read_revision = |prefix: &[u8]| {
+        revisions
+            .entry(prefix.len())
+            .or_insert_with(|| read_form(prefix, &[], limits).ok().map(|(f, _)| comparable_fields(&f)))
+            .clone()
+    };
+    for (checked, (index, raw)) in raw_signatures.into_iter().enumerate() {
+        let verification = if checked < signature::MAX_CHECKED_SIGNATURES {
+            signature::check_signature(bytes, &raw, &final_fields, &mut read_revision)
+        } else {
+            signature::SignatureCheck::unchecked(&raw, "the form has more signatures than are checked")
+        };
+        if let Some(info) = form.signatures.get_mut(index) {
+            info.verification = Some(verification);
+        }
+    }
+}
+
+/// The form's field values by name, signature fields left out: what a signature protects and
+/// a later revision must not change.
+fn comparable_fields(form: &ExtractedForm) -> std::collections::BTreeMap<String, String> {
+    form.fields
+        .iter()
+        .filter(|f| f.field_type != PdfFieldType::Signature)
+        .map(|f| (f.full_name.clone(), f.value.clone().unwrap_or_default()))
+        .collect()
+}
+
+/// Reads the fields, and the raw signature dictionaries of the signed ones (by their index in
+/// `signatures`), without checking the signatures.
+fn read_form(
+    bytes: &[u8],
+    known_form_ids: &[String],
+    limits: ExtractLimits,
+) -> Result<(ExtractedForm, Vec<(usize, signature::RawSignature)>), PdfError> {
     // lopdf decodes every object and cross-reference stream while it loads, each within the
     // per-stream cap. Sharing the per-PDF budget between them bounds the total as well: a PDF
     // of many small bombs gets no more than one big one.
@@ -262,6 +319,7 @@ pub fn extract_in_place(
     if form.page_count == 0 {
         return Err(PdfError::Malformed("no pages could be read".into()));
     }
+    let mut raw_signatures = Vec::new();
     if let Some(fields) = acroform_fields(&document) {
         let mut walker = FieldWalker {
             document: &document,
@@ -270,6 +328,7 @@ pub fn extract_in_place(
             visits: 0,
             decompressed: 0,
             out: &mut form,
+            raw_signatures: &mut raw_signatures,
         };
         for field in fields {
             walker.walk(field, None, Inherited::default(), 0);
@@ -278,7 +337,7 @@ pub fn extract_in_place(
     if form.fields.is_empty() && !known_form_ids.is_empty() {
         form.printed_form_id = printed_form_id(&document, known_form_ids);
     }
-    Ok(form)
+    Ok((form, raw_signatures))
 }
 
 fn count_occurrences(haystack: &[u8], needle: &[u8]) -> usize {
@@ -314,6 +373,8 @@ struct FieldWalker<'d, 'o> {
     /// Bytes inflated so far from value streams, against `limits.max_total_decompressed_bytes`.
     decompressed: usize,
     out: &'o mut ExtractedForm,
+    /// The signature dictionaries of signed fields, by index in `out.signatures`.
+    raw_signatures: &'o mut Vec<(usize, signature::RawSignature)>,
 }
 
 impl FieldWalker<'_, '_> {
@@ -404,11 +465,17 @@ impl FieldWalker<'_, '_> {
                         .and_then(|o| resolve(self.document, o))
                         .and_then(|o| lopdf::decode_text_string(o).ok())
                 };
+                let signed = signature.is_some_and(|d| d.has(b"Contents"));
+                if let Some(dict) = signature.filter(|_| signed) {
+                    self.raw_signatures
+                        .push((self.out.signatures.len(), self.raw_signature(dict)));
+                }
                 self.out.signatures.push(SignatureInfo {
                     field: full_name.clone(),
-                    signed: signature.is_some_and(|d| d.has(b"Contents")),
+                    signed,
                     signer_name: text(b"Name"),
                     signing_time: text(b"M"),
+                    verification: None,
                 });
                 signature.map(|_| "signed".to_string())
             }
@@ -420,6 +487,24 @@ impl FieldWalker<'_, '_> {
             field_type,
             value,
         });
+    }
+
+    /// What a signature dictionary says of the bytes it signed.
+    fn raw_signature(&self, dict: &Dictionary) -> signature::RawSignature {
+        let get = |key: &[u8]| dict.get(key).ok().and_then(|o| resolve(self.document, o));
+        signature::RawSignature {
+            byte_range: get(b"ByteRange").and_then(|o| o.as_array().ok()).map(|items| {
+                items
+                    .iter()
+                    .take(16)
+                    .map(|i| resolve(self.document, i).and_then(|i| i.as_i64().ok()).unwrap_or(-1))
+                    .collect()
+            }),
+            contents: get(b"Contents").and_then(|o| o.as_str().ok()).map(<[u8]>::to_vec),
+            sub_filter: get(b"SubFilter")
+                .and_then(|o| o.as_name().ok())
+                .map(|n| String::from_utf8_lossy(n).into_owned()),
+        }
     }
 
     /// Counts one visited object; false once the walk has used its budget.

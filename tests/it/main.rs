@@ -26,4 +26,5 @@ mod reports;
 mod sender_check;
 mod sign_in;
 mod signatories;
+mod signed_forms;
 mod web;

@@ -40,7 +40,7 @@ fn harness() -> &'static Harness {
             workflows,
             WorkingCalendar::shipped(),
             EngineConfig {
-                policy: PolicySettings { nhs_domains: NhsDomains::default() },
+                policy: PolicySettings { nhs_domains: NhsDomains::default(), ..PolicySettings::default() },
                 mail: MailSettings {
                     authserv_id: "mx.countersign.test".into(),
                     our_addresses: vec!["pcse.openexeter@nhs.net".into()],

@@ -1,0 +1,198 @@
+//! Digitally signed forms, signed by a third-party tool (pyHanko, from PyPI) with keys and
+//! certificates made on the spot by `tests/pdfsign/sign.py`: an untampered signature through a
+//! chain, a self-signed certificate, an expired one, bytes changed inside the signed range, an
+//! update after signing that changes a field, and one that only adds a comment. First what
+//! extraction and the trust check say of each file, then what a case says, on both backends.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::Command;
+
+use countersign::pdf::signature::{Integrity, SignatureCheck, TrustAnchors, TrustStatus, judge_trust};
+use countersign::pdf::{ExtractLimits, ExtractedForm, extract};
+use countersign::policy::FindingCode;
+
+use crate::common::{AUTHSERV_ID, friday_morning, root};
+
+/// The organisation name on the form, and the same-length text the tampered copy has instead.
+const ORG_NAME: &str = "Riverside Medical Practice 0";
+const TAMPERED_ORG_NAME: &str = "Riverside Medical Practise 0";
+/// What the update after signing sets the organisation's name to.
+const CHANGED_ORG_NAME: &str = "Somewhere Else Entirely";
+
+/// The signed files and the root that issued the chain.
+pub struct SignedForms {
+    _dir: tempfile::TempDir,
+    path: PathBuf,
+}
+
+impl SignedForms {
+    /// Fills the GP practice form (sample 0's good values) and has pyHanko sign it every way.
+    pub fn make() -> SignedForms {
+        let workflows = crate::common::workflows();
+        let workflow = workflows.get("primary_user_gp").expect("the GP workflow");
+        let values: BTreeMap<String, String> =
+            countersign::samples::good_values(workflow, 0, friday_morning().date_naive());
+        assert_eq!(values.get("org_name").map(String::as_str), Some(ORG_NAME));
+        let pdf = countersign::pdf::generate::filled_form(workflow, &values).expect("a form");
+        let dir = tempfile::tempdir().expect("a temporary folder");
+        let form = dir.path().join("form.pdf");
+        std::fs::write(&form, pdf).unwrap();
+        let out = dir.path().join("signed");
+        let run = Command::new("python3")
+            .arg(root().join("tests/pdfsign/sign.py"))
+            .arg(&form)
+            .arg(&out)
+            .args([ORG_NAME, TAMPERED_ORG_NAME, "org_name", CHANGED_ORG_NAME])
+            .output()
+            .expect("python3 runs (pip install pyhanko)");
+        assert!(
+            run.status.success(),
+            "pyHanko signing failed (is pyhanko installed? .ci/run installs it):\n{}",
+            String::from_utf8_lossy(&run.stderr)
+        );
+        SignedForms { _dir: dir, path: out }
+    }
+
+    pub fn pdf(&self, name: &str) -> Vec<u8> {
+        std::fs::read(self.path.join(format!("{name}.pdf"))).unwrap()
+    }
+
+    pub fn trust_store(&self) -> PathBuf {
+        self.path.join("root.pem")
+    }
+
+    fn anchors(&self) -> TrustAnchors {
+        TrustAnchors::from_pem_file(&self.trust_store()).expect("the test root")
+    }
+}
+
+fn read(pdf: &[u8]) -> ExtractedForm {
+    extract(pdf, &[], ExtractLimits::default()).expect("the signed form reads")
+}
+
+/// The one signed field's check, judged against `anchors` now.
+fn checked(form: &ExtractedForm, anchors: &TrustAnchors) -> SignatureCheck {
+    let signed: Vec<_> = form.signatures.iter().filter(|s| s.signed).collect();
+    assert_eq!(signed.len(), 1, "{:?}", form.signatures);
+    assert_eq!(signed[0].field, "signatory_signature");
+    let mut check = signed[0].verification.clone().expect("the signature was checked");
+    check.trust = Some(judge_trust(&check, anchors, chrono::Utc::now()));
+    check
+}
+
+fn field<'f>(form: &'f ExtractedForm, name: &str) -> Option<&'f str> {
+    form.get(name).and_then(|f| f.value.as_deref())
+}
+
+#[test]
+fn pyhanko_signatures_are_verified_through_their_chain_and_judged_for_trust() {
+    let forms = SignedForms::make();
+    let anchors = forms.anchors();
+
+    // Untampered, through leaf <- EC intermediate <- root, with the root trusted.
+    let form = read(&forms.pdf("chain"));
+    let check = checked(&form, &anchors);
+    assert_eq!(check.integrity, Integrity::Intact);
+    assert!(check.covers_whole_file);
+    assert_eq!(check.later_revisions, None);
+    assert_eq!(check.digest_algorithm.as_deref(), Some("SHA-256"));
+    assert_eq!(check.signature_algorithm.as_deref(), Some("RSA with SHA-256"));
+    assert_eq!(check.signer(), Some("Dr Jane Signer"));
+    assert!(check.claimed_signing_time.is_some(), "pyHanko writes a signingTime");
+    let trust = check.trust.unwrap();
+    assert_eq!(trust.status, TrustStatus::Trusted, "{}", trust.detail);
+    assert_eq!(
+        trust.path,
+        [
+            "Dr Jane Signer",
+            "Countersign Test Issuing CA",
+            "Countersign Test Root CA"
+        ]
+    );
+    assert_eq!(field(&form, "org_name"), Some(ORG_NAME));
+
+    // The same file with nothing trusted: intact, but its issuer is unknown.
+    let untrusted = checked(&form, &TrustAnchors::default()).trust.unwrap();
+    assert_eq!(untrusted.status, TrustStatus::UnknownIssuer, "{}", untrusted.detail);
+
+    // Self-signed: intact, and reported as self-signed, never as valid.
+    let check = checked(&read(&forms.pdf("self_signed")), &anchors);
+    assert_eq!(check.integrity, Integrity::Intact);
+    let trust = check.trust.unwrap();
+    assert_eq!(trust.status, TrustStatus::SelfSigned, "{}", trust.detail);
+    assert!(trust.detail.contains("Dr Self Signer"), "{}", trust.detail);
+
+    // Issued by the trusted root, but expired a year ago.
+    let check = checked(&read(&forms.pdf("expired")), &anchors);
+    assert_eq!(check.integrity, Integrity::Intact);
+    let trust = check.trust.unwrap();
+    assert_eq!(trust.status, TrustStatus::Expired, "{}", trust.detail);
+    assert!(trust.detail.contains("expired on"), "{}", trust.detail);
+}
+
+#[test]
+fn a_byte_changed_inside_the_signed_range_breaks_the_digest() {
+    let forms = SignedForms::make();
+    let form = read(&forms.pdf("tampered"));
+    // The change is real: the form now reads differently...
+    assert_eq!(field(&form, "org_name"), Some(TAMPERED_ORG_NAME));
+    let check = checked(&form, &forms.anchors());
+    match &check.integrity {
+        Integrity::Broken { reason } => assert!(reason.contains("digest does not match"), "{reason}"),
+        other => panic!("a tampered form must not verify: {other:?}"),
+    }
+    // ...and a broken signature's certificate vouches for nothing.
+    assert_eq!(check.trust.unwrap().status, TrustStatus::NotChecked);
+}
+
+#[test]
+fn an_update_after_signing_that_changes_a_field_is_caught_and_a_comment_is_not() {
+    let forms = SignedForms::make();
+    let anchors = forms.anchors();
+
+    let changed = read(&forms.pdf("changed_after_signing"));
+    assert_eq!(
+        field(&changed, "org_name"),
+        Some(CHANGED_ORG_NAME),
+        "the update took effect"
+    );
+    let check = checked(&changed, &anchors);
+    // The signature still verifies: it covers the first revision, as signed.
+    assert_eq!(check.integrity, Integrity::Intact);
+    assert!(!check.covers_whole_file);
+    let later = check.later_revisions.expect("a later revision");
+    assert!(later.signed_revision_readable);
+    assert!(later.bytes_after_signing > 0);
+    assert_eq!(later.changed_fields, ["org_name"]);
+
+    let annotated = read(&forms.pdf("annotated_after_signing"));
+    let check = checked(&annotated, &anchors);
+    assert_eq!(check.integrity, Integrity::Intact);
+    assert!(!check.covers_whole_file);
+    let later = check.later_revisions.expect("a later revision");
+    assert!(later.signed_revision_readable);
+    assert!(later.changed_fields.is_empty(), "{:?}", later.changed_fields);
+}
+
+/// The codes of the findings about digital signatures.
+pub fn signature_findings(codes: &[String]) -> Vec<String> {
+    let about: Vec<&str> = FindingCode::ALL
+        .iter()
+        .filter(|c| c.is_about_the_file())
+        .map(|c| c.as_str())
+        .collect();
+    codes.iter().filter(|c| about.contains(&c.as_str())).cloned().collect()
+}
+
+/// An email from the signatory with `pdf` attached.
+pub fn email_with(pdf: Vec<u8>, message_id: &str) -> Vec<u8> {
+    countersign::samples::email_with_form(
+        "sian.obriain0@nhs.net",
+        AUTHSERV_ID,
+        message_id,
+        "Open Exeter AP-1 form",
+        Some(("signed-form.pdf", pdf)),
+    )
+    .expect("an email")
+}

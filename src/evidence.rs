@@ -1,8 +1,9 @@
 //! The evidence pack: one case's record as a zip that someone outside Countersign can check
 //! with ordinary tools. It holds the emails exactly as they arrived and their attachments
-//! (the PDF forms), the fields read from the form, the sender-authentication verdicts, the full
-//! hash-chained event log with this case's chain checked, and `MANIFEST.sha256`, which
-//! `sha256sum -c MANIFEST.sha256` verifies inside the unpacked folder.
+//! (the PDF forms), the fields read from the form, the sender-authentication and
+//! digital-signature verdicts (with the signer's certificates), the full hash-chained event
+//! log with this case's chain checked, and `MANIFEST.sha256`, which `sha256sum -c
+//! MANIFEST.sha256` verifies inside the unpacked folder.
 
 use std::io::Write;
 
@@ -112,6 +113,7 @@ pub async fn evidence_pack(db: &Db, reference: &str, now: i64) -> Result<Option<
         .collect();
     let verdicts = serde_json::json!({
         "sender_authentication": senders,
+        "digital_signatures": crate::pdf::signature::DigitalSignatureView::of_form(&file.signatures),
         "event_chain": {
             "intact": chain_verdict.intact,
             "events": chain_verdict.events,
@@ -123,6 +125,11 @@ pub async fn evidence_pack(db: &Db, reference: &str, now: i64) -> Result<Option<
     entries.push(("case.json".into(), pretty(&case_json)));
     entries.push(("verdicts.json".into(), pretty(&verdicts)));
     entries.push(("events.json".into(), pretty(&events)));
+    if file.signatures.iter().any(|s| s.signed) {
+        // Every check made of each signature, with the certificates it carried (DER, base64),
+        // so that anyone can check the signer and the chain again.
+        entries.push(("signatures.json".into(), pretty(&file.signatures)));
+    }
     entries.push((
         "README.txt".into(),
         readme(&case.reference, now, chain_verdict.intact).into_bytes(),

@@ -169,6 +169,80 @@ impl SignatureCheck {
     }
 }
 
+/// One signed field as the case page, the API and the evidence pack show it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+pub struct DigitalSignatureView {
+    pub field: String,
+    /// The signer's name in their certificate.
+    pub signer: Option<String>,
+    /// The name the signing software wrote in the signature (`/Name`), as claimed.
+    pub name_in_signature: Option<String>,
+    /// When the signer's software says it signed (RFC 3339): a claim, not a timestamp.
+    pub claimed_signing_time: Option<String>,
+    /// `intact`, `broken`, `unsupported` or `not_checked`.
+    pub integrity: String,
+    pub integrity_detail: Option<String>,
+    /// `trusted`, `self_signed`, `unknown_issuer`, `expired`, `invalid_chain` or `not_checked`.
+    pub trust: String,
+    pub trust_detail: Option<String>,
+    /// Subjects from the signer towards the trusted root, as far as the chain was followed.
+    pub chain: Vec<String>,
+    /// Nothing was added to the file after it was signed.
+    pub covers_whole_file: bool,
+    /// Fields whose values a later revision changed.
+    pub changed_after_signing: Vec<String>,
+    pub issuer: Option<String>,
+    pub certificate_sha256: Option<String>,
+    /// RFC 3339.
+    pub certificate_valid_until: Option<String>,
+    pub digest_algorithm: Option<String>,
+    pub signature_algorithm: Option<String>,
+}
+
+impl DigitalSignatureView {
+    /// The signed fields of a form, for display; unsigned signature fields are left out.
+    pub fn of_form(signatures: &[super::SignatureInfo]) -> Vec<DigitalSignatureView> {
+        signatures
+            .iter()
+            .filter(|s| s.signed)
+            .map(DigitalSignatureView::of)
+            .collect()
+    }
+
+    fn of(signature: &super::SignatureInfo) -> DigitalSignatureView {
+        let check = signature.verification.as_ref();
+        let (integrity, integrity_detail) = match check.map(|c| &c.integrity) {
+            Some(Integrity::Intact) => ("intact", None),
+            Some(Integrity::Broken { reason }) => ("broken", Some(reason.clone())),
+            Some(Integrity::Unsupported { reason }) => ("unsupported", Some(reason.clone())),
+            None => ("not_checked", None),
+        };
+        let trust = check.and_then(|c| c.trust.as_ref());
+        let signer_certificate = check.and_then(|c| c.certificates.first());
+        DigitalSignatureView {
+            field: signature.field.clone(),
+            signer: check.and_then(|c| c.signer().map(str::to_string)),
+            name_in_signature: signature.signer_name.clone(),
+            claimed_signing_time: check.and_then(|c| c.claimed_signing_time.clone()),
+            integrity: integrity.into(),
+            integrity_detail,
+            trust: trust.map_or(TrustStatus::NotChecked, |t| t.status).as_str().into(),
+            trust_detail: trust.map(|t| t.detail.clone()),
+            chain: trust.map(|t| t.path.clone()).unwrap_or_default(),
+            covers_whole_file: check.is_some_and(|c| c.covers_whole_file),
+            changed_after_signing: check
+                .and_then(|c| c.later_revisions.as_ref())
+                .map(|l| l.changed_fields.clone())
+                .unwrap_or_default(),
+            issuer: signer_certificate.map(|c| c.issuer.clone()),
+            certificate_sha256: signer_certificate.map(|c| c.sha256.clone()),
+            certificate_valid_until: signer_certificate.map(|c| c.not_after.clone()),
+            digest_algorithm: check.and_then(|c| c.digest_algorithm.clone()),
+            signature_algorithm: check.and_then(|c| c.signature_algorithm.clone()),
+        }
+    }
+}
+
 /// Checks one signature against the whole file. `final_fields` are the form's fields as
 /// read from the final revision; `read_fields` reads the fields of a prefix of the file (the
 /// signed revision), or fails.

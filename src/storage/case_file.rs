@@ -26,6 +26,8 @@ pub struct CaseFile {
     pub related: Vec<CaseRecord>,
     /// Every email linked to the case, oldest first, with its attachments.
     pub messages: Vec<super::CaseMessage>,
+    /// The form's digital signatures and what was found of them.
+    pub signatures: Vec<crate::pdf::SignatureInfo>,
 }
 
 /// The case file of `reference`, if there is such a case.
@@ -49,6 +51,7 @@ pub async fn case_file(conn: &mut AnyConnection, reference: &str) -> Result<Opti
     };
     let related = super::related_cases(conn, case.id).await?;
     let messages = super::messages_of_case(conn, case.id).await?;
+    let signatures = super::form_signatures(conn, case.id).await?;
     Ok(Some(CaseFile {
         case,
         message,
@@ -61,5 +64,6 @@ pub async fn case_file(conn: &mut AnyConnection, reference: &str) -> Result<Opti
         named_case,
         related,
         messages,
+        signatures,
     }))
 }

@@ -239,6 +239,23 @@ pub async fn case_by_id(conn: &mut AnyConnection, id: i64) -> Result<Option<Case
     row.as_ref().map(case_from_row).transpose()
 }
 
+/// The digital signatures read from the case's form, with their checks (none for a case
+/// without a PDF, or whose PDF has no signature field).
+pub async fn form_signatures(
+    conn: &mut AnyConnection,
+    case_id: i64,
+) -> Result<Vec<crate::pdf::SignatureInfo>, StorageError> {
+    let json: Option<Option<String>> = sqlx::query_scalar(super::queries::FORM_READING_OF_CASE)
+        .bind(case_id)
+        .fetch_optional(&mut *conn)
+        .await
+        .context("reading what was read from a case's form")?;
+    match json.flatten() {
+        Some(text) => Ok(super::json_column::<crate::pdf::ExtractedForm>(&text, "a case's form reading")?.signatures),
+        None => Ok(Vec::new()),
+    }
+}
+
 /// Serialises the writers of one form until the transaction ends: on PostgreSQL, a
 /// transaction-scoped advisory lock on the form's hash, so that a second writer of the same
 /// PDF waits for the first, then finds its case and links to it rather than making another.

@@ -17,6 +17,7 @@ pub(crate) const NOTES_FOR_CASE: &str =
     "SELECT author, body, created_at FROM case_notes WHERE case_id = $1 ORDER BY id";
 pub(crate) const ORIGIN_MESSAGE: &str =
     "SELECT from_address, subject, sent_at, received_at, sender_auth, raw FROM raw_messages WHERE id = $1";
+pub(crate) const FORM_READING_OF_CASE: &str = "SELECT extraction FROM cases WHERE id = $1";
 pub(crate) const ATTACHMENT_CONTENT: &str = "SELECT detected_type, content FROM attachments WHERE id = $1";
 pub(crate) const ATTACHMENTS_OF_MESSAGE: &str = "SELECT id, filename, claimed_type, detected_type, size_bytes FROM attachments WHERE raw_message_id = $1 ORDER BY id";
 
@@ -44,6 +45,7 @@ pub const PER_CASE_QUERIES: &[(&str, &str, CaseKey)] = &[
     ("messages of a case", MESSAGES_OF_CASE, CaseKey::Id),
     ("notes of a case", NOTES_FOR_CASE, CaseKey::Id),
     ("an attachment's bytes", ATTACHMENT_CONTENT, CaseKey::Id),
+    ("what was read from a case's form", FORM_READING_OF_CASE, CaseKey::Id),
     ("a case's message", ORIGIN_MESSAGE, CaseKey::Id),
     ("attachments of a message", ATTACHMENTS_OF_MESSAGE, CaseKey::Id),
 ];

@@ -389,6 +389,9 @@ pub struct CaseDetail {
     pub notes: Vec<NoteView>,
     /// Whether the case's hash-chained event log is intact, and where not.
     pub event_chain: crate::audit::ChainVerdict,
+    /// The form's digital signatures: whether each matches the file, who signed, whether the
+    /// certificate is trusted, and what changed after signing.
+    pub digital_signatures: Vec<crate::pdf::signature::DigitalSignatureView>,
 }
 
 /// A transition to fire.
@@ -559,6 +562,7 @@ async fn case_detail(conn: &mut sqlx::AnyConnection, case: storage::CaseRecord) 
     let timers = storage::timers_for_case(conn, case.id).await.map_err(WebError::from)?;
     let notes = storage::notes_for_case(conn, case.id).await.map_err(WebError::from)?;
     let event_chain = crate::audit::case_chain(conn, case.id).await.map_err(WebError::from)?;
+    let signatures = storage::form_signatures(conn, case.id).await.map_err(WebError::from)?;
     let duplicate_of = match case.duplicate_of {
         Some(id) => storage::case_by_id(conn, id)
             .await
@@ -656,6 +660,7 @@ async fn case_detail(conn: &mut sqlx::AnyConnection, case: storage::CaseRecord) 
             })
             .collect(),
         event_chain,
+        digital_signatures: crate::pdf::signature::DigitalSignatureView::of_form(&signatures),
     })
 }
 

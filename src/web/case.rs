@@ -270,6 +270,7 @@ fn case_context(
         named_case,
         related,
         messages,
+        signatures,
     } = file;
     let workflow = case.workflow.as_deref().and_then(|w| state.engine.workflows().get(w));
     let body = message
@@ -326,6 +327,10 @@ fn case_context(
     context.insert("received", &when(Some(message.received_at)));
     context.insert("auth", &auth);
     context.insert("sender_check", &sender);
+    context.insert(
+        "digital_signatures",
+        &crate::pdf::signature::DigitalSignatureView::of_form(&signatures),
+    );
     context.insert("body", &body);
     context.insert("attachments", &attachments);
     context.insert("thread", &correspondence(state, &case, &messages, &mail));

@@ -8,11 +8,13 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::Command;
 
-use countersign::pdf::signature::{Integrity, SignatureCheck, TrustAnchors, TrustStatus, judge_trust};
+use countersign::pdf::signature::{
+    DigitalSignatureView, Integrity, SignatureCheck, TrustAnchors, TrustStatus, judge_trust,
+};
 use countersign::pdf::{ExtractLimits, ExtractedForm, extract};
 use countersign::policy::FindingCode;
 
-use crate::common::{AUTHSERV_ID, friday_morning, root};
+use crate::common::{AUTHSERV_ID, friday_morning, on_both_backends_with, root};
 
 /// The organisation name on the form, and the same-length text the tampered copy has instead.
 const ORG_NAME: &str = "Riverside Medical Practice 0";
@@ -27,8 +29,14 @@ pub struct SignedForms {
 }
 
 impl SignedForms {
-    /// Fills the GP practice form (sample 0's good values) and has pyHanko sign it every way.
+    /// Fills the GP practice form (sample 0's good values) and has pyHanko sign it every way,
+    /// with certificates valid (or expired) now.
     pub fn make() -> SignedForms {
+        SignedForms::make_at(chrono::Utc::now())
+    }
+
+    /// [`SignedForms::make`], with certificates valid (or expired) at `at`.
+    pub fn make_at(at: chrono::DateTime<chrono::Utc>) -> SignedForms {
         let workflows = crate::common::workflows();
         let workflow = workflows.get("primary_user_gp").expect("the GP workflow");
         let values: BTreeMap<String, String> =
@@ -44,6 +52,7 @@ impl SignedForms {
             .arg(&form)
             .arg(&out)
             .args([ORG_NAME, TAMPERED_ORG_NAME, "org_name", CHANGED_ORG_NAME])
+            .arg(at.to_rfc3339())
             .output()
             .expect("python3 runs (pip install pyhanko)");
         assert!(
@@ -176,7 +185,7 @@ fn an_update_after_signing_that_changes_a_field_is_caught_and_a_comment_is_not()
 }
 
 /// The codes of the findings about digital signatures.
-pub fn signature_findings(codes: &[String]) -> Vec<String> {
+fn signature_findings(codes: &[String]) -> Vec<String> {
     let about: Vec<&str> = FindingCode::ALL
         .iter()
         .filter(|c| c.is_about_the_file())
@@ -186,7 +195,7 @@ pub fn signature_findings(codes: &[String]) -> Vec<String> {
 }
 
 /// An email from the signatory with `pdf` attached.
-pub fn email_with(pdf: Vec<u8>, message_id: &str) -> Vec<u8> {
+fn email_with(pdf: Vec<u8>, message_id: &str) -> Vec<u8> {
     countersign::samples::email_with_form(
         "sian.obriain0@nhs.net",
         AUTHSERV_ID,
@@ -195,4 +204,108 @@ pub fn email_with(pdf: Vec<u8>, message_id: &str) -> Vec<u8> {
         Some(("signed-form.pdf", pdf)),
     )
     .expect("an email")
+}
+
+#[tokio::test]
+async fn each_signed_form_becomes_a_case_whose_findings_page_api_and_evidence_show_the_verdict() {
+    let forms = SignedForms::make_at(friday_morning().with_timezone(&chrono::Utc));
+    let store = forms.trust_store();
+    let forms = &forms;
+    on_both_backends_with(
+        |settings| settings.signature_trust_store = Some(store.clone()),
+        |app| async move {
+            let expect = [
+                ("chain", vec![], "intact", "trusted"),
+                ("annotated_after_signing", vec![], "intact", "trusted"),
+                (
+                    "self_signed",
+                    vec!["digital_signature_not_trusted"],
+                    "intact",
+                    "self_signed",
+                ),
+                ("expired", vec!["digital_signature_not_trusted"], "intact", "expired"),
+                ("tampered", vec!["digital_signature_invalid"], "broken", "not_checked"),
+                (
+                    "changed_after_signing",
+                    vec!["form_changed_after_signing"],
+                    "intact",
+                    "trusted",
+                ),
+            ];
+            for (name, findings, integrity, trust) in expect {
+                let report = app
+                    .receive(&email_with(forms.pdf(name), &format!("{name}@signed.test")))
+                    .await;
+                let reference = report.cases[0].reference.clone();
+                assert_eq!(signature_findings(&report.cases[0].finding_codes), findings, "{name}");
+
+                let mut conn = app.db().pool.acquire().await.unwrap();
+                let file = countersign::storage::case_file(&mut conn, &reference)
+                    .await
+                    .unwrap()
+                    .unwrap();
+                drop(conn);
+                let views = DigitalSignatureView::of_form(&file.signatures);
+                assert_eq!(views.len(), 1, "{name}");
+                let view = &views[0];
+                assert_eq!(
+                    (view.integrity.as_str(), view.trust.as_str()),
+                    (integrity, trust),
+                    "{name}: {view:?}"
+                );
+                if integrity == "intact" {
+                    assert!(view.signer.as_deref().unwrap().starts_with("Dr "), "{name}: {view:?}");
+                    assert_eq!(view.certificate_sha256.as_ref().map(String::len), Some(64));
+                }
+
+                // The evidence pack carries the verdict and the certificates behind it.
+                let pack = countersign::evidence::evidence_pack(app.db(), &reference, app.now_ms())
+                    .await
+                    .unwrap()
+                    .unwrap();
+                let mut zip = zip::ZipArchive::new(std::io::Cursor::new(pack.bytes)).unwrap();
+                let mut signatures = String::new();
+                std::io::Read::read_to_string(
+                    &mut zip.by_name(&format!("{reference}/signatures.json")).unwrap(),
+                    &mut signatures,
+                )
+                .unwrap();
+                let signatures: Vec<countersign::pdf::SignatureInfo> = serde_json::from_str(&signatures).unwrap();
+                let check = signatures[0].verification.as_ref().unwrap();
+                if integrity == "intact" {
+                    assert!(!check.certificates.is_empty(), "{name}");
+                    assert!(check.certificates.iter().all(|c| !c.der_base64.is_empty()));
+                }
+                assert_eq!(check.trust.as_ref().unwrap().status.as_str(), trust, "{name}");
+            }
+
+            // The changed form's case holds what the update says, and says what changed.
+            let case = app.case("CS-2026-000006").await;
+            assert_eq!(case.org_name.as_deref(), Some(CHANGED_ORG_NAME));
+            let finding = case
+                .findings
+                .iter()
+                .find(|f| f.code == FindingCode::FormChangedAfterSigning)
+                .unwrap();
+            assert!(finding.message.contains("org_name"), "{}", finding.message);
+            assert_eq!(finding.field.as_deref(), Some("signatory_signature"));
+
+            // Keying the form again (the rules run again) keeps what the file showed.
+            let values: BTreeMap<String, String> = [("org_name".to_string(), ORG_NAME.to_string())].into();
+            let actor = countersign::workflow::Actor {
+                name: "alice".into(),
+                role: countersign::workflow::ActorRole::Caseworker,
+            };
+            let keyed = app.key_fields(&case.reference, None, &values, &actor).await.unwrap();
+            assert!(
+                keyed
+                    .findings
+                    .iter()
+                    .any(|f| f.code == FindingCode::FormChangedAfterSigning),
+                "{:?}",
+                keyed.findings
+            );
+        },
+    )
+    .await;
 }

@@ -2,7 +2,10 @@
 """Signs a Countersign form with pyHanko, a third-party signing tool, for the digital-signature
 tests: every key and certificate here is made by this script, on the spot, for that run.
 
-    python3 tests/pdfsign/sign.py FORM.pdf OUT_DIR TAMPER_FROM TAMPER_TO CHANGE_FIELD NEW_VALUE
+    python3 tests/pdfsign/sign.py FORM.pdf OUT_DIR TAMPER_FROM TAMPER_TO CHANGE_FIELD NEW_VALUE [AT]
+
+(AT, an ISO 8601 time, is when the certificates are judged: their validity is set around it;
+the default is now)
 
 writes into OUT_DIR:
   root.pem                    the test root CA: the trust store the tests configure
@@ -33,7 +36,6 @@ from pyhanko.pdf_utils.incremental_writer import IncrementalPdfFileWriter
 from pyhanko.sign import signers
 from pyhanko_certvalidator.registry import SimpleCertificateStore
 
-NOW = datetime.datetime.now(datetime.timezone.utc)
 
 
 def name(common_name):
@@ -151,7 +153,9 @@ def annotate(signed, out):
 
 
 def main():
+    global NOW
     form, out_dir, tamper_from, tamper_to, change_name, change_value = sys.argv[1:7]
+    NOW = datetime.datetime.fromisoformat(sys.argv[7]) if len(sys.argv) > 7 else datetime.datetime.now(datetime.timezone.utc)
     if len(tamper_from) != len(tamper_to):
         raise SystemExit("the tampered text must keep its length")
     out = Path(out_dir)

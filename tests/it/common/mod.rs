@@ -182,6 +182,37 @@ pub async fn engine_at(database_url: &str, clock: Option<Arc<dyn Clock>>) -> Eng
         .into_engine()
 }
 
+/// Runs `body` against a fresh service on SQLite, then on PostgreSQL, each built from the
+/// test settings as `adjust` changes them (on the default clock, Friday 20 November 2026).
+pub async fn on_both_backends_with<A, F, Fut>(adjust: A, body: F)
+where
+    A: Fn(&mut Settings),
+    F: Fn(TestApp) -> Fut,
+    Fut: Future<Output = ()>,
+{
+    for backend in [Backend::Sqlite, Backend::Postgres] {
+        let database = TestDatabase::create(backend).await;
+        let mut settings = test_settings(&database.url);
+        adjust(&mut settings);
+        let options = BuildOptions {
+            clock: Some(Arc::new(FixedClock(friday_morning()))),
+            pdf_reader: Some(PdfReader::InProcess),
+        };
+        let engine = App::build_with(&settings, options)
+            .await
+            .unwrap_or_else(|e| panic!("building the service on {backend:?}: {e:#}"))
+            .into_engine();
+        let db = engine.db().clone();
+        let outcome = AssertUnwindSafe(body(TestApp::new(engine))).catch_unwind().await;
+        db.close().await;
+        database.drop_database().await;
+        if let Err(panic) = outcome {
+            eprintln!("failed on {backend:?}");
+            std::panic::resume_unwind(panic);
+        }
+    }
+}
+
 /// [`engine_at`] on the system-clock-free default: Friday 20 November 2026, 10:00.
 pub async fn engine_on(database_url: &str) -> Engine {
     engine_at(database_url, None).await

@@ -327,10 +327,22 @@ fn case_context(
     context.insert("received", &when(Some(message.received_at)));
     context.insert("auth", &auth);
     context.insert("sender_check", &sender);
-    context.insert(
-        "digital_signatures",
-        &crate::pdf::signature::DigitalSignatureView::of_form(&signatures),
-    );
+    // Times as the rest of the page writes them (the API keeps RFC 3339).
+    let readable = |t: &mut Option<String>| {
+        if let Some(ms) = t
+            .as_deref()
+            .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+            .map(|t| t.timestamp_millis())
+        {
+            *t = when(Some(ms));
+        }
+    };
+    let mut digital_signatures = crate::pdf::signature::DigitalSignatureView::of_form(&signatures);
+    for view in &mut digital_signatures {
+        readable(&mut view.claimed_signing_time);
+        readable(&mut view.certificate_valid_until);
+    }
+    context.insert("digital_signatures", &digital_signatures);
     context.insert("body", &body);
     context.insert("attachments", &attachments);
     context.insert("thread", &correspondence(state, &case, &messages, &mail));

@@ -14,7 +14,7 @@ use crate::common::{TestApp, on_both_backends};
 use crate::web::{Browser, Page};
 
 /// Makes a token with `role`, expiring at `expires_at`; returns the token itself.
-async fn token(app: &TestApp, name: &str, role: ActorRole, expires_at: Option<i64>) -> String {
+pub(crate) async fn token(app: &TestApp, name: &str, role: ActorRole, expires_at: Option<i64>) -> String {
     let mut conn = app.db().pool.acquire().await.unwrap();
     let (_, secret) = countersign::tokens::issue(&mut conn, name, role, expires_at, app.now_ms())
         .await
@@ -23,7 +23,7 @@ async fn token(app: &TestApp, name: &str, role: ActorRole, expires_at: Option<i6
 }
 
 /// Sends a request with `token` as its bearer, and `body` as JSON when there is one.
-async fn call(browser: &mut Browser, method: &str, path: &str, token: &str, body: Option<Value>) -> Page {
+pub(crate) async fn call(browser: &mut Browser, method: &str, path: &str, token: &str, body: Option<Value>) -> Page {
     let request = Request::builder()
         .method(method)
         .uri(path)
@@ -37,7 +37,7 @@ async fn call(browser: &mut Browser, method: &str, path: &str, token: &str, body
     browser.send(request.unwrap()).await
 }
 
-fn json_of(page: &Page) -> Value {
+pub(crate) fn json_of(page: &Page) -> Value {
     serde_json::from_str(&page.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", page.body))
 }
 

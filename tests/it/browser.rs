@@ -259,6 +259,12 @@ async fn case_journey(backend: Backend) {
         let report = engine.intake(&crate::common::fixture(other), "test").await.unwrap();
         other_cases.extend(report.cases.into_iter().map(|c| c.reference));
     }
+    // A form digitally signed (by pyHanko) with a self-signed certificate: its case page says
+    // so, and passes the same audit.
+    let signed_forms = crate::signed_forms::SignedForms::make_at(friday_morning().with_timezone(&chrono::Utc));
+    let signed = crate::signed_forms::email_with(signed_forms.pdf("self_signed"), "e2e-signed@practice.nhs.net");
+    let signed_case = engine.intake(&signed, "test").await.unwrap().cases[0].reference.clone();
+    other_cases.push(signed_case.clone());
 
     let state = countersign::web::AppState::new(
         engine.clone(),
@@ -477,6 +483,8 @@ async fn case_journey(backend: Backend) {
         ("/?q=no-such-case", "Open cases"),
         ("/reports", "Dashboard"),
         ("/admin/templates", "Email templates"),
+        ("/admin/signatories", "Signatory register"),
+        ("/reports/coverage", "Primary User coverage"),
     ]
     .map(|(path, heading)| (path.to_string(), heading.to_string()))
     .to_vec();
@@ -488,6 +496,20 @@ async fn case_journey(backend: Backend) {
         assert!(heading.starts_with(expected.as_str()), "{path} shows {heading}");
         audit_accessibility(&browser, path).await;
     }
+    // The signed form's verdict, as the caseworker sees it.
+    browser.goto(&format!("{base}/cases/{signed_case}")).await.unwrap();
+    wait_for(&browser, "#digital-signature").await;
+    let section = browser.find(Locator::Css("#digital-signature")).await.unwrap();
+    let words = section.text().await.unwrap();
+    assert!(
+        words.contains("self-signed") && words.contains("Dr Self Signer"),
+        "{words}"
+    );
+    std::fs::write(
+        output(backend, "case-digital-signature.png"),
+        section.screenshot().await.unwrap(),
+    )
+    .unwrap();
 
     // A manager: signing in lands on the dashboard; the reports for a period count the
     // journey's case and draw their charts; every table links its CSV, and one downloads.

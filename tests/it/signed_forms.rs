@@ -14,7 +14,10 @@ use countersign::pdf::signature::{
 use countersign::pdf::{ExtractLimits, ExtractedForm, extract};
 use countersign::policy::FindingCode;
 
+use countersign::workflow::ActorRole;
+
 use crate::common::{AUTHSERV_ID, friday_morning, on_both_backends_with, root};
+use crate::web::Browser;
 
 /// The organisation name on the form, and the same-length text the tampered copy has instead.
 const ORG_NAME: &str = "Riverside Medical Practice 0";
@@ -23,7 +26,7 @@ const TAMPERED_ORG_NAME: &str = "Riverside Medical Practise 0";
 const CHANGED_ORG_NAME: &str = "Somewhere Else Entirely";
 
 /// The signed files and the root that issued the chain.
-pub struct SignedForms {
+pub(crate) struct SignedForms {
     _dir: tempfile::TempDir,
     path: PathBuf,
 }
@@ -195,7 +198,7 @@ fn signature_findings(codes: &[String]) -> Vec<String> {
 }
 
 /// An email from the signatory with `pdf` attached.
-fn email_with(pdf: Vec<u8>, message_id: &str) -> Vec<u8> {
+pub(crate) fn email_with(pdf: Vec<u8>, message_id: &str) -> Vec<u8> {
     countersign::samples::email_with_form(
         "sian.obriain0@nhs.net",
         AUTHSERV_ID,
@@ -277,6 +280,51 @@ async fn each_signed_form_becomes_a_case_whose_findings_page_api_and_evidence_sh
                     assert!(check.certificates.iter().all(|c| !c.der_base64.is_empty()));
                 }
                 assert_eq!(check.trust.as_ref().unwrap().status.as_str(), trust, "{name}");
+
+                // The API's case detail says the same.
+                let mut browser = Browser::new(&app).await;
+                let token = crate::api::token(&app, &format!("reader-{name}"), ActorRole::Caseworker, None).await;
+                let detail =
+                    crate::api::call(&mut browser, "GET", &format!("/api/v1/cases/{reference}"), &token, None).await;
+                let detail = crate::api::json_of(&detail);
+                assert_eq!(detail["digital_signatures"][0]["integrity"], integrity, "{name}");
+                assert_eq!(detail["digital_signatures"][0]["trust"], trust, "{name}");
+                assert_eq!(detail["digital_signatures"][0]["field"], "signatory_signature");
+            }
+
+            // The case page shows a caseworker each verdict in words.
+            let mut browser = Browser::new(&app).await;
+            browser.sign_in_as(&app, "cw@nhs.net", ActorRole::Caseworker).await;
+            for (reference, words) in [
+                (
+                    "CS-2026-000001",
+                    ["Dr Jane Signer", "trusted", "Countersign Test Issuing CA"],
+                ),
+                (
+                    "CS-2026-000002",
+                    ["only additions that change no field", "trusted", "Dr Jane Signer"],
+                ),
+                ("CS-2026-000003", ["self-signed", "Dr Self Signer", "anyone can make"]),
+                ("CS-2026-000004", ["expired", "Dr Expired Signer", "expired on"]),
+                (
+                    "CS-2026-000005",
+                    ["Matches the form", "digest does not match", "not checked"],
+                ),
+                (
+                    "CS-2026-000006",
+                    [
+                        "Changed after signing",
+                        "org_name changed after it was signed",
+                        "Dr Jane Signer",
+                    ],
+                ),
+            ] {
+                let page = browser.get(&format!("/cases/{reference}")).await;
+                assert_eq!(page.status, axum::http::StatusCode::OK);
+                assert!(page.body.contains("Digital signature</h2>"), "{reference}");
+                for w in words {
+                    assert!(page.body.contains(w), "{reference}: {w:?} not on the page");
+                }
             }
 
             // The changed form's case holds what the update says, and says what changed.

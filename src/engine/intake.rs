@@ -608,6 +608,9 @@ impl Engine {
         // case's own sender or signatory; anything else opens a case of its own, linked.
         let mut related = None;
         let mut analyses = analyses;
+        for analysis in analyses.iter_mut().filter(|a| !a.records_checked) {
+            self.check_records_in(w.conn(), analysis).await?;
+        }
         let mut outcomes = Vec::new();
         if let Some(case) = match thread {
             Some(id) => storage::case_by_id(w.conn(), id).await?,
@@ -942,33 +945,44 @@ impl Engine {
     }
 
     /// Our records' word on a classified form: the organisation registry on its organisation,
-    /// the signatory register on its signatory. A lookup that fails leaves the form as the
-    /// rules judged it (and says so in the log): the write that follows needs the same
-    /// database, and fails clearly if it is gone.
+    /// the signatory register on its signatory. Looked up while the form is prepared, outside
+    /// any transaction; a lookup that fails here is made again when the form is written
+    /// ([`Engine::check_records_in`]), so no form is judged without them.
     async fn check_records(&self, analysis: &mut FormAnalysis) {
-        let Some(workflow) = analysis.workflow.as_deref().and_then(|w| self.workflows.get(w)) else {
-            return;
-        };
         let looked_up = match self.db.pool.acquire().await {
-            Ok(mut conn) => records_for(&mut conn, &analysis.fields).await,
+            Ok(mut conn) => self.check_records_in(&mut conn, analysis).await,
             Err(e) => Err(EngineError::from(storage::StorageError::Query {
                 context: "connecting to look up an organisation",
                 source: e,
             })),
         };
-        match looked_up {
-            Ok((registry, register)) => {
-                crate::policy::check_against_registry(
-                    workflow,
-                    &analysis.fields,
-                    &registry,
-                    self.today(),
-                    &mut analysis.findings,
-                );
-                crate::policy::check_against_register(workflow, &analysis.fields, &register, &mut analysis.findings);
-            }
-            Err(error) => tracing::warn!(error = %error, "the organisation registry could not be read"),
+        if let Err(error) = looked_up {
+            tracing::warn!(error = %error, "the organisation registry could not be read yet; it is read again when the form is written");
         }
+    }
+
+    /// [`Engine::check_records`] on `conn`: adds the registry's and the register's findings,
+    /// and marks the form as checked; an error leaves it unchecked.
+    pub(super) async fn check_records_in(
+        &self,
+        conn: &mut AnyConnection,
+        analysis: &mut FormAnalysis,
+    ) -> Result<(), EngineError> {
+        let Some(workflow) = analysis.workflow.as_deref().and_then(|w| self.workflows.get(w)) else {
+            analysis.records_checked = true;
+            return Ok(());
+        };
+        let (registry, register) = records_for(conn, &analysis.fields).await?;
+        crate::policy::check_against_registry(
+            workflow,
+            &analysis.fields,
+            &registry,
+            self.today(),
+            &mut analysis.findings,
+        );
+        crate::policy::check_against_register(workflow, &analysis.fields, &register, &mut analysis.findings);
+        analysis.records_checked = true;
+        Ok(())
     }
 
     #[allow(clippy::too_many_arguments)]

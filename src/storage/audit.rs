@@ -140,8 +140,7 @@ pub(super) async fn insert_chained(
     Ok(())
 }
 
-const STORED_EVENT_COLUMNS: &str =
-    "id, case_id, seq, hash, at, actor, actor_role, kind, transition, from_state, to_state, reason, data";
+const STORED_EVENT_COLUMNS: &str = stored_event_columns!();
 
 fn stored_event(r: &sqlx::any::AnyRow) -> Result<(i64, StoredEvent), sqlx::Error> {
     Ok((
@@ -201,8 +200,7 @@ pub async fn seal_unsealed_events(conn: &mut AnyConnection) -> Result<u64, Stora
 
 /// One case's events as stored, in the order they were written.
 pub async fn chain_of(conn: &mut AnyConnection, case_id: i64) -> Result<Vec<StoredEvent>, StorageError> {
-    let sql = format!("SELECT {STORED_EVENT_COLUMNS} FROM case_events WHERE case_id = $1 ORDER BY id");
-    let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+    let rows = sqlx::query(super::queries::EVENT_CHAIN_OF_CASE)
         .bind(case_id)
         .fetch_all(&mut *conn)
         .await
@@ -375,7 +373,7 @@ pub async fn event_hash_at(conn: &mut AnyConnection, case_id: i64, seq: i64) -> 
 
 /// How long the case row says its event chain is.
 pub async fn chain_length(conn: &mut AnyConnection, case_id: i64) -> Result<i64, StorageError> {
-    sqlx::query_scalar("SELECT chain_seq FROM cases WHERE id = $1")
+    sqlx::query_scalar(super::queries::CHAIN_LENGTH_OF_CASE)
         .bind(case_id)
         .fetch_one(&mut *conn)
         .await

@@ -238,6 +238,20 @@ macro_rules! select_cases {
     };
 }
 
+/// The columns of a stored (hash-chained) event, as a literal so that queries can be static.
+macro_rules! stored_event_columns {
+    () => {
+        "id, case_id, seq, hash, at, actor, actor_role, kind, transition, from_state, to_state, reason, data"
+    };
+}
+
+/// The columns of a signatory register row.
+macro_rules! signatory_columns {
+    () => {
+        "ods_code, role, name, email, source"
+    };
+}
+
 mod audit;
 mod batch;
 mod case_file;

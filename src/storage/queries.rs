@@ -17,6 +17,17 @@ pub(crate) const NOTES_FOR_CASE: &str =
     "SELECT author, body, created_at FROM case_notes WHERE case_id = $1 ORDER BY id";
 pub(crate) const ORIGIN_MESSAGE: &str =
     "SELECT from_address, subject, sent_at, received_at, sender_auth, raw FROM raw_messages WHERE id = $1";
+pub(crate) const EVENT_CHAIN_OF_CASE: &str = concat!(
+    "SELECT ",
+    stored_event_columns!(),
+    " FROM case_events WHERE case_id = $1 ORDER BY id"
+);
+pub(crate) const CHAIN_LENGTH_OF_CASE: &str = "SELECT chain_seq FROM cases WHERE id = $1";
+pub(crate) const SIGNATORIES_OF_ORGANISATION: &str = concat!(
+    "SELECT ",
+    signatory_columns!(),
+    " FROM signatories WHERE ods_code = $1 AND active = 1 ORDER BY role, name"
+);
 pub(crate) const FORM_READING_OF_CASE: &str = "SELECT extraction FROM cases WHERE id = $1";
 pub(crate) const ATTACHMENT_CONTENT: &str = "SELECT detected_type, content FROM attachments WHERE id = $1";
 pub(crate) const ATTACHMENTS_OF_MESSAGE: &str = "SELECT id, filename, claimed_type, detected_type, size_bytes FROM attachments WHERE raw_message_id = $1 ORDER BY id";
@@ -46,6 +57,13 @@ pub const PER_CASE_QUERIES: &[(&str, &str, CaseKey)] = &[
     ("notes of a case", NOTES_FOR_CASE, CaseKey::Id),
     ("an attachment's bytes", ATTACHMENT_CONTENT, CaseKey::Id),
     ("what was read from a case's form", FORM_READING_OF_CASE, CaseKey::Id),
+    ("a case's event chain", EVENT_CHAIN_OF_CASE, CaseKey::Id),
+    ("a case's chain length", CHAIN_LENGTH_OF_CASE, CaseKey::Id),
+    (
+        "signatories of a form's organisation",
+        SIGNATORIES_OF_ORGANISATION,
+        CaseKey::Text,
+    ),
     ("a case's message", ORIGIN_MESSAGE, CaseKey::Id),
     ("attachments of a message", ATTACHMENTS_OF_MESSAGE, CaseKey::Id),
 ];

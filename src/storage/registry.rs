@@ -117,7 +117,7 @@ pub async fn records_of(
         None => RegistryLookup::NotLoaded,
         Some(_) => RegistryLookup::Known(organisation_from(&row)?),
     };
-    let of_organisation = super::list_signatories(conn, Some(&code)).await?;
+    let of_organisation = super::signatories::signatories_of(conn, &code).await?;
     let register = crate::signatories::RegisterLookup {
         in_use: register_in_use > 0,
         of_organisation,

@@ -40,7 +40,7 @@ pub async fn add_signatories(conn: &mut AnyConnection, new: &[NewSignatory], now
     Ok(())
 }
 
-const SIGNATORY_COLUMNS: &str = "ods_code, role, name, email, source";
+const SIGNATORY_COLUMNS: &str = signatory_columns!();
 
 fn signatory(r: &sqlx::any::AnyRow) -> Result<KnownSignatory, sqlx::Error> {
     Ok(KnownSignatory {
@@ -50,6 +50,19 @@ fn signatory(r: &sqlx::any::AnyRow) -> Result<KnownSignatory, sqlx::Error> {
         email: r.try_get(3)?,
         source: r.try_get(4)?,
     })
+}
+
+/// Every active signatory of one organisation (each form asks, through its index).
+pub async fn signatories_of(conn: &mut AnyConnection, ods_code: &str) -> Result<Vec<KnownSignatory>, StorageError> {
+    let rows = sqlx::query(super::queries::SIGNATORIES_OF_ORGANISATION)
+        .bind(ods_code)
+        .fetch_all(&mut *conn)
+        .await
+        .context("reading an organisation's signatories")?;
+    rows.iter()
+        .map(signatory)
+        .collect::<Result<_, sqlx::Error>>()
+        .context("decoding signatories")
 }
 
 /// Every active signatory of `ods_code` (or of every organisation).

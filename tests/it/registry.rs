@@ -88,3 +88,59 @@ async fn the_registry_decides_whether_an_organisation_exists_is_open_and_is_a_pr
     })
     .await;
 }
+
+#[tokio::test]
+async fn a_registry_that_cannot_be_read_while_a_form_is_prepared_is_read_when_it_is_written() {
+    on_both_backends(|app| async move {
+        // The organisation file only: the fixture's A81001 is unknown to it.
+        import(&app, false, true).await;
+        let raw = crate::common::fixture("mail/gp_form.eml");
+        // The registry's table is out of reach while the form is read (a lost connection, a
+        // migration in progress)...
+        let mut conn = app.db().pool.acquire().await.unwrap();
+        sqlx::query("ALTER TABLE ods_registry RENAME TO ods_registry_away")
+            .execute(&mut *conn)
+            .await
+            .unwrap();
+        let prepared = app.prepare(&raw).await;
+        // ...and back by the time the form is written: the write asks it again, so the case
+        // is judged with it, not without it.
+        sqlx::query("ALTER TABLE ods_registry_away RENAME TO ods_registry")
+            .execute(&mut *conn)
+            .await
+            .unwrap();
+        drop(conn);
+        let report = app.record(&raw, prepared, "test").await.expect("recorded");
+        assert_eq!(report.cases[0].finding_codes, vec!["organisation_unknown"]);
+
+        // Out of reach when written too: the write fails (the mail source keeps the email and
+        // tries again), rather than judge the form without the registry.
+        let raw = crate::common::form_email(
+            app.workflows().get("primary_user_gp").unwrap(),
+            7,
+            &[],
+            "someone@nhs.net",
+            "registry-away@x",
+            "Form",
+        );
+        let mut conn = app.db().pool.acquire().await.unwrap();
+        sqlx::query("ALTER TABLE ods_registry RENAME TO ods_registry_away")
+            .execute(&mut *conn)
+            .await
+            .unwrap();
+        let prepared = app.prepare(&raw).await;
+        assert!(app.record(&raw, prepared, "test").await.is_err());
+        sqlx::query("ALTER TABLE ods_registry_away RENAME TO ods_registry")
+            .execute(&mut *conn)
+            .await
+            .unwrap();
+        drop(conn);
+        let report = app
+            .intake(&raw, "test")
+            .await
+            .expect("taken in once the registry is back");
+        assert!(!report.already_ingested);
+        assert_eq!(report.cases.len(), 1);
+    })
+    .await;
+}

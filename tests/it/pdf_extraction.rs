@@ -105,6 +105,12 @@ fn a_signed_signature_field_reports_signer_and_time() {
         "{:?}",
         signature.signing_time
     );
+    // The committed fixture is as pyHanko wrote it: its signature still matches its bytes,
+    // and an unsigned field has no check at all.
+    let check = signature.verification.as_ref().expect("a signed field is checked");
+    assert_eq!(check.integrity, countersign::pdf::signature::Integrity::Intact);
+    assert!(check.covers_whole_file);
+    assert!(!check.certificates.is_empty());
 }
 
 #[test]
@@ -117,6 +123,7 @@ fn an_unsigned_signature_field_is_present_but_not_signed() {
         .expect("signature field");
     assert!(!signature.signed);
     assert_eq!(signature.signer_name, None);
+    assert_eq!(signature.verification, None);
 }
 
 #[test]

@@ -898,7 +898,7 @@ pub async fn report(
     // A shared report needs no read of the open cases.
     let both = state
         .reports
-        .report_and_previous(&state.engine, period, None)
+        .report_and_previous(&state.engine, period)
         .await
         .map_err(WebError::from)?;
     Ok(Json(serde_json::json!({
@@ -916,11 +916,8 @@ pub async fn report(
         (status = 403, description = "Managers and admins only", body = ErrorBody),
     ))]
 pub async fn dashboard(State(state): State<AppState>, _caller: ApiCaller) -> Result<Json<serde_json::Value>, ApiError> {
-    let open = crate::reports::open_now(&state.engine).await.map_err(WebError::from)?;
-    let dashboard = crate::reports::dashboard(&state.engine, &open)
-        .await
-        .map_err(WebError::from)?;
-    Ok(Json(serde_json::to_value(dashboard).map_err(WebError::internal)?))
+    let now = state.reports.queue_now(&state.engine).await.map_err(WebError::from)?;
+    Ok(Json(serde_json::to_value(&now.dashboard).map_err(WebError::internal)?))
 }
 
 /// Organisations that have sent forms, by name, with how many cases each has.

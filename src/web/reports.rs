@@ -11,7 +11,7 @@ use axum::response::{IntoResponse, Response};
 use axum_csrf::CsrfToken;
 use chrono::{Duration, NaiveDate};
 
-use crate::reports::{self, Period, Report, dashboard, open_now, report_and_previous, report_for};
+use crate::reports::{self, Period, Report, dashboard, open_now, report_and_previous};
 use crate::web::auth::{CurrentUser, render};
 use crate::web::{Access, AppState, Route, WebError};
 
@@ -34,35 +34,59 @@ const REPORTS_KEPT: usize = 8;
 /// side by side on every core, starving the queue's pages. Past days are kept facts anyway;
 /// only today's figures can be up to half a minute old.
 #[derive(Default)]
-pub struct ReportCache(tokio::sync::Mutex<Vec<KeptReport>>);
+pub struct ReportCache {
+    reports: tokio::sync::Mutex<Vec<KeptReport>>,
+    now: tokio::sync::Mutex<Option<(std::time::Instant, std::sync::Arc<QueueNow>)>>,
+}
+
+/// How long the queue as it is now (its open cases and the dashboard's figures) is shared.
+const NOW_FRESH_FOR: std::time::Duration = std::time::Duration::from_secs(15);
+
+/// The queue as it is now: what every report page, the dashboard API and `/metrics` start
+/// from. Reading a million cases' open ones takes a few hundred milliseconds; managers
+/// opening the dashboard together share one reading (its figures can be 15 s old).
+pub struct QueueNow {
+    pub open: Vec<reports::OpenCase>,
+    pub dashboard: reports::Dashboard,
+}
 
 /// A period, when its report was worked out, and the report with the one before it.
 type KeptReport = (Period, std::time::Instant, std::sync::Arc<(Report, Report)>);
 
 impl ReportCache {
+    /// The queue as it is now, read now or shared from the last [`NOW_FRESH_FOR`]. One
+    /// reader at a time: the others wait for its result rather than read it again beside it.
+    pub async fn queue_now(
+        &self,
+        engine: &crate::engine::Engine,
+    ) -> Result<std::sync::Arc<QueueNow>, crate::storage::StorageError> {
+        let mut kept = self.now.lock().await;
+        if let Some((at, now)) = kept.as_ref()
+            && at.elapsed() < NOW_FRESH_FOR
+        {
+            return Ok(now.clone());
+        }
+        let open = open_now(engine).await?;
+        let dashboard = dashboard(engine, &open).await?;
+        let now = std::sync::Arc::new(QueueNow { open, dashboard });
+        *kept = Some((std::time::Instant::now(), now.clone()));
+        Ok(now)
+    }
+
     /// The report for `period` and the one before it, worked out now or shared from the last
-    /// half-minute. `open` is the cases open now when the caller has read them already (the
-    /// page, for its dashboard); otherwise they are read only if the report is worked out.
+    /// half-minute; its backlog is [`ReportCache::queue_now`]'s open cases.
     pub async fn report_and_previous(
         &self,
         engine: &crate::engine::Engine,
         period: Period,
-        open: Option<&[reports::OpenCase]>,
     ) -> Result<std::sync::Arc<(Report, Report)>, crate::storage::StorageError> {
-        let mut kept = self.0.lock().await;
+        let mut kept = self.reports.lock().await;
         kept.retain(|(_, at, _)| at.elapsed() < REPORT_FRESH_FOR);
         if let Some((_, _, both)) = kept.iter().find(|(p, _, _)| *p == period) {
             return Ok(both.clone());
         }
-        let read;
-        let open = match open {
-            Some(open) => open,
-            None => {
-                read = open_now(engine).await?;
-                &read
-            }
-        };
-        let both = std::sync::Arc::new(report_and_previous(engine, period, open).await?);
+        let now = self.queue_now(engine).await?;
+        let both = std::sync::Arc::new(report_and_previous(engine, period, &now.open).await?);
         if kept.len() >= REPORTS_KEPT {
             kept.remove(0);
         }
@@ -159,17 +183,14 @@ pub async fn report_page(
     let mut context = tera::Context::new();
     context.insert("user", &user.0);
     context.insert("csrf", &token.authenticity_token().map_err(WebError::internal)?);
-    // The open cases are read once, for the dashboard and the report's backlog.
-    let open = open_now(&state.engine).await?;
-    context.insert("dashboard", &dashboard(&state.engine, &open).await?);
+    // The queue now (shared for a few seconds) gives the dashboard and the report's backlog.
+    let now = state.reports.queue_now(&state.engine).await?;
+    context.insert("dashboard", &now.dashboard);
     context.insert("from", &query.from);
     context.insert("to", &query.to);
     match query.period(today) {
         Ok(period) => {
-            let both = state
-                .reports
-                .report_and_previous(&state.engine, period, Some(&open))
-                .await?;
+            let both = state.reports.report_and_previous(&state.engine, period).await?;
             let (report, previous) = (&both.0, &both.1);
             context.insert("charts", &charts(report));
             context.insert("period_query", &format!("from={}&to={}", period.from, period.to));
@@ -193,8 +214,8 @@ pub async fn report_csv(
     let name = table.strip_suffix(".csv").ok_or(WebError::NotFound)?;
     let today = state.engine.clock().now().date_naive();
     let period = query.period(today).map_err(WebError::BadRequest)?;
-    let report = report_for(&state.engine, period).await?;
-    let rows = csv_rows(&report, name).ok_or(WebError::NotFound)?;
+    let both = state.reports.report_and_previous(&state.engine, period).await?;
+    let rows = csv_rows(&both.0, name).ok_or(WebError::NotFound)?;
     let mut response = to_csv(&rows).into_response();
     let headers = response.headers_mut();
     headers.insert(

@@ -196,15 +196,45 @@ async fn a_report_asked_for_again_within_half_a_minute_is_shared_not_worked_out_
     crate::common::on_both_backends(|app| async move {
         app.receive_fixture("mail/gp_form.eml").await;
         let cache = countersign::web::reports::ReportCache::default();
-        let open = countersign::reports::open_now(&app).await.unwrap();
         let period = countersign::reports::Period::last_weeks(app.clock().now().date_naive(), 13);
-        let first = cache.report_and_previous(&app, period, Some(&open)).await.unwrap();
-        let again = cache.report_and_previous(&app, period, Some(&open)).await.unwrap();
+        let first = cache.report_and_previous(&app, period).await.unwrap();
+        let again = cache.report_and_previous(&app, period).await.unwrap();
         assert!(std::sync::Arc::ptr_eq(&first, &again), "shared");
         let other = countersign::reports::Period::last_weeks(app.clock().now().date_naive(), 4);
-        let different = cache.report_and_previous(&app, other, None).await.unwrap();
+        let different = cache.report_and_previous(&app, other).await.unwrap();
         assert!(!std::sync::Arc::ptr_eq(&first, &different), "another period is its own");
         assert_eq!(first.0, again.0);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn the_queue_now_is_read_once_for_everyone_who_asks_together() {
+    crate::common::on_both_backends(|app| async move {
+        app.receive_fixture("mail/gp_form.eml").await;
+        let cache = std::sync::Arc::new(countersign::web::reports::ReportCache::default());
+        // Eight managers open the dashboard at once: one reading, shared by all.
+        let asks: Vec<_> = (0..8)
+            .map(|_| {
+                let (cache, engine) = (cache.clone(), app.engine());
+                tokio::spawn(async move { cache.queue_now(&engine).await.unwrap() })
+            })
+            .collect();
+        let mut seen = Vec::new();
+        for ask in asks {
+            seen.push(ask.await.unwrap());
+        }
+        assert!(
+            seen.iter().all(|now| std::sync::Arc::ptr_eq(now, &seen[0])),
+            "one reading"
+        );
+        assert_eq!(seen[0].open.len(), 1);
+        assert_eq!(seen[0].dashboard.open, 1);
+        // A report worked out meanwhile takes its backlog from the same reading.
+        let period = countersign::reports::Period::last_weeks(app.clock().now().date_naive(), 13);
+        let report = cache.report_and_previous(&app, period).await.unwrap();
+        let fresh = countersign::reports::report_for(&app, period).await.unwrap();
+        assert_eq!(report.0, fresh);
     })
     .await;
 }

@@ -67,6 +67,8 @@ pub enum FindingCode {
     DigitalSignatureNotTrusted,
     /// The form was updated after it was digitally signed, and the update changes its fields.
     FormChangedAfterSigning,
+    /// The digital signature is someone else's than the signatory the form names.
+    DigitalSignerNotSignatory,
 }
 
 impl FindingCode {
@@ -105,13 +107,14 @@ impl FindingCode {
             FindingCode::DigitalSignatureInvalid => "digital_signature_invalid",
             FindingCode::DigitalSignatureNotTrusted => "digital_signature_not_trusted",
             FindingCode::FormChangedAfterSigning => "form_changed_after_signing",
+            FindingCode::DigitalSignerNotSignatory => "digital_signer_not_signatory",
         }
     }
 }
 
 impl FindingCode {
     /// Every finding, in the order the rules meet them.
-    pub const ALL: [FindingCode; 33] = [
+    pub const ALL: [FindingCode; 34] = [
         FindingCode::RequiredFieldMissing,
         FindingCode::OdsCodeMalformed,
         FindingCode::OrganisationTypeMismatch,
@@ -145,6 +148,7 @@ impl FindingCode {
         FindingCode::DigitalSignatureInvalid,
         FindingCode::DigitalSignatureNotTrusted,
         FindingCode::FormChangedAfterSigning,
+        FindingCode::DigitalSignerNotSignatory,
     ];
 
     /// Findings about the PDF file itself rather than the values on it: keying the form by
@@ -155,6 +159,7 @@ impl FindingCode {
             FindingCode::DigitalSignatureInvalid
                 | FindingCode::DigitalSignatureNotTrusted
                 | FindingCode::FormChangedAfterSigning
+                | FindingCode::DigitalSignerNotSignatory
         )
     }
 
@@ -200,6 +205,7 @@ impl FindingCode {
             FindingCode::DigitalSignatureInvalid => "Digital signature does not match the form",
             FindingCode::DigitalSignatureNotTrusted => "Digital signature not from a trusted certificate",
             FindingCode::FormChangedAfterSigning => "Form changed after it was signed",
+            FindingCode::DigitalSignerNotSignatory => "Digitally signed by someone other than the signatory",
         }
     }
 }
@@ -280,6 +286,9 @@ impl FindingCode {
             }
             FindingCode::FormChangedAfterSigning => {
                 "The form was changed after it was signed. Please make any changes first, then have the signatory sign the final form."
+            }
+            FindingCode::DigitalSignerNotSignatory => {
+                "The form's digital signature is not that of the signatory named on it. The named signatory must sign the form themselves."
             }
         }
     }
@@ -532,9 +541,10 @@ pub fn check_against_register(
 }
 
 /// The findings a form's digital signatures call for, once [`crate::pdf::signature`] has
-/// checked them against the file and the trust store. An unsigned signature field (the
-/// signature is optional) calls for none.
-pub fn check_digital_signatures(signatures: &[SignatureInfo], findings: &mut Vec<Finding>) {
+/// checked them against the file and the trust store: `signatory` is the name typed as the
+/// form's signatory, which an intact signature's certificate must name too. An unsigned
+/// signature field (the signature is optional) calls for none.
+pub fn check_digital_signatures(signatures: &[SignatureInfo], signatory: Option<&str>, findings: &mut Vec<Finding>) {
     for signature in signatures.iter().filter(|s| s.signed) {
         let field = signature.field.as_str();
         let Some(check) = &signature.verification else {
@@ -556,19 +566,33 @@ pub fn check_digital_signatures(signatures: &[SignatureInfo], findings: &mut Vec
                 field,
                 format!("The digital signature could not be checked: {reason}."),
             )),
-            Integrity::Intact => match &check.trust {
-                Some(trust) if trust.status == TrustStatus::Trusted => {}
-                Some(trust) => findings.push(Finding::on_field(
-                    FindingCode::DigitalSignatureNotTrusted,
-                    field,
-                    format!("The digital signature is intact, but {}.", trust.detail),
-                )),
-                None => findings.push(Finding::on_field(
-                    FindingCode::DigitalSignatureNotTrusted,
-                    field,
-                    "The digital signature is intact, but its certificate was not checked against the trust store.",
-                )),
-            },
+            Integrity::Intact => {
+                if let (Some(signer), Some(typed)) = (check.signer(), signatory.filter(|t| !t.trim().is_empty()))
+                    && !same_person(signer, typed)
+                {
+                    findings.push(Finding::on_field(
+                        FindingCode::DigitalSignerNotSignatory,
+                        field,
+                        format!(
+                            "The form is digitally signed by {signer}, but names {} as its signatory.",
+                            typed.trim()
+                        ),
+                    ));
+                }
+                match &check.trust {
+                    Some(trust) if trust.status == TrustStatus::Trusted => {}
+                    Some(trust) => findings.push(Finding::on_field(
+                        FindingCode::DigitalSignatureNotTrusted,
+                        field,
+                        format!("The digital signature is intact, but {}.", trust.detail),
+                    )),
+                    None => findings.push(Finding::on_field(
+                        FindingCode::DigitalSignatureNotTrusted,
+                        field,
+                        "The digital signature is intact, but its certificate was not checked against the trust store.",
+                    )),
+                }
+            }
         }
         if let Some(later) = &check.later_revisions {
             if !later.signed_revision_readable {
@@ -592,6 +616,32 @@ pub fn check_digital_signatures(signatures: &[SignatureInfo], findings: &mut Vec
             }
         }
     }
+}
+
+/// Whether a certificate's name and a typed name are the same person's: compared without
+/// case, punctuation or titles ("Dr. Jane  Signer" is "jane signer"), word for word.
+fn same_person(a: &str, b: &str) -> bool {
+    const TITLES: [&str; 10] = [
+        "dr",
+        "mr",
+        "mrs",
+        "ms",
+        "miss",
+        "mx",
+        "prof",
+        "professor",
+        "sir",
+        "dame",
+    ];
+    let words = |s: &str| -> Vec<String> {
+        s.split(|c: char| !c.is_alphanumeric())
+            .filter(|w| !w.is_empty())
+            .map(str::to_lowercase)
+            .filter(|w| !TITLES.contains(&w.as_str()))
+            .collect()
+    };
+    let (a, b) = (words(a), words(b));
+    !a.is_empty() && a == b
 }
 
 /// Matches a typed role against the workflow's roles and their synonyms, tolerant of case,

@@ -477,8 +477,9 @@ impl Engine {
         let mut findings = policy::check(&facts, &self.config.policy);
         policy::check_against_registry(workflow, &fields, &known.registry, self.today(), &mut findings);
         policy::check_against_register(workflow, &fields, &known.register, &mut findings);
-        // What the file itself showed (its digital signature) stands, whatever is keyed.
-        findings.extend(case.findings.iter().filter(|f| f.code.is_about_the_file()).cloned());
+        // The file's digital signature, as checked when it arrived, against what is typed now.
+        let signatory = fields.get(&workflow.signatories.name_field).map(String::as_str);
+        policy::check_digital_signatures(&known.signatures, signatory, &mut findings);
         let mut form = form_columns(workflow, &fields, &findings);
         // A keyed organisation name is kept as typed (an empty one clears it).
         form.org_name = fields.get("org_name").cloned();
@@ -496,11 +497,13 @@ impl Engine {
     ) -> Result<Known, EngineError> {
         let message = storage::origin_of(&mut *conn, case.origin_message_id).await?;
         let (registry, register) = super::intake::records_for(conn, fields).await?;
+        let signatures = storage::form_signatures(conn, case.id).await?;
         Ok(Known {
             origin: Origin::from_stored(&message),
             sender: message.from_address,
             registry,
             register,
+            signatures,
         })
     }
 
@@ -917,6 +920,8 @@ pub struct Known {
     pub sender: Option<String>,
     pub registry: crate::registry::RegistryLookup,
     pub register: crate::signatories::RegisterLookup,
+    /// The case's form's digital signatures, as checked when it arrived.
+    pub signatures: Vec<crate::pdf::SignatureInfo>,
 }
 
 impl Origin {

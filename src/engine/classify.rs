@@ -108,7 +108,11 @@ impl Engine {
             ));
         }
         analysis.findings.extend(policy::check(&facts, &self.config.policy));
-        policy::check_digital_signatures(&extracted.signatures, &mut analysis.findings);
+        let signatory = analysis
+            .fields
+            .get(&workflow.signatories.name_field)
+            .map(String::as_str);
+        policy::check_digital_signatures(&extracted.signatures, signatory, &mut analysis.findings);
         analysis.workflow = Some(workflow.name.clone());
         analysis.extraction = Some(extracted);
         analysis

@@ -27,6 +27,9 @@ use der::{Decode, Encode, Header, Reader, SliceReader};
 use serde::{Deserialize, Serialize};
 use x509_cert::Certificate;
 
+/// A form's field values by full name.
+pub type FieldValues = BTreeMap<String, String>;
+
 /// At most this many signatures in one PDF are checked; a real form has one or two. Each
 /// check may read the file's signed revision again, so a PDF of a thousand signature fields
 /// must not cost a thousand parses.
@@ -250,7 +253,7 @@ pub fn check_signature(
     file: &[u8],
     raw: &RawSignature,
     final_fields: &BTreeMap<String, String>,
-    read_fields: &mut dyn FnMut(&[u8]) -> Option<BTreeMap<String, String>>,
+    read_fields: &mut dyn FnMut(&[u8]) -> Option<FieldValues>,
 ) -> SignatureCheck {
     let mut check = SignatureCheck {
         sub_filter: raw.sub_filter.clone(),

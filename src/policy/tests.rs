@@ -514,3 +514,128 @@ mod registry {
         );
     }
 }
+
+mod digital_signatures {
+    use crate::pdf::SignatureInfo;
+    use crate::pdf::signature::{CertificateEvidence, Integrity, SignatureCheck, TrustStatus, TrustVerdict};
+    use crate::policy::{FindingCode, check_digital_signatures};
+
+    fn signed_by(name: &str, integrity: Integrity, trust: TrustStatus, changed: &[&str]) -> SignatureInfo {
+        SignatureInfo {
+            field: "signatory_signature".into(),
+            signed: true,
+            signer_name: None,
+            signing_time: None,
+            verification: Some(SignatureCheck {
+                sub_filter: None,
+                byte_range: vec![],
+                covers_whole_file: changed.is_empty(),
+                integrity,
+                digest_algorithm: None,
+                signature_algorithm: None,
+                certificates: vec![CertificateEvidence {
+                    subject: format!("CN={name}"),
+                    common_name: Some(name.into()),
+                    issuer: String::new(),
+                    serial: String::new(),
+                    not_before: String::new(),
+                    not_after: String::new(),
+                    sha256: String::new(),
+                    der_base64: String::new(),
+                }],
+                claimed_signing_time: None,
+                later_revisions: (!changed.is_empty()).then(|| crate::pdf::signature::LaterRevisions {
+                    bytes_after_signing: 10,
+                    changed_fields: changed.iter().map(|c| c.to_string()).collect(),
+                    signed_revision_readable: true,
+                }),
+                trust: Some(TrustVerdict {
+                    status: trust,
+                    detail: "why".into(),
+                    path: vec![],
+                    checked_at: String::new(),
+                }),
+            }),
+        }
+    }
+
+    fn codes(signatures: &[SignatureInfo], typed: Option<&str>) -> Vec<FindingCode> {
+        let mut findings = Vec::new();
+        check_digital_signatures(signatures, typed, &mut findings);
+        findings.into_iter().map(|f| f.code).collect()
+    }
+
+    #[test]
+    fn a_trusted_intact_signature_by_the_named_signatory_is_no_finding() {
+        let good = signed_by("Dr Jane Signer", Integrity::Intact, TrustStatus::Trusted, &[]);
+        assert!(codes(std::slice::from_ref(&good), Some("jane  signer")).is_empty());
+        assert!(codes(std::slice::from_ref(&good), Some("Dr. Jane Signer")).is_empty());
+        assert!(codes(&[good], None).is_empty(), "no typed name, nothing to compare");
+    }
+
+    #[test]
+    fn each_problem_has_its_finding() {
+        let broken = Integrity::Broken {
+            reason: "digest".into(),
+        };
+        assert_eq!(
+            codes(&[signed_by("A B", broken, TrustStatus::NotChecked, &[])], Some("A B")),
+            [FindingCode::DigitalSignatureInvalid]
+        );
+        for status in [
+            TrustStatus::SelfSigned,
+            TrustStatus::Expired,
+            TrustStatus::UnknownIssuer,
+            TrustStatus::InvalidChain,
+        ] {
+            assert_eq!(
+                codes(&[signed_by("A B", Integrity::Intact, status, &[])], Some("A B")),
+                [FindingCode::DigitalSignatureNotTrusted],
+                "{status:?}"
+            );
+        }
+        let unsupported = Integrity::Unsupported { reason: "x".into() };
+        assert_eq!(
+            codes(
+                &[signed_by("A B", unsupported, TrustStatus::NotChecked, &[])],
+                Some("A B")
+            ),
+            [FindingCode::DigitalSignatureNotTrusted]
+        );
+        assert_eq!(
+            codes(
+                &[signed_by("A B", Integrity::Intact, TrustStatus::Trusted, &["org_name"])],
+                Some("A B")
+            ),
+            [FindingCode::FormChangedAfterSigning]
+        );
+        assert_eq!(
+            codes(
+                &[signed_by("Dr Bob Other", Integrity::Intact, TrustStatus::Trusted, &[])],
+                Some("Jane Signer")
+            ),
+            [FindingCode::DigitalSignerNotSignatory]
+        );
+        // A name that only shares words is someone else.
+        assert_eq!(
+            codes(
+                &[signed_by(
+                    "Jane Signer-Smith",
+                    Integrity::Intact,
+                    TrustStatus::Trusted,
+                    &[]
+                )],
+                Some("Jane Signer")
+            ),
+            [FindingCode::DigitalSignerNotSignatory]
+        );
+    }
+
+    #[test]
+    fn an_unsigned_field_is_no_finding() {
+        let mut unsigned = signed_by("A B", Integrity::Intact, TrustStatus::Trusted, &[]);
+        unsigned.signed = false;
+        unsigned.verification = None;
+        assert!(codes(&[unsigned], Some("Someone")).is_empty());
+    }
+}

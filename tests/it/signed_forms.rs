@@ -22,6 +22,8 @@ use crate::web::Browser;
 /// The organisation name on the form, and the same-length text the tampered copy has instead.
 const ORG_NAME: &str = "Riverside Medical Practice 0";
 const TAMPERED_ORG_NAME: &str = "Riverside Medical Practise 0";
+/// The signatory typed on the form: the chain's signer, "Dr Jane Signer", without the title.
+const TYPED_SIGNATORY: &str = "Jane Signer";
 /// What the update after signing sets the organisation's name to.
 const CHANGED_ORG_NAME: &str = "Somewhere Else Entirely";
 
@@ -42,9 +44,11 @@ impl SignedForms {
     pub fn make_at(at: chrono::DateTime<chrono::Utc>) -> SignedForms {
         let workflows = crate::common::workflows();
         let workflow = workflows.get("primary_user_gp").expect("the GP workflow");
-        let values: BTreeMap<String, String> =
+        let mut values: BTreeMap<String, String> =
             countersign::samples::good_values(workflow, 0, friday_morning().date_naive());
         assert_eq!(values.get("org_name").map(String::as_str), Some(ORG_NAME));
+        // The signatory the chain's certificate names (typed without the title it carries).
+        values.insert("signatory_name".into(), TYPED_SIGNATORY.into());
         let pdf = countersign::pdf::generate::filled_form(workflow, &values).expect("a form");
         let dir = tempfile::tempdir().expect("a temporary folder");
         let form = dir.path().join("form.pdf");
@@ -220,13 +224,19 @@ async fn each_signed_form_becomes_a_case_whose_findings_page_api_and_evidence_sh
             let expect = [
                 ("chain", vec![], "intact", "trusted"),
                 ("annotated_after_signing", vec![], "intact", "trusted"),
+                // Signed by a certificate that names someone other than the typed signatory.
                 (
                     "self_signed",
-                    vec!["digital_signature_not_trusted"],
+                    vec!["digital_signer_not_signatory", "digital_signature_not_trusted"],
                     "intact",
                     "self_signed",
                 ),
-                ("expired", vec!["digital_signature_not_trusted"], "intact", "expired"),
+                (
+                    "expired",
+                    vec!["digital_signer_not_signatory", "digital_signature_not_trusted"],
+                    "intact",
+                    "expired",
+                ),
                 ("tampered", vec!["digital_signature_invalid"], "broken", "not_checked"),
                 (
                     "changed_after_signing",
@@ -353,6 +363,24 @@ async fn each_signed_form_becomes_a_case_whose_findings_page_api_and_evidence_sh
                 "{:?}",
                 keyed.findings
             );
+            // Keying the expired form's signatory as its certificate names them clears the
+            // name finding, and leaves the certificate's.
+            let expired = app.case("CS-2026-000004").await;
+            let message = &expired
+                .findings
+                .iter()
+                .find(|f| f.code == FindingCode::DigitalSignerNotSignatory)
+                .unwrap()
+                .message;
+            assert!(
+                message.contains("Dr Expired Signer") && message.contains(TYPED_SIGNATORY),
+                "{message}"
+            );
+            let values: BTreeMap<String, String> =
+                [("signatory_name".to_string(), "Dr. Expired Signer".to_string())].into();
+            let keyed = app.key_fields(&expired.reference, None, &values, &actor).await.unwrap();
+            let codes: Vec<String> = keyed.findings.iter().map(|f| f.code.as_str().to_string()).collect();
+            assert_eq!(signature_findings(&codes), ["digital_signature_not_trusted"]);
         },
     )
     .await;

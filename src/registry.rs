@@ -75,9 +75,10 @@ impl RegisteredOrganisation {
 }
 
 /// What the registry says about one code.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub enum RegistryLookup {
     /// No registry has been imported: nothing can be said, and nothing is a finding.
+    #[default]
     NotLoaded,
     /// A registry is loaded and the code is not in it.
     Unknown,

@@ -18,10 +18,6 @@ pub(super) struct FormAnalysis {
     pub fields: BTreeMap<String, String>,
     pub extraction: Option<ExtractedForm>,
     pub findings: Vec<Finding>,
-    /// The organisation registry and the signatory register have had their say. When they
-    /// could not be read while the form was prepared, the write looks them up again, in its
-    /// own transaction, and fails (to be retried) if they still cannot be read.
-    pub records_checked: bool,
 }
 
 pub(super) fn finding_for_pdf_error(error: &PdfError, filename: &str) -> Finding {
@@ -52,7 +48,6 @@ impl Engine {
             fields: BTreeMap::new(),
             extraction: None,
             findings: vec![],
-            records_checked: false,
         };
         let mut extracted = match result {
             Ok(extracted) => extracted,

@@ -386,6 +386,7 @@ impl Engine {
             for (_, prepared, _) in &mut emails {
                 prepared.thread = self.thread_case(&mut conn, &prepared.parsed).await?;
             }
+            self.check_records_of_group(&mut conn, &mut emails).await?;
         }
         let mut tx = self.db.begin_write().await.context("starting a transaction")?;
         // Every form of the group is locked up front, in one order, so that two writers of
@@ -608,9 +609,6 @@ impl Engine {
         // case's own sender or signatory; anything else opens a case of its own, linked.
         let mut related = None;
         let mut analyses = analyses;
-        for analysis in analyses.iter_mut().filter(|a| !a.records_checked) {
-            self.check_records_in(w.conn(), analysis).await?;
-        }
         let mut outcomes = Vec::new();
         if let Some(case) = match thread {
             Some(id) => storage::case_by_id(w.conn(), id).await?,
@@ -937,51 +935,43 @@ impl Engine {
                 .filename
                 .clone()
                 .unwrap_or_else(|| "unnamed attachment".into());
-            let mut analysis = self.analyse_form(index, &filename, result, parsed);
-            self.check_records(&mut analysis).await;
-            analyses.push(analysis);
+            analyses.push(self.analyse_form(index, &filename, result, parsed));
         }
         analyses
     }
 
-    /// Our records' word on a classified form: the organisation registry on its organisation,
-    /// the signatory register on its signatory. Looked up while the form is prepared, outside
-    /// any transaction; a lookup that fails here is made again when the form is written
-    /// ([`Engine::check_records_in`]), so no form is judged without them.
-    async fn check_records(&self, analysis: &mut FormAnalysis) {
-        let looked_up = match self.db.pool.acquire().await {
-            Ok(mut conn) => self.check_records_in(&mut conn, analysis).await,
-            Err(e) => Err(EngineError::from(storage::StorageError::Query {
-                context: "connecting to look up an organisation",
-                source: e,
-            })),
-        };
-        if let Err(error) = looked_up {
-            tracing::warn!(error = %error, "the organisation registry could not be read yet; it is read again when the form is written");
-        }
-    }
-
-    /// [`Engine::check_records`] on `conn`: adds the registry's and the register's findings,
-    /// and marks the form as checked; an error leaves it unchecked.
-    pub(super) async fn check_records_in(
+    /// Our records' word on every classified form of a group: the organisation registry on
+    /// its organisation, the signatory register on its signatory, looked up for the whole group
+    /// in three queries. A lookup that fails fails the group (its mail is kept and tried
+    /// again): no form is judged without them.
+    async fn check_records_of_group(
         &self,
         conn: &mut AnyConnection,
-        analysis: &mut FormAnalysis,
+        emails: &mut [(&[u8], PreparedEmail, &str)],
     ) -> Result<(), EngineError> {
-        let Some(workflow) = analysis.workflow.as_deref().and_then(|w| self.workflows.get(w)) else {
-            analysis.records_checked = true;
-            return Ok(());
+        let code_of = |a: &FormAnalysis| {
+            a.fields
+                .get("org_ods_code")
+                .and_then(|c| crate::domain::OdsCode::parse(c))
+                .map(|c| c.as_str().to_string())
         };
-        let (registry, register) = records_for(conn, &analysis.fields).await?;
-        crate::policy::check_against_registry(
-            workflow,
-            &analysis.fields,
-            &registry,
-            self.today(),
-            &mut analysis.findings,
-        );
-        crate::policy::check_against_register(workflow, &analysis.fields, &register, &mut analysis.findings);
-        analysis.records_checked = true;
+        let codes: Vec<String> = emails
+            .iter()
+            .flat_map(|(_, p, _)| p.analyses.iter())
+            .filter(|a| a.workflow.is_some())
+            .filter_map(code_of)
+            .collect();
+        let found = storage::records_of_codes(conn, &codes).await?;
+        for analysis in emails.iter_mut().flat_map(|(_, p, _)| p.analyses.iter_mut()) {
+            let Some(workflow) = analysis.workflow.as_deref().and_then(|w| self.workflows.get(w)) else {
+                continue;
+            };
+            let (registry, register) = code_of(analysis)
+                .and_then(|code| found.get(&code).cloned())
+                .unwrap_or_default();
+            crate::policy::check_against_registry(workflow, &analysis.fields, &registry, self.today(), &mut analysis.findings);
+            crate::policy::check_against_register(workflow, &analysis.fields, &register, &mut analysis.findings);
+        }
         Ok(())
     }
 

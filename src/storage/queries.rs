@@ -23,10 +23,14 @@ pub(crate) const EVENT_CHAIN_OF_CASE: &str = concat!(
     " FROM case_events WHERE case_id = $1 ORDER BY id"
 );
 pub(crate) const CHAIN_LENGTH_OF_CASE: &str = "SELECT chain_seq FROM cases WHERE id = $1";
+/// The one-code form of the lookups a group of forms makes (`records_of_codes`, whose `IN`
+/// lists grow with the group): checked here for their index like the per-case queries.
+pub(crate) const ORGANISATION_IN_REGISTRY: &str =
+    "SELECT ods_code, name, gp_practice, roles, status, closed_on FROM ods_registry WHERE ods_code IN ($1)";
 pub(crate) const SIGNATORIES_OF_ORGANISATION: &str = concat!(
     "SELECT ",
     signatory_columns!(),
-    " FROM signatories WHERE ods_code = $1 AND active = 1 ORDER BY role, name"
+    " FROM signatories WHERE active = 1 AND ods_code IN ($1) ORDER BY ods_code, role, name"
 );
 pub(crate) const FORM_READING_OF_CASE: &str = "SELECT extraction FROM cases WHERE id = $1";
 pub(crate) const ATTACHMENT_CONTENT: &str = "SELECT detected_type, content FROM attachments WHERE id = $1";
@@ -59,6 +63,7 @@ pub const PER_CASE_QUERIES: &[(&str, &str, CaseKey)] = &[
     ("what was read from a case's form", FORM_READING_OF_CASE, CaseKey::Id),
     ("a case's event chain", EVENT_CHAIN_OF_CASE, CaseKey::Id),
     ("a case's chain length", CHAIN_LENGTH_OF_CASE, CaseKey::Id),
+    ("a form's organisation in the registry", ORGANISATION_IN_REGISTRY, CaseKey::Text),
     (
         "signatories of a form's organisation",
         SIGNATORIES_OF_ORGANISATION,

@@ -87,40 +87,72 @@ pub async fn registry_counts(conn: &mut AnyConnection) -> Result<(i64, i64), Sto
     ))
 }
 
-/// The registry's word on `code` and the signatory register's rows for it, in two queries
-/// (one for the registry and both "is anything loaded" questions, one for the signatories):
-/// every form asks, so round trips count.
+/// The registry's word on `code` and the signatory register's rows for it.
 pub async fn records_of(
     conn: &mut AnyConnection,
     code: &str,
 ) -> Result<(RegistryLookup, crate::signatories::RegisterLookup), StorageError> {
     let code = code.trim().to_ascii_uppercase();
-    let row = sqlx::query(
-        "SELECT r.ods_code, r.name, r.gp_practice, r.roles, r.status, r.closed_on, \
-                (SELECT COUNT(*) FROM (SELECT 1 FROM ods_registry LIMIT 1) AS loaded), \
-                (SELECT COUNT(*) FROM (SELECT 1 FROM signatories WHERE active = 1 AND source <> 'provisioned' LIMIT 1) AS kept) \
-           FROM (SELECT 1 AS one) AS base LEFT JOIN ods_registry r ON r.ods_code = $1",
+    let mut found = records_of_codes(conn, std::slice::from_ref(&code)).await?;
+    Ok(found.remove(&code).unwrap_or_default())
+}
+
+/// What the registry and the signatory register say of each of `codes` (upper case), in three
+/// queries however many codes: whether each is in use at all, the registry's rows, and the
+/// register's. A group of mail asks once for all its forms, not twice a form.
+pub async fn records_of_codes(
+    conn: &mut AnyConnection,
+    codes: &[String],
+) -> Result<std::collections::HashMap<String, (RegistryLookup, crate::signatories::RegisterLookup)>, StorageError> {
+    let mut distinct: Vec<&str> = codes.iter().map(String::as_str).collect();
+    distinct.sort_unstable();
+    distinct.dedup();
+    if distinct.is_empty() {
+        return Ok(Default::default());
+    }
+    let probes = sqlx::query(
+        "SELECT (SELECT COUNT(*) FROM (SELECT 1 FROM ods_registry LIMIT 1) AS loaded), \
+                (SELECT COUNT(*) FROM (SELECT 1 FROM signatories WHERE active = 1 AND source <> 'provisioned' LIMIT 1) AS kept)",
     )
-    .bind(&code)
     .fetch_one(&mut *conn)
     .await
-    .context("looking up an organisation")?;
-    let decode = |e: sqlx::Error| StorageError::Query {
-        context: "decoding an organisation",
-        source: e,
-    };
-    let loaded: i64 = row.try_get(6).map_err(decode)?;
-    let register_in_use: i64 = row.try_get(7).map_err(decode)?;
-    let found: Option<String> = row.try_get(0).map_err(decode)?;
-    let registry = match found {
-        None if loaded > 0 => RegistryLookup::Unknown,
-        None => RegistryLookup::NotLoaded,
-        Some(_) => RegistryLookup::Known(organisation_from(&row)?),
-    };
-    let of_organisation = super::signatories::signatories_of(conn, &code).await?;
-    let register = crate::signatories::RegisterLookup {
-        in_use: register_in_use > 0,
-        of_organisation,
-    };
-    Ok((registry, register))
+    .context("asking whether the registry and the register are in use")?;
+    let loaded: i64 = probes.try_get(0).context("decoding the registry's use")?;
+    let register_in_use: i64 = probes.try_get(1).context("decoding the register's use")?;
+    let mut organisations = std::collections::HashMap::new();
+    let mut signatories: std::collections::HashMap<String, Vec<crate::signatories::KnownSignatory>> =
+        Default::default();
+    for chunk in distinct.chunks(500) {
+        let placeholders: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
+        let registry_sql = format!(
+            "SELECT ods_code, name, gp_practice, roles, status, closed_on FROM ods_registry WHERE ods_code IN ({})",
+            placeholders.join(", ")
+        );
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(registry_sql));
+        for code in chunk {
+            query = query.bind(*code);
+        }
+        for row in query.fetch_all(&mut *conn).await.context("looking up organisations")? {
+            let organisation = organisation_from(&row)?;
+            organisations.insert(organisation.code.clone(), organisation);
+        }
+        for signatory in super::signatories::signatories_of_codes(conn, chunk).await? {
+            signatories.entry(signatory.ods_code.clone()).or_default().push(signatory);
+        }
+    }
+    Ok(distinct
+        .into_iter()
+        .map(|code| {
+            let registry = match organisations.remove(code) {
+                Some(organisation) => RegistryLookup::Known(organisation),
+                None if loaded > 0 => RegistryLookup::Unknown,
+                None => RegistryLookup::NotLoaded,
+            };
+            let register = crate::signatories::RegisterLookup {
+                in_use: register_in_use > 0,
+                of_organisation: signatories.remove(code).unwrap_or_default(),
+            };
+            (code.to_string(), (registry, register))
+        })
+        .collect())
 }

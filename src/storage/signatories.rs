@@ -52,13 +52,24 @@ fn signatory(r: &sqlx::any::AnyRow) -> Result<KnownSignatory, sqlx::Error> {
     })
 }
 
-/// Every active signatory of one organisation (each form asks, through its index).
-pub async fn signatories_of(conn: &mut AnyConnection, ods_code: &str) -> Result<Vec<KnownSignatory>, StorageError> {
-    let rows = sqlx::query(super::queries::SIGNATORIES_OF_ORGANISATION)
-        .bind(ods_code)
+/// Every active signatory of any of `codes` (at most a few hundred), by organisation.
+pub(crate) async fn signatories_of_codes(
+    conn: &mut AnyConnection,
+    codes: &[&str],
+) -> Result<Vec<KnownSignatory>, StorageError> {
+    let placeholders: Vec<String> = (1..=codes.len()).map(|i| format!("${i}")).collect();
+    let sql = format!(
+        "SELECT {SIGNATORY_COLUMNS} FROM signatories WHERE active = 1 AND ods_code IN ({}) ORDER BY ods_code, role, name",
+        placeholders.join(", ")
+    );
+    let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+    for code in codes {
+        query = query.bind(*code);
+    }
+    let rows = query
         .fetch_all(&mut *conn)
         .await
-        .context("reading an organisation's signatories")?;
+        .context("reading organisations' signatories")?;
     rows.iter()
         .map(signatory)
         .collect::<Result<_, sqlx::Error>>()

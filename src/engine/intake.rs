@@ -92,6 +92,18 @@ impl<'t> Recording<'t> {
         Ok(())
     }
 
+    /// Takes the locks of several forms' writers in one statement, once per transaction.
+    async fn lock_forms(&mut self, sha256s: &[&str]) -> Result<(), EngineError> {
+        let new: Vec<&str> = sha256s
+            .iter()
+            .copied()
+            .filter(|sha256| !self.locked_forms.contains(*sha256))
+            .collect();
+        storage::lock_forms(self.conn, &new).await?;
+        self.locked_forms.extend(new.into_iter().map(str::to_string));
+        Ok(())
+    }
+
     /// Takes the lock of a form's writers, once per transaction.
     async fn lock_form(&mut self, sha256: &str) -> Result<(), EngineError> {
         if !self.locked_forms.contains(sha256) {
@@ -404,9 +416,7 @@ impl Engine {
         forms.sort_unstable();
         forms.dedup();
         let mut writes = Recording::new(&mut tx);
-        for sha256 in &forms {
-            writes.lock_form(sha256).await?;
-        }
+        writes.lock_forms(&forms).await?;
         // With the forms locked, which of them already have a case, in one query.
         writes.form_cases = forms.iter().map(|f| (f.to_string(), None)).collect();
         for (form, case) in storage::cases_by_form_sha256s(writes.conn(), &forms).await? {
@@ -969,7 +979,13 @@ impl Engine {
             let (registry, register) = code_of(analysis)
                 .and_then(|code| found.get(&code).cloned())
                 .unwrap_or_default();
-            crate::policy::check_against_registry(workflow, &analysis.fields, &registry, self.today(), &mut analysis.findings);
+            crate::policy::check_against_registry(
+                workflow,
+                &analysis.fields,
+                &registry,
+                self.today(),
+                &mut analysis.findings,
+            );
             crate::policy::check_against_register(workflow, &analysis.fields, &register, &mut analysis.findings);
         }
         Ok(())

@@ -272,6 +272,34 @@ pub async fn lock_form(conn: &mut AnyConnection, sha256: &str) -> Result<(), Sto
     Ok(())
 }
 
+/// [`lock_form`] for several forms in one statement, each lock taken in the order of the
+/// hashes (sorted here), so that two writers of overlapping groups wait rather than deadlock.
+pub async fn lock_forms(conn: &mut AnyConnection, sha256s: &[&str]) -> Result<(), StorageError> {
+    if conn.backend_name() != "PostgreSQL" || sha256s.is_empty() {
+        return Ok(());
+    }
+    let mut sorted = sha256s.to_vec();
+    sorted.sort_unstable();
+    sorted.dedup();
+    for chunk in sorted.chunks(500) {
+        let values: Vec<String> = (1..=chunk.len()).map(|i| format!("(${i})")).collect();
+        // The ordered subquery makes the locks' order the hashes' order.
+        let sql = format!(
+            "SELECT pg_advisory_xact_lock(hashtextextended(f.k, 0)) FROM (SELECT k FROM (VALUES {}) AS v(k) ORDER BY k) AS f",
+            values.join(", ")
+        );
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for sha256 in chunk {
+            query = query.bind(*sha256);
+        }
+        query
+            .execute(&mut *conn)
+            .await
+            .context("waiting for other writers of the same forms")?;
+    }
+    Ok(())
+}
+
 /// The case that first received this exact PDF, if any.
 pub async fn case_by_form_sha256(conn: &mut AnyConnection, sha256: &str) -> Result<Option<CaseRecord>, StorageError> {
     let row = sqlx::query(CASE_BY_FORM)

@@ -63,7 +63,11 @@ pub const PER_CASE_QUERIES: &[(&str, &str, CaseKey)] = &[
     ("what was read from a case's form", FORM_READING_OF_CASE, CaseKey::Id),
     ("a case's event chain", EVENT_CHAIN_OF_CASE, CaseKey::Id),
     ("a case's chain length", CHAIN_LENGTH_OF_CASE, CaseKey::Id),
-    ("a form's organisation in the registry", ORGANISATION_IN_REGISTRY, CaseKey::Text),
+    (
+        "a form's organisation in the registry",
+        ORGANISATION_IN_REGISTRY,
+        CaseKey::Text,
+    ),
     (
         "signatories of a form's organisation",
         SIGNATORIES_OF_ORGANISATION,

@@ -137,7 +137,10 @@ pub async fn records_of_codes(
             organisations.insert(organisation.code.clone(), organisation);
         }
         for signatory in super::signatories::signatories_of_codes(conn, chunk).await? {
-            signatories.entry(signatory.ods_code.clone()).or_default().push(signatory);
+            signatories
+                .entry(signatory.ods_code.clone())
+                .or_default()
+                .push(signatory);
         }
     }
     Ok(distinct

@@ -148,13 +148,13 @@ pub struct SignatureCheck {
 }
 
 impl SignatureCheck {
-    /// A signature left unchecked, for the reason given (never taken as valid).
-    pub fn unchecked(raw: &RawSignature, reason: &str) -> SignatureCheck {
+    /// What is known of a signature before its bytes are looked at.
+    fn of(raw: &RawSignature, integrity: Integrity) -> SignatureCheck {
         SignatureCheck {
             sub_filter: raw.sub_filter.clone(),
             byte_range: raw.byte_range.clone().unwrap_or_default(),
             covers_whole_file: false,
-            integrity: Integrity::Unsupported { reason: reason.into() },
+            integrity,
             digest_algorithm: None,
             signature_algorithm: None,
             certificates: Vec::new(),
@@ -162,6 +162,11 @@ impl SignatureCheck {
             later_revisions: None,
             trust: None,
         }
+    }
+
+    /// A signature left unchecked, for the reason given (never taken as valid).
+    pub fn unchecked(raw: &RawSignature, reason: &str) -> SignatureCheck {
+        SignatureCheck::of(raw, Integrity::Unsupported { reason: reason.into() })
     }
 
     /// The signer's name from their certificate.
@@ -255,18 +260,7 @@ pub fn check_signature(
     final_fields: &BTreeMap<String, String>,
     read_fields: &mut dyn FnMut(&[u8]) -> Option<FieldValues>,
 ) -> SignatureCheck {
-    let mut check = SignatureCheck {
-        sub_filter: raw.sub_filter.clone(),
-        byte_range: raw.byte_range.clone().unwrap_or_default(),
-        covers_whole_file: false,
-        integrity: Integrity::Intact,
-        digest_algorithm: None,
-        signature_algorithm: None,
-        certificates: Vec::new(),
-        claimed_signing_time: None,
-        later_revisions: None,
-        trust: None,
-    };
+    let mut check = SignatureCheck::of(raw, Integrity::Intact);
     let broken = |reason: &str| Integrity::Broken { reason: reason.into() };
     let (Some(range), Some(contents)) = (raw.byte_range.as_deref(), raw.contents.as_deref()) else {
         check.integrity = broken("the signature has no /ByteRange or no /Contents");

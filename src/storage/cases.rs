@@ -281,23 +281,19 @@ pub async fn lock_forms(conn: &mut AnyConnection, sha256s: &[&str]) -> Result<()
     let mut sorted = sha256s.to_vec();
     sorted.sort_unstable();
     sorted.dedup();
-    for chunk in sorted.chunks(500) {
-        let values: Vec<String> = (1..=chunk.len()).map(|i| format!("(${i})")).collect();
-        // The ordered subquery makes the locks' order the hashes' order.
-        let sql = format!(
-            "SELECT pg_advisory_xact_lock(hashtextextended(f.k, 0)) FROM (SELECT k FROM (VALUES {}) AS v(k) ORDER BY k) AS f",
-            values.join(", ")
-        );
-        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
-        for sha256 in chunk {
-            query = query.bind(*sha256);
-        }
-        query
-            .execute(&mut *conn)
-            .await
-            .context("waiting for other writers of the same forms")?;
-    }
-    Ok(())
+    // The ordered subquery makes the locks' order the hashes' order.
+    super::execute_in_chunks(
+        conn,
+        &sorted,
+        |n| {
+            format!(
+                "SELECT pg_advisory_xact_lock(hashtextextended(f.k, 0)) FROM (SELECT k FROM (VALUES {}) AS v(k) ORDER BY k) AS f",
+                super::numbered(n, |i| format!("(${i})"))
+            )
+        },
+        "waiting for other writers of the same forms",
+    )
+    .await
 }
 
 /// The case that first received this exact PDF, if any.

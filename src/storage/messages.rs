@@ -378,22 +378,18 @@ pub async fn insert_attachments(
 
 /// Forgets the prepare attempts of several messages (they are being recorded).
 pub async fn clear_prepare_attempts_of(conn: &mut AnyConnection, sha256s: &[&str]) -> Result<(), StorageError> {
-    for chunk in sha256s.chunks(500) {
-        let placeholders: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
-        let sql = format!(
-            "DELETE FROM prepare_attempts WHERE sha256 IN ({})",
-            placeholders.join(", ")
-        );
-        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
-        for sha256 in chunk {
-            query = query.bind(*sha256);
-        }
-        query
-            .execute(&mut *conn)
-            .await
-            .context("clearing messages' prepare attempts")?;
-    }
-    Ok(())
+    super::execute_in_chunks(
+        conn,
+        sha256s,
+        |n| {
+            format!(
+                "DELETE FROM prepare_attempts WHERE sha256 IN ({})",
+                super::numbered(n, |i| format!("${i}"))
+            )
+        },
+        "clearing messages' prepare attempts",
+    )
+    .await
 }
 
 /// An email linked to a case (the one that opened it, replies, copies of its form), with its

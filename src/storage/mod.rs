@@ -226,6 +226,29 @@ fn json_column<T: serde::de::DeserializeOwned>(text: &str, context: &'static str
     })
 }
 
+/// Runs the statement `sql(n)` makes for `n` bound strings over `items`, 500 at a time, binding
+/// each chunk's items in order: for `IN ($1, …)` lists and `VALUES ($1), …` rows.
+async fn execute_in_chunks(
+    conn: &mut sqlx::AnyConnection,
+    items: &[&str],
+    sql: impl Fn(usize) -> String,
+    context: &'static str,
+) -> Result<(), StorageError> {
+    for chunk in items.chunks(500) {
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql(chunk.len())));
+        for item in chunk {
+            query = query.bind(*item);
+        }
+        query.execute(&mut *conn).await.context(context)?;
+    }
+    Ok(())
+}
+
+/// `$1, $2, …, $n`, each placeholder written by `each`.
+fn numbered(n: usize, each: impl Fn(usize) -> String) -> String {
+    (1..=n).map(each).collect::<Vec<_>>().join(", ")
+}
+
 /// `SELECT <every case column> FROM cases <rest>`, as a static string (sqlx refuses SQL built
 /// at run time, which is how injection creeps in).
 macro_rules! select_cases {

@@ -123,10 +123,9 @@ pub async fn records_of_codes(
     let mut signatories: std::collections::HashMap<String, Vec<crate::signatories::KnownSignatory>> =
         Default::default();
     for chunk in distinct.chunks(500) {
-        let placeholders: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
         let registry_sql = format!(
             "SELECT ods_code, name, gp_practice, roles, status, closed_on FROM ods_registry WHERE ods_code IN ({})",
-            placeholders.join(", ")
+            super::numbered(chunk.len(), |i| format!("${i}"))
         );
         let mut query = sqlx::query(sqlx::AssertSqlSafe(registry_sql));
         for code in chunk {

@@ -57,10 +57,9 @@ pub(crate) async fn signatories_of_codes(
     conn: &mut AnyConnection,
     codes: &[&str],
 ) -> Result<Vec<KnownSignatory>, StorageError> {
-    let placeholders: Vec<String> = (1..=codes.len()).map(|i| format!("${i}")).collect();
     let sql = format!(
         "SELECT {SIGNATORY_COLUMNS} FROM signatories WHERE active = 1 AND ods_code IN ({}) ORDER BY ods_code, role, name",
-        placeholders.join(", ")
+        super::numbered(codes.len(), |i| format!("${i}"))
     );
     let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
     for code in codes {

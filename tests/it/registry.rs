@@ -89,27 +89,28 @@ async fn the_registry_decides_whether_an_organisation_exists_is_open_and_is_a_pr
     .await;
 }
 
+/// Puts a table out of reach (or back): a fault only a rename can make on both backends.
+async fn rename(app: &TestApp, from: &str, to: &str) {
+    let mut conn = app.db().pool.acquire().await.unwrap();
+    sqlx::query(sqlx::AssertSqlSafe(format!("ALTER TABLE {from} RENAME TO {to}")))
+        .execute(&mut *conn)
+        .await
+        .unwrap();
+}
+
 #[tokio::test]
-async fn a_registry_that_cannot_be_read_while_a_form_is_prepared_is_read_when_it_is_written() {
+async fn the_registry_is_read_when_a_form_is_written_and_a_write_without_it_is_tried_again() {
     on_both_backends(|app| async move {
         // The organisation file only: the fixture's A81001 is unknown to it.
         import(&app, false, true).await;
         let raw = crate::common::fixture("mail/gp_form.eml");
         // The registry's table is out of reach while the form is read (a lost connection, a
-        // migration in progress)...
-        let mut conn = app.db().pool.acquire().await.unwrap();
-        sqlx::query("ALTER TABLE ods_registry RENAME TO ods_registry_away")
-            .execute(&mut *conn)
-            .await
-            .unwrap();
+        // migration in progress): reading a form needs no database...
+        rename(&app, "ods_registry", "ods_registry_away").await;
         let prepared = app.prepare(&raw).await;
-        // ...and back by the time the form is written: the write asks it again, so the case
-        // is judged with it, not without it.
-        sqlx::query("ALTER TABLE ods_registry_away RENAME TO ods_registry")
-            .execute(&mut *conn)
-            .await
-            .unwrap();
-        drop(conn);
+        // ...and back by the time the form is written: the write asks it then, so the case is
+        // judged with it, not without it.
+        rename(&app, "ods_registry_away", "ods_registry").await;
         let report = app.record(&raw, prepared, "test").await.expect("recorded");
         assert_eq!(report.cases[0].finding_codes, vec!["organisation_unknown"]);
 
@@ -123,18 +124,10 @@ async fn a_registry_that_cannot_be_read_while_a_form_is_prepared_is_read_when_it
             "registry-away@x",
             "Form",
         );
-        let mut conn = app.db().pool.acquire().await.unwrap();
-        sqlx::query("ALTER TABLE ods_registry RENAME TO ods_registry_away")
-            .execute(&mut *conn)
-            .await
-            .unwrap();
+        rename(&app, "ods_registry", "ods_registry_away").await;
         let prepared = app.prepare(&raw).await;
         assert!(app.record(&raw, prepared, "test").await.is_err());
-        sqlx::query("ALTER TABLE ods_registry_away RENAME TO ods_registry")
-            .execute(&mut *conn)
-            .await
-            .unwrap();
-        drop(conn);
+        rename(&app, "ods_registry_away", "ods_registry").await;
         let report = app
             .intake(&raw, "test")
             .await

@@ -319,18 +319,7 @@ where
     F: Fn(TestApp) -> Fut,
     Fut: Future<Output = ()>,
 {
-    for backend in [Backend::Sqlite, Backend::Postgres] {
-        let database = TestDatabase::create(backend).await;
-        let engine = engine_on(&database.url).await;
-        let db = engine.db().clone();
-        let outcome = AssertUnwindSafe(body(TestApp::new(engine))).catch_unwind().await;
-        db.close().await;
-        database.drop_database().await;
-        if let Err(panic) = outcome {
-            eprintln!("failed on {backend:?}");
-            std::panic::resume_unwind(panic);
-        }
-    }
+    on_both_backends_with(|_| {}, body).await
 }
 
 /// Like [`on_both_backends`], with a clock the test can move (starting Friday 20 November

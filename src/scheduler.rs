@@ -168,8 +168,8 @@ impl Scheduler {
     /// being replaced (what `/reports/coverage` shows), with a link to it.
     async fn coverage_digest(&self) -> Result<String, SchedulerError> {
         let mut conn = self.engine.db().pool.acquire().await.context("connecting")?;
-        let terminal = self.engine.workflows().terminal_states();
-        let short = storage::primary_user_coverage(&mut conn, &terminal).await?;
+        let open = self.engine.workflows().open_states();
+        let short = storage::primary_user_coverage(&mut conn, &open).await?;
         drop(conn);
         // Checked codes and references only: an organisation's name was first typed on a
         // form, and mail quotes no one's text (the coverage page shows the names).

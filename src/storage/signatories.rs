@@ -105,10 +105,12 @@ pub struct Coverage {
 }
 
 /// Organisations we have dealt with (a case named them) or that the register knows, with
-/// fewer than two active Primary Users; each with an open replacement request when there is one.
+/// fewer than two active Primary Users; each with an open replacement request when there is
+/// one. Only cases in `open_states` are read for those (through the state index): years of
+/// closed cases are not.
 pub async fn primary_user_coverage(
     conn: &mut AnyConnection,
-    terminal_states: &[String],
+    open_states: &[String],
 ) -> Result<Vec<Coverage>, StorageError> {
     let rows = sqlx::query(
         "SELECT o.ods_code, MAX(o.name), \
@@ -135,16 +137,24 @@ pub async fn primary_user_coverage(
         });
     }
     // Open replacement requests, for the organisations with exactly one.
-    let open = sqlx::query("SELECT reference, org_ods_code, state, fields FROM cases WHERE org_ods_code IS NOT NULL AND fields LIKE '%Replacement%'")
+    if open_states.is_empty() || !short.iter().any(|c| c.primary_users == 1) {
+        return Ok(short);
+    }
+    let states: Vec<&str> = open_states.iter().map(String::as_str).collect();
+    let sql = format!(
+        "SELECT reference, org_ods_code, fields FROM cases WHERE state IN ({}) AND org_ods_code IS NOT NULL AND fields LIKE '%Replacement%'",
+        super::numbered(states.len(), |i| format!("${i}"))
+    );
+    let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+    for state in &states {
+        query = query.bind(*state);
+    }
+    let open = query
         .fetch_all(&mut *conn)
         .await
         .context("finding replacement requests")?;
     for row in &open {
-        let state: String = row.try_get(2).context("finding replacement requests")?;
-        if terminal_states.contains(&state) {
-            continue;
-        }
-        let fields: String = row.try_get(3).context("finding replacement requests")?;
+        let fields: String = row.try_get(2).context("finding replacement requests")?;
         let replacing = serde_json::from_str::<std::collections::BTreeMap<String, String>>(&fields)
             .ok()
             .and_then(|f| f.get("request_kind").cloned())

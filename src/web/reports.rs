@@ -155,8 +155,8 @@ pub async fn coverage_page(
     token: CsrfToken,
 ) -> Result<Response, WebError> {
     let mut conn = state.engine.db().pool.acquire().await?;
-    let terminal = state.engine.workflows().terminal_states();
-    let mut short = crate::storage::primary_user_coverage(&mut conn, &terminal).await?;
+    let open = state.engine.workflows().open_states();
+    let mut short = crate::storage::primary_user_coverage(&mut conn, &open).await?;
     drop(conn);
     short.sort_by_key(|c| (c.primary_users, c.replacing.is_none(), c.ods_code.clone()));
     let mut context = tera::Context::new();

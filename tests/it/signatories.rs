@@ -180,7 +180,7 @@ async fn a_provisioned_primary_user_joins_the_register_and_only_a_real_one_signs
 
         // Coverage: A81001 has one Primary User now.
         let mut conn = app.db().pool.acquire().await.unwrap();
-        let short = storage::primary_user_coverage(&mut conn, &app.workflows().terminal_states())
+        let short = storage::primary_user_coverage(&mut conn, &app.workflows().open_states())
             .await
             .unwrap();
         let practice = short
@@ -188,6 +188,26 @@ async fn a_provisioned_primary_user_joins_the_register_and_only_a_real_one_signs
             .find(|c| c.ods_code == "A81001")
             .expect("A81001 has fewer than two");
         assert_eq!(practice.primary_users, 1);
+        assert_eq!(practice.replacing, None);
+        drop(conn);
+
+        // An open request to replace that one Primary User is named beside it.
+        let workflow = app.workflows().get("primary_user_gp").unwrap().clone();
+        let replacement = crate::common::form_email(
+            &workflow,
+            11,
+            &[("org_ods_code", "A81001"), ("request_kind", "Replacement")],
+            "manager11@nhs.net",
+            "replacement@x",
+            "Replacing our Primary User",
+        );
+        let reference = app.receive(&replacement).await.cases[0].reference.clone();
+        let mut conn = app.db().pool.acquire().await.unwrap();
+        let short = storage::primary_user_coverage(&mut conn, &app.workflows().open_states())
+            .await
+            .unwrap();
+        let practice = short.iter().find(|c| c.ods_code == "A81001").unwrap();
+        assert_eq!(practice.replacing.as_deref(), Some(reference.as_str()));
     })
     .await;
 }

@@ -246,7 +246,8 @@ fn verify_signatures(
     limits: ExtractLimits,
 ) {
     let final_fields = comparable_fields(form);
-    let mut revisions: std::collections::HashMap<usize, Option<std::collections::BTreeMap<String, String>>> =
+    // Each signed revision is read once, however many signatures end there.
+    let mut revisions: std::collections::HashMap<usize, Option<signature::FieldValues>> =
         std::collections::HashMap::new();
     let mut read_revision = |prefix: &[u8]| {
         revisions
@@ -268,7 +269,7 @@ fn verify_signatures(
 
 /// The form's field values by name, signature fields left out: what a signature protects and
 /// a later revision must not change.
-fn comparable_fields(form: &ExtractedForm) -> std::collections::BTreeMap<String, String> {
+fn comparable_fields(form: &ExtractedForm) -> signature::FieldValues {
     form.fields
         .iter()
         .filter(|f| f.field_type != PdfFieldType::Signature)

@@ -257,7 +257,7 @@ impl DigitalSignatureView {
 pub fn check_signature(
     file: &[u8],
     raw: &RawSignature,
-    final_fields: &BTreeMap<String, String>,
+    final_fields: &FieldValues,
     read_fields: &mut dyn FnMut(&[u8]) -> Option<FieldValues>,
 ) -> SignatureCheck {
     let mut check = SignatureCheck::of(raw, Integrity::Intact);
@@ -343,7 +343,7 @@ fn signed_ranges(file: &[u8], range: &[i64], contents: &[u8]) -> Result<[std::op
 }
 
 /// Field names whose values differ between two revisions (or appear in one only).
-fn changed_fields(before: &BTreeMap<String, String>, after: &BTreeMap<String, String>) -> Vec<String> {
+fn changed_fields(before: &FieldValues, after: &FieldValues) -> Vec<String> {
     let names: std::collections::BTreeSet<&String> = before
         .keys()
         .chain(after.keys())
@@ -384,6 +384,7 @@ mod oid {
     pub const P384: Oid = Oid::new_unwrap("1.3.132.0.34");
     pub const ED25519: Oid = Oid::new_unwrap("1.3.101.112");
     pub const BASIC_CONSTRAINTS: Oid = Oid::new_unwrap("2.5.29.19");
+    pub const SUBJECT_KEY_IDENTIFIER: Oid = Oid::new_unwrap("2.5.29.14");
     pub const COMMON_NAME: Oid = Oid::new_unwrap("2.5.4.3");
 }
 
@@ -569,8 +570,9 @@ fn identifies(sid: &SignerIdentifier, certificate: &Certificate) -> bool {
             .extensions
             .iter()
             .flatten()
-            .find(|e| e.extn_id == der::asn1::ObjectIdentifier::new_unwrap("2.5.29.14"))
-            .is_some_and(|e| e.extn_value.as_bytes().ends_with(ski.0.as_bytes())),
+            .find(|e| e.extn_id == oid::SUBJECT_KEY_IDENTIFIER)
+            .and_then(|e| x509_cert::ext::pkix::SubjectKeyIdentifier::from_der(e.extn_value.as_bytes()).ok())
+            .is_some_and(|own| own == *ski),
     }
 }
 
@@ -1045,5 +1047,45 @@ mod tests {
         };
         let verdict = judge_trust(&check, &TrustAnchors::default(), chrono::Utc::now());
         assert_eq!(verdict.status, TrustStatus::NotChecked);
+    }
+}
+
+#[cfg(test)]
+mod signer_identifier {
+    use super::*;
+
+    /// The signer's certificate of the committed pyHanko-signed fixture.
+    fn fixture_signer() -> Certificate {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/pdf/pyhanko_signed.pdf");
+        let form =
+            crate::pdf::extract(&std::fs::read(path).unwrap(), &[], crate::pdf::ExtractLimits::default()).unwrap();
+        let check = form.signatures.iter().find_map(|s| s.verification.clone()).unwrap();
+        let der = base64::engine::general_purpose::STANDARD
+            .decode(&check.certificates[0].der_base64)
+            .unwrap();
+        Certificate::from_der(&der).unwrap()
+    }
+
+    #[test]
+    fn a_subject_key_identifier_names_only_the_certificate_whose_whole_identifier_it_is() {
+        use x509_cert::ext::pkix::SubjectKeyIdentifier;
+        let mut certificate = fixture_signer();
+        let own = SubjectKeyIdentifier(der::asn1::OctetString::new([7u8; 20].as_slice()).unwrap());
+        certificate
+            .tbs_certificate
+            .extensions
+            .get_or_insert_with(Vec::new)
+            .push(x509_cert::ext::Extension {
+                extn_id: oid::SUBJECT_KEY_IDENTIFIER,
+                critical: false,
+                extn_value: der::asn1::OctetString::new(own.to_der().unwrap()).unwrap(),
+            });
+        assert!(identifies(&SignerIdentifier::SubjectKeyIdentifier(own), &certificate));
+        // Only its last bytes: another key's identifier, however it ends.
+        let partial = SubjectKeyIdentifier(der::asn1::OctetString::new([7u8; 4].as_slice()).unwrap());
+        assert!(!identifies(
+            &SignerIdentifier::SubjectKeyIdentifier(partial),
+            &certificate
+        ));
     }
 }

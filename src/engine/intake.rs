@@ -99,6 +99,9 @@ impl<'t> Recording<'t> {
             .copied()
             .filter(|sha256| !self.locked_forms.contains(*sha256))
             .collect();
+        if new.is_empty() {
+            return Ok(());
+        }
         storage::lock_forms(self.conn, &new).await?;
         self.locked_forms.extend(new.into_iter().map(str::to_string));
         Ok(())
@@ -106,11 +109,7 @@ impl<'t> Recording<'t> {
 
     /// Takes the lock of a form's writers, once per transaction.
     async fn lock_form(&mut self, sha256: &str) -> Result<(), EngineError> {
-        if !self.locked_forms.contains(sha256) {
-            storage::lock_form(self.conn, sha256).await?;
-            self.locked_forms.insert(sha256.to_string());
-        }
-        Ok(())
+        self.lock_forms(&[sha256]).await
     }
 
     /// The transaction, for reads and writes that do not depend on the rows held back.
@@ -188,16 +187,18 @@ pub(crate) async fn records_for(
     conn: &mut AnyConnection,
     fields: &BTreeMap<String, String>,
 ) -> Result<(crate::registry::RegistryLookup, crate::signatories::RegisterLookup), EngineError> {
-    match fields
+    match form_ods_code(fields) {
+        Some(code) => Ok(storage::records_of(conn, &code).await?),
+        None => Ok(Default::default()),
+    }
+}
+
+/// The form's ODS code, when it names a well-formed one (upper case).
+fn form_ods_code(fields: &BTreeMap<String, String>) -> Option<String> {
+    fields
         .get("org_ods_code")
         .and_then(|c| crate::domain::OdsCode::parse(c))
-    {
-        Some(code) => Ok(storage::records_of(conn, code.as_str()).await?),
-        None => Ok((
-            crate::registry::RegistryLookup::NotLoaded,
-            crate::signatories::RegisterLookup::default(),
-        )),
-    }
+        .map(|c| c.as_str().to_string())
 }
 
 /// How soon a sender whose DKIM key could not be fetched is checked again.
@@ -959,24 +960,18 @@ impl Engine {
         conn: &mut AnyConnection,
         emails: &mut [(&[u8], PreparedEmail, &str)],
     ) -> Result<(), EngineError> {
-        let code_of = |a: &FormAnalysis| {
-            a.fields
-                .get("org_ods_code")
-                .and_then(|c| crate::domain::OdsCode::parse(c))
-                .map(|c| c.as_str().to_string())
-        };
         let codes: Vec<String> = emails
             .iter()
             .flat_map(|(_, p, _)| p.analyses.iter())
             .filter(|a| a.workflow.is_some())
-            .filter_map(code_of)
+            .filter_map(|a| form_ods_code(&a.fields))
             .collect();
         let found = storage::records_of_codes(conn, &codes).await?;
         for analysis in emails.iter_mut().flat_map(|(_, p, _)| p.analyses.iter_mut()) {
             let Some(workflow) = analysis.workflow.as_deref().and_then(|w| self.workflows.get(w)) else {
                 continue;
             };
-            let (registry, register) = code_of(analysis)
+            let (registry, register) = form_ods_code(&analysis.fields)
                 .and_then(|code| found.get(&code).cloned())
                 .unwrap_or_default();
             crate::policy::check_against_registry(

@@ -262,18 +262,12 @@ pub async fn form_signatures(
 /// (SQLite has one writer at a time already.) The unique index `cases_one_per_form` is the
 /// backstop: a writer that skipped the lock fails rather than make a second case.
 pub async fn lock_form(conn: &mut AnyConnection, sha256: &str) -> Result<(), StorageError> {
-    if conn.backend_name() == "PostgreSQL" {
-        sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
-            .bind(sha256)
-            .execute(&mut *conn)
-            .await
-            .context("waiting for another writer of the same form")?;
-    }
-    Ok(())
+    lock_forms(conn, &[sha256]).await
 }
 
-/// [`lock_form`] for several forms in one statement, each lock taken in the order of the
-/// hashes (sorted here), so that two writers of overlapping groups wait rather than deadlock.
+/// Serialises the writers of these forms until the transaction ends, in one statement, each
+/// lock taken in the order of the hashes (sorted here), so that two writers of overlapping
+/// groups wait rather than deadlock. See [`lock_form`] for why.
 pub async fn lock_forms(conn: &mut AnyConnection, sha256s: &[&str]) -> Result<(), StorageError> {
     if conn.backend_name() != "PostgreSQL" || sha256s.is_empty() {
         return Ok(());

@@ -23,8 +23,8 @@ pub(crate) const EVENT_CHAIN_OF_CASE: &str = concat!(
     " FROM case_events WHERE case_id = $1 ORDER BY id"
 );
 pub(crate) const CHAIN_LENGTH_OF_CASE: &str = "SELECT chain_seq FROM cases WHERE id = $1";
-/// The one-code form of the lookups a group of forms makes (`records_of_codes`, whose `IN`
-/// lists grow with the group): checked here for their index like the per-case queries.
+/// The lookups a group of forms makes (`records_of_codes`), in their one-code form: the code
+/// widens `IN ($1)` to the group's codes (`in_list`), so the query checked is the query run.
 pub(crate) const ORGANISATION_IN_REGISTRY: &str =
     "SELECT ods_code, name, gp_practice, roles, status, closed_on FROM ods_registry WHERE ods_code IN ($1)";
 pub(crate) const SIGNATORIES_OF_ORGANISATION: &str = concat!(

@@ -123,10 +123,7 @@ pub async fn records_of_codes(
     let mut signatories: std::collections::HashMap<String, Vec<crate::signatories::KnownSignatory>> =
         Default::default();
     for chunk in distinct.chunks(500) {
-        let registry_sql = format!(
-            "SELECT ods_code, name, gp_practice, roles, status, closed_on FROM ods_registry WHERE ods_code IN ({})",
-            super::numbered(chunk.len(), |i| format!("${i}"))
-        );
+        let registry_sql = super::in_list(super::queries::ORGANISATION_IN_REGISTRY, chunk.len());
         let mut query = sqlx::query(sqlx::AssertSqlSafe(registry_sql));
         for code in chunk {
             query = query.bind(*code);

@@ -57,10 +57,7 @@ pub(crate) async fn signatories_of_codes(
     conn: &mut AnyConnection,
     codes: &[&str],
 ) -> Result<Vec<KnownSignatory>, StorageError> {
-    let sql = format!(
-        "SELECT {SIGNATORY_COLUMNS} FROM signatories WHERE active = 1 AND ods_code IN ({}) ORDER BY ods_code, role, name",
-        super::numbered(codes.len(), |i| format!("${i}"))
-    );
+    let sql = super::in_list(super::queries::SIGNATORIES_OF_ORGANISATION, codes.len());
     let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
     for code in codes {
         query = query.bind(*code);

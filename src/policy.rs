@@ -151,18 +151,6 @@ impl FindingCode {
         FindingCode::DigitalSignerNotSignatory,
     ];
 
-    /// Findings about the PDF file itself rather than the values on it: keying the form by
-    /// hand, or checking its rules again, does not change them.
-    pub fn is_about_the_file(self) -> bool {
-        matches!(
-            self,
-            FindingCode::DigitalSignatureInvalid
-                | FindingCode::DigitalSignatureNotTrusted
-                | FindingCode::FormChangedAfterSigning
-                | FindingCode::DigitalSignerNotSignatory
-        )
-    }
-
     /// The finding's code as stored, back to the finding (None for a code no rule has).
     pub fn parse(code: &str) -> Option<FindingCode> {
         Self::ALL.into_iter().find(|f| f.as_str() == code)

@@ -93,12 +93,12 @@ pub async fn metrics(State(state): State<AppState>) -> Result<Response, WebError
     let outbox = storage::outbox_counts_by_status(&mut conn).await?;
     let pending_timers = storage::pending_timer_count(&mut conn).await?;
     drop(conn);
-    // The open cases are read once: the dashboard's SLA figures and the counts by workflow
-    // and state both come from them.
-    let open = crate::reports::open_now(engine).await?;
-    let dashboard = crate::reports::dashboard(engine, &open).await?;
+    // The queue as the managers' pages see it (read once, shared for a few seconds): the
+    // dashboard's SLA figures and the counts by workflow and state both come from it.
+    let queue = state.reports.queue_now(engine).await?;
+    let dashboard = &queue.dashboard;
     let mut by_workflow: std::collections::BTreeMap<(String, String), i64> = Default::default();
-    for case in &open {
+    for case in &queue.open {
         let workflow = case.workflow.clone().unwrap_or_else(|| "unclassified".into());
         *by_workflow.entry((workflow, case.state.clone())).or_insert(0) += 1;
     }

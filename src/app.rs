@@ -63,7 +63,11 @@ fn engine_config(settings: &Settings, pdf_reader: Option<PdfReader>) -> Result<E
         policy: PolicySettings {
             nhs_domains: settings.nhs_domains.clone(),
             trust_anchors: match &settings.signature_trust_store {
-                Some(path) => TrustAnchors::from_pem_file(path)?,
+                Some(path) => {
+                    let anchors = TrustAnchors::from_pem_file(path)?;
+                    tracing::info!(path = %path.display(), certificates = anchors.len(), "digital signatures are judged against this trust store");
+                    anchors
+                }
                 None => TrustAnchors::default(),
             },
         },

@@ -69,6 +69,9 @@ pub enum FindingCode {
     FormChangedAfterSigning,
     /// The digital signature is someone else's than the signatory the form names.
     DigitalSignerNotSignatory,
+    /// A plain email a workflow took (a support request) fits none of the problems it knows,
+    /// or two equally: a caseworker chooses the reply.
+    ProblemNotRecognised,
 }
 
 impl FindingCode {
@@ -108,13 +111,14 @@ impl FindingCode {
             FindingCode::DigitalSignatureNotTrusted => "digital_signature_not_trusted",
             FindingCode::FormChangedAfterSigning => "form_changed_after_signing",
             FindingCode::DigitalSignerNotSignatory => "digital_signer_not_signatory",
+            FindingCode::ProblemNotRecognised => "problem_not_recognised",
         }
     }
 }
 
 impl FindingCode {
     /// Every finding, in the order the rules meet them.
-    pub const ALL: [FindingCode; 34] = [
+    pub const ALL: [FindingCode; 35] = [
         FindingCode::RequiredFieldMissing,
         FindingCode::OdsCodeMalformed,
         FindingCode::OrganisationTypeMismatch,
@@ -149,6 +153,7 @@ impl FindingCode {
         FindingCode::DigitalSignatureNotTrusted,
         FindingCode::FormChangedAfterSigning,
         FindingCode::DigitalSignerNotSignatory,
+        FindingCode::ProblemNotRecognised,
     ];
 
     /// The finding's code as stored, back to the finding (None for a code no rule has).
@@ -194,6 +199,7 @@ impl FindingCode {
             FindingCode::DigitalSignatureNotTrusted => "Digital signature not from a trusted certificate",
             FindingCode::FormChangedAfterSigning => "Form changed after it was signed",
             FindingCode::DigitalSignerNotSignatory => "Digitally signed by someone other than the signatory",
+            FindingCode::ProblemNotRecognised => "Problem not recognised",
         }
     }
 }
@@ -278,6 +284,9 @@ impl FindingCode {
             FindingCode::DigitalSignerNotSignatory => {
                 "The form's digital signature is not that of the signatory named on it. The named signatory must sign the form themselves."
             }
+            FindingCode::ProblemNotRecognised => {
+                "We could not tell from your email which problem you have, so one of our team will read it and reply."
+            }
         }
     }
 }
@@ -339,6 +348,22 @@ pub fn check(facts: &Facts<'_>, settings: &PolicySettings) -> Vec<Finding> {
     check_organisation_type(facts, &mut findings);
     check_signatory(facts, &mut findings);
     check_sender(facts, settings, &mut findings);
+    findings
+}
+
+/// The rules for a plain email a workflow took (no form): its fields' formats and the sender,
+/// as the workflow declares them, and the class it was sorted into (`class`: `Some(None)`
+/// when the workflow sorts its emails and this one fitted no class).
+pub fn check_plain_email(facts: &Facts<'_>, settings: &PolicySettings, class: Option<Option<&str>>) -> Vec<Finding> {
+    let mut findings = Vec::new();
+    check_fields(facts, settings, &mut findings);
+    check_sender(facts, settings, &mut findings);
+    if class == Some(None) {
+        findings.push(Finding::new(
+            FindingCode::ProblemNotRecognised,
+            "The email fits none of the problems this workflow knows (or two of them equally), so no reply is proposed: choose the problem, or write the reply.",
+        ));
+    }
     findings
 }
 

@@ -60,6 +60,21 @@ pub fn email_with_form(
     subject: &str,
     pdf: Option<(&str, Vec<u8>)>,
 ) -> Result<Vec<u8>> {
+    let attachment = pdf.map(|(name, bytes)| ("application/pdf", name, bytes));
+    let body = "Please find our completed form attached.\n\nKind regards";
+    email(from, authserv_id, message_id, subject, body, attachment)
+}
+
+/// A person's email to the intake address with `body` as its text and perhaps one attachment
+/// (content type, file name, bytes), authenticated by `authserv_id`'s header.
+pub fn email(
+    from: &str,
+    authserv_id: &str,
+    message_id: &str,
+    subject: &str,
+    body: &str,
+    attachment: Option<(&str, &str, Vec<u8>)>,
+) -> Result<Vec<u8>> {
     let domain = from.rsplit('@').next().unwrap_or("nhs.net").to_string();
     let mut builder = MessageBuilder::new()
         .from(("Practice Manager", from))
@@ -72,9 +87,9 @@ pub fn email_with_form(
                 "{authserv_id}; dkim=pass header.d={domain}; dmarc=pass header.from={domain}"
             )),
         )
-        .text_body("Please find our completed form attached.\n\nKind regards");
-    if let Some((name, bytes)) = pdf {
-        builder = builder.attachment("application/pdf", name, bytes);
+        .text_body(body.to_string());
+    if let Some((content_type, name, bytes)) = attachment {
+        builder = builder.attachment(content_type.to_string(), name.to_string(), bytes);
     }
     builder.write_to_vec().context("building a sample email")
 }
@@ -87,7 +102,7 @@ pub fn sample_emails(
     today: NaiveDate,
     authserv_id: &str,
 ) -> Result<Vec<Vec<u8>>> {
-    let all: Vec<&WorkflowDef> = workflows.iter().collect();
+    let all: Vec<&WorkflowDef> = workflows.form_workflows().collect();
     let mut emails = Vec::with_capacity(count);
     for n in 0..count {
         let workflow = all[n % all.len()];
@@ -104,7 +119,7 @@ pub fn sample_emails(
             _ => {}
         }
         let message_id = format!("sample-{n}-{}@practice.nhs.net", uuid::Uuid::new_v4());
-        let subject = format!("Open Exeter {} form", workflow.recognise.form_id);
+        let subject = format!("Open Exeter {} form", workflow.form_id().unwrap_or_default());
         let email = if n % 6 == 3 && n > 0 {
             email_with_form(
                 &from,

@@ -14,6 +14,14 @@ pub enum WorkflowsCommand {
     Check,
     /// Print a workflow's states, transitions and timers.
     Show { name: String },
+    /// Run a labelled set of plain emails (TOML: `[[message]]` with expected, from, subject,
+    /// body) through a workflow's recogniser and classifier, and print precision and recall
+    /// per class.
+    Evaluate {
+        file: PathBuf,
+        #[arg(long, default_value = "support")]
+        workflow: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -26,7 +34,11 @@ pub enum FormsCommand {
 pub fn describe_workflow(w: &crate::workflow::WorkflowDef) -> String {
     let mut out = format!(
         "{} ({})\nform {}  organisation: {:?}  SLA {} working days\n\nstates:\n",
-        w.title, w.name, w.recognise.form_id, w.organisation_kind, w.sla.target_working_days
+        w.title,
+        w.name,
+        w.form_id().unwrap_or("none (plain emails)"),
+        w.organisation_kind,
+        w.sla.target_working_days
     );
     for s in &w.states {
         let marks = [
@@ -91,6 +103,16 @@ pub(super) fn workflows_command(settings: &Settings, command: WorkflowsCommand) 
             let w = set.get(&name).with_context(|| format!("no workflow `{name}`"))?;
             print!("{}", describe_workflow(w));
         }
+        WorkflowsCommand::Evaluate { file, workflow } => {
+            let w = set
+                .get(&workflow)
+                .with_context(|| format!("no workflow `{workflow}`"))?;
+            let text = std::fs::read_to_string(&file).with_context(|| format!("reading {}", file.display()))?;
+            let labelled: crate::workflow::evaluate::LabelledSet =
+                toml::from_str(&text).with_context(|| format!("{}: not a labelled set", file.display()))?;
+            let evaluation = crate::workflow::evaluate::evaluate(w, &labelled)?;
+            print!("{}", evaluation.report());
+        }
     }
     Ok(())
 }
@@ -99,8 +121,8 @@ pub(super) fn forms_command(settings: &Settings, command: FormsCommand) -> Resul
     let FormsCommand::Generate { dir } = command;
     let set = load_workflows(settings)?;
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    for w in set.iter() {
-        let path = dir.join(format!("{}.pdf", w.recognise.form_id));
+    for w in set.form_workflows() {
+        let path = dir.join(format!("{}.pdf", w.form_id().unwrap_or_default()));
         std::fs::write(&path, crate::pdf::generate::blank_form(w)?)
             .with_context(|| format!("writing {}", path.display()))?;
         println!("{}", path.display());

@@ -132,7 +132,12 @@ pub fn plan_move(
         state: plan.to.clone(),
         due_at: when.working_days_later(timer.after_working_days),
     }));
-    if let Some(template) = plan.notify_template {
+    // A support reply is the template of the case's class, as the caseworker left it.
+    let template = match plan.transition.template_by_class {
+        true => workflow.template_for(plan.transition, &case.fields),
+        false => plan.notify_template,
+    };
+    if let Some(template) = template {
         let mut snapshot = case.clone();
         snapshot.state = plan.to.clone();
         snapshot.recorded = recorded;
@@ -474,12 +479,24 @@ impl Engine {
             sender_auth: &known.origin.sender_auth,
             today: self.today(),
         };
-        let mut findings = policy::check(&facts, &self.config.policy);
-        policy::check_against_registry(workflow, &fields, &known.registry, self.today(), &mut findings);
-        policy::check_against_register(workflow, &fields, &known.register, &mut findings);
-        // The file's digital signature, as checked when it arrived, against what is typed now.
-        let signatory = fields.get(&workflow.signatories.name_field).map(String::as_str);
-        policy::check_digital_signatures(&known.signatures, signatory, &mut findings);
+        let findings = if workflow.form_id().is_some() {
+            let mut findings = policy::check(&facts, &self.config.policy);
+            policy::check_against_registry(workflow, &fields, &known.registry, self.today(), &mut findings);
+            policy::check_against_register(workflow, &fields, &known.register, &mut findings);
+            // The file's digital signature, as checked when it arrived, against what is typed now.
+            let signatory = fields.get(&workflow.signatories.name_field).map(String::as_str);
+            policy::check_digital_signatures(&known.signatures, signatory, &mut findings);
+            findings
+        } else {
+            // A plain email: its class is what the caseworker left in the class field.
+            let class = workflow.classify.as_ref().map(|c| {
+                fields
+                    .get(&c.field)
+                    .map(String::as_str)
+                    .filter(|name| c.class(name).is_some())
+            });
+            policy::check_plain_email(&facts, &self.config.policy, class)
+        };
         let mut form = form_columns(workflow, &fields, &findings);
         // A keyed organisation name is kept as typed (an empty one clears it).
         form.org_name = fields.get("org_name").cloned();
@@ -695,6 +712,11 @@ impl Engine {
                             source,
                         }
                     })?;
+                if plan.transition.template_by_class && workflow.template_for(plan.transition, &case.fields).is_none() {
+                    return Err(EngineError::NoReplyChosen {
+                        reference: case.reference.clone(),
+                    });
+                }
                 let origin = self.origin(&mut *conn, case).await?;
                 let step = Move {
                     plan: &plan,

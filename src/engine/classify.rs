@@ -9,6 +9,18 @@ use crate::mail::ParsedEmail;
 use crate::pdf::{self, ExtractedForm, PdfError};
 use crate::policy::{self, Facts, Finding, FindingCode};
 use crate::workflow::WorkflowDef;
+use crate::workflow::email::{Classification, EmailText};
+
+/// A plain email (no form) a workflow took by its `[recognise.email]`: the fields its text
+/// gave, the class it was sorted into, and what the rules find.
+#[derive(Debug)]
+pub(super) struct PlainEmailAnalysis {
+    pub workflow: String,
+    pub fields: BTreeMap<String, String>,
+    pub findings: Vec<Finding>,
+    /// How the workflow's `[classify]` sorted it, when it has one.
+    pub classification: Option<Classification>,
+}
 
 /// What one PDF attachment turned out to be.
 #[derive(Debug)]
@@ -111,6 +123,47 @@ impl Engine {
         analysis.workflow = Some(workflow.name.clone());
         analysis.extraction = Some(extracted);
         analysis
+    }
+
+    /// The workflow that takes `parsed` as a plain email, with what it reads from it, when the
+    /// email carries no PDF at all and is a person's message: bounces, auto-replies and
+    /// unreadable mail stay unclassified for a caseworker.
+    pub(super) fn analyse_plain_email(
+        &self,
+        parsed: &ParsedEmail,
+        analyses: &[FormAnalysis],
+    ) -> Option<PlainEmailAnalysis> {
+        if !analyses.is_empty() || parsed.bounce.is_some() || parsed.automatic.is_some() || parsed.malformed.is_some() {
+            return None;
+        }
+        let text = EmailText {
+            from: parsed.from_address.as_deref(),
+            subject: parsed.subject.as_deref(),
+            body: parsed.text_body.as_deref(),
+        };
+        let workflow = self.workflows.for_plain_email(text)?;
+        let mut fields = workflow.email_recognition()?.read_fields(text);
+        let classification = workflow.classify.as_ref().map(|classifier| {
+            let found = classifier.classify(text);
+            let answer = found.class.clone().unwrap_or_else(|| classifier.unknown.clone());
+            fields.insert(classifier.field.clone(), answer);
+            found
+        });
+        let facts = Facts {
+            workflow,
+            fields: &fields,
+            sender: parsed.from_address.as_deref(),
+            sender_auth: &parsed.sender_auth,
+            today: self.today(),
+        };
+        let class = classification.as_ref().map(|c| c.class.as_deref());
+        let findings = policy::check_plain_email(&facts, &self.config.policy, class);
+        Some(PlainEmailAnalysis {
+            workflow: workflow.name.clone(),
+            fields,
+            findings,
+            classification,
+        })
     }
 
     /// Judges each intact digital signature's certificate against the trust store, now: the

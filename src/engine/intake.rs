@@ -10,7 +10,7 @@ use sqlx::AnyConnection;
 use tracing::{info, instrument, warn};
 
 use super::change::{self, Origin};
-use super::classify::{FormAnalysis, checks_summary};
+use super::classify::{FormAnalysis, PlainEmailAnalysis, checks_summary};
 use super::{Engine, EngineError, MAX_PREPARE_ATTEMPTS, sla};
 use crate::domain::{CaseRef, OdsCode};
 use crate::mail::{self, ParsedEmail};
@@ -150,6 +150,8 @@ pub struct PreparedEmail {
     sha256: String,
     dedup_key: String,
     analyses: Vec<FormAnalysis>,
+    /// The workflow that took it as a plain email (no form), if one did.
+    plain: Option<PlainEmailAnalysis>,
     /// The case the email names (by its headers, a bounce's returned message, or a reference
     /// in its subject), looked up before the write transaction.
     thread: Option<i64>,
@@ -267,6 +269,7 @@ impl Engine {
         }
         self.check_sender(raw, &mut prepared).await;
         prepared.analyses = self.analyse_attachments(&prepared.parsed).await;
+        prepared.plain = self.analyse_plain_email(&prepared.parsed, &prepared.analyses);
         self.record(raw, prepared, source).await
     }
 
@@ -339,6 +342,7 @@ impl Engine {
         let mut prepared = self.digest(raw);
         self.check_sender(raw, &mut prepared).await;
         prepared.analyses = self.analyse_attachments(&prepared.parsed).await;
+        prepared.plain = self.analyse_plain_email(&prepared.parsed, &prepared.analyses);
         prepared
     }
 
@@ -371,6 +375,7 @@ impl Engine {
             sha256,
             dedup_key,
             analyses: Vec::new(),
+            plain: None,
             thread: None,
             message_id_reused: false,
             sender_verdict: crate::dkim::decide(&parsed_auth, crate::dkim::OwnCheck::default(), parsed_malformed),
@@ -603,6 +608,7 @@ impl Engine {
             sha256: _,
             dedup_key: _,
             analyses,
+            plain,
             thread,
             message_id_reused,
             sender_verdict: _,
@@ -704,7 +710,29 @@ impl Engine {
                 ),
             ));
         }
-        if forms.is_empty() {
+        if let Some(plain) = plain.filter(|_| forms.is_empty() && others.is_empty()) {
+            // A plain email a workflow takes (a support request): a case of that workflow.
+            let mut findings = plain.findings;
+            findings.extend(about_the_email.iter().cloned());
+            findings.extend(related.as_ref().and_then(Related::finding));
+            let why = plain.classification.as_ref().map(|c| match &c.class {
+                Some(class) => format!("sorted as {class} ({})", c.evidence.join("; ")),
+                None if c.evidence.is_empty() => "it fits none of the known problems".to_string(),
+                None => format!("no single problem fits best ({})", c.evidence.join("; ")),
+            });
+            let email = FormAnalysis {
+                // Unused: a plain email has no form file.
+                attachment_index: 0,
+                workflow: Some(plain.workflow),
+                fields: plain.fields,
+                extraction: None,
+                findings,
+            };
+            outcomes.push(
+                self.create_form_case(w, &parsed, raw_message_id, None, email, related.as_ref(), why, now)
+                    .await?,
+            );
+        } else if forms.is_empty() {
             // Nothing we can put in a workflow: one case, so that nothing is lost.
             let mut findings: Vec<Finding> = parsed
                 .malformed
@@ -879,10 +907,10 @@ impl Engine {
             w,
             parsed,
             raw_message_id,
-            attachment_id,
-            &attachment.sha256,
+            Some((attachment_id, &attachment.sha256)),
             form,
             related,
+            None,
             now,
         )
         .await
@@ -927,7 +955,11 @@ impl Engine {
     /// Extracts every PDF through the configured reader (worker processes in the service).
     async fn analyse_attachments(&self, parsed: &ParsedEmail) -> Vec<FormAnalysis> {
         let mut analyses = Vec::new();
-        let form_ids: Vec<String> = self.workflows.iter().map(|w| w.recognise.form_id.clone()).collect();
+        let form_ids: Vec<String> = self
+            .workflows
+            .form_workflows()
+            .filter_map(|w| w.form_id().map(str::to_string))
+            .collect();
         for (index, attachment) in parsed
             .attachments
             .iter()
@@ -1058,10 +1090,10 @@ impl Engine {
         w: &mut Recording<'_>,
         parsed: &ParsedEmail,
         raw_message_id: i64,
-        attachment_id: i64,
-        form_sha256: &str,
+        form_file: Option<(i64, &str)>,
         form: FormAnalysis,
         related: Option<&Related>,
+        sorted: Option<String>,
         now: i64,
     ) -> Result<CaseOutcome, EngineError> {
         let workflow = self.workflow_named(form.workflow.as_deref())?;
@@ -1093,8 +1125,8 @@ impl Engine {
             organisation_id,
             sender: parsed.from_address.as_deref(),
             origin_message_id: raw_message_id,
-            form_attachment_id: Some(attachment_id),
-            form_sha256: Some(form_sha256),
+            form_attachment_id: form_file.map(|(id, _)| id),
+            form_sha256: form_file.map(|(_, sha256)| sha256),
             related_case_id: related.map(|r| r.case_id),
             now,
             due_at: Some(self.working_days_from_now(workflow.sla.target_working_days)),
@@ -1118,11 +1150,14 @@ impl Engine {
             0,
             CaseEvent {
                 to_state: Some(initial.clone()),
-                reason: Some(format!(
-                    "form {} received from {}",
-                    workflow.recognise.form_id,
-                    parsed.from_address.as_deref().unwrap_or("an unknown sender")
-                )),
+                reason: Some({
+                    let sender = parsed.from_address.as_deref().unwrap_or("an unknown sender");
+                    match (workflow.form_id(), sorted) {
+                        (Some(form_id), _) => format!("form {form_id} received from {sender}"),
+                        (None, Some(sorted)) => format!("email received from {sender}; {sorted}"),
+                        (None, None) => format!("email received from {sender}"),
+                    }
+                }),
                 ..CaseEvent::system(EventKind::Created, now)
             },
         );
@@ -1144,7 +1179,9 @@ impl Engine {
             new_case.version = checked.version;
         }
         let case = storage::insert_case(w.conn(), &new_case).await?;
-        w.form_cases.insert(form_sha256.to_string(), Some(case.clone()));
+        if let Some((_, form_sha256)) = form_file {
+            w.form_cases.insert(form_sha256.to_string(), Some(case.clone()));
+        }
         opened.case_id = case.id;
         if only_state {
             opened.columns = storage::CaseColumns::default();

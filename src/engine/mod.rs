@@ -74,6 +74,10 @@ pub enum EngineError {
     NoFormToAskFor { reference: String },
     #[error("case {reference} is {state}; fields can only be keyed while it is received or needs review")]
     NotKeyable { reference: String, state: String },
+    #[error(
+        "case {reference} has no problem chosen, so there is no reply to send: choose the problem first (or write the reply as a note and close the case)"
+    )]
+    NoReplyChosen { reference: String },
     #[error("workflow `{workflow}` has no field `{field}`")]
     UnknownField { workflow: String, field: String },
     #[error(

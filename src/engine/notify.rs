@@ -136,6 +136,8 @@ fn context(case: &CaseRecord, workflow: Option<&WorkflowDef>, reason: Option<&st
     serde_json::json!({
         "reason": reason,
         "recorded": case.recorded,
+        // The case's fields by name (a support reply quotes the smartcard ID it was given).
+        "fields": case.fields,
         "findings": findings,
         "who_may_sign": who_may_sign,
         // A case no workflow took yet (an email without a form) is named as what it is.

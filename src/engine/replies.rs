@@ -189,7 +189,7 @@ impl Engine {
         change.events.push(CaseEvent {
             reason: Some(format!(
                 "form {} arrived in reply; {}",
-                workflow.recognise.form_id,
+                workflow.form_id().unwrap_or_default(),
                 checks_summary(&form.findings)
             )),
             ..CaseEvent::system(EventKind::Classified, now)

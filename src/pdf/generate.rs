@@ -138,7 +138,7 @@ fn build_form(workflow: &WorkflowDef, values: &BTreeMap<String, String>) -> Resu
             false,
             &format!(
                 "Form {}   Page {page_number} of 2   {}",
-                workflow.recognise.form_id,
+                workflow.form_id().unwrap_or_default(),
                 if page_number == 1 {
                     "Guidance notes overleaf"
                 } else {
@@ -184,7 +184,7 @@ fn build_form(workflow: &WorkflowDef, values: &BTreeMap<String, String>) -> Resu
         "NeedAppearances" => true,
     });
     let info = builder.doc.add_object(dictionary! {
-        "Title" => Object::string_literal(format!("Open Exeter: {} ({})", workflow.title, workflow.recognise.form_id)),
+        "Title" => Object::string_literal(format!("Open Exeter: {} ({})", workflow.title, workflow.form_id().unwrap_or_default())),
         "Creator" => Object::string_literal("Countersign"),
     });
     let catalog = builder.doc.add_object(dictionary! {
@@ -415,7 +415,7 @@ impl<'v> FormBuilder<'v> {
                 });
                 if field.name == "form_id" {
                     widget.set("Ff", 1); // read-only
-                    widget.set("V", Object::string_literal(workflow.recognise.form_id.clone()));
+                    widget.set("V", Object::string_literal(workflow.form_id().unwrap_or_default()));
                 }
                 if let Some(value) = self.values.get(&field.name).filter(|_| field.name != "form_id") {
                     widget.set("V", lopdf::text_string(value));
@@ -493,7 +493,7 @@ mod tests {
 
     #[test]
     fn the_blank_form_has_exactly_the_workflows_field_names() {
-        for workflow in workflows().iter() {
+        for workflow in workflows().form_workflows() {
             let bytes = blank_form(workflow).unwrap();
             let form = extract(&bytes, &[], ExtractLimits::default()).unwrap();
             let mut found: Vec<&str> = form.fields.iter().map(|f| f.full_name.as_str()).collect();
@@ -501,10 +501,7 @@ mod tests {
             found.sort();
             declared.sort();
             assert_eq!(found, declared, "{}", workflow.name);
-            assert_eq!(
-                form.get("form_id").and_then(|f| f.value.as_deref()),
-                Some(workflow.recognise.form_id.as_str())
-            );
+            assert_eq!(form.get("form_id").and_then(|f| f.value.as_deref()), workflow.form_id());
             assert_eq!(form.page_count, 2);
         }
     }
@@ -514,7 +511,7 @@ mod tests {
     /// beside its words, never over them.
     #[test]
     fn the_signatory_block_ends_page_one_and_its_declaration_box_stands_clear_of_its_words() {
-        for workflow in workflows().iter() {
+        for workflow in workflows().form_workflows() {
             assert!(workflow.fields.iter().all(|f| f.page == 1), "{}", workflow.name);
             let first_signatory = workflow
                 .fields

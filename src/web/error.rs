@@ -118,6 +118,7 @@ impl From<EngineError> for WebError {
             EngineError::Transition { .. }
             | EngineError::Unclassified { .. }
             | EngineError::NotKeyable { .. }
+            | EngineError::NoReplyChosen { .. }
             | EngineError::NoFormToAskFor { .. } => WebError::Conflict(error.to_string()),
             EngineError::UnknownField { .. }
             | EngineError::UnknownWorkflow(_)

@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+use super::email::{Classifier, EmailRecognition};
 use super::wellknown;
 
 /// Why a workflow file (or the set of them) cannot be used. Every variant names the file and
@@ -124,14 +125,21 @@ fn first_page() -> u32 {
 #[derive(Debug, Clone, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Recognition {
-    /// The value of the read-only `form_id` field on this workflow's blank form.
-    pub form_id: String,
+    /// The value of the read-only `form_id` field on this workflow's blank form (a form
+    /// workflow); or none, for a workflow that takes plain emails (`[recognise.email]`).
+    #[serde(default)]
+    pub form_id: Option<String>,
     /// When `form_id` is missing (a hand-made copy), a form that has all of these fields is
     /// taken to be this workflow's.
+    #[serde(default)]
     pub fields: Vec<String>,
     /// Breaks ties between workflows whose field sets both match; higher wins.
     #[serde(default)]
     pub priority: i32,
+    /// How a plain email with no form is recognised as this workflow's (see
+    /// [`super::email`]); a workflow has this or `form_id`, never both.
+    #[serde(default)]
+    pub email: Option<EmailRecognition>,
 }
 
 #[derive(Debug, Clone, Deserialize, serde::Serialize)]
@@ -142,7 +150,8 @@ pub struct SignatoryRole {
     pub synonyms: Vec<String>,
 }
 
-#[derive(Debug, Clone, Deserialize, serde::Serialize)]
+/// Who may sign a form workflow's form. A workflow that takes plain emails has none.
+#[derive(Debug, Clone, Default, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Signatories {
     pub role_field: String,
@@ -159,7 +168,7 @@ pub struct Signatories {
     pub appoint_caldicott_guardian_url: Option<String>,
 }
 
-#[derive(Debug, Clone, Deserialize, serde::Serialize)]
+#[derive(Debug, Clone, Default, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct NhsEmailRule {
     /// Form fields that must hold an NHS address.
@@ -213,6 +222,10 @@ pub struct TransitionDef {
     /// `accepts` decision (or keyed fields) may not also take an `authorises` one.
     #[serde(default)]
     pub four_eyes: Option<FourEyesPart>,
+    /// Sends the reply of the case's class (see [`Classifier`]) instead of a fixed template:
+    /// the reply a caseworker confirms (or rewrites) for a support email.
+    #[serde(default)]
+    pub template_by_class: bool,
 }
 
 /// A transition's part in the four-eyes check.
@@ -379,8 +392,14 @@ pub struct WorkflowDef {
     pub four_eyes: bool,
     pub recognise: Recognition,
     pub fields: Vec<FieldDef>,
+    /// Who may sign the form (form workflows only).
+    #[serde(default)]
     pub signatories: Signatories,
+    #[serde(default)]
     pub nhs_email: NhsEmailRule,
+    /// How the workflow's emails are sorted into known problems, each with its reply.
+    #[serde(default)]
+    pub classify: Option<Classifier>,
     pub sla: Sla,
     pub states: Vec<StateDef>,
     pub transitions: Vec<TransitionDef>,
@@ -401,6 +420,32 @@ pub struct WorkflowDef {
 }
 
 impl WorkflowDef {
+    /// The form this workflow takes, or None for a workflow of plain emails.
+    pub fn form_id(&self) -> Option<&str> {
+        self.recognise.form_id.as_deref()
+    }
+
+    /// How a plain email is recognised as this workflow's, for a workflow of plain emails.
+    pub fn email_recognition(&self) -> Option<&EmailRecognition> {
+        self.recognise.email.as_ref()
+    }
+
+    /// The template a transition sends for a case with `fields`: its own, or (for
+    /// `template_by_class`) the reply of the class the case's class field names, if it names
+    /// one.
+    pub fn template_for<'a>(
+        &'a self,
+        transition: &'a TransitionDef,
+        fields: &BTreeMap<String, String>,
+    ) -> Option<&'a str> {
+        if !transition.template_by_class {
+            return transition.template.as_deref();
+        }
+        let classify = self.classify.as_ref()?;
+        let class = fields.get(&classify.field)?;
+        classify.class(class).map(|c| c.template.as_str())
+    }
+
     /// How the recorded value `name` is asked for and checked.
     pub fn recorded_def(&self, name: &str) -> RecordedDef {
         self.recorded
@@ -442,6 +487,110 @@ impl WorkflowDef {
         def.source = path.to_path_buf();
         def.validate(templates)?;
         Ok(def)
+    }
+
+    fn invalid(&self, key: &str, message: String) -> DefinitionError {
+        DefinitionError::Invalid {
+            path: self.source.clone(),
+            key: key.to_string(),
+            message,
+        }
+    }
+
+    /// A form workflow: its form names itself by a `form_id` field, and says who signed it.
+    fn validate_form_workflow(
+        &self,
+        known_field: &dyn Fn(&str, &str) -> Result<(), DefinitionError>,
+    ) -> Result<(), DefinitionError> {
+        known_field("recognise", "form_id")?;
+        for (i, name) in self.recognise.fields.iter().enumerate() {
+            known_field(&format!("recognise.fields[{i}]"), name)?;
+        }
+        let s = &self.signatories;
+        known_field("signatories.role_field", &s.role_field)?;
+        known_field("signatories.name_field", &s.name_field)?;
+        known_field("signatories.email_field", &s.email_field)?;
+        known_field("signatories.date_field", &s.date_field)?;
+        known_field("signatories.declaration_field", &s.declaration_field)?;
+        if s.roles.is_empty() {
+            return Err(self.invalid("signatories.roles", "at least one signatory role is needed".into()));
+        }
+        Ok(())
+    }
+
+    /// A workflow of plain emails: it says how it knows its emails, reads its fields from
+    /// their text, and (if it sorts them into problems) names a reply for each.
+    fn validate_email_workflow(
+        &self,
+        email: &EmailRecognition,
+        known_field: &dyn Fn(&str, &str) -> Result<(), DefinitionError>,
+        templates: &BTreeSet<String>,
+    ) -> Result<(), DefinitionError> {
+        if !email.has_conditions() {
+            return Err(self.invalid(
+                "recognise.email",
+                "name at least one of `from`, `from_domains`, `subject` or `any_phrase`, or the workflow takes no email".into(),
+            ));
+        }
+        if !self.recognise.fields.is_empty() || !self.signatories.roles.is_empty() {
+            return Err(self.invalid(
+                "recognise",
+                "a workflow of plain emails has no form: no `recognise.fields` and no `[signatories]`".into(),
+            ));
+        }
+        for (i, rule) in email.fields.iter().enumerate() {
+            known_field(&format!("recognise.email.fields[{i}].name"), &rule.name)?;
+            if rule.labels.is_empty() && rule.pattern.is_none() {
+                return Err(self.invalid(
+                    &format!("recognise.email.fields[{i}]"),
+                    "give `labels`, a `pattern`, or both".into(),
+                ));
+            }
+        }
+        let Some(classify) = &self.classify else {
+            return Ok(());
+        };
+        known_field("classify.field", &classify.field)?;
+        let choices = self
+            .field(&classify.field)
+            .map(|f| f.options.clone())
+            .unwrap_or_default();
+        let mut names = BTreeSet::new();
+        for (i, class) in classify.classes.iter().enumerate() {
+            if !names.insert(class.name.as_str()) || class.name == classify.unknown {
+                return Err(self.invalid(
+                    &format!("classify.classes[{i}].name"),
+                    format!("class `{}` is declared twice (or is the unknown answer)", class.name),
+                ));
+            }
+            if !templates.contains(&class.template) {
+                return Err(self.invalid(
+                    &format!("classify.classes[{i}].template"),
+                    format!(
+                        "unknown template `{}` (no templates/email/{}.txt.tera)",
+                        class.template, class.template
+                    ),
+                ));
+            }
+            if class.phrases.is_empty() && class.patterns.is_empty() {
+                return Err(self.invalid(
+                    &format!("classify.classes[{i}]"),
+                    "a class needs at least one phrase or pattern".into(),
+                ));
+            }
+        }
+        let wanted: BTreeSet<&str> = names.iter().copied().chain([classify.unknown.as_str()]).collect();
+        let offered: BTreeSet<&str> = choices.iter().map(String::as_str).collect();
+        if wanted != offered {
+            return Err(self.invalid(
+                "classify.field",
+                format!(
+                    "field `{}` must be a choice whose options are the classes and `{}`",
+                    classify.field, classify.unknown
+                ),
+            ));
+        }
+        Ok(())
     }
 
     fn validate(&self, templates: &BTreeSet<String>) -> Result<(), DefinitionError> {
@@ -490,21 +639,16 @@ impl WorkflowDef {
                 Err(invalid(key, format!("unknown field `{name}`")))
             }
         };
-        known_field("recognise", "form_id")?;
-        for (i, name) in self.recognise.fields.iter().enumerate() {
-            known_field(&format!("recognise.fields[{i}]"), name)?;
-        }
-        let s = &self.signatories;
-        known_field("signatories.role_field", &s.role_field)?;
-        known_field("signatories.name_field", &s.name_field)?;
-        known_field("signatories.email_field", &s.email_field)?;
-        known_field("signatories.date_field", &s.date_field)?;
-        known_field("signatories.declaration_field", &s.declaration_field)?;
-        if s.roles.is_empty() {
-            return Err(invalid(
-                "signatories.roles",
-                "at least one signatory role is needed".into(),
-            ));
+        match (&self.recognise.form_id, &self.recognise.email) {
+            (Some(_), None) => self.validate_form_workflow(&known_field)?,
+            (None, Some(email)) => self.validate_email_workflow(email, &known_field, templates)?,
+            _ => {
+                return Err(invalid(
+                    "recognise",
+                    "give either `form_id` (a form workflow) or `[recognise.email]` (a workflow of plain emails)"
+                        .into(),
+                ));
+            }
         }
         for (i, name) in self.nhs_email.fields.iter().enumerate() {
             known_field(&format!("nhs_email.fields[{i}]"), name)?;
@@ -577,6 +721,12 @@ impl WorkflowDef {
             if let Some(template) = &t.template {
                 known_template(&format!("transitions[{i}].template"), template)?;
             }
+            if t.template_by_class && (self.classify.is_none() || t.template.is_some()) {
+                return Err(invalid(
+                    &format!("transitions[{i}].template_by_class"),
+                    "sending the class's reply needs a `[classify]` section, and no `template` beside it".into(),
+                ));
+            }
         }
         // Two transitions between the same pair of states would make `case transition REF TO`
         // ambiguous for the same actor.
@@ -638,7 +788,12 @@ impl WorkflowDef {
 
         // The engine relies on these names: it validates automatically, holds for review, and
         // waits for the sender.
-        for required in wellknown::REQUIRED_STATES {
+        let required_states = if self.form_id().is_some() {
+            wellknown::REQUIRED_STATES
+        } else {
+            wellknown::REQUIRED_EMAIL_STATES
+        };
+        for required in required_states {
             if !state_names.contains(required) {
                 return Err(invalid("states", format!("the engine needs a `{required}` state")));
             }
@@ -757,18 +912,13 @@ impl WorkflowSet {
     }
 
     pub fn insert(&mut self, def: WorkflowDef) -> Result<(), DefinitionError> {
-        if let Some(other) = self
-            .workflows
-            .values()
-            .find(|w| w.recognise.form_id == def.recognise.form_id)
+        if let Some(form_id) = def.form_id()
+            && let Some(other) = self.workflows.values().find(|w| w.form_id() == Some(form_id))
         {
             return Err(DefinitionError::Invalid {
                 path: def.source.clone(),
                 key: "recognise.form_id".into(),
-                message: format!(
-                    "`{}` is already the form id of workflow `{}`",
-                    def.recognise.form_id, other.name
-                ),
+                message: format!("`{form_id}` is already the form id of workflow `{}`", other.name),
             });
         }
         if self.workflows.contains_key(&def.name) {
@@ -821,7 +971,26 @@ impl WorkflowSet {
         let wanted = form_id.trim();
         self.workflows
             .values()
-            .find(|w| w.recognise.form_id.eq_ignore_ascii_case(wanted))
+            .find(|w| w.form_id().is_some_and(|id| id.eq_ignore_ascii_case(wanted)))
+    }
+
+    /// The workflows that take forms.
+    pub fn form_workflows(&self) -> impl Iterator<Item = &WorkflowDef> {
+        self.workflows.values().filter(|w| w.form_id().is_some())
+    }
+
+    /// The workflow that takes a plain email (one with no form): the highest priority of
+    /// those whose `[recognise.email]` it fits.
+    pub fn for_plain_email(&self, email: super::email::EmailText<'_>) -> Option<&WorkflowDef> {
+        self.workflows
+            .values()
+            .filter_map(|w| {
+                w.email_recognition()
+                    .filter(|r| r.matches(email))
+                    .map(|r| (w, r.priority))
+            })
+            .max_by_key(|(_, priority)| *priority)
+            .map(|(w, _)| w)
     }
 }
 

@@ -2,6 +2,8 @@
 //! relies on by name, and the pure state machine.
 
 pub mod definition;
+pub mod email;
+pub mod evaluate;
 pub mod machine;
 pub mod wellknown;
 

@@ -17,6 +17,10 @@ pub const PROVISIONED: &str = "provisioned";
 /// The states every workflow file must declare.
 pub const REQUIRED_STATES: &[&str] = &[RECEIVED, VALIDATED, NEEDS_REVIEW, AUTHORISED, PROVISIONED];
 
+/// The states every workflow of plain emails must declare: it is checked on arrival and
+/// then held for a caseworker or passed.
+pub const REQUIRED_EMAIL_STATES: &[&str] = &[RECEIVED, VALIDATED, NEEDS_REVIEW];
+
 /// The states in which a caseworker may key or correct a case's fields by hand.
 pub const KEYABLE_STATES: &[&str] = &[RECEIVED, NEEDS_REVIEW];
 

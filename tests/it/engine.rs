@@ -777,7 +777,7 @@ async fn intake_generated(
 async fn a_pdf_form_that_is_not_one_of_ours_is_a_finding() {
     on_both_backends(|engine| async move {
         let report = intake_generated(&engine, "other@x", |wf| {
-            wf.recognise.form_id = "HR-LEAVE-2".into();
+            wf.recognise.form_id = Some("HR-LEAVE-2".into());
             for field in &mut wf.fields {
                 if field.name != "form_id" {
                     field.name = format!("leave_{}", field.name);

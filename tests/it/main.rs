@@ -27,4 +27,5 @@ mod sender_check;
 mod sign_in;
 mod signatories;
 mod signed_forms;
+mod support;
 mod web;

@@ -15,7 +15,7 @@
 //!    [`tokens`].
 //!
 //! Beside them: the hash-chained event log's [`audit`], [`domain`] types, the working-day [`calendar`], [`metrics`] for operators, [`provision`] (the seam for
-//! an automated provisioner), [`samples`] for demos and benchmarks, and the [`cli`].
+//! an automated provisioner), [`credentials`] it issues, [`samples`] for demos and benchmarks, and the [`cli`].
 
 /// The composition root: `App::build(&Settings)`, shared by main and the command line.
 pub mod app;
@@ -27,6 +27,8 @@ pub mod calendar;
 pub mod cli;
 /// Settings: built-in defaults < optional config file < environment variables.
 pub mod config;
+/// Credentials we issue: CSPRNG-made, weak patterns refused, never the same twice, never kept.
+pub mod credentials;
 /// Our own check of an email's sender: DKIM (mail-auth), ARC, the Exchange Online marker.
 pub mod dkim;
 /// Validated domain types: ODS codes, email addresses, NHS domains, case references.

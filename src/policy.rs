@@ -72,6 +72,9 @@ pub enum FindingCode {
     /// A plain email a workflow took (a support request) fits none of the problems it knows,
     /// or two equally: a caseworker chooses the reply.
     ProblemNotRecognised,
+    /// A notification says a user account was made by someone who is not a Primary User of
+    /// the organisation in our records (the workflow's `email_checks.primary_user_field`).
+    CreatorNotPrimaryUser,
 }
 
 impl FindingCode {
@@ -112,13 +115,14 @@ impl FindingCode {
             FindingCode::FormChangedAfterSigning => "form_changed_after_signing",
             FindingCode::DigitalSignerNotSignatory => "digital_signer_not_signatory",
             FindingCode::ProblemNotRecognised => "problem_not_recognised",
+            FindingCode::CreatorNotPrimaryUser => "creator_not_primary_user",
         }
     }
 }
 
 impl FindingCode {
     /// Every finding, in the order the rules meet them.
-    pub const ALL: [FindingCode; 35] = [
+    pub const ALL: [FindingCode; 36] = [
         FindingCode::RequiredFieldMissing,
         FindingCode::OdsCodeMalformed,
         FindingCode::OrganisationTypeMismatch,
@@ -154,6 +158,7 @@ impl FindingCode {
         FindingCode::FormChangedAfterSigning,
         FindingCode::DigitalSignerNotSignatory,
         FindingCode::ProblemNotRecognised,
+        FindingCode::CreatorNotPrimaryUser,
     ];
 
     /// The finding's code as stored, back to the finding (None for a code no rule has).
@@ -200,6 +205,7 @@ impl FindingCode {
             FindingCode::FormChangedAfterSigning => "Form changed after it was signed",
             FindingCode::DigitalSignerNotSignatory => "Digitally signed by someone other than the signatory",
             FindingCode::ProblemNotRecognised => "Problem not recognised",
+            FindingCode::CreatorNotPrimaryUser => "Account made by someone not a Primary User",
         }
     }
 }
@@ -287,6 +293,9 @@ impl FindingCode {
             FindingCode::ProblemNotRecognised => {
                 "We could not tell from your email which problem you have, so one of our team will read it and reply."
             }
+            FindingCode::CreatorNotPrimaryUser => {
+                "The new account was set up by someone who is not a Primary User of the organisation in our records, so we will check with the organisation before authorising it."
+            }
         }
     }
 }
@@ -365,6 +374,36 @@ pub fn check_plain_email(facts: &Facts<'_>, settings: &PolicySettings, class: Op
         ));
     }
     findings
+}
+
+/// A plain email's word checked against our records: the organisation it names (known and
+/// open, when a registry is imported), and the person its workflow says must be one of the
+/// organisation's Primary Users (`email_checks.primary_user_field`, by email address).
+pub fn check_plain_email_against_records(
+    workflow: &WorkflowDef,
+    fields: &BTreeMap<String, String>,
+    registry: &RegistryLookup,
+    register: &RegisterLookup,
+    today: NaiveDate,
+    findings: &mut Vec<Finding>,
+) {
+    check_against_registry(workflow, fields, registry, today, findings);
+    let Some(field) = workflow.email_checks.primary_user_field.as_deref() else {
+        return;
+    };
+    let text = |name: &str| fields.get(name).map(|v| v.trim()).filter(|v| !v.is_empty());
+    let (Some(creator), Some(code)) = (text(field), text("org_ods_code")) else {
+        // A missing value is the required-field rule's finding.
+        return;
+    };
+    let label = workflow.field(field).map(|f| f.label.as_str()).unwrap_or(field);
+    if standing(register, None, Some(creator), true) != SignatoryStanding::Known {
+        findings.push(Finding::on_field(
+            FindingCode::CreatorNotPrimaryUser,
+            field,
+            format!("{label} {creator} is not a Primary User of {code} in our records: check with the organisation before authorising."),
+        ));
+    }
 }
 
 fn value<'a>(facts: &'a Facts<'_>, name: &str) -> Option<&'a str> {

@@ -495,7 +495,16 @@ impl Engine {
                     .map(String::as_str)
                     .filter(|name| c.class(name).is_some())
             });
-            policy::check_plain_email(&facts, &self.config.policy, class)
+            let mut findings = policy::check_plain_email(&facts, &self.config.policy, class);
+            policy::check_plain_email_against_records(
+                workflow,
+                &fields,
+                &known.registry,
+                &known.register,
+                self.today(),
+                &mut findings,
+            );
+            findings
         };
         let mut form = form_columns(workflow, &fields, &findings);
         // A keyed organisation name is kept as typed (an empty one clears it).

@@ -183,8 +183,11 @@ impl Engine {
     /// A form without a `form_id` belongs to the workflow all of whose recognition fields it
     /// has; ties go to the higher priority.
     fn recognise_by_fields(&self, extracted: &ExtractedForm) -> Option<&WorkflowDef> {
+        // Only form workflows: a workflow of plain emails lists no fields, which every form
+        // would "have".
         self.workflows
-            .iter()
+            .form_workflows()
+            .filter(|w| !w.recognise.fields.is_empty())
             .filter(|w| {
                 w.recognise
                     .fields

@@ -996,9 +996,31 @@ impl Engine {
             .iter()
             .flat_map(|(_, p, _)| p.analyses.iter())
             .filter(|a| a.workflow.is_some())
-            .filter_map(|a| form_ods_code(&a.fields))
+            .map(|a| &a.fields)
+            .chain(
+                emails
+                    .iter()
+                    .filter_map(|(_, p, _)| p.plain.as_ref().map(|plain| &plain.fields)),
+            )
+            .filter_map(form_ods_code)
             .collect();
         let found = storage::records_of_codes(conn, &codes).await?;
+        for plain in emails.iter_mut().filter_map(|(_, p, _)| p.plain.as_mut()) {
+            let Some(workflow) = self.workflows.get(&plain.workflow) else {
+                continue;
+            };
+            let (registry, register) = form_ods_code(&plain.fields)
+                .and_then(|code| found.get(&code).cloned())
+                .unwrap_or_default();
+            crate::policy::check_plain_email_against_records(
+                workflow,
+                &plain.fields,
+                &registry,
+                &register,
+                self.today(),
+                &mut plain.findings,
+            );
+        }
         for analysis in emails.iter_mut().flat_map(|(_, p, _)| p.analyses.iter_mut()) {
             let Some(workflow) = analysis.workflow.as_deref().and_then(|w| self.workflows.get(w)) else {
                 continue;

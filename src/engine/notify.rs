@@ -2,6 +2,8 @@
 //! whether it must be held back (loop safety, unauthenticated senders). Pure; the outbox row
 //! commits with the change.
 
+use std::collections::BTreeMap;
+
 use chrono::Local;
 
 use crate::domain::{EmailAddress, NhsDomains, OdsCode};
@@ -136,8 +138,10 @@ fn context(case: &CaseRecord, workflow: Option<&WorkflowDef>, reason: Option<&st
     serde_json::json!({
         "reason": reason,
         "recorded": case.recorded,
-        // The case's fields by name (a support reply quotes the smartcard ID it was given).
-        "fields": case.fields,
+        // The few fields a workflow lets its mail quote (a support reply quotes the smartcard ID
+        // it was given), and only when they hold a short identifier: everything else in an
+        // email or form is the sender's free text, which our mail never repeats.
+        "fields": quotable_fields(workflow, case),
         "findings": findings,
         "who_may_sign": who_may_sign,
         // A case no workflow took yet (an email without a form) is named as what it is.
@@ -198,6 +202,22 @@ pub fn replace_body(mail: &mut NewMail, text: &str) {
         );
         mail.context_json = context.to_string();
     }
+}
+
+/// The case's fields its workflow marks `quote_in_mail`, when each is a short identifier
+/// (letters, digits, spaces and hyphens, at most 40): nothing else of what a sender wrote.
+fn quotable_fields<'c>(workflow: Option<&WorkflowDef>, case: &'c CaseRecord) -> BTreeMap<&'c str, &'c str> {
+    let plain = |v: &str| {
+        (1..=40).contains(&v.chars().count()) && v.chars().all(|c| c.is_ascii_alphanumeric() || c == ' ' || c == '-')
+    };
+    let Some(workflow) = workflow else {
+        return BTreeMap::new();
+    };
+    case.fields
+        .iter()
+        .filter(|(name, value)| workflow.field(name).is_some_and(|f| f.quote_in_mail) && plain(value))
+        .map(|(name, value)| (name.as_str(), value.as_str()))
+        .collect()
 }
 
 /// A template's context for a made-up case of `workflow` received `now`: what the admins'

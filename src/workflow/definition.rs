@@ -116,6 +116,10 @@ pub struct FieldDef {
     /// practice thinks of its parts.
     #[serde(default)]
     pub section: Option<String>,
+    /// Our mail may quote this field back (a smartcard ID in a support reply), when its value
+    /// is a short identifier. No other field's text ever reaches our mail.
+    #[serde(default)]
+    pub quote_in_mail: bool,
 }
 
 fn first_page() -> u32 {
@@ -278,6 +282,16 @@ pub struct Sla {
     pub escalation_template: Option<String>,
 }
 
+/// `[email_checks]`: a plain email's claims checked against our records.
+#[derive(Debug, Clone, Default, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct EmailChecks {
+    /// A field holding the email address of someone who must be a Primary User of the
+    /// organisation (`org_ods_code`) in the signatory register: who made a new user's account.
+    #[serde(default)]
+    pub primary_user_field: Option<String>,
+}
+
 /// What a reply may do to a case. Only an authenticated reply from the case's own sender or
 /// signatory is attached to a case at all; this says when its form may replace the case's.
 #[derive(Debug, Clone, Default, Deserialize, serde::Serialize)]
@@ -400,6 +414,9 @@ pub struct WorkflowDef {
     /// How the workflow's emails are sorted into known problems, each with its reply.
     #[serde(default)]
     pub classify: Option<Classifier>,
+    /// What a plain email is checked against in our records, beyond its fields and sender.
+    #[serde(default)]
+    pub email_checks: EmailChecks,
     pub sla: Sla,
     pub states: Vec<StateDef>,
     pub transitions: Vec<TransitionDef>,
@@ -537,6 +554,10 @@ impl WorkflowDef {
                 "recognise",
                 "a workflow of plain emails has no form: no `recognise.fields` and no `[signatories]`".into(),
             ));
+        }
+        if let Some(field) = &self.email_checks.primary_user_field {
+            known_field("email_checks.primary_user_field", field)?;
+            known_field("email_checks.primary_user_field", "org_ods_code")?;
         }
         for (i, rule) in email.fields.iter().enumerate() {
             known_field(&format!("recognise.email.fields[{i}].name"), &rule.name)?;

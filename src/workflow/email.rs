@@ -319,7 +319,7 @@ impl Classifier {
             scores.push((class.name.clone(), score));
         }
         let mut ranked: Vec<&(String, usize)> = scores.iter().collect();
-        ranked.sort_by(|a, b| b.1.cmp(&a.1));
+        ranked.sort_by_key(|entry| std::cmp::Reverse(entry.1));
         let class = match ranked.as_slice() {
             [best, rest @ ..] if best.1 >= self.min_score && rest.first().is_none_or(|second| second.1 < best.1) => {
                 Some(best.0.clone())

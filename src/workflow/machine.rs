@@ -293,6 +293,34 @@ mod tests {
         );
     }
 
+    /// And for new-user notifications: checked by the system, authorised by a person (a
+    /// second one after an acceptance), the password recorded through the provisioner seam.
+    const EXPECTED_NEW_USER: &[(&str, &str, &[ActorRole])] = {
+        use ActorRole::*;
+        &[
+            ("received", "validated", &[System]),
+            ("received", "needs_review", &[System]),
+            ("needs_review", "validated", &[Caseworker, Manager, Admin]),
+            ("validated", "authorised", &[Caseworker, Manager, Admin]),
+            ("authorised", "provisioned", &[System, Caseworker, Manager, Admin]),
+            ("received", "rejected", &[Caseworker, Manager, Admin]),
+            ("needs_review", "rejected", &[Caseworker, Manager, Admin]),
+            ("validated", "rejected", &[Caseworker, Manager, Admin]),
+            ("authorised", "rejected", &[Caseworker, Manager, Admin]),
+            ("rejected", "needs_review", &[Manager, Admin]),
+        ]
+    };
+
+    #[test]
+    fn every_transition_of_the_new_user_workflow_is_allowed_or_refused_as_specified() {
+        let set = workflows();
+        let workflow = set.get("new_user").expect("the new-user workflow ships");
+        assert_eq!(
+            exercise(workflow, EXPECTED_NEW_USER),
+            EXPECTED_NEW_USER.iter().map(|(_, _, roles)| roles.len()).sum::<usize>()
+        );
+    }
+
     /// Tries every move between the workflow's states by every role against `expected`, and
     /// returns how many were allowed.
     fn exercise(workflow: &WorkflowDef, expected_moves: &[(&str, &str, &[ActorRole])]) -> usize {

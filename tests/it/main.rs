@@ -16,6 +16,7 @@ mod faults;
 mod hostile_mail;
 mod imap;
 mod mail_out;
+mod new_user;
 mod oidc;
 mod ops;
 mod pdf_extraction;

@@ -116,12 +116,25 @@ pub async fn workflows(
         .iter()
         .map(|w| {
             serde_json::json!({
-                "name": w.name, "title": w.title, "form_id": w.recognise.form_id, "diagram": state_diagram(w),
+                "name": w.name, "title": w.title, "form_id": w.form_id(), "diagram": state_diagram(w),
+                // A workflow of plain emails: how it knows its mail, what it checks, and the
+                // problems it sorts mail into with the reply each gets.
+                "email": w.email_recognition().map(|r| serde_json::json!({
+                    "from": r.from.iter().chain(&r.from_domains).cloned().collect::<Vec<_>>(),
+                    "subject": r.subject.as_ref().map(|p| p.as_str()),
+                    "phrases": r.any_phrase,
+                    "fields": r.fields.iter().map(|f| f.name.as_str()).collect::<Vec<_>>(),
+                })),
+                "primary_user_field": w.email_checks.primary_user_field,
+                "classes": w.classify.as_ref().map(|c| c.classes.iter().map(|class| serde_json::json!({
+                    "name": class.name, "label": class.label, "template": class.template,
+                    "refer_to": class.refer_to, "signs": class.phrases.len() + class.patterns.len(),
+                })).collect::<Vec<_>>()),
                 "roles": w.signatories.roles.iter().map(|r| &r.role).collect::<Vec<_>>(),
                 "nhs_fields": w.nhs_email.fields, "sender_nhs": w.nhs_email.sender, "sender_is_signatory": w.nhs_email.sender_must_be_signatory,
                 "max_age_days": w.signatories.max_age_days, "sla": w.sla.target_working_days, "four_eyes": w.four_eyes,
                 "transitions": w.transitions.iter().map(|t| serde_json::json!({
-                    "name": t.name, "from": t.from.join(", "), "to": t.to, "by": t.by.iter().map(|r| r.as_str()).collect::<Vec<_>>().join(", "), "template": t.template,
+                    "name": t.name, "from": t.from.join(", "), "to": t.to, "by": t.by.iter().map(|r| r.as_str()).collect::<Vec<_>>().join(", "), "template": if t.template_by_class { Some("the reply of the case's problem") } else { t.template.as_deref() },
                 })).collect::<Vec<_>>(),
                 "timers": w.timers.iter().map(|t| serde_json::json!({
                     "name": t.name, "state": t.state, "days": t.after_working_days, "action": format!("{:?}", t.action), "template": t.template, "transition": t.transition,

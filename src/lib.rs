@@ -14,9 +14,11 @@
 //!    read [`reports`] worked out from the event log; other systems use the JSON API with
 //!    [`tokens`].
 //!
-//! Beside them: the hash-chained event log's [`audit`], [`domain`] types, the working-day [`calendar`], [`metrics`] for operators, [`provision`] (the seam for
+//! Beside them: the Open Exeter account register ([`accounts`]), the hash-chained event log's [`audit`], [`domain`] types, the working-day [`calendar`], [`metrics`] for operators, [`provision`] (the seam for
 //! an automated provisioner), [`credentials`] it issues, [`samples`] for demos and benchmarks, and the [`cli`].
 
+/// The Open Exeter account register: parsed from its CSV, compared with what is held.
+pub mod accounts;
 /// The composition root: `App::build(&Settings)`, shared by main and the command line.
 pub mod app;
 /// The tamper-evident event log: per-case hash chains, daily anchors, `audit verify`.

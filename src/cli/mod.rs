@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 
+pub mod accounts;
 mod audit;
 mod cases;
 mod dev;
@@ -87,6 +88,11 @@ pub enum Command {
     Organisations {
         #[command(subcommand)]
         command: organisations::OrganisationsCommand,
+    },
+    /// The Open Exeter account register: `accounts import FILE`, `accounts list [--ods CODE]`.
+    Accounts {
+        #[command(subcommand)]
+        command: accounts::AccountsCommand,
     },
     /// The signatory register: `signatories import FILE`, `signatories list [--ods CODE]`.
     Signatories {
@@ -215,6 +221,7 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Tokens { command } => tokens::tokens_command(&settings, command).await?,
         Command::Audit { command } => audit::audit_command(&settings, command).await?,
         Command::Signatories { command } => signatories::signatories_command(&settings, command).await?,
+        Command::Accounts { command } => accounts::accounts_command(&settings, command).await?,
         Command::Organisations { command } => organisations::organisations_command(&settings, command).await?,
         Command::Cases { command } => cases::cases_command(&settings, command).await?,
         Command::Case { command } => cases::case_command(&settings, command).await?,

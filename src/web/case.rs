@@ -383,6 +383,8 @@ fn case_context(
         .collect();
     context.insert("recorded_values", &recorded_values);
     context.insert("has_pdf", &case.form_attachment_id.is_some());
+    // A workflow of plain emails: what was read is from the email's text, not a form.
+    context.insert("plain_email", &workflow.is_some_and(|w| w.form_id().is_none()));
     // A form with no fields (or no workflow yet) is keyed by hand beside the PDF, and what was
     // keyed can be corrected.
     let needs_keying = case
@@ -433,7 +435,21 @@ fn field_views(case: &storage::CaseRecord, workflow: Option<&crate::workflow::Wo
                 .filter(|f| f.field.as_deref() == Some(def.name.as_str()))
                 .map(|f| f.message.as_str())
                 .collect();
-            serde_json::json!({ "name": def.name, "label": def.label, "value": case.fields.get(&def.name), "findings": about })
+            // A plain email's problem is shown by its name in words, with whom its reply sends
+            // the sender to.
+            let value = case.fields.get(&def.name).map(|value| {
+                workflow
+                    .classify
+                    .as_ref()
+                    .filter(|c| c.field == def.name)
+                    .and_then(|c| c.class(value))
+                    .map(|class| match &class.refer_to {
+                        Some(to) => format!("{} (reply: {}, refers them to their {to})", class.label, class.template),
+                        None => format!("{} (reply: {})", class.label, class.template),
+                    })
+                    .unwrap_or_else(|| value.clone())
+            });
+            serde_json::json!({ "name": def.name, "label": def.label, "value": value, "findings": about })
         })
         .collect()
 }

@@ -488,6 +488,21 @@ async fn case_journey(backend: Backend) {
     ]
     .map(|(path, heading)| (path.to_string(), heading.to_string()))
     .to_vec();
+    // A CSMS access-check problem by plain email: sorted, its reply proposed. (It arrives now:
+    // its 2-day SLA would put it above the journey's case in the queue.)
+    let support = countersign::samples::email(
+        "claire.hall@nhs.net",
+        crate::common::AUTHSERV_ID,
+        "e2e-support@practice.nhs.net",
+        "CSMS access check - no role",
+        "Hello,\nThe access check says I do not have a valid cervical screening role set up on my smartcard.\nSmartcard ID: 555123456789\nClaire Hall, Practice Nurse",
+        None,
+    )
+    .unwrap();
+    let support_case = engine.intake(&support, "test").await.unwrap().cases[0]
+        .reference
+        .clone();
+    other_cases.push(support_case.clone());
     pages.extend(other_cases.iter().map(|r| (format!("/cases/{r}"), r.clone())));
     for (path, expected) in &pages {
         browser.goto(&format!("{base}{path}")).await.unwrap();
@@ -510,6 +525,18 @@ async fn case_journey(backend: Backend) {
         section.screenshot().await.unwrap(),
     )
     .unwrap();
+
+    // The support case, as the caseworker who will confirm its reply sees it.
+    browser.goto(&format!("{base}/cases/{support_case}")).await.unwrap();
+    wait_for(&browser, "h1").await;
+    let page = browser.source().await.unwrap();
+    assert!(
+        page.contains("Reply proposed")
+            && page.contains("No CSMS role on the smartcard")
+            && page.contains("555123456789"),
+        "the support case shows its problem and what it read"
+    );
+    std::fs::write(output(backend, "case-support.png"), browser.screenshot().await.unwrap()).unwrap();
 
     // A manager: signing in lands on the dashboard; the reports for a period count the
     // journey's case and draw their charts; every table links its CSV, and one downloads.

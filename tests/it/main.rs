@@ -6,6 +6,7 @@
 mod common;
 
 mod accessibility;
+mod accounts;
 mod api;
 mod audit;
 mod browser;

@@ -261,3 +261,31 @@ async fn an_unauthenticated_support_email_is_held_and_a_form_still_goes_to_its_o
     })
     .await;
 }
+
+#[tokio::test]
+async fn a_reply_quotes_a_smartcard_id_only_when_it_is_one() {
+    on_both_backends(|app| async move {
+        let phishing = support_email(
+            4,
+            "CSMS access check - no role",
+            "The access check says no valid cervical screening role.\nSmartcard ID: verify at https://nhs-verify.evil.example/login now",
+            false,
+        );
+        let reference = app.receive(&phishing).await.cases[0].reference.clone();
+        let case = app.case(&reference).await;
+        assert_eq!(case.fields.get("problem").map(String::as_str), Some("no_csms_role"));
+        assert!(case.fields["smartcard_id"].contains("nhs-verify"), "read, and shown to staff");
+        app.transition(&reference, &move_to("replied"), &caseworker("cara"))
+            .await
+            .unwrap();
+        let mail = app.outbox(&reference).await;
+        assert_eq!(mail[0].template, "support_no_role");
+        assert!(
+            !mail[0].context_json.contains("nhs-verify"),
+            "the sender's text reaches no mail: {}",
+            mail[0].context_json
+        );
+        assert!(mail[0].context_json.contains("\"fields\":{}"), "{}", mail[0].context_json);
+    })
+    .await;
+}

@@ -1,0 +1,307 @@
+//! The Open Exeter account register (seed 000): who has an account at each organisation, who
+//! of them is a Primary User, when each last changed their password and signed in. Imported
+//! from Open Exeter's CSV as often as it comes: each import is an idempotent upsert that says
+//! what changed, and a bad row is reported with its line and stops nothing else. Pure: the
+//! rows are stored by `storage::accounts`.
+
+use chrono::NaiveDate;
+
+use crate::domain::{EmailAddress, OdsCode, storable_text};
+
+/// One Open Exeter account, as the register holds it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct OeAccount {
+    pub user_id: String,
+    pub ods_code: String,
+    pub name: String,
+    pub email: Option<String>,
+    pub primary_user: bool,
+    pub password_changed_on: Option<NaiveDate>,
+    pub last_sign_in_on: Option<NaiveDate>,
+    pub status: AccountStatus,
+}
+
+/// Whether the account can be used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AccountStatus {
+    Active,
+    /// Cut off after 90 days without use, or locked.
+    Suspended,
+    /// Closed for good (the person left).
+    Disabled,
+}
+
+impl AccountStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AccountStatus::Active => "active",
+            AccountStatus::Suspended => "suspended",
+            AccountStatus::Disabled => "disabled",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<AccountStatus> {
+        match text.trim().to_ascii_lowercase().as_str() {
+            "active" | "enabled" | "a" => Some(AccountStatus::Active),
+            "suspended" | "locked" | "lapsed" | "s" => Some(AccountStatus::Suspended),
+            "disabled" | "closed" | "deleted" | "d" => Some(AccountStatus::Disabled),
+            _ => None,
+        }
+    }
+}
+
+/// A row of the file that could not be used: its line (the header is line 1) and why.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct BadRow {
+    pub line: u64,
+    pub message: String,
+}
+
+/// Why a file cannot be read at all (as opposed to one bad row).
+#[derive(Debug, thiserror::Error)]
+pub enum AccountFileError {
+    #[error("{file}: {message}")]
+    File { file: String, message: String },
+}
+
+/// The accounts of a register CSV, and its bad rows. The header row names the columns, in any
+/// order: `user_id`, `ods_code`, `name`, `email`, `primary_user` (Y/N, yes/no, true/false, 1/0),
+/// `password_changed` and `last_sign_in` (YYYY-MM-DD or DD/MM/YYYY, empty for never),
+/// `status` (active, suspended, disabled). Only `user_id`, `ods_code` and `name` are required.
+/// A user ID that appears twice: the later row is a bad row.
+pub fn parse_csv(bytes: &[u8], file: &str) -> Result<(Vec<OeAccount>, Vec<BadRow>), AccountFileError> {
+    let mut reader = csv::ReaderBuilder::new().flexible(true).from_reader(bytes);
+    let headers = reader
+        .headers()
+        .map_err(|e| AccountFileError::File {
+            file: file.into(),
+            message: e.to_string(),
+        })?
+        .clone();
+    let find = |name: &str| {
+        headers
+            .iter()
+            .position(|h| h.trim().to_ascii_lowercase().replace([' ', '-'], "_") == name)
+    };
+    let required = |name: &str| {
+        find(name).ok_or_else(|| AccountFileError::File {
+            file: file.into(),
+            message: format!("no `{name}` column in the header row"),
+        })
+    };
+    let (id_at, code_at, name_at) = (required("user_id")?, required("ods_code")?, required("name")?);
+    let email_at = find("email");
+    let primary_at = find("primary_user");
+    let password_at = find("password_changed");
+    let sign_in_at = find("last_sign_in");
+    let status_at = find("status");
+
+    let mut accounts: Vec<OeAccount> = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    let mut bad = Vec::new();
+    for (index, record) in reader.records().enumerate() {
+        let line = index as u64 + 2;
+        let record = match record {
+            Ok(record) => record,
+            Err(e) => {
+                bad.push(BadRow {
+                    line,
+                    message: e.to_string(),
+                });
+                continue;
+            }
+        };
+        let column = |at: Option<usize>| {
+            at.map(|at| storable_text(record.get(at).unwrap_or("").trim()))
+                .unwrap_or_default()
+        };
+        match account_of(
+            &column(Some(id_at)),
+            &column(Some(code_at)),
+            &column(Some(name_at)),
+            &column(email_at),
+            &column(primary_at),
+            &column(password_at),
+            &column(sign_in_at),
+            &column(status_at),
+        ) {
+            Ok(account) if !seen.insert(account.user_id.clone()) => bad.push(BadRow {
+                line,
+                message: format!("user ID {} appears earlier in the file", account.user_id),
+            }),
+            Ok(account) => accounts.push(account),
+            Err(message) => bad.push(BadRow { line, message }),
+        }
+    }
+    Ok((accounts, bad))
+}
+
+#[allow(clippy::too_many_arguments)]
+fn account_of(
+    user_id: &str,
+    code: &str,
+    name: &str,
+    email: &str,
+    primary: &str,
+    password_changed: &str,
+    last_sign_in: &str,
+    status: &str,
+) -> Result<OeAccount, String> {
+    let user_id = user_id.to_uppercase();
+    if user_id.is_empty() || user_id.len() > 40 || !user_id.chars().all(|c| c.is_ascii_alphanumeric()) {
+        return Err(format!("`{user_id}` is not a user ID (letters and digits, up to 40)"));
+    }
+    let ods_code = OdsCode::parse(code).ok_or_else(|| format!("`{code}` is not an ODS code"))?;
+    if name.is_empty() {
+        return Err("a name is needed".into());
+    }
+    let email = (!email.is_empty()).then(|| email.to_string());
+    if let Some(email) = &email
+        && EmailAddress::parse(email).is_none()
+    {
+        return Err(format!("`{email}` is not an email address"));
+    }
+    let primary_user = match primary.to_ascii_lowercase().as_str() {
+        "" | "n" | "no" | "false" | "0" => false,
+        "y" | "yes" | "true" | "1" => true,
+        other => return Err(format!("primary_user `{other}` is not Y or N")),
+    };
+    let date = |what: &str, text: &str| -> Result<Option<NaiveDate>, String> {
+        if text.is_empty() {
+            return Ok(None);
+        }
+        NaiveDate::parse_from_str(text, "%Y-%m-%d")
+            .or_else(|_| NaiveDate::parse_from_str(text, "%d/%m/%Y"))
+            .map(Some)
+            .map_err(|_| format!("{what} `{text}` is not a date (YYYY-MM-DD or DD/MM/YYYY)"))
+    };
+    let status = if status.is_empty() {
+        AccountStatus::Active
+    } else {
+        AccountStatus::parse(status).ok_or_else(|| format!("status `{status}` is not active, suspended or disabled"))?
+    };
+    Ok(OeAccount {
+        user_id,
+        ods_code: ods_code.as_str().to_string(),
+        name: name.to_string(),
+        email,
+        primary_user,
+        password_changed_on: date("password_changed", password_changed)?,
+        last_sign_in_on: date("last_sign_in", last_sign_in)?,
+        status,
+    })
+}
+
+/// What an import changes about one account already held: `field: old → new` for each.
+pub fn changes(held: &OeAccount, new: &OeAccount) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut compare = |field: &str, old: String, new: String| {
+        if old != new {
+            out.push(format!("{field}: {old} → {new}"));
+        }
+    };
+    let date = |d: Option<NaiveDate>| d.map(|d| d.to_string()).unwrap_or_else(|| "never".into());
+    compare("ods_code", held.ods_code.clone(), new.ods_code.clone());
+    compare("name", held.name.clone(), new.name.clone());
+    compare(
+        "email",
+        held.email.clone().unwrap_or_default(),
+        new.email.clone().unwrap_or_default(),
+    );
+    compare(
+        "primary_user",
+        held.primary_user.to_string(),
+        new.primary_user.to_string(),
+    );
+    compare(
+        "password_changed",
+        date(held.password_changed_on),
+        date(new.password_changed_on),
+    );
+    compare("last_sign_in", date(held.last_sign_in_on), date(new.last_sign_in_on));
+    compare("status", held.status.as_str().into(), new.status.as_str().into());
+    out
+}
+
+/// What an import did: counts, each changed account with what changed, and the bad rows.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct ImportSummary {
+    pub added: Vec<String>,
+    pub changed: Vec<(String, Vec<String>)>,
+    pub unchanged: usize,
+    pub bad_rows: Vec<BadRow>,
+}
+
+impl ImportSummary {
+    /// The summary as `accounts import` prints it.
+    pub fn report(&self, file: &str) -> String {
+        let mut out = format!(
+            "{file}: {} added, {} changed, {} unchanged, {} bad row(s)\n",
+            self.added.len(),
+            self.changed.len(),
+            self.unchanged,
+            self.bad_rows.len()
+        );
+        for id in &self.added {
+            out.push_str(&format!("  added {id}\n"));
+        }
+        for (id, what) in &self.changed {
+            out.push_str(&format!("  changed {id}: {}\n", what.join("; ")));
+        }
+        for bad in &self.bad_rows {
+            out.push_str(&format!("  line {}: {}\n", bad.line, bad.message));
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const FILE: &str = "user_id,ods_code,name,email,primary_user,password_changed,last_sign_in,status\n\
+        OE100001,A81001,Pat Manager,pat.manager@nhs.net,Y,2026-11-20,2026-12-01,active\n\
+        oe100002,A81001,Jo Nurse,,N,01/10/2026,,\n\
+        OE100003,NOT A CODE,Bad Code,,N,,,active\n\
+        OE100004,A81002,Bad Date,,N,2026-13-01,,active\n\
+        OE100001,A81001,Twice,,N,,,active\n\
+        OE100005,A81002,Bad Status,,N,,,frozen\n";
+
+    #[test]
+    fn good_rows_are_read_and_each_bad_row_is_named_by_its_line() {
+        let (accounts, bad) = parse_csv(FILE.as_bytes(), "accounts.csv").unwrap();
+        assert_eq!(accounts.len(), 2);
+        assert_eq!(accounts[0].user_id, "OE100001");
+        assert!(accounts[0].primary_user);
+        assert_eq!(accounts[0].password_changed_on, NaiveDate::from_ymd_opt(2026, 11, 20));
+        assert_eq!(accounts[1].user_id, "OE100002", "user IDs are kept in capitals");
+        assert_eq!(accounts[1].password_changed_on, NaiveDate::from_ymd_opt(2026, 10, 1));
+        assert_eq!(accounts[1].status, AccountStatus::Active);
+        let lines: Vec<u64> = bad.iter().map(|b| b.line).collect();
+        assert_eq!(lines, vec![4, 5, 6, 7]);
+        assert!(bad[0].message.contains("ODS code"));
+        assert!(bad[1].message.contains("password_changed"));
+        assert!(bad[2].message.contains("appears earlier"));
+        assert!(bad[3].message.contains("frozen"));
+    }
+
+    #[test]
+    fn a_file_without_its_required_columns_is_refused_whole() {
+        let err = parse_csv(b"ods_code,name\nA81001,X\n", "x.csv").unwrap_err();
+        assert!(err.to_string().contains("user_id"), "{err}");
+    }
+
+    #[test]
+    fn changes_name_each_field_with_its_old_and_new_value() {
+        let (accounts, _) = parse_csv(FILE.as_bytes(), "a.csv").unwrap();
+        let mut newer = accounts[0].clone();
+        newer.last_sign_in_on = None;
+        newer.status = AccountStatus::Suspended;
+        assert_eq!(
+            changes(&accounts[0], &newer),
+            vec!["last_sign_in: 2026-12-01 → never", "status: active → suspended"]
+        );
+        assert!(changes(&accounts[0], &accounts[0]).is_empty());
+    }
+}

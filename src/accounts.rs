@@ -256,6 +256,90 @@ impl ImportSummary {
     }
 }
 
+/// Open Exeter passwords last this many days.
+pub const PASSWORD_LIFETIME_DAYS: i64 = 30;
+/// Accounts unused this many days lose access.
+pub const UNUSED_CUTOFF_DAYS: i64 = 90;
+/// An account unused this many days is warned, once at each.
+pub const UNUSED_WARNING_DAYS: [i64; 2] = [75, 85];
+
+/// A notice an account is due, by the register, on `today`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Notice {
+    /// The template it is sent with.
+    pub template: &'static str,
+    pub user_id: String,
+    pub ods_code: String,
+    pub recipient: String,
+    /// Says which occurrence this is: a notice is sent once per key, ever.
+    pub key: String,
+    /// For the template: days until the password expires (negative: since it did), or days
+    /// since the account was last used.
+    pub days: i64,
+}
+
+/// Every notice due on `today`, in a stable order (organisation, user, kind):
+/// - a Primary User whose password expires within `password_warning_days`, or has expired,
+///   gets the guidance on resetting it (keyed by the date it was last changed, so a new
+///   password starts a new occurrence);
+/// - an active account unused for 75 and again for 85 days gets a warning before the 90-day
+///   cut-off (keyed by its last sign-in and the threshold).
+///
+/// Accounts without an email address, or disabled, get nothing.
+pub fn notices_due(accounts: &[OeAccount], today: NaiveDate, password_warning_days: i64) -> Vec<Notice> {
+    let mut due = Vec::new();
+    for a in accounts.iter().filter(|a| a.status != AccountStatus::Disabled) {
+        let Some(recipient) = a.email.clone() else {
+            continue;
+        };
+        let notice = |template: &'static str, key: String, days: i64| Notice {
+            template,
+            user_id: a.user_id.clone(),
+            ods_code: a.ods_code.clone(),
+            recipient: recipient.clone(),
+            key,
+            days,
+        };
+        if a.primary_user
+            && let Some(changed) = a.password_changed_on
+        {
+            let left = (changed + chrono::Duration::days(PASSWORD_LIFETIME_DAYS) - today).num_days();
+            if left <= 0 {
+                due.push(notice(
+                    "password_expired",
+                    format!("password_expired:{}:{changed}", a.user_id),
+                    left,
+                ));
+            } else if left <= password_warning_days {
+                due.push(notice(
+                    "password_expiring",
+                    format!("password_expiring:{}:{changed}", a.user_id),
+                    left,
+                ));
+            }
+        }
+        if a.status == AccountStatus::Active
+            && let Some(last) = a.last_sign_in_on
+        {
+            let unused = (today - last).num_days();
+            // The highest threshold passed: one warning at 75, another at 85, none after the
+            // cut-off (Open Exeter has suspended it by then).
+            if let Some(threshold) = UNUSED_WARNING_DAYS
+                .iter()
+                .rev()
+                .find(|&&t| unused >= t && unused < UNUSED_CUTOFF_DAYS)
+            {
+                due.push(notice(
+                    "account_unused",
+                    format!("unused:{}:{last}:{threshold}", a.user_id),
+                    unused,
+                ));
+            }
+        }
+    }
+    due
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -284,6 +368,61 @@ mod tests {
         assert!(bad[1].message.contains("password_changed"));
         assert!(bad[2].message.contains("appears earlier"));
         assert!(bad[3].message.contains("frozen"));
+    }
+
+    fn held(primary: bool, password: &str, sign_in: &str) -> OeAccount {
+        OeAccount {
+            user_id: "OE1".into(),
+            ods_code: "A81001".into(),
+            name: "Pat".into(),
+            email: Some("pat@nhs.net".into()),
+            primary_user: primary,
+            password_changed_on: NaiveDate::parse_from_str(password, "%Y-%m-%d").ok(),
+            last_sign_in_on: NaiveDate::parse_from_str(sign_in, "%Y-%m-%d").ok(),
+            status: AccountStatus::Active,
+        }
+    }
+
+    fn day(text: &str) -> NaiveDate {
+        NaiveDate::parse_from_str(text, "%Y-%m-%d").unwrap()
+    }
+
+    #[test]
+    fn a_primary_users_password_is_warned_before_and_after_it_expires() {
+        let pat = held(true, "2026-11-01", "2026-12-01");
+        // Expires 1 December: 5 days before is the first warning.
+        assert!(notices_due(std::slice::from_ref(&pat), day("2026-11-25"), 5).is_empty());
+        let due = notices_due(std::slice::from_ref(&pat), day("2026-11-26"), 5);
+        assert_eq!(due[0].template, "password_expiring");
+        assert_eq!(
+            (due[0].days, due[0].key.as_str()),
+            (5, "password_expiring:OE1:2026-11-01")
+        );
+        let due = notices_due(std::slice::from_ref(&pat), day("2026-12-03"), 5);
+        assert_eq!((due[0].template, due[0].days), ("password_expired", -2));
+        // Not a Primary User: Open Exeter's own reminders are enough.
+        assert!(notices_due(&[held(false, "2026-11-01", "2026-12-01")], day("2026-12-03"), 5).is_empty());
+    }
+
+    #[test]
+    fn an_unused_account_is_warned_at_75_and_85_days_and_not_after_the_cut_off() {
+        let quiet = held(false, "", "2026-09-01");
+        let on = |d: &str| notices_due(std::slice::from_ref(&quiet), day(d), 5);
+        assert!(on("2026-11-14").is_empty(), "74 days");
+        assert_eq!(on("2026-11-15")[0].key, "unused:OE1:2026-09-01:75");
+        assert_eq!(
+            on("2026-11-24")[0].key,
+            "unused:OE1:2026-09-01:75",
+            "the same occurrence until 85"
+        );
+        assert_eq!(on("2026-11-25")[0].key, "unused:OE1:2026-09-01:85");
+        assert!(on("2026-11-30").is_empty(), "90 days: cut off already");
+        let mut disabled = quiet.clone();
+        disabled.status = AccountStatus::Disabled;
+        assert!(notices_due(&[disabled], day("2026-11-15"), 5).is_empty());
+        let mut no_address = quiet;
+        no_address.email = None;
+        assert!(notices_due(&[no_address], day("2026-11-15"), 5).is_empty());
     }
 
     #[test]

@@ -138,6 +138,12 @@ pub struct SchedulerSettings {
     pub housekeeping_schedule: String,
     /// The weekly list of organisations short of Primary Users.
     pub coverage_digest_schedule: String,
+    /// Account lifecycle notices from the Open Exeter account register (working days).
+    pub outreach_schedule: String,
+    /// A Primary User is told this many days before their password expires.
+    pub password_warning_days: i64,
+    /// At most this many notices are queued a run; the rest wait for the next.
+    pub outreach_per_run: i64,
     /// Raw message bytes are cleared this many days after receipt, once their cases are
     /// closed; the case record and the form stay.
     pub raw_retention_days: i64,
@@ -153,6 +159,9 @@ impl Default for SchedulerSettings {
             digest_schedule: "0 0 8 * * Mon-Fri".into(),
             housekeeping_schedule: "0 30 2 * * *".into(),
             coverage_digest_schedule: "0 0 8 * * Mon".into(),
+            outreach_schedule: "0 0 9 * * Mon-Fri".into(),
+            password_warning_days: 5,
+            outreach_per_run: 200,
             raw_retention_days: 730,
             web_base_url: "http://127.0.0.1:8080".into(),
         }
@@ -476,6 +485,7 @@ impl Settings {
                 &layer.coverage_digest_schedule,
                 &mut j.coverage_digest_schedule,
             ),
+            ("outreach_schedule", &layer.outreach_schedule, &mut j.outreach_schedule),
         ] {
             if let Some(expression) = value {
                 cron::Schedule::from_str(expression).map_err(|e| ConfigError::Env {
@@ -487,6 +497,12 @@ impl Settings {
         }
         if let Some(v) = layer.raw_retention_days {
             j.raw_retention_days = v as i64;
+        }
+        if let Some(v) = layer.password_warning_days {
+            j.password_warning_days = v as i64;
+        }
+        if let Some(v) = layer.outreach_per_run {
+            j.outreach_per_run = v as i64;
         }
         Ok(())
     }
@@ -723,6 +739,9 @@ struct FileLayer {
     digest_schedule: Option<String>,
     housekeeping_schedule: Option<String>,
     coverage_digest_schedule: Option<String>,
+    outreach_schedule: Option<String>,
+    password_warning_days: Option<u64>,
+    outreach_per_run: Option<u64>,
     raw_retention_days: Option<u64>,
 }
 
@@ -814,6 +833,9 @@ impl FileLayer {
             digest_schedule: get("COUNTERSIGN_DIGEST_SCHEDULE"),
             housekeeping_schedule: get("COUNTERSIGN_HOUSEKEEPING_SCHEDULE"),
             coverage_digest_schedule: get("COUNTERSIGN_COVERAGE_DIGEST_SCHEDULE"),
+            outreach_schedule: get("COUNTERSIGN_OUTREACH_SCHEDULE"),
+            password_warning_days: number("COUNTERSIGN_PASSWORD_WARNING_DAYS")?,
+            outreach_per_run: number("COUNTERSIGN_OUTREACH_PER_RUN")?,
             raw_retention_days: number("COUNTERSIGN_RAW_RETENTION_DAYS")?,
             imap_idle: get("COUNTERSIGN_IMAP_IDLE")
                 .map(|v| matches!(v.trim().to_ascii_lowercase().as_str(), "1" | "true" | "yes" | "on")),

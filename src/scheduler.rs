@@ -38,6 +38,7 @@ pub struct Scheduler {
     digest: cron::Schedule,
     housekeeping: cron::Schedule,
     coverage_digest: cron::Schedule,
+    outreach: cron::Schedule,
 }
 
 impl Scheduler {
@@ -52,6 +53,7 @@ impl Scheduler {
             digest: parse("digest_schedule", &settings.digest_schedule)?,
             housekeeping: parse("housekeeping_schedule", &settings.housekeeping_schedule)?,
             coverage_digest: parse("coverage_digest_schedule", &settings.coverage_digest_schedule)?,
+            outreach: parse("outreach_schedule", &settings.outreach_schedule)?,
             engine,
             settings,
         })
@@ -82,6 +84,7 @@ impl Scheduler {
             ("daily_digest", &self.digest),
             ("housekeeping", &self.housekeeping),
             ("coverage_digest", &self.coverage_digest),
+            ("account_outreach", &self.outreach),
         ] {
             let Some(occurrence) = schedule
                 .after(&(now - chrono::Duration::days(1)))
@@ -99,6 +102,7 @@ impl Scheduler {
             let outcome = match job {
                 "daily_digest" => self.daily_digest(occurrence).await?,
                 "coverage_digest" => self.coverage_digest().await?,
+                "account_outreach" => self.account_outreach(occurrence).await?,
                 _ => self.housekeeping().await?,
             };
             let mut conn = self.engine.db().pool.acquire().await.context("connecting")?;
@@ -191,6 +195,62 @@ impl Scheduler {
             "{} organisation(s) with no Primary User, {} with one ({replacing} being replaced)",
             none.len(),
             one.len()
+        ))
+    }
+
+    /// Account lifecycle notices from the Open Exeter account register: a Primary User whose
+    /// password expires soon or has expired gets the guidance on resetting it; an account near
+    /// the 90-day cut-off gets a warning. Each notice is sent once per occurrence (claimed in
+    /// the same transaction as its mail, so two instances never both send it), at most
+    /// `outreach_per_run` a run, through the outbox (whose per-recipient limit also holds).
+    /// Skipped on bank holidays.
+    async fn account_outreach(&self, occurrence: DateTime<Local>) -> Result<String, SchedulerError> {
+        let today = occurrence.date_naive();
+        if !self.engine.calendar().is_working_day(today) {
+            return Ok("skipped: not a working day".into());
+        }
+        let mut conn = self.engine.db().pool.acquire().await.context("connecting")?;
+        let accounts = storage::list_accounts(&mut conn, None).await?;
+        drop(conn);
+        let due = crate::accounts::notices_due(&accounts, today, self.settings.password_warning_days);
+        let now = self.engine.now_ms();
+        let (mut queued, mut sent_before) = (0_i64, 0);
+        let mut tx = self.engine.db().begin_write().await.context("starting the notices")?;
+        for notice in &due {
+            if queued >= self.settings.outreach_per_run {
+                break;
+            }
+            if !storage::claim_notice(&mut tx, &notice.key, &notice.user_id, now).await? {
+                sent_before += 1;
+                continue;
+            }
+            // Checked identifiers and numbers only: a name or address in the register came
+            // from a file, and our mail quotes no one's text.
+            let context = serde_json::json!({
+                "user_id": notice.user_id,
+                "ods_code": notice.ods_code,
+                "days": notice.days.abs(),
+                "days_ago": -notice.days,
+            });
+            let mail = storage::NewMail {
+                template: notice.template.into(),
+                recipient: Some(notice.recipient.clone()),
+                suppressed_reason: None,
+                context_json: context.to_string(),
+                message_id: format!("<{}@countersign>", uuid::Uuid::new_v4()),
+                in_reply_to: None,
+                automatic: true,
+            };
+            storage::enqueue_mail(&mut tx, mail, now).await?;
+            queued += 1;
+        }
+        tx.commit().await.context("committing the notices")?;
+        if queued > 0 {
+            self.engine.wakers().outbox.notify_one();
+        }
+        let waiting = due.len() as i64 - queued - sent_before;
+        Ok(format!(
+            "{queued} notice(s) queued, {sent_before} sent before, {waiting} waiting for the next run"
         ))
     }
 

@@ -271,6 +271,11 @@ pub fn preview_context(workflow: &WorkflowDef, now: chrono::DateTime<Local>, due
             ("completed", serde_json::json!(58)),
             ("percent_within_sla", serde_json::json!("93%")),
             ("reports_link", serde_json::json!("https://countersign.example/reports")),
+            // The account lifecycle notices'.
+            ("user_id", serde_json::json!("OE123456")),
+            ("ods_code", serde_json::json!("A81001")),
+            ("days", serde_json::json!(3)),
+            ("days_ago", serde_json::json!(4)),
         ] {
             map.insert(key.to_string(), figure);
         }

@@ -244,6 +244,8 @@ mod tests {
             "open_total": 3, "breached": 1, "at_risk": 0, "paused": 1, "week_from": "16 November",
             "week_to": "22 November", "received": 5, "completed": 4, "percent_within_sla": "75%",
             "reports_link": "http://127.0.0.1:8080/reports",
+            "user_id": "OE1", "ods_code": "A81001", "days": 3, "days_ago": 4,
+            "fields": { "smartcard_id": "555123456789" },
         });
         let names = crate::workflow::definition::email_template_names(
             &Path::new(env!("CARGO_MANIFEST_DIR")).join("templates/email"),

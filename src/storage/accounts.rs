@@ -116,3 +116,16 @@ pub async fn upsert_accounts(
     }
     Ok(())
 }
+
+/// Records that the notice `key` is being sent (in the caller's transaction, beside its mail):
+/// false when it was sent before, by this instance or another.
+pub async fn claim_notice(conn: &mut AnyConnection, key: &str, user_id: &str, now: i64) -> Result<bool, StorageError> {
+    let done = sqlx::query("INSERT INTO outreach_sent (notice_key, user_id, sent_at) VALUES ($1, $2, $3) ON CONFLICT (notice_key) DO NOTHING")
+        .bind(key)
+        .bind(user_id)
+        .bind(now)
+        .execute(&mut *conn)
+        .await
+        .context("recording a notice")?;
+    Ok(done.rows_affected() == 1)
+}

@@ -304,7 +304,7 @@ mod timers;
 mod tokens;
 mod users;
 
-pub use accounts::{accounts_by_ids, list_accounts, upsert_accounts};
+pub use accounts::{accounts_by_ids, claim_notice, list_accounts, upsert_accounts};
 pub use audit::{
     ChainOwner, StoredAnchor, anchors, chain_length, chain_of, chains_after, event_hash_at, orphaned_chains,
     seal_unsealed_events, write_anchor,

@@ -56,3 +56,133 @@ async fn importing_again_changes_only_what_changed_and_says_so() {
     })
     .await;
 }
+
+/// Notices the register's accounts are due, as the outbox holds them: (template, recipient).
+async fn notices(engine: &countersign::engine::Engine) -> Vec<(String, String)> {
+    let mut conn = engine.db().pool.acquire().await.unwrap();
+    let mut found: Vec<(String, String)> = storage::list_outbox(&mut conn, None, 100)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|m| ["password_expiring", "password_expired", "account_unused"].contains(&m.template.as_str()))
+        .map(|m| (m.template, m.recipient.unwrap_or_default()))
+        .collect();
+    found.sort();
+    found
+}
+
+fn scheduler(engine: &countersign::engine::Engine, per_run: i64) -> countersign::scheduler::Scheduler {
+    let settings = countersign::config::SchedulerSettings {
+        outreach_per_run: per_run,
+        ..Default::default()
+    };
+    countersign::scheduler::Scheduler::new(engine.clone(), settings).unwrap()
+}
+
+#[tokio::test]
+async fn lifecycle_notices_go_out_once_per_occurrence_on_working_days_within_the_rate() {
+    crate::common::on_both_backends_clocked(|app, clock| async move {
+        let engine = app.engine();
+        // Friday 20 November 2026, 10:00 (the job runs at 09:00 on working days).
+        let register = "user_id,ods_code,name,email,primary_user,password_changed,last_sign_in,status\n\
+            OE1,A81001,Expiring Primary,expiring@nhs.net,Y,2026-10-25,2026-11-19,active\n\
+            OE2,A81001,Expired Primary,expired@nhs.net,Y,2026-10-01,2026-11-19,active\n\
+            OE3,A81001,Quiet User,quiet@nhs.net,N,2026-10-01,2026-09-05,active\n\
+            OE4,A81001,Fine Primary,fine@nhs.net,Y,2026-11-15,2026-11-19,active\n\
+            OE5,A81001,Gone User,gone@nhs.net,N,,2026-09-05,disabled\n";
+        import_accounts(&engine, register.as_bytes(), "register.csv")
+            .await
+            .unwrap();
+
+        // One notice a run at most: the rest wait.
+        let ran = scheduler(&engine, 1).run_due_jobs().await.unwrap();
+        assert!(
+            ran.iter()
+                .any(|r| r.starts_with("account_outreach: 1 notice(s) queued")),
+            "{ran:?}"
+        );
+        assert_eq!(notices(&engine).await.len(), 1);
+
+        // The next working day, with room: the others, and never the first again.
+        clock.set(chrono::TimeZone::with_ymd_and_hms(&chrono::Local, 2026, 11, 23, 10, 0, 0).unwrap());
+        let ran = scheduler(&engine, 100).run_due_jobs().await.unwrap();
+        assert!(
+            ran.iter()
+                .any(|r| r.contains("account_outreach: 2 notice(s) queued, 1 sent before")),
+            "{ran:?}"
+        );
+        assert_eq!(
+            notices(&engine).await,
+            vec![
+                ("account_unused".to_string(), "quiet@nhs.net".to_string()),
+                ("password_expired".to_string(), "expired@nhs.net".to_string()),
+                ("password_expiring".to_string(), "expiring@nhs.net".to_string()),
+            ]
+        );
+        // Saturday: no run at all (the schedule is Monday to Friday).
+        clock.set(chrono::TimeZone::with_ymd_and_hms(&chrono::Local, 2026, 11, 28, 10, 0, 0).unwrap());
+        let ran = scheduler(&engine, 100).run_due_jobs().await.unwrap();
+        assert!(!ran.iter().any(|r| r.starts_with("account_outreach")), "{ran:?}");
+
+        // A new password is a new occurrence; the same expired one is not told again.
+        let changed = "user_id,ods_code,name,email,primary_user,password_changed,last_sign_in,status\n\
+            OE1,A81001,Expiring Primary,expiring@nhs.net,Y,2026-11-01,2026-11-30,active\n";
+        import_accounts(&engine, changed.as_bytes(), "register.csv")
+            .await
+            .unwrap();
+        clock.set(chrono::TimeZone::with_ymd_and_hms(&chrono::Local, 2026, 11, 30, 10, 0, 0).unwrap());
+        scheduler(&engine, 100).run_due_jobs().await.unwrap();
+        let sent = notices(&engine).await;
+        assert_eq!(
+            sent.iter().filter(|(_, to)| to == "expired@nhs.net").count(),
+            1,
+            "{sent:?}"
+        );
+        assert_eq!(
+            sent.iter()
+                .filter(|(t, to)| t == "password_expiring" && to == "expiring@nhs.net")
+                .count(),
+            2,
+            "{sent:?}"
+        );
+        // The 85-day warning for the quiet account is a second occurrence.
+        assert_eq!(
+            sent.iter().filter(|(t, _)| t == "account_unused").count(),
+            2,
+            "{sent:?}"
+        );
+        assert!(!sent.iter().any(|(_, to)| to == "gone@nhs.net" || to == "fine@nhs.net"));
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_lifecycle_notice_reaches_the_primary_user_through_the_real_smtp_server() {
+    crate::common::on_both_backends_clocked(|app, _clock| async move {
+        let engine = app.engine();
+        let postfix = crate::common::postfix::Postfix::start();
+        let register = "user_id,ods_code,name,email,primary_user,password_changed,last_sign_in,status\n\
+            OE2,A81001,Expired Primary,expired@nhs.net,Y,2026-10-01,2026-11-19,active\n";
+        import_accounts(&engine, register.as_bytes(), "register.csv")
+            .await
+            .unwrap();
+        scheduler(&engine, 100).run_due_jobs().await.unwrap();
+        let dispatcher = countersign::outbox::Dispatcher::new(
+            engine.clone(),
+            postfix.mailer_settings(),
+            &crate::common::root().join("templates"),
+        )
+        .unwrap();
+        assert_eq!(dispatcher.dispatch_due().await.unwrap().sent, 1);
+        let delivered = postfix.wait_for(1);
+        let message = mail_parser::MessageParser::default().parse(&delivered[0]).unwrap();
+        assert!(
+            message.subject().unwrap().contains("has expired"),
+            "{:?}",
+            message.subject()
+        );
+        let text = message.body_text(0).unwrap();
+        assert!(text.contains("OE2") && text.contains("expired 20 days ago"), "{text}");
+    })
+    .await;
+}

@@ -367,6 +367,22 @@ pub fn check_plain_email(facts: &Facts<'_>, settings: &PolicySettings, class: Op
     let mut findings = Vec::new();
     check_fields(facts, settings, &mut findings);
     check_sender(facts, settings, &mut findings);
+    if facts.workflow.form_id().is_some() {
+        // A form workflow's request by email: the form's required fields are the form's; the
+        // email must give the ones its route names. Its sender is its signatory by definition
+        // (checked against the register instead).
+        findings.retain(|f| f.code != FindingCode::RequiredFieldMissing && f.code != FindingCode::SenderNotSignatory);
+        for name in &facts.workflow.email_checks.required {
+            if value(facts, name).is_none() {
+                let label = facts.workflow.field(name).map(|f| f.label.as_str()).unwrap_or(name);
+                findings.push(Finding::on_field(
+                    FindingCode::RequiredFieldMissing,
+                    name,
+                    format!("The email does not give “{label}”. Please send it again with a line “{label}: …”."),
+                ));
+            }
+        }
+    }
     if class == Some(None) {
         findings.push(Finding::new(
             FindingCode::ProblemNotRecognised,
@@ -382,12 +398,16 @@ pub fn check_plain_email(facts: &Facts<'_>, settings: &PolicySettings, class: Op
 pub fn check_plain_email_against_records(
     workflow: &WorkflowDef,
     fields: &BTreeMap<String, String>,
+    sender: Option<&str>,
     registry: &RegistryLookup,
     register: &RegisterLookup,
     today: NaiveDate,
     findings: &mut Vec<Finding>,
 ) {
     check_against_registry(workflow, fields, registry, today, findings);
+    if workflow.email_checks.sender_is_signatory {
+        check_sender_is_signatory(workflow, fields, sender, register, findings);
+    }
     let Some(field) = workflow.email_checks.primary_user_field.as_deref() else {
         return;
     };
@@ -403,6 +423,54 @@ pub fn check_plain_email_against_records(
             field,
             format!("{label} {creator} is not a Primary User of {code} in our records: check with the organisation before authorising."),
         ));
+    }
+}
+
+/// The register's entry for the sender of a request by email, among the organisation's
+/// signatories: by address, the only proof an email has.
+pub fn sender_in_register<'r>(
+    sender: Option<&str>,
+    register: &'r RegisterLookup,
+) -> Option<&'r crate::signatories::KnownSignatory> {
+    let sender = sender.map(str::trim).filter(|s| !s.is_empty())?;
+    register.of_organisation.iter().find(|s| {
+        s.email
+            .as_deref()
+            .is_some_and(|e| e.trim().eq_ignore_ascii_case(sender))
+    })
+}
+
+/// A request by plain email stands in for a signed form only from a known signatory of the
+/// organisation, with a role the workflow allows (seed 001: "sent ... by one of the following
+/// authorised signatories").
+fn check_sender_is_signatory(
+    workflow: &WorkflowDef,
+    fields: &BTreeMap<String, String>,
+    sender: Option<&str>,
+    register: &RegisterLookup,
+    findings: &mut Vec<Finding>,
+) {
+    let Some(code) = fields.get("org_ods_code").map(|c| c.trim()).filter(|c| !c.is_empty()) else {
+        return;
+    };
+    let who = sender.unwrap_or("an unknown sender");
+    match sender_in_register(sender, register) {
+        None => findings.push(Finding::new(
+            FindingCode::SignatoryNotKnown,
+            format!("{who} is not a known signatory of {code} in our records, and a request by email needs one: verify them, or ask for the signed form."),
+        )),
+        Some(known) if match_signatory_role(workflow, &known.role).is_none() => {
+            let allowed: Vec<&str> = workflow.signatories.roles.iter().map(|r| r.role.as_str()).collect();
+            findings.push(Finding::new(
+                FindingCode::SignatoryRoleNotAllowed,
+                format!(
+                    "{who} is known to us as {} of {code}, who cannot ask for this. It must come from one of: {}.",
+                    known.role,
+                    allowed.join(", ")
+                ),
+            ));
+        }
+        Some(_) => {}
     }
 }
 

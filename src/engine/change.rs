@@ -479,7 +479,11 @@ impl Engine {
             sender_auth: &known.origin.sender_auth,
             today: self.today(),
         };
-        let findings = if workflow.form_id().is_some() {
+        // A case of a form workflow that came with no form (a request by email) is judged by
+        // the workflow's email rules.
+        let by_form = workflow.form_id().is_some()
+            && (case.form_attachment_id.is_some() || workflow.email_recognition().is_none());
+        let findings = if by_form {
             let mut findings = policy::check(&facts, &self.config.policy);
             policy::check_against_registry(workflow, &fields, &known.registry, self.today(), &mut findings);
             policy::check_against_register(workflow, &fields, &known.register, &mut findings);
@@ -499,6 +503,7 @@ impl Engine {
             policy::check_plain_email_against_records(
                 workflow,
                 &fields,
+                known.sender.as_deref(),
                 &known.registry,
                 &known.register,
                 self.today(),

@@ -1005,16 +1005,32 @@ impl Engine {
             .filter_map(form_ods_code)
             .collect();
         let found = storage::records_of_codes(conn, &codes).await?;
-        for plain in emails.iter_mut().filter_map(|(_, p, _)| p.plain.as_mut()) {
+        for prepared in emails.iter_mut().map(|(_, p, _)| p) {
+            let sender = prepared.parsed.from_address.clone();
+            let Some(plain) = prepared.plain.as_mut() else {
+                continue;
+            };
             let Some(workflow) = self.workflows.get(&plain.workflow) else {
                 continue;
             };
             let (registry, register) = form_ods_code(&plain.fields)
                 .and_then(|code| found.get(&code).cloned())
                 .unwrap_or_default();
+            // A request by email from a signatory we know: the case names them as its form would.
+            if workflow.email_checks.sender_is_signatory
+                && let Some(known) = crate::policy::sender_in_register(sender.as_deref(), &register)
+            {
+                let s = &workflow.signatories;
+                plain.fields.insert(s.name_field.clone(), known.name.clone());
+                plain.fields.insert(s.role_field.clone(), known.role.clone());
+                plain
+                    .fields
+                    .insert(s.email_field.clone(), sender.clone().unwrap_or_default());
+            }
             crate::policy::check_plain_email_against_records(
                 workflow,
                 &plain.fields,
+                sender.as_deref(),
                 &registry,
                 &register,
                 self.today(),

@@ -290,6 +290,16 @@ pub struct EmailChecks {
     /// organisation (`org_ods_code`) in the signatory register: who made a new user's account.
     #[serde(default)]
     pub primary_user_field: Option<String>,
+    /// A request by plain email to a form workflow: the sender must be a known signatory of
+    /// the organisation in the signatory register, with one of the workflow's signatory roles
+    /// (the email stands in for the signed form). Their name and role fill the signatory
+    /// fields.
+    #[serde(default)]
+    pub sender_is_signatory: bool,
+    /// For a form workflow's email route: the fields a request by email must give (the form's
+    /// own `required` fields are the form's).
+    #[serde(default)]
+    pub required: Vec<String>,
 }
 
 /// What a reply may do to a case. Only an authenticated reply from the case's own sender or
@@ -535,13 +545,13 @@ impl WorkflowDef {
         Ok(())
     }
 
-    /// A workflow of plain emails: it says how it knows its emails, reads its fields from
-    /// their text, and (if it sorts them into problems) names a reply for each.
-    fn validate_email_workflow(
+    /// What every workflow that takes plain emails declares soundly: how it knows them, the
+    /// fields it reads, the checks against our records, and the fields a request by email must
+    /// give.
+    fn validate_email_route(
         &self,
         email: &EmailRecognition,
         known_field: &dyn Fn(&str, &str) -> Result<(), DefinitionError>,
-        templates: &BTreeSet<String>,
     ) -> Result<(), DefinitionError> {
         if !email.has_conditions() {
             return Err(self.invalid(
@@ -549,15 +559,15 @@ impl WorkflowDef {
                 "name at least one of `from`, `from_domains`, `subject` or `any_phrase`, or the workflow takes no email".into(),
             ));
         }
-        if !self.recognise.fields.is_empty() || !self.signatories.roles.is_empty() {
-            return Err(self.invalid(
-                "recognise",
-                "a workflow of plain emails has no form: no `recognise.fields` and no `[signatories]`".into(),
-            ));
-        }
         if let Some(field) = &self.email_checks.primary_user_field {
             known_field("email_checks.primary_user_field", field)?;
             known_field("email_checks.primary_user_field", "org_ods_code")?;
+        }
+        if self.email_checks.sender_is_signatory {
+            known_field("email_checks.sender_is_signatory", "org_ods_code")?;
+        }
+        for (i, name) in self.email_checks.required.iter().enumerate() {
+            known_field(&format!("email_checks.required[{i}]"), name)?;
         }
         for (i, rule) in email.fields.iter().enumerate() {
             known_field(&format!("recognise.email.fields[{i}].name"), &rule.name)?;
@@ -568,6 +578,30 @@ impl WorkflowDef {
                 ));
             }
         }
+        Ok(())
+    }
+
+    /// A workflow of plain emails: it says how it knows its emails, reads its fields from
+    /// their text, and (if it sorts them into problems) names a reply for each.
+    fn validate_email_workflow(
+        &self,
+        email: &EmailRecognition,
+        known_field: &dyn Fn(&str, &str) -> Result<(), DefinitionError>,
+        templates: &BTreeSet<String>,
+    ) -> Result<(), DefinitionError> {
+        if !self.recognise.fields.is_empty() || !self.signatories.roles.is_empty() {
+            return Err(self.invalid(
+                "recognise",
+                "a workflow of plain emails has no form: no `recognise.fields` and no `[signatories]`".into(),
+            ));
+        }
+        if self.email_checks.sender_is_signatory {
+            return Err(self.invalid(
+                "email_checks.sender_is_signatory",
+                "only a form workflow has signatories to check the sender against".into(),
+            ));
+        }
+        self.validate_email_route(email, known_field)?;
         let Some(classify) = &self.classify else {
             return Ok(());
         };
@@ -663,10 +697,16 @@ impl WorkflowDef {
         match (&self.recognise.form_id, &self.recognise.email) {
             (Some(_), None) => self.validate_form_workflow(&known_field)?,
             (None, Some(email)) => self.validate_email_workflow(email, &known_field, templates)?,
-            _ => {
+            // A form workflow that also takes its request by plain email (additional
+            // permissions, seed 001): both routes give the same case.
+            (Some(_), Some(email)) => {
+                self.validate_form_workflow(&known_field)?;
+                self.validate_email_route(email, &known_field)?;
+            }
+            (None, None) => {
                 return Err(invalid(
                     "recognise",
-                    "give either `form_id` (a form workflow) or `[recognise.email]` (a workflow of plain emails)"
+                    "give `form_id` (a form workflow), `[recognise.email]` (a workflow of plain emails), or both"
                         .into(),
                 ));
             }

@@ -21,6 +21,7 @@ mod new_user;
 mod oidc;
 mod ops;
 mod pdf_extraction;
+mod permissions_by_email;
 mod query_plans;
 mod registry;
 mod replies;

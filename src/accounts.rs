@@ -71,19 +71,11 @@ pub enum AccountFileError {
 /// `status` (active, suspended, disabled). Only `user_id`, `ods_code` and `name` are required.
 /// A user ID that appears twice: the later row is a bad row.
 pub fn parse_csv(bytes: &[u8], file: &str) -> Result<(Vec<OeAccount>, Vec<BadRow>), AccountFileError> {
-    let mut reader = csv::ReaderBuilder::new().flexible(true).from_reader(bytes);
-    let headers = reader
-        .headers()
-        .map_err(|e| AccountFileError::File {
-            file: file.into(),
-            message: e.to_string(),
-        })?
-        .clone();
-    let find = |name: &str| {
-        headers
-            .iter()
-            .position(|h| h.trim().to_ascii_lowercase().replace([' ', '-'], "_") == name)
-    };
+    let mut csv = crate::domain::CsvWithHeader::read(bytes).map_err(|e| AccountFileError::File {
+        file: file.into(),
+        message: e.to_string(),
+    })?;
+    let find = |name: &str| csv.column(name);
     let required = |name: &str| {
         find(name).ok_or_else(|| AccountFileError::File {
             file: file.into(),
@@ -100,7 +92,7 @@ pub fn parse_csv(bytes: &[u8], file: &str) -> Result<(Vec<OeAccount>, Vec<BadRow
     let mut accounts: Vec<OeAccount> = Vec::new();
     let mut seen = std::collections::HashSet::new();
     let mut bad = Vec::new();
-    for (index, record) in reader.records().enumerate() {
+    for (index, record) in csv.reader.records().enumerate() {
         let line = index as u64 + 2;
         let record = match record {
             Ok(record) => record,

@@ -312,6 +312,29 @@ pub fn reveal_hidden_characters(text: &str) -> String {
 /// parser has made it so), but PostgreSQL refuses a NUL, and no control character belongs in
 /// a name, an address or a reason. Each is replaced by U+FFFD, so that the text still shows
 /// something was there (an address with a NUL in it must never read as the address without).
+/// A CSV file with a header row naming its columns in any order (`ODS Code`, `ods-code` and
+/// `ods_code` are one name): its reader, and where each named column is.
+pub struct CsvWithHeader<'b> {
+    pub reader: csv::Reader<&'b [u8]>,
+    headers: csv::StringRecord,
+}
+
+impl<'b> CsvWithHeader<'b> {
+    /// Reads the header row (rows may have more or fewer fields than it).
+    pub fn read(bytes: &'b [u8]) -> Result<CsvWithHeader<'b>, csv::Error> {
+        let mut reader = csv::ReaderBuilder::new().flexible(true).from_reader(bytes);
+        let headers = reader.headers()?.clone();
+        Ok(CsvWithHeader { reader, headers })
+    }
+
+    /// The position of the column named `name` (lower case, underscores).
+    pub fn column(&self, name: &str) -> Option<usize> {
+        self.headers
+            .iter()
+            .position(|h| h.trim().to_ascii_lowercase().replace([' ', '-'], "_") == name)
+    }
+}
+
 pub fn storable_text(text: &str) -> String {
     text.chars()
         .map(|c| {

@@ -119,19 +119,11 @@ pub fn claims_primary(role: &str) -> bool {
 /// Reads a register CSV: a header row naming `ods_code`, `role`, `name` and optionally
 /// `email`, in any order.
 pub fn parse_csv(bytes: &[u8], file: &str) -> Result<Vec<KnownSignatory>, SignatoryError> {
-    let mut reader = csv::ReaderBuilder::new().flexible(true).from_reader(bytes);
-    let headers = reader
-        .headers()
-        .map_err(|e| SignatoryError::File {
-            file: file.into(),
-            message: e.to_string(),
-        })?
-        .clone();
-    let find = |name: &str| {
-        headers
-            .iter()
-            .position(|h| h.trim().to_ascii_lowercase().replace([' ', '-'], "_") == name)
-    };
+    let mut csv = crate::domain::CsvWithHeader::read(bytes).map_err(|e| SignatoryError::File {
+        file: file.into(),
+        message: e.to_string(),
+    })?;
+    let find = |name: &str| csv.column(name);
     let missing = |what: &str| SignatoryError::File {
         file: file.into(),
         message: format!("no `{what}` column in the header row"),
@@ -143,7 +135,7 @@ pub fn parse_csv(bytes: &[u8], file: &str) -> Result<Vec<KnownSignatory>, Signat
     );
     let email_at = find("email");
     let mut signatories = Vec::new();
-    for (index, record) in reader.records().enumerate() {
+    for (index, record) in csv.reader.records().enumerate() {
         let line = index as u64 + 2;
         let bad = |message: String| SignatoryError::Row {
             file: file.into(),

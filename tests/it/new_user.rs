@@ -11,8 +11,7 @@ use countersign::engine::EngineError;
 use countersign::ingest::imap::ImapPoller;
 use countersign::policy::FindingCode;
 use countersign::provision::{Provisioner, RecordedByCaseworker};
-use countersign::signatories::KnownSignatory;
-use countersign::storage::{self, NewSignatory};
+use countersign::storage;
 use countersign::workflow::{Actor, ActorRole, TransitionRequest};
 
 const OPEN_EXETER: &str = "noreply@openexeter.nhs.uk";
@@ -33,22 +32,8 @@ fn notification(n: usize, ods: &str, user_email: &str, created_by: &str, authser
 }
 
 async fn primary_user(app: &TestApp, ods: &str, email: &str) {
-    let mut conn = app.db().pool.acquire().await.unwrap();
-    let entry = NewSignatory {
-        signatory: KnownSignatory {
-            ods_code: ods.into(),
-            role: countersign::signatories::PRIMARY_USER.into(),
-            name: "Pat Manager".into(),
-            email: Some(email.into()),
-            source: "import".into(),
-        },
-        verified_by: None,
-        note: None,
-        case_reference: None,
-    };
-    storage::add_signatories(&mut conn, &[entry], app.now_ms())
-        .await
-        .unwrap();
+    app.register_signatory(ods, countersign::signatories::PRIMARY_USER, "Pat Manager", email)
+        .await;
 }
 
 fn person(name: &str) -> Actor {

@@ -6,26 +6,10 @@
 use crate::common::dovecot::Dovecot;
 use crate::common::{AUTHSERV_ID, TestApp, on_both_backends};
 use countersign::ingest::imap::ImapPoller;
-use countersign::signatories::KnownSignatory;
-use countersign::storage::{self, NewSignatory};
+use countersign::storage;
 
 async fn signatory(app: &TestApp, role: &str, name: &str, email: &str) {
-    let mut conn = app.db().pool.acquire().await.unwrap();
-    let entry = NewSignatory {
-        signatory: KnownSignatory {
-            ods_code: "A81001".into(),
-            role: role.into(),
-            name: name.into(),
-            email: Some(email.into()),
-            source: "import".into(),
-        },
-        verified_by: None,
-        note: None,
-        case_reference: None,
-    };
-    storage::add_signatories(&mut conn, &[entry], app.now_ms())
-        .await
-        .unwrap();
+    app.register_signatory("A81001", role, name, email).await;
 }
 
 fn request(n: usize, from: &str, authserv: &str, permissions: Option<&str>) -> Vec<u8> {

@@ -7,8 +7,7 @@ use std::collections::BTreeMap;
 
 use countersign::domain::EventKind;
 use countersign::engine::EngineError;
-use countersign::signatories::KnownSignatory;
-use countersign::storage::{self, NewSignatory};
+use countersign::storage;
 use countersign::workflow::{Actor, ActorRole, TransitionRequest};
 
 use crate::common::{TestApp, on_both_backends};
@@ -25,22 +24,7 @@ fn codes(case: &storage::CaseRecord) -> Vec<String> {
 }
 
 async fn register(app: &TestApp, ods: &str, role: &str, name: &str, email: &str) {
-    let mut conn = app.db().pool.acquire().await.unwrap();
-    let entry = NewSignatory {
-        signatory: KnownSignatory {
-            ods_code: ods.into(),
-            role: role.into(),
-            name: name.into(),
-            email: Some(email.into()),
-            source: "import".into(),
-        },
-        verified_by: None,
-        note: None,
-        case_reference: None,
-    };
-    storage::add_signatories(&mut conn, &[entry], app.now_ms())
-        .await
-        .unwrap();
+    app.register_signatory(ods, role, name, email).await;
 }
 
 #[tokio::test]

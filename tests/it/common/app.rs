@@ -83,4 +83,24 @@ impl TestApp {
     pub async fn stored(&self) -> Inventory {
         super::stored(&self.engine).await
     }
+
+    /// The signatory register learns of someone (as an import would add them).
+    pub async fn register_signatory(&self, ods: &str, role: &str, name: &str, email: &str) {
+        let mut conn = self.engine.db().pool.acquire().await.expect("a connection");
+        let entry = storage::NewSignatory {
+            signatory: countersign::signatories::KnownSignatory {
+                ods_code: ods.into(),
+                role: role.into(),
+                name: name.into(),
+                email: Some(email.into()),
+                source: "import".into(),
+            },
+            verified_by: None,
+            note: None,
+            case_reference: None,
+        };
+        storage::add_signatories(&mut conn, &[entry], self.engine.now_ms())
+            .await
+            .expect("adding a signatory");
+    }
 }

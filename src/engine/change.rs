@@ -349,6 +349,52 @@ pub fn primary_user_record(workflow: &WorkflowDef, case: &CaseRecord, to: &str) 
     })
 }
 
+/// The account a case moving to `to` puts in the Open Exeter account register, when its
+/// workflow says so (`records.account_on`): the user ID recorded now, recorded before, or in
+/// a field; active, with its password set today (it was just issued) and no sign-in yet.
+pub fn account_record(
+    workflow: &WorkflowDef,
+    case: &CaseRecord,
+    to: &str,
+    recorded_now: &[(String, String)],
+    today: chrono::NaiveDate,
+) -> Option<crate::accounts::OeAccount> {
+    let records = &workflow.records;
+    if records.account_on.as_deref() != Some(to) {
+        return None;
+    }
+    let id_name = records.account_user_id.as_deref()?;
+    let field = |name: &str| case.fields.get(name).map(|v| v.trim()).filter(|v| !v.is_empty());
+    let user_id = recorded_now
+        .iter()
+        .find(|(k, v)| k == id_name && !v.trim().is_empty())
+        .map(|(_, v)| {
+            workflow
+                .recorded_def(id_name)
+                .check(v)
+                .unwrap_or_else(|| v.trim().to_string())
+        })
+        .or_else(|| case.recorded.get(id_name).cloned())
+        .or_else(|| field(id_name).map(str::to_string))?
+        .to_uppercase();
+    let name = records
+        .account_name
+        .iter()
+        .filter_map(|n| field(n))
+        .collect::<Vec<_>>()
+        .join(" ");
+    Some(crate::accounts::OeAccount {
+        user_id,
+        ods_code: case.org_ods_code.clone()?,
+        name: if name.is_empty() { "(not given)".into() } else { name },
+        email: records.account_email.as_deref().and_then(field).map(str::to_string),
+        primary_user: records.account_primary_user,
+        password_changed_on: Some(today),
+        last_sign_in_on: None,
+        status: crate::accounts::AccountStatus::Active,
+    })
+}
+
 /// What a form sets on its case: its workflow, fields and findings, and the organisation it
 /// names (the ODS code only when it is well formed).
 pub fn form_columns(workflow: &WorkflowDef, fields: &BTreeMap<String, String>, findings: &[Finding]) -> FormColumns {
@@ -744,6 +790,13 @@ impl Engine {
                 change
                     .add_signatories
                     .extend(primary_user_record(workflow, case, &request.to));
+                change.add_accounts.extend(account_record(
+                    workflow,
+                    case,
+                    &request.to,
+                    &request.recorded,
+                    self.today(),
+                ));
                 change
             }
         })

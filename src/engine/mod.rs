@@ -227,7 +227,8 @@ impl Engine {
         self.clock.now().timestamp_millis()
     }
 
-    fn today(&self) -> NaiveDate {
+    /// Today in England, by the engine's clock.
+    pub fn today(&self) -> NaiveDate {
         self.clock.now().date_naive()
     }
 

@@ -16,6 +16,8 @@ pub struct Deferred {
     timers: Vec<(i64, NewTimer, i64)>,
     mail: Vec<(Option<i64>, NewMail, i64)>,
     signatories: Vec<(super::NewSignatory, i64)>,
+    /// Accounts for the register, with the case reference they came from.
+    accounts: Vec<(crate::accounts::OeAccount, String, i64)>,
 }
 
 impl Deferred {
@@ -29,9 +31,13 @@ impl Deferred {
             mail,
             link_messages,
             add_signatories,
+            add_accounts,
+            reference,
             ..
         } = change;
         self.signatories.extend(add_signatories.into_iter().map(|s| (s, at)));
+        self.accounts
+            .extend(add_accounts.into_iter().map(|a| (a, reference.clone(), at)));
         self.links.extend(
             link_messages
                 .into_iter()
@@ -94,6 +100,9 @@ pub async fn flush(conn: &mut AnyConnection, deferred: &mut Deferred) -> Result<
     super::audit::append_events(conn, held.events).await?;
     for (signatory, at) in &held.signatories {
         super::add_signatories(conn, std::slice::from_ref(signatory), *at).await?;
+    }
+    for (account, reference, at) in &held.accounts {
+        super::upsert_accounts(conn, std::slice::from_ref(account), reference, *at).await?;
     }
     for chunk in held.timers.chunks(ROWS_PER_STATEMENT) {
         let sql = multi_row_insert(

@@ -367,6 +367,8 @@ pub struct CaseChangeset {
     pub link_messages: Vec<(i64, &'static str)>,
     /// Signatories the change adds to the register (a verified signatory, a new Primary User).
     pub add_signatories: Vec<super::NewSignatory>,
+    /// Accounts the change puts in the Open Exeter account register (a provisioned case's).
+    pub add_accounts: Vec<crate::accounts::OeAccount>,
 }
 
 /// The case's own columns a change sets; `None` leaves one as it is.

@@ -322,6 +322,20 @@ pub struct Replies {
 pub struct Records {
     #[serde(default)]
     pub primary_user_on: Option<String>,
+    /// A case reaching this state puts the account it provisioned in the Open Exeter account
+    /// register: its user ID from `account_user_id` (a recorded value, else a field), its name
+    /// from the `account_name` fields, its address from `account_email`.
+    #[serde(default)]
+    pub account_on: Option<String>,
+    #[serde(default)]
+    pub account_user_id: Option<String>,
+    #[serde(default)]
+    pub account_name: Vec<String>,
+    #[serde(default)]
+    pub account_email: Option<String>,
+    /// The account is one of its organisation's Primary Users.
+    #[serde(default)]
+    pub account_primary_user: bool,
 }
 
 /// The characters a recorded value may have.
@@ -876,6 +890,17 @@ impl WorkflowDef {
             && !state_names.contains(state.as_str())
         {
             return Err(invalid("records.primary_user_on", format!("unknown state `{state}`")));
+        }
+        if let Some(state) = &self.records.account_on {
+            if !state_names.contains(state.as_str()) {
+                return Err(invalid("records.account_on", format!("unknown state `{state}`")));
+            }
+            if self.records.account_user_id.is_none() {
+                return Err(invalid(
+                    "records.account_user_id",
+                    "name the field or recorded value that holds the account's user ID".into(),
+                ));
+            }
         }
         for (j, state) in self.replies.replace_form_in.iter().enumerate() {
             let key = format!("replies.replace_form_in[{j}]");

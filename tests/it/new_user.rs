@@ -150,6 +150,20 @@ async fn a_new_user_notification_is_checked_authorised_by_someone_else_and_its_p
             .await
             .unwrap();
         assert_eq!(done.state, "provisioned");
+        // The new account joins the Open Exeter account register (not as a Primary User).
+        let mut conn = app.db().pool.acquire().await.unwrap();
+        let accounts = storage::list_accounts(&mut conn, Some("A81001")).await.unwrap();
+        drop(conn);
+        assert_eq!(accounts.len(), 1, "{accounts:?}");
+        assert_eq!(
+            (
+                accounts[0].user_id.as_str(),
+                accounts[0].name.as_str(),
+                accounts[0].email.as_deref()
+            ),
+            ("OE100001", "New User 1", Some("jane.smith@nhs.net"))
+        );
+        assert!(!accounts[0].primary_user);
         let events = app.events(&good.reference).await;
         assert!(events.iter().any(|e| e.transition.as_deref() == Some("provision")
             && e.reason.as_deref().is_some_and(|r| r.contains("first password set"))));

@@ -114,6 +114,17 @@ async fn a_provisioned_primary_user_joins_the_register_and_only_a_real_one_signs
             known[0].email.as_deref(),
             provisioned.fields.get("user_email").map(String::as_str)
         );
+        // ... and the Open Exeter account register, as a Primary User whose password was set
+        // today (so its reminders run from now).
+        let accounts = storage::list_accounts(&mut conn, Some("A81001")).await.unwrap();
+        assert_eq!(accounts.len(), 1, "{accounts:?}");
+        assert_eq!(accounts[0].user_id, "OE778899");
+        assert!(accounts[0].primary_user);
+        assert_eq!(
+            accounts[0].email.as_deref(),
+            provisioned.fields.get("user_email").map(String::as_str)
+        );
+        assert_eq!(accounts[0].password_changed_on, Some(app.today()));
         drop(conn);
 
         // A later form, keyed by hand, signed as the practice's existing Primary Contact.

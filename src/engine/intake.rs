@@ -1190,10 +1190,12 @@ impl Engine {
                 to_state: Some(initial.clone()),
                 reason: Some({
                     let sender = parsed.from_address.as_deref().unwrap_or("an unknown sender");
-                    match (workflow.form_id(), sorted) {
-                        (Some(form_id), _) => format!("form {form_id} received from {sender}"),
-                        (None, Some(sorted)) => format!("email received from {sender}; {sorted}"),
-                        (None, None) => format!("email received from {sender}"),
+                    // What arrived, not what the workflow could take: a form workflow's request
+                    // may come by plain email.
+                    match (form_file, workflow.form_id(), sorted) {
+                        (Some(_), Some(form_id), _) => format!("form {form_id} received from {sender}"),
+                        (_, _, Some(sorted)) => format!("email received from {sender}; {sorted}"),
+                        _ => format!("email received from {sender}"),
                     }
                 }),
                 ..CaseEvent::system(EventKind::Created, now)

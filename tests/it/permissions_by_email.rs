@@ -89,6 +89,16 @@ async fn a_request_by_email_from_a_known_signatory_is_the_same_case_as_the_form(
             Some("Prior notification lists")
         );
         assert_eq!(good.org_ods_code.as_deref(), Some("A81001"));
+        // Its log says an email arrived, not a form.
+        let created = &app.events(&good.reference).await[0];
+        assert!(
+            created
+                .reason
+                .as_deref()
+                .is_some_and(|r| r.starts_with("email received from ann.partner@nhs.net")),
+            "{:?}",
+            created.reason
+        );
 
         assert_eq!(cases[1].state, "needs_review");
         assert_eq!(codes(1), vec!["signatory_not_known"]);

@@ -353,10 +353,10 @@ pub struct Facts<'a> {
 /// fields first, then field formats, then the signatory and the sender.
 pub fn check(facts: &Facts<'_>, settings: &PolicySettings) -> Vec<Finding> {
     let mut findings = Vec::new();
-    check_fields(facts, settings, &mut findings);
+    check_fields(facts, settings, Route::Form, &mut findings);
     check_organisation_type(facts, &mut findings);
     check_signatory(facts, &mut findings);
-    check_sender(facts, settings, &mut findings);
+    check_sender(facts, settings, Route::Form, &mut findings);
     findings
 }
 
@@ -365,24 +365,8 @@ pub fn check(facts: &Facts<'_>, settings: &PolicySettings) -> Vec<Finding> {
 /// when the workflow sorts its emails and this one fitted no class).
 pub fn check_plain_email(facts: &Facts<'_>, settings: &PolicySettings, class: Option<Option<&str>>) -> Vec<Finding> {
     let mut findings = Vec::new();
-    check_fields(facts, settings, &mut findings);
-    check_sender(facts, settings, &mut findings);
-    if facts.workflow.form_id().is_some() {
-        // A form workflow's request by email: the form's required fields are the form's; the
-        // email must give the ones its route names. Its sender is its signatory by definition
-        // (checked against the register instead).
-        findings.retain(|f| f.code != FindingCode::RequiredFieldMissing && f.code != FindingCode::SenderNotSignatory);
-        for name in &facts.workflow.email_checks.required {
-            if value(facts, name).is_none() {
-                let label = facts.workflow.field(name).map(|f| f.label.as_str()).unwrap_or(name);
-                findings.push(Finding::on_field(
-                    FindingCode::RequiredFieldMissing,
-                    name,
-                    format!("The email does not give “{label}”. Please send it again with a line “{label}: …”."),
-                ));
-            }
-        }
-    }
+    check_fields(facts, settings, Route::Email, &mut findings);
+    check_sender(facts, settings, Route::Email, &mut findings);
     if class == Some(None) {
         findings.push(Finding::new(
             FindingCode::ProblemNotRecognised,
@@ -486,7 +470,14 @@ pub fn checkbox_is_ticked(value: Option<&str>) -> bool {
     })
 }
 
-fn check_fields(facts: &Facts<'_>, settings: &PolicySettings, findings: &mut Vec<Finding>) {
+/// How a case's request arrived: on a form, or in a plain email's text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Route {
+    Form,
+    Email,
+}
+
+fn check_fields(facts: &Facts<'_>, settings: &PolicySettings, route: Route, findings: &mut Vec<Finding>) {
     for field in &facts.workflow.fields {
         let given = value(facts, &field.name);
         if field.kind == FieldKind::Checkbox {
@@ -494,11 +485,22 @@ fn check_fields(facts: &Facts<'_>, settings: &PolicySettings, findings: &mut Vec
             continue;
         }
         let Some(text) = given else {
-            if field.required && field.kind != FieldKind::Signature {
+            let required = match route {
+                Route::Form => field.required,
+                Route::Email => facts.workflow.required_by_email(field),
+            };
+            if required && field.kind != FieldKind::Signature {
+                let message = match route {
+                    Route::Form => format!("“{}” is empty. Please fill it in and send the form again.", field.label),
+                    Route::Email => format!(
+                        "The email does not give “{0}”. Please send it again with a line “{0}: …”.",
+                        field.label
+                    ),
+                };
                 findings.push(Finding::on_field(
                     FindingCode::RequiredFieldMissing,
                     &field.name,
-                    format!("“{}” is empty. Please fill it in and send the form again.", field.label),
+                    message,
                 ));
             }
             continue;
@@ -827,7 +829,7 @@ fn check_signatory(facts: &Facts<'_>, findings: &mut Vec<Finding>) {
     }
 }
 
-fn check_sender(facts: &Facts<'_>, settings: &PolicySettings, findings: &mut Vec<Finding>) {
+fn check_sender(facts: &Facts<'_>, settings: &PolicySettings, route: Route, findings: &mut Vec<Finding>) {
     let rule = &facts.workflow.nhs_email;
     let sender = facts.sender.and_then(EmailAddress::parse);
     if rule.sender {
@@ -843,7 +845,9 @@ fn check_sender(facts: &Facts<'_>, settings: &PolicySettings, findings: &mut Vec
             )),
         }
     }
-    if rule.sender_must_be_signatory {
+    // By email the sender is the signatory: the register is asked who they are instead
+    // (`email_checks.sender_is_signatory`).
+    if rule.sender_must_be_signatory && route == Route::Form {
         let signatory = value(facts, &facts.workflow.signatories.email_field).and_then(EmailAddress::parse);
         let same = matches!((&sender, &signatory), (Some(a), Some(b)) if a.same_mailbox(b));
         if !same {

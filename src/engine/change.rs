@@ -132,12 +132,8 @@ pub fn plan_move(
         state: plan.to.clone(),
         due_at: when.working_days_later(timer.after_working_days),
     }));
-    // A support reply is the template of the case's class, as the caseworker left it.
-    let template = match plan.transition.template_by_class {
-        true => workflow.template_for(plan.transition, &case.fields),
-        false => plan.notify_template,
-    };
-    if let Some(template) = template {
+    // The transition's template, or (a support reply) the one of the case's class.
+    if let Some(template) = workflow.template_for(plan.transition, &case.fields) {
         let mut snapshot = case.clone();
         snapshot.state = plan.to.clone();
         snapshot.recorded = recorded;

@@ -141,7 +141,8 @@ pub struct Recognition {
     #[serde(default)]
     pub priority: i32,
     /// How a plain email with no form is recognised as this workflow's (see
-    /// [`super::email`]); a workflow has this or `form_id`, never both.
+    /// [`super::email`]): a workflow of plain emails has this instead of `form_id`; a form
+    /// workflow whose request may also come by email has both.
     #[serde(default)]
     pub email: Option<EmailRecognition>,
 }
@@ -466,7 +467,7 @@ impl WorkflowDef {
         self.recognise.form_id.as_deref()
     }
 
-    /// How a plain email is recognised as this workflow's, for a workflow of plain emails.
+    /// How a plain email is recognised as this workflow's, when it takes any.
     pub fn email_recognition(&self) -> Option<&EmailRecognition> {
         self.recognise.email.as_ref()
     }
@@ -485,6 +486,16 @@ impl WorkflowDef {
         let classify = self.classify.as_ref()?;
         let class = fields.get(&classify.field)?;
         classify.class(class).map(|c| c.template.as_str())
+    }
+
+    /// Whether a plain email must give `field`: a workflow of plain emails says so on the field;
+    /// a form workflow's email route in `email_checks.required` (the form's own required
+    /// fields, such as its declaration, are the form's).
+    pub fn required_by_email(&self, field: &FieldDef) -> bool {
+        match self.form_id() {
+            Some(_) => self.email_checks.required.contains(&field.name),
+            None => field.required,
+        }
     }
 
     /// How the recorded value `name` is asked for and checked.
@@ -595,13 +606,12 @@ impl WorkflowDef {
         Ok(())
     }
 
-    /// A workflow of plain emails: it says how it knows its emails, reads its fields from
-    /// their text, and (if it sorts them into problems) names a reply for each.
+    /// A workflow of plain emails: it says how it knows its emails and reads its fields from
+    /// their text; it has no form and no signatories.
     fn validate_email_workflow(
         &self,
         email: &EmailRecognition,
         known_field: &dyn Fn(&str, &str) -> Result<(), DefinitionError>,
-        templates: &BTreeSet<String>,
     ) -> Result<(), DefinitionError> {
         if !self.recognise.fields.is_empty() || !self.signatories.roles.is_empty() {
             return Err(self.invalid(
@@ -615,10 +625,17 @@ impl WorkflowDef {
                 "only a form workflow has signatories to check the sender against".into(),
             ));
         }
-        self.validate_email_route(email, known_field)?;
-        let Some(classify) = &self.classify else {
-            return Ok(());
-        };
+        self.validate_email_route(email, known_field)
+    }
+
+    /// `[classify]`, wherever it stands: a choice field offering every class and the unknown
+    /// answer, each class named once, recognisable, and with a reply that exists.
+    fn validate_classifier(
+        &self,
+        classify: &Classifier,
+        known_field: &dyn Fn(&str, &str) -> Result<(), DefinitionError>,
+        templates: &BTreeSet<String>,
+    ) -> Result<(), DefinitionError> {
         known_field("classify.field", &classify.field)?;
         let choices = self
             .field(&classify.field)
@@ -663,11 +680,7 @@ impl WorkflowDef {
     }
 
     fn validate(&self, templates: &BTreeSet<String>) -> Result<(), DefinitionError> {
-        let invalid = |key: &str, message: String| DefinitionError::Invalid {
-            path: self.source.clone(),
-            key: key.to_string(),
-            message,
-        };
+        let invalid = |key: &str, message: String| self.invalid(key, message);
         if self.name.is_empty()
             || !self
                 .name
@@ -708,9 +721,12 @@ impl WorkflowDef {
                 Err(invalid(key, format!("unknown field `{name}`")))
             }
         };
+        if let Some(classify) = &self.classify {
+            self.validate_classifier(classify, &known_field, templates)?;
+        }
         match (&self.recognise.form_id, &self.recognise.email) {
             (Some(_), None) => self.validate_form_workflow(&known_field)?,
-            (None, Some(email)) => self.validate_email_workflow(email, &known_field, templates)?,
+            (None, Some(email)) => self.validate_email_workflow(email, &known_field)?,
             // A form workflow that also takes its request by plain email (additional
             // permissions, seed 001): both routes give the same case.
             (Some(_), Some(email)) => {
@@ -1147,9 +1163,79 @@ mod tests {
             "primary_user_gp.toml",
             "primary_user_org.toml",
             "additional_permissions.toml",
+            "support.toml",
+            "new_user.toml",
         ] {
             WorkflowDef::parse(Path::new(name), &shipped(name), &templates()).unwrap();
         }
+    }
+
+    /// Parses a shipped workflow with one edit, and returns the error text.
+    fn error_in(file: &str, from: &str, to: &str) -> String {
+        let text = shipped(file);
+        assert!(text.contains(from), "the edit `{from}` does not apply to {file}");
+        WorkflowDef::parse(Path::new(file), &text.replacen(from, to, 1), &templates())
+            .unwrap_err()
+            .to_string()
+    }
+
+    #[test]
+    fn a_workflow_of_plain_emails_is_refused_when_it_could_never_work() {
+        // A misspelt key in the recogniser is refused, not ignored.
+        let err = error_in("support.toml", "any_phrase = [\n", "unused = [\n");
+        assert!(err.contains("unknown field `unused`"), "{err}");
+        // A class the problem field does not offer.
+        let err = error_in(
+            "support.toml",
+            "\"url_unreachable\", \"passcode_error\",",
+            "\"passcode_error\",",
+        );
+        assert!(err.contains("classify.field"), "{err}");
+        // A class whose reply does not exist.
+        let err = error_in(
+            "support.toml",
+            "template = \"support_no_role\"",
+            "template = \"no_such_reply\"",
+        );
+        assert!(
+            err.contains("classify.classes[") && err.contains("no_such_reply"),
+            "{err}"
+        );
+        // Sending the class's reply with no classes to choose from.
+        let err = error_in(
+            "new_user.toml",
+            "name = \"provision\"",
+            "name = \"provision\"\ntemplate_by_class = true",
+        );
+        assert!(err.contains("template_by_class"), "{err}");
+        // A check against our records naming a field the workflow does not have.
+        let err = error_in(
+            "new_user.toml",
+            "primary_user_field = \"created_by\"",
+            "primary_user_field = \"made_by\"",
+        );
+        assert!(
+            err.contains("email_checks.primary_user_field") && err.contains("made_by"),
+            "{err}"
+        );
+        // A field read from the email with no way to find it.
+        let err = error_in("new_user.toml", "labels = [\"User ID\"]", "labels = []");
+        assert!(err.contains("recognise.email.fields["), "{err}");
+        // A pattern that is not one.
+        let err = error_in("new_user.toml", "subject = \"(?i)", "subject = \"((?i)");
+        assert!(err.contains("bad pattern"), "{err}");
+    }
+
+    #[test]
+    fn an_account_record_needs_a_user_id_and_a_real_state() {
+        let err = error_in("new_user.toml", "account_user_id = \"new_user_id\"\n", "");
+        assert!(err.contains("records.account_user_id"), "{err}");
+        let err = error_in(
+            "new_user.toml",
+            "account_on = \"provisioned\"",
+            "account_on = \"issued\"",
+        );
+        assert!(err.contains("records.account_on") && err.contains("issued"), "{err}");
     }
 
     #[test]

@@ -136,15 +136,15 @@ impl Engine {
         if !analyses.is_empty() || parsed.bounce.is_some() || parsed.automatic.is_some() || parsed.malformed.is_some() {
             return None;
         }
-        let text = EmailText {
-            from: parsed.from_address.as_deref(),
-            subject: parsed.subject.as_deref(),
-            body: parsed.text_body.as_deref(),
-        };
-        let workflow = self.workflows.for_plain_email(text)?;
-        let mut fields = workflow.email_recognition()?.read_fields(text);
+        let text = EmailText::new(
+            parsed.from_address.as_deref(),
+            parsed.subject.as_deref(),
+            parsed.text_body.as_deref(),
+        );
+        let workflow = self.workflows.for_plain_email(&text)?;
+        let mut fields = workflow.email_recognition()?.read_fields(&text);
         let classification = workflow.classify.as_ref().map(|classifier| {
-            let found = classifier.classify(text);
+            let found = classifier.classify(&text);
             let answer = found.class.clone().unwrap_or_else(|| classifier.unknown.clone());
             fields.insert(classifier.field.clone(), answer);
             found

@@ -1083,7 +1083,7 @@ impl WorkflowSet {
 
     /// The workflow that takes a plain email (one with no form): the highest priority of
     /// those whose `[recognise.email]` it fits.
-    pub fn for_plain_email(&self, email: super::email::EmailText<'_>) -> Option<&WorkflowDef> {
+    pub fn for_plain_email(&self, email: &super::email::EmailText<'_>) -> Option<&WorkflowDef> {
         self.workflows
             .values()
             .filter_map(|w| {

@@ -44,6 +44,29 @@ impl<'de> Deserialize<'de> for Pattern {
     }
 }
 
+/// A phrase from a workflow file, kept in the form [`normalise`] gives text (lower case, one
+/// space between words), so that each email is compared with it as it is, with no work per
+/// phrase.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Phrase(String);
+
+impl Phrase {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl<'de> Deserialize<'de> for Phrase {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        let phrase = normalise(&text);
+        if phrase.is_empty() {
+            return Err(serde::de::Error::custom("an empty phrase would match every email"));
+        }
+        Ok(Phrase(phrase))
+    }
+}
+
 impl serde::Serialize for Pattern {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         serializer.serialize_str(self.as_str())
@@ -66,7 +89,7 @@ pub struct EmailRecognition {
     pub subject: Option<Pattern>,
     /// The subject or text has at least one of these phrases (any case, any spacing).
     #[serde(default)]
-    pub any_phrase: Vec<String>,
+    pub any_phrase: Vec<Phrase>,
     /// Breaks ties between workflows that both take an email; higher wins.
     #[serde(default)]
     pub priority: i32,
@@ -88,12 +111,42 @@ pub struct EmailFieldRule {
     pub pattern: Option<Pattern>,
 }
 
-/// What an email looks like to the recogniser.
-#[derive(Debug, Clone, Copy)]
+/// What an email looks like to the recogniser: its sender, and its subject and text (each
+/// cut to [`MAX_TEXT_BYTES`]), with the forms phrases and patterns are matched against made
+/// once, however many workflows and classes look at it.
+#[derive(Debug, Clone)]
 pub struct EmailText<'a> {
     pub from: Option<&'a str>,
-    pub subject: Option<&'a str>,
-    pub body: Option<&'a str>,
+    pub subject: &'a str,
+    pub body: &'a str,
+    /// Subject and text without quoted lines, lower case, one space between words.
+    normalised: String,
+    /// Subject and text without quoted lines, as written (for patterns).
+    unquoted: String,
+}
+
+impl<'a> EmailText<'a> {
+    pub fn new(from: Option<&'a str>, subject: Option<&'a str>, body: Option<&'a str>) -> EmailText<'a> {
+        let (subject, body) = (cut(subject.unwrap_or_default()), cut(body.unwrap_or_default()));
+        let unquoted: String = subject
+            .lines()
+            .chain(body.lines())
+            .filter(|l| !l.trim_start().starts_with('>'))
+            .collect::<Vec<_>>()
+            .join("\n");
+        EmailText {
+            from,
+            subject,
+            body,
+            normalised: normalise(&unquoted),
+            unquoted,
+        }
+    }
+
+    /// Whether the email has `phrase` (outside quoted lines).
+    fn has(&self, phrase: &Phrase) -> bool {
+        self.normalised.contains(phrase.as_str())
+    }
 }
 
 /// The text as the recogniser compares phrases with it: lower case, one space between words,
@@ -110,11 +163,6 @@ pub fn normalise(text: &str) -> String {
         }
     }
     out
-}
-
-/// A phrase as written in a workflow file, in the form [`normalise`] gives text.
-fn normalise_phrase(phrase: &str) -> String {
-    normalise(phrase)
 }
 
 /// At most [`MAX_TEXT_BYTES`] of `text`, cut at a character boundary.
@@ -136,7 +184,7 @@ impl EmailRecognition {
     }
 
     /// Whether `email` is this workflow's.
-    pub fn matches(&self, email: EmailText<'_>) -> bool {
+    pub fn matches(&self, email: &EmailText<'_>) -> bool {
         if !self.has_conditions() {
             return false;
         }
@@ -161,29 +209,18 @@ impl EmailRecognition {
             }
         }
         if let Some(pattern) = &self.subject
-            && !pattern.0.is_match(cut(email.subject.unwrap_or_default()))
+            && !pattern.0.is_match(email.subject)
         {
             return false;
         }
-        if !self.any_phrase.is_empty() {
-            let text = normalise(&format!(
-                "{}\n{}",
-                email.subject.unwrap_or_default(),
-                cut(email.body.unwrap_or_default())
-            ));
-            if !self.any_phrase.iter().any(|p| text.contains(&normalise_phrase(p))) {
-                return false;
-            }
-        }
-        true
+        self.any_phrase.is_empty() || self.any_phrase.iter().any(|p| email.has(p))
     }
 
     /// The fields this recogniser reads from `email`'s text, by name (only those found).
-    pub fn read_fields(&self, email: EmailText<'_>) -> BTreeMap<String, String> {
-        let body = cut(email.body.unwrap_or_default());
+    pub fn read_fields(&self, email: &EmailText<'_>) -> BTreeMap<String, String> {
         let mut fields = BTreeMap::new();
         for rule in &self.fields {
-            if let Some(value) = rule.read(body) {
+            if let Some(value) = rule.read(email.body) {
                 fields.insert(rule.name.clone(), value);
             }
         }
@@ -266,18 +303,17 @@ pub struct ClassDef {
     pub refer_to: Option<String>,
     /// Each phrase found (any case, any spacing) scores one.
     #[serde(default)]
-    pub phrases: Vec<String>,
+    pub phrases: Vec<Phrase>,
     /// Each pattern that matches scores one.
     #[serde(default)]
     pub patterns: Vec<Pattern>,
 }
 
-/// What the classifier made of an email: the class (None: unknown), and every class's score
-/// with what it found, for the caseworker to see why.
+/// What the classifier made of an email: the class (None: unknown), and what it found, for
+/// the case's log to say why.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Classification {
     pub class: Option<String>,
-    pub scores: Vec<(String, usize)>,
     pub evidence: Vec<String>,
 }
 
@@ -287,50 +323,32 @@ impl Classifier {
     }
 
     /// Sorts `email` into one of the classes, or none.
-    pub fn classify(&self, email: EmailText<'_>) -> Classification {
-        let raw = format!(
-            "{}\n{}",
-            cut(email.subject.unwrap_or_default()),
-            cut(email.body.unwrap_or_default())
-        );
-        let text = normalise(&raw);
-        let unquoted: String = raw
-            .lines()
-            .filter(|l| !l.trim_start().starts_with('>'))
-            .collect::<Vec<_>>()
-            .join("\n");
-        let mut scores = Vec::with_capacity(self.classes.len());
+    pub fn classify(&self, email: &EmailText<'_>) -> Classification {
+        let mut scores: Vec<(&str, usize)> = Vec::with_capacity(self.classes.len());
         let mut evidence = Vec::new();
         for class in &self.classes {
             let mut score = 0;
-            for phrase in &class.phrases {
-                if text.contains(&normalise_phrase(phrase)) {
-                    score += 1;
-                    evidence.push(format!("{}: “{phrase}”", class.name));
-                }
+            for phrase in class.phrases.iter().filter(|p| email.has(p)) {
+                score += 1;
+                evidence.push(format!("{}: “{}”", class.name, phrase.as_str()));
             }
-            for pattern in &class.patterns {
-                if let Some(m) = pattern.0.find(&unquoted) {
-                    score += 1;
-                    let shown: String = m.as_str().chars().take(60).collect();
-                    evidence.push(format!("{}: “{shown}”", class.name));
-                }
+            for found in class.patterns.iter().filter_map(|p| p.0.find(&email.unquoted)) {
+                score += 1;
+                let shown: String = found.as_str().chars().take(60).collect();
+                evidence.push(format!("{}: “{shown}”", class.name));
             }
-            scores.push((class.name.clone(), score));
+            scores.push((class.name.as_str(), score));
         }
-        let mut ranked: Vec<&(String, usize)> = scores.iter().collect();
-        ranked.sort_by_key(|entry| std::cmp::Reverse(entry.1));
-        let class = match ranked.as_slice() {
-            [best, rest @ ..] if best.1 >= self.min_score && rest.first().is_none_or(|second| second.1 < best.1) => {
-                Some(best.0.clone())
+        scores.sort_by_key(|(_, score)| std::cmp::Reverse(*score));
+        let class = match scores.as_slice() {
+            [(best, top), rest @ ..]
+                if *top >= self.min_score && rest.first().is_none_or(|(_, second)| second < top) =>
+            {
+                Some(best.to_string())
             }
             _ => None,
         };
-        Classification {
-            class,
-            scores,
-            evidence,
-        }
+        Classification { class, evidence }
     }
 }
 
@@ -339,11 +357,7 @@ mod tests {
     use super::*;
 
     fn email<'a>(from: &'a str, subject: &'a str, body: &'a str) -> EmailText<'a> {
-        EmailText {
-            from: Some(from),
-            subject: Some(subject),
-            body: Some(body),
-        }
+        EmailText::new(Some(from), Some(subject), Some(body))
     }
 
     fn recogniser(toml_text: &str) -> EmailRecognition {
@@ -360,25 +374,25 @@ mod tests {
             "#,
         );
         let body = "A new user account has been created.";
-        assert!(r.matches(email("noreply@openexeter.nhs.uk", "New user: X", body)));
-        assert!(r.matches(email("noreply@mail.openexeter.nhs.uk", "New user: X", body)));
-        assert!(!r.matches(email("noreply@openexeter.nhs.uk.evil.example", "New user: X", body)));
-        assert!(!r.matches(email("noreply@openexeter.nhs.uk", "Re: New user", body)));
-        assert!(!r.matches(email("noreply@openexeter.nhs.uk", "New user: X", "hello")));
+        assert!(r.matches(&email("noreply@openexeter.nhs.uk", "New user: X", body)));
+        assert!(r.matches(&email("noreply@mail.openexeter.nhs.uk", "New user: X", body)));
+        assert!(!r.matches(&email("noreply@openexeter.nhs.uk.evil.example", "New user: X", body)));
+        assert!(!r.matches(&email("noreply@openexeter.nhs.uk", "Re: New user", body)));
+        assert!(!r.matches(&email("noreply@openexeter.nhs.uk", "New user: X", "hello")));
         // Quoted text is an earlier message, not this one.
-        assert!(!r.matches(email("noreply@openexeter.nhs.uk", "New user: X", "> has been created")));
+        assert!(!r.matches(&email("noreply@openexeter.nhs.uk", "New user: X", "> has been created")));
     }
 
     #[test]
     fn a_recogniser_without_conditions_takes_nothing() {
-        assert!(!recogniser("").matches(email("a@b.nhs.uk", "anything", "anything")));
+        assert!(!recogniser("").matches(&email("a@b.nhs.uk", "anything", "anything")));
     }
 
     #[test]
     fn exact_senders_are_compared_whole_and_without_case() {
         let r = recogniser(r#"from = ["Notify@OpenExeter.nhs.uk"]"#);
-        assert!(r.matches(email("notify@openexeter.nhs.uk", "", "")));
-        assert!(!r.matches(email("xnotify@openexeter.nhs.uk", "", "")));
+        assert!(r.matches(&email("notify@openexeter.nhs.uk", "", "")));
+        assert!(!r.matches(&email("xnotify@openexeter.nhs.uk", "", "")));
     }
 
     #[test]
@@ -398,7 +412,7 @@ mod tests {
             "#,
         );
         let body = "Dear PCSE,\n  * User IDs: wrong\nUser ID:  OE123456 \nMy smartcard ID is 123456789012.";
-        let fields = r.read_fields(email("a@b", "s", body));
+        let fields = r.read_fields(&email("a@b", "s", body));
         assert_eq!(fields.get("user_id").map(String::as_str), Some("OE123456"));
         assert_eq!(fields.get("smartcard_id").map(String::as_str), Some("123456789012"));
         assert!(!fields.contains_key("missing"));
@@ -408,7 +422,7 @@ mod tests {
     fn a_field_value_is_cut_and_has_no_control_characters() {
         let r = recogniser("any_phrase = [\"x\"]\n[[fields]]\nname = \"n\"\nlabels = [\"Name\"]");
         let long = format!("Name: {}\u{7}", "a".repeat(500));
-        let value = r.read_fields(email("a@b", "s", &long))["n"].clone();
+        let value = r.read_fields(&email("a@b", "s", &long))["n"].clone();
         assert_eq!(value.chars().count(), MAX_FIELD_CHARS);
         assert!(!value.contains('\u{7}'));
     }
@@ -435,28 +449,42 @@ mod tests {
 
     #[test]
     fn the_best_scoring_class_wins() {
-        let c = classifier().classify(email(
+        let c = classifier().classify(&email(
             "a@b",
             "CSMS",
             "It says I do not have a valid cervical screening role.",
         ));
         assert_eq!(c.class.as_deref(), Some("no_role"));
-        let c = classifier().classify(email("a@b", "help", "I forgot my smartcard PIN"));
+        let c = classifier().classify(&email("a@b", "help", "I forgot my smartcard PIN"));
         assert_eq!(c.class.as_deref(), Some("passcode"));
         assert!(c.evidence.iter().any(|e| e.starts_with("passcode:")));
     }
 
     #[test]
     fn nothing_found_or_a_tie_is_unknown() {
-        assert_eq!(classifier().classify(email("a@b", "hello", "thanks")).class, None);
-        let tie = classifier().classify(email("a@b", "", "no role, and I forgot my PIN"));
+        assert_eq!(classifier().classify(&email("a@b", "hello", "thanks")).class, None);
+        let tie = classifier().classify(&email("a@b", "", "no role, and I forgot my PIN"));
         assert_eq!(tie.class, None, "{tie:?}");
     }
 
     #[test]
     fn quoted_text_does_not_count() {
-        let c = classifier().classify(email("a@b", "Re: x", "> I forgot my PIN\nThanks, all sorted."));
+        let c = classifier().classify(&email("a@b", "Re: x", "> I forgot my PIN\nThanks, all sorted."));
         assert_eq!(c.class, None);
+    }
+
+    #[test]
+    fn an_empty_phrase_is_refused_when_the_file_loads() {
+        // Every text "contains" the empty phrase: it would take every email.
+        let err = toml::from_str::<EmailRecognition>("any_phrase = [\"  \"]").unwrap_err();
+        assert!(err.to_string().contains("empty phrase"), "{err}");
+    }
+
+    #[test]
+    fn phrases_are_kept_normalised_and_match_across_line_breaks() {
+        let r = recogniser("any_phrase = [\"Access   CHECK\"]");
+        assert_eq!(r.any_phrase[0].as_str(), "access check");
+        assert!(r.matches(&email("a@b", "x", "my access\n  check failed")));
     }
 
     #[test]

@@ -1,7 +1,9 @@
 //! How well a workflow's declared rules sort plain emails: a labelled set of messages (TOML,
 //! `[[message]]` with `expected`, `from`, `subject`, `body`) run through the workflow's
-//! recogniser and classifier, exactly as intake runs them, with precision and recall per
-//! class. `countersign workflows evaluate` prints it; the tests hold the shipped rules to it.
+//! recogniser and classifier, the same calls intake makes, with precision and recall per
+//! class. (One workflow's rules alone: in intake, a workflow of higher priority whose
+//! recogniser also fits would take the message first.) `countersign workflows evaluate` prints
+//! it; the tests hold the shipped rules to it.
 
 use std::collections::BTreeMap;
 
@@ -179,14 +181,10 @@ pub fn evaluate(workflow: &WorkflowDef, set: &LabelledSet) -> Result<Evaluation,
                 unknown: unknown.to_string(),
             });
         }
-        let text = EmailText {
-            from: Some(&message.from),
-            subject: Some(&message.subject),
-            body: Some(&message.body),
-        };
-        let taken = recogniser.matches(text);
+        let text = EmailText::new(Some(&message.from), Some(&message.subject), Some(&message.body));
+        let taken = recogniser.matches(&text);
         let answer = if taken {
-            classifier.classify(text).class.unwrap_or_else(|| unknown.to_string())
+            classifier.classify(&text).class.unwrap_or_else(|| unknown.to_string())
         } else {
             evaluation.not_taken += 1;
             unknown.to_string()

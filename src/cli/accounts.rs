@@ -6,9 +6,7 @@ use anyhow::{Context, Result};
 use clap::Subcommand;
 
 use super::build_engine;
-use crate::accounts::{ImportSummary, OeAccount, changes, parse_csv};
 use crate::config::Settings;
-use crate::engine::Engine;
 
 #[derive(Debug, Subcommand)]
 pub enum AccountsCommand {
@@ -30,7 +28,7 @@ pub(super) async fn accounts_command(settings: &Settings, command: AccountsComma
         AccountsCommand::Import { file } => {
             let name = file.display().to_string();
             let bytes = std::fs::read(&file).with_context(|| format!("reading {name}"))?;
-            let summary = import_accounts(&engine, &bytes, &name).await?;
+            let summary = engine.import_accounts(&bytes, &name).await?;
             print!("{}", summary.report(&name));
         }
         AccountsCommand::List { ods } => {
@@ -53,38 +51,4 @@ pub(super) async fn accounts_command(settings: &Settings, command: AccountsComma
         }
     }
     Ok(())
-}
-
-/// Reads a register CSV and upserts what is new or changed, in one transaction: importing the
-/// same file twice changes nothing the second time.
-pub async fn import_accounts(engine: &Engine, bytes: &[u8], file: &str) -> Result<ImportSummary> {
-    let (accounts, bad_rows) = parse_csv(bytes, file)?;
-    let mut tx = engine.db().begin_write().await.context("starting the import")?;
-    let ids: Vec<&str> = accounts.iter().map(|a| a.user_id.as_str()).collect();
-    let held = crate::storage::accounts_by_ids(&mut tx, &ids).await?;
-    let mut summary = ImportSummary {
-        bad_rows,
-        ..ImportSummary::default()
-    };
-    let mut to_write: Vec<OeAccount> = Vec::new();
-    for account in accounts {
-        match held.get(&account.user_id) {
-            None => {
-                summary.added.push(account.user_id.clone());
-                to_write.push(account);
-            }
-            Some(before) => {
-                let what = changes(before, &account);
-                if what.is_empty() {
-                    summary.unchanged += 1;
-                } else {
-                    summary.changed.push((account.user_id.clone(), what));
-                    to_write.push(account);
-                }
-            }
-        }
-    }
-    crate::storage::upsert_accounts(&mut tx, &to_write, "import", engine.now_ms()).await?;
-    tx.commit().await.context("committing the import")?;
-    Ok(summary)
 }

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 
-pub mod accounts;
+mod accounts;
 mod audit;
 mod cases;
 mod dev;

@@ -22,6 +22,27 @@ pub(super) struct PlainEmailAnalysis {
     pub classification: Option<Classification>,
 }
 
+/// What a new case opens with, however it came: its workflow, the fields read (from a form,
+/// or from an email's text), the form's reading when there was a form, and the findings.
+#[derive(Debug)]
+pub(super) struct Reading {
+    pub workflow: Option<String>,
+    pub fields: BTreeMap<String, String>,
+    pub extraction: Option<ExtractedForm>,
+    pub findings: Vec<Finding>,
+}
+
+impl From<FormAnalysis> for Reading {
+    fn from(form: FormAnalysis) -> Reading {
+        Reading {
+            workflow: form.workflow,
+            fields: form.fields,
+            extraction: form.extraction,
+            findings: form.findings,
+        }
+    }
+}
+
 /// What one PDF attachment turned out to be.
 #[derive(Debug)]
 pub(super) struct FormAnalysis {

@@ -10,7 +10,7 @@ use sqlx::AnyConnection;
 use tracing::{info, instrument, warn};
 
 use super::change::{self, Origin};
-use super::classify::{FormAnalysis, PlainEmailAnalysis, checks_summary};
+use super::classify::{FormAnalysis, PlainEmailAnalysis, Reading, checks_summary};
 use super::{Engine, EngineError, MAX_PREPARE_ATTEMPTS, sla};
 use crate::domain::{CaseRef, OdsCode};
 use crate::mail::{self, ParsedEmail};
@@ -720,9 +720,7 @@ impl Engine {
                 None if c.evidence.is_empty() => "it fits none of the known problems".to_string(),
                 None => format!("no single problem fits best ({})", c.evidence.join("; ")),
             });
-            let email = FormAnalysis {
-                // Unused: a plain email has no form file.
-                attachment_index: 0,
+            let email = Reading {
                 workflow: Some(plain.workflow),
                 fields: plain.fields,
                 extraction: None,
@@ -908,7 +906,7 @@ impl Engine {
             parsed,
             raw_message_id,
             Some((attachment_id, &attachment.sha256)),
-            form,
+            form.into(),
             related,
             None,
             now,
@@ -1129,7 +1127,7 @@ impl Engine {
         parsed: &ParsedEmail,
         raw_message_id: i64,
         form_file: Option<(i64, &str)>,
-        form: FormAnalysis,
+        form: Reading,
         related: Option<&Related>,
         sorted: Option<String>,
         now: i64,

@@ -14,6 +14,8 @@ use crate::policy::PolicySettings;
 use crate::storage::{Db, StorageError};
 use crate::workflow::{TransitionError, WorkflowDef, WorkflowSet};
 
+/// The Open Exeter account register, imported from its CSV.
+pub mod accounts;
 /// The change path: commands planned (pure) into one changeset, written in one transaction.
 pub mod change;
 /// What a PDF attachment is: which workflow's form, its fields, and what the rules find. Pure.
@@ -52,6 +54,8 @@ pub enum EngineError {
     CaseNotFound(String),
     #[error("preparing a message failed: {0}")]
     PreparationFailed(String),
+    #[error(transparent)]
+    AccountFile(#[from] crate::accounts::AccountFileError),
     #[error("case {reference}: {source}")]
     Transition { reference: String, source: TransitionError },
     #[error("case {0} was changed by someone else at the same time; reload it and try again")]

@@ -123,7 +123,8 @@ impl From<EngineError> for WebError {
             EngineError::UnknownField { .. }
             | EngineError::UnknownWorkflow(_)
             | EngineError::VerificationUnexplained
-            | EngineError::NoSignatoryToVerify { .. } => WebError::BadRequest(error.to_string()),
+            | EngineError::NoSignatoryToVerify { .. }
+            | EngineError::AccountFile(_) => WebError::BadRequest(error.to_string()),
             EngineError::Storage(e) => WebError::internal(e),
             EngineError::NotDurable { .. } | EngineError::PreparationFailed(_) => WebError::internal(error),
         }

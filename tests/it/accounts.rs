@@ -3,7 +3,6 @@
 
 use crate::common::on_both_backends;
 use countersign::accounts::AccountStatus;
-use countersign::cli::accounts::import_accounts;
 use countersign::storage;
 
 const FIRST: &str = "user_id,ods_code,name,email,primary_user,password_changed,last_sign_in,status\n\
@@ -20,7 +19,7 @@ const SECOND: &str = "user_id,ods_code,name,email,primary_user,password_changed,
 async fn importing_again_changes_only_what_changed_and_says_so() {
     on_both_backends(|app| async move {
         let engine = app.engine();
-        let first = import_accounts(&engine, FIRST.as_bytes(), "first.csv").await.unwrap();
+        let first = engine.import_accounts(FIRST.as_bytes(), "first.csv").await.unwrap();
         assert_eq!(first.added, vec!["OE100001", "OE100002"]);
         assert_eq!(first.bad_rows.len(), 1);
         assert_eq!(first.bad_rows[0].line, 4);
@@ -30,11 +29,11 @@ async fn importing_again_changes_only_what_changed_and_says_so() {
                 .contains("line 4: `not-a-code` is not an ODS code")
         );
 
-        let again = import_accounts(&engine, FIRST.as_bytes(), "first.csv").await.unwrap();
+        let again = engine.import_accounts(FIRST.as_bytes(), "first.csv").await.unwrap();
         assert!(again.added.is_empty() && again.changed.is_empty(), "{again:?}");
         assert_eq!(again.unchanged, 2);
 
-        let second = import_accounts(&engine, SECOND.as_bytes(), "second.csv").await.unwrap();
+        let second = engine.import_accounts(SECOND.as_bytes(), "second.csv").await.unwrap();
         assert_eq!(second.added, vec!["OE100004"]);
         assert_eq!(
             second.changed,
@@ -90,7 +89,8 @@ async fn lifecycle_notices_go_out_once_per_occurrence_on_working_days_within_the
             OE3,A81001,Quiet User,quiet@nhs.net,N,2026-10-01,2026-09-05,active\n\
             OE4,A81001,Fine Primary,fine@nhs.net,Y,2026-11-15,2026-11-19,active\n\
             OE5,A81001,Gone User,gone@nhs.net,N,,2026-09-05,disabled\n";
-        import_accounts(&engine, register.as_bytes(), "register.csv")
+        engine
+            .import_accounts(register.as_bytes(), "register.csv")
             .await
             .unwrap();
 
@@ -127,7 +127,8 @@ async fn lifecycle_notices_go_out_once_per_occurrence_on_working_days_within_the
         // A new password is a new occurrence; the same expired one is not told again.
         let changed = "user_id,ods_code,name,email,primary_user,password_changed,last_sign_in,status\n\
             OE1,A81001,Expiring Primary,expiring@nhs.net,Y,2026-11-01,2026-11-30,active\n";
-        import_accounts(&engine, changed.as_bytes(), "register.csv")
+        engine
+            .import_accounts(changed.as_bytes(), "register.csv")
             .await
             .unwrap();
         clock.set(chrono::TimeZone::with_ymd_and_hms(&chrono::Local, 2026, 11, 30, 10, 0, 0).unwrap());
@@ -163,7 +164,8 @@ async fn a_lifecycle_notice_reaches_the_primary_user_through_the_real_smtp_serve
         let postfix = crate::common::postfix::Postfix::start();
         let register = "user_id,ods_code,name,email,primary_user,password_changed,last_sign_in,status\n\
             OE2,A81001,Expired Primary,expired@nhs.net,Y,2026-10-01,2026-11-19,active\n";
-        import_accounts(&engine, register.as_bytes(), "register.csv")
+        engine
+            .import_accounts(register.as_bytes(), "register.csv")
             .await
             .unwrap();
         scheduler(&engine, 100).run_due_jobs().await.unwrap();

@@ -78,6 +78,9 @@ fn engine_config(settings: &Settings, pdf_reader: Option<PdfReader>) -> Result<E
         limits: settings.extract_limits(),
         pdf_reader,
         sender_checker: crate::dkim::SenderChecker::new(settings.sender_check.clone())?,
+        credential_keys: Arc::new(crate::credentials::CredentialKeys::load_or_create(
+            &settings.credential_key_file(),
+        )?),
     })
 }
 

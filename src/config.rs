@@ -55,6 +55,10 @@ pub struct Settings {
     /// example the NHS or a qualified trust service's root). Unset, no signature is trusted:
     /// each is checked and shown, and a caseworker confirms the signatory another way.
     pub signature_trust_store: Option<PathBuf>,
+    /// The 32-byte key issued credentials are fingerprinted and sealed under, kept apart from
+    /// the database (and backed up apart from it); `credential.key` in the data directory
+    /// when unset, made on first start.
+    pub credential_key_file: Option<PathBuf>,
     pub max_pdf_bytes: usize,
     pub pdf_timeout: Duration,
     /// The mailbox to take mail from; when unset, the drop folder is used.
@@ -124,6 +128,8 @@ pub struct MailerSettings {
     pub per_recipient_per_hour: i64,
     /// Attempts before a message is marked failed.
     pub max_attempts: i64,
+    /// The web app's public address, for the one-time credential links minted at send time.
+    pub web_base_url: String,
 }
 
 /// Where the mail timers and jobs send goes, and when the scheduled jobs run.
@@ -177,6 +183,7 @@ impl Default for MailerSettings {
             from_name: "PCSE Open Exeter".into(),
             per_recipient_per_hour: 5,
             max_attempts: 10,
+            web_base_url: "http://127.0.0.1:8080".into(),
         }
     }
 }
@@ -284,6 +291,13 @@ impl Settings {
         }
     }
 
+    /// Where the credential key is: as set, else `credential.key` in the data directory.
+    pub fn credential_key_file(&self) -> PathBuf {
+        self.credential_key_file
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("credential.key"))
+    }
+
     pub fn defaults() -> Self {
         let data_dir = PathBuf::from("data");
         Settings {
@@ -298,6 +312,7 @@ impl Settings {
             allow_default_authserv_id: false,
             sender_check: crate::dkim::SenderCheckSettings::default(),
             signature_trust_store: None,
+            credential_key_file: None,
             max_pdf_bytes: ExtractLimits::default().max_bytes,
             pdf_timeout: ExtractLimits::default().timeout,
             imap: None,
@@ -346,6 +361,7 @@ impl Settings {
             self.web_base_url = v.clone();
             // The digest links to the reports at the same address.
             self.scheduler.web_base_url = v.clone();
+            self.mailer.web_base_url = v.clone();
         }
         if let Some(v) = layer.web_secure_cookies {
             self.web_secure_cookies = v;
@@ -419,6 +435,9 @@ impl Settings {
         }
         if let Some(v) = layer.signature_trust_store {
             self.signature_trust_store = Some(v);
+        }
+        if let Some(v) = layer.credential_key_file {
+            self.credential_key_file = Some(v);
         }
         if let Some(v) = layer.max_pdf_bytes {
             self.max_pdf_bytes = v;
@@ -667,6 +686,7 @@ impl std::fmt::Debug for Settings {
             .field("authserv_id", &self.authserv_id)
             .field("sender_check", &self.sender_check)
             .field("signature_trust_store", &self.signature_trust_store)
+            .field("credential_key_file", &self.credential_key_file())
             .field("max_pdf_bytes", &self.max_pdf_bytes)
             .field("pdf_timeout", &self.pdf_timeout)
             .field("imap", &self.imap)
@@ -697,6 +717,7 @@ struct FileLayer {
     trusted_arc_sealers: Option<Vec<String>>,
     trust_exchange_internal: Option<bool>,
     signature_trust_store: Option<PathBuf>,
+    credential_key_file: Option<PathBuf>,
     max_pdf_bytes: Option<usize>,
     pdf_timeout_secs: Option<u64>,
     imap_host: Option<String>,
@@ -789,6 +810,7 @@ impl FileLayer {
             trust_exchange_internal: get("COUNTERSIGN_TRUST_EXCHANGE_INTERNAL")
                 .map(|v| matches!(v.trim().to_ascii_lowercase().as_str(), "1" | "true" | "yes" | "on")),
             signature_trust_store: get("COUNTERSIGN_SIGNATURE_TRUST_STORE").map(PathBuf::from),
+            credential_key_file: get("COUNTERSIGN_CREDENTIAL_KEY_FILE").map(PathBuf::from),
             max_pdf_bytes: number("COUNTERSIGN_MAX_PDF_BYTES")?.map(|v| v as usize),
             pdf_timeout_secs: number("COUNTERSIGN_PDF_TIMEOUT_SECS")?,
             imap_host: get("COUNTERSIGN_IMAP_HOST"),

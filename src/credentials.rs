@@ -186,12 +186,9 @@ impl FingerprintKey {
         FingerprintKey(ring::hmac::Key::new(ring::hmac::HMAC_SHA256, bytes))
     }
 
-    /// A fresh random key (for a first start, and tests).
+    /// A fresh random key (for tests).
     pub fn generate() -> (FingerprintKey, [u8; 32]) {
-        let mut bytes = [0u8; 32];
-        OsRng
-            .try_fill_bytes(&mut bytes)
-            .expect("the operating system's random number generator");
+        let bytes = random_bytes();
         (FingerprintKey::new(&bytes), bytes)
     }
 
@@ -199,6 +196,146 @@ impl FingerprintKey {
     pub fn fingerprint(&self, secret: &SecretString) -> String {
         hex::encode(ring::hmac::sign(&self.0, secret.expose_secret().as_bytes()).as_ref())
     }
+}
+
+/// The keys credentials are kept under, both derived from one 32-byte key held outside the
+/// database (a file beside it, `credential_key_file`): one makes the ledger's fingerprints, the
+/// other seals a secret until its owner opens their one-time link. A copy of the database
+/// alone can neither test guesses against the fingerprints nor open a sealed secret.
+pub struct CredentialKeys {
+    fingerprints: FingerprintKey,
+    sealing: ring::aead::LessSafeKey,
+}
+
+/// Why a key file or a sealed secret cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyError {
+    #[error("cannot read or create the credential key file {path}: {source}")]
+    File {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error("the credential key file {path} must hold exactly 32 bytes, not {length}")]
+    Length { path: std::path::PathBuf, length: usize },
+    #[error("a sealed credential cannot be opened: it was sealed under another key, or changed")]
+    Unseal,
+}
+
+impl CredentialKeys {
+    /// Keys derived from `master`: each is HMAC-SHA-256(master, its purpose), so neither
+    /// reveals the other.
+    pub fn from_master(master: &[u8; 32]) -> CredentialKeys {
+        let derive = |purpose: &[u8]| {
+            let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, master);
+            ring::hmac::sign(&key, purpose)
+        };
+        let sealing = derive(b"countersign credential sealing v1");
+        let sealing = ring::aead::UnboundKey::new(&ring::aead::AES_256_GCM, sealing.as_ref())
+            .expect("32 bytes is an AES-256 key");
+        CredentialKeys {
+            fingerprints: FingerprintKey::new(derive(b"countersign credential fingerprints v1").as_ref()),
+            sealing: ring::aead::LessSafeKey::new(sealing),
+        }
+    }
+
+    /// Fresh random keys, for tests and tools that keep nothing.
+    pub fn ephemeral() -> CredentialKeys {
+        CredentialKeys::from_master(&random_bytes())
+    }
+
+    /// The keys in `path`, made (32 random bytes, readable by this user alone) on first use.
+    pub fn load_or_create(path: &std::path::Path) -> Result<CredentialKeys, KeyError> {
+        let file_error = |source| KeyError::File {
+            path: path.to_path_buf(),
+            source,
+        };
+        match std::fs::read(path) {
+            Ok(bytes) => {
+                let master: [u8; 32] = bytes.as_slice().try_into().map_err(|_| KeyError::Length {
+                    path: path.to_path_buf(),
+                    length: bytes.len(),
+                })?;
+                Ok(CredentialKeys::from_master(&master))
+            }
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+                if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                    std::fs::create_dir_all(dir).map_err(file_error)?;
+                }
+                // Written whole to a file of its own, then linked into place: two processes
+                // starting at once never see half a key, and the second keeps the first's.
+                let master = random_bytes();
+                let draft = path.with_extension(format!("new-{}", hex::encode(random_bytes::<8>())));
+                let mut options = std::fs::OpenOptions::new();
+                options.write(true).create_new(true);
+                #[cfg(unix)]
+                std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+                let written = options.open(&draft).and_then(|mut file| {
+                    std::io::Write::write_all(&mut file, &master)?;
+                    file.sync_all()
+                });
+                let linked = written.and_then(|()| std::fs::hard_link(&draft, path));
+                let _ = std::fs::remove_file(&draft);
+                match linked {
+                    Ok(()) => {
+                        tracing::info!(path = %path.display(), "made a new credential key file: back it up apart from the database");
+                        Ok(CredentialKeys::from_master(&master))
+                    }
+                    Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists => {
+                        CredentialKeys::load_or_create(path)
+                    }
+                    Err(error) => Err(file_error(error)),
+                }
+            }
+            Err(error) => Err(file_error(error)),
+        }
+    }
+
+    pub fn fingerprints(&self) -> &FingerprintKey {
+        &self.fingerprints
+    }
+
+    /// `secret` sealed (AES-256-GCM, a random nonce) to the credential named `name`: the
+    /// sealed text opens only under these keys and only for that name.
+    pub fn seal(&self, name: &str, secret: &SecretString) -> String {
+        let nonce_bytes: [u8; 12] = random_bytes();
+        let mut sealed = secret.expose_secret().as_bytes().to_vec();
+        self.sealing
+            .seal_in_place_append_tag(
+                ring::aead::Nonce::assume_unique_for_key(nonce_bytes),
+                ring::aead::Aad::from(name.as_bytes()),
+                &mut sealed,
+            )
+            .expect("a credential is far shorter than AES-GCM's limit");
+        let mut out = nonce_bytes.to_vec();
+        out.extend_from_slice(&sealed);
+        base64::Engine::encode(&base64::engine::general_purpose::STANDARD, out)
+    }
+
+    /// The secret [`CredentialKeys::seal`] sealed for `name`.
+    pub fn unseal(&self, name: &str, sealed: &str) -> Result<SecretString, KeyError> {
+        let bytes =
+            base64::Engine::decode(&base64::engine::general_purpose::STANDARD, sealed).map_err(|_| KeyError::Unseal)?;
+        if bytes.len() < 12 {
+            return Err(KeyError::Unseal);
+        }
+        let (nonce, rest) = bytes.split_at(12);
+        let nonce = ring::aead::Nonce::try_assume_unique_for_key(nonce).map_err(|_| KeyError::Unseal)?;
+        let mut rest = rest.to_vec();
+        let plain = self
+            .sealing
+            .open_in_place(nonce, ring::aead::Aad::from(name.as_bytes()), &mut rest)
+            .map_err(|_| KeyError::Unseal)?;
+        let text = String::from_utf8(plain.to_vec()).map_err(|_| KeyError::Unseal)?;
+        Ok(SecretString::from(text))
+    }
+}
+
+fn random_bytes<const N: usize>() -> [u8; N] {
+    let mut bytes = [0u8; N];
+    OsRng
+        .try_fill_bytes(&mut bytes)
+        .expect("the operating system's random number generator");
+    bytes
 }
 
 /// Why no credential could be issued.
@@ -209,7 +346,7 @@ pub enum IssueError {
 }
 
 /// How many candidates are drawn before giving up (a weak or reused one is drawn again).
-const MAX_TRIES: usize = 10_000;
+pub const MAX_TRIES: usize = 10_000;
 
 /// A new credential under `policy`: random, not weak, and never issued before (its
 /// fingerprint is recorded in `ledger` before it is returned).
@@ -218,27 +355,33 @@ pub fn issue(
     key: &FingerprintKey,
     ledger: &mut dyn FingerprintLedger,
 ) -> Result<(SecretString, String), IssueError> {
-    let mut rng = OsRng.unwrap_err();
     for _ in 0..MAX_TRIES {
-        let length = rng.random_range(policy.min_length..=policy.max_length);
-        let candidate: String = match policy.kind {
-            CredentialKind::Passcode => (0..length)
-                .map(|_| char::from(b'0' + rng.random_range(0..10u8)))
-                .collect(),
-            CredentialKind::Password => (0..length)
-                .map(|_| char::from(PASSWORD_ALPHABET[rng.random_range(0..PASSWORD_ALPHABET.len())]))
-                .collect(),
-        };
-        if weakness(policy, &candidate).is_some() {
-            continue;
-        }
-        let secret = SecretString::from(candidate);
+        let Some(secret) = draw(policy) else { continue };
         let fingerprint = key.fingerprint(&secret);
         if ledger.record(&fingerprint) {
             return Ok((secret, fingerprint));
         }
     }
     Err(IssueError::Exhausted(MAX_TRIES))
+}
+
+/// One random candidate under `policy`, or None when it came out weak (draw again). The
+/// engine, whose ledger is a database table it asks asynchronously, loops over this itself
+/// (up to [`MAX_TRIES`]); [`issue`] is the same loop over a ledger in memory.
+pub fn draw(policy: &CredentialPolicy) -> Option<SecretString> {
+    let mut rng = OsRng.unwrap_err();
+    let length = rng.random_range(policy.min_length..=policy.max_length);
+    let candidate: String = match policy.kind {
+        CredentialKind::Passcode => (0..length)
+            .map(|_| char::from(b'0' + rng.random_range(0..10u8)))
+            .collect(),
+        CredentialKind::Password => (0..length)
+            .map(|_| char::from(PASSWORD_ALPHABET[rng.random_range(0..PASSWORD_ALPHABET.len())]))
+            .collect(),
+    };
+    weakness(policy, &candidate)
+        .is_none()
+        .then(|| SecretString::from(candidate))
 }
 
 #[cfg(test)]
@@ -354,6 +497,55 @@ mod tests {
             issue(&passcodes(), &key, &mut Full).unwrap_err(),
             IssueError::Exhausted(MAX_TRIES)
         );
+    }
+
+    #[test]
+    fn a_sealed_secret_opens_only_under_its_key_and_for_its_name() {
+        let keys = CredentialKeys::from_master(&[9; 32]);
+        let secret = SecretString::from("Kq7xMnp3Rt8vWz");
+        let sealed = keys.seal("cred-1", &secret);
+        assert!(!sealed.contains("Kq7xMnp3Rt8vWz"));
+        assert_ne!(sealed, keys.seal("cred-1", &secret), "a fresh nonce each time");
+        assert_eq!(
+            keys.unseal("cred-1", &sealed).unwrap().expose_secret(),
+            "Kq7xMnp3Rt8vWz"
+        );
+        assert!(matches!(keys.unseal("cred-2", &sealed), Err(KeyError::Unseal)));
+        assert!(matches!(
+            CredentialKeys::from_master(&[8; 32]).unseal("cred-1", &sealed),
+            Err(KeyError::Unseal)
+        ));
+        let mut tampered = base64::Engine::decode(&base64::engine::general_purpose::STANDARD, &sealed).unwrap();
+        tampered[14] ^= 1;
+        let tampered = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, tampered);
+        assert!(matches!(keys.unseal("cred-1", &tampered), Err(KeyError::Unseal)));
+        assert!(matches!(keys.unseal("cred-1", "short"), Err(KeyError::Unseal)));
+    }
+
+    #[test]
+    fn the_key_file_is_made_once_private_and_read_back_the_same() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("keys/credential.key");
+        let made = CredentialKeys::load_or_create(&path).unwrap();
+        let sealed = made.seal("c", &SecretString::from("583920"));
+        let again = CredentialKeys::load_or_create(&path).unwrap();
+        assert_eq!(again.unseal("c", &sealed).unwrap().expose_secret(), "583920");
+        let secret = SecretString::from("583920");
+        assert_eq!(
+            made.fingerprints().fingerprint(&secret),
+            again.fingerprints().fingerprint(&secret)
+        );
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+        std::fs::write(&path, b"too short").unwrap();
+        assert!(matches!(
+            CredentialKeys::load_or_create(&path),
+            Err(KeyError::Length { length: 9, .. })
+        ));
     }
 
     #[test]

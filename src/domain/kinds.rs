@@ -104,6 +104,11 @@ stored_words! {
         /// A caseworker verified the form's signatory (how is the reason); they joined the
         /// signatory register.
         SignatoryVerified = "signatory_verified",
+        /// A credential (a new user's first password) was issued: its link and the username
+        /// were queued to their two recipients. The event names neither secret nor link.
+        CredentialIssued = "credential_issued",
+        /// The credential's owner opened their one-time link and was shown it.
+        CredentialShown = "credential_shown",
     }
 }
 

@@ -793,6 +793,8 @@ impl Engine {
                     &request.recorded,
                     self.today(),
                 ));
+                self.plan_credential(&mut *conn, workflow, case, &request, actor, &mut change)
+                    .await?;
                 change
             }
         })

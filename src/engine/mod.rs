@@ -20,6 +20,7 @@ pub mod accounts;
 pub mod change;
 /// What a PDF attachment is: which workflow's form, its fields, and what the rules find. Pure.
 pub mod classify;
+pub mod credentials;
 /// An email in: stored once, its cases opened (or found again), in one transaction.
 pub mod intake;
 /// The mail a change sends, composed as data. Pure.
@@ -90,6 +91,13 @@ pub enum EngineError {
     VerificationUnexplained,
     #[error("case {reference} names no signatory to verify (it has no form, or the form names no signatory and role)")]
     NoSignatoryToVerify { reference: String },
+    /// The credential cannot be delivered as its workflow requires: nothing is issued.
+    #[error("case {reference}: no password can be issued: {why}")]
+    CredentialUndeliverable { reference: String, why: String },
+    #[error(transparent)]
+    CredentialIssue(#[from] crate::credentials::IssueError),
+    #[error("an issued credential cannot be opened: {0}")]
+    CredentialKey(#[from] crate::credentials::KeyError),
 }
 
 impl From<StorageError> for EngineError {
@@ -149,6 +157,9 @@ pub struct EngineConfig {
     pub pdf_reader: pdf::PdfReader,
     /// Our own check of each email's sender (DKIM, ARC, the Exchange marker).
     pub sender_checker: crate::dkim::SenderChecker,
+    /// The keys issued credentials are fingerprinted and sealed under (a file outside the
+    /// database).
+    pub credential_keys: Arc<crate::credentials::CredentialKeys>,
 }
 
 /// The engine: the database, the workflows, the calendar, its settings and its clock. Built

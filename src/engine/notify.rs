@@ -276,6 +276,18 @@ pub fn preview_context(workflow: &WorkflowDef, now: chrono::DateTime<Local>, due
             ("ods_code", serde_json::json!("A81001")),
             ("days", serde_json::json!(3)),
             ("days_ago", serde_json::json!(4)),
+            // A new user's password: its one-time link and, separately, the user name.
+            (
+                super::credentials::LINK_CONTEXT_KEY,
+                serde_json::json!({
+                    "link": "https://countersign.example/credential/(a link that works once)",
+                    "link_expires": "09:00 on Friday 4 December 2026",
+                    "lifetime_days": 30,
+                    "expires_on": "Sunday 3 January 2027",
+                    "username": "OE123456",
+                    "user_address": "new.user@nhs.net",
+                }),
+            ),
         ] {
             map.insert(key.to_string(), figure);
         }

@@ -116,9 +116,17 @@ impl Dispatcher {
                 summary.deferred += 1;
                 continue;
             }
+            let context = match self.with_credential_link(&job, now).await? {
+                Ok(context) => context,
+                Err(why) => {
+                    self.mark_failed(job.id, &why, now).await?;
+                    summary.failed += 1;
+                    continue;
+                }
+            };
             let message = self
                 .renderer
-                .render(&job.template, &job.context)
+                .render(&job.template, &context)
                 .map_err(|e| e.to_string())
                 .and_then(|r| {
                     let message = compose(&self.settings, &job, &r)?;
@@ -160,6 +168,51 @@ impl Dispatcher {
             }
         }
         Ok(summary)
+    }
+
+    /// The job's template context, with a credential's one-time link put in when the message
+    /// carries one. The link's token is minted now, at send time, and only its hash is kept
+    /// (on the credential's row, where it replaces any earlier link): so no outbox row ever
+    /// holds a working link, and a resend after a crash sends a new link that voids the old.
+    /// Err (with why) when the credential has no secret left to link to.
+    async fn with_credential_link(
+        &self,
+        job: &OutboxJob,
+        now: i64,
+    ) -> Result<Result<serde_json::Value, String>, OutboxError> {
+        let key = crate::engine::credentials::LINK_CONTEXT_KEY;
+        let credential = &job.context[key];
+        let (Some(name), Some(hours)) = (credential["name"].as_str(), credential["link_valid_hours"].as_i64()) else {
+            return Ok(Ok(job.context.clone()));
+        };
+        let token = crate::users::random_token();
+        let link_expires_at = now + hours * 3_600_000;
+        let mut conn = self.connection().await?;
+        let linked = storage::set_credential_link(
+            &mut conn,
+            name,
+            &crate::mail::sha256_hex(token.as_bytes()),
+            link_expires_at,
+        )
+        .await?;
+        if !linked {
+            return Ok(Err(
+                "the password was already shown or withdrawn: there is nothing to link to".to_string(),
+            ));
+        }
+        let mut context = job.context.clone();
+        context[key]["link"] = serde_json::Value::String(format!(
+            "{}/credential/{token}",
+            self.settings.web_base_url.trim_end_matches('/')
+        ));
+        context[key]["link_expires"] = chrono::DateTime::from_timestamp_millis(link_expires_at)
+            .map(|t| {
+                t.with_timezone(&chrono::Local)
+                    .format("%H:%M on %A %-d %B %Y")
+                    .to_string()
+            })
+            .into();
+        Ok(Ok(context))
     }
 
     async fn mark_failed(&self, id: i64, error: &str, now: i64) -> Result<(), OutboxError> {
@@ -246,6 +299,8 @@ mod tests {
             "reports_link": "http://127.0.0.1:8080/reports",
             "user_id": "OE1", "ods_code": "A81001", "days": 3, "days_ago": 4,
             "fields": { "smartcard_id": "555123456789" },
+            "credential": { "link": "http://127.0.0.1:8080/credential/t", "link_expires": "09:00 on Monday 23 November 2026",
+                            "lifetime_days": 30, "username": "OE1", "user_address": "new.user@nhs.net" },
         });
         let names = crate::workflow::definition::email_template_names(
             &Path::new(env!("CARGO_MANIFEST_DIR")).join("templates/email"),

@@ -18,6 +18,8 @@ pub struct Deferred {
     signatories: Vec<(super::NewSignatory, i64)>,
     /// Accounts for the register, with the case reference they came from.
     accounts: Vec<(crate::accounts::OeAccount, String, i64)>,
+    /// Credentials issued, by case.
+    credentials: Vec<(i64, super::NewCredential, i64)>,
 }
 
 impl Deferred {
@@ -32,9 +34,12 @@ impl Deferred {
             link_messages,
             add_signatories,
             add_accounts,
+            issue_credentials,
             reference,
             ..
         } = change;
+        self.credentials
+            .extend(issue_credentials.into_iter().map(|c| (case_id, c, at)));
         self.signatories.extend(add_signatories.into_iter().map(|s| (s, at)));
         self.accounts
             .extend(add_accounts.into_iter().map(|a| (a, reference.clone(), at)));
@@ -103,6 +108,9 @@ pub async fn flush(conn: &mut AnyConnection, deferred: &mut Deferred) -> Result<
     }
     for (account, reference, at) in &held.accounts {
         super::upsert_accounts(conn, std::slice::from_ref(account), reference, *at).await?;
+    }
+    for (case_id, credential, at) in &held.credentials {
+        super::insert_credentials(conn, *case_id, std::slice::from_ref(credential), *at).await?;
     }
     for chunk in held.timers.chunks(ROWS_PER_STATEMENT) {
         let sql = multi_row_insert(

@@ -1,5 +1,5 @@
 //! Everything the case page shows about one case, read on one connection: the case, the email
-//! that opened it and its attachments, its events, mail, timers and notes, who it is assigned
+//! that opened it and its attachments, its events, mail, timers, notes and credentials, who it is assigned
 //! to, and the cases it is linked with. Every query here is keyed by the case and indexed
 //! (`tests/it/query_plans.rs`).
 
@@ -28,6 +28,8 @@ pub struct CaseFile {
     pub messages: Vec<super::CaseMessage>,
     /// The form's digital signatures and what was found of them.
     pub signatures: Vec<crate::pdf::SignatureInfo>,
+    /// Credentials issued on the case (never their secrets).
+    pub credentials: Vec<super::CredentialRecord>,
 }
 
 /// The case file of `reference`, if there is such a case.
@@ -52,6 +54,7 @@ pub async fn case_file(conn: &mut AnyConnection, reference: &str) -> Result<Opti
     let related = super::related_cases(conn, case.id).await?;
     let messages = super::messages_of_case(conn, case.id).await?;
     let signatures = super::form_signatures(conn, case.id).await?;
+    let credentials = super::credentials_for_case(conn, case.id).await?;
     Ok(Some(CaseFile {
         case,
         message,
@@ -65,5 +68,6 @@ pub async fn case_file(conn: &mut AnyConnection, reference: &str) -> Result<Opti
         related,
         messages,
         signatures,
+        credentials,
     }))
 }

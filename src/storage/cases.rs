@@ -369,6 +369,8 @@ pub struct CaseChangeset {
     pub add_signatories: Vec<super::NewSignatory>,
     /// Accounts the change puts in the Open Exeter account register (a provisioned case's).
     pub add_accounts: Vec<crate::accounts::OeAccount>,
+    /// Credentials the change issues (sealed; see `storage::credentials`).
+    pub issue_credentials: Vec<super::NewCredential>,
 }
 
 /// The case's own columns a change sets; `None` leaves one as it is.

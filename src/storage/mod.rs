@@ -287,6 +287,7 @@ mod audit;
 mod batch;
 mod case_file;
 mod cases;
+mod credentials;
 mod events;
 mod inventory;
 mod jobs;
@@ -312,6 +313,10 @@ pub use audit::{
 pub use batch::{Deferred, apply_change_deferred, enqueue_mail, flush};
 pub use case_file::{CaseFile, case_file};
 pub use cases::*;
+pub use credentials::{
+    CredentialRecord, NewCredential, SpentLink, credential_link_open, credentials_for_case, fingerprint_issued,
+    insert_credentials, set_credential_link, spend_credential_link,
+};
 pub use events::*;
 pub use inventory::{Inventory, inventory};
 pub use jobs::*;

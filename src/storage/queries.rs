@@ -13,6 +13,9 @@ pub(crate) const TIMERS_FOR_CASE: &str =
 pub(crate) const OUTBOX_FOR_CASE: &str = "SELECT template, recipient, status, suppressed_reason, in_reply_to, created_at, last_error, context FROM outbox WHERE case_id = $1 ORDER BY id";
 pub(crate) const MESSAGES_OF_CASE: &str = "SELECT m.id, cm.relation, m.from_address, m.subject, m.sent_at, m.received_at, m.raw, m.sender_auth, m.sha256 \
      FROM case_messages cm JOIN raw_messages m ON m.id = cm.raw_message_id WHERE cm.case_id = $1 ORDER BY m.received_at, m.id";
+pub(crate) const CREDENTIALS_OF_CASE: &str = "SELECT name, sent_to, issued_at, expires_at, link_expires_at, shown_at,
+        CAST(CASE WHEN sealed IS NULL THEN 0 ELSE 1 END AS BIGINT)
+ FROM credentials WHERE case_id = $1 ORDER BY id";
 pub(crate) const NOTES_FOR_CASE: &str =
     "SELECT author, body, created_at FROM case_notes WHERE case_id = $1 ORDER BY id";
 pub(crate) const ORIGIN_MESSAGE: &str =
@@ -59,6 +62,7 @@ pub const PER_CASE_QUERIES: &[(&str, &str, CaseKey)] = &[
     ("outbox of a case", OUTBOX_FOR_CASE, CaseKey::Id),
     ("messages of a case", MESSAGES_OF_CASE, CaseKey::Id),
     ("notes of a case", NOTES_FOR_CASE, CaseKey::Id),
+    ("credentials of a case", CREDENTIALS_OF_CASE, CaseKey::Id),
     ("an attachment's bytes", ATTACHMENT_CONTENT, CaseKey::Id),
     ("what was read from a case's form", FORM_READING_OF_CASE, CaseKey::Id),
     ("a case's event chain", EVENT_CHAIN_OF_CASE, CaseKey::Id),

@@ -92,7 +92,7 @@ pub fn render(state: &AppState, template: &str, context: &tera::Context) -> Resu
         .map_err(|e| WebError::internal(format!("template {template}: {e:?}")))
 }
 
-fn csrf_value(token: &CsrfToken) -> Result<String, WebError> {
+pub(super) fn csrf_value(token: &CsrfToken) -> Result<String, WebError> {
     token.authenticity_token().map_err(WebError::internal)
 }
 
@@ -250,7 +250,7 @@ pub async fn sign_in(
 
 #[derive(serde::Deserialize)]
 pub struct CsrfOnly {
-    csrf: String,
+    pub(super) csrf: String,
 }
 
 pub async fn sign_out(

@@ -271,6 +271,7 @@ fn case_context(
         related,
         messages,
         signatures,
+        credentials,
     } = file;
     let workflow = case.workflow.as_deref().and_then(|w| state.engine.workflows().get(w));
     let body = message
@@ -351,6 +352,21 @@ fn case_context(
     let was_keyed = events.iter().any(|e| e.kind == EventKind::FieldKeyed);
     context.insert("timeline", &timeline(events, mail, timers, workflow));
     context.insert("notes", &notes);
+    // A password issued on the case: where its link went and whether it was opened, never it.
+    let credentials: Vec<serde_json::Value> = credentials
+        .iter()
+        .map(|c| {
+            serde_json::json!({
+                "sent_to": c.sent_to,
+                "issued": when(Some(c.issued_at)),
+                "expires": when(Some(c.expires_at)),
+                "link_until": when(c.link_expires_at),
+                "shown": when(c.shown_at),
+                "waiting": c.waiting,
+            })
+        })
+        .collect();
+    context.insert("credentials", &credentials);
     // Mail that named a case but was not allowed to change it is a case of its own: each page
     // links to the other, so the caseworker sees both.
     context.insert("named_case", &named_case);

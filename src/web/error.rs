@@ -119,14 +119,18 @@ impl From<EngineError> for WebError {
             | EngineError::Unclassified { .. }
             | EngineError::NotKeyable { .. }
             | EngineError::NoReplyChosen { .. }
-            | EngineError::NoFormToAskFor { .. } => WebError::Conflict(error.to_string()),
+            | EngineError::NoFormToAskFor { .. }
+            | EngineError::CredentialUndeliverable { .. } => WebError::Conflict(error.to_string()),
             EngineError::UnknownField { .. }
             | EngineError::UnknownWorkflow(_)
             | EngineError::VerificationUnexplained
             | EngineError::NoSignatoryToVerify { .. }
             | EngineError::AccountFile(_) => WebError::BadRequest(error.to_string()),
             EngineError::Storage(e) => WebError::internal(e),
-            EngineError::NotDurable { .. } | EngineError::PreparationFailed(_) => WebError::internal(error),
+            EngineError::NotDurable { .. }
+            | EngineError::PreparationFailed(_)
+            | EngineError::CredentialIssue(_)
+            | EngineError::CredentialKey(_) => WebError::internal(error),
         }
     }
 }

@@ -3,7 +3,7 @@
 //! Each module lists its own routes with who may use each ([`Access`]); [`routes`] gathers
 //! them, the router is built from that one list, and the access check runs before any
 //! handler, so the list is the single place that says who may use what. A test walks it.
-//! Every route but sign-in, the set-password link, health and the static files needs a
+//! Every route but sign-in, the set-password and credential links, health and the static files needs a
 //! signed-in member of staff. State-changing forms carry a CSRF token (axum_csrf). Sessions
 //! live in the database.
 
@@ -12,6 +12,7 @@ pub mod api;
 mod assets;
 pub mod auth;
 mod case;
+pub mod credential;
 pub mod error;
 pub mod oidc;
 mod ops;
@@ -108,6 +109,7 @@ pub fn routes() -> Vec<Route> {
     [
         assets::routes(),
         auth::routes(),
+        credential::routes(),
         queue::routes(),
         case::routes(),
         admin::routes(),

@@ -339,6 +339,45 @@ pub struct Records {
     pub account_primary_user: bool,
 }
 
+/// A credential the workflow issues (`[credential]`): a new user's first password. When a
+/// case reaches `issue_on`, a fresh one is made under the policy, sealed, and two messages
+/// are queued, never one: a one-time link to the secret goes to the user's own NHS mailbox
+/// (`send_to`, a field `[nhs_email]` checks), and the username (`username_field`) goes to the
+/// Primary User who asked for the account (`username_to`).
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct CredentialDef {
+    pub kind: crate::credentials::CredentialKind,
+    pub min_length: usize,
+    pub max_length: usize,
+    /// Days until it must be changed (Open Exeter passwords last 30).
+    pub lifetime_days: u32,
+    pub issue_on: String,
+    pub send_to: String,
+    pub link_template: String,
+    /// How long the one-time link works once sent.
+    #[serde(default = "default_link_valid_hours")]
+    pub link_valid_hours: u32,
+    pub username_field: String,
+    pub username_to: String,
+    pub username_template: String,
+}
+
+fn default_link_valid_hours() -> u32 {
+    72
+}
+
+impl CredentialDef {
+    pub fn policy(&self) -> crate::credentials::CredentialPolicy {
+        crate::credentials::CredentialPolicy {
+            kind: self.kind,
+            min_length: self.min_length,
+            max_length: self.max_length,
+            lifetime_days: self.lifetime_days,
+        }
+    }
+}
+
 /// The characters a recorded value may have.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -456,6 +495,9 @@ pub struct WorkflowDef {
     /// How each value a transition records (`records`) is asked for and checked, by name.
     #[serde(default)]
     pub recorded: std::collections::BTreeMap<String, RecordedDef>,
+    /// The credential a case issues, and how it is delivered.
+    #[serde(default)]
+    pub credential: Option<CredentialDef>,
     /// Where the file came from, for error messages.
     #[serde(skip)]
     pub source: PathBuf,
@@ -918,6 +960,52 @@ impl WorkflowDef {
                 ));
             }
         }
+        if let Some(credential) = &self.credential {
+            credential
+                .policy()
+                .validate()
+                .map_err(|e| invalid("credential", e.to_string()))?;
+            known_state("credential.issue_on", &credential.issue_on)?;
+            known_field("credential.send_to", &credential.send_to)?;
+            known_field("credential.username_to", &credential.username_to)?;
+            if self.field(&credential.username_field).is_none()
+                && !self
+                    .transitions
+                    .iter()
+                    .any(|t| t.records.contains(&credential.username_field))
+            {
+                return Err(invalid(
+                    "credential.username_field",
+                    format!(
+                        "`{}` is neither a field nor a recorded value",
+                        credential.username_field
+                    ),
+                ));
+            }
+            if !self.nhs_email.fields.contains(&credential.send_to) {
+                return Err(invalid(
+                    "credential.send_to",
+                    format!(
+                        "the secret goes only to an NHS mailbox: list `{}` in `[nhs_email] fields`",
+                        credential.send_to
+                    ),
+                ));
+            }
+            if credential.send_to == credential.username_to {
+                return Err(invalid(
+                    "credential.username_to",
+                    "the username and the secret must never go to the same place".into(),
+                ));
+            }
+            known_template("credential.link_template", &credential.link_template)?;
+            known_template("credential.username_template", &credential.username_template)?;
+            if !(1..=24 * 14).contains(&credential.link_valid_hours) {
+                return Err(invalid(
+                    "credential.link_valid_hours",
+                    "a one-time link lasts 1 hour to 14 days".into(),
+                ));
+            }
+        }
         for (j, state) in self.replies.replace_form_in.iter().enumerate() {
             let key = format!("replies.replace_form_in[{j}]");
             if !state_names.contains(state.as_str()) {
@@ -1224,6 +1312,45 @@ mod tests {
         // A pattern that is not one.
         let err = error_in("new_user.toml", "subject = \"(?i)", "subject = \"((?i)");
         assert!(err.contains("bad pattern"), "{err}");
+    }
+
+    #[test]
+    fn a_credential_goes_only_to_an_nhs_mailbox_apart_from_its_username_under_a_sound_policy() {
+        // The secret's mailbox must be one `[nhs_email]` checks.
+        let err = error_in("new_user.toml", "send_to = \"user_email\"", "send_to = \"created_by\"");
+        assert!(err.contains("credential.send_to") && err.contains("nhs_email"), "{err}");
+        // The username may not go where the secret goes.
+        let err = error_in(
+            "new_user.toml",
+            "username_to = \"created_by\"",
+            "username_to = \"user_email\"",
+        );
+        assert!(err.contains("credential.username_to"), "{err}");
+        // A passcode of 4 digits, a credential that never expires, an unknown state.
+        let err = error_in(
+            "new_user.toml",
+            "kind = \"password\"\nmin_length = 14",
+            "kind = \"passcode\"\nmin_length = 4",
+        );
+        assert!(err.contains("credential") && err.contains("6 to 8 digits"), "{err}");
+        let err = error_in("new_user.toml", "lifetime_days = 30", "lifetime_days = 0");
+        assert!(err.contains("must expire"), "{err}");
+        let err = error_in("new_user.toml", "issue_on = \"provisioned\"", "issue_on = \"issued\"");
+        assert!(err.contains("credential.issue_on"), "{err}");
+        let err = error_in(
+            "new_user.toml",
+            "username_field = \"new_user_id\"",
+            "username_field = \"login\"",
+        );
+        assert!(err.contains("credential.username_field"), "{err}");
+        let err = error_in(
+            "new_user.toml",
+            "link_template = \"credential_link\"",
+            "link_template = \"credential_lnk\"",
+        );
+        assert!(err.contains("unknown template"), "{err}");
+        let err = error_in("new_user.toml", "link_valid_hours = 72", "link_valid_hours = 0");
+        assert!(err.contains("link_valid_hours"), "{err}");
     }
 
     #[test]

@@ -11,6 +11,7 @@ mod api;
 mod audit;
 mod browser;
 mod cli;
+mod credentials;
 mod engine;
 mod evidence;
 mod faults;

@@ -87,7 +87,7 @@ async fn csv(manager: &mut Browser, table: &str, period: &str) -> String {
 
 #[tokio::test]
 async fn the_reports_match_figures_worked_out_by_hand() {
-    let _ = tracing_subscriber::fmt().with_test_writer().try_init();
+    crate::common::logs::install();
     on_both_backends_clocked(|engine, clock| async move {
         data_set(&engine, &clock).await;
         // What serve does when it starts: every past day from the first case's (Friday 20th)

@@ -1466,6 +1466,16 @@ async fn admins_edit_organisations_and_see_each_workflow_drawn() {
                 .body
                 .contains("created_by must be a Primary User of the organisation")
         );
+        // The new-user workflow says what password it issues, and where each half goes.
+        assert!(
+            workflows
+                .body
+                .contains("issues a 14-character password that lasts 30 days")
+                && workflows.body.contains("goes to user_email")
+                && workflows.body.contains("separately to created_by"),
+            "{}",
+            workflows.body
+        );
         assert!(
             workflows.body.contains("Awaiting information from sender") && workflows.body.contains("remind_sender")
         );

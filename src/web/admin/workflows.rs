@@ -133,6 +133,12 @@ pub async fn workflows(
                 "roles": w.signatories.roles.iter().map(|r| &r.role).collect::<Vec<_>>(),
                 "nhs_fields": w.nhs_email.fields, "sender_nhs": w.nhs_email.sender, "sender_is_signatory": w.nhs_email.sender_must_be_signatory,
                 "max_age_days": w.signatories.max_age_days, "sla": w.sla.target_working_days, "four_eyes": w.four_eyes,
+                "credential": w.credential.as_ref().map(|c| serde_json::json!({
+                    "kind": match c.kind { crate::credentials::CredentialKind::Password => "password", crate::credentials::CredentialKind::Passcode => "passcode" },
+                    "length": if c.min_length == c.max_length { c.min_length.to_string() } else { format!("{} to {}", c.min_length, c.max_length) },
+                    "lifetime_days": c.lifetime_days, "issue_on": c.issue_on, "send_to": c.send_to,
+                    "username_field": c.username_field, "username_to": c.username_to, "link_valid_hours": c.link_valid_hours,
+                })),
                 "transitions": w.transitions.iter().map(|t| serde_json::json!({
                     "name": t.name, "from": t.from.join(", "), "to": t.to, "by": t.by.iter().map(|r| r.as_str()).collect::<Vec<_>>().join(", "), "template": if t.template_by_class { Some("the reply of the case's problem") } else { t.template.as_deref() },
                 })).collect::<Vec<_>>(),

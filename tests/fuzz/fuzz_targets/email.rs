@@ -55,6 +55,7 @@ fn harness() -> &'static Harness {
                     ..SenderCheckSettings::default()
                 })
                 .unwrap(),
+                credential_keys: std::sync::Arc::new(countersign::credentials::CredentialKeys::ephemeral()),
             },
         );
         Harness { runtime, engine }

@@ -165,6 +165,8 @@ pub fn test_settings(database_url: &str) -> Settings {
     // port where nothing answers, which is a (temporary) DNS failure.
     settings.sender_check.dns_servers = vec!["127.0.0.1:9".into()];
     settings.sender_check.dns_timeout_ms = 500;
+    // One key for every test run, outside the checkout.
+    settings.credential_key_file = Some(std::env::temp_dir().join("countersign-tests-credential.key"));
     settings
 }
 
@@ -345,6 +347,7 @@ where
 }
 mod app;
 pub mod dovecot;
+pub mod logs;
 pub mod postfix;
 
 pub use app::TestApp;

@@ -332,9 +332,137 @@ pub fn notices_due(accounts: &[OeAccount], today: NaiveDate, password_warning_da
     due
 }
 
+/// Why a Primary User cannot sign in to Open Exeter, by the register, on `today`: suspended
+/// or disabled, cut off after 90 days unused, or a password 30 days old. None while they can.
+pub fn lapsed(account: &OeAccount, today: NaiveDate) -> Option<String> {
+    match account.status {
+        AccountStatus::Suspended => return Some("suspended".into()),
+        AccountStatus::Disabled => return Some("disabled".into()),
+        AccountStatus::Active => {}
+    }
+    if let Some(last) = account.last_sign_in_on
+        && (today - last).num_days() >= UNUSED_CUTOFF_DAYS
+    {
+        return Some(format!("unused since {last}"));
+    }
+    if let Some(changed) = account.password_changed_on {
+        let expired_on = changed + chrono::Duration::days(PASSWORD_LIFETIME_DAYS);
+        if expired_on <= today {
+            return Some(format!("password expired {expired_on}"));
+        }
+    }
+    None
+}
+
+/// An organisation none of whose Primary Users can sign in: nobody there can manage its
+/// colleagues' accounts, and PCSE must restore access before its staff are locked out.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct CoverageGap {
+    pub ods_code: String,
+    /// Each Primary User and why they cannot sign in, by user ID.
+    pub primary_users: Vec<(String, String)>,
+    /// An address to write to: a Primary User's own (they can still read their mail).
+    pub contact: Option<String>,
+    /// The occurrence: the same gap (the same people, lapsed for the same reasons) has the
+    /// same key, so it opens one case however often the job runs; a new lapse is a new one.
+    pub key: String,
+}
+
+/// The organisations in the register whose every Primary User has lapsed (at least one
+/// Primary User, and none who can sign in), by ODS code.
+pub fn coverage_gaps(accounts: &[OeAccount], today: NaiveDate) -> Vec<CoverageGap> {
+    let mut by_organisation: std::collections::BTreeMap<&str, Vec<&OeAccount>> = Default::default();
+    for account in accounts.iter().filter(|a| a.primary_user) {
+        by_organisation.entry(&account.ods_code).or_default().push(account);
+    }
+    by_organisation
+        .into_iter()
+        .filter_map(|(ods_code, primary_users)| {
+            let mut lapsed: Vec<(String, String)> = primary_users
+                .iter()
+                .map(|a| lapsed(a, today).map(|why| (a.user_id.clone(), why)))
+                .collect::<Option<_>>()?;
+            lapsed.sort();
+            let fingerprint: String = lapsed.iter().map(|(id, why)| format!("{id}={why};")).collect();
+            let key = format!(
+                "coverage:{ods_code}:{}",
+                &crate::mail::sha256_hex(fingerprint.as_bytes())[..16]
+            );
+            let contact = primary_users
+                .iter()
+                .filter(|a| a.status != AccountStatus::Disabled)
+                .find_map(|a| a.email.clone());
+            Some(CoverageGap {
+                ods_code: ods_code.to_string(),
+                primary_users: lapsed,
+                contact,
+                key,
+            })
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn primary_user(id: &str, ods: &str, changed: &str, last: &str, status: AccountStatus) -> OeAccount {
+        let date = |d: &str| NaiveDate::parse_from_str(d, "%Y-%m-%d").ok();
+        OeAccount {
+            user_id: id.into(),
+            ods_code: ods.into(),
+            name: id.into(),
+            email: Some(format!("{}@nhs.net", id.to_lowercase())),
+            primary_user: true,
+            password_changed_on: date(changed),
+            last_sign_in_on: date(last),
+            status,
+        }
+    }
+
+    #[test]
+    fn an_organisation_is_a_gap_only_when_every_primary_user_has_lapsed() {
+        let today = NaiveDate::from_ymd_opt(2026, 12, 3).unwrap();
+        let accounts = vec![
+            // A81001: one expired password, one suspended: nobody can sign in.
+            primary_user("OE1", "A81001", "2026-10-01", "2026-11-30", AccountStatus::Active),
+            primary_user("OE2", "A81001", "2026-11-20", "2026-12-01", AccountStatus::Suspended),
+            // A81002: one lapsed, one fine: covered.
+            primary_user("OE3", "A81002", "2026-10-01", "2026-11-30", AccountStatus::Active),
+            primary_user("OE4", "A81002", "2026-11-20", "2026-12-01", AccountStatus::Active),
+            // A81003: unused for 90 days.
+            primary_user("OE5", "A81003", "2026-11-20", "2026-09-04", AccountStatus::Active),
+            // A81004: a password changed 29 days ago still works.
+            primary_user("OE6", "A81004", "2026-11-04", "2026-12-01", AccountStatus::Active),
+            // An ordinary user, lapsed, is not a Primary User.
+            OeAccount {
+                primary_user: false,
+                ..primary_user("OE7", "A81005", "2026-01-01", "2026-01-01", AccountStatus::Suspended)
+            },
+        ];
+        let gaps = coverage_gaps(&accounts, today);
+        let codes: Vec<&str> = gaps.iter().map(|g| g.ods_code.as_str()).collect();
+        assert_eq!(codes, vec!["A81001", "A81003"]);
+        assert_eq!(
+            gaps[0].primary_users,
+            vec![
+                ("OE1".to_string(), "password expired 2026-10-31".to_string()),
+                ("OE2".to_string(), "suspended".to_string()),
+            ]
+        );
+        assert_eq!(gaps[1].primary_users[0].1, "unused since 2026-09-04");
+        assert_eq!(gaps[0].contact.as_deref(), Some("oe1@nhs.net"));
+
+        // The same gap a day later is the same occurrence; a new lapse is a new one.
+        let tomorrow = today.succ_opt().unwrap();
+        assert_eq!(coverage_gaps(&accounts, tomorrow)[0].key, gaps[0].key);
+        let mut changed = accounts.clone();
+        changed[1].status = AccountStatus::Disabled;
+        assert_ne!(coverage_gaps(&changed, today)[0].key, gaps[0].key);
+        // One password changed: covered again.
+        changed[0].password_changed_on = Some(today);
+        assert!(coverage_gaps(&changed, today).iter().all(|g| g.ods_code != "A81001"));
+    }
 
     const FILE: &str = "user_id,ods_code,name,email,primary_user,password_changed,last_sign_in,status\n\
         OE100001,A81001,Pat Manager,pat.manager@nhs.net,Y,2026-11-20,2026-12-01,active\n\

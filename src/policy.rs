@@ -75,6 +75,9 @@ pub enum FindingCode {
     /// A notification says a user account was made by someone who is not a Primary User of
     /// the organisation in our records (the workflow's `email_checks.primary_user_field`).
     CreatorNotPrimaryUser,
+    /// By the Open Exeter account register, none of the organisation's Primary Users can sign
+    /// in (passwords expired, unused for 90 days, suspended): nobody there can manage accounts.
+    PrimaryUsersLapsed,
 }
 
 impl FindingCode {
@@ -116,13 +119,14 @@ impl FindingCode {
             FindingCode::DigitalSignerNotSignatory => "digital_signer_not_signatory",
             FindingCode::ProblemNotRecognised => "problem_not_recognised",
             FindingCode::CreatorNotPrimaryUser => "creator_not_primary_user",
+            FindingCode::PrimaryUsersLapsed => "primary_users_lapsed",
         }
     }
 }
 
 impl FindingCode {
     /// Every finding, in the order the rules meet them.
-    pub const ALL: [FindingCode; 36] = [
+    pub const ALL: [FindingCode; 37] = [
         FindingCode::RequiredFieldMissing,
         FindingCode::OdsCodeMalformed,
         FindingCode::OrganisationTypeMismatch,
@@ -159,6 +163,7 @@ impl FindingCode {
         FindingCode::DigitalSignerNotSignatory,
         FindingCode::ProblemNotRecognised,
         FindingCode::CreatorNotPrimaryUser,
+        FindingCode::PrimaryUsersLapsed,
     ];
 
     /// The finding's code as stored, back to the finding (None for a code no rule has).
@@ -206,6 +211,7 @@ impl FindingCode {
             FindingCode::DigitalSignerNotSignatory => "Digitally signed by someone other than the signatory",
             FindingCode::ProblemNotRecognised => "Problem not recognised",
             FindingCode::CreatorNotPrimaryUser => "Account made by someone not a Primary User",
+            FindingCode::PrimaryUsersLapsed => "No Primary User can sign in",
         }
     }
 }
@@ -295,6 +301,9 @@ impl FindingCode {
             }
             FindingCode::CreatorNotPrimaryUser => {
                 "The new account was set up by someone who is not a Primary User of the organisation in our records, so we will check with the organisation before authorising it."
+            }
+            FindingCode::PrimaryUsersLapsed => {
+                "None of your organisation's Primary Users can sign in to Open Exeter at the moment, so nobody can manage your colleagues' accounts. We will help you restore access."
             }
         }
     }

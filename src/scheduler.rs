@@ -203,7 +203,8 @@ impl Scheduler {
     /// the 90-day cut-off gets a warning. Each notice is sent once per occurrence (claimed in
     /// the same transaction as its mail, so two instances never both send it), at most
     /// `outreach_per_run` a run, through the outbox (whose per-recipient limit also holds).
-    /// Skipped on bank holidays.
+    /// An organisation none of whose Primary Users can sign in gets a coverage case opened
+    /// (see `engine::opened`). Skipped on bank holidays.
     async fn account_outreach(&self, occurrence: DateTime<Local>) -> Result<String, SchedulerError> {
         let today = occurrence.date_naive();
         if !self.engine.calendar().is_working_day(today) {
@@ -249,8 +250,22 @@ impl Scheduler {
             self.engine.wakers().outbox.notify_one();
         }
         let waiting = due.len() as i64 - queued - sent_before;
+        // Organisations none of whose Primary Users can sign in: a case each for PCSE, once
+        // per occurrence (the same people lapsed the same way).
+        let mut opened = Vec::new();
+        for gap in crate::accounts::coverage_gaps(&accounts, today) {
+            if let Some(case) = self.engine.open_coverage_case(&gap).await? {
+                opened.push(case.reference);
+            }
+        }
         Ok(format!(
-            "{queued} notice(s) queued, {sent_before} sent before, {waiting} waiting for the next run"
+            "{queued} notice(s) queued, {sent_before} sent before, {waiting} waiting for the next run; {} coverage case(s) opened{}",
+            opened.len(),
+            if opened.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", opened.join(", "))
+            }
         ))
     }
 

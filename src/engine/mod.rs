@@ -25,6 +25,7 @@ pub mod credentials;
 pub mod intake;
 /// The mail a change sends, composed as data. Pure.
 pub mod notify;
+pub mod opened;
 /// Mail that names a case: noted, its forms replacing or classifying the case's.
 pub mod replies;
 /// Checking again a sender whose DKIM key could not be fetched when the email came.

@@ -145,6 +145,18 @@ pub struct Recognition {
     /// workflow whose request may also come by email has both.
     #[serde(default)]
     pub email: Option<EmailRecognition>,
+    /// A workflow no email opens: Countersign's own job opens its cases (`coverage_check`:
+    /// the account register's organisations none of whose Primary Users can sign in).
+    #[serde(default)]
+    pub opened_by: Option<OpenedBy>,
+}
+
+/// Which of Countersign's own jobs opens a workflow's cases.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OpenedBy {
+    /// The account lifecycle job, for an organisation none of whose Primary Users can sign in.
+    CoverageCheck,
 }
 
 #[derive(Debug, Clone, Deserialize, serde::Serialize)]
@@ -766,7 +778,19 @@ impl WorkflowDef {
         if let Some(classify) = &self.classify {
             self.validate_classifier(classify, &known_field, templates)?;
         }
+        if self.recognise.opened_by.is_some()
+            && (self.recognise.form_id.is_some()
+                || self.recognise.email.is_some()
+                || !self.recognise.fields.is_empty()
+                || !self.signatories.roles.is_empty())
+        {
+            return Err(invalid(
+                "recognise.opened_by",
+                "a workflow Countersign opens itself takes no form and no email (anyone could send one)".into(),
+            ));
+        }
         match (&self.recognise.form_id, &self.recognise.email) {
+            _ if self.recognise.opened_by.is_some() => {}
             (Some(_), None) => self.validate_form_workflow(&known_field)?,
             (None, Some(email)) => self.validate_email_workflow(email, &known_field)?,
             // A form workflow that also takes its request by plain email (additional
@@ -923,6 +947,8 @@ impl WorkflowDef {
         // waits for the sender.
         let required_states = if self.form_id().is_some() {
             wellknown::REQUIRED_STATES
+        } else if self.recognise.opened_by.is_some() {
+            wellknown::REQUIRED_OPENED_STATES
         } else {
             wellknown::REQUIRED_EMAIL_STATES
         };
@@ -1351,6 +1377,28 @@ mod tests {
         assert!(err.contains("unknown template"), "{err}");
         let err = error_in("new_user.toml", "link_valid_hours = 72", "link_valid_hours = 0");
         assert!(err.contains("link_valid_hours"), "{err}");
+    }
+
+    #[test]
+    fn a_workflow_countersign_opens_itself_takes_no_form_and_no_email() {
+        let err = error_in(
+            "coverage.toml",
+            "opened_by = \"coverage_check\"",
+            "opened_by = \"coverage_check\"\nform_id = \"PCSE-OE-COV\"",
+        );
+        assert!(
+            err.contains("recognise.opened_by") && err.contains("no form and no email"),
+            "{err}"
+        );
+        let err = error_in(
+            "coverage.toml",
+            "opened_by = \"coverage_check\"",
+            "opened_by = \"coverage_check\"\n[recognise.email]\nfrom = [\"pcse.openexeter@nhs.net\"]",
+        );
+        assert!(err.contains("recognise.opened_by"), "{err}");
+        // Opened, then held for a caseworker: both states are needed.
+        let err = error_in("coverage.toml", "name = \"needs_review\"", "name = \"held\"");
+        assert!(err.contains("needs_review"), "{err}");
     }
 
     #[test]

@@ -8,8 +8,8 @@ pub mod machine;
 pub mod wellknown;
 
 pub use definition::{
-    ActorRole, CredentialDef, DefinitionError, FieldDef, FieldKind, FourEyesPart, OrganisationKind, TimerAction,
-    TimerDef, TransitionDef, WorkflowDef, WorkflowSet,
+    ActorRole, CredentialDef, DefinitionError, FieldDef, FieldKind, FourEyesPart, OpenedBy, OrganisationKind,
+    TimerAction, TimerDef, TransitionDef, WorkflowDef, WorkflowSet,
 };
 pub use machine::{Actor, CaseHistory, TransitionError, TransitionPlan, TransitionRequest, plan_transition};
 

@@ -21,6 +21,10 @@ pub const REQUIRED_STATES: &[&str] = &[RECEIVED, VALIDATED, NEEDS_REVIEW, AUTHOR
 /// then held for a caseworker or passed.
 pub const REQUIRED_EMAIL_STATES: &[&str] = &[RECEIVED, VALIDATED, NEEDS_REVIEW];
 
+/// The states every workflow Countersign opens itself must declare: opened, then held for a
+/// caseworker with what the job found.
+pub const REQUIRED_OPENED_STATES: &[&str] = &[RECEIVED, NEEDS_REVIEW];
+
 /// The states in which a caseworker may key or correct a case's fields by hand.
 pub const KEYABLE_STATES: &[&str] = &[RECEIVED, NEEDS_REVIEW];
 

@@ -188,3 +188,120 @@ async fn a_lifecycle_notice_reaches_the_primary_user_through_the_real_smtp_serve
     })
     .await;
 }
+
+#[tokio::test]
+async fn an_organisation_none_of_whose_primary_users_can_sign_in_gets_one_coverage_case_per_occurrence() {
+    crate::common::on_both_backends_clocked(|app, clock| async move {
+        let engine = app.engine();
+        // Friday 20 November 2026: A81001's two Primary Users cannot sign in (a password 30
+        // days old, a suspended account); A81002 still has one who can.
+        let register = "user_id,ods_code,name,email,primary_user,password_changed,last_sign_in,status\n\
+            OE1,A81001,Expired Primary,expired@nhs.net,Y,2026-10-01,2026-11-19,active\n\
+            OE2,A81001,Suspended Primary,suspended@nhs.net,Y,2026-11-10,2026-11-19,suspended\n\
+            OE3,A81001,Ordinary User,ordinary@nhs.net,N,2026-11-10,2026-11-19,active\n\
+            OE4,A81002,Lapsed Primary,lapsed@nhs.net,Y,2026-10-01,2026-11-19,active\n\
+            OE5,A81002,Fine Primary,fine@nhs.net,Y,2026-11-15,2026-11-19,active\n";
+        engine
+            .import_accounts(register.as_bytes(), "register.csv")
+            .await
+            .unwrap();
+        let ran = scheduler(&engine, 100).run_due_jobs().await.unwrap();
+        assert!(
+            ran.iter().any(|r| r.contains("1 coverage case(s) opened (CS-2026-")),
+            "{ran:?}"
+        );
+        let coverage_cases = |engine: countersign::engine::Engine| async move {
+            let mut conn = engine.db().pool.acquire().await.unwrap();
+            let mut cases = storage::list_cases(&mut conn, None, 50).await.unwrap();
+            cases.retain(|c| c.workflow.as_deref() == Some("coverage"));
+            cases
+        };
+        let cases = coverage_cases(engine.clone()).await;
+        assert_eq!(cases.len(), 1, "{cases:?}");
+        let case = &cases[0];
+        assert_eq!(case.state, "needs_review");
+        assert_eq!(case.org_ods_code.as_deref(), Some("A81001"));
+        assert_eq!(
+            case.fields.get("primary_users").map(String::as_str),
+            Some("OE1 (password expired 2026-10-31); OE2 (suspended)")
+        );
+        assert_eq!(
+            case.findings[0].code,
+            countersign::policy::FindingCode::PrimaryUsersLapsed
+        );
+        assert_eq!(case.sender.as_deref(), Some("expired@nhs.net"));
+        let timers = app.timers(&case.reference).await;
+        assert!(timers.iter().any(|t| t.name == "nudge_team"), "{timers:?}");
+
+        // The next working day the same gap opens nothing more.
+        clock.set(chrono::TimeZone::with_ymd_and_hms(&chrono::Local, 2026, 11, 23, 10, 0, 0).unwrap());
+        let ran = scheduler(&engine, 100).run_due_jobs().await.unwrap();
+        assert!(ran.iter().any(|r| r.contains("0 coverage case(s) opened")), "{ran:?}");
+        assert_eq!(coverage_cases(engine.clone()).await.len(), 1);
+
+        // A caseworker sends the reset guidance, through the real Postfix, to a Primary User.
+        app.transition(
+            &case.reference,
+            &countersign::workflow::TransitionRequest {
+                to: "awaiting_information".into(),
+                ..Default::default()
+            },
+            &countersign::workflow::Actor {
+                name: "casey".into(),
+                role: countersign::workflow::ActorRole::Caseworker,
+            },
+        )
+        .await
+        .unwrap();
+        let postfix = crate::common::postfix::Postfix::start();
+        let dispatcher = countersign::outbox::Dispatcher::new(
+            engine.clone(),
+            postfix.mailer_settings(),
+            &crate::common::root().join("templates"),
+        )
+        .unwrap();
+        // (With the two Primary Users' own password notices from the job.)
+        assert_eq!(dispatcher.dispatch_due().await.unwrap().sent, 3);
+        let guidance: Vec<String> = postfix
+            .wait_for(3)
+            .iter()
+            .map(|m| String::from_utf8_lossy(m).into_owned())
+            .filter(|m| m.contains(&case.reference))
+            .collect();
+        assert_eq!(guidance.len(), 1, "{guidance:?}");
+        assert!(guidance[0].contains("To: expired@nhs.net"), "{}", guidance[0]);
+        assert!(
+            guidance[0].contains("A81001 can sign in to Open Exeter"),
+            "{}",
+            guidance[0]
+        );
+
+        // Someone else lapses too: a new occurrence, a new case.
+        let changed = "user_id,ods_code,name,email,primary_user,password_changed,last_sign_in,status\n\
+            OE5,A81002,Fine Primary,fine@nhs.net,Y,2026-11-15,2026-11-19,disabled\n";
+        engine
+            .import_accounts(changed.as_bytes(), "register.csv")
+            .await
+            .unwrap();
+        clock.set(chrono::TimeZone::with_ymd_and_hms(&chrono::Local, 2026, 11, 24, 10, 0, 0).unwrap());
+        scheduler(&engine, 100).run_due_jobs().await.unwrap();
+        let cases = coverage_cases(engine.clone()).await;
+        assert_eq!(cases.len(), 2, "{cases:?}");
+        assert!(cases.iter().any(|c| c.org_ods_code.as_deref() == Some("A81002")));
+
+        // No email opens one, whatever it says.
+        let forged = countersign::samples::email(
+            "pcse.openexeter@nhs.net",
+            crate::common::AUTHSERV_ID,
+            "forged-coverage@x",
+            "No Primary User of A81003 can sign in to Open Exeter",
+            "By the Open Exeter account register, none of the Primary Users of organisation A81003 can sign in",
+            None,
+        )
+        .unwrap();
+        let report = app.receive(&forged).await;
+        assert_ne!(report.cases[0].workflow.as_deref(), Some("coverage"));
+        assert_eq!(coverage_cases(engine.clone()).await.len(), 2);
+    })
+    .await;
+}

@@ -1457,7 +1457,7 @@ async fn admins_edit_organisations_and_see_each_workflow_drawn() {
                 .contains("Riverside Medical Centre")
         );
         let workflows = admin.get("/admin/workflows").await;
-        assert_eq!(workflows.body.matches("<svg").count(), 5, "a diagram per workflow");
+        assert_eq!(workflows.body.matches("<svg").count(), 6, "a diagram per workflow");
         // The workflows of plain emails say how they know their mail and what they sort it into.
         assert!(workflows.body.contains("plain emails") && workflows.body.contains("Known problems"));
         assert!(workflows.body.contains("No CSMS role on the smartcard") && workflows.body.contains("support_no_role"));

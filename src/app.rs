@@ -218,6 +218,7 @@ impl App {
         web.staff_any_domain = settings.staff_any_domain;
         web.ready_max_poll_age_ms = settings.ready_max_poll_age_secs.saturating_mul(1000) as i64;
         web.password_sign_in = settings.password_sign_in;
+        web.password_warning_days = settings.scheduler.password_warning_days;
         if let Some(oidc) = &settings.oidc {
             web.oidc = Some(
                 crate::web::oidc::OidcSignIn::new(oidc.clone(), &settings.web_base_url)

@@ -5,11 +5,13 @@
 //!
 //! Two files are read:
 //! - the GP practice file, `epraccur.csv` (no header row; column 1 the code, 2 the name,
-//!   12 the close date as `YYYYMMDD`, 13 the status: `A` active, `C` closed, `D` dormant,
-//!   `P` proposed). Every organisation in it is a GP practice.
+//!   3 the national grouping (the NHS England commissioning region, `Y56`), 12 the close date
+//!   as `YYYYMMDD`, 13 the status: `A` active, `C` closed, `D` dormant, `P` proposed). Every
+//!   organisation in it is a GP practice.
 //! - an organisation file with roles, with a header row naming its columns: `OrgId` (or
 //!   `Organisation Code`), `Name`, `Status` (`Active` or `Inactive`), `Roles` (role codes,
-//!   separated by spaces or `;`, e.g. `RO177 RO76`), and optionally `EndDate` (`YYYY-MM-DD`).
+//!   separated by spaces or `;`, e.g. `RO177 RO76`), and optionally `EndDate` (`YYYY-MM-DD`)
+//!   and `Region` (the commissioning region's code, `Y56`).
 //!   An organisation with role RO76 ("GP practice") is a GP practice.
 
 use chrono::NaiveDate;
@@ -65,6 +67,8 @@ pub struct RegisteredOrganisation {
     pub roles: Vec<String>,
     pub status: OrgStatus,
     pub closed_on: Option<NaiveDate>,
+    /// The NHS England commissioning region's code (`Y56`), when the file gives one.
+    pub region: Option<String>,
 }
 
 impl RegisteredOrganisation {
@@ -117,6 +121,7 @@ pub fn parse_gp_practices(bytes: &[u8], file: &str) -> Result<Vec<RegisteredOrga
             roles: vec![GP_PRACTICE_ROLE.to_string()],
             status,
             closed_on: compact_date(column(12)).map_err(|m| row(file, line, m))?,
+            region: region_code(column(3)),
         });
     }
     Ok(organisations)
@@ -147,6 +152,7 @@ pub fn parse_organisations(bytes: &[u8], file: &str) -> Result<Vec<RegisteredOrg
     let status_at = find(&["status"]).ok_or_else(|| missing("Status"))?;
     let roles_at = find(&["roles", "roleids", "role"]).ok_or_else(|| missing("Roles"))?;
     let end_at = find(&["enddate", "legalenddate", "closedate"]);
+    let region_at = find(&["region", "nationalgrouping", "commissioningregion", "regioncode"]);
     let mut organisations = Vec::new();
     for (index, record) in reader.records().enumerate() {
         let line = index as u64 + 2;
@@ -180,6 +186,7 @@ pub fn parse_organisations(bytes: &[u8], file: &str) -> Result<Vec<RegisteredOrg
             roles,
             status,
             closed_on,
+            region: region_at.map(column).and_then(region_code),
         });
     }
     Ok(organisations)
@@ -191,6 +198,30 @@ fn row(file: &str, line: u64, message: String) -> RegistryError {
         line,
         message,
     }
+}
+
+/// An NHS England region code as the ODS files write it (`Y56`): a Y and two digits.
+fn region_code(text: &str) -> Option<String> {
+    let code = text.trim().to_ascii_uppercase();
+    (code.len() == 3 && code.starts_with('Y') && code[1..].chars().all(|c| c.is_ascii_digit())).then_some(code)
+}
+
+/// A region's name, for the codes NHS England has used (the 2013 four and the 2020 seven);
+/// None for one this list does not know (the code is shown instead).
+pub fn region_name(code: &str) -> Option<&'static str> {
+    Some(match code {
+        "Y54" => "North of England",
+        "Y55" => "Midlands and East of England",
+        "Y56" => "London",
+        "Y57" => "South of England",
+        "Y58" => "South West",
+        "Y59" => "South East",
+        "Y60" => "Midlands",
+        "Y61" => "East of England",
+        "Y62" => "North West",
+        "Y63" => "North East and Yorkshire",
+        _ => return None,
+    })
 }
 
 /// An ODS organisation code: 3 to 10 letters and digits, upper case.
@@ -246,6 +277,22 @@ Y02520,A CLOSED HUB,Inactive,RO177,2024-03-31\n";
     }
 
     #[test]
+    fn the_commissioning_region_is_read_when_a_file_gives_one() {
+        let file = b"OrgId,Name,Status,Roles,Region\n\
+RX1,A TRUST,Active,RO197,y56\n\
+RX2,A TRUST WITH NO REGION,Active,RO197,\n\
+RX3,A TRUST WITH A STRANGE ONE,Active,RO197,Q74\n";
+        let orgs = parse_organisations(file, "orgs.csv").unwrap();
+        let regions: Vec<Option<&str>> = orgs.iter().map(|o| o.region.as_deref()).collect();
+        assert_eq!(regions, vec![Some("Y56"), None, None]);
+        assert_eq!(region_name("Y56"), Some("London"));
+        assert_eq!(region_name("Y63"), Some("North East and Yorkshire"));
+        assert_eq!(region_name("Y99"), None);
+        let practices = parse_gp_practices(b"A81001,RIVERSIDE,Y62,Q84,,,,,,,19740401,,A,B\n", "epraccur.csv").unwrap();
+        assert_eq!(practices[0].region.as_deref(), Some("Y62"));
+    }
+
+    #[test]
     fn a_bad_row_is_refused_with_its_line() {
         let bad = b"OrgId,Name,Status,Roles\nRX1,TRUST,Active,RO197\n<script>,X,Active,RO1\n";
         let error = parse_organisations(bad, "orgs.csv").unwrap_err().to_string();
@@ -275,6 +322,7 @@ Y02520,A CLOSED HUB,Inactive,RO177,2024-03-31\n";
             roles: vec![],
             status: OrgStatus::Active,
             closed_on: NaiveDate::from_ymd_opt(2027, 1, 1),
+            region: None,
         };
         assert!(org.is_open(NaiveDate::from_ymd_opt(2026, 12, 2).unwrap()));
         assert!(!org.is_open(NaiveDate::from_ymd_opt(2027, 1, 2).unwrap()));

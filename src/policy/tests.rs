@@ -447,6 +447,7 @@ mod registry {
             roles: vec![],
             status,
             closed_on: None,
+            region: None,
         })
     }
 

@@ -5,6 +5,7 @@
 //! rows ([`crate::storage::report_lifecycles`]) for [`load`], this module turns them into
 //! figures, and the web pages and the digest show them.
 
+pub mod lifecycle;
 mod load;
 
 pub use load::{

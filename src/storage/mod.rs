@@ -326,7 +326,9 @@ pub use organisations::*;
 pub use outbox::*;
 pub use queries::{CaseKey, PER_CASE_QUERIES};
 pub use queue::{QueueQuery, QueueRecord, QueueScope, queue_page};
-pub use registry::{import_registry, records_of, records_of_codes, registry_counts, registry_lookup};
+pub use registry::{
+    import_registry, records_of, records_of_codes, registry_counts, registry_lookup, registry_names_and_regions,
+};
 pub use reports::{
     cached_report_days, cases_received_since, clear_due_times_in_states, count_cases_in_states, finding_counts,
     first_move_at, keep_report_days, kept_report_day_names, open_cases, report_lifecycles,

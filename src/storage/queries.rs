@@ -29,7 +29,7 @@ pub(crate) const CHAIN_LENGTH_OF_CASE: &str = "SELECT chain_seq FROM cases WHERE
 /// The lookups a group of forms makes (`records_of_codes`), in their one-code form: the code
 /// widens `IN ($1)` to the group's codes (`in_list`), so the query checked is the query run.
 pub(crate) const ORGANISATION_IN_REGISTRY: &str =
-    "SELECT ods_code, name, gp_practice, roles, status, closed_on FROM ods_registry WHERE ods_code IN ($1)";
+    "SELECT ods_code, name, gp_practice, roles, status, closed_on, region FROM ods_registry WHERE ods_code IN ($1)";
 pub(crate) const SIGNATORIES_OF_ORGANISATION: &str = concat!(
     "SELECT ",
     signatory_columns!(),

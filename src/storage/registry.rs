@@ -18,13 +18,14 @@ pub async fn import_registry(
 ) -> Result<usize, StorageError> {
     for chunk in organisations.chunks(ROWS_PER_STATEMENT) {
         let sql = multi_row_insert(
-            "INSERT INTO ods_registry (ods_code, name, gp_practice, roles, status, closed_on, source, imported_at) VALUES",
-            8,
+            "INSERT INTO ods_registry (ods_code, name, gp_practice, roles, status, closed_on, source, imported_at, region) VALUES",
+            9,
             chunk.len(),
             " ON CONFLICT (ods_code) DO UPDATE SET name = EXCLUDED.name, \
               gp_practice = CASE WHEN ods_registry.gp_practice = 1 OR EXCLUDED.gp_practice = 1 THEN 1 ELSE 0 END, \
               roles = EXCLUDED.roles, status = EXCLUDED.status, closed_on = EXCLUDED.closed_on, \
-              source = EXCLUDED.source, imported_at = EXCLUDED.imported_at",
+              source = EXCLUDED.source, imported_at = EXCLUDED.imported_at, \
+              region = COALESCE(EXCLUDED.region, ods_registry.region)",
         );
         let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
         for org in chunk {
@@ -36,7 +37,8 @@ pub async fn import_registry(
                 .bind(org.status.as_str())
                 .bind(org.closed_on.map(|d| d.to_string()))
                 .bind(source)
-                .bind(now);
+                .bind(now)
+                .bind(org.region.as_deref());
         }
         query
             .execute(&mut *conn)
@@ -52,7 +54,7 @@ pub async fn registry_lookup(conn: &mut AnyConnection, code: &str) -> Result<Reg
 }
 
 /// An organisation from a row whose first six columns are the registry's (code, name,
-/// gp_practice, roles, status, closed_on).
+/// gp_practice, roles, status, closed_on, region).
 fn organisation_from(row: &sqlx::any::AnyRow) -> Result<RegisteredOrganisation, StorageError> {
     let decode = |e: sqlx::Error| StorageError::Query {
         context: "decoding an organisation",
@@ -71,6 +73,7 @@ fn organisation_from(row: &sqlx::any::AnyRow) -> Result<RegisteredOrganisation, 
             message: status.clone(),
         })?,
         closed_on: closed_on.and_then(|d| chrono::NaiveDate::parse_from_str(&d, "%Y-%m-%d").ok()),
+        region: row.try_get(6).map_err(decode)?,
     })
 }
 
@@ -154,4 +157,19 @@ pub async fn records_of_codes(
             (code.to_string(), (registry, register))
         })
         .collect())
+}
+
+/// Every registered organisation's name and commissioning region, by ODS code: what the
+/// lifecycle report groups the account register by.
+pub async fn registry_names_and_regions(
+    conn: &mut AnyConnection,
+) -> Result<std::collections::HashMap<String, (String, Option<String>)>, StorageError> {
+    let rows = sqlx::query("SELECT ods_code, name, region FROM ods_registry")
+        .fetch_all(&mut *conn)
+        .await
+        .context("reading the registry's regions")?;
+    rows.iter()
+        .map(|r| Ok((r.try_get(0)?, (r.try_get(1)?, r.try_get(2)?))))
+        .collect::<Result<_, sqlx::Error>>()
+        .context("reading the registry's regions")
 }

@@ -144,6 +144,9 @@ pub struct AppState {
     pub oidc: Option<Arc<oidc::OidcSignIn>>,
     /// Whether staff may sign in with a password (settings' `password_sign_in`).
     pub password_sign_in: bool,
+    /// How many days before expiry the lifecycle report counts a password as expiring
+    /// (settings' `password_warning_days`, as the outreach job tells Primary Users).
+    pub password_warning_days: i64,
     /// Reports worked out in the last half-minute, shared by whoever asks for them.
     pub reports: Arc<reports::ReportCache>,
     /// The email templates: a case's correspondence shows our mail as it reads.
@@ -211,6 +214,7 @@ impl AppState {
             ready_max_poll_age_ms: 300_000,
             oidc: None,
             password_sign_in: true,
+            password_warning_days: crate::config::SchedulerSettings::default().password_warning_days,
             reports: Arc::default(),
             queue_counts: Arc::default(),
             mail: Arc::new(crate::outbox::render::Renderer::load(templates_dir).map_err(|e| {

@@ -19,6 +19,8 @@ pub(in crate::web) fn routes() -> Vec<Route> {
     vec![
         Route::get("/reports", Access::Manager, report_page),
         Route::get("/reports/coverage", Access::Manager, coverage_page),
+        Route::get("/reports/lifecycle", Access::Manager, lifecycle_page),
+        Route::get("/reports/lifecycle/{table}", Access::Manager, lifecycle_csv),
         Route::get("/reports/{table}", Access::Manager, report_csv),
     ]
 }
@@ -173,6 +175,74 @@ pub async fn coverage_page(
     Ok((token, render(&state, "coverage.html.tera", &context)?).into_response())
 }
 
+/// The account register's lifecycle report on `state`'s today.
+async fn lifecycle_report(state: &AppState) -> Result<crate::reports::lifecycle::LifecycleReport, WebError> {
+    let mut conn = state.engine.db().pool.acquire().await?;
+    let accounts = crate::storage::list_accounts(&mut conn, None).await?;
+    let registry = crate::storage::registry_names_and_regions(&mut conn).await?;
+    drop(conn);
+    Ok(crate::reports::lifecycle::lifecycle_report(
+        &accounts,
+        &registry,
+        state.engine.today(),
+        state.password_warning_days,
+    ))
+}
+
+/// Account lifecycle and coverage by commissioning region and by organisation, from the
+/// Open Exeter account register: the organisations nobody can manage first.
+pub async fn lifecycle_page(
+    State(state): State<AppState>,
+    user: CurrentUser,
+    token: CsrfToken,
+) -> Result<Response, WebError> {
+    let report = lifecycle_report(&state).await?;
+    let mut context = tera::Context::new();
+    context.insert("user", &user.0);
+    context.insert("csrf", &token.authenticity_token().map_err(WebError::internal)?);
+    context.insert("today", &report.today.format("%A %-d %B %Y").to_string());
+    context.insert("warning_days", &state.password_warning_days);
+    context.insert("regions", &report.regions);
+    let organisations: Vec<serde_json::Value> = report
+        .organisations
+        .iter()
+        .map(|o| {
+            let mut row = serde_json::to_value(o).unwrap_or_default();
+            row["coverage_label"] = o.coverage.label().into();
+            row["region_name"] = o
+                .region
+                .as_deref()
+                .map(|r| crate::registry::region_name(r).unwrap_or(r))
+                .into();
+            row
+        })
+        .collect();
+    context.insert("organisations", &organisations);
+    Ok((token, render(&state, "lifecycle.html.tera", &context)?).into_response())
+}
+
+/// `regions.csv` or `organisations.csv` of the lifecycle report.
+pub async fn lifecycle_csv(State(state): State<AppState>, Path(table): Path<String>) -> Result<Response, WebError> {
+    let name = table.strip_suffix(".csv").ok_or(WebError::NotFound)?;
+    let report = lifecycle_report(&state).await?;
+    let rows = crate::reports::lifecycle::csv_rows(&report, name).ok_or(WebError::NotFound)?;
+    csv_response(&rows, &format!("countersign-lifecycle-{name}-{}.csv", report.today))
+}
+
+/// Rows as a CSV download named `filename`.
+fn csv_response(rows: &[Vec<String>], filename: &str) -> Result<Response, WebError> {
+    let mut response = to_csv(rows).into_response();
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/csv; charset=utf-8"),
+    );
+    if let Ok(value) = HeaderValue::from_str(&format!("attachment; filename=\"{filename}\"")) {
+        headers.insert(header::CONTENT_DISPOSITION, value);
+    }
+    Ok(response)
+}
+
 pub async fn report_page(
     State(state): State<AppState>,
     user: CurrentUser,
@@ -216,20 +286,7 @@ pub async fn report_csv(
     let period = query.period(today).map_err(WebError::BadRequest)?;
     let both = state.reports.report_and_previous(&state.engine, period).await?;
     let rows = csv_rows(&both.0, name).ok_or(WebError::NotFound)?;
-    let mut response = to_csv(&rows).into_response();
-    let headers = response.headers_mut();
-    headers.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/csv; charset=utf-8"),
-    );
-    let disposition = format!(
-        "attachment; filename=\"countersign-{name}-{}-{}.csv\"",
-        period.from, period.to
-    );
-    if let Ok(value) = HeaderValue::from_str(&disposition) {
-        headers.insert(header::CONTENT_DISPOSITION, value);
-    }
-    Ok(response)
+    csv_response(&rows, &format!("countersign-{name}-{}-{}.csv", period.from, period.to))
 }
 
 fn days(value: Option<f64>) -> String {

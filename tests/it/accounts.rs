@@ -305,3 +305,79 @@ async fn an_organisation_none_of_whose_primary_users_can_sign_in_gets_one_covera
     })
     .await;
 }
+
+#[tokio::test]
+async fn managers_see_account_lifecycle_by_region_and_organisation_and_download_it() {
+    on_both_backends(|app| async move {
+        let engine = app.engine();
+        // The registry sample's practices are in Y54 (North of England).
+        {
+            let mut conn = engine.db().pool.acquire().await.unwrap();
+            let bytes = std::fs::read(crate::common::root().join("samples/ods/epraccur-sample.csv")).unwrap();
+            let orgs = countersign::registry::parse_gp_practices(&bytes, "epraccur-sample.csv").unwrap();
+            assert_eq!(orgs[1].region.as_deref(), Some("Y54"));
+            storage::import_registry(&mut conn, &orgs, "epraccur", engine.now_ms())
+                .await
+                .unwrap();
+        }
+        // Friday 20 November 2026: A81001 has nobody who can sign in; A81002 has two who can;
+        // Z99999 is not in the registry.
+        let register = "user_id,ods_code,name,email,primary_user,password_changed,last_sign_in,status\n\
+            OE1,A81001,Expired Primary,expired@nhs.net,Y,2026-10-01,2026-11-19,active\n\
+            OE2,A81001,Quiet User,quiet@nhs.net,N,2026-11-10,2026-08-30,active\n\
+            OE3,A81002,First Primary,first@nhs.net,Y,2026-11-17,2026-11-19,active\n\
+            OE4,A81002,Second Primary,second@nhs.net,Y,2026-10-24,2026-11-19,active\n\
+            OE5,Z99999,Lone User,lone@nhs.net,N,2026-11-10,2026-11-19,suspended\n";
+        engine.import_accounts(register.as_bytes(), "register.csv").await.unwrap();
+
+        let mut manager = crate::web::Browser::new(&engine).await;
+        manager
+            .sign_in_as(&engine, "manager@nhs.net", countersign::workflow::ActorRole::Manager)
+            .await;
+        let page = manager.get("/reports/lifecycle").await;
+        assert_eq!(page.status, axum::http::StatusCode::OK, "{}", page.body);
+        assert!(page.body.contains("North of England"), "{}", page.body);
+        assert!(page.body.contains("every Primary User lapsed"));
+        let lapsed_at = page.body.find(">A81001<").unwrap();
+        let covered_at = page.body.find(">A81002<").unwrap();
+        assert!(lapsed_at < covered_at, "the organisations nobody can manage come first");
+
+        let regions = manager.get("/reports/lifecycle/regions.csv").await;
+        assert_eq!(regions.headers["content-type"], "text/csv; charset=utf-8");
+        let lines: Vec<String> = regions.body.lines().map(|l| l.replace('"', "")).collect();
+        assert_eq!(
+            lines,
+            vec![
+                "region,name,organisations,every_primary_user_lapsed,no_primary_user,one_primary_user,accounts,passwords_expiring,passwords_expired,nearing_cutoff,suspended",
+                "Y54,North of England,2,1,0,0,4,1,1,1,0",
+                ",No region in the registry,1,0,1,0,1,0,0,0,1",
+            ],
+            "{}",
+            regions.body
+        );
+        let organisations = manager.get("/reports/lifecycle/organisations.csv").await;
+        assert!(
+            organisations
+                .body
+                .replace('"', "")
+                .contains("A81002,RIVERSIDE MEDICAL PRACTICE 2,Y54,covered,2,2,2,1,0,0,0"),
+            "{}",
+            organisations.body
+        );
+        assert_eq!(
+            manager.get("/reports/lifecycle/people.csv").await.status,
+            axum::http::StatusCode::NOT_FOUND
+        );
+
+        // Caseworkers do not see it.
+        let mut caseworker = crate::web::Browser::new(&engine).await;
+        caseworker
+            .sign_in_as(&engine, "casey@nhs.net", countersign::workflow::ActorRole::Caseworker)
+            .await;
+        assert_eq!(
+            caseworker.get("/reports/lifecycle").await.status,
+            axum::http::StatusCode::FORBIDDEN
+        );
+    })
+    .await;
+}

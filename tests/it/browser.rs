@@ -576,6 +576,117 @@ async fn case_journey(backend: Backend) {
     assert!(csv_links.len() >= 9, "every table can be exported: {}", csv_links.len());
     std::fs::write(output(backend, "reports.png"), browser.screenshot().await.unwrap()).unwrap();
 
+    // The account lifecycle report, from a small register, as the manager reads it.
+    let register = "user_id,ods_code,name,email,primary_user,password_changed,last_sign_in,status\n\
+        OE1,A81001,Expired Primary,expired@nhs.net,Y,2026-10-01,2026-11-19,active\n\
+        OE2,A81001,Quiet User,quiet@nhs.net,N,2026-11-10,2026-08-30,active\n\
+        OE3,A81002,First Primary,first@nhs.net,Y,2026-11-17,2026-11-19,active\n\
+        OE4,A81002,Second Primary,second@nhs.net,Y,2026-10-24,2026-11-19,active\n\
+        OE5,B82001,Lone User,lone@nhs.net,N,2026-11-10,2026-11-19,suspended\n";
+    engine
+        .import_accounts(register.as_bytes(), "register.csv")
+        .await
+        .unwrap();
+    browser.set_window_size(1280, 1000).await.unwrap();
+    browser.goto(&format!("{base}/reports/lifecycle")).await.unwrap();
+    wait_for(&browser, "h1").await;
+    audit_accessibility(&browser, "the account lifecycle report").await;
+    let lifecycle = browser.source().await.unwrap();
+    assert!(lifecycle.contains("every Primary User lapsed") && lifecycle.contains("regions.csv"));
+    std::fs::write(output(backend, "lifecycle.png"), browser.screenshot().await.unwrap()).unwrap();
+    sign_out(&browser).await;
+
+    // A new user's one-time password link, as they open it from their NHS mailbox: a button,
+    // then the password, once. (The link's token is set here as the outbox sets it at send.)
+    let notification = countersign::samples::email(
+        "noreply@openexeter.nhs.uk",
+        crate::common::AUTHSERV_ID,
+        "e2e-new-user@openexeter.nhs.uk",
+        "Open Exeter: new user created",
+        "Organisation code: A81001\nOrganisation name: Riverside Surgery\nUser ID: OE300001\nUser name: Jo New\nUser email: jo.new@nhs.net\nCreated by: pat.manager@nhs.net\n",
+        None,
+    )
+    .unwrap();
+    crate::common::TestApp::new(engine.clone())
+        .register_signatory(
+            "A81001",
+            countersign::signatories::PRIMARY_USER,
+            "Pat Manager",
+            "pat.manager@nhs.net",
+        )
+        .await;
+    let new_user = engine.intake(&notification, "test").await.unwrap().cases[0]
+        .reference
+        .clone();
+    for (to, who) in [("authorised", "alice"), ("provisioned", "bob")] {
+        let request = countersign::workflow::TransitionRequest {
+            to: to.into(),
+            ..Default::default()
+        };
+        let actor = countersign::workflow::Actor {
+            name: who.into(),
+            role: ActorRole::Caseworker,
+        };
+        engine.transition(&new_user, &request, &actor).await.unwrap();
+    }
+    let token = countersign::users::random_token();
+    {
+        let mut conn = engine.db().pool.acquire().await.unwrap();
+        let case = countersign::storage::case_by_reference(&mut conn, &new_user)
+            .await
+            .unwrap()
+            .unwrap();
+        let name = countersign::storage::credentials_for_case(&mut conn, case.id)
+            .await
+            .unwrap()[0]
+            .name
+            .clone();
+        assert!(
+            countersign::storage::set_credential_link(
+                &mut conn,
+                &name,
+                &countersign::mail::sha256_hex(token.as_bytes()),
+                engine.now_ms() + 3_600_000
+            )
+            .await
+            .unwrap()
+        );
+    }
+    browser.set_window_size(800, 700).await.unwrap();
+    browser.goto(&format!("{base}/credential/{token}")).await.unwrap();
+    wait_for(&browser, "h1").await;
+    audit_accessibility(&browser, "the one-time password link").await;
+    std::fs::write(
+        output(backend, "credential-link.png"),
+        browser.screenshot().await.unwrap(),
+    )
+    .unwrap();
+    browser
+        .find(Locator::Css("form button[type=submit]"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    wait_for(&browser, "#secret").await;
+    audit_accessibility(&browser, "the password, shown once").await;
+    let shown = browser
+        .find(Locator::Css("#secret"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(shown.trim().len(), 14, "{shown}");
+    std::fs::write(
+        output(backend, "credential-shown.png"),
+        browser.screenshot().await.unwrap(),
+    )
+    .unwrap();
+    browser.goto(&format!("{base}/credential/{token}")).await.unwrap();
+    wait_for(&browser, "h1").await;
+    assert!(browser.source().await.unwrap().contains("has been used"));
+
     browser.close().await.unwrap();
     stop_tx.send(true).unwrap();
     let _ = server.await;

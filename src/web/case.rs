@@ -204,7 +204,10 @@ async fn show_case(
     drop(conn);
     let mut context = base_context(user, &token)?;
     context.insert("event_chain", &event_chain);
-    let state_label = file.case.state.replace('_', " ");
+    let state_label = state
+        .engine
+        .workflows()
+        .state_label(file.case.workflow.as_deref(), &file.case.state);
     case_context(&state, file, &user.actor(), &mut context);
     context.insert("staff", &staff);
     context.insert("next_case", &next_case);
@@ -216,7 +219,7 @@ async fn show_case(
     let status = match outcome {
         Outcome::Done { done, .. } => {
             let said = match done.as_str() {
-                "moved" => Some(format!("Done: the case is now {state_label}.")),
+                "moved" => Some(format!("Done: the case is now “{state_label}”.")),
                 "note" => Some("Your note is added.".to_string()),
                 "claimed" => Some("The case is yours.".to_string()),
                 "assigned" => Some("The case's assignee is changed.".to_string()),

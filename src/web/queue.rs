@@ -60,6 +60,8 @@ pub struct QueueRow {
     pub reference: String,
     pub workflow: Option<String>,
     pub state: String,
+    /// The state as its workflow names it ("Reply proposed"), or its name in words.
+    pub state_label: String,
     pub org_name: Option<String>,
     pub org_ods_code: Option<String>,
     /// Each finding once, in plain English.
@@ -169,6 +171,10 @@ pub async fn load_queue(
             reference: row.reference.clone(),
             workflow: row.workflow.clone(),
             state: row.state.clone(),
+            state_label: state
+                .engine
+                .workflows()
+                .state_label(row.workflow.as_deref(), &row.state),
             org_name: row.org_name.clone(),
             org_ods_code: row.org_ods_code.clone(),
             findings: {

@@ -1152,6 +1152,23 @@ impl WorkflowSet {
         self.workflows.get(name)
     }
 
+    /// A state as the case's workflow names it to people ("Reply proposed"), or, for a case
+    /// no workflow took or a state its workflow no longer has, its name in words.
+    pub fn state_label(&self, workflow: Option<&str>, state: &str) -> String {
+        workflow
+            .and_then(|w| self.get(w))
+            .and_then(|w| w.state(state))
+            .map(|s| s.label.clone())
+            .unwrap_or_else(|| {
+                let words = state.replace('_', " ");
+                let mut letters = words.chars();
+                letters
+                    .next()
+                    .map(|first| first.to_uppercase().chain(letters).collect())
+                    .unwrap_or_default()
+            })
+    }
+
     pub fn iter(&self) -> impl Iterator<Item = &WorkflowDef> {
         self.workflows.values()
     }
@@ -1377,6 +1394,21 @@ mod tests {
         assert!(err.contains("unknown template"), "{err}");
         let err = error_in("new_user.toml", "link_valid_hours = 72", "link_valid_hours = 0");
         assert!(err.contains("link_valid_hours"), "{err}");
+    }
+
+    #[test]
+    fn a_state_is_named_as_its_workflow_names_it() {
+        let set = WorkflowSet::load(
+            &Path::new(env!("CARGO_MANIFEST_DIR")).join("workflows"),
+            &Path::new(env!("CARGO_MANIFEST_DIR")).join("templates"),
+        )
+        .unwrap();
+        assert_eq!(
+            set.state_label(Some("support"), "validated"),
+            "Reply proposed: confirm it"
+        );
+        assert_eq!(set.state_label(None, "needs_review"), "Needs review");
+        assert_eq!(set.state_label(Some("support"), "gone_state"), "Gone state");
     }
 
     #[test]

@@ -138,6 +138,14 @@ async fn a_support_email_is_sorted_its_reply_proposed_and_sent_only_when_a_casew
         assert!(unsure_case.findings.iter().any(|f| f.code == FindingCode::ProblemNotRecognised));
         assert!(app.outbox(&recognised).await.is_empty(), "no reply before a caseworker confirms");
         assert!(app.outbox(&unsure).await.is_empty());
+        // The queue names each case's state as its workflow does, not by its internal name.
+        let mut caseworker_browser = crate::web::Browser::new(&engine).await;
+        caseworker_browser
+            .sign_in_as(&engine, "cara@nhs.net", countersign::workflow::ActorRole::Caseworker)
+            .await;
+        let queue = caseworker_browser.get("/").await;
+        assert!(queue.body.contains("<td>Reply proposed: confirm it</td>"), "{}", queue.body);
+        assert!(!queue.body.contains("<td>validated</td>"));
 
         // The caseworker previews the proposed reply, then sends it.
         let preview = app

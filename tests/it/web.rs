@@ -1111,7 +1111,7 @@ async fn actions_follow_the_workflow_roles_four_eyes_and_concurrency() {
         let page = bob.get(provisioned.location.as_deref().unwrap()).await;
         assert!(page.body.contains("Provisioned"), "the page shows the new state");
         assert!(
-            page.body.contains("Done: the case is now provisioned."),
+            page.body.contains("Done: the case is now “Provisioned”."),
             "a confirmation banner"
         );
         assert!(

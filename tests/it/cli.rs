@@ -177,7 +177,7 @@ fn workflows_check_passes_on_the_shipped_files_and_names_a_bad_file_and_key() {
     let dir = tempfile::tempdir().unwrap();
     let url = format!("sqlite://{}?mode=rwc", dir.path().join("x.db").display());
     let out = stdout(&countersign(dir.path(), &url, &["workflows", "check"]));
-    assert_eq!(out.lines().filter(|l| l.starts_with("ok")).count(), 5, "{out}");
+    assert_eq!(out.lines().filter(|l| l.starts_with("ok")).count(), 6, "{out}");
 
     let broken = dir.path().join("workflows");
     std::fs::create_dir_all(&broken).unwrap();

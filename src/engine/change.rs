@@ -961,7 +961,7 @@ impl Engine {
 
     /// The case a change is for, read inside its transaction; refused when the actor saw an
     /// older version than the one stored.
-    async fn case_for_change(
+    pub(crate) async fn case_for_change(
         &self,
         tx: &mut AnyConnection,
         reference: &str,

@@ -58,12 +58,77 @@ impl Engine {
         let Some(def) = workflow.credential.as_ref().filter(|d| d.issue_on == request.to) else {
             return Ok(());
         };
+        self.issue_credential(conn, workflow, def, case, &request.recorded, actor, None, change)
+            .await
+    }
+
+    /// Withdraws the password a case issued, if it is still unseen, and issues a new one the
+    /// same way (its link to the user, the username to the Primary User), with `reason` in
+    /// its event: for a link that expired, or one someone else may have opened. One change,
+    /// against the version the caseworker saw.
+    pub async fn replace_credential(
+        &self,
+        reference: &str,
+        actor: &Actor,
+        reason: &str,
+        expected_version: Option<i64>,
+    ) -> Result<CaseRecord, EngineError> {
+        let reason = reason.trim();
+        if reason.is_empty() {
+            return Err(EngineError::ReplacementUnexplained);
+        }
+        let mut tx = self.db.begin_write().await.context("starting a transaction")?;
+        let case = self.case_for_change(&mut tx, reference, expected_version).await?;
+        let workflow = self.workflow_named(case.workflow.as_deref())?;
+        let Some(def) = workflow.credential.as_ref() else {
+            return Err(EngineError::NoCredentialToReplace {
+                reference: case.reference.clone(),
+                state: "no state: it issues none".into(),
+            });
+        };
+        if case.state != def.issue_on {
+            return Err(EngineError::NoCredentialToReplace {
+                reference: case.reference.clone(),
+                state: def.issue_on.clone(),
+            });
+        }
+        let withdrawn = storage::withdraw_credentials(&mut tx, case.id).await?;
+        let why = format!(
+            "{reason} ({})",
+            match withdrawn {
+                0 => "the earlier password had been shown".to_string(),
+                n => format!("{n} unseen password(s) withdrawn"),
+            }
+        );
+        let mut change = super::change::changeset(&case, self.now_ms());
+        self.issue_credential(&mut tx, workflow, def, &case, &[], actor, Some(&why), &mut change)
+            .await?;
+        let updated = self.apply(&mut tx, &case, change).await?;
+        tx.commit().await.context("committing a replaced password")?;
+        self.wakers.wake_all();
+        Ok(updated)
+    }
+
+    /// Issues `def`'s credential for `case` into `change`: made, checked against the ledger,
+    /// sealed; its two messages and its event (`why` says what led to it, for a replacement).
+    #[allow(clippy::too_many_arguments)]
+    async fn issue_credential(
+        &self,
+        conn: &mut AnyConnection,
+        workflow: &WorkflowDef,
+        def: &CredentialDef,
+        case: &CaseRecord,
+        recorded: &[(String, String)],
+        actor: &Actor,
+        why: Option<&str>,
+        change: &mut CaseChangeset,
+    ) -> Result<(), EngineError> {
         let undeliverable = |why: String| EngineError::CredentialUndeliverable {
             reference: case.reference.clone(),
             why,
         };
         let (user_address, username, primary_user) =
-            recipients(def, case, &request.recorded, self.mail_policy().nhs_domains).map_err(undeliverable)?;
+            recipients(def, case, recorded, self.mail_policy().nhs_domains).map_err(undeliverable)?;
 
         let policy = def.policy();
         let keys = &self.config.credential_keys;
@@ -143,7 +208,8 @@ impl Engine {
         .collect();
         change.events.push(CaseEvent {
             reason: Some(format!(
-                "password issued: a one-time link to {user_address}, the user name to {primary_user}"
+                "password issued: a one-time link to {user_address}, the user name to {primary_user}{}",
+                why.map(|w| format!(". Replaced: {w}")).unwrap_or_default()
             )),
             data: serde_json::to_string(&data).ok(),
             ..CaseEvent::by(&actor.name, actor.role.as_str(), EventKind::CredentialIssued, now)

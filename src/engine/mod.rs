@@ -99,6 +99,10 @@ pub enum EngineError {
     CredentialIssue(#[from] crate::credentials::IssueError),
     #[error("an issued credential cannot be opened: {0}")]
     CredentialKey(#[from] crate::credentials::KeyError),
+    #[error("case {reference} has issued no password to replace (its workflow issues one on reaching {state})")]
+    NoCredentialToReplace { reference: String, state: String },
+    #[error("Say why the password is replaced (for example: the link expired before the user opened it)")]
+    ReplacementUnexplained,
 }
 
 impl From<StorageError> for EngineError {

@@ -154,6 +154,20 @@ pub async fn spend_credential_link(
     Ok((erased.rows_affected() == 1).then_some(spent))
 }
 
+/// Withdraws a case's credentials that are still waiting to be seen: their sealed secrets are
+/// erased and their links stop working (a link mail still in the outbox then fails to send,
+/// saying so). How many were withdrawn.
+pub async fn withdraw_credentials(conn: &mut AnyConnection, case_id: i64) -> Result<u64, StorageError> {
+    let done = sqlx::query(
+        "UPDATE credentials SET sealed = NULL, link_token_hash = NULL WHERE case_id = $1 AND sealed IS NOT NULL",
+    )
+    .bind(case_id)
+    .execute(&mut *conn)
+    .await
+    .context("withdrawing a case's credentials")?;
+    Ok(done.rows_affected())
+}
+
 /// The credentials issued on a case, oldest first.
 pub async fn credentials_for_case(
     conn: &mut AnyConnection,

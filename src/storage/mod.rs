@@ -315,7 +315,7 @@ pub use case_file::{CaseFile, case_file};
 pub use cases::*;
 pub use credentials::{
     CredentialRecord, NewCredential, SpentLink, credential_link_open, credentials_for_case, fingerprint_issued,
-    insert_credentials, set_credential_link, spend_credential_link,
+    insert_credentials, set_credential_link, spend_credential_link, withdraw_credentials,
 };
 pub use events::*;
 pub use inventory::{Inventory, inventory};

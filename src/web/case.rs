@@ -33,6 +33,7 @@ pub(super) fn routes() -> Vec<Route> {
         Route::post("/cases/{reference}/key", Access::Staff, key_fields),
         Route::post("/cases/{reference}/assign", Access::Staff, assign),
         Route::post("/cases/{reference}/verify-signatory", Access::Staff, verify_signatory),
+        Route::post("/cases/{reference}/credential", Access::Staff, replace_credential),
     ]
 }
 
@@ -227,6 +228,10 @@ async fn show_case(
                 "signatory_verified" => {
                     Some("The signatory is recorded as verified, and the checks ran again.".to_string())
                 }
+                "credential_replaced" => Some(
+                    "A new password is issued: its one-time link goes to the user, the user name to the Primary User. The old link no longer works."
+                        .to_string(),
+                ),
                 "form_requested" => {
                     Some("The sender has been asked for the form; their reply will join this case.".to_string())
                 }
@@ -922,6 +927,40 @@ fn previewed(state: &AppState, mail: &storage::NewMail) -> serde_json::Value {
 pub struct VersionedForm {
     csrf: String,
     version: String,
+}
+
+#[derive(serde::Deserialize)]
+pub struct ReplaceCredentialForm {
+    csrf: String,
+    version: String,
+    #[serde(default)]
+    reason: String,
+}
+
+/// Withdraws a case's unseen password and issues a new one (a link that expired, or was
+/// opened by someone else).
+pub async fn replace_credential(
+    State(state): State<AppState>,
+    user: CurrentUser,
+    token: CsrfToken,
+    Path(reference): Path<String>,
+    Form(form): Form<ReplaceCredentialForm>,
+) -> Result<Response, WebError> {
+    check_csrf(&token, &form.csrf)?;
+    let version = form.version.trim().parse().ok();
+    let result = state
+        .engine
+        .replace_credential(&reference, &user.actor(), &form.reason, version)
+        .await;
+    act_then_show(
+        &state,
+        &user,
+        token,
+        &reference,
+        "credential_replaced",
+        result.map(drop).map_err(WebError::from),
+    )
+    .await
 }
 
 /// Asks the sender of an email that came with no form for the form.

@@ -120,10 +120,12 @@ impl From<EngineError> for WebError {
             | EngineError::NotKeyable { .. }
             | EngineError::NoReplyChosen { .. }
             | EngineError::NoFormToAskFor { .. }
-            | EngineError::CredentialUndeliverable { .. } => WebError::Conflict(error.to_string()),
+            | EngineError::CredentialUndeliverable { .. }
+            | EngineError::NoCredentialToReplace { .. } => WebError::Conflict(error.to_string()),
             EngineError::UnknownField { .. }
             | EngineError::UnknownWorkflow(_)
             | EngineError::VerificationUnexplained
+            | EngineError::ReplacementUnexplained
             | EngineError::NoSignatoryToVerify { .. }
             | EngineError::AccountFile(_) => WebError::BadRequest(error.to_string()),
             EngineError::Storage(e) => WebError::internal(e),

@@ -328,6 +328,15 @@ async fn a_new_users_password_goes_by_one_time_link_apart_from_the_username_and_
         assert!(case_page.body.contains("jane.smith@nhs.net"));
         assert!(case_page.body.contains("opened "), "{}", case_page.body);
         assert!(!case_page.body.contains(&secret));
+        // Replacing it needs a reason, like every decision in the log.
+        let refused = caseworker
+            .post(
+                &format!("/cases/{reference}/credential"),
+                &[("csrf", case_page.csrf().as_str()), ("version", ""), ("reason", " ")],
+            )
+            .await;
+        assert_eq!(refused.status, axum::http::StatusCode::BAD_REQUEST, "{}", refused.body);
+        assert!(refused.body.contains("Say why the password is replaced"));
 
         // Kept nowhere: no column of any table, no outbox row, no log line holds the secret or
         // the link's token; the token only as its hash, the secret not even sealed any more.
@@ -431,6 +440,52 @@ async fn a_link_expires_a_resent_link_voids_the_old_one_and_a_password_needs_an_
             credentials[0].waiting && credentials[0].shown_at.is_none(),
             "{credentials:?}"
         );
+
+        // The user asks again: a caseworker withdraws it and issues a new one, saying why.
+        let casey = person("casey");
+        let unexplained = app
+            .replace_credential(&reference, &casey, "  ", None)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(unexplained, EngineError::ReplacementUnexplained),
+            "{unexplained}"
+        );
+        let not_issued = app
+            .replace_credential(&cases[0].reference, &casey, "asked again", None)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(not_issued, EngineError::NoCredentialToReplace { .. }),
+            "{not_issued}"
+        );
+        app.replace_credential(&reference, &casey, "the link expired before Sam opened it", None)
+            .await
+            .unwrap();
+        let credentials = credentials_of(&app, &reference).await;
+        assert_eq!(credentials.len(), 2);
+        assert!(!credentials[0].waiting, "the first is withdrawn");
+        assert!(credentials[1].waiting && credentials[1].link_expires_at.is_none());
+        let events = app.events(&reference).await;
+        assert!(
+            events.iter().any(|e| e.kind == EventKind::CredentialIssued
+                && e.reason
+                    .as_deref()
+                    .is_some_and(|r| r.contains("the link expired before Sam opened it")
+                        && r.contains("1 unseen password(s) withdrawn"))),
+            "{events:?}"
+        );
+        assert_eq!(dispatcher().dispatch_due().await.unwrap().sent, 2);
+        let all = delivered(&postfix, 5);
+        let newest = all
+            .iter()
+            .filter(|(to, ..)| to == "sam.jones@nhs.net")
+            .map(|(.., text)| link_path(text).trim_start_matches("/credential/").to_string())
+            .find(|t| !tokens.contains(t))
+            .expect("a third link");
+        assert!(app.reveal_credential(&second_token).await.unwrap().is_none());
+        let revealed = app.reveal_credential(&newest).await.unwrap().expect("the new password");
+        assert_eq!(secrecy::ExposeSecret::expose_secret(&revealed.secret).len(), 14);
     })
     .await;
 }

@@ -687,6 +687,25 @@ async fn case_journey(backend: Backend) {
     wait_for(&browser, "h1").await;
     assert!(browser.source().await.unwrap().contains("has been used"));
 
+    // The caseworker sees where the password went and that it was opened, never it, and can
+    // replace it.
+    sign_in(&browser, &base, "alice@nhs.net").await;
+    browser.set_window_size(1280, 2400).await.unwrap();
+    browser.goto(&format!("{base}/cases/{new_user}")).await.unwrap();
+    wait_for(&browser, "#credentials").await;
+    audit_accessibility(&browser, "a new user's case, its password issued").await;
+    let panel = browser.find(Locator::Css("#credentials")).await.unwrap();
+    let words = panel.text().await.unwrap();
+    assert!(
+        words.contains("jo.new@nhs.net") && words.contains("opened") && !words.contains(shown.trim()),
+        "{words}"
+    );
+    std::fs::write(
+        output(backend, "case-new-user-password.png"),
+        panel.screenshot().await.unwrap(),
+    )
+    .unwrap();
+
     browser.close().await.unwrap();
     stop_tx.send(true).unwrap();
     let _ = server.await;

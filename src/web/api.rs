@@ -47,6 +47,7 @@ pub(super) fn routes() -> Vec<Route> {
         Route::get("/api/v1/cases/{reference}/evidence", Access::Staff, evidence_pack),
         Route::get("/api/v1/reports", Access::Manager, report),
         Route::get("/api/v1/reports/dashboard", Access::Manager, dashboard),
+        Route::get("/api/v1/reports/lifecycle", Access::Manager, lifecycle),
         Route::get("/api/v1/organisations", Access::Staff, organisations),
         Route::get("/api/v1/health", Access::Staff, health),
         // The first addresses, before the API had a version.
@@ -75,6 +76,7 @@ pub(super) fn routes() -> Vec<Route> {
         evidence_pack,
         report,
         dashboard,
+        lifecycle,
         organisations,
         health
     ),
@@ -918,6 +920,19 @@ pub async fn report(
 pub async fn dashboard(State(state): State<AppState>, _caller: ApiCaller) -> Result<Json<serde_json::Value>, ApiError> {
     let now = state.reports.queue_now(&state.engine).await.map_err(WebError::from)?;
     Ok(Json(serde_json::to_value(&now.dashboard).map_err(WebError::internal)?))
+}
+
+/// The Open Exeter account register by commissioning region and by organisation (worst
+/// first): what `/reports/lifecycle` shows.
+#[utoipa::path(get, path = "/api/v1/reports/lifecycle", tag = "reports",
+    responses(
+        (status = 200, description = "The lifecycle report: `today`, `regions`, `organisations`", body = Object),
+        (status = 401, description = "No valid token or session", body = ErrorBody),
+        (status = 403, description = "Managers and admins only", body = ErrorBody),
+    ))]
+pub async fn lifecycle(State(state): State<AppState>, _caller: ApiCaller) -> Result<Json<serde_json::Value>, ApiError> {
+    let report = super::reports::lifecycle_report(&state).await?;
+    Ok(Json(serde_json::to_value(&report).map_err(WebError::internal)?))
 }
 
 /// Organisations that have sent forms, by name, with how many cases each has.

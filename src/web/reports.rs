@@ -176,7 +176,7 @@ pub async fn coverage_page(
 }
 
 /// The account register's lifecycle report on `state`'s today.
-async fn lifecycle_report(state: &AppState) -> Result<crate::reports::lifecycle::LifecycleReport, WebError> {
+pub(super) async fn lifecycle_report(state: &AppState) -> Result<crate::reports::lifecycle::LifecycleReport, WebError> {
     let mut conn = state.engine.db().pool.acquire().await?;
     let accounts = crate::storage::list_accounts(&mut conn, None).await?;
     let registry = crate::storage::registry_names_and_regions(&mut conn).await?;

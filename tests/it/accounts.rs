@@ -369,6 +369,16 @@ async fn managers_see_account_lifecycle_by_region_and_organisation_and_download_
             axum::http::StatusCode::NOT_FOUND
         );
 
+        // The same figures through the API.
+        let api = manager.get("/api/v1/reports/lifecycle").await;
+        assert_eq!(api.status, axum::http::StatusCode::OK, "{}", api.body);
+        let json: serde_json::Value = serde_json::from_str(&api.body).unwrap();
+        assert_eq!(json["today"], "2026-11-20");
+        assert_eq!(json["regions"][0]["region"], "Y54");
+        assert_eq!(json["regions"][0]["lapsed"], 1);
+        assert_eq!(json["organisations"][0]["ods_code"], "A81001");
+        assert_eq!(json["organisations"][0]["coverage"], "lapsed");
+
         // Caseworkers do not see it.
         let mut caseworker = crate::web::Browser::new(&engine).await;
         caseworker
@@ -376,6 +386,10 @@ async fn managers_see_account_lifecycle_by_region_and_organisation_and_download_
             .await;
         assert_eq!(
             caseworker.get("/reports/lifecycle").await.status,
+            axum::http::StatusCode::FORBIDDEN
+        );
+        assert_eq!(
+            caseworker.get("/api/v1/reports/lifecycle").await.status,
             axum::http::StatusCode::FORBIDDEN
         );
     })

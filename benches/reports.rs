@@ -4,7 +4,8 @@
 //! `COUNTERSIGN_BENCH_POSTGRES_URL` names
 //! a server, then times the managers' dashboard and reports over a quarter and a year (each
 //! report also works out the period before, as the page does), after keeping every past
-//! day's figures as `serve` does when it starts (timed too).
+//! day's figures as `serve` does when it starts (timed too); then imports an account register
+//! and times the account lifecycle report and the outreach job's checks.
 //! Prints figures; asserts nothing.
 
 use std::time::Instant;
@@ -99,7 +100,97 @@ async fn run(label: &str, url: &str, cases: usize) {
             summary(runs)
         );
     }
+    lifecycle(label, &engine).await;
     engine.db().close().await;
+}
+
+/// The account register: an import of `COUNTERSIGN_BENCH_ACCOUNTS` accounts (default 60,000,
+/// about England's GP practices' worth) over 7,500 organisations in the seven regions, a
+/// second import of the same file (nothing changes), then the lifecycle report and the
+/// coverage check as the page and the job make them.
+async fn lifecycle(label: &str, engine: &countersign::engine::Engine) {
+    let accounts: usize = std::env::var("COUNTERSIGN_BENCH_ACCOUNTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(60_000);
+    let organisations = 7_500;
+    let regions = ["Y56", "Y58", "Y59", "Y60", "Y61", "Y62", "Y63"];
+    let registry: Vec<countersign::registry::RegisteredOrganisation> = (0..organisations)
+        .map(|n| countersign::registry::RegisteredOrganisation {
+            code: format!("B{n:05}"),
+            name: format!("PRACTICE {n}"),
+            gp_practice: true,
+            roles: vec!["RO76".into()],
+            status: countersign::registry::OrgStatus::Active,
+            closed_on: None,
+            region: Some(regions[n % regions.len()].to_string()),
+        })
+        .collect();
+    let mut conn = engine.db().pool.acquire().await.unwrap();
+    countersign::storage::import_registry(&mut conn, &registry, "bench", engine.now_ms())
+        .await
+        .unwrap();
+    drop(conn);
+    let today = engine.today();
+    let mut csv = String::from("user_id,ods_code,name,email,primary_user,password_changed,last_sign_in,status\n");
+    for n in 0..accounts {
+        // Every eighth account is a Primary User; passwords and sign-ins spread over 120 days.
+        let changed = today - chrono::Duration::days((n * 7 % 40) as i64);
+        let signed_in = today - chrono::Duration::days((n * 13 % 120) as i64);
+        csv.push_str(&format!(
+            "OE{n:07},B{:05},User {n},user{n}@nhs.net,{},{changed},{signed_in},{}\n",
+            n % organisations,
+            if n % 8 == 0 { "Y" } else { "N" },
+            if n % 50 == 0 { "suspended" } else { "active" }
+        ));
+    }
+    for round in ["first import", "same file again"] {
+        let since = Instant::now();
+        let summary = engine.import_accounts(csv.as_bytes(), "bench.csv").await.unwrap();
+        println!(
+            "{label}: account register, {round} of {accounts} rows ({} added, {} unchanged): {:.0} ms",
+            summary.added.len(),
+            summary.unchanged,
+            since.elapsed().as_secs_f64() * 1000.0
+        );
+    }
+    let mut runs = Vec::new();
+    let mut shape = String::new();
+    for _ in 0..5 {
+        let since = Instant::now();
+        // As `/reports/lifecycle` does: the register and the registry, then the figures.
+        let mut conn = engine.db().pool.acquire().await.unwrap();
+        let held = countersign::storage::list_accounts(&mut conn, None).await.unwrap();
+        let names = countersign::storage::registry_names_and_regions(&mut conn)
+            .await
+            .unwrap();
+        drop(conn);
+        let report = countersign::reports::lifecycle::lifecycle_report(&held, &names, today, 5);
+        runs.push(since.elapsed().as_secs_f64() * 1000.0);
+        shape = format!(
+            "{} organisations, {} regions",
+            report.organisations.len(),
+            report.regions.len()
+        );
+    }
+    runs.sort_by(f64::total_cmp);
+    println!(
+        "{label}: lifecycle report ({shape}): median {:.0} ms, slowest {:.0} ms",
+        runs[runs.len() / 2],
+        runs[runs.len() - 1]
+    );
+    let mut conn = engine.db().pool.acquire().await.unwrap();
+    let held = countersign::storage::list_accounts(&mut conn, None).await.unwrap();
+    drop(conn);
+    let since = Instant::now();
+    let gaps = countersign::accounts::coverage_gaps(&held, today);
+    let notices = countersign::accounts::notices_due(&held, today, 5);
+    println!(
+        "{label}: the outreach job's checks ({} notices due, {} organisations none of whose Primary Users can sign in): {:.1} ms",
+        notices.len(),
+        gaps.len(),
+        since.elapsed().as_secs_f64() * 1000.0
+    );
 }
 
 #[tokio::main]

@@ -395,3 +395,44 @@ async fn managers_see_account_lifecycle_by_region_and_organisation_and_download_
     })
     .await;
 }
+
+/// The web app's state, as `serve` builds it, on `engine`.
+async fn web_state(engine: &countersign::engine::Engine) -> countersign::web::AppState {
+    countersign::web::AppState::new(
+        engine.clone(),
+        &crate::common::root().join("templates"),
+        false,
+        "http://countersign.test".into(),
+    )
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn managers_opening_the_lifecycle_report_together_share_one_reading_of_the_register() {
+    on_both_backends(|app| async move {
+        let engine = app.engine();
+        let register = "user_id,ods_code,name,email,primary_user,password_changed,last_sign_in,status\n\
+            OE1,A81001,Expired Primary,expired@nhs.net,Y,2026-10-01,2026-11-19,active\n";
+        engine
+            .import_accounts(register.as_bytes(), "register.csv")
+            .await
+            .unwrap();
+        let state = web_state(&engine).await;
+        let first = state.reports.lifecycle(&engine, 5).await.unwrap();
+        assert_eq!(first.organisations.len(), 1);
+        // A change within the half-minute is not read again: the same report is shared.
+        let more = "user_id,ods_code,name,email,primary_user,password_changed,last_sign_in,status\n\
+            OE2,A81002,Fine Primary,fine@nhs.net,Y,2026-11-15,2026-11-19,active\n";
+        engine.import_accounts(more.as_bytes(), "register.csv").await.unwrap();
+        let second = state.reports.lifecycle(&engine, 5).await.unwrap();
+        assert!(std::sync::Arc::ptr_eq(&first, &second));
+        // A fresh reading sees it.
+        let fresh = web_state(&engine).await;
+        assert_eq!(
+            fresh.reports.lifecycle(&engine, 5).await.unwrap().organisations.len(),
+            2
+        );
+    })
+    .await;
+}

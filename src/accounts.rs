@@ -21,6 +21,25 @@ pub struct OeAccount {
     pub status: AccountStatus,
 }
 
+impl OeAccount {
+    /// The day the password expires (30 days after it was changed), when the register knows
+    /// when it was changed.
+    pub fn password_expires_on(&self) -> Option<NaiveDate> {
+        self.password_changed_on
+            .map(|changed| changed + chrono::Duration::days(PASSWORD_LIFETIME_DAYS))
+    }
+
+    /// Days from `today` until the password expires: 0 or less once it has.
+    pub fn password_days_left(&self, today: NaiveDate) -> Option<i64> {
+        self.password_expires_on().map(|on| (on - today).num_days())
+    }
+
+    /// Days since the account was last used, when it has been.
+    pub fn days_unused(&self, today: NaiveDate) -> Option<i64> {
+        self.last_sign_in_on.map(|last| (today - last).num_days())
+    }
+}
+
 /// Whether the account can be used.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -293,9 +312,8 @@ pub fn notices_due(accounts: &[OeAccount], today: NaiveDate, password_warning_da
             days,
         };
         if a.primary_user
-            && let Some(changed) = a.password_changed_on
+            && let (Some(changed), Some(left)) = (a.password_changed_on, a.password_days_left(today))
         {
-            let left = (changed + chrono::Duration::days(PASSWORD_LIFETIME_DAYS) - today).num_days();
             if left <= 0 {
                 due.push(notice(
                     "password_expired",
@@ -341,17 +359,14 @@ pub fn lapsed(account: &OeAccount, today: NaiveDate) -> Option<String> {
         AccountStatus::Active => {}
     }
     if let Some(last) = account.last_sign_in_on
-        && (today - last).num_days() >= UNUSED_CUTOFF_DAYS
+        && account.days_unused(today).is_some_and(|d| d >= UNUSED_CUTOFF_DAYS)
     {
         return Some(format!("unused since {last}"));
     }
-    if let Some(changed) = account.password_changed_on {
-        let expired_on = changed + chrono::Duration::days(PASSWORD_LIFETIME_DAYS);
-        if expired_on <= today {
-            return Some(format!("password expired {expired_on}"));
-        }
-    }
-    None
+    account
+        .password_expires_on()
+        .filter(|on| *on <= today)
+        .map(|on| format!("password expired {on}"))
 }
 
 /// An organisation none of whose Primary Users can sign in: nobody there can manage its

@@ -8,9 +8,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use chrono::NaiveDate;
 
-use crate::accounts::{
-    AccountStatus, OeAccount, PASSWORD_LIFETIME_DAYS, UNUSED_CUTOFF_DAYS, UNUSED_WARNING_DAYS, lapsed,
-};
+use crate::accounts::{AccountStatus, OeAccount, UNUSED_CUTOFF_DAYS, UNUSED_WARNING_DAYS, lapsed};
 
 /// Where an organisation stands for access.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
@@ -99,11 +97,8 @@ pub fn lifecycle_report(
     let mut organisations: Vec<OrganisationLifecycle> = by_code
         .into_iter()
         .map(|(code, accounts)| {
-            let days_left = |a: &OeAccount| {
-                a.password_changed_on
-                    .map(|changed| (changed + chrono::Duration::days(PASSWORD_LIFETIME_DAYS) - today).num_days())
-            };
-            let unused = |a: &OeAccount| a.last_sign_in_on.map(|last| (today - last).num_days());
+            let days_left = |a: &OeAccount| a.password_days_left(today);
+            let unused = |a: &OeAccount| a.days_unused(today);
             let count = |keep: &dyn Fn(&&&OeAccount) -> bool| accounts.iter().filter(keep).count();
             let primary_users = count(&|a| a.primary_user);
             let primary_users_active = count(&|a| a.primary_user && lapsed(a, today).is_none());

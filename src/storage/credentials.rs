@@ -6,6 +6,14 @@ use sqlx::{AnyConnection, Row};
 
 use super::{QueryContext, StorageError};
 
+/// Which row a link's token (by hash, `$1`) opens at `$2`: its secret still sealed, not yet
+/// shown, the link not expired. The one definition of a working link.
+macro_rules! open_link {
+    () => {
+        "WHERE link_token_hash = $1 AND sealed IS NOT NULL AND shown_at IS NULL AND link_expires_at > $2"
+    };
+}
+
 /// A credential a change issues (written with the change, in its transaction).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NewCredential {
@@ -107,15 +115,12 @@ pub async fn set_credential_link(
 
 /// Whether a link's token (by hash) still opens a secret at `now`.
 pub async fn credential_link_open(conn: &mut AnyConnection, token_hash: &str, now: i64) -> Result<bool, StorageError> {
-    let found = sqlx::query(
-        "SELECT 1 FROM credentials
-         WHERE link_token_hash = $1 AND sealed IS NOT NULL AND shown_at IS NULL AND link_expires_at > $2",
-    )
-    .bind(token_hash)
-    .bind(now)
-    .fetch_optional(&mut *conn)
-    .await
-    .context("looking up a credential link")?;
+    let found = sqlx::query(concat!("SELECT 1 FROM credentials ", open_link!()))
+        .bind(token_hash)
+        .bind(now)
+        .fetch_optional(&mut *conn)
+        .await
+        .context("looking up a credential link")?;
     Ok(found.is_some())
 }
 
@@ -127,10 +132,10 @@ pub async fn spend_credential_link(
     token_hash: &str,
     now: i64,
 ) -> Result<Option<SpentLink>, StorageError> {
-    let row = sqlx::query(
-        "SELECT name, case_id, sealed, expires_at FROM credentials
-         WHERE link_token_hash = $1 AND sealed IS NOT NULL AND shown_at IS NULL AND link_expires_at > $2",
-    )
+    let row = sqlx::query(concat!(
+        "SELECT name, case_id, sealed, expires_at FROM credentials ",
+        open_link!()
+    ))
     .bind(token_hash)
     .bind(now)
     .fetch_optional(&mut *conn)

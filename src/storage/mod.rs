@@ -325,7 +325,7 @@ pub use messages::*;
 pub use organisations::*;
 pub use outbox::*;
 pub use queries::{CaseKey, PER_CASE_QUERIES};
-pub use queue::{QueueQuery, QueueRecord, QueueScope, queue_page};
+pub use queue::{QueueQuery, QueueRecord, QueueScope, queue_page, queue_plan};
 pub use registry::{
     import_registry, records_of, records_of_codes, registry_counts, registry_lookup, registry_names_and_regions,
 };

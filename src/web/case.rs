@@ -16,7 +16,7 @@ use crate::storage;
 use crate::workflow::TransitionRequest;
 use crate::workflow::wellknown::{self, unclassified};
 
-use super::queue::{QueueFilter, load_queue};
+use super::queue::{QueueFilter, next_in_view};
 use super::view::{base_context, closed_sla_status, sla_status, when};
 use super::{Access, Route};
 
@@ -195,12 +195,7 @@ async fn show_case(
         left: String::new(),
         ..view
     };
-    let next_case = load_queue(&state, &mut conn, &after, user.0.id)
-        .await?
-        .0
-        .into_iter()
-        .next()
-        .map(|r| r.reference);
+    let next_case = next_in_view(&state, &mut conn, &after, user.0.id).await?;
     let event_chain = crate::audit::case_chain(&mut conn, file.case.id).await?;
     drop(conn);
     let mut context = base_context(user, &token)?;

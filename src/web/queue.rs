@@ -130,34 +130,9 @@ pub async fn load_queue(
     filter: &QueueFilter,
     user_id: i64,
 ) -> Result<(Vec<QueueRow>, Option<String>), WebError> {
+    let rows = read_queue(state, conn, filter, user_id, PAGE_SIZE + 1).await?;
     let terminal = state.engine.workflows().terminal_states();
-    let scope = filter.scope(&terminal);
-    let (after_due, after_id) = filter
-        .after
-        .split_once(':')
-        .and_then(|(d, i)| Some((d.parse::<i64>().ok()?, i.parse::<i64>().ok()?)))
-        .unwrap_or((-1, 0));
-    // Closed and all cases go newest first: the first page starts above every id.
-    let after_id = if scope != storage::QueueScope::Open && after_id == 0 {
-        i64::MAX
-    } else {
-        after_id
-    };
     let now = state.engine.now_ms();
-    let query = storage::QueueQuery {
-        scope,
-        state: &filter.state,
-        workflow: &filter.workflow,
-        finding: &filter.finding,
-        assignee: &filter.assignee,
-        user_id,
-        overdue_before: (filter.overdue == "yes").then_some(now),
-        search: &filter.q,
-        after: (after_due, after_id),
-        terminal_states: &terminal,
-        limit: PAGE_SIZE + 1,
-    };
-    let rows = storage::queue_page(conn, &query).await?;
     let today = state.engine.clock().now().date_naive();
     let at_risk_until = state.engine.working_days_from_now(1);
     let mut out = Vec::new();
@@ -205,6 +180,55 @@ pub async fn load_queue(
         .then(|| out.last().map(|r| format!("{}:{}", r.due_at.unwrap_or(0), r.id)))
         .flatten();
     Ok((out, next))
+}
+
+/// The first case in a queue view after its cursor (`filter.after`): the case page's "next
+/// case". One row, not a page: the case page asks for it on every view.
+pub async fn next_in_view(
+    state: &AppState,
+    conn: &mut AnyConnection,
+    filter: &QueueFilter,
+    user_id: i64,
+) -> Result<Option<String>, WebError> {
+    let rows = read_queue(state, conn, filter, user_id, 1).await?;
+    Ok(rows.into_iter().next().map(|row| row.reference))
+}
+
+/// Up to `limit` cases of a queue view, from its cursor on, as storage reads them.
+async fn read_queue(
+    state: &AppState,
+    conn: &mut AnyConnection,
+    filter: &QueueFilter,
+    user_id: i64,
+    limit: i64,
+) -> Result<Vec<storage::QueueRecord>, WebError> {
+    let terminal = state.engine.workflows().terminal_states();
+    let scope = filter.scope(&terminal);
+    let (after_due, after_id) = filter
+        .after
+        .split_once(':')
+        .and_then(|(d, i)| Some((d.parse::<i64>().ok()?, i.parse::<i64>().ok()?)))
+        .unwrap_or((-1, 0));
+    // Closed and all cases go newest first: the first page starts above every id.
+    let after_id = if scope != storage::QueueScope::Open && after_id == 0 {
+        i64::MAX
+    } else {
+        after_id
+    };
+    let query = storage::QueueQuery {
+        scope,
+        state: &filter.state,
+        workflow: &filter.workflow,
+        finding: &filter.finding,
+        assignee: &filter.assignee,
+        user_id,
+        overdue_before: (filter.overdue == "yes").then_some(state.engine.now_ms()),
+        search: &filter.q,
+        after: (after_due, after_id),
+        terminal_states: &terminal,
+        limit,
+    };
+    Ok(storage::queue_page(conn, &query).await?)
 }
 
 pub async fn queue(

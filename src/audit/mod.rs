@@ -18,7 +18,7 @@ use chain::{Head, anchor_hash, check_chain};
 
 /// Chains that grew less than this long before an anchor's `since` are listed again: a
 /// transaction that started before the last anchor may have committed after it.
-const ANCHOR_OVERLAP_MS: i64 = 3_600_000;
+pub const ANCHOR_OVERLAP_MS: i64 = 3_600_000;
 
 /// Cases read per round trip while verifying.
 const CASES_PER_PAGE: i64 = 1_000;
@@ -98,14 +98,13 @@ pub async fn seal_unsealed(db: &Db) -> Result<u64, StorageError> {
 
 /// Writes today's anchor: every chain that grew since the last anchor (with an overlap).
 pub async fn write_anchor(db: &Db, now: i64) -> Result<storage::StoredAnchor, StorageError> {
-    let mut tx = db.begin_write().await.map_err(|source| StorageError::Query {
+    let mut tx = db.begin_bulk_write().await.map_err(|source| StorageError::Query {
         context: "starting an audit anchor",
         source,
     })?;
-    let since = storage::anchors(&mut tx)
+    let since = storage::last_anchor_at(&mut tx)
         .await?
-        .last()
-        .map_or(0, |last| (last.at - ANCHOR_OVERLAP_MS).max(0));
+        .map_or(0, |at| (at - ANCHOR_OVERLAP_MS).max(0));
     let anchor = storage::write_anchor(&mut tx, since, now).await?;
     tx.commit().await.map_err(|source| StorageError::Query {
         context: "writing an audit anchor",

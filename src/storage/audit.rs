@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 
+use futures::TryStreamExt;
 use sqlx::{AnyConnection, Row};
 
 use super::batch::multi_row_insert;
@@ -289,6 +290,16 @@ pub struct StoredAnchor {
     pub hash: String,
 }
 
+/// When the last anchor was written (`None` before the first): where the next one starts.
+/// Read alone: an anchor carries the heads it vouches for, and the first of a large database
+/// is about 100 MB.
+pub async fn last_anchor_at(conn: &mut AnyConnection) -> Result<Option<i64>, StorageError> {
+    sqlx::query_scalar("SELECT at FROM audit_anchors ORDER BY id DESC LIMIT 1")
+        .fetch_optional(&mut *conn)
+        .await
+        .context("reading when the last audit anchor was written")
+}
+
 pub async fn anchors(conn: &mut AnyConnection) -> Result<Vec<StoredAnchor>, StorageError> {
     let rows = sqlx::query("SELECT id, at, since, heads, prev_hash, hash FROM audit_anchors ORDER BY id")
         .fetch_all(&mut *conn)
@@ -312,25 +323,24 @@ pub async fn anchors(conn: &mut AnyConnection) -> Result<Vec<StoredAnchor>, Stor
 /// Writes an anchor: the head of every chain that grew at or after `since`, chained to the
 /// anchor before. Returns the new anchor (its hash is what to keep a copy of elsewhere).
 pub async fn write_anchor(conn: &mut AnyConnection, since: i64, now: i64) -> Result<StoredAnchor, StorageError> {
-    let rows = sqlx::query(
+    // Streamed, row by row: the first anchor of a database holds every case's head (a
+    // million rows), and the rows themselves are several times the size of the heads.
+    let heads: Vec<Head> = sqlx::query(
         "SELECT c.id, c.chain_seq, e.hash FROM cases c JOIN case_events e ON e.case_id = c.id AND e.seq = c.chain_seq \
          WHERE c.chain_at >= $1 AND c.chain_seq > 0 ORDER BY c.id",
     )
     .bind(since)
-    .fetch_all(&mut *conn)
+    .fetch(&mut *conn)
+    .and_then(|r| async move {
+        Ok(Head {
+            case_id: r.try_get(0)?,
+            seq: r.try_get(1)?,
+            hash: r.try_get::<Option<String>, _>(2)?.unwrap_or_default(),
+        })
+    })
+    .try_collect()
     .await
     .context("reading the chains' heads")?;
-    let heads: Vec<Head> = rows
-        .iter()
-        .map(|r| {
-            Ok(Head {
-                case_id: r.try_get(0)?,
-                seq: r.try_get(1)?,
-                hash: r.try_get::<Option<String>, _>(2)?.unwrap_or_default(),
-            })
-        })
-        .collect::<Result<_, sqlx::Error>>()
-        .context("reading the chains' heads")?;
     let heads_json = serde_json::to_string(&heads).unwrap_or_else(|_| "[]".into());
     let prev_hash: Option<String> = sqlx::query_scalar("SELECT hash FROM audit_anchors ORDER BY id DESC LIMIT 1")
         .fetch_optional(&mut *conn)

@@ -289,3 +289,34 @@ async fn events_written_before_the_chain_are_sealed_at_start_up() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn an_anchor_is_written_on_a_connection_that_is_closed_after() {
+    // The first anchor of a large database binds every chain's head (about 100 MB at a million
+    // cases); a PostgreSQL connection keeps the buffers it grew, so the connection it was
+    // written on must not go back to the pool to sit idle with them.
+    on_both_backends(|app| async move {
+        two_cases(&app).await;
+        let pool = &app.db().pool;
+        let held: Vec<_> = futures::future::join_all((0..3).map(|_| pool.acquire())).await;
+        drop(held);
+        let before = pool.size();
+        assert!(before >= 3, "{before}");
+        let first = audit::write_anchor(app.db(), app.now_ms()).await.unwrap();
+        let mut waited = 0;
+        while pool.size() >= before && waited < 100 {
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            waited += 1;
+        }
+        assert_eq!(pool.size(), before - 1, "the anchor's connection is closed");
+        // The next anchor starts from when the last was written (read alone, not with every
+        // anchor's heads) and chains to it.
+        let mut conn = pool.acquire().await.unwrap();
+        assert_eq!(storage::last_anchor_at(&mut conn).await.unwrap(), Some(first.at));
+        drop(conn);
+        let second = audit::write_anchor(app.db(), app.now_ms() + 1).await.unwrap();
+        assert_eq!(second.prev_hash.as_deref(), Some(first.hash.as_str()));
+        assert_eq!(second.since, (first.at - audit::ANCHOR_OVERLAP_MS).max(0));
+    })
+    .await;
+}

@@ -129,3 +129,33 @@ async fn ready_only_when_the_database_answers_and_each_mail_source_polled_recent
     })
     .await;
 }
+
+#[tokio::test]
+async fn shedding_memory_closes_idle_postgres_connections_only() {
+    // After the start-up job and the night's jobs, a PostgreSQL connection that read or wrote
+    // a great deal keeps the buffers it grew: the idle ones are closed (opened again when
+    // needed). SQLite connections hold a bounded page cache, and an in-memory SQLite database
+    // lives only as long as its connections: they are kept.
+    on_both_backends(|app| async move {
+        let pool = &app.db().pool;
+        let held: Vec<_> = futures::future::join_all((0..3).map(|_| pool.acquire())).await;
+        drop(held);
+        let before = pool.size();
+        assert!(before >= 3, "{before}");
+        // Released connections return to the pool after its release check.
+        for _ in 0..100 {
+            if pool.num_idle() == before as usize {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        app.db().shed_memory().await;
+        match app.db().backend {
+            countersign::storage::Backend::Postgres => assert_eq!(pool.size(), 0),
+            countersign::storage::Backend::Sqlite => assert_eq!(pool.size(), before),
+        }
+        // And the service goes on: the next query opens what it needs.
+        app.db().ping().await.unwrap();
+    })
+    .await;
+}

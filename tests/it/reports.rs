@@ -91,8 +91,18 @@ async fn the_reports_match_figures_worked_out_by_hand() {
     on_both_backends_clocked(|engine, clock| async move {
         data_set(&engine, &clock).await;
         // What serve does when it starts: every past day from the first case's (Friday 20th)
-        // to yesterday (Sunday 29th) is kept; today is not.
-        assert_eq!(countersign::reports::keep_all_past_days(&engine).await.unwrap(), 10);
+        // to yesterday (Sunday 29th) is kept; today is not. On a first start the start-up
+        // job and the night's housekeeping keep days at the same time: each day is worked out
+        // once between them.
+        let (startup, housekeeping) = tokio::join!(
+            countersign::reports::keep_all_past_days(&engine),
+            countersign::reports::keep_all_past_days(&engine)
+        );
+        assert_eq!(
+            startup.unwrap() + housekeeping.unwrap(),
+            10,
+            "each past day worked out once"
+        );
         assert_eq!(
             countersign::reports::keep_all_past_days(&engine).await.unwrap(),
             0,

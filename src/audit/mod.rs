@@ -102,10 +102,9 @@ pub async fn write_anchor(db: &Db, now: i64) -> Result<storage::StoredAnchor, St
         context: "starting an audit anchor",
         source,
     })?;
-    let since = storage::last_anchor_at(&mut tx)
-        .await?
-        .map_or(0, |at| (at - ANCHOR_OVERLAP_MS).max(0));
-    let anchor = storage::write_anchor(&mut tx, since, now).await?;
+    let last = storage::last_anchor(&mut tx).await?;
+    let since = last.as_ref().map_or(0, |last| (last.at - ANCHOR_OVERLAP_MS).max(0));
+    let anchor = storage::write_anchor(&mut tx, since, last.map(|last| last.hash), now).await?;
     tx.commit().await.map_err(|source| StorageError::Query {
         context: "writing an audit anchor",
         source,

@@ -180,6 +180,9 @@ pub struct Engine {
     wakers: Wakers,
     /// What this process counts as it works, for `/metrics`.
     metrics: Arc<crate::metrics::Metrics>,
+    /// Held while past report days are worked out and kept (see
+    /// [`crate::reports::keep_past_days`]): one keeper at a time.
+    report_keeper: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl Engine {
@@ -193,6 +196,7 @@ impl Engine {
             clock: Arc::new(SystemClock),
             wakers: Wakers::default(),
             metrics: crate::metrics::Metrics::shared(),
+            report_keeper: Arc::default(),
         }
     }
 
@@ -202,6 +206,11 @@ impl Engine {
     }
 
     /// The same engine on another clock (tests and benchmarks set the time).
+    /// Taken by whoever works out and keeps past report days, for as long as it does.
+    pub fn report_keeper(&self) -> &tokio::sync::Mutex<()> {
+        &self.report_keeper
+    }
+
     pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Engine {
         self.clock = clock;
         self

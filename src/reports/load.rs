@@ -123,12 +123,11 @@ async fn days_and_worked_out(
 /// that reports read kept days only (the nightly housekeeping calls it). Returns how many
 /// days it worked out.
 pub async fn keep_past_days(engine: &Engine, back: i64) -> Result<usize, StorageError> {
-    // One keeper at a time in this process: on a first start the start-up job (every past
+    // One keeper at a time for the service: on a first start the start-up job (every past
     // day) and the night's housekeeping (the last 400) ran side by side, working out the same
     // days twice at once (a peak of 740 MiB at a million cases). The second now finds them
     // kept.
-    static ONE_KEEPER: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-    let _keeping = ONE_KEEPER.lock().await;
+    let _keeping = engine.report_keeper().lock().await;
     let today = engine.clock().now().date_naive();
     let period = Period {
         from: today - Duration::days(back.max(1)),

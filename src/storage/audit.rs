@@ -290,14 +290,29 @@ pub struct StoredAnchor {
     pub hash: String,
 }
 
-/// When the last anchor was written (`None` before the first): where the next one starts.
-/// Read alone: an anchor carries the heads it vouches for, and the first of a large database
-/// is about 100 MB.
-pub async fn last_anchor_at(conn: &mut AnyConnection) -> Result<Option<i64>, StorageError> {
-    sqlx::query_scalar("SELECT at FROM audit_anchors ORDER BY id DESC LIMIT 1")
+/// The last anchor written: when, and its hash (the next one chains to it). `None` before
+/// the first.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LastAnchor {
+    pub at: i64,
+    pub hash: String,
+}
+
+/// The last anchor, read alone: an anchor carries the heads it vouches for, and the first of a
+/// large database is about 100 MB.
+pub async fn last_anchor(conn: &mut AnyConnection) -> Result<Option<LastAnchor>, StorageError> {
+    let row = sqlx::query("SELECT at, hash FROM audit_anchors ORDER BY id DESC LIMIT 1")
         .fetch_optional(&mut *conn)
         .await
-        .context("reading when the last audit anchor was written")
+        .context("reading the last audit anchor")?;
+    row.map(|r| {
+        Ok(LastAnchor {
+            at: r.try_get(0)?,
+            hash: r.try_get(1)?,
+        })
+    })
+    .transpose()
+    .context("decoding the last audit anchor")
 }
 
 pub async fn anchors(conn: &mut AnyConnection) -> Result<Vec<StoredAnchor>, StorageError> {
@@ -321,8 +336,14 @@ pub async fn anchors(conn: &mut AnyConnection) -> Result<Vec<StoredAnchor>, Stor
 }
 
 /// Writes an anchor: the head of every chain that grew at or after `since`, chained to the
-/// anchor before. Returns the new anchor (its hash is what to keep a copy of elsewhere).
-pub async fn write_anchor(conn: &mut AnyConnection, since: i64, now: i64) -> Result<StoredAnchor, StorageError> {
+/// anchor before (`prev_hash`, from [`last_anchor`] in the same transaction). Returns the new
+/// anchor (its hash is what to keep a copy of elsewhere).
+pub async fn write_anchor(
+    conn: &mut AnyConnection,
+    since: i64,
+    prev_hash: Option<String>,
+    now: i64,
+) -> Result<StoredAnchor, StorageError> {
     // Streamed, row by row: the first anchor of a database holds every case's head (a
     // million rows), and the rows themselves are several times the size of the heads.
     let heads: Vec<Head> = sqlx::query(
@@ -342,10 +363,6 @@ pub async fn write_anchor(conn: &mut AnyConnection, since: i64, now: i64) -> Res
     .await
     .context("reading the chains' heads")?;
     let heads_json = serde_json::to_string(&heads).unwrap_or_else(|_| "[]".into());
-    let prev_hash: Option<String> = sqlx::query_scalar("SELECT hash FROM audit_anchors ORDER BY id DESC LIMIT 1")
-        .fetch_optional(&mut *conn)
-        .await
-        .context("reading the last audit anchor")?;
     let hash = anchor_hash(now, since, &heads_json, prev_hash.as_deref().unwrap_or(""));
     let id: i64 = sqlx::query_scalar(
         "INSERT INTO audit_anchors (at, since, heads, prev_hash, hash) VALUES ($1, $2, $3, $4, $5) RETURNING id",

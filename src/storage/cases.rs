@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use sqlx::{AnyConnection, Row};
 
 use super::queries::*;
-use super::{CaseEvent, QueryContext, StorageError, json_column};
+use super::{Backend, CaseEvent, QueryContext, StorageError, json_column};
 use crate::policy::Finding;
 
 /// Hands out the next case number for `year`; runs inside the case's transaction, so a rolled
@@ -269,7 +269,7 @@ pub async fn lock_form(conn: &mut AnyConnection, sha256: &str) -> Result<(), Sto
 /// lock taken in the order of the hashes (sorted here), so that two writers of overlapping
 /// groups wait rather than deadlock. See [`lock_form`] for why.
 pub async fn lock_forms(conn: &mut AnyConnection, sha256s: &[&str]) -> Result<(), StorageError> {
-    if conn.backend_name() != "PostgreSQL" || sha256s.is_empty() {
+    if Backend::of(conn) != Backend::Postgres || sha256s.is_empty() {
         return Ok(());
     }
     let mut sorted = sha256s.to_vec();

@@ -45,6 +45,18 @@ pub enum Backend {
     Postgres,
 }
 
+impl Backend {
+    /// Which database a connection speaks to: for the statements that differ by backend, run
+    /// on a caller's connection (which carries no [`Db`]).
+    pub fn of(conn: &sqlx::AnyConnection) -> Backend {
+        if conn.backend_name() == "PostgreSQL" {
+            Backend::Postgres
+        } else {
+            Backend::Sqlite
+        }
+    }
+}
+
 /// The database: a pool and which backend it is.
 #[derive(Debug, Clone)]
 pub struct Db {
@@ -349,7 +361,7 @@ mod users;
 
 pub use accounts::{accounts_by_ids, claim_notice, list_accounts, upsert_accounts};
 pub use audit::{
-    ChainOwner, StoredAnchor, anchors, chain_length, chain_of, chains_after, event_hash_at, last_anchor_at,
+    ChainOwner, LastAnchor, StoredAnchor, anchors, chain_length, chain_of, chains_after, event_hash_at, last_anchor,
     orphaned_chains, seal_unsealed_events, write_anchor,
 };
 pub use batch::{Deferred, apply_change_deferred, enqueue_mail, flush};

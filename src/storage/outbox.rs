@@ -3,7 +3,7 @@
 use sqlx::{AnyConnection, Row};
 
 use super::queries::*;
-use super::{QueryContext, StorageError, stored_word};
+use super::{Backend, QueryContext, StorageError, stored_word};
 use crate::domain::OutboxStatus;
 
 #[derive(Debug, Clone, serde::Serialize)]
@@ -133,7 +133,7 @@ pub async fn claim_mail(
     now: i64,
     lease_until: i64,
 ) -> Result<Option<OutboxJob>, StorageError> {
-    let sql = if conn.backend_name() == "PostgreSQL" {
+    let sql = if Backend::of(conn) == Backend::Postgres {
         "UPDATE outbox SET claimed_until = $1, claimed_by = $2, attempts = attempts + 1
          WHERE id = (SELECT id FROM outbox WHERE status = 'pending' AND next_attempt_at <= $3
                      AND (claimed_until IS NULL OR claimed_until < $3)

@@ -159,7 +159,10 @@ pub async fn queue_page(conn: &mut AnyConnection, q: &QueueQuery<'_>) -> Result<
 /// speed rests on the plan walking the `(due_at, id)` index, so the tests read it.
 pub async fn queue_plan(conn: &mut AnyConnection, q: &QueueQuery<'_>) -> Result<Vec<String>, StorageError> {
     let rows = queue_statement(conn, q, Explain::Plan).await?;
-    let column = if conn.backend_name() == "PostgreSQL" { 0 } else { 3 };
+    let column = match Backend::of(conn) {
+        Backend::Postgres => 0,
+        Backend::Sqlite => 3,
+    };
     rows.iter()
         .map(|row| row.try_get::<String, _>(column))
         .collect::<Result<_, sqlx::Error>>()
@@ -179,11 +182,7 @@ async fn queue_statement(
     q: &QueueQuery<'_>,
     explain: Explain,
 ) -> Result<Vec<sqlx::any::AnyRow>, StorageError> {
-    let backend = if conn.backend_name() == "PostgreSQL" {
-        Backend::Postgres
-    } else {
-        Backend::Sqlite
-    };
+    let backend = Backend::of(conn);
     // A search that is an ODS code or a case reference is an exact (indexed) match; anything
     // else is a substring of the organisation, the sender, the reference or the form's fields.
     // Control characters (a NUL, a newline) are never part of what anyone searches for, and a

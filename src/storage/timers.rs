@@ -3,7 +3,7 @@
 use sqlx::{AnyConnection, Row};
 
 use super::queries::*;
-use super::{CancelTimers, QueryContext, StorageError, stored_word};
+use super::{Backend, CancelTimers, QueryContext, StorageError, stored_word};
 use crate::domain::TimerStatus;
 
 /// The `state` of timers that belong to the case rather than to one state (the SLA timers).
@@ -77,7 +77,7 @@ pub struct DueTimer {
 /// transaction (which commits its effect with it). On PostgreSQL other instances skip the row
 /// while it is claimed (`FOR UPDATE SKIP LOCKED`); SQLite has one writer at a time.
 pub async fn claim_due_timer(conn: &mut AnyConnection, now: i64) -> Result<Option<DueTimer>, StorageError> {
-    let sql = if conn.backend_name() == "PostgreSQL" {
+    let sql = if Backend::of(conn) == Backend::Postgres {
         "UPDATE timers SET status = 'fired', finished_at = $1
          WHERE id = (SELECT id FROM timers WHERE status = 'pending' AND due_at <= $1 ORDER BY due_at, id LIMIT 1 FOR UPDATE SKIP LOCKED)
          RETURNING case_id, name, state"

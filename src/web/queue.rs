@@ -130,8 +130,8 @@ pub async fn load_queue(
     filter: &QueueFilter,
     user_id: i64,
 ) -> Result<(Vec<QueueRow>, Option<String>), WebError> {
-    let rows = read_queue(state, conn, filter, user_id, PAGE_SIZE + 1).await?;
     let terminal = state.engine.workflows().terminal_states();
+    let rows = read_queue(state, conn, filter, &terminal, user_id, PAGE_SIZE + 1).await?;
     let now = state.engine.now_ms();
     let today = state.engine.clock().now().date_naive();
     let at_risk_until = state.engine.working_days_from_now(1);
@@ -190,7 +190,8 @@ pub async fn next_in_view(
     filter: &QueueFilter,
     user_id: i64,
 ) -> Result<Option<String>, WebError> {
-    let rows = read_queue(state, conn, filter, user_id, 1).await?;
+    let terminal = state.engine.workflows().terminal_states();
+    let rows = read_queue(state, conn, filter, &terminal, user_id, 1).await?;
     Ok(rows.into_iter().next().map(|row| row.reference))
 }
 
@@ -199,11 +200,11 @@ async fn read_queue(
     state: &AppState,
     conn: &mut AnyConnection,
     filter: &QueueFilter,
+    terminal: &[String],
     user_id: i64,
     limit: i64,
 ) -> Result<Vec<storage::QueueRecord>, WebError> {
-    let terminal = state.engine.workflows().terminal_states();
-    let scope = filter.scope(&terminal);
+    let scope = filter.scope(terminal);
     let (after_due, after_id) = filter
         .after
         .split_once(':')
@@ -225,7 +226,7 @@ async fn read_queue(
         overdue_before: (filter.overdue == "yes").then_some(state.engine.now_ms()),
         search: &filter.q,
         after: (after_due, after_id),
-        terminal_states: &terminal,
+        terminal_states: terminal,
         limit,
     };
     Ok(storage::queue_page(conn, &query).await?)

@@ -312,7 +312,13 @@ async fn an_anchor_is_written_on_a_connection_that_is_closed_after() {
         // The next anchor starts from when the last was written (read alone, not with every
         // anchor's heads) and chains to it.
         let mut conn = pool.acquire().await.unwrap();
-        assert_eq!(storage::last_anchor_at(&mut conn).await.unwrap(), Some(first.at));
+        assert_eq!(
+            storage::last_anchor(&mut conn).await.unwrap(),
+            Some(storage::LastAnchor {
+                at: first.at,
+                hash: first.hash.clone()
+            })
+        );
         drop(conn);
         let second = audit::write_anchor(app.db(), app.now_ms() + 1).await.unwrap();
         assert_eq!(second.prev_hash.as_deref(), Some(first.hash.as_str()));

@@ -154,6 +154,8 @@ pub struct AppState {
     /// The queue's counts by state and by finding, with when they were read (see
     /// `queue::COUNTS_FRESH_FOR`).
     pub queue_counts: Arc<std::sync::Mutex<Option<(std::time::Instant, queue::QueueCounts)>>>,
+    /// Held by the one request that counts the queue afresh (see `queue::queue_counts`).
+    pub queue_counter: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl FromRef<AppState> for CsrfConfig {
@@ -217,6 +219,7 @@ impl AppState {
             password_warning_days: crate::config::SchedulerSettings::default().password_warning_days,
             reports: Arc::default(),
             queue_counts: Arc::default(),
+            queue_counter: Arc::default(),
             mail: Arc::new(crate::outbox::render::Renderer::load(templates_dir).map_err(|e| {
                 WebSetupError::Templates {
                     dir: templates_dir.display().to_string(),

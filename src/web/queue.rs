@@ -324,12 +324,25 @@ async fn queue_counts(
     conn: &mut AnyConnection,
     open_states: &[String],
 ) -> Result<QueueCounts, WebError> {
-    if let Ok(cached) = state.queue_counts.lock()
-        && let Some((at, counts)) = cached.as_ref()
-        && at.elapsed() < COUNTS_FRESH_FOR
-    {
-        return Ok(counts.clone());
-    }
+    // One reader at a time, and no one waits for a refresh: when the counts go stale, one
+    // request counts again while the others show the counts it is replacing; only before the
+    // first count do they wait for it. (At a million cases, right after a start, 32 connections
+    // each counting the open cases put the queue's p99 at 600–870 ms on PostgreSQL.)
+    let cached = || state.queue_counts.lock().ok().and_then(|c| c.clone());
+    let _counting = match cached() {
+        Some((at, counts)) if at.elapsed() < COUNTS_FRESH_FOR => return Ok(counts),
+        Some((_, stale)) => match state.queue_counter.try_lock() {
+            Ok(counting) => counting,
+            Err(_) => return Ok(stale),
+        },
+        None => {
+            let counting = state.queue_counter.lock().await;
+            if let Some((_, counts)) = cached() {
+                return Ok(counts);
+            }
+            counting
+        }
+    };
     let counts = (
         storage::count_cases_in_states(conn, open_states).await?,
         storage::finding_counts(conn, open_states).await?,

@@ -31,6 +31,8 @@ pub(super) struct Recording<'t> {
     form_cases: BTreeMap<String, Option<CaseRecord>>,
     /// Case numbers taken for the group and not yet used: (year, next, last).
     numbers: Option<(i32, i64, i64)>,
+    /// Ids taken for the group's new cases and not yet used.
+    case_ids: std::collections::VecDeque<i64>,
 }
 
 impl<'t> Recording<'t> {
@@ -41,6 +43,7 @@ impl<'t> Recording<'t> {
             locked_forms: Default::default(),
             form_cases: BTreeMap::new(),
             numbers: None,
+            case_ids: Default::default(),
         }
     }
 
@@ -62,6 +65,29 @@ impl<'t> Recording<'t> {
             return Ok(next);
         }
         Ok(storage::next_case_number(self.conn, year).await?)
+    }
+
+    /// Takes ids for `count` new cases at once.
+    async fn reserve_case_ids(&mut self, count: usize) -> Result<(), EngineError> {
+        self.case_ids.extend(storage::take_case_ids(self.conn, count).await?);
+        Ok(())
+    }
+
+    /// The id of the next new case: from the group's reserve while it lasts. SQLite gives ids
+    /// after the highest stored, so the cases held back are written before more are taken.
+    async fn next_case_id(&mut self) -> Result<i64, EngineError> {
+        if self.case_ids.is_empty() {
+            self.flushed().await?;
+            self.reserve_case_ids(1).await?;
+        }
+        self.case_ids
+            .pop_front()
+            .ok_or(EngineError::NotDurable { expected: 1, found: 0 })
+    }
+
+    /// Holds a new case back, to be stored with the group's others in one statement.
+    fn hold_case(&mut self, case: storage::CaseToStore) {
+        self.deferred.hold_case(case);
     }
 
     /// The transaction, for a reply: everything held is written, and the group's knowledge of
@@ -435,6 +461,7 @@ impl Engine {
         writes
             .reserve_case_numbers(self.clock.now().year(), cases_at_most as i64)
             .await?;
+        writes.reserve_case_ids(cases_at_most).await?;
         let mut reports = Vec::with_capacity(emails.len());
         let stored = self.store_messages(&mut writes, &emails).await?;
         for ((raw, prepared, source), stored) in emails.into_iter().zip(stored) {
@@ -1070,29 +1097,28 @@ impl Engine {
         let fields = BTreeMap::new();
         // A case that starts closed (a bounce with no case) asks for no work and has no SLA.
         let open = state == unclassified::STATE;
-        let case = storage::insert_case(
-            w.conn(),
-            &storage::NewCase {
-                organisation_id: None,
-                reference: reference.as_str(),
-                workflow: None,
-                state,
-                fields: &fields,
-                extraction_json: None,
-                findings: &findings,
-                org_ods_code: None,
-                org_name: None,
-                sender: parsed.from_address.as_deref(),
-                origin_message_id: raw_message_id,
-                form_attachment_id: attachment_id,
-                form_sha256: None,
-                related_case_id: related.map(|r| r.case_id),
-                now,
-                due_at: open.then(|| self.working_days_from_now(5)),
-                version: 1,
-            },
-        )
-        .await?;
+        let id = w.next_case_id().await?;
+        let new_case = storage::NewCase {
+            organisation: None,
+            reference: reference.as_str(),
+            workflow: None,
+            state,
+            fields: &fields,
+            extraction_json: None,
+            findings: &findings,
+            org_ods_code: None,
+            org_name: None,
+            sender: parsed.from_address.as_deref(),
+            origin_message_id: raw_message_id,
+            form_attachment_id: attachment_id,
+            form_sha256: None,
+            related_case_id: related.map(|r| r.case_id),
+            now,
+            due_at: open.then(|| self.working_days_from_now(5)),
+            version: 1,
+        };
+        let case = new_case.record(id);
+        w.hold_case(new_case.to_store(case.clone()));
         let codes: Vec<&str> = findings.iter().map(|f| f.code.as_str()).collect();
         let mut opened = change::changeset(&case, now);
         opened.link_messages.push((raw_message_id, "origin"));
@@ -1142,14 +1168,15 @@ impl Engine {
             .filter(|n| !n.is_empty());
         let extraction_json = form.extraction.as_ref().and_then(|e| serde_json::to_string(e).ok());
         let initial = workflow.initial_state().name.clone();
-        let organisation_id = match (&ods, &org_name) {
-            (Some(ods), Some(name)) => {
-                let kind = if ods.is_gp_practice() { "gp_practice" } else { "other" };
-                Some(storage::upsert_organisation(w.conn(), ods.as_str(), name, kind, now).await?)
-            }
+        let organisation = match (&ods, &org_name) {
+            (Some(ods), Some(name)) => Some(storage::NewOrganisation {
+                ods_code: ods.as_str().to_string(),
+                name: name.clone(),
+                kind: if ods.is_gp_practice() { "gp_practice" } else { "other" },
+            }),
             _ => None,
         };
-        let mut new_case = storage::NewCase {
+        let new_case = storage::NewCase {
             reference: reference.as_str(),
             workflow: Some(&workflow.name),
             state: &initial,
@@ -1158,7 +1185,7 @@ impl Engine {
             findings: &form.findings,
             org_ods_code: ods.as_ref().map(OdsCode::as_str),
             org_name: org_name.as_deref(),
-            organisation_id,
+            organisation,
             sender: parsed.from_address.as_deref(),
             origin_message_id: raw_message_id,
             form_attachment_id: form_file.map(|(id, _)| id),
@@ -1177,9 +1204,9 @@ impl Engine {
             sender_auth: parsed.sender_auth.clone(),
         };
         let to = wellknown::state_after_checks(!form.findings.is_empty());
-        let arrived = new_case.record(0);
+        let arrived = new_case.record(w.next_case_id().await?);
         let mut opened = self.plan_system_move(&arrived, workflow, to, &checks_summary(&form.findings), &origin)?;
-        // The case was created in this transaction: it has no timers to cancel yet.
+        // The case is new: it has no timers to cancel yet.
         opened.cancel_timers = storage::CancelTimers::default();
         opened.link_messages.push((raw_message_id, "origin"));
         opened.events.insert(
@@ -1204,25 +1231,14 @@ impl Engine {
         opened
             .arm_timers
             .extend(sla::timers(self.when(), workflow, workflow.sla.target_working_days));
-        let checked = change::after(&arrived, &opened);
-        // A move that sets only the state is stored with the case (one statement, not two);
-        // any other (a workflow whose first state stops the SLA clock) is applied after it.
-        let only_state = opened.columns
-            == storage::CaseColumns {
-                state: opened.columns.state.clone(),
-                ..storage::CaseColumns::default()
-            };
-        if only_state {
-            new_case.state = &checked.state;
-            new_case.version = checked.version;
-        }
-        let case = storage::insert_case(w.conn(), &new_case).await?;
+        // The case is stored as the move leaves it (one row written, no update after), with
+        // the move's events, timers and mail held beside it.
+        let mut opened = self.closing_clears_due_time(opened);
+        let case = change::after(&arrived, &opened);
+        opened.columns = storage::CaseColumns::default();
+        w.hold_case(new_case.to_store(case.clone()));
         if let Some((_, form_sha256)) = form_file {
             w.form_cases.insert(form_sha256.to_string(), Some(case.clone()));
-        }
-        opened.case_id = case.id;
-        if only_state {
-            opened.columns = storage::CaseColumns::default();
         }
         let case = self.apply_deferred(w, &case, opened).await?;
         Ok(self.outcome(&case, None))

@@ -110,7 +110,7 @@ impl Engine {
             findings: &findings,
             org_ods_code: ods.as_ref().map(OdsCode::as_str),
             org_name: None,
-            organisation_id: None,
+            organisation: None,
             // Mail a caseworker sends from the case goes to a Primary User, who can still read it.
             sender: gap.contact.as_deref(),
             origin_message_id: message_id,
@@ -121,7 +121,13 @@ impl Engine {
             due_at: Some(self.working_days_from_now(workflow.sla.target_working_days)),
             version: 1,
         };
-        let case = storage::insert_case(&mut tx, &new_case).await?;
+        let ids = storage::take_case_ids(&mut tx, 1).await?;
+        let id = ids
+            .first()
+            .copied()
+            .ok_or(EngineError::NotDurable { expected: 1, found: 0 })?;
+        let case = new_case.record(id);
+        storage::store_cases(&mut tx, &[new_case.to_store(case.clone())]).await?;
         let origin = Origin {
             message_id: None,
             automatic: None,

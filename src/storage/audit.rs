@@ -21,8 +21,13 @@ const ADVANCES_PER_STATEMENT: usize = 500;
 /// caller's transaction. Each case's chain length is advanced first, which on PostgreSQL locks
 /// the case row, so that two transactions never number events of one case alike (the unique
 /// index on `(case_id, seq)` would refuse the second anyway); on SQLite the write lock is held
-/// from BEGIN.
-pub(super) async fn append_events(conn: &mut AnyConnection, events: Vec<(i64, CaseEvent)>) -> Result<(), StorageError> {
+/// from BEGIN. `fresh` names the cases whose rows were written just now with their chain's
+/// length and time already set (new cases, whose chains start with these events).
+pub(super) async fn append_events(
+    conn: &mut AnyConnection,
+    events: Vec<(i64, CaseEvent)>,
+    fresh: &BTreeMap<i64, (i64, i64)>,
+) -> Result<(), StorageError> {
     if events.is_empty() {
         return Ok(());
     }
@@ -37,8 +42,12 @@ pub(super) async fn append_events(conn: &mut AnyConnection, events: Vec<(i64, Ca
     // Per case: the next number to give, and the hash to follow. One statement advances
     // every case's chain (a round trip per case cost PostgreSQL ingest a third of its rate),
     // one more reads the heads to follow.
-    let cases: Vec<(i64, i64, i64)> = per_case.iter().map(|(&id, &(count, at))| (id, count, at)).collect();
-    let mut lengths: BTreeMap<i64, i64> = BTreeMap::new();
+    let cases: Vec<(i64, i64, i64)> = per_case
+        .iter()
+        .filter(|(id, _)| !fresh.contains_key(id))
+        .map(|(&id, &(count, at))| (id, count, at))
+        .collect();
+    let mut lengths: BTreeMap<i64, i64> = fresh.iter().map(|(&id, &(count, _))| (id, count)).collect();
     for chunk in cases.chunks(ADVANCES_PER_STATEMENT) {
         let values = multi_row_insert("WITH advance (id, n, at) AS (VALUES", 3, chunk.len(), ")");
         let sql = format!(

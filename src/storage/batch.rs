@@ -3,6 +3,8 @@
 //! drain records sixteen emails in one transaction; one statement per table instead of one
 //! per row is most of what it costs.
 
+use std::collections::BTreeMap;
+
 use sqlx::AnyConnection;
 
 use super::{CaseChangeset, CaseEvent, NewMail, NewTimer, QueryContext, StorageError};
@@ -11,6 +13,8 @@ use crate::domain::{OutboxStatus, TimerStatus};
 /// The rows held back, in the order they were planned (so that events keep their order).
 #[derive(Debug, Default)]
 pub struct Deferred {
+    /// New cases, under ids taken for them: written first, since everything else names them.
+    cases: Vec<super::CaseToStore>,
     links: Vec<(i64, i64, &'static str)>,
     events: Vec<(i64, CaseEvent)>,
     timers: Vec<(i64, NewTimer, i64)>,
@@ -23,6 +27,16 @@ pub struct Deferred {
 }
 
 impl Deferred {
+    /// Holds a new case (see [`super::take_case_ids`]) until the group's rows are written.
+    pub fn hold_case(&mut self, case: super::CaseToStore) {
+        self.cases.push(case);
+    }
+
+    /// Whether the case with this id is new and not written yet.
+    fn holds_case(&self, case_id: i64) -> bool {
+        self.cases.iter().any(|c| c.case.id == case_id)
+    }
+
     /// Holds the rows of a change (its links, events, new timers and mail), not its columns.
     fn hold(&mut self, change: CaseChangeset) {
         let CaseChangeset {
@@ -77,7 +91,10 @@ pub async fn apply_change_deferred(
     change: CaseChangeset,
     deferred: &mut Deferred,
 ) -> Result<(), StorageError> {
-    if change.cancel_timers != super::CancelTimers::default() {
+    // A change to a new case's columns updates its row, so the row must be there.
+    if change.cancel_timers != super::CancelTimers::default()
+        || (change.columns.any() && deferred.holds_case(change.case_id))
+    {
         flush(conn, deferred).await?;
     }
     super::apply_columns(conn, &change).await?;
@@ -89,6 +106,17 @@ pub async fn apply_change_deferred(
 /// both databases' limits on bound values).
 pub async fn flush(conn: &mut AnyConnection, deferred: &mut Deferred) -> Result<(), StorageError> {
     let held = std::mem::take(deferred);
+    // A new case's event chain starts with the events held for it: its row is written with
+    // their count, so that appending them has no chain to advance or head to read.
+    let mut chains: BTreeMap<i64, (i64, i64)> = held.cases.iter().map(|c| (c.case.id, (0, 0))).collect();
+    for (case_id, event) in &held.events {
+        if let Some((count, last_at)) = chains.get_mut(case_id) {
+            *count += 1;
+            *last_at = (*last_at).max(event.at);
+        }
+    }
+    chains.retain(|_, (count, _)| *count > 0);
+    super::cases::insert_cases(conn, &held.cases, &chains).await?;
     for chunk in held.links.chunks(ROWS_PER_STATEMENT) {
         let sql = multi_row_insert(
             "INSERT INTO case_messages (case_id, raw_message_id, relation) VALUES",
@@ -102,7 +130,7 @@ pub async fn flush(conn: &mut AnyConnection, deferred: &mut Deferred) -> Result<
         }
         query.execute(&mut *conn).await.context("linking messages to cases")?;
     }
-    super::audit::append_events(conn, held.events).await?;
+    super::audit::append_events(conn, held.events, &chains).await?;
     for (signatory, at) in &held.signatories {
         super::add_signatories(conn, std::slice::from_ref(signatory), *at).await?;
     }
@@ -165,7 +193,7 @@ pub async fn flush(conn: &mut AnyConnection, deferred: &mut Deferred) -> Result<
 
 /// Rows per multi-row statement: 11 columns × 200 rows stays far inside SQLite's 32,766 and
 /// PostgreSQL's 65,535 bound values.
-const ROWS_PER_STATEMENT: usize = 200;
+pub(super) const ROWS_PER_STATEMENT: usize = 200;
 
 /// `head ($1, …, $n), (…), … tail`, for `rows` rows of `columns` values. Only placeholders
 /// are written into the text; every value is bound.

@@ -92,7 +92,8 @@ pub struct NewCase<'a> {
     pub origin_message_id: i64,
     pub form_attachment_id: Option<i64>,
     pub form_sha256: Option<&'a str>,
-    pub organisation_id: Option<i64>,
+    /// The organisation it names, recorded when the case is stored.
+    pub organisation: Option<super::NewOrganisation>,
     /// The case this email named but was not allowed to change.
     pub related_case_id: Option<i64>,
     pub now: i64,
@@ -130,36 +131,125 @@ impl NewCase<'_> {
     }
 }
 
-/// Creates a case and returns it as stored (without reading it back).
-pub async fn insert_case(conn: &mut AnyConnection, c: &NewCase<'_>) -> Result<CaseRecord, StorageError> {
-    let fields = serde_json::to_string(c.fields).unwrap_or_else(|_| "{}".into());
-    let findings = serde_json::to_string(c.findings).unwrap_or_else(|_| "[]".into());
-    let id: i64 = sqlx::query_scalar(
-        "INSERT INTO cases (reference, workflow, state, version, fields, extraction, findings, org_ods_code, org_name, sender,
-                            origin_message_id, form_attachment_id, form_sha256, created_at, updated_at, due_at, organisation_id, related_case_id)
-         VALUES ($1, $2, $3, $17, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $13, $14, $15, $16) RETURNING id",
-    )
-    .bind(c.reference)
-    .bind(c.workflow)
-    .bind(c.state)
-    .bind(fields)
-    .bind(c.extraction_json)
-    .bind(findings)
-    .bind(c.org_ods_code)
-    .bind(c.org_name)
-    .bind(c.sender)
-    .bind(c.origin_message_id)
-    .bind(c.form_attachment_id)
-    .bind(c.form_sha256)
-    .bind(c.now)
-    .bind(c.due_at)
-    .bind(c.organisation_id)
-    .bind(c.related_case_id)
-    .bind(c.version)
-    .fetch_one(&mut *conn)
-    .await
-    .context("creating a case")?;
-    Ok(c.record(id))
+impl NewCase<'_> {
+    /// The row that stores this case under `id` (taken with [`take_case_ids`]), as `stored`:
+    /// the case after the changes planned for it before it was stored (see [`NewCase::record`]).
+    pub fn to_store(&self, stored: CaseRecord) -> CaseToStore {
+        CaseToStore {
+            case: stored,
+            extraction_json: self.extraction_json.map(str::to_string),
+            form_sha256: self.form_sha256.map(str::to_string),
+            organisation: self.organisation.clone(),
+        }
+    }
+}
+
+/// A new case as it will be stored, under an id taken for it ahead of the write: a group of
+/// mail holds its new cases back and stores them with one statement (see [`super::Deferred`]).
+#[derive(Debug, Clone)]
+pub struct CaseToStore {
+    pub case: CaseRecord,
+    pub extraction_json: Option<String>,
+    pub form_sha256: Option<String>,
+    pub organisation: Option<super::NewOrganisation>,
+}
+
+/// Takes ids for `count` new cases, in the caller's write transaction. PostgreSQL hands them
+/// out from the table's sequence (an id taken and not used is a gap, as a rolled-back insert
+/// leaves); SQLite, whose writers take turns, gives the ids after the highest ever used.
+/// Taken twice in one SQLite transaction, the second call must follow a write of the
+/// first's cases: it reads the table.
+pub async fn take_case_ids(conn: &mut AnyConnection, count: usize) -> Result<Vec<i64>, StorageError> {
+    if count == 0 {
+        return Ok(Vec::new());
+    }
+    match Backend::of(conn) {
+        Backend::Postgres => sqlx::query_scalar(
+            "SELECT nextval(pg_get_serial_sequence('cases', 'id')) FROM generate_series(1, $1::BIGINT)",
+        )
+        .bind(count as i64)
+        .fetch_all(&mut *conn)
+        .await
+        .context("taking ids for new cases"),
+        Backend::Sqlite => {
+            // AUTOINCREMENT: never an id a deleted case had.
+            let last: i64 = sqlx::query_scalar(
+                "SELECT MAX(COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'cases'), 0),
+                            COALESCE((SELECT MAX(id) FROM cases), 0))",
+            )
+            .fetch_one(&mut *conn)
+            .await
+            .context("taking ids for new cases")?;
+            Ok((1..=count as i64).map(|n| last + n).collect())
+        }
+    }
+}
+
+/// Stores new cases now (organisations first), each with an empty event chain.
+pub async fn store_cases(conn: &mut AnyConnection, cases: &[CaseToStore]) -> Result<(), StorageError> {
+    insert_cases(conn, cases, &BTreeMap::new()).await
+}
+
+/// Stores new cases with one statement per chunk, after recording the organisations they name.
+/// `chains` gives, by case id, the length of the event chain each starts with and when its
+/// last event happened: their events are written next, numbered from one.
+pub(super) async fn insert_cases(
+    conn: &mut AnyConnection,
+    cases: &[CaseToStore],
+    chains: &BTreeMap<i64, (i64, i64)>,
+) -> Result<(), StorageError> {
+    let Some(first) = cases.first() else {
+        return Ok(());
+    };
+    let organisations: Vec<&super::NewOrganisation> = cases.iter().filter_map(|c| c.organisation.as_ref()).collect();
+    let organisation_ids = super::upsert_organisations(conn, &organisations, first.case.created_at).await?;
+    for chunk in cases.chunks(super::batch::ROWS_PER_STATEMENT) {
+        let sql = super::batch::multi_row_insert(
+            "INSERT INTO cases (id, reference, workflow, state, version, fields, extraction, findings, org_ods_code, org_name, sender,
+                                origin_message_id, form_attachment_id, form_sha256, created_at, updated_at, due_at, organisation_id,
+                                related_case_id, duplicate_of, assignee_id, recorded, sla_paused_at, chain_seq, chain_at) VALUES",
+            25,
+            chunk.len(),
+            "",
+        );
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for stored in chunk {
+            let c = &stored.case;
+            let (chain_seq, chain_at) = chains.get(&c.id).map_or((0, None), |&(n, at)| (n, Some(at)));
+            let organisation_id = stored
+                .organisation
+                .as_ref()
+                .and_then(|o| organisation_ids.get(&o.ods_code).copied());
+            query = query
+                .bind(c.id)
+                .bind(&c.reference)
+                .bind(c.workflow.as_deref())
+                .bind(&c.state)
+                .bind(c.version)
+                .bind(json_text(&c.fields))
+                .bind(stored.extraction_json.as_deref())
+                .bind(json_text(&c.findings))
+                .bind(c.org_ods_code.as_deref())
+                .bind(c.org_name.as_deref())
+                .bind(c.sender.as_deref())
+                .bind(c.origin_message_id)
+                .bind(c.form_attachment_id)
+                .bind(stored.form_sha256.as_deref())
+                .bind(c.created_at)
+                .bind(c.updated_at)
+                .bind(c.due_at)
+                .bind(organisation_id)
+                .bind(c.related_case_id)
+                .bind(c.duplicate_of)
+                .bind(c.assignee_id)
+                .bind(json_text(&c.recorded))
+                .bind(c.sla_paused_at)
+                .bind(chain_seq)
+                .bind(chain_at);
+        }
+        query.execute(&mut *conn).await.context("creating cases")?;
+    }
+    Ok(())
 }
 
 /// A case as stored.

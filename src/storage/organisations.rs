@@ -1,28 +1,60 @@
 //! Organisations named on forms.
 
-use sqlx::AnyConnection;
+use std::collections::BTreeMap;
+
+use sqlx::{AnyConnection, Row};
 
 use super::{QueryContext, StorageError};
 
-/// Records the organisation a case names, creating it on first sight.
-pub async fn upsert_organisation(
+/// An organisation a new case names: created on first sight when the case is stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewOrganisation {
+    pub ods_code: String,
+    pub name: String,
+    /// `gp_practice` or `other`.
+    pub kind: &'static str,
+}
+
+/// Records the organisations new cases name (creating those seen for the first time) with one
+/// statement per chunk; returns each one's id by ODS code. The first name given for a code is
+/// the one a new organisation takes.
+pub(super) async fn upsert_organisations(
     conn: &mut AnyConnection,
-    ods_code: &str,
-    name: &str,
-    kind: &str,
+    organisations: &[&NewOrganisation],
     now: i64,
-) -> Result<i64, StorageError> {
-    sqlx::query_scalar(
-        "INSERT INTO organisations (ods_code, name, kind, created_at, updated_at) VALUES ($1, $2, $3, $4, $4)
-         ON CONFLICT (ods_code) DO UPDATE SET updated_at = $4 RETURNING id",
-    )
-    .bind(ods_code)
-    .bind(name)
-    .bind(kind)
-    .bind(now)
-    .fetch_one(&mut *conn)
-    .await
-    .context("recording an organisation")
+) -> Result<BTreeMap<String, i64>, StorageError> {
+    let mut distinct: Vec<&NewOrganisation> = Vec::with_capacity(organisations.len());
+    for organisation in organisations {
+        // One statement may not upsert one row twice (PostgreSQL refuses it).
+        if !distinct.iter().any(|d| d.ods_code == organisation.ods_code) {
+            distinct.push(organisation);
+        }
+    }
+    let mut ids = BTreeMap::new();
+    for chunk in distinct.chunks(super::batch::ROWS_PER_STATEMENT) {
+        let sql = super::batch::multi_row_insert(
+            "INSERT INTO organisations (ods_code, name, kind, created_at, updated_at) VALUES",
+            5,
+            chunk.len(),
+            " ON CONFLICT (ods_code) DO UPDATE SET updated_at = excluded.updated_at RETURNING ods_code, id",
+        );
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for organisation in chunk {
+            query = query
+                .bind(&organisation.ods_code)
+                .bind(&organisation.name)
+                .bind(organisation.kind)
+                .bind(now)
+                .bind(now);
+        }
+        for row in query.fetch_all(&mut *conn).await.context("recording organisations")? {
+            ids.insert(
+                row.try_get(0).context("recording organisations")?,
+                row.try_get(1).context("recording organisations")?,
+            );
+        }
+    }
+    Ok(ids)
 }
 
 /// An organisation as the admin pages list it.

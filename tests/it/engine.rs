@@ -1070,6 +1070,66 @@ async fn a_group_that_opens_fewer_cases_than_it_might_leaves_no_gap_in_reference
     .await;
 }
 
+/// A group holds its new cases back and stores them with one statement, under ids taken
+/// ahead: each is stored with the organisation it names and an event chain that starts with
+/// its own events, including an event a later email of the group added (the copy of its form),
+/// and a change after the group extends that chain intact.
+#[tokio::test]
+async fn a_group_stores_its_new_cases_together_with_their_organisations_and_chains() {
+    on_both_backends(|engine| async move {
+        let form = fixture("mail/gp_form.eml");
+        let copy = String::from_utf8_lossy(&form)
+            .replacen("Message-ID: <", "Message-ID: <copy-", 1)
+            .into_bytes();
+        let no_form = fixture("mail/no_form.eml");
+        let mut group = Vec::new();
+        for raw in [&form, &no_form, &copy] {
+            group.push((raw.as_slice(), engine.prepare(raw).await, "test"));
+        }
+        let reports = engine.record_group(group).await.unwrap();
+        let reference = reports[0].cases[0].reference.clone();
+        assert_eq!(reports[2].cases[0].duplicate_of.as_deref(), Some(reference.as_str()));
+        let kinds: Vec<EventKind> = engine.events(&reference).await.iter().map(|e| e.kind).collect();
+        assert!(kinds.contains(&EventKind::DuplicateReceived), "{kinds:?}");
+
+        let mut conn = engine.db().pool.acquire().await.unwrap();
+        let case = storage::case_by_reference(&mut conn, &reference)
+            .await
+            .unwrap()
+            .unwrap();
+        let ods = case.org_ods_code.clone().expect("the form names its organisation");
+        let organisations = storage::search_organisations(&mut conn, &ods, 10).await.unwrap();
+        assert_eq!(organisations.len(), 1, "{organisations:?}");
+        assert_eq!(
+            organisations[0].cases, 1,
+            "the case is stored with its organisation's id"
+        );
+        let other = storage::case_by_reference(&mut conn, &reports[1].cases[0].reference)
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(
+            other.id > case.id,
+            "ids follow the order the group's cases were opened in"
+        );
+        drop(conn);
+
+        engine
+            .transition(
+                &reference,
+                &to("awaiting_information", Some("page 2 is missing")),
+                &caseworker("cw@nhs.net"),
+            )
+            .await
+            .unwrap();
+        let report = countersign::audit::verify(engine.db()).await.unwrap();
+        assert!(report.intact(), "{:?}", report.findings);
+        let events = engine.events(&reference).await.len() + engine.events(&other.reference).await.len();
+        assert_eq!(report.events, events as u64);
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn a_closed_case_is_due_no_more_and_older_closed_cases_are_cleared_at_start() {
     on_both_backends(|engine| async move {

@@ -6,6 +6,8 @@ use super::*;
 
 /// Messages committed before they are moved out of the mailbox together.
 const MOVE_BATCH: usize = 100;
+/// Groups fetched and not yet recorded: one being prepared while the one before it records.
+const PREPARING_GROUPS: usize = 2;
 use crate::ingest::{GROUP_BYTES, GROUP_MESSAGES};
 
 /// Messages taken but not yet moved.
@@ -120,6 +122,7 @@ impl ImapPoller {
         uids: &mut std::iter::Peekable<std::vec::IntoIter<u32>>,
     ) -> Result<Vec<InFlight>, ImapError> {
         let (mut fetched, mut bytes) = (Vec::new(), 0);
+        let t0 = std::time::Instant::now();
         while fetched.len() < GROUP_MESSAGES && bytes < GROUP_BYTES {
             let Some(uid) = uids.next() else { break };
             let body = Self::fetch_body(session, uid).await?;
@@ -133,7 +136,9 @@ impl ImapPoller {
             .filter_map(|(_, body)| body.as_deref())
             .filter(|raw| raw.len() <= self.settings.max_message_bytes)
             .collect();
+        let t1 = std::time::Instant::now();
         let mut set_aside = self.engine.guard_preparations(&readable).await?.into_iter();
+        tracing::debug!(target: "stage", fetch_us = (t1 - t0).as_micros() as u64, guard_us = t1.elapsed().as_micros() as u64, "fetch");
         let mut group = Vec::with_capacity(fetched.len());
         for (uid, body) in fetched {
             group.push(match body {
@@ -177,6 +182,7 @@ impl ImapPoller {
         // Each message's outcome, in UID order; `None` for those the group transaction records.
         let mut outcomes: Vec<(u32, Option<Result<Recorded, ImapError>>)> = Vec::with_capacity(items.len());
         let (mut ready, mut prepared) = (Vec::new(), Vec::new());
+        let t0 = std::time::Instant::now();
         for item in items {
             let outcome = match item {
                 InFlight::Gone(uid) => (uid, Some(Ok(Recorded::Gone))),
@@ -196,7 +202,9 @@ impl ImapPoller {
             };
             outcomes.push(outcome);
         }
+        let t1 = std::time::Instant::now();
         let results = self.engine.record_batch(&ready, prepared).await;
+        tracing::debug!(target: "stage", wait_us = (t1 - t0).as_micros() as u64, record_us = t1.elapsed().as_micros() as u64, "record");
         let mut recorded = ready.iter().zip(results);
         let mut done = Vec::with_capacity(outcomes.len());
         for (uid, outcome) in outcomes {
@@ -340,11 +348,11 @@ impl ImapPoller {
         let mut batch = MoveBatch::default();
         // Where a drain spends its time, logged at debug level for tuning.
         let (mut waiting, mut moving) = (Duration::ZERO, Duration::ZERO);
-        // A pipeline: while one group of messages is recorded (in one transaction), the next
-        // is fetched and prepared (parsed, its PDFs read) on other workers. Messages are
-        // recorded, moved and counted strictly in UID order, so the saved position never
-        // passes a message that is not stored yet.
-        let mut in_flight: Vec<InFlight> = Vec::new();
+        // A pipeline three groups deep: while one group of messages is recorded (in one
+        // transaction), the next is prepared (parsed, its PDFs read) on other workers, and the
+        // one after is fetched. Messages are recorded, moved and counted strictly in UID
+        // order, so the saved position never passes a message that is not stored yet.
+        let mut in_flight: std::collections::VecDeque<Vec<InFlight>> = Default::default();
         let mut uids = uids.into_iter().peekable();
         loop {
             if *stop.borrow() {
@@ -367,10 +375,16 @@ impl ImapPoller {
                 break;
             }
             let started = std::time::Instant::now();
-            let previous = std::mem::take(&mut in_flight);
+            // The oldest group is recorded once the one after it has had a whole round to be
+            // prepared in, or when there is nothing left to fetch.
+            let oldest = if in_flight.len() >= PREPARING_GROUPS || uids.peek().is_none() {
+                in_flight.pop_front().unwrap_or_default()
+            } else {
+                Vec::new()
+            };
             let (fetched, recorded) = tokio::join!(
                 self.fetch_group(session, &mut uids),
-                self.record_group(previous, &key, uidvalidity)
+                self.record_group(oldest, &key, uidvalidity)
             );
             waiting += started.elapsed();
             for (uid, recorded) in recorded {
@@ -398,7 +412,10 @@ impl ImapPoller {
                 }
                 batch.last_uid = Some(uid);
             }
-            in_flight = fetched?;
+            let fetched = fetched?;
+            if !fetched.is_empty() {
+                in_flight.push_back(fetched);
+            }
         }
         let started = std::time::Instant::now();
         self.flush(session, features, uidvalidity, &mut batch, &mut summary)

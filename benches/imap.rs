@@ -39,16 +39,18 @@ async fn engine(database_url: &str) -> Engine {
     common::engine_at(database_url, Some(std::sync::Arc::new(SystemClock))).await
 }
 
-/// Fetches every message one UID at a time, as the poller does, but does nothing with it.
+/// Fetches every message in groups of `GROUP_MESSAGES`, one command a group, as the poller
+/// does, but does nothing with them.
 async fn raw_fetch(server: &dovecot::Dovecot) -> (usize, usize) {
     let mut session = server.session().await;
     session.examine("INBOX").await.unwrap();
     let mut uids: Vec<u32> = session.uid_search("ALL").await.unwrap().into_iter().collect();
     uids.sort_unstable();
     let mut bytes = 0;
-    for uid in &uids {
+    for group in uids.chunks(countersign::ingest::GROUP_MESSAGES) {
+        let set: Vec<String> = group.iter().map(u32::to_string).collect();
         let fetches: Vec<_> = session
-            .uid_fetch(uid.to_string(), "(UID BODY.PEEK[])")
+            .uid_fetch(set.join(","), "(UID BODY.PEEK[])")
             .await
             .unwrap()
             .try_collect()

@@ -469,6 +469,7 @@ impl Engine {
         }
         writes.finish().await?;
         tx.commit().await.context("committing ingested messages")?;
+        self.db.checkpoint_soon();
         self.confirm_stored(&reports).await?;
         self.recorded(&reports);
         Ok(reports)

@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 /// Messages recorded in one transaction, at most, by either source: one commit for many is
 /// most of the gain, and a failed group is redone one message at a time
 /// ([`crate::engine::Engine::record_batch`]).
-pub const GROUP_MESSAGES: usize = 16;
+pub const GROUP_MESSAGES: usize = 32;
 /// A group stops growing once this much mail is read for it (a 20 MB message is alone).
 pub const GROUP_BYTES: usize = 8 * 1024 * 1024;
 

@@ -49,7 +49,13 @@ pub(super) async fn append_events(
         .collect();
     let mut lengths: BTreeMap<i64, i64> = fresh.iter().map(|(&id, &(count, _))| (id, count)).collect();
     for chunk in cases.chunks(ADVANCES_PER_STATEMENT) {
-        let values = multi_row_insert("WITH advance (id, n, at) AS (VALUES", 3, chunk.len(), ")");
+        let values = multi_row_insert(
+            super::Backend::of(conn),
+            "WITH advance (id, n, at) AS (VALUES",
+            3,
+            chunk.len(),
+            ")",
+        );
         let sql = format!(
             "{values} UPDATE cases SET chain_seq = chain_seq + (SELECT n FROM advance WHERE advance.id = cases.id), \
              chain_at = (SELECT at FROM advance WHERE advance.id = cases.id) \
@@ -124,6 +130,7 @@ pub(super) async fn insert_chained(
 ) -> Result<(), StorageError> {
     for chunk in rows.chunks(EVENTS_PER_STATEMENT) {
         let sql = multi_row_insert(
+            super::Backend::of(conn),
             "INSERT INTO case_events (case_id, seq, hash, at, actor, actor_role, kind, transition, from_state, to_state, reason, data) VALUES",
             12,
             chunk.len(),

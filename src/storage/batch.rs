@@ -119,6 +119,7 @@ pub async fn flush(conn: &mut AnyConnection, deferred: &mut Deferred) -> Result<
     super::cases::insert_cases(conn, &held.cases, &chains).await?;
     for chunk in held.links.chunks(ROWS_PER_STATEMENT) {
         let sql = multi_row_insert(
+            super::Backend::of(conn),
             "INSERT INTO case_messages (case_id, raw_message_id, relation) VALUES",
             3,
             chunk.len(),
@@ -142,6 +143,7 @@ pub async fn flush(conn: &mut AnyConnection, deferred: &mut Deferred) -> Result<
     }
     for chunk in held.timers.chunks(ROWS_PER_STATEMENT) {
         let sql = multi_row_insert(
+            super::Backend::of(conn),
             "INSERT INTO timers (case_id, name, state, due_at, status, created_at) VALUES",
             6,
             chunk.len(),
@@ -161,6 +163,7 @@ pub async fn flush(conn: &mut AnyConnection, deferred: &mut Deferred) -> Result<
     }
     for chunk in held.mail.chunks(ROWS_PER_STATEMENT) {
         let sql = multi_row_insert(
+            super::Backend::of(conn),
             "INSERT INTO outbox (case_id, template, recipient, context, message_id, in_reply_to, status, suppressed_reason, next_attempt_at, created_at, automatic) VALUES",
             11,
             chunk.len(),
@@ -196,8 +199,10 @@ pub async fn flush(conn: &mut AnyConnection, deferred: &mut Deferred) -> Result<
 pub(super) const ROWS_PER_STATEMENT: usize = 200;
 
 /// `head ($1, …, $n), (…), … tail`, for `rows` rows of `columns` values. Only placeholders
-/// are written into the text; every value is bound.
-pub(super) fn multi_row_insert(head: &str, columns: usize, rows: usize, tail: &str) -> String {
+/// are written into the text; every value is bound. SQLite gets anonymous `?` placeholders,
+/// bound in order: it looks a numbered one up by walking the statement's list of names, so a
+/// statement of a thousand `$n` took a million steps to bind (a sixth of its ingest time).
+pub(super) fn multi_row_insert(backend: super::Backend, head: &str, columns: usize, rows: usize, tail: &str) -> String {
     let mut sql = String::with_capacity(head.len() + rows * columns * 5 + tail.len());
     sql.push_str(head);
     for row in 0..rows {
@@ -206,8 +211,13 @@ pub(super) fn multi_row_insert(head: &str, columns: usize, rows: usize, tail: &s
             if column > 0 {
                 sql.push_str(", ");
             }
-            sql.push('$');
-            sql.push_str(&(row * columns + column + 1).to_string());
+            match backend {
+                super::Backend::Sqlite => sql.push('?'),
+                super::Backend::Postgres => {
+                    sql.push('$');
+                    sql.push_str(&(row * columns + column + 1).to_string());
+                }
+            }
         }
         sql.push(')');
     }
@@ -220,8 +230,22 @@ mod tests {
     #[test]
     fn a_multi_row_insert_numbers_its_placeholders_row_by_row() {
         assert_eq!(
-            super::multi_row_insert("INSERT INTO t (a, b) VALUES", 2, 3, " ON CONFLICT DO NOTHING"),
+            super::multi_row_insert(
+                crate::storage::Backend::Postgres,
+                "INSERT INTO t (a, b) VALUES",
+                2,
+                3,
+                " ON CONFLICT DO NOTHING"
+            ),
             "INSERT INTO t (a, b) VALUES ($1, $2), ($3, $4), ($5, $6) ON CONFLICT DO NOTHING"
+        );
+    }
+
+    #[test]
+    fn a_multi_row_insert_on_sqlite_binds_its_values_in_order() {
+        assert_eq!(
+            super::multi_row_insert(crate::storage::Backend::Sqlite, "INSERT INTO t (a, b) VALUES", 2, 2, ""),
+            "INSERT INTO t (a, b) VALUES (?, ?), (?, ?)"
         );
     }
 }

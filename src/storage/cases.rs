@@ -205,6 +205,7 @@ pub(super) async fn insert_cases(
     let organisation_ids = super::upsert_organisations(conn, &organisations, first.case.created_at).await?;
     for chunk in cases.chunks(super::batch::ROWS_PER_STATEMENT) {
         let sql = super::batch::multi_row_insert(
+            super::Backend::of(conn),
             "INSERT INTO cases (id, reference, workflow, state, version, fields, extraction, findings, org_ods_code, org_name, sender,
                                 origin_message_id, form_attachment_id, form_sha256, created_at, updated_at, due_at, organisation_id,
                                 related_case_id, duplicate_of, assignee_id, recorded, sla_paused_at, chain_seq, chain_at) VALUES",

@@ -232,6 +232,7 @@ pub async fn note_prepare_attempts(
     let mut attempts = std::collections::HashMap::with_capacity(sha256s.len());
     for chunk in sha256s.chunks(400) {
         let sql = super::batch::multi_row_insert(
+            super::Backend::of(conn),
             "INSERT INTO prepare_attempts (sha256, attempts, updated_at) VALUES",
             3,
             chunk.len(),
@@ -299,6 +300,7 @@ pub async fn insert_raw_messages(
     let mut ids = Vec::with_capacity(messages.len());
     for chunk in messages.chunks(200) {
         let sql = super::batch::multi_row_insert(
+            super::Backend::of(conn),
             "INSERT INTO raw_messages (dedup_key, message_id, sha256, source, received_at, from_address, subject, sent_at, sender_auth, sender_recheck_at, automatic, size_bytes, raw) VALUES",
             13,
             chunk.len(),
@@ -344,6 +346,7 @@ pub async fn insert_attachments(
     let mut ids = Vec::with_capacity(attachments.len());
     for chunk in attachments.chunks(200) {
         let sql = super::batch::multi_row_insert(
+            super::Backend::of(conn),
             "INSERT INTO attachments (raw_message_id, filename, claimed_type, detected_type, sha256, size_bytes, forwarded, content) VALUES",
             8,
             chunk.len(),

@@ -33,6 +33,7 @@ pub(super) async fn upsert_organisations(
     let mut ids = BTreeMap::new();
     for chunk in distinct.chunks(super::batch::ROWS_PER_STATEMENT) {
         let sql = super::batch::multi_row_insert(
+            super::Backend::of(conn),
             "INSERT INTO organisations (ods_code, name, kind, created_at, updated_at) VALUES",
             5,
             chunk.len(),

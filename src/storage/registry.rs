@@ -18,6 +18,7 @@ pub async fn import_registry(
 ) -> Result<usize, StorageError> {
     for chunk in organisations.chunks(ROWS_PER_STATEMENT) {
         let sql = multi_row_insert(
+            super::Backend::of(conn),
             "INSERT INTO ods_registry (ods_code, name, gp_practice, roles, status, closed_on, source, imported_at, region) VALUES",
             9,
             chunk.len(),

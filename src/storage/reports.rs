@@ -165,6 +165,7 @@ pub async fn keep_report_days(
 ) -> Result<(), StorageError> {
     for chunk in days.chunks(IDS_PER_QUERY / 3) {
         let sql = super::batch::multi_row_insert(
+            super::Backend::of(conn),
             "INSERT INTO report_days (day, facts, computed_at) VALUES",
             3,
             chunk.len(),

@@ -42,6 +42,7 @@ pub async fn refresh_statistics(conn: &mut AnyConnection) -> Result<(), StorageE
 pub async fn insert_seeded(conn: &mut AnyConnection, cases: &[SeedCase], origin: i64) -> Result<(), StorageError> {
     for chunk in cases.chunks(CASES_PER_STATEMENT) {
         let sql = multi_row_insert(
+            super::Backend::of(conn),
             "INSERT INTO cases (reference, workflow, state, version, fields, findings, org_ods_code, org_name, sender, origin_message_id, created_at, updated_at, due_at, recorded, chain_seq, chain_at) VALUES",
             16,
             chunk.len(),

@@ -237,6 +237,39 @@ async fn a_20_mb_message_is_ingested() {
     .await;
 }
 
+/// Messages are fetched a group at a time (their sizes first, then the bodies of those within
+/// the limit, in one command each): a message over the limit in the middle of a backlog larger
+/// than a group is set aside by its size, and every other message is taken in order.
+#[tokio::test]
+async fn a_message_over_the_size_limit_is_set_aside_and_the_groups_around_it_are_taken() {
+    on_both_backends(|engine| async move {
+        let dovecot = Dovecot::start();
+        let mut mail = samples(countersign::ingest::GROUP_MESSAGES + 8);
+        let padding = "x".repeat(300_000);
+        let big = format!(
+            "From: someone@example.com\r\nTo: pcse.openexeter@nhs.net\r\nSubject: big\r\nMessage-ID: <big@example.com>\r\n\r\n{padding}\r\n"
+        );
+        mail.insert(5, big.into_bytes());
+        dovecot.deliver("INBOX", &mail).await;
+        let mut settings = dovecot.settings();
+        settings.max_message_bytes = 200_000;
+        let summary = ImapPoller::new(crate::common::live(&engine), settings)
+            .drain_once()
+            .await
+            .unwrap();
+        assert_eq!((summary.ingested, summary.quarantined), (mail.len() - 1, 1));
+        assert_eq!(dovecot.count("Quarantine").await, 1);
+        assert_eq!(dovecot.count("Processed").await as usize, mail.len() - 1);
+        assert_eq!(dovecot.count("INBOX").await, 0);
+        let mut conn = engine.db().pool.acquire().await.unwrap();
+        let errors = storage::open_ingest_errors(&mut conn).await.unwrap();
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert!(errors[0].reason.contains("over the limit of 200000"), "{errors:?}");
+        assert_eq!(stored(&engine).await.raw_messages, (mail.len() - 1) as i64);
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn the_server_restarting_in_the_middle_of_a_poll_loses_and_doubles_nothing() {
     on_both_backends(|engine| async move {

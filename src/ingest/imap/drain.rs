@@ -113,45 +113,70 @@ impl ImapPoller {
         self.hold_lease().await
     }
 
-    /// Fetches the next group of messages (up to `GROUP_MESSAGES`, or until `GROUP_BYTES` are
-    /// fetched), counts a try at each in one commit, then starts each one's preparation on
-    /// another worker.
+    /// Fetches the next group of messages (up to `GROUP_MESSAGES`, or `GROUP_BYTES` of mail
+    /// and at least one message) in two commands: their sizes, then the bodies of those within
+    /// the size limit (a message over it is never downloaded). Then counts a try at each in one
+    /// commit, and starts each one's preparation on another worker.
     pub(super) async fn fetch_group(
         &self,
         session: &mut ImapSession,
-        uids: &mut std::iter::Peekable<std::vec::IntoIter<u32>>,
+        uids: &mut std::collections::VecDeque<u32>,
     ) -> Result<Vec<InFlight>, ImapError> {
-        let (mut fetched, mut bytes) = (Vec::new(), 0);
-        let t0 = std::time::Instant::now();
-        while fetched.len() < GROUP_MESSAGES && bytes < GROUP_BYTES {
-            let Some(uid) = uids.next() else { break };
-            let body = Self::fetch_body(session, uid).await?;
-            bytes += body.as_ref().map_or(0, Vec::len);
-            fetched.push((uid, body));
+        let next: Vec<u32> = uids.iter().take(GROUP_MESSAGES).copied().collect();
+        if next.is_empty() {
+            return Ok(Vec::new());
         }
+        let sizes = Self::fetch_sizes(session, &next).await?;
+        let (mut taken, mut bytes) = (0, 0);
+        for uid in &next {
+            if taken > 0 && bytes >= GROUP_BYTES {
+                break;
+            }
+            let size = sizes.get(uid).copied().unwrap_or(0);
+            if size <= self.settings.max_message_bytes {
+                bytes += size;
+            }
+            taken += 1;
+        }
+        let group: Vec<u32> = uids.drain(..taken).collect();
+        let wanted: Vec<u32> = group
+            .iter()
+            .copied()
+            .filter(|uid| {
+                sizes
+                    .get(uid)
+                    .is_some_and(|&size| size <= self.settings.max_message_bytes)
+            })
+            .collect();
+        let mut bodies = Self::fetch_bodies(session, &wanted).await?;
+        let fetched: Vec<(u32, Option<Vec<u8>>, usize)> = group
+            .iter()
+            .map(|uid| (*uid, bodies.remove(uid), sizes.get(uid).copied().unwrap_or(0)))
+            .collect();
         // A message the service died on before is not read again more than a few times; an
         // error counting the tries leaves the group for the next poll.
         let readable: Vec<&[u8]> = fetched
             .iter()
-            .filter_map(|(_, body)| body.as_deref())
+            .filter_map(|(_, body, _)| body.as_deref())
             .filter(|raw| raw.len() <= self.settings.max_message_bytes)
             .collect();
-        let t1 = std::time::Instant::now();
         let mut set_aside = self.engine.guard_preparations(&readable).await?.into_iter();
-        tracing::debug!(target: "stage", fetch_us = (t1 - t0).as_micros() as u64, guard_us = t1.elapsed().as_micros() as u64, "fetch");
         let mut group = Vec::with_capacity(fetched.len());
-        for (uid, body) in fetched {
+        let too_large = |size: usize| {
+            format!(
+                "the message is {size} bytes, over the limit of {}",
+                self.settings.max_message_bytes
+            )
+        };
+        for (uid, body, size) in fetched {
             group.push(match body {
+                // Not downloaded: its size alone puts it aside.
+                None if size > self.settings.max_message_bytes => InFlight::TooLarge(uid, too_large(size)),
                 // Expunged by someone else since the search: nothing to take.
                 None => InFlight::Gone(uid),
-                Some(raw) if raw.len() > self.settings.max_message_bytes => InFlight::TooLarge(
-                    uid,
-                    format!(
-                        "the message is {} bytes, over the limit of {}",
-                        raw.len(),
-                        self.settings.max_message_bytes
-                    ),
-                ),
+                Some(raw) if raw.len() > self.settings.max_message_bytes => {
+                    InFlight::TooLarge(uid, too_large(raw.len()))
+                }
                 Some(raw) => match set_aside.next().flatten() {
                     Some(reason) => InFlight::TooLarge(uid, reason),
                     None => {
@@ -182,7 +207,6 @@ impl ImapPoller {
         // Each message's outcome, in UID order; `None` for those the group transaction records.
         let mut outcomes: Vec<(u32, Option<Result<Recorded, ImapError>>)> = Vec::with_capacity(items.len());
         let (mut ready, mut prepared) = (Vec::new(), Vec::new());
-        let t0 = std::time::Instant::now();
         for item in items {
             let outcome = match item {
                 InFlight::Gone(uid) => (uid, Some(Ok(Recorded::Gone))),
@@ -202,9 +226,7 @@ impl ImapPoller {
             };
             outcomes.push(outcome);
         }
-        let t1 = std::time::Instant::now();
         let results = self.engine.record_batch(&ready, prepared).await;
-        tracing::debug!(target: "stage", wait_us = (t1 - t0).as_micros() as u64, record_us = t1.elapsed().as_micros() as u64, "record");
         let mut recorded = ready.iter().zip(results);
         let mut done = Vec::with_capacity(outcomes.len());
         for (uid, outcome) in outcomes {
@@ -353,7 +375,7 @@ impl ImapPoller {
         // one after is fetched. Messages are recorded, moved and counted strictly in UID
         // order, so the saved position never passes a message that is not stored yet.
         let mut in_flight: std::collections::VecDeque<Vec<InFlight>> = Default::default();
-        let mut uids = uids.into_iter().peekable();
+        let mut uids: std::collections::VecDeque<u32> = uids.into();
         loop {
             if *stop.borrow() {
                 // What is fetched but not recorded is left for next time: it is not moved,
@@ -371,13 +393,13 @@ impl ImapPoller {
                     return Ok(summary);
                 }
             }
-            if uids.peek().is_none() && in_flight.is_empty() {
+            if uids.is_empty() && in_flight.is_empty() {
                 break;
             }
             let started = std::time::Instant::now();
             // The oldest group is recorded once the one after it has had a whole round to be
             // prepared in, or when there is nothing left to fetch.
-            let oldest = if in_flight.len() >= PREPARING_GROUPS || uids.peek().is_none() {
+            let oldest = if in_flight.len() >= PREPARING_GROUPS || uids.is_empty() {
                 in_flight.pop_front().unwrap_or_default()
             } else {
                 Vec::new()

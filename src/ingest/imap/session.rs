@@ -74,19 +74,52 @@ impl ImapPoller {
         Ok(())
     }
 
-    pub(super) async fn fetch_body(session: &mut ImapSession, uid: u32) -> Result<Option<Vec<u8>>, ImapError> {
-        within("fetching a message", async {
+    /// The sizes the server gives for these messages, in one command; a message expunged
+    /// since the search is missing from the answer.
+    pub(super) async fn fetch_sizes(
+        session: &mut ImapSession,
+        uids: &[u32],
+    ) -> Result<std::collections::BTreeMap<u32, usize>, ImapError> {
+        within("reading message sizes", async {
             let fetches: Vec<_> = session
-                .uid_fetch(uid.to_string(), "(UID BODY.PEEK[])")
+                .uid_fetch(uid_set(uids), "(UID RFC822.SIZE)")
                 .await
-                .imap("fetching a message")?
+                .imap("reading message sizes")?
                 .try_collect()
                 .await
-                .imap("fetching a message")?;
+                .imap("reading message sizes")?;
             Ok(fetches
-                .into_iter()
-                .find(|f| f.uid == Some(uid))
-                .and_then(|f| f.body().map(<[u8]>::to_vec)))
+                .iter()
+                .filter_map(|f| Some((f.uid?, f.size? as usize)))
+                .filter(|(uid, _)| uids.contains(uid))
+                .collect())
+        })
+        .await
+    }
+
+    /// The raw bytes of these messages, in one command; a message expunged since the search
+    /// is missing from the answer.
+    pub(super) async fn fetch_bodies(
+        session: &mut ImapSession,
+        uids: &[u32],
+    ) -> Result<std::collections::BTreeMap<u32, Vec<u8>>, ImapError> {
+        if uids.is_empty() {
+            return Ok(Default::default());
+        }
+        within("fetching messages", async {
+            let mut bodies = std::collections::BTreeMap::new();
+            let mut fetches = session
+                .uid_fetch(uid_set(uids), "(UID BODY.PEEK[])")
+                .await
+                .imap("fetching messages")?;
+            while let Some(fetch) = fetches.try_next().await.imap("fetching messages")? {
+                if let (Some(uid), Some(body)) = (fetch.uid, fetch.body())
+                    && uids.contains(&uid)
+                {
+                    bodies.insert(uid, body.to_vec());
+                }
+            }
+            Ok(bodies)
         })
         .await
     }

@@ -35,7 +35,8 @@ pub async fn evidence_pack(db: &Db, reference: &str, now: i64) -> Result<Option<
         return Ok(None);
     };
     let case = &file.case;
-    let (chain, chain_verdict) = crate::audit::case_chain_with_events(&mut conn, case.id).await?;
+    let chain_verdict = crate::audit::verdict(case.id, file.chain_length, &file.chain);
+    let chain = &file.chain;
 
     let mut entries: Vec<(String, Vec<u8>)> = Vec::new();
     let mut senders = Vec::new();

@@ -60,26 +60,23 @@ pub struct ChainVerdict {
 
 /// Checks the chain of case `case_id` (its events, and the length its row records).
 pub async fn case_chain(conn: &mut sqlx::AnyConnection, case_id: i64) -> Result<ChainVerdict, StorageError> {
-    Ok(case_chain_with_events(conn, case_id).await?.1)
-}
-
-/// [`case_chain`], and the events themselves (the evidence pack lists them).
-pub async fn case_chain_with_events(
-    conn: &mut sqlx::AnyConnection,
-    case_id: i64,
-) -> Result<(Vec<chain::StoredEvent>, ChainVerdict), StorageError> {
     let chain = storage::chain_of(conn, case_id).await?;
     let recorded = storage::chain_length(conn, case_id).await?;
-    let problems: Vec<String> = check_chain(case_id, recorded, &chain)
+    Ok(verdict(case_id, recorded, &chain))
+}
+
+/// The verdict on the chain of case `case_id`, from its events and the length its row
+/// records (a case file holds both: see [`storage::CaseFile`]).
+pub fn verdict(case_id: i64, recorded: i64, chain: &[chain::StoredEvent]) -> ChainVerdict {
+    let problems: Vec<String> = check_chain(case_id, recorded, chain)
         .iter()
         .map(ToString::to_string)
         .collect();
-    let verdict = ChainVerdict {
+    ChainVerdict {
         intact: problems.is_empty(),
         events: chain.len(),
         problems,
-    };
-    Ok((chain, verdict))
+    }
 }
 
 /// Hashes events written before the chain existed. Run at start-up.

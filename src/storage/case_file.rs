@@ -15,6 +15,10 @@ pub struct CaseFile {
     pub message: StoredMessage,
     pub attachments: Vec<AttachmentSummary>,
     pub events: Vec<CaseEvent>,
+    /// The same events as stored in the case's hash chain, and the chain's length as the case
+    /// row records it: read once for both the timeline and the chain's check.
+    pub chain: Vec<crate::audit::chain::StoredEvent>,
+    pub chain_length: i64,
     pub mail: Vec<OutboxRecord>,
     pub timers: Vec<TimerRecord>,
     pub notes: Vec<CaseNote>,
@@ -39,7 +43,9 @@ pub async fn case_file(conn: &mut AnyConnection, reference: &str) -> Result<Opti
     };
     let message = super::stored_message(conn, case.origin_message_id).await?;
     let attachments = super::attachments_of_message(conn, case.origin_message_id).await?;
-    let events = super::events_for_case(conn, case.id).await?;
+    let chain = super::chain_of(conn, case.id).await?;
+    let chain_length = super::chain_length(conn, case.id).await?;
+    let events = chain.iter().map(|stored| stored.event.clone()).collect();
     let mail = super::outbox_for_case(conn, case.id).await?;
     let timers = super::timers_for_case(conn, case.id).await?;
     let notes = super::notes_for_case(conn, case.id).await?;
@@ -60,6 +66,8 @@ pub async fn case_file(conn: &mut AnyConnection, reference: &str) -> Result<Opti
         message,
         attachments,
         events,
+        chain,
+        chain_length,
         mail,
         timers,
         notes,

@@ -558,12 +558,15 @@ pub async fn get_case(
 }
 
 async fn case_detail(conn: &mut sqlx::AnyConnection, case: storage::CaseRecord) -> Result<CaseDetail, ApiError> {
-    let events = storage::events_for_case(conn, case.id).await.map_err(WebError::from)?;
+    // The events are read once, as the chain stores them, for the list and the chain's check.
+    let chain = storage::chain_of(conn, case.id).await.map_err(WebError::from)?;
+    let chain_length = storage::chain_length(conn, case.id).await.map_err(WebError::from)?;
+    let event_chain = crate::audit::verdict(case.id, chain_length, &chain);
+    let events: Vec<storage::CaseEvent> = chain.into_iter().map(|stored| stored.event).collect();
     let messages = storage::messages_of_case(conn, case.id).await.map_err(WebError::from)?;
     let mail = storage::outbox_for_case(conn, case.id).await.map_err(WebError::from)?;
     let timers = storage::timers_for_case(conn, case.id).await.map_err(WebError::from)?;
     let notes = storage::notes_for_case(conn, case.id).await.map_err(WebError::from)?;
-    let event_chain = crate::audit::case_chain(conn, case.id).await.map_err(WebError::from)?;
     let signatures = storage::form_signatures(conn, case.id).await.map_err(WebError::from)?;
     let duplicate_of = match case.duplicate_of {
         Some(id) => storage::case_by_id(conn, id)

@@ -1,7 +1,8 @@
-//! Rows a group of changes writes that nothing later in the group reads: held back, then
-//! written with one multi-row statement per table just before the group commits. A mailbox
-//! drain records sixteen emails in one transaction; one statement per table instead of one
-//! per row is most of what it costs.
+//! Rows a group of changes writes that nothing later in the group reads (new cases, under ids
+//! taken for them, and their links, events, timers and mail): held back, then written with one
+//! multi-row statement per table just before the group commits. A mailbox drain records up to
+//! 32 emails in one transaction; one statement per table instead of one per row is most of
+//! what it costs.
 
 use std::collections::BTreeMap;
 

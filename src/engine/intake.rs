@@ -76,13 +76,11 @@ impl<'t> Recording<'t> {
     /// The id of the next new case: from the group's reserve while it lasts. SQLite gives ids
     /// after the highest stored, so the cases held back are written before more are taken.
     async fn next_case_id(&mut self) -> Result<i64, EngineError> {
-        if self.case_ids.is_empty() {
-            self.flushed().await?;
-            self.reserve_case_ids(1).await?;
+        if let Some(id) = self.case_ids.pop_front() {
+            return Ok(id);
         }
-        self.case_ids
-            .pop_front()
-            .ok_or(EngineError::NotDurable { expected: 1, found: 0 })
+        self.flushed().await?;
+        Ok(storage::take_case_id(self.conn).await?)
     }
 
     /// Holds a new case back, to be stored with the group's others in one statement.

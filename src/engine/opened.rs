@@ -121,12 +121,7 @@ impl Engine {
             due_at: Some(self.working_days_from_now(workflow.sla.target_working_days)),
             version: 1,
         };
-        let ids = storage::take_case_ids(&mut tx, 1).await?;
-        let id = ids
-            .first()
-            .copied()
-            .ok_or(EngineError::NotDurable { expected: 1, found: 0 })?;
-        let case = new_case.record(id);
+        let case = new_case.record(storage::take_case_id(&mut tx).await?);
         storage::store_cases(&mut tx, &[new_case.to_store(case.clone())]).await?;
         let origin = Origin {
             message_id: None,

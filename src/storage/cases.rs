@@ -163,14 +163,14 @@ pub async fn take_case_ids(conn: &mut AnyConnection, count: usize) -> Result<Vec
     if count == 0 {
         return Ok(Vec::new());
     }
-    match Backend::of(conn) {
+    let ids: Vec<i64> = match Backend::of(conn) {
         Backend::Postgres => sqlx::query_scalar(
             "SELECT nextval(pg_get_serial_sequence('cases', 'id')) FROM generate_series(1, $1::BIGINT)",
         )
         .bind(count as i64)
         .fetch_all(&mut *conn)
         .await
-        .context("taking ids for new cases"),
+        .context("taking ids for new cases")?,
         Backend::Sqlite => {
             // AUTOINCREMENT: never an id a deleted case had.
             let last: i64 = sqlx::query_scalar(
@@ -180,9 +180,25 @@ pub async fn take_case_ids(conn: &mut AnyConnection, count: usize) -> Result<Vec
             .fetch_one(&mut *conn)
             .await
             .context("taking ids for new cases")?;
-            Ok((1..=count as i64).map(|n| last + n).collect())
+            (1..=count as i64).map(|n| last + n).collect()
         }
+    };
+    if ids.len() != count {
+        return Err(StorageError::Corrupt {
+            context: "taking ids for new cases",
+            message: format!("asked for {count} ids, given {}", ids.len()),
+        });
     }
+    Ok(ids)
+}
+
+/// Takes the id of one new case (see [`take_case_ids`]).
+pub async fn take_case_id(conn: &mut AnyConnection) -> Result<i64, StorageError> {
+    let ids = take_case_ids(conn, 1).await?;
+    ids.first().copied().ok_or(StorageError::Corrupt {
+        context: "taking an id for a new case",
+        message: "no id given".into(),
+    })
 }
 
 /// Stores new cases now (organisations first), each with an empty event chain.

@@ -62,8 +62,10 @@ impl Backend {
 pub struct Db {
     pub pool: AnyPool,
     pub backend: Backend,
-    /// Set while a checkpoint asked for by [`Db::checkpoint_soon`] runs.
-    checkpointing: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    /// SQLite: the connection [`Db::checkpoint_soon`] checkpoints on, opened on first use and
+    /// kept apart from the pool (locked while a checkpoint runs).
+    checkpointer: std::sync::Arc<tokio::sync::Mutex<Option<sqlx::AnyConnection>>>,
+    options: AnyConnectOptions,
 }
 
 impl Db {
@@ -83,6 +85,7 @@ impl Db {
             url: shown.clone(),
             source,
         })?;
+        let checkpoint_options = options.clone();
         let pool = AnyPoolOptions::new()
             // SQLite allows one writer; more connections only queue on its lock.
             .max_connections(if backend == Backend::Sqlite { 4 } else { 10 })
@@ -120,29 +123,46 @@ impl Db {
         let db = Db {
             pool,
             backend,
-            checkpointing: Default::default(),
+            checkpointer: Default::default(),
+            options: checkpoint_options,
         };
         db.migrate(url).await?;
         Ok(db)
     }
 
-    /// SQLite: copies the write-ahead log into the database file on a connection of its own,
-    /// beside the writers (a passive checkpoint waits for no one), unless one is running. A
-    /// busy writer calls it after each commit. Left to SQLite, the checkpoint ran inside the
-    /// commit that took the log past 1,000 pages, a quarter of a mailbox drain's writing; a
-    /// writer's connection now checkpoints by itself only past 10,000 (about 40 MB), as a
-    /// backstop. PostgreSQL: nothing to do.
+    /// SQLite: copies the write-ahead log into the database file on a connection of its own
+    /// (outside the pool), beside the writers (a passive checkpoint waits for no one), unless
+    /// one is running. A busy writer calls it after each commit. Left to SQLite, the checkpoint
+    /// ran inside the commit that took the log past 1,000 pages, a quarter of a mailbox drain's
+    /// writing; a writer's connection now checkpoints by itself only past 10,000 pages (about
+    /// 40 MB), as a backstop. PostgreSQL: nothing to do.
     pub fn checkpoint_soon(&self) {
-        use std::sync::atomic::Ordering;
-        if self.backend != Backend::Sqlite || self.checkpointing.swap(true, Ordering::AcqRel) {
+        if self.backend != Backend::Sqlite {
             return;
         }
-        let (pool, running) = (self.pool.clone(), self.checkpointing.clone());
+        let Ok(mut connection) = self.checkpointer.clone().try_lock_owned() else {
+            return;
+        };
+        let options = self.options.clone();
         tokio::spawn(async move {
-            if let Err(error) = sqlx::raw_sql("PRAGMA wal_checkpoint(PASSIVE)").execute(&pool).await {
-                tracing::debug!(error = %error, "checkpointing the write-ahead log");
+            if connection.is_none() {
+                match sqlx::AnyConnection::connect_with(&options).await {
+                    Ok(opened) => *connection = Some(opened),
+                    Err(error) => {
+                        tracing::debug!(error = %error, "opening the checkpoint connection");
+                        return;
+                    }
+                }
             }
-            running.store(false, Ordering::Release);
+            if let Some(conn) = connection.as_mut()
+                && let Err(error) = sqlx::raw_sql("PRAGMA wal_checkpoint(PASSIVE)")
+                    .execute(&mut *conn)
+                    .await
+            {
+                tracing::debug!(error = %error, "checkpointing the write-ahead log");
+                // Opened afresh next time.
+                *connection = None;
+            }
         });
     }
 

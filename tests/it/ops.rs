@@ -159,3 +159,32 @@ async fn shedding_memory_closes_idle_postgres_connections_only() {
     })
     .await;
 }
+
+/// SQLite: the commit of a group of mail asks for a checkpoint on a connection of its own, so
+/// the write-ahead log reaches the database file beside the writer, long before the writer's
+/// own backstop of 10,000 pages (about 40 MB) would copy it inside a commit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_copies_its_log_into_the_database_file_after_mail_is_recorded() {
+    use crate::common::{TestDatabase, engine_on};
+    let database = TestDatabase::create(countersign::storage::Backend::Sqlite).await;
+    let engine = engine_on(&database.url).await;
+    let path = database
+        .url
+        .trim_start_matches("sqlite://")
+        .split('?')
+        .next()
+        .expect("a path")
+        .to_string();
+    let size = || std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+    let before = size();
+    engine.intake(&fixture("mail/gp_form.eml"), "test").await.unwrap();
+    let mut waited = 0;
+    while size() <= before && waited < 100 {
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        waited += 1;
+    }
+    assert!(
+        size() > before,
+        "the database file is still {before} bytes: the log was not checkpointed"
+    );
+}

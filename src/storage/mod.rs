@@ -247,7 +247,14 @@ impl Db {
         Ok(())
     }
 
+    /// Closes the pool and the checkpoint connection (after any checkpoint running on it), so
+    /// that SQLite's last connection to close folds the log into the database file.
     pub async fn close(&self) {
+        if let Some(checkpointer) = self.checkpointer.lock().await.take()
+            && let Err(error) = checkpointer.close().await
+        {
+            tracing::debug!(error = %error, "closing the checkpoint connection");
+        }
         self.pool.close().await;
     }
 }

@@ -127,56 +127,48 @@ impl ImapPoller {
             return Ok(Vec::new());
         }
         let sizes = Self::fetch_sizes(session, &next).await?;
+        // Each message's size as the server gives it (`None`: expunged since the search) and
+        // whether it is within the limit, looked up once.
+        let limit = self.settings.max_message_bytes;
+        let sized: Vec<(u32, Option<usize>)> = next.iter().map(|uid| (*uid, sizes.get(uid).copied())).collect();
+        let readable_size = |size: Option<usize>| size.filter(|&size| size <= limit);
         let (mut taken, mut bytes) = (0, 0);
-        for uid in &next {
+        for (_, size) in &sized {
             if taken > 0 && bytes >= GROUP_BYTES {
                 break;
             }
-            let size = sizes.get(uid).copied().unwrap_or(0);
-            if size <= self.settings.max_message_bytes {
-                bytes += size;
-            }
+            bytes += readable_size(*size).unwrap_or(0);
             taken += 1;
         }
-        let group: Vec<u32> = uids.drain(..taken).collect();
-        let wanted: Vec<u32> = group
+        uids.drain(..taken);
+        let sized = &sized[..taken];
+        let wanted: Vec<u32> = sized
             .iter()
-            .copied()
-            .filter(|uid| {
-                sizes
-                    .get(uid)
-                    .is_some_and(|&size| size <= self.settings.max_message_bytes)
-            })
+            .filter(|(_, size)| readable_size(*size).is_some())
+            .map(|(uid, _)| *uid)
             .collect();
         let mut bodies = Self::fetch_bodies(session, &wanted).await?;
-        let fetched: Vec<(u32, Option<Vec<u8>>, usize)> = group
+        let fetched: Vec<(u32, Option<Vec<u8>>, usize)> = sized
             .iter()
-            .map(|uid| (*uid, bodies.remove(uid), sizes.get(uid).copied().unwrap_or(0)))
+            .map(|&(uid, size)| (uid, bodies.remove(&uid), size.unwrap_or(0)))
             .collect();
         // A message the service died on before is not read again more than a few times; an
         // error counting the tries leaves the group for the next poll.
         let readable: Vec<&[u8]> = fetched
             .iter()
             .filter_map(|(_, body, _)| body.as_deref())
-            .filter(|raw| raw.len() <= self.settings.max_message_bytes)
+            .filter(|raw| raw.len() <= limit)
             .collect();
         let mut set_aside = self.engine.guard_preparations(&readable).await?.into_iter();
         let mut group = Vec::with_capacity(fetched.len());
-        let too_large = |size: usize| {
-            format!(
-                "the message is {size} bytes, over the limit of {}",
-                self.settings.max_message_bytes
-            )
-        };
+        let too_large = |size: usize| format!("the message is {size} bytes, over the limit of {limit}");
         for (uid, body, size) in fetched {
             group.push(match body {
                 // Not downloaded: its size alone puts it aside.
-                None if size > self.settings.max_message_bytes => InFlight::TooLarge(uid, too_large(size)),
+                None if size > limit => InFlight::TooLarge(uid, too_large(size)),
                 // Expunged by someone else since the search: nothing to take.
                 None => InFlight::Gone(uid),
-                Some(raw) if raw.len() > self.settings.max_message_bytes => {
-                    InFlight::TooLarge(uid, too_large(raw.len()))
-                }
+                Some(raw) if raw.len() > limit => InFlight::TooLarge(uid, too_large(raw.len())),
                 Some(raw) => match set_aside.next().flatten() {
                     Some(reason) => InFlight::TooLarge(uid, reason),
                     None => {

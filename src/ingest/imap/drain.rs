@@ -69,7 +69,18 @@ impl ImapPoller {
         batch: &mut MoveBatch,
         summary: &mut PollSummary,
     ) -> Result<bool, ImapError> {
-        let key = self.settings.mailbox_key();
+        self.move_batch(session, features, batch).await?;
+        self.settle_batch(uidvalidity, batch, summary).await
+    }
+
+    /// The server's half of [`ImapPoller::flush`]: moves the batch's messages to the processed
+    /// and quarantine folders. The drain runs it while the next group is recorded.
+    pub(super) async fn move_batch(
+        &self,
+        session: &mut ImapSession,
+        features: ServerFeatures,
+        batch: &MoveBatch,
+    ) -> Result<(), ImapError> {
         if !batch.processed.is_empty() {
             Self::move_messages(
                 session,
@@ -83,6 +94,19 @@ impl ImapPoller {
             let uids: Vec<u32> = batch.quarantined.iter().map(|(uid, _, _)| *uid).collect();
             Self::move_messages(session, features, &uid_set(&uids), &self.settings.quarantine_folder).await?;
         }
+        Ok(())
+    }
+
+    /// The database's half of [`ImapPoller::flush`], once the batch is moved: notes the
+    /// quarantined messages, saves the position, counts the batch and renews the lease.
+    /// Returns whether this instance still holds the mailbox lease.
+    pub(super) async fn settle_batch(
+        &self,
+        uidvalidity: i64,
+        batch: &mut MoveBatch,
+        summary: &mut PollSummary,
+    ) -> Result<bool, ImapError> {
+        let key = self.settings.mailbox_key();
         let mut conn = self.engine.db().pool.acquire().await.context("connecting")?;
         let now = self.engine.now_ms();
         for (uid, source, reason) in &batch.quarantined {
@@ -198,6 +222,7 @@ impl ImapPoller {
     ) -> Vec<(u32, Result<Recorded, ImapError>)> {
         // Each message's outcome, in UID order; `None` for those the group transaction records.
         let mut outcomes: Vec<(u32, Option<Result<Recorded, ImapError>>)> = Vec::with_capacity(items.len());
+        let started = std::time::Instant::now();
         let (mut ready, mut prepared) = (Vec::new(), Vec::new());
         for item in items {
             let outcome = match item {
@@ -218,7 +243,10 @@ impl ImapPoller {
             };
             outcomes.push(outcome);
         }
+        tracing::trace!(elapsed = ?started.elapsed(), "awaiting preparation");
+        let started = std::time::Instant::now();
         let results = self.engine.record_batch(&ready, prepared).await;
+        tracing::trace!(elapsed = ?started.elapsed(), "recording");
         let mut recorded = ready.iter().zip(results);
         let mut done = Vec::with_capacity(outcomes.len());
         for (uid, outcome) in outcomes {
@@ -361,7 +389,7 @@ impl ImapPoller {
 
         let mut batch = MoveBatch::default();
         // Where a drain spends its time, logged at debug level for tuning.
-        let (mut waiting, mut moving) = (Duration::ZERO, Duration::ZERO);
+        let (mut waiting, mut moving_time) = (Duration::ZERO, Duration::ZERO);
         // A pipeline three groups deep: while one group of messages is recorded (in one
         // transaction), the next is prepared (parsed, its PDFs read) on other workers, and the
         // one after is fetched. Messages are recorded, moved and counted strictly in UID
@@ -374,20 +402,12 @@ impl ImapPoller {
                 // and the saved position has not passed it.
                 break;
             }
-            if batch.len() >= MOVE_BATCH {
-                let started = std::time::Instant::now();
-                let still_held = self
-                    .flush(session, features, uidvalidity, &mut batch, &mut summary)
-                    .await?;
-                moving += started.elapsed();
-                if !still_held {
-                    warn!("lost the mailbox lease; another instance has it");
-                    return Ok(summary);
-                }
-            }
             if uids.is_empty() && in_flight.is_empty() {
                 break;
             }
+            // A full batch is moved on the server while the next group is recorded; its
+            // messages are committed already, and the position is saved after the move.
+            let mut moving_batch = (batch.len() >= MOVE_BATCH).then(|| std::mem::take(&mut batch));
             let started = std::time::Instant::now();
             // The oldest group is recorded once the one after it has had a whole round to be
             // prepared in, or when there is nothing left to fetch.
@@ -396,11 +416,30 @@ impl ImapPoller {
             } else {
                 Vec::new()
             };
-            let (fetched, recorded) = tokio::join!(
-                self.fetch_group(session, &mut uids),
+            let ((fetched, moved), recorded) = tokio::join!(
+                async {
+                    let fetched = self.fetch_group(session, &mut uids).await;
+                    let moved = match &moving_batch {
+                        Some(moving) => self.move_batch(session, features, moving).await,
+                        None => Ok(()),
+                    };
+                    (fetched, moved)
+                },
                 self.record_group(oldest, &key, uidvalidity)
             );
             waiting += started.elapsed();
+            if let Some(moving) = &mut moving_batch {
+                moved?;
+                let started = std::time::Instant::now();
+                let still_held = self.settle_batch(uidvalidity, moving, &mut summary).await?;
+                moving_time += started.elapsed();
+                if !still_held {
+                    // What this round recorded stays in the mailbox, found again (already
+                    // ingested) by the instance that holds the lease now.
+                    warn!("lost the mailbox lease; another instance has it");
+                    return Ok(summary);
+                }
+            }
             for (uid, recorded) in recorded {
                 match recorded? {
                     Recorded::Gone => {}
@@ -434,8 +473,8 @@ impl ImapPoller {
         let started = std::time::Instant::now();
         self.flush(session, features, uidvalidity, &mut batch, &mut summary)
             .await?;
-        moving += started.elapsed();
-        tracing::debug!(?waiting, ?moving, "drain timings");
+        moving_time += started.elapsed();
+        tracing::debug!(?waiting, moving = ?moving_time, "drain timings");
         let now = self.engine.now_ms();
         let backlog = summary.backlog - summary.uids.len();
         let mut conn = self.engine.db().pool.acquire().await.context("connecting")?;

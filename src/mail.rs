@@ -288,6 +288,20 @@ fn parse_unguarded(raw: &[u8], settings: &MailSettings) -> ParsedEmail {
     }
 }
 
+/// The bytes of the attachment of `raw` whose SHA-256 is `sha256`, read from the message
+/// again, as [`parse`] found it when the message arrived. Attachments are stored once, inside
+/// their message; `None` if no attachment of the message has that hash.
+pub fn attachment_in_message(raw: &[u8], sha256: &str) -> Option<Vec<u8>> {
+    std::panic::catch_unwind(|| {
+        let message = MessageParser::default().parse(raw)?;
+        let (mut attachments, mut dropped) = (Vec::new(), 0);
+        collect_attachments(&message, false, 0, &mut attachments, &mut dropped);
+        attachments.into_iter().find(|a| a.sha256 == sha256).map(|a| a.bytes)
+    })
+    .ok()
+    .flatten()
+}
+
 fn collect_attachments(
     message: &mail_parser::Message<'_>,
     forwarded: bool,
@@ -664,5 +678,29 @@ mod tests {
             false,
         );
         assert!(!b.looks_like_pdf());
+    }
+
+    #[test]
+    fn an_attachment_is_read_again_from_its_message_by_its_hash() {
+        let raw = b"From: a@nhs.net\r\nSubject: form\r\nMIME-Version: 1.0\r\n\
+Content-Type: multipart/mixed; boundary=b\r\n\r\n--b\r\nContent-Type: text/plain\r\n\r\nHello\r\n\
+--b\r\nContent-Type: application/pdf; name=one.pdf\r\nContent-Disposition: attachment; filename=one.pdf\r\n\
+Content-Transfer-Encoding: base64\r\n\r\nJVBERi0xLjQgb25l\r\n\
+--b\r\nContent-Type: application/pdf; name=two.pdf\r\nContent-Disposition: attachment; filename=two.pdf\r\n\
+Content-Transfer-Encoding: base64\r\n\r\nJVBERi0xLjQgdHdv\r\n--b--\r\n";
+        let parsed = parse(raw, &settings());
+        assert_eq!(parsed.attachments.len(), 2);
+        for attachment in &parsed.attachments {
+            assert_eq!(
+                attachment_in_message(raw, &attachment.sha256).as_deref(),
+                Some(attachment.bytes.as_slice())
+            );
+        }
+        assert_eq!(
+            attachment_in_message(raw, &sha256_hex(b"%PDF-1.4 two")).as_deref(),
+            Some(&b"%PDF-1.4 two"[..])
+        );
+        assert_eq!(attachment_in_message(raw, &sha256_hex(b"something else")), None);
+        assert_eq!(attachment_in_message(b"\xff\xfe not mail", &sha256_hex(b"")), None);
     }
 }

@@ -269,7 +269,7 @@ impl PreparedEmail {
                 detected_type: attachment.detected_type.as_deref(),
                 sha256: &attachment.sha256,
                 forwarded: attachment.forwarded,
-                content: &attachment.bytes,
+                size_bytes: attachment.bytes.len(),
             })
             .collect()
     }

@@ -110,13 +110,3 @@ pub async fn old_raw_messages(
         .collect::<Result<_, sqlx::Error>>()
         .context("finding old raw messages")
 }
-
-/// Clears a raw message's bytes; the row (hash, Message-ID, sender) stays.
-pub async fn clear_raw_message(conn: &mut AnyConnection, id: i64) -> Result<(), StorageError> {
-    sqlx::query("UPDATE raw_messages SET raw = NULL WHERE id = $1")
-        .bind(id)
-        .execute(&mut *conn)
-        .await
-        .context("clearing a raw message")?;
-    Ok(())
-}

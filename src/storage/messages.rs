@@ -80,6 +80,11 @@ pub async fn raw_message_by_dedup_key(
         .context("reading a stored message")
 }
 
+/// An attachment of a message being stored. Its bytes are not copied: they stay inside the
+/// message's own bytes, and are read from them again when asked for (see
+/// [`attachment_bytes`]). Storing them twice cost a third of the writes of every message.
+/// `attachments.content` holds a copy only for rows from before, and for messages whose bytes
+/// retention has cleared (see [`clear_raw_message`](super::clear_raw_message)).
 pub struct NewAttachment<'a> {
     pub raw_message_id: i64,
     pub filename: Option<&'a str>,
@@ -87,7 +92,7 @@ pub struct NewAttachment<'a> {
     pub detected_type: Option<&'a str>,
     pub sha256: &'a str,
     pub forwarded: bool,
-    pub content: &'a [u8],
+    pub size_bytes: usize,
 }
 
 /// An attachment's bytes, with the type detected from them (for serving the PDF).
@@ -100,9 +105,65 @@ pub async fn attachment_content(
         .fetch_optional(&mut *conn)
         .await
         .context("reading an attachment")?;
-    row.map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
-        .transpose()
+    let Some(row) = row else { return Ok(None) };
+    let detected: Option<String> = row.try_get(0).context("decoding an attachment")?;
+    let kept = KeptAttachment::from_row(&row, 1)?;
+    Ok(Some((detected, attachment_bytes(conn, kept).await?)))
+}
+
+/// Where an attachment's bytes are: its own copy, or inside its message (read with
+/// `content, sha256, size_bytes, raw_message_id` from `attachments`, from column `first`).
+struct KeptAttachment {
+    content: Vec<u8>,
+    sha256: String,
+    size_bytes: i64,
+    raw_message_id: i64,
+}
+
+impl KeptAttachment {
+    fn from_row(row: &sqlx::any::AnyRow, first: usize) -> Result<Self, StorageError> {
+        (|| {
+            Ok::<_, sqlx::Error>(KeptAttachment {
+                content: row.try_get(first)?,
+                sha256: row.try_get(first + 1)?,
+                size_bytes: row.try_get(first + 2)?,
+                raw_message_id: row.try_get(first + 3)?,
+            })
+        })()
         .context("decoding an attachment")
+    }
+
+    /// Whether the row holds no copy of a non-empty attachment: its bytes are in the message.
+    fn in_message(&self) -> bool {
+        self.content.is_empty() && self.size_bytes > 0
+    }
+}
+
+/// A stored message's bytes, unless retention has cleared them.
+async fn raw_bytes(conn: &mut AnyConnection, raw_message_id: i64) -> Result<Option<Vec<u8>>, StorageError> {
+    Ok(sqlx::query_scalar("SELECT raw FROM raw_messages WHERE id = $1")
+        .bind(raw_message_id)
+        .fetch_optional(&mut *conn)
+        .await
+        .context("reading a stored message's bytes")?
+        .flatten())
+}
+
+/// An attachment's bytes: its own copy if it has one, else read again from its message and
+/// checked against the hash stored when it arrived.
+async fn attachment_bytes(conn: &mut AnyConnection, kept: KeptAttachment) -> Result<Vec<u8>, StorageError> {
+    if !kept.in_message() {
+        return Ok(kept.content);
+    }
+    let raw = raw_bytes(conn, kept.raw_message_id).await?;
+    raw.and_then(|raw| crate::mail::attachment_in_message(&raw, &kept.sha256))
+        .ok_or_else(|| StorageError::Corrupt {
+            context: "reading an attachment",
+            message: format!(
+                "attachment {} of message {} is neither kept apart nor found in the message",
+                kept.sha256, kept.raw_message_id
+            ),
+        })
 }
 
 /// A stored message as the case page shows it.
@@ -360,9 +421,10 @@ pub async fn insert_attachments(
                 .bind(a.claimed_type)
                 .bind(a.detected_type)
                 .bind(a.sha256)
-                .bind(a.content.len() as i64)
+                .bind(a.size_bytes as i64)
                 .bind(i64::from(a.forwarded))
-                .bind(a.content);
+                // No copy: the bytes stay inside the message (see `NewAttachment`).
+                .bind(&[][..]);
         }
         let mut chunk_ids = query.fetch_all(&mut *conn).await.context("storing attachments")?;
         // Both databases number the rows of one VALUES list in order; sorting makes the
@@ -452,7 +514,7 @@ pub async fn case_attachment(
     attachment_id: i64,
 ) -> Result<Option<(Option<String>, Option<String>, Vec<u8>)>, StorageError> {
     let row = sqlx::query(
-        "SELECT a.filename, a.detected_type, a.content FROM attachments a \
+        "SELECT a.filename, a.detected_type, a.content, a.sha256, a.size_bytes, a.raw_message_id FROM attachments a \
          JOIN case_messages cm ON cm.raw_message_id = a.raw_message_id \
          WHERE a.id = $1 AND cm.case_id = $2",
     )
@@ -461,9 +523,64 @@ pub async fn case_attachment(
     .fetch_optional(&mut *conn)
     .await
     .context("reading an attachment of a case")?;
-    row.map(|r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?)))
-        .transpose()
-        .context("decoding an attachment")
+    let Some(row) = row else { return Ok(None) };
+    let (filename, detected): (Option<String>, Option<String>) =
+        (|| Ok::<_, sqlx::Error>((row.try_get(0)?, row.try_get(1)?)))().context("decoding an attachment")?;
+    let kept = KeptAttachment::from_row(&row, 2)?;
+    Ok(Some((filename, detected, attachment_bytes(conn, kept).await?)))
+}
+
+/// The attachments of a message that hold no copy of their bytes (they are inside the
+/// message): their ids and hashes.
+async fn attachments_in_message(
+    conn: &mut AnyConnection,
+    raw_message_id: i64,
+) -> Result<Vec<(i64, String)>, StorageError> {
+    let rows = sqlx::query(
+        "SELECT id, sha256 FROM attachments WHERE raw_message_id = $1 AND size_bytes > 0 AND LENGTH(content) = 0",
+    )
+    .bind(raw_message_id)
+    .fetch_all(&mut *conn)
+    .await
+    .context("listing the attachments kept inside a message")?;
+    rows.iter()
+        .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
+        .collect::<Result<_, sqlx::Error>>()
+        .context("listing the attachments kept inside a message")
+}
+
+/// Clears a raw message's bytes (retention); the row (hash, Message-ID, sender) stays, and so
+/// do its attachments: those kept inside the message are given a copy of their own first, in
+/// the same transaction. If one cannot be found in the message, nothing is cleared.
+pub async fn clear_raw_message(conn: &mut AnyConnection, id: i64) -> Result<(), StorageError> {
+    use sqlx::Connection;
+    let mut tx = conn.begin().await.context("starting to clear a raw message")?;
+    let inside = attachments_in_message(&mut tx, id).await?;
+    if !inside.is_empty() {
+        let raw = raw_bytes(&mut tx, id).await?;
+        for (attachment_id, sha256) in inside {
+            let bytes = raw
+                .as_deref()
+                .and_then(|raw| crate::mail::attachment_in_message(raw, &sha256))
+                .ok_or_else(|| StorageError::Corrupt {
+                    context: "keeping an attachment before its message is cleared",
+                    message: format!("attachment {sha256} is not in message {id}"),
+                })?;
+            sqlx::query("UPDATE attachments SET content = $1 WHERE id = $2")
+                .bind(bytes)
+                .bind(attachment_id)
+                .execute(&mut *tx)
+                .await
+                .context("keeping an attachment before its message is cleared")?;
+        }
+    }
+    sqlx::query("UPDATE raw_messages SET raw = NULL WHERE id = $1")
+        .bind(id)
+        .execute(&mut *tx)
+        .await
+        .context("clearing a raw message")?;
+    tx.commit().await.context("clearing a raw message")?;
+    Ok(())
 }
 
 /// A message whose sender is due to be checked again: its id, bytes (if still kept) and when

@@ -36,7 +36,8 @@ pub(crate) const SIGNATORIES_OF_ORGANISATION: &str = concat!(
     " FROM signatories WHERE active = 1 AND ods_code IN ($1) ORDER BY ods_code, role, name"
 );
 pub(crate) const FORM_READING_OF_CASE: &str = "SELECT extraction FROM cases WHERE id = $1";
-pub(crate) const ATTACHMENT_CONTENT: &str = "SELECT detected_type, content FROM attachments WHERE id = $1";
+pub(crate) const ATTACHMENT_CONTENT: &str =
+    "SELECT detected_type, content, sha256, size_bytes, raw_message_id FROM attachments WHERE id = $1";
 pub(crate) const ATTACHMENTS_OF_MESSAGE: &str = "SELECT id, filename, claimed_type, detected_type, size_bytes FROM attachments WHERE raw_message_id = $1 ORDER BY id";
 
 /// What a per-case query is keyed by, so that a check can bind a sample key.

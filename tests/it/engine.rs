@@ -102,7 +102,7 @@ async fn a_correct_form_becomes_a_validated_case_with_its_event_timers_and_ackno
             Some("gp-1@practice.nhs.net")
         );
         assert_eq!(row.get::<Vec<u8>, _>(2), raw, "the raw message is kept byte for byte");
-        let attachment = sqlx::query("SELECT detected_type, filename, sha256, content FROM attachments")
+        let attachment = sqlx::query("SELECT detected_type, filename, sha256, id, LENGTH(content) FROM attachments")
             .fetch_one(&engine.db().pool)
             .await
             .unwrap();
@@ -114,10 +114,16 @@ async fn a_correct_form_becomes_a_validated_case_with_its_event_timers_and_ackno
             attachment.get::<Option<String>, _>(1).as_deref(),
             Some("PU-GP-1 Riverside.pdf")
         );
-        assert_eq!(
-            attachment.get::<String, _>(2),
-            countersign::mail::sha256_hex(&attachment.get::<Vec<u8>, _>(3))
-        );
+        // The PDF is stored once, inside its message, and read from it byte for byte.
+        assert_eq!(attachment.get::<i64, _>(4), 0, "no second copy of the attachment");
+        let mut conn = engine.db().pool.acquire().await.unwrap();
+        let (_, pdf) = storage::attachment_content(&mut conn, attachment.get::<i64, _>(3))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(pdf.starts_with(b"%PDF-"));
+        assert_eq!(attachment.get::<String, _>(2), countersign::mail::sha256_hex(&pdf));
+        drop(conn);
         // The organisation is recorded.
         let mut conn = engine.db().pool.acquire().await.unwrap();
         let organisations = storage::search_organisations(&mut conn, "A81001", 10).await.unwrap();

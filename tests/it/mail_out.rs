@@ -639,6 +639,38 @@ async fn the_daily_digest_runs_once_on_working_days_and_housekeeping_keeps_open_
 }
 
 #[tokio::test]
+async fn housekeeping_keeps_a_closed_cases_pdf_when_it_clears_the_email_it_came_in() {
+    on_both_backends_clocked(|engine, clock| async move {
+        let reference = engine.receive_fixture("mail/gp_form.eml").await;
+        engine
+            .transition(&reference, &to("rejected", "wrong form"), &caseworker("alice"))
+            .await
+            .unwrap();
+        let (attachment_id, sha256): (i64, String) =
+            sqlx::query_as("SELECT id, sha256 FROM attachments WHERE detected_type = 'application/pdf'")
+                .fetch_one(&engine.db().pool)
+                .await
+                .unwrap();
+        // Three years on, the closed case's email is cleared; the signed PDF is evidence, kept.
+        clock.set(at(2029, 11, 27, 2) + chrono::Duration::minutes(45));
+        let ran = scheduler(&engine).run_due_jobs().await.unwrap();
+        assert!(ran.iter().any(|r| r.starts_with("housekeeping: cleared 1 ")), "{ran:?}");
+        assert_eq!(stored(&engine).await.raw_messages_kept, 0);
+        let mut conn = engine.db().pool.acquire().await.unwrap();
+        let case = storage::case_by_reference(&mut conn, &reference)
+            .await
+            .unwrap()
+            .unwrap();
+        let (_, _, pdf) = storage::case_attachment(&mut conn, case.id, attachment_id)
+            .await
+            .unwrap()
+            .expect("the PDF is still there");
+        assert_eq!(countersign::mail::sha256_hex(&pdf), sha256, "byte for byte");
+    })
+    .await;
+}
+
+#[tokio::test]
 async fn the_sla_clock_stops_while_the_sender_has_the_ball() {
     on_both_backends_clocked(|engine, clock| async move {
         // Received Friday 20 Nov, due Friday 27 Nov (5 working days).

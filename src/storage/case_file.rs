@@ -41,8 +41,26 @@ pub async fn case_file(conn: &mut AnyConnection, reference: &str) -> Result<Opti
     let Some(case) = super::case_by_reference(conn, reference).await? else {
         return Ok(None);
     };
-    let message = super::stored_message(conn, case.origin_message_id).await?;
-    let attachments = super::attachments_of_message(conn, case.origin_message_id).await?;
+    let messages = super::messages_of_case(conn, case.id).await?;
+    // The email that opened the case is one of its emails (linked as its origin): taken from
+    // them, not read a second time.
+    let (message, attachments) = match messages.iter().find(|m| m.id == case.origin_message_id) {
+        Some(origin) => (
+            StoredMessage {
+                from_address: origin.from_address.clone(),
+                subject: origin.subject.clone(),
+                sent_at: origin.sent_at,
+                received_at: origin.received_at,
+                sender_auth_json: origin.sender_auth_json.clone(),
+                raw: origin.raw.clone(),
+            },
+            origin.attachments.clone(),
+        ),
+        None => (
+            super::stored_message(conn, case.origin_message_id).await?,
+            super::attachments_of_message(conn, case.origin_message_id).await?,
+        ),
+    };
     let chain = super::chain_of(conn, case.id).await?;
     let chain_length = super::chain_length(conn, case.id).await?;
     let events = chain.iter().map(|stored| stored.event.clone()).collect();
@@ -58,7 +76,6 @@ pub async fn case_file(conn: &mut AnyConnection, reference: &str) -> Result<Opti
         None => None,
     };
     let related = super::related_cases(conn, case.id).await?;
-    let messages = super::messages_of_case(conn, case.id).await?;
     let signatures = super::form_signatures(conn, case.id).await?;
     let credentials = super::credentials_for_case(conn, case.id).await?;
     Ok(Some(CaseFile {

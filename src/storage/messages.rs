@@ -212,17 +212,21 @@ pub async fn attachments_of_message(
         .await
         .context("listing a message's attachments")?;
     rows.iter()
-        .map(|r| {
-            Ok(AttachmentSummary {
-                id: r.try_get(0)?,
-                filename: r.try_get(1)?,
-                claimed: r.try_get(2)?,
-                detected: r.try_get(3)?,
-                size: r.try_get(4)?,
-            })
-        })
+        .map(attachment_summary)
         .collect::<Result<_, sqlx::Error>>()
         .context("decoding attachments")
+}
+
+/// An attachment's summary from a row that starts `id, filename, claimed_type,
+/// detected_type, size_bytes`.
+fn attachment_summary(row: &sqlx::any::AnyRow) -> Result<AttachmentSummary, sqlx::Error> {
+    Ok(AttachmentSummary {
+        id: row.try_get(0)?,
+        filename: row.try_get(1)?,
+        claimed: row.try_get(2)?,
+        detected: row.try_get(3)?,
+        size: row.try_get(4)?,
+    })
 }
 
 // ---- Threading ---------------------------------------------------------------------------------
@@ -500,8 +504,18 @@ pub async fn messages_of_case(conn: &mut AnyConnection, case_id: i64) -> Result<
             attachments: Vec::new(),
         });
     }
-    for message in &mut messages {
-        message.attachments = attachments_of_message(conn, message.id).await?;
+    // Every email's attachments in one read, whatever the number of emails.
+    let attachments = sqlx::query(super::queries::ATTACHMENTS_OF_CASE)
+        .bind(case_id)
+        .fetch_all(&mut *conn)
+        .await
+        .context("listing a case's attachments")?;
+    for row in &attachments {
+        let message_id: i64 = row.try_get(5).context("decoding a case's attachments")?;
+        let attachment = attachment_summary(row).context("decoding a case's attachments")?;
+        if let Some(message) = messages.iter_mut().find(|m| m.id == message_id) {
+            message.attachments.push(attachment);
+        }
     }
     Ok(messages)
 }

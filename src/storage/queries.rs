@@ -39,6 +39,9 @@ pub(crate) const FORM_READING_OF_CASE: &str = "SELECT extraction FROM cases WHER
 pub(crate) const ATTACHMENT_CONTENT: &str =
     "SELECT detected_type, content, sha256, size_bytes, raw_message_id FROM attachments WHERE id = $1";
 pub(crate) const ATTACHMENTS_OF_MESSAGE: &str = "SELECT id, filename, claimed_type, detected_type, size_bytes FROM attachments WHERE raw_message_id = $1 ORDER BY id";
+/// The attachments of every email of a case, in one read (a case page lists them all).
+pub(crate) const ATTACHMENTS_OF_CASE: &str = "SELECT a.id, a.filename, a.claimed_type, a.detected_type, a.size_bytes, a.raw_message_id \
+     FROM case_messages cm JOIN attachments a ON a.raw_message_id = cm.raw_message_id WHERE cm.case_id = $1 ORDER BY a.id";
 
 /// What a per-case query is keyed by, so that a check can bind a sample key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -80,4 +83,5 @@ pub const PER_CASE_QUERIES: &[(&str, &str, CaseKey)] = &[
     ),
     ("a case's message", ORIGIN_MESSAGE, CaseKey::Id),
     ("attachments of a message", ATTACHMENTS_OF_MESSAGE, CaseKey::Id),
+    ("attachments of a case's emails", ATTACHMENTS_OF_CASE, CaseKey::Id),
 ];

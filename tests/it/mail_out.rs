@@ -311,6 +311,24 @@ async fn a_reply_with_a_corrected_form_threads_into_its_case() {
                 .filter(|t| t.name == "remind_sender" || t.name == "close_without_reply")
                 .all(|t| t.status.as_str() == "cancelled")
         );
+        // The case file lists both emails, each with its own PDF, and the first as the origin.
+        let file = storage::case_file(&mut conn, &reference).await.unwrap().unwrap();
+        let names = |attachments: &[storage::AttachmentSummary]| -> Vec<String> {
+            attachments.iter().filter_map(|a| a.filename.clone()).collect()
+        };
+        let by_email: Vec<(String, Vec<String>)> = file
+            .messages
+            .iter()
+            .map(|m| (m.relation.clone(), names(&m.attachments)))
+            .collect();
+        assert_eq!(
+            by_email,
+            vec![
+                ("origin".to_string(), vec!["f.pdf".to_string()]),
+                ("reply".to_string(), vec!["corrected.pdf".to_string()])
+            ]
+        );
+        assert_eq!(names(&file.attachments), vec!["f.pdf".to_string()]);
     })
     .await;
 }

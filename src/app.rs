@@ -242,7 +242,7 @@ impl App {
             .as_ref()
             .map(|imap| crate::ingest::imap::ImapPoller::new(engine.clone(), imap.clone()));
         let drop_folder = crate::ingest::dropfolder::DropFolder::watching(&settings.drop_folder);
-        web.live_mail_sources.push(match (&poller, &settings.imap) {
+        Arc::make_mut(&mut web.live_mail_sources).push(match (&poller, &settings.imap) {
             (Some(poller), Some(imap)) => (imap.mailbox_key(), poller.health()),
             _ => (format!("drop:{}", settings.drop_folder.display()), drop_folder.health()),
         });

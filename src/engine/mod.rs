@@ -174,7 +174,8 @@ pub struct Engine {
     db: Db,
     workflows: Arc<WorkflowSet>,
     calendar: Arc<WorkingCalendar>,
-    config: EngineConfig,
+    /// Behind an `Arc`: the engine is cloned for every web request (axum's `State`).
+    config: Arc<EngineConfig>,
     clock: Arc<dyn Clock>,
     /// Wakes this instance's timer and outbox workers when a commit gives them work.
     wakers: Wakers,
@@ -192,7 +193,7 @@ impl Engine {
             db,
             workflows: Arc::new(workflows),
             calendar: Arc::new(calendar),
-            config,
+            config: Arc::new(config),
             clock: Arc::new(SystemClock),
             wakers: Wakers::default(),
             metrics: crate::metrics::Metrics::shared(),
@@ -218,13 +219,13 @@ impl Engine {
 
     /// The same engine reading PDFs elsewhere (in process, or in worker processes).
     pub fn with_pdf_reader(mut self, reader: pdf::PdfReader) -> Engine {
-        self.config.pdf_reader = reader;
+        Arc::make_mut(&mut self.config).pdf_reader = reader;
         self
     }
 
     /// The same engine with other limits on the PDFs it reads.
     pub fn with_limits(mut self, limits: ExtractLimits) -> Engine {
-        self.config.limits = limits;
+        Arc::make_mut(&mut self.config).limits = limits;
         self
     }
 

@@ -65,7 +65,7 @@ pub struct Db {
     /// SQLite: the connection [`Db::checkpoint_soon`] checkpoints on, opened on first use and
     /// kept apart from the pool (locked while a checkpoint runs).
     checkpointer: std::sync::Arc<tokio::sync::Mutex<Option<sqlx::AnyConnection>>>,
-    options: AnyConnectOptions,
+    options: std::sync::Arc<AnyConnectOptions>,
 }
 
 impl Db {
@@ -124,7 +124,7 @@ impl Db {
             pool,
             backend,
             checkpointer: Default::default(),
-            options: checkpoint_options,
+            options: std::sync::Arc::new(checkpoint_options),
         };
         db.migrate(url).await?;
         Ok(db)

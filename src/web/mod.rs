@@ -127,14 +127,16 @@ pub fn routes() -> Vec<Route> {
 pub struct AppState {
     pub engine: Engine,
     pub pages: Arc<tera::Tera>,
-    pub csrf: CsrfConfig,
+    /// Behind an `Arc`, as everything here that is not `Copy`: the state is cloned for every
+    /// request (axum's `State`).
+    pub csrf: Arc<CsrfConfig>,
     /// Mark cookies `Secure` and send HSTS: set, or implied by an `https://` base URL.
     pub secure_cookies: bool,
     /// The app's public address, for set-password links.
-    pub base_url: String,
+    pub base_url: Arc<str>,
     /// The mail sources running in this process, by name, as they are now: their last error
     /// shows even while the database (where polls are also recorded) takes no writes.
-    pub live_mail_sources: Vec<(String, crate::ingest::HealthHandle)>,
+    pub live_mail_sources: Arc<Vec<(String, crate::ingest::HealthHandle)>>,
     /// Staff accounts may have addresses outside the NHS domains (settings' `staff_any_domain`).
     pub staff_any_domain: bool,
     /// `/readyz` fails when a mail source of this process has not polled successfully for
@@ -160,7 +162,7 @@ pub struct AppState {
 
 impl FromRef<AppState> for CsrfConfig {
     fn from_ref(state: &AppState) -> CsrfConfig {
-        state.csrf.clone()
+        (*state.csrf).clone()
     }
 }
 
@@ -208,10 +210,10 @@ impl AppState {
         Ok(AppState {
             engine,
             pages: Arc::new(pages),
-            csrf,
+            csrf: Arc::new(csrf),
             secure_cookies,
-            base_url,
-            live_mail_sources: Vec::new(),
+            base_url: base_url.into(),
+            live_mail_sources: Arc::default(),
             staff_any_domain: false,
             ready_max_poll_age_ms: 300_000,
             oidc: None,

@@ -59,7 +59,7 @@ pub async fn readyz(State(state): State<AppState>) -> Response {
         detail: format!("{workflows} loaded"),
     });
     let now = state.engine.now_ms();
-    for (name, health) in &state.live_mail_sources {
+    for (name, health) in state.live_mail_sources.iter() {
         let polled = health.snapshot().last_success_at;
         let age_ms = polled.map(|at| now - at);
         let ok = age_ms.is_some_and(|age| age <= state.ready_max_poll_age_ms);

@@ -91,7 +91,7 @@ async fn ready_only_when_the_database_answers_and_each_mail_source_polled_recent
         )
         .await
         .unwrap();
-        state.live_mail_sources.push(("imap:pcse@INBOX".into(), health.clone()));
+        std::sync::Arc::make_mut(&mut state.live_mail_sources).push(("imap:pcse@INBOX".into(), health.clone()));
         state.ready_max_poll_age_ms = 60_000;
         let mut browser = Browser::with_state(state);
 

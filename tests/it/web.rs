@@ -1723,7 +1723,7 @@ async fn api_health_shows_the_live_state_of_each_mail_source() {
             h.backlog = 7;
             h.last_error = Some("database or disk is full".into());
         });
-        state.live_mail_sources.push(("drop:data/inbox".into(), health));
+        std::sync::Arc::make_mut(&mut state.live_mail_sources).push(("drop:data/inbox".into(), health));
         let mut browser = Browser::with_state(state);
         browser.sign_in_as(&engine, "ops@nhs.net", ActorRole::Manager).await;
         let page = browser.get("/api/v1/health").await;

@@ -35,8 +35,8 @@ pub async fn evidence_pack(db: &Db, reference: &str, now: i64) -> Result<Option<
         return Ok(None);
     };
     let case = &file.case;
-    let chain_verdict = crate::audit::verdict(case.id, file.chain_length, &file.chain);
-    let chain = &file.chain;
+    let chain_verdict = crate::audit::verdict(case.id, file.chain.recorded_length, &file.chain.events);
+    let chain = &file.chain.events;
 
     let mut entries: Vec<(String, Vec<u8>)> = Vec::new();
     let mut senders = Vec::new();

@@ -60,9 +60,8 @@ pub struct ChainVerdict {
 
 /// Checks the chain of case `case_id` (its events, and the length its row records).
 pub async fn case_chain(conn: &mut sqlx::AnyConnection, case_id: i64) -> Result<ChainVerdict, StorageError> {
-    let chain = storage::chain_of(conn, case_id).await?;
-    let recorded = storage::chain_length(conn, case_id).await?;
-    Ok(verdict(case_id, recorded, &chain))
+    let chain = storage::read_case_chain(conn, case_id).await?;
+    Ok(verdict(case_id, chain.recorded_length, &chain.events))
 }
 
 /// The verdict on the chain of case `case_id`, from its events and the length its row

@@ -414,6 +414,21 @@ pub async fn event_hash_at(conn: &mut AnyConnection, case_id: i64, seq: i64) -> 
     )
 }
 
+/// A case's events as its hash chain stores them, with the chain's length as the case row
+/// records it: what checking the chain needs, and the case's event list besides.
+pub struct CaseChain {
+    pub events: Vec<StoredEvent>,
+    pub recorded_length: i64,
+}
+
+/// Reads a case's chain and its recorded length (see [`CaseChain`]).
+pub async fn read_case_chain(conn: &mut AnyConnection, case_id: i64) -> Result<CaseChain, StorageError> {
+    Ok(CaseChain {
+        events: chain_of(conn, case_id).await?,
+        recorded_length: chain_length(conn, case_id).await?,
+    })
+}
+
 /// How long the case row says its event chain is.
 pub async fn chain_length(conn: &mut AnyConnection, case_id: i64) -> Result<i64, StorageError> {
     sqlx::query_scalar(super::queries::CHAIN_LENGTH_OF_CASE)

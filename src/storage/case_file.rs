@@ -5,20 +5,16 @@
 
 use sqlx::AnyConnection;
 
-use super::{
-    AttachmentSummary, CaseEvent, CaseNote, CaseRecord, OutboxRecord, StorageError, StoredMessage, TimerRecord,
-};
+use super::{AttachmentSummary, CaseNote, CaseRecord, OutboxRecord, StorageError, StoredMessage, TimerRecord};
 
 /// One case and everything recorded about it.
 pub struct CaseFile {
     pub case: CaseRecord,
     pub message: StoredMessage,
     pub attachments: Vec<AttachmentSummary>,
-    pub events: Vec<CaseEvent>,
-    /// The same events as stored in the case's hash chain, and the chain's length as the case
-    /// row records it: read once for both the timeline and the chain's check.
-    pub chain: Vec<crate::audit::chain::StoredEvent>,
-    pub chain_length: i64,
+    /// Its events as its hash chain stores them: read once for both the timeline and the
+    /// chain's check.
+    pub chain: super::CaseChain,
     pub mail: Vec<OutboxRecord>,
     pub timers: Vec<TimerRecord>,
     pub notes: Vec<CaseNote>,
@@ -61,9 +57,7 @@ pub async fn case_file(conn: &mut AnyConnection, reference: &str) -> Result<Opti
             super::attachments_of_message(conn, case.origin_message_id).await?,
         ),
     };
-    let chain = super::chain_of(conn, case.id).await?;
-    let chain_length = super::chain_length(conn, case.id).await?;
-    let events = chain.iter().map(|stored| stored.event.clone()).collect();
+    let chain = super::read_case_chain(conn, case.id).await?;
     let mail = super::outbox_for_case(conn, case.id).await?;
     let timers = super::timers_for_case(conn, case.id).await?;
     let notes = super::notes_for_case(conn, case.id).await?;
@@ -82,9 +76,7 @@ pub async fn case_file(conn: &mut AnyConnection, reference: &str) -> Result<Opti
         case,
         message,
         attachments,
-        events,
         chain,
-        chain_length,
         mail,
         timers,
         notes,

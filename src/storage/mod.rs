@@ -414,8 +414,8 @@ mod users;
 
 pub use accounts::{accounts_by_ids, claim_notice, list_accounts, upsert_accounts};
 pub use audit::{
-    ChainOwner, LastAnchor, StoredAnchor, anchors, chain_length, chain_of, chains_after, event_hash_at, last_anchor,
-    orphaned_chains, seal_unsealed_events, write_anchor,
+    CaseChain, ChainOwner, LastAnchor, StoredAnchor, anchors, chain_length, chain_of, chains_after, event_hash_at,
+    last_anchor, orphaned_chains, read_case_chain, seal_unsealed_events, write_anchor,
 };
 pub use batch::{Deferred, apply_change_deferred, enqueue_mail, flush};
 pub use case_file::{CaseFile, case_file};

@@ -559,10 +559,9 @@ pub async fn get_case(
 
 async fn case_detail(conn: &mut sqlx::AnyConnection, case: storage::CaseRecord) -> Result<CaseDetail, ApiError> {
     // The events are read once, as the chain stores them, for the list and the chain's check.
-    let chain = storage::chain_of(conn, case.id).await.map_err(WebError::from)?;
-    let chain_length = storage::chain_length(conn, case.id).await.map_err(WebError::from)?;
-    let event_chain = crate::audit::verdict(case.id, chain_length, &chain);
-    let events: Vec<storage::CaseEvent> = chain.into_iter().map(|stored| stored.event).collect();
+    let chain = storage::read_case_chain(conn, case.id).await.map_err(WebError::from)?;
+    let event_chain = crate::audit::verdict(case.id, chain.recorded_length, &chain.events);
+    let events: Vec<storage::CaseEvent> = chain.events.into_iter().map(|stored| stored.event).collect();
     let messages = storage::messages_of_case(conn, case.id).await.map_err(WebError::from)?;
     let mail = storage::outbox_for_case(conn, case.id).await.map_err(WebError::from)?;
     let timers = storage::timers_for_case(conn, case.id).await.map_err(WebError::from)?;

@@ -196,7 +196,7 @@ async fn show_case(
         ..view
     };
     let next_case = next_in_view(&state, &mut conn, &after, user.0.id).await?;
-    let event_chain = crate::audit::verdict(file.case.id, file.chain_length, &file.chain);
+    let event_chain = crate::audit::verdict(file.case.id, file.chain.recorded_length, &file.chain.events);
     drop(conn);
     let mut context = base_context(user, &token)?;
     context.insert("event_chain", &event_chain);
@@ -265,7 +265,7 @@ fn case_context(
         case,
         message,
         attachments,
-        events,
+        chain,
         mail,
         timers,
         notes,
@@ -275,9 +275,8 @@ fn case_context(
         messages,
         signatures,
         credentials,
-        chain: _,
-        chain_length: _,
     } = file;
+    let events: Vec<storage::CaseEvent> = chain.events.into_iter().map(|stored| stored.event).collect();
     let workflow = case.workflow.as_deref().and_then(|w| state.engine.workflows().get(w));
     let body = message
         .raw

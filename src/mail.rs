@@ -288,18 +288,28 @@ fn parse_unguarded(raw: &[u8], settings: &MailSettings) -> ParsedEmail {
     }
 }
 
-/// The bytes of the attachment of `raw` whose SHA-256 is `sha256`, read from the message
-/// again, as [`parse`] found it when the message arrived. Attachments are stored once, inside
-/// their message; `None` if no attachment of the message has that hash.
-pub fn attachment_in_message(raw: &[u8], sha256: &str) -> Option<Vec<u8>> {
+/// The attachments of `raw`, read from the message again, as [`parse`] found them when the
+/// message arrived (attachments are stored once, inside their message): none if it cannot be
+/// read.
+pub fn attachments_of(raw: &[u8]) -> Vec<Attachment> {
     std::panic::catch_unwind(|| {
-        let message = MessageParser::default().parse(raw)?;
+        let Some(message) = MessageParser::default().parse(raw) else {
+            return Vec::new();
+        };
         let (mut attachments, mut dropped) = (Vec::new(), 0);
         collect_attachments(&message, false, 0, &mut attachments, &mut dropped);
-        attachments.into_iter().find(|a| a.sha256 == sha256).map(|a| a.bytes)
+        attachments
     })
-    .ok()
-    .flatten()
+    .unwrap_or_default()
+}
+
+/// The bytes of the attachment of `raw` whose SHA-256 is `sha256` (see [`attachments_of`]);
+/// `None` if no attachment of the message has that hash.
+pub fn attachment_in_message(raw: &[u8], sha256: &str) -> Option<Vec<u8>> {
+    attachments_of(raw)
+        .into_iter()
+        .find(|a| a.sha256 == sha256)
+        .map(|a| a.bytes)
 }
 
 fn collect_attachments(

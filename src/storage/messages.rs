@@ -95,24 +95,8 @@ pub struct NewAttachment<'a> {
     pub size_bytes: usize,
 }
 
-/// An attachment's bytes, with the type detected from them (for serving the PDF).
-pub async fn attachment_content(
-    conn: &mut AnyConnection,
-    id: i64,
-) -> Result<Option<(Option<String>, Vec<u8>)>, StorageError> {
-    let row = sqlx::query(ATTACHMENT_CONTENT)
-        .bind(id)
-        .fetch_optional(&mut *conn)
-        .await
-        .context("reading an attachment")?;
-    let Some(row) = row else { return Ok(None) };
-    let detected: Option<String> = row.try_get(0).context("decoding an attachment")?;
-    let kept = KeptAttachment::from_row(&row, 1)?;
-    Ok(Some((detected, attachment_bytes(conn, kept).await?)))
-}
-
-/// Where an attachment's bytes are: its own copy, or inside its message (read with
-/// `content, sha256, size_bytes, raw_message_id` from `attachments`, from column `first`).
+/// Where an attachment's bytes are: its own copy, or inside its message (read from a row that
+/// starts `content, sha256, size_bytes, raw_message_id`).
 struct KeptAttachment {
     content: Vec<u8>,
     sha256: String,
@@ -121,19 +105,17 @@ struct KeptAttachment {
 }
 
 impl KeptAttachment {
-    fn from_row(row: &sqlx::any::AnyRow, first: usize) -> Result<Self, StorageError> {
-        (|| {
-            Ok::<_, sqlx::Error>(KeptAttachment {
-                content: row.try_get(first)?,
-                sha256: row.try_get(first + 1)?,
-                size_bytes: row.try_get(first + 2)?,
-                raw_message_id: row.try_get(first + 3)?,
-            })
-        })()
-        .context("decoding an attachment")
+    fn from_row(row: &sqlx::any::AnyRow) -> Result<Self, sqlx::Error> {
+        Ok(KeptAttachment {
+            content: row.try_get(0)?,
+            sha256: row.try_get(1)?,
+            size_bytes: row.try_get(2)?,
+            raw_message_id: row.try_get(3)?,
+        })
     }
 
     /// Whether the row holds no copy of a non-empty attachment: its bytes are in the message.
+    /// ([`attachments_in_message`] asks the same of the table.)
     fn in_message(&self) -> bool {
         self.content.is_empty() && self.size_bytes > 0
     }
@@ -528,7 +510,7 @@ pub async fn case_attachment(
     attachment_id: i64,
 ) -> Result<Option<(Option<String>, Option<String>, Vec<u8>)>, StorageError> {
     let row = sqlx::query(
-        "SELECT a.filename, a.detected_type, a.content, a.sha256, a.size_bytes, a.raw_message_id FROM attachments a \
+        "SELECT a.content, a.sha256, a.size_bytes, a.raw_message_id, a.filename, a.detected_type FROM attachments a \
          JOIN case_messages cm ON cm.raw_message_id = a.raw_message_id \
          WHERE a.id = $1 AND cm.case_id = $2",
     )
@@ -538,9 +520,9 @@ pub async fn case_attachment(
     .await
     .context("reading an attachment of a case")?;
     let Some(row) = row else { return Ok(None) };
-    let (filename, detected): (Option<String>, Option<String>) =
-        (|| Ok::<_, sqlx::Error>((row.try_get(0)?, row.try_get(1)?)))().context("decoding an attachment")?;
-    let kept = KeptAttachment::from_row(&row, 2)?;
+    let (kept, filename, detected) =
+        (|| Ok::<_, sqlx::Error>((KeptAttachment::from_row(&row)?, row.try_get(4)?, row.try_get(5)?)))()
+            .context("decoding an attachment")?;
     Ok(Some((filename, detected, attachment_bytes(conn, kept).await?)))
 }
 
@@ -571,11 +553,16 @@ pub async fn clear_raw_message(conn: &mut AnyConnection, id: i64) -> Result<(), 
     let mut tx = conn.begin().await.context("starting to clear a raw message")?;
     let inside = attachments_in_message(&mut tx, id).await?;
     if !inside.is_empty() {
-        let raw = raw_bytes(&mut tx, id).await?;
+        // The message is read once for all of its attachments (it may carry hundreds).
+        let found = raw_bytes(&mut tx, id)
+            .await?
+            .map(|raw| crate::mail::attachments_of(&raw))
+            .unwrap_or_default();
         for (attachment_id, sha256) in inside {
-            let bytes = raw
-                .as_deref()
-                .and_then(|raw| crate::mail::attachment_in_message(raw, &sha256))
+            let bytes = found
+                .iter()
+                .find(|a| a.sha256 == sha256)
+                .map(|a| a.bytes.clone())
                 .ok_or_else(|| StorageError::Corrupt {
                     context: "keeping an attachment before its message is cleared",
                     message: format!("attachment {sha256} is not in message {id}"),

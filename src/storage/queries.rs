@@ -36,8 +36,6 @@ pub(crate) const SIGNATORIES_OF_ORGANISATION: &str = concat!(
     " FROM signatories WHERE active = 1 AND ods_code IN ($1) ORDER BY ods_code, role, name"
 );
 pub(crate) const FORM_READING_OF_CASE: &str = "SELECT extraction FROM cases WHERE id = $1";
-pub(crate) const ATTACHMENT_CONTENT: &str =
-    "SELECT detected_type, content, sha256, size_bytes, raw_message_id FROM attachments WHERE id = $1";
 pub(crate) const ATTACHMENTS_OF_MESSAGE: &str = "SELECT id, filename, claimed_type, detected_type, size_bytes FROM attachments WHERE raw_message_id = $1 ORDER BY id";
 /// The attachments of every email of a case, in one read (a case page lists them all).
 pub(crate) const ATTACHMENTS_OF_CASE: &str = "SELECT a.id, a.filename, a.claimed_type, a.detected_type, a.size_bytes, a.raw_message_id \
@@ -67,7 +65,6 @@ pub const PER_CASE_QUERIES: &[(&str, &str, CaseKey)] = &[
     ("messages of a case", MESSAGES_OF_CASE, CaseKey::Id),
     ("notes of a case", NOTES_FOR_CASE, CaseKey::Id),
     ("credentials of a case", CREDENTIALS_OF_CASE, CaseKey::Id),
-    ("an attachment's bytes", ATTACHMENT_CONTENT, CaseKey::Id),
     ("what was read from a case's form", FORM_READING_OF_CASE, CaseKey::Id),
     ("a case's event chain", EVENT_CHAIN_OF_CASE, CaseKey::Id),
     ("a case's chain length", CHAIN_LENGTH_OF_CASE, CaseKey::Id),

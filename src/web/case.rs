@@ -766,7 +766,7 @@ pub async fn form_pdf(
         .await?
         .ok_or(WebError::NotFound)?;
     let attachment = case.form_attachment_id.ok_or(WebError::NotFound)?;
-    let (detected, bytes) = storage::attachment_content(&mut conn, attachment)
+    let (_, detected, bytes) = storage::case_attachment(&mut conn, case.id, attachment)
         .await?
         .ok_or(WebError::NotFound)?;
     let is_pdf = detected.as_deref() == Some("application/pdf");

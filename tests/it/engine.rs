@@ -117,7 +117,11 @@ async fn a_correct_form_becomes_a_validated_case_with_its_event_timers_and_ackno
         // The PDF is stored once, inside its message, and read from it byte for byte.
         assert_eq!(attachment.get::<i64, _>(4), 0, "no second copy of the attachment");
         let mut conn = engine.db().pool.acquire().await.unwrap();
-        let (_, pdf) = storage::attachment_content(&mut conn, attachment.get::<i64, _>(3))
+        let case = storage::case_by_reference(&mut conn, &outcome.reference)
+            .await
+            .unwrap()
+            .unwrap();
+        let (_, _, pdf) = storage::case_attachment(&mut conn, case.id, attachment.get::<i64, _>(3))
             .await
             .unwrap()
             .unwrap();

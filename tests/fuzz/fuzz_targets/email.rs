@@ -65,4 +65,14 @@ fn harness() -> &'static Harness {
 fuzz_target!(|data: &[u8]| {
     let h = harness();
     let _ = h.runtime.block_on(h.engine.prepare(data));
+    // Attachments are stored once, inside their message, and read back from it by hash: every
+    // attachment the intake found must be found again, byte for byte.
+    let parsed = countersign::mail::parse(data, &h.engine.config().mail);
+    for attachment in &parsed.attachments {
+        assert_eq!(
+            countersign::mail::attachment_in_message(data, &attachment.sha256).as_deref(),
+            Some(attachment.bytes.as_slice()),
+            "an attachment the intake found is not found again in its message"
+        );
+    }
 });

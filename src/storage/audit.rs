@@ -181,11 +181,15 @@ fn stored_event(r: &sqlx::any::AnyRow) -> Result<(i64, StoredEvent), sqlx::Error
     ))
 }
 
+/// The cases with events not yet sealed: read through a partial index (migration
+/// `unsealed_events`) that is empty once every event is sealed, so a start costs nothing.
+pub const UNSEALED_EVENTS: &str = "SELECT DISTINCT case_id FROM case_events WHERE hash IS NULL";
+
 /// Hashes events written before the chain existed (the migration numbered them), a batch at a
 /// time, in their cases' order; returns how many it sealed. Run at start-up, before anything
 /// appends, so that new events follow sealed ones.
 pub async fn seal_unsealed_events(conn: &mut AnyConnection) -> Result<u64, StorageError> {
-    let cases: Vec<i64> = sqlx::query_scalar("SELECT DISTINCT case_id FROM case_events WHERE hash IS NULL")
+    let cases: Vec<i64> = sqlx::query_scalar(UNSEALED_EVENTS)
         .fetch_all(&mut *conn)
         .await
         .context("finding events to seal")?;

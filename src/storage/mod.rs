@@ -95,6 +95,12 @@ impl Db {
                         sqlx::raw_sql("PRAGMA journal_mode = WAL; PRAGMA busy_timeout = 10000; PRAGMA foreign_keys = ON; PRAGMA synchronous = NORMAL; PRAGMA wal_autocheckpoint = 10000;")
                             .execute(conn)
                             .await?;
+                    } else {
+                        // No JIT: every statement here is short, and compiling one costs more
+                        // than it saves. The queue's finding count, priced above the JIT's
+                        // threshold at a million cases, took a core for over a second to compile
+                        // while two instances served the queue, halving one's throughput.
+                        sqlx::raw_sql("SET jit = off").execute(conn).await?;
                     }
                     Ok(())
                 })
@@ -414,8 +420,8 @@ mod users;
 
 pub use accounts::{accounts_by_ids, claim_notice, list_accounts, upsert_accounts};
 pub use audit::{
-    CaseChain, ChainOwner, LastAnchor, StoredAnchor, anchors, chain_length, chain_of, chains_after, event_hash_at,
-    last_anchor, orphaned_chains, read_case_chain, seal_unsealed_events, write_anchor,
+    CaseChain, ChainOwner, LastAnchor, StoredAnchor, UNSEALED_EVENTS, anchors, chain_length, chain_of, chains_after,
+    event_hash_at, last_anchor, orphaned_chains, read_case_chain, seal_unsealed_events, write_anchor,
 };
 pub use batch::{Deferred, apply_change_deferred, enqueue_mail, flush};
 pub use case_file::{CaseFile, case_file};

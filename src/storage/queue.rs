@@ -61,17 +61,19 @@ pub struct QueueRecord {
     pub assignee: Option<String>,
 }
 
-/// The text a free-text search reads, and its pattern. On PostgreSQL the trigram index
-/// (migration 0007) is built on exactly this expression, folded for case and diacritics. On
-/// SQLite the FTS table (migration 0007) holds the text (the field values, not their names),
-/// folds it for a rare term, and a common term is tested here against the same text, folded
-/// for ASCII case only.
-fn search_text_sql(backend: Backend) -> &'static str {
+/// The text a free-text search reads, tested against the pattern bound as `pattern`. On
+/// PostgreSQL the trigram index (migration 0007) is built on exactly this expression, folded
+/// for case and diacritics. On SQLite the FTS table (migration 0007) holds the text (the field
+/// values, not their names), folds it for a rare term, and a common term is tested here against
+/// the same text, folded for ASCII case only.
+fn search_clause(backend: Backend, pattern: &str) -> String {
     match backend {
-        Backend::Postgres => {
-            "countersign_search_fold(COALESCE(c.org_name, '') || ' ' || COALESCE(c.sender, '') || ' ' || c.reference || ' ' || c.fields || ' ' || c.recorded) LIKE countersign_search_fold($8) ESCAPE '\\'"
+        Backend::Postgres => format!(
+            "countersign_search_fold(COALESCE(c.org_name, '') || ' ' || COALESCE(c.sender, '') || ' ' || c.reference || ' ' || c.fields || ' ' || c.recorded) LIKE countersign_search_fold({pattern}) ESCAPE '\\'"
+        ),
+        Backend::Sqlite => {
+            format!("(SELECT LOWER(terms) FROM case_search WHERE rowid = c.id) LIKE {pattern} ESCAPE '\\'")
         }
-        Backend::Sqlite => "(SELECT LOWER(terms) FROM case_search WHERE rowid = c.id) LIKE $8 ESCAPE '\\'",
     }
 }
 
@@ -169,6 +171,30 @@ pub async fn queue_plan(conn: &mut AnyConnection, q: &QueueQuery<'_>) -> Result<
         .context("reading the queue's plan")
 }
 
+/// A value bound to the queue's statement.
+enum Bound {
+    Text(String),
+    Int(i64),
+}
+
+/// The queue statement's values, in placeholder order.
+#[derive(Default)]
+struct BoundValues(Vec<Bound>);
+
+impl BoundValues {
+    /// Binds `text`; returns its placeholder.
+    fn text(&mut self, text: &str) -> String {
+        self.0.push(Bound::Text(text.to_string()));
+        format!("${}", self.0.len())
+    }
+
+    /// Binds `number`; returns its placeholder.
+    fn int(&mut self, number: i64) -> String {
+        self.0.push(Bound::Int(number));
+        format!("${}", self.0.len())
+    }
+}
+
 /// Whether [`queue_statement`] runs the queue or asks for its plan.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Explain {
@@ -208,105 +234,120 @@ async fn queue_statement(
         // PostgreSQL's planner chooses between its trigram index and the SLA-order walk itself.
         QueueSource::Walk
     };
-    let substring = if free_text.is_empty() || matches!(source, QueueSource::Matched(_)) {
-        String::new()
-    } else {
-        format!("%{}%", escape_like(&free_text.to_lowercase()))
-    };
-    let search_clause = if substring.is_empty() {
-        "$8 = ''".to_string()
-    } else {
-        search_text_sql(backend).to_string()
-    };
-    let mut next_placeholder = 13;
+    // Only the clauses this view uses are in the statement, each value bound in turn.
+    let mut values = BoundValues::default();
+    let mut clauses: Vec<String> = Vec::new();
     let from = match &source {
         // SQLite's planner, asked for one row (the case page's "next case"), prefers a skip-scan
         // of the state index over every open case due later, sorted afterwards: 5 ms at
         // 100,000 cases instead of a few rows of the (due_at, id) index. The open queue is
         // always read in that index's order, so it is named.
         QueueSource::Walk if backend == Backend::Sqlite && q.scope == QueueScope::Open => {
-            "cases c INDEXED BY cases_due_id"
+            "cases c INDEXED BY cases_due_id".to_string()
         }
-        QueueSource::Walk => "cases c",
+        QueueSource::Walk => "cases c".to_string(),
         QueueSource::Exact => {
-            "(SELECT id AS matched FROM cases WHERE org_ods_code = $12 UNION SELECT id FROM cases WHERE reference = $12) m JOIN cases c ON c.id = m.matched"
+            let code = values.text(&exact);
+            format!(
+                "(SELECT id AS matched FROM cases WHERE org_ods_code = {code} UNION SELECT id FROM cases WHERE reference = {code}) m JOIN cases c ON c.id = m.matched"
+            )
         }
-        QueueSource::Matched(_) => {
-            next_placeholder += 1;
-            "(SELECT rowid AS matched FROM case_search WHERE case_search MATCH $13) m JOIN cases c ON c.id = m.matched"
+        QueueSource::Matched(phrase) => {
+            let phrase = values.text(phrase);
+            format!(
+                "(SELECT rowid AS matched FROM case_search WHERE case_search MATCH {phrase}) m JOIN cases c ON c.id = m.matched"
+            )
         }
     };
-    let placeholders: Vec<String> = (0..q.terminal_states.len())
-        .map(|i| format!("${}", i + next_placeholder))
-        .collect();
+    if !free_text.is_empty() && !matches!(source, QueueSource::Matched(_)) {
+        let pattern = values.text(&format!("%{}%", escape_like(&free_text.to_lowercase())));
+        clauses.push(search_clause(backend, &pattern));
+    }
+    if !q.state.is_empty() {
+        clauses.push(format!("c.state = {}", values.text(q.state)));
+    }
+    if !q.workflow.is_empty() {
+        clauses.push(format!("c.workflow = {}", values.text(q.workflow)));
+    }
+    if !q.finding.is_empty() {
+        let pattern = format!("%\"code\":\"{}\"%", escape_like(q.finding));
+        clauses.push(format!("c.findings LIKE {} ESCAPE '\\'", values.text(&pattern)));
+    }
+    match q.assignee {
+        "" => {}
+        "mine" => clauses.push(format!("c.assignee_id = {}", values.int(q.user_id))),
+        "unassigned" => clauses.push("c.assignee_id IS NULL".to_string()),
+        // An assignee filter it does not know matches no case, rather than every case.
+        _ => clauses.push("1 = 0".to_string()),
+    }
+    if let Some(before) = q.overdue_before {
+        clauses.push(format!("c.due_at < {}", values.int(before)));
+    }
     // Open cases: the cursor is a row comparison, `(due_at, id) > (…)`: both databases read
     // it as a range of the (due_at, id) index. Spelled as `due_at > x OR (due_at = x AND id >
     // y)`, PostgreSQL scans the index from its start and filters, and a page deep in the
     // queue costs ~100 ms. Closed and all cases go newest first by id (a closed case may have
-    // no due time); `$9` is still bound there, so it is named where it decides nothing.
-    let placeholders = if q.scope == QueueScope::All {
-        Vec::new()
-    } else {
-        placeholders
-    };
-    let in_final = if placeholders.is_empty() {
-        "1 = 0".to_string()
-    } else {
+    // no due time).
+    let in_final = |values: &mut BoundValues| {
+        if q.terminal_states.is_empty() {
+            return "1 = 0".to_string();
+        }
+        let placeholders: Vec<String> = q.terminal_states.iter().map(|s| values.text(s)).collect();
         format!("c.state IN ({})", placeholders.join(", "))
     };
-    let (scope_clause, order) = match q.scope {
-        QueueScope::Open => (
-            format!("(c.due_at, c.id) > ($9, $10) AND NOT ({in_final})"),
-            "c.due_at, c.id",
-        ),
-        QueueScope::Closed => (format!("(c.id < $10 OR $9 < -1) AND {in_final}"), "c.id DESC"),
-        QueueScope::All => ("(c.id < $10 OR $9 < -1)".to_string(), "c.id DESC"),
+    let order = match q.scope {
+        QueueScope::Open => {
+            let (due, id) = (values.int(q.after.0), values.int(q.after.1));
+            clauses.push(format!("(c.due_at, c.id) > ({due}, {id})"));
+            clauses.push(format!("NOT ({})", in_final(&mut values)));
+            "c.due_at, c.id"
+        }
+        QueueScope::Closed => {
+            clauses.push(format!("c.id < {}", values.int(q.after.1)));
+            clauses.push(in_final(&mut values));
+            "c.id DESC"
+        }
+        QueueScope::All => {
+            clauses.push(format!("c.id < {}", values.int(q.after.1)));
+            "c.id DESC"
+        }
     };
+    // The limit is written into the statement, not bound: PostgreSQL prices a bound limit as a
+    // tenth of the rows, so the prepared statement's one generic plan looked dearer than
+    // planning afresh, and it planned every call (156 µs of its CPU a page, more than running
+    // it). It is an integer, so the text stays free of any value from a request.
+    let limit = q.limit;
     let sql = format!(
         "SELECT c.id, c.reference, c.workflow, c.state, c.org_name, c.org_ods_code, c.findings, c.created_at, c.due_at, u.email, c.sla_paused_at
          FROM {from} LEFT JOIN users u ON u.id = c.assignee_id
-         WHERE ($1 = '' OR c.state = $1) AND ($2 = '' OR c.workflow = $2) AND ($3 = '' OR c.findings LIKE $3 ESCAPE '\\')
-           AND ($4 = '' OR ($4 = 'mine' AND c.assignee_id = $5) OR ($4 = 'unassigned' AND c.assignee_id IS NULL))
-           AND ($6 = 0 OR c.due_at < $7)
-           AND {search_clause}
-           AND ($12 = '' OR c.org_ods_code = $12 OR c.reference = $12)
-           AND {scope_clause}
-         ORDER BY {order} LIMIT $11"
+         WHERE {}
+         ORDER BY {order} LIMIT {limit}",
+        clauses.join(" AND ")
     );
-    let finding = if q.finding.is_empty() {
-        String::new()
-    } else {
-        format!("%\"code\":\"{}\"%", escape_like(q.finding))
+    // The SQL text is built only from placeholders; every value is bound. A view with no
+    // filter and no search (the whole queue, a page at a time, and the case page's "next
+    // case") is one statement whatever its values, prepared once per connection: PostgreSQL
+    // then neither parses nor plans it again, and its one plan is the walk of the (due_at, id)
+    // index. A filtered or searched view is not cached: PostgreSQL plans it for the values
+    // given (the trigram index for a rare term, the SLA-order walk for a common one; the state
+    // index for a rare state), never with a generic plan.
+    let unfiltered = q.state.is_empty()
+        && q.workflow.is_empty()
+        && q.finding.is_empty()
+        && q.assignee.is_empty()
+        && q.overdue_before.is_none()
+        && term.is_empty();
+    let (sql, persistent) = match (explain, backend) {
+        (Explain::No, _) => (sql, unfiltered),
+        (Explain::Plan, Backend::Sqlite) => (format!("EXPLAIN QUERY PLAN {sql}"), false),
+        (Explain::Plan, Backend::Postgres) => (format!("EXPLAIN {sql}"), false),
     };
-    // The SQL text is built only from placeholders; every value is bound. Not a cached
-    // prepared statement: PostgreSQL then plans it for the values given (the trigram index for
-    // a rare term, the SLA-order walk for a common one), never with a generic plan.
-    let sql = match (explain, backend) {
-        (Explain::No, _) => sql,
-        (Explain::Plan, Backend::Sqlite) => format!("EXPLAIN QUERY PLAN {sql}"),
-        (Explain::Plan, Backend::Postgres) => format!("EXPLAIN {sql}"),
-    };
-    let mut query = sqlx::query(sqlx::AssertSqlSafe(sql))
-        .persistent(false)
-        .bind(q.state.to_string())
-        .bind(q.workflow.to_string())
-        .bind(finding)
-        .bind(q.assignee.to_string())
-        .bind(q.user_id)
-        .bind(i64::from(q.overdue_before.is_some()))
-        .bind(q.overdue_before.unwrap_or(0))
-        .bind(substring)
-        .bind(q.after.0)
-        .bind(q.after.1)
-        .bind(q.limit)
-        .bind(exact);
-    if let QueueSource::Matched(match_query) = source {
-        query = query.bind(match_query);
-    }
-    if q.scope != QueueScope::All {
-        for state_name in q.terminal_states {
-            query = query.bind(state_name.clone());
-        }
+    let mut query = sqlx::query(sqlx::AssertSqlSafe(sql)).persistent(persistent);
+    for value in values.0 {
+        query = match value {
+            Bound::Text(text) => query.bind(text),
+            Bound::Int(number) => query.bind(number),
+        };
     }
     query.fetch_all(&mut *conn).await.context("reading the queue")
 }

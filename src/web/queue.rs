@@ -12,7 +12,7 @@ use super::{AppState, WebError};
 use crate::storage;
 
 use super::case::assign_case;
-use super::view::{base_context, sla_status, when};
+use super::view::{base_context, push_escaped, sla_status, when};
 use super::{Access, Route};
 
 /// Cases on one page of the queue.
@@ -270,7 +270,7 @@ pub async fn queue(
         query.append_pair("after", &cursor);
         format!("/?{}", query.finish())
     });
-    context.insert("rows", &rows);
+    context.insert("rows_html", &table_rows(&rows, &filter.view_suffix(), heading));
     context.insert("state_counts", &state_counts);
     // Bulk actions come back to this same view of the queue.
     context.insert("back", &filter.query_string());
@@ -308,6 +308,86 @@ pub async fn queue(
             .collect::<Vec<_>>(),
     );
     Ok((token, render(&state, "queue.html.tera", &context)?).into_response())
+}
+
+/// The queue table's rows, as HTML.
+///
+/// Drawn here rather than in the template because they are most of the page: at a million
+/// cases Tera took 36% of the server's CPU for a queue page (perf), most of it looking up each
+/// value of these fifty rows, and turning the rows into JSON values for its context another
+/// 8%. Drawn here, two instances on one PostgreSQL served 690–740 queue pages a second each
+/// instead of 490–550. Every value is escaped on its way in ([`push_escaped`]), and the tests
+/// below read the markup.
+fn table_rows(rows: &[QueueRow], view_suffix: &str, heading: &str) -> String {
+    use std::fmt::Write;
+    let mut html = String::with_capacity(rows.len() * 900 + 100);
+    let text = |html: &mut String, value: &str| push_escaped(html, value);
+    for row in rows {
+        let reference = &row.reference;
+        html.push_str("<tr data-case=\"");
+        text(&mut html, reference);
+        html.push_str("\">\n<td><input type=\"checkbox\" name=\"case\" value=\"");
+        text(&mut html, reference);
+        html.push_str("\" aria-label=\"Select ");
+        text(&mut html, reference);
+        html.push_str("\"></td>\n<td><a href=\"/cases/");
+        text(&mut html, reference);
+        text(&mut html, view_suffix);
+        html.push_str("\">");
+        text(&mut html, reference);
+        html.push_str("</a></td>\n<td>");
+        text(&mut html, row.org_name.as_deref().unwrap_or("–"));
+        if let Some(ods) = row.org_ods_code.as_deref().filter(|c| !c.is_empty()) {
+            html.push_str(" <span class=\"muted\">(");
+            text(&mut html, ods);
+            html.push_str(")</span>");
+        }
+        html.push_str("</td>\n<td class=\"hide-narrow\">");
+        text(
+            &mut html,
+            &row.workflow.as_deref().unwrap_or("unclassified").replace('_', " "),
+        );
+        html.push_str("</td>\n<td>");
+        text(&mut html, &row.state_label);
+        // Writing to a String cannot fail.
+        let _ = write!(
+            html,
+            "</td>\n<td class=\"hide-narrow\">{}</td>\n<td>",
+            row.age_working_days
+        );
+        if row.sla.is_empty() {
+            html.push_str("<span class=\"muted\">no SLA yet</span>");
+        } else {
+            html.push_str("<span class=\"tag sla-");
+            text(&mut html, &row.sla.replace(' ', "-"));
+            html.push_str("\">");
+            text(&mut html, row.sla);
+            html.push_str("</span>");
+            if row.sla != "closed" {
+                html.push_str("<br><span class=\"muted\">");
+                text(&mut html, row.due.as_deref().unwrap_or(""));
+                html.push_str("</span>");
+            }
+        }
+        html.push_str("</td>\n<td>");
+        for (n, finding) in row.findings.iter().enumerate() {
+            if n > 0 {
+                html.push_str("; ");
+            }
+            html.push_str("<span class=\"finding-code\">");
+            text(&mut html, finding);
+            html.push_str("</span>");
+        }
+        html.push_str("</td>\n<td class=\"hide-narrow\">");
+        text(&mut html, row.assignee.as_deref().unwrap_or("unassigned"));
+        html.push_str("</td>\n</tr>\n");
+    }
+    if rows.is_empty() {
+        html.push_str("<tr><td colspan=\"9\">No ");
+        text(&mut html, &heading.to_lowercase());
+        html.push_str(" match.</td></tr>\n");
+    }
+    html
 }
 
 /// The open cases by state, and by finding code.
@@ -412,4 +492,85 @@ pub async fn bulk(
     let back: String = back.chars().filter(|c| !c.is_control() && *c != '#').collect();
     let separator = if back.is_empty() { "" } else { "&" };
     Ok(Redirect::to(&format!("/?{back}{separator}done={done}&left={left}")).into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{QueueRow, table_rows};
+
+    fn row() -> QueueRow {
+        QueueRow {
+            id: 7,
+            reference: "CS-2026-000007".into(),
+            workflow: Some("primary_user_gp".into()),
+            state: "awaiting_review".into(),
+            state_label: "Awaiting review".into(),
+            org_name: Some("<b>Evil</b> & \"Sons\" Surgery".into()),
+            org_ods_code: Some("A12345".into()),
+            findings: vec![
+                "Signatory not on the register".into(),
+                "Sender's domain failed DMARC".into(),
+            ],
+            age_working_days: 3,
+            due: Some("07/12/2026 17:00".into()),
+            due_at: Some(1),
+            sla: "at risk",
+            assignee: None,
+        }
+    }
+
+    #[test]
+    fn a_row_escapes_what_the_sender_wrote_and_links_the_case_in_its_view() {
+        let html = table_rows(&[row()], "?back=status%3Dall&x='", "Open cases");
+        assert!(
+            html.contains("&lt;b&gt;Evil&lt;/b&gt; &amp; &quot;Sons&quot; Surgery"),
+            "{html}"
+        );
+        assert!(!html.contains("<b>"), "{html}");
+        assert!(html.contains(r#"<a href="/cases/CS-2026-000007?back=status%3Dall&amp;x=&#x27;">CS-2026-000007</a>"#));
+        assert!(html.contains(r#"<span class="muted">(A12345)</span>"#));
+        assert!(html.contains("<td class=\"hide-narrow\">primary user gp</td>"));
+        assert!(html.contains(
+            r#"<span class="tag sla-at-risk">at risk</span><br><span class="muted">07/12/2026 17:00</span>"#
+        ));
+        assert!(html.contains(
+            r#"<span class="finding-code">Signatory not on the register</span>; <span class="finding-code">Sender&#x27;s domain failed DMARC</span></td>"#
+        ));
+        assert!(html.contains("<td class=\"hide-narrow\">unassigned</td>"));
+        assert!(html.contains(r#"aria-label="Select CS-2026-000007""#));
+    }
+
+    #[test]
+    fn a_row_without_organisation_workflow_or_sla_says_so_and_a_closed_one_shows_no_due_time() {
+        let bare = QueueRow {
+            workflow: None,
+            org_name: None,
+            org_ods_code: None,
+            sla: "",
+            findings: vec![],
+            assignee: Some("sam@nhs.net".into()),
+            ..row()
+        };
+        let html = table_rows(&[bare], "", "Open cases");
+        assert!(
+            html.contains("<td>–</td>") && !html.contains("class=\"muted\">("),
+            "{html}"
+        );
+        assert!(html.contains("<td class=\"hide-narrow\">unclassified</td>"));
+        assert!(html.contains(r#"<span class="muted">no SLA yet</span>"#));
+        assert!(html.contains("<td class=\"hide-narrow\">sam@nhs.net</td>"));
+        let closed = table_rows(&[QueueRow { sla: "closed", ..row() }], "", "Closed cases");
+        assert!(
+            closed.contains(r#"<span class="tag sla-closed">closed</span></td>"#),
+            "{closed}"
+        );
+    }
+
+    #[test]
+    fn an_empty_view_says_nothing_matches() {
+        assert_eq!(
+            table_rows(&[], "", "Closed cases"),
+            "<tr><td colspan=\"9\">No closed cases match.</td></tr>\n"
+        );
+    }
 }

@@ -15,6 +15,7 @@ use crate::reports::lifecycle::LifecycleReport;
 use crate::reports::{self, Period, Report, dashboard, open_now, report_and_previous};
 use crate::storage::QueryContext;
 use crate::web::auth::{CurrentUser, render};
+use crate::web::view::escape;
 use crate::web::{Access, AppState, Route, WebError};
 
 pub(in crate::web) fn routes() -> Vec<Route> {
@@ -452,13 +453,6 @@ struct Bars<'a> {
     series: &'a [&'a str],
     bars: Vec<(String, Vec<f64>)>,
     max: Option<f64>,
-}
-
-fn escape(text: &str) -> String {
-    text.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('"', "&quot;")
 }
 
 /// Draws a bar chart as SVG; it is described by `title` and read in full from its table.

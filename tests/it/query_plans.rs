@@ -142,3 +142,73 @@ async fn the_next_case_is_read_from_the_due_order_index() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn the_queue_counts_each_open_case_once_under_each_of_its_findings() {
+    // The database counts the findings (JSON functions differ by backend): checked against a
+    // count made here of the same seeded cases, and a case holding one finding twice counts once.
+    on_both_backends(|engine| async move {
+        let now = engine.now_ms();
+        let mut seeded = countersign::seed::cases(600, 1, now, 1, 5);
+        let open = engine.workflows().open_states();
+        let twice = seeded.iter_mut().find(|c| open.contains(&c.state)).unwrap();
+        twice.findings_json =
+            r#"[{"code":"declaration_not_ticked","message":"a"},{"code":"declaration_not_ticked","message":"b"}]"#
+                .into();
+        let mut conn = engine.db().pool.acquire().await.unwrap();
+        let origin = storage::seed_origin_message(&mut conn, now).await.unwrap();
+        storage::insert_seeded(&mut conn, &seeded, origin).await.unwrap();
+        let mut expected = std::collections::BTreeMap::<String, usize>::new();
+        for case in seeded.iter().filter(|c| open.contains(&c.state)) {
+            let findings: Vec<serde_json::Value> = serde_json::from_str(&case.findings_json).unwrap();
+            let mut codes: Vec<&str> = findings.iter().map(|f| f["code"].as_str().unwrap()).collect();
+            codes.sort();
+            codes.dedup();
+            for code in codes {
+                *expected.entry(code.to_string()).or_default() += 1;
+            }
+        }
+        assert!(
+            expected.len() >= 2,
+            "the seed holds open cases with findings: {expected:?}"
+        );
+        let counted = storage::finding_counts(&mut conn, &open).await.unwrap();
+        assert_eq!(counted, expected, "{:?}", engine.db().backend);
+        assert!(storage::finding_counts(&mut conn, &[]).await.unwrap().is_empty());
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_start_finds_unsealed_events_without_reading_every_event() {
+    // Every start asks for the events not yet sealed into a chain; it must not read them all.
+    on_both_backends(|engine| async move {
+        let mut tx = engine.db().pool.begin().await.unwrap();
+        let sql = match engine.db().backend {
+            Backend::Sqlite => format!("EXPLAIN QUERY PLAN {}", storage::UNSEALED_EVENTS),
+            Backend::Postgres => {
+                sqlx::query("SET LOCAL enable_seqscan = off")
+                    .execute(&mut *tx)
+                    .await
+                    .unwrap();
+                format!("EXPLAIN {}", storage::UNSEALED_EVENTS)
+            }
+        };
+        let column = if engine.db().backend == Backend::Sqlite { 3 } else { 0 };
+        let lines: Vec<String> = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .fetch_all(&mut *tx)
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.try_get::<String, _>(column).unwrap())
+            .collect();
+        // Through the partial index (SQLite "scans" it, but it holds only unsealed events).
+        let plan = lines.join("\n");
+        assert!(
+            plan.contains("case_events_unsealed"),
+            "{:?}: {plan}",
+            engine.db().backend
+        );
+    })
+    .await;
+}

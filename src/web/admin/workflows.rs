@@ -6,18 +6,12 @@ use axum::response::{IntoResponse, Response};
 use axum_csrf::CsrfToken;
 
 use crate::web::auth::{CurrentUser, render};
+use crate::web::view::escape;
 use crate::web::{Access, AppState, Route, WebError};
 use crate::workflow::WorkflowDef;
 
 pub(in crate::web) fn routes() -> Vec<Route> {
     vec![Route::get("/admin/workflows", Access::Admin, workflows)]
-}
-
-fn escape(text: &str) -> String {
-    text.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('"', "&quot;")
 }
 
 /// A state diagram: states in columns by their distance from the initial state, transitions

@@ -34,7 +34,7 @@ pub struct CaseFile {
 
 /// The case file of `reference`, if there is such a case.
 pub async fn case_file(conn: &mut AnyConnection, reference: &str) -> Result<Option<CaseFile>, StorageError> {
-    let Some(case) = super::case_by_reference(conn, reference).await? else {
+    let Some((case, recorded_length, signatures)) = super::cases::case_for_page(conn, reference).await? else {
         return Ok(None);
     };
     let messages = super::messages_of_case(conn, case.id).await?;
@@ -57,7 +57,10 @@ pub async fn case_file(conn: &mut AnyConnection, reference: &str) -> Result<Opti
             super::attachments_of_message(conn, case.origin_message_id).await?,
         ),
     };
-    let chain = super::read_case_chain(conn, case.id).await?;
+    let chain = super::CaseChain {
+        events: super::chain_of(conn, case.id).await?,
+        recorded_length,
+    };
     let mail = super::outbox_for_case(conn, case.id).await?;
     let timers = super::timers_for_case(conn, case.id).await?;
     let notes = super::notes_for_case(conn, case.id).await?;
@@ -70,7 +73,6 @@ pub async fn case_file(conn: &mut AnyConnection, reference: &str) -> Result<Opti
         None => None,
     };
     let related = super::related_cases(conn, case.id).await?;
-    let signatures = super::form_signatures(conn, case.id).await?;
     let credentials = super::credentials_for_case(conn, case.id).await?;
     Ok(Some(CaseFile {
         case,

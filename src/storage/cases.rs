@@ -357,10 +357,35 @@ pub async fn form_signatures(
         .fetch_optional(&mut *conn)
         .await
         .context("reading what was read from a case's form")?;
-    match json.flatten() {
+    signatures_of_reading(json.flatten())
+}
+
+/// The signatures a stored form reading (its `extraction` JSON) found; none without one.
+fn signatures_of_reading(json: Option<String>) -> Result<Vec<crate::pdf::SignatureInfo>, StorageError> {
+    match json {
         Some(text) => Ok(super::json_column::<crate::pdf::ExtractedForm>(&text, "a case's form reading")?.signatures),
         None => Ok(Vec::new()),
     }
+}
+
+/// The case `reference` with its chain's recorded length and its form's signatures: the case
+/// page's first read ([`super::queries::CASE_FILE_ROW`]).
+pub async fn case_for_page(
+    conn: &mut AnyConnection,
+    reference: &str,
+) -> Result<Option<(CaseRecord, i64, Vec<crate::pdf::SignatureInfo>)>, StorageError> {
+    let Some(row) = sqlx::query(super::queries::CASE_FILE_ROW)
+        .bind(reference)
+        .fetch_optional(&mut *conn)
+        .await
+        .context("reading a case for its page")?
+    else {
+        return Ok(None);
+    };
+    let case = case_from_row(&row)?;
+    let chain_length: i64 = row.try_get("chain_seq").context("reading a case's chain length")?;
+    let reading: Option<String> = row.try_get("extraction").context("reading a case's form reading")?;
+    Ok(Some((case, chain_length, signatures_of_reading(reading)?)))
 }
 
 /// Serialises the writers of one form until the transaction ends: on PostgreSQL, a

@@ -373,9 +373,15 @@ fn numbered(n: usize, each: impl Fn(usize) -> String) -> String {
 /// at run time, which is how injection creeps in).
 macro_rules! select_cases {
     ($rest:literal) => {
+        select_cases!("", $rest)
+    };
+    // `$extra`: more columns after the case's own (", chain_seq").
+    ($extra:literal, $rest:literal) => {
         concat!(
             "SELECT id, reference, workflow, state, version, fields, findings, org_ods_code, org_name, sender, origin_message_id,
-                    form_attachment_id, duplicate_of, related_case_id, assignee_id, recorded, created_at, updated_at, due_at, sla_paused_at FROM cases ",
+                    form_attachment_id, duplicate_of, related_case_id, assignee_id, recorded, created_at, updated_at, due_at, sla_paused_at",
+            $extra,
+            " FROM cases ",
             $rest
         )
     };

@@ -2,6 +2,9 @@
 //! index, which `tests/it/query_plans.rs` checks on both backends.
 
 pub(crate) const CASE_BY_REFERENCE: &str = select_cases!("WHERE reference = $1");
+/// The case page's case row: the case, its chain's length as recorded and its form's reading,
+/// in one read (the page read the last two by id, one round trip each).
+pub(crate) const CASE_FILE_ROW: &str = select_cases!(", chain_seq, extraction", "WHERE reference = $1");
 pub(crate) const CASE_BY_ID: &str = select_cases!("WHERE id = $1");
 pub(crate) const CASE_BY_FORM: &str = select_cases!("WHERE form_sha256 = $1 ORDER BY id LIMIT 1");
 pub(crate) const CASES_FOR_MESSAGE: &str =
@@ -55,6 +58,7 @@ pub enum CaseKey {
 /// `tests/it/query_plans.rs` runs `EXPLAIN` on each, on both backends.
 pub const PER_CASE_QUERIES: &[(&str, &str, CaseKey)] = &[
     ("case by reference", CASE_BY_REFERENCE, CaseKey::Text),
+    ("case page's case row", CASE_FILE_ROW, CaseKey::Text),
     ("case by id", CASE_BY_ID, CaseKey::Id),
     ("case by form", CASE_BY_FORM, CaseKey::Text),
     ("cases of a message", CASES_FOR_MESSAGE, CaseKey::Id),

@@ -44,22 +44,7 @@ link="$("$bin" users add load@nhs.net --role admin | grep -o 'http[^ ]*set-passw
 server=$!
 for _ in $(seq 1 100); do curl -fs "http://127.0.0.1:$port/health" >/dev/null && break; sleep 0.1; done
 
-cookie="$(python3 - "$link" "http://127.0.0.1:$port" <<'EOF'
-import html, http.cookiejar, re, sys, urllib.parse, urllib.request
-link, base = sys.argv[1], sys.argv[2]
-jar = http.cookiejar.CookieJar()
-web = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(jar))
-def csrf(url):
-    page = web.open(url).read().decode()
-    return html.unescape(re.search(r'name="csrf" value="([^"]*)"', page).group(1))
-password = "river otter lantern"
-form = {"csrf": csrf(link), "password": password, "confirm": password}
-web.open(link, urllib.parse.urlencode(form).encode())
-form = {"csrf": csrf(base + "/sign-in"), "email": "load@nhs.net", "password": password}
-web.open(base + "/sign-in", urllib.parse.urlencode(form).encode())
-print("; ".join(f"{c.name}={c.value}" for c in jar))
-EOF
-)"
+cookie="$(python3 benches/sign_in.py "$link" "http://127.0.0.1:$port" load@nhs.net)"
 reference="CS-$(date +%Y)-$(printf '%06d' $((count / 2)))"
 for path in "/cases/$reference" "/" "/?q=surgery"; do
   for connections in 2 4 32; do

@@ -71,20 +71,7 @@ echo "report days kept $(echo "$(date +%s.%N) - $start" | bc) s after start"
 sleep 2
 echo "idle RSS: $(for s in "${servers[@]}"; do grep VmRSS /proc/$s/status | awk '{print $2/1024 " MiB"}'; done | paste -sd' ')"
 
-cookie="$(python3 - "$link" "http://127.0.0.1:$port" "load-$run@nhs.net" <<'PY'
-import html, http.cookiejar, re, sys, urllib.parse, urllib.request
-link, base = sys.argv[1], sys.argv[2]
-jar = http.cookiejar.CookieJar()
-web = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(jar))
-def csrf(url):
-    page = web.open(url).read().decode()
-    return html.unescape(re.search(r'name="csrf" value="([^"]*)"', page).group(1))
-password = "river otter lantern"
-web.open(link, urllib.parse.urlencode({"csrf": csrf(link), "password": password, "confirm": password}).encode())
-web.open(base + "/sign-in", urllib.parse.urlencode({"csrf": csrf(base + "/sign-in"), "email": sys.argv[3], "password": password}).encode())
-print("; ".join(f"{c.name}={c.value}" for c in jar))
-PY
-)"
+cookie="$(python3 benches/sign_in.py "$link" "http://127.0.0.1:$port" "load-$run@nhs.net")"
 reference="$(curl -fs -H "Authorization: Bearer $token" "http://127.0.0.1:$port/api/v1/cases" | python3 -c 'import json,sys; print(json.load(sys.stdin)["cases"][0]["reference"])')"
 today="$(date +%F)"
 year_ago="$(date -d '-364 days' +%F)"

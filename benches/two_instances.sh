@@ -33,20 +33,7 @@ for p in "${ports[@]}"; do
 done
 run="$(date +%s)"
 link="$("$bin" users add "two-$run@nhs.net" --role admin | grep -o 'http[^ ]*set-password/[^ ]*')"
-cookie="$(python3 - "$link" "http://127.0.0.1:${ports[0]}" "two-$run@nhs.net" <<'PY'
-import html, http.cookiejar, re, sys, urllib.parse, urllib.request
-link, base = sys.argv[1], sys.argv[2]
-jar = http.cookiejar.CookieJar()
-web = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(jar))
-def csrf(url):
-    page = web.open(url).read().decode()
-    return html.unescape(re.search(r'name="csrf" value="([^"]*)"', page).group(1))
-password = "river otter lantern"
-web.open(link, urllib.parse.urlencode({"csrf": csrf(link), "password": password, "confirm": password}).encode())
-web.open(base + "/sign-in", urllib.parse.urlencode({"csrf": csrf(base + "/sign-in"), "email": sys.argv[3], "password": password}).encode())
-print("; ".join(f"{c.name}={c.value}" for c in jar))
-PY
-)"
+cookie="$(python3 benches/sign_in.py "$link" "http://127.0.0.1:${ports[0]}" "two-$run@nhs.net")"
 echo "GET $path: status $(curl -s -o /dev/null -w '%{http_code}' -H "Cookie: $cookie" "http://127.0.0.1:${ports[0]}$path")"
 once() {
   local w=()

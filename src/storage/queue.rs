@@ -283,6 +283,8 @@ async fn queue_statement(
     if let Some(before) = q.overdue_before {
         clauses.push(format!("c.due_at < {}", values.int(before)));
     }
+    // Any clause so far, or a start from the search's matches, is a filter or a search.
+    let filtered = !clauses.is_empty() || !matches!(source, QueueSource::Walk);
     // Open cases: the cursor is a row comparison, `(due_at, id) > (…)`: both databases read
     // it as a range of the (due_at, id) index. Spelled as `due_at > x OR (due_at = x AND id >
     // y)`, PostgreSQL scans the index from its start and filters, and a page deep in the
@@ -331,14 +333,8 @@ async fn queue_statement(
     // index. A filtered or searched view is not cached: PostgreSQL plans it for the values
     // given (the trigram index for a rare term, the SLA-order walk for a common one; the state
     // index for a rare state), never with a generic plan.
-    let unfiltered = q.state.is_empty()
-        && q.workflow.is_empty()
-        && q.finding.is_empty()
-        && q.assignee.is_empty()
-        && q.overdue_before.is_none()
-        && term.is_empty();
     let (sql, persistent) = match (explain, backend) {
-        (Explain::No, _) => (sql, unfiltered),
+        (Explain::No, _) => (sql, !filtered),
         (Explain::Plan, Backend::Sqlite) => (format!("EXPLAIN QUERY PLAN {sql}"), false),
         (Explain::Plan, Backend::Postgres) => (format!("EXPLAIN {sql}"), false),
     };

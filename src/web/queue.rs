@@ -270,12 +270,11 @@ pub async fn queue(
         query.append_pair("after", &cursor);
         format!("/?{}", query.finish())
     });
+    // Cases opened from here keep this view for their "next case" link.
     context.insert("rows_html", &table_rows(&rows, &filter.view_suffix(), heading));
     context.insert("state_counts", &state_counts);
     // Bulk actions come back to this same view of the queue.
     context.insert("back", &filter.query_string());
-    // Cases opened from here keep this view for their "next case" link.
-    context.insert("view_suffix", &filter.view_suffix());
     context.insert(
         "success",
         &filter.done.parse::<usize>().ok().map(|n| {
@@ -321,34 +320,33 @@ pub async fn queue(
 fn table_rows(rows: &[QueueRow], view_suffix: &str, heading: &str) -> String {
     use std::fmt::Write;
     let mut html = String::with_capacity(rows.len() * 900 + 100);
-    let text = |html: &mut String, value: &str| push_escaped(html, value);
     for row in rows {
         let reference = &row.reference;
         html.push_str("<tr data-case=\"");
-        text(&mut html, reference);
+        push_escaped(&mut html, reference);
         html.push_str("\">\n<td><input type=\"checkbox\" name=\"case\" value=\"");
-        text(&mut html, reference);
+        push_escaped(&mut html, reference);
         html.push_str("\" aria-label=\"Select ");
-        text(&mut html, reference);
+        push_escaped(&mut html, reference);
         html.push_str("\"></td>\n<td><a href=\"/cases/");
-        text(&mut html, reference);
-        text(&mut html, view_suffix);
+        push_escaped(&mut html, reference);
+        push_escaped(&mut html, view_suffix);
         html.push_str("\">");
-        text(&mut html, reference);
+        push_escaped(&mut html, reference);
         html.push_str("</a></td>\n<td>");
-        text(&mut html, row.org_name.as_deref().unwrap_or("–"));
+        push_escaped(&mut html, row.org_name.as_deref().unwrap_or("–"));
         if let Some(ods) = row.org_ods_code.as_deref().filter(|c| !c.is_empty()) {
             html.push_str(" <span class=\"muted\">(");
-            text(&mut html, ods);
+            push_escaped(&mut html, ods);
             html.push_str(")</span>");
         }
         html.push_str("</td>\n<td class=\"hide-narrow\">");
-        text(
+        push_escaped(
             &mut html,
             &row.workflow.as_deref().unwrap_or("unclassified").replace('_', " "),
         );
         html.push_str("</td>\n<td>");
-        text(&mut html, &row.state_label);
+        push_escaped(&mut html, &row.state_label);
         // Writing to a String cannot fail.
         let _ = write!(
             html,
@@ -359,13 +357,13 @@ fn table_rows(rows: &[QueueRow], view_suffix: &str, heading: &str) -> String {
             html.push_str("<span class=\"muted\">no SLA yet</span>");
         } else {
             html.push_str("<span class=\"tag sla-");
-            text(&mut html, &row.sla.replace(' ', "-"));
+            push_escaped(&mut html, &row.sla.replace(' ', "-"));
             html.push_str("\">");
-            text(&mut html, row.sla);
+            push_escaped(&mut html, row.sla);
             html.push_str("</span>");
             if row.sla != "closed" {
                 html.push_str("<br><span class=\"muted\">");
-                text(&mut html, row.due.as_deref().unwrap_or(""));
+                push_escaped(&mut html, row.due.as_deref().unwrap_or(""));
                 html.push_str("</span>");
             }
         }
@@ -375,16 +373,16 @@ fn table_rows(rows: &[QueueRow], view_suffix: &str, heading: &str) -> String {
                 html.push_str("; ");
             }
             html.push_str("<span class=\"finding-code\">");
-            text(&mut html, finding);
+            push_escaped(&mut html, finding);
             html.push_str("</span>");
         }
         html.push_str("</td>\n<td class=\"hide-narrow\">");
-        text(&mut html, row.assignee.as_deref().unwrap_or("unassigned"));
+        push_escaped(&mut html, row.assignee.as_deref().unwrap_or("unassigned"));
         html.push_str("</td>\n</tr>\n");
     }
     if rows.is_empty() {
         html.push_str("<tr><td colspan=\"9\">No ");
-        text(&mut html, &heading.to_lowercase());
+        push_escaped(&mut html, &heading.to_lowercase());
         html.push_str(" match.</td></tr>\n");
     }
     html

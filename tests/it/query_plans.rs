@@ -212,3 +212,52 @@ async fn a_start_finds_unsealed_events_without_reading_every_event() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn the_unfiltered_queue_is_prepared_once_with_one_plan_and_a_filtered_view_is_not() {
+    // PostgreSQL planned the queue afresh on every page (more time than running it). The
+    // unfiltered queue is now a prepared statement that runs on its one generic plan; a
+    // filtered view is planned for its own values, so it is never kept. (SQLite has no plan
+    // cache to look into; its queue reads are covered by the plan test above.)
+    on_both_backends(|engine| async move {
+        if engine.db().backend == Backend::Sqlite {
+            return;
+        }
+        let now = engine.now_ms();
+        let seeded = countersign::seed::cases(300, 1, now, 1, 3);
+        let mut conn = engine.db().pool.acquire().await.unwrap();
+        let origin = storage::seed_origin_message(&mut conn, now).await.unwrap();
+        storage::insert_seeded(&mut conn, &seeded, origin).await.unwrap();
+        let terminal = engine.workflows().terminal_states();
+        let mut query = storage::QueueQuery {
+            scope: storage::QueueScope::Open,
+            state: "",
+            workflow: "",
+            finding: "",
+            assignee: "",
+            user_id: 0,
+            overdue_before: None,
+            search: "",
+            after: (-1, 0),
+            terminal_states: &terminal,
+            limit: 51,
+        };
+        // PostgreSQL plans a prepared statement for its values five times, then weighs its
+        // generic plan.
+        for _ in 0..8 {
+            storage::queue_page(&mut conn, &query).await.unwrap();
+        }
+        query.state = "needs_review";
+        storage::queue_page(&mut conn, &query).await.unwrap();
+        let kept: Vec<(String, i64)> = sqlx::query_as(
+            "SELECT statement, generic_plans FROM pg_prepared_statements WHERE statement LIKE 'SELECT c.id, c.reference%'",
+        )
+        .fetch_all(&mut *conn)
+        .await
+        .unwrap();
+        assert_eq!(kept.len(), 1, "only the unfiltered queue is kept: {kept:?}");
+        assert!(!kept[0].0.contains("c.state = $"), "{kept:?}");
+        assert!(kept[0].1 >= 3, "the queue ran on its generic plan: {kept:?}");
+    })
+    .await;
+}

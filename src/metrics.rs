@@ -125,6 +125,8 @@ pub struct Snapshot {
     pub sources: Vec<(String, Option<f64>, i64)>,
     pub pool_size: i64,
     pub pool_idle: i64,
+    /// Connections handed back to the pool since the process started.
+    pub pool_returns: u64,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -223,6 +225,13 @@ pub fn render(metrics: &Metrics, snapshot: &Snapshot) -> Result<String, std::fmt
         "db_pool_connections",
         "Database connections of this instance's pool: open, and idle among them",
         pool,
+    );
+    let returns = Counter::<u64>::default();
+    returns.inc_by(snapshot.pool_returns);
+    registry.register(
+        "db_pool_returns",
+        "Times a database connection was handed back to this instance's pool: one per piece of work that took one",
+        returns,
     );
 
     let mut text = String::new();

@@ -34,7 +34,14 @@ pub struct CaseFile {
 
 /// The case file of `reference`, if there is such a case.
 pub async fn case_file(conn: &mut AnyConnection, reference: &str) -> Result<Option<CaseFile>, StorageError> {
-    let Some((case, recorded_length, signatures)) = super::cases::case_for_page(conn, reference).await? else {
+    let Some(super::cases::CaseForPage {
+        case,
+        chain_length: recorded_length,
+        signatures,
+        assignee,
+        named_case,
+    }) = super::cases::case_for_page(conn, reference).await?
+    else {
         return Ok(None);
     };
     let messages = super::messages_of_case(conn, case.id).await?;
@@ -64,14 +71,6 @@ pub async fn case_file(conn: &mut AnyConnection, reference: &str) -> Result<Opti
     let mail = super::outbox_for_case(conn, case.id).await?;
     let timers = super::timers_for_case(conn, case.id).await?;
     let notes = super::notes_for_case(conn, case.id).await?;
-    let assignee = match case.assignee_id {
-        Some(id) => super::user_email_by_id(conn, id).await?,
-        None => None,
-    };
-    let named_case = match case.related_case_id {
-        Some(id) => super::case_by_id(conn, id).await?.map(|c| c.reference),
-        None => None,
-    };
     let related = super::related_cases(conn, case.id).await?;
     let credentials = super::credentials_for_case(conn, case.id).await?;
     Ok(Some(CaseFile {

@@ -368,12 +368,22 @@ fn signatures_of_reading(json: Option<String>) -> Result<Vec<crate::pdf::Signatu
     }
 }
 
-/// The case `reference` with its chain's recorded length and its form's signatures: the case
-/// page's first read ([`super::queries::CASE_FILE_ROW`]).
-pub async fn case_for_page(
-    conn: &mut AnyConnection,
-    reference: &str,
-) -> Result<Option<(CaseRecord, i64, Vec<crate::pdf::SignatureInfo>)>, StorageError> {
+/// The case page's first read ([`super::queries::CASE_FILE_ROW`]): the case and what is read
+/// beside it.
+pub struct CaseForPage {
+    pub case: CaseRecord,
+    /// Its event chain's length as recorded.
+    pub chain_length: i64,
+    /// Its form's digital signatures.
+    pub signatures: Vec<crate::pdf::SignatureInfo>,
+    /// The assignee's address.
+    pub assignee: Option<String>,
+    /// The reference of the case its email named but was not allowed to change.
+    pub named_case: Option<String>,
+}
+
+/// The case `reference` with what its page shows beside it, in one read.
+pub async fn case_for_page(conn: &mut AnyConnection, reference: &str) -> Result<Option<CaseForPage>, StorageError> {
     let Some(row) = sqlx::query(super::queries::CASE_FILE_ROW)
         .bind(reference)
         .fetch_optional(&mut *conn)
@@ -385,7 +395,15 @@ pub async fn case_for_page(
     let case = case_from_row(&row)?;
     let chain_length: i64 = row.try_get("chain_seq").context("reading a case's chain length")?;
     let reading: Option<String> = row.try_get("extraction").context("reading a case's form reading")?;
-    Ok(Some((case, chain_length, signatures_of_reading(reading)?)))
+    Ok(Some(CaseForPage {
+        case,
+        chain_length,
+        signatures: signatures_of_reading(reading)?,
+        assignee: row.try_get("assignee_email").context("reading a case's assignee")?,
+        named_case: row
+            .try_get("named_reference")
+            .context("reading the case a case named")?,
+    }))
 }
 
 /// Serialises the writers of one form until the transaction ends: on PostgreSQL, a

@@ -66,6 +66,9 @@ pub struct Db {
     /// kept apart from the pool (locked while a checkpoint runs).
     checkpointer: std::sync::Arc<tokio::sync::Mutex<Option<sqlx::AnyConnection>>>,
     options: std::sync::Arc<AnyConnectOptions>,
+    /// How many times a connection has been handed back to the pool: one per piece of work
+    /// that took one (a page, a poll, a send). `/metrics` shows it.
+    returns: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Db {
@@ -86,6 +89,8 @@ impl Db {
             source,
         })?;
         let checkpoint_options = options.clone();
+        let returns = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let counted_returns = returns.clone();
         let pool = AnyPoolOptions::new()
             // SQLite allows one writer; more connections only queue on its lock.
             .max_connections(if backend == Backend::Sqlite { 4 } else { 10 })
@@ -111,7 +116,8 @@ impl Db {
             // BEGIN became a SAVEPOINT and its "commit" committed nothing, while the mail
             // source went on to mark mail done. The queued ROLLBACK of a dropped transaction
             // is waited for first (a ping runs after it), so a healthy connection is kept.
-            .after_release(|conn, _meta| {
+            .after_release(move |conn, _meta| {
+                counted_returns.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 Box::pin(async move {
                     if conn.is_in_transaction() {
                         let _ = conn.ping().await;
@@ -131,9 +137,15 @@ impl Db {
             backend,
             checkpointer: Default::default(),
             options: std::sync::Arc::new(checkpoint_options),
+            returns,
         };
         db.migrate(url).await?;
         Ok(db)
+    }
+
+    /// How many times a connection has been handed back to the pool since it opened.
+    pub fn connections_returned(&self) -> u64 {
+        self.returns.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// SQLite: copies the write-ahead log into the database file on a connection of its own

@@ -2,9 +2,15 @@
 //! index, which `tests/it/query_plans.rs` checks on both backends.
 
 pub(crate) const CASE_BY_REFERENCE: &str = select_cases!("WHERE reference = $1");
-/// The case page's case row: the case, its chain's length as recorded and its form's reading,
-/// in one read (the page read the last two by id, one round trip each).
-pub(crate) const CASE_FILE_ROW: &str = select_cases!(", chain_seq, extraction", "WHERE reference = $1");
+/// The case page's case row: the case, its chain's length as recorded, its form's reading, its
+/// assignee's address and the reference of the case its email named, in one read (the page
+/// read each of the last four by id, one round trip each).
+pub(crate) const CASE_FILE_ROW: &str = select_cases!(
+    ", chain_seq, extraction,
+     (SELECT u.email FROM users u WHERE u.id = cases.assignee_id) AS assignee_email,
+     (SELECT named.reference FROM cases named WHERE named.id = cases.related_case_id) AS named_reference",
+    "WHERE reference = $1"
+);
 pub(crate) const CASE_BY_ID: &str = select_cases!("WHERE id = $1");
 pub(crate) const CASE_BY_FORM: &str = select_cases!("WHERE form_sha256 = $1 ORDER BY id LIMIT 1");
 pub(crate) const CASES_FOR_MESSAGE: &str =

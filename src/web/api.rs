@@ -26,7 +26,7 @@ use super::error::ApiError;
 use super::queue::{QueueFilter, load_queue};
 use super::reports::PeriodQuery;
 use super::view::download;
-use super::{Access, AppState, Route, WebError};
+use super::{Access, AppState, RequestConnection, Route, WebError};
 use crate::storage;
 use crate::workflow::{Actor, TransitionRequest};
 
@@ -484,6 +484,7 @@ fn rfc3339(ms: i64) -> String {
 pub async fn list_cases(
     State(state): State<AppState>,
     caller: ApiCaller,
+    conn: RequestConnection,
     ApiInput(Query(query)): ApiInput<Query<CaseListQuery>>,
 ) -> Result<Json<CaseList>, ApiError> {
     let take = |name: &str, value: Option<String>| -> Result<String, ApiError> {
@@ -506,7 +507,7 @@ pub async fn list_cases(
         after: take("after", query.after)?,
         ..QueueFilter::default()
     };
-    let mut conn = state.engine.db().pool.acquire().await.map_err(WebError::from)?;
+    let mut conn = conn.acquire(&state).await?;
     // A token has no cases of its own: "mine" finds none.
     let (rows, next) = load_queue(&state, &mut conn, &filter, caller.user_id.unwrap_or(0)).await?;
     drop(conn);
@@ -550,9 +551,10 @@ async fn case_named(conn: &mut sqlx::AnyConnection, reference: &str) -> Result<s
 pub async fn get_case(
     State(state): State<AppState>,
     _caller: ApiCaller,
+    conn: RequestConnection,
     ApiInput(Path(reference)): ApiInput<Path<String>>,
 ) -> Result<Json<CaseDetail>, ApiError> {
-    let mut conn = state.engine.db().pool.acquire().await.map_err(WebError::from)?;
+    let mut conn = conn.acquire(&state).await?;
     let case = case_named(&mut conn, &reference).await?;
     Ok(Json(case_detail(&mut conn, case).await?))
 }

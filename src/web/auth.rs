@@ -36,12 +36,28 @@ impl FromRequestParts<AppState> for CurrentUser {
         if let Some(user) = parts.extensions.get::<CurrentUser>() {
             return Ok(user.clone());
         }
-        let jar = CookieJar::from_headers(&parts.headers);
-        let Some(token) = jar.get(SESSION_COOKIE).map(|c| c.value().to_string()) else {
+        if session_token(parts).is_none() {
+            return Err(WebError::SignInRequired);
+        }
+        let mut conn = state.engine.db().pool.acquire().await?;
+        CurrentUser::read(parts, state, &mut conn).await
+    }
+}
+
+/// The session cookie's token, if the request carries one.
+fn session_token(parts: &Parts) -> Option<String> {
+    CookieJar::from_headers(&parts.headers)
+        .get(SESSION_COOKIE)
+        .map(|c| c.value().to_string())
+}
+
+impl CurrentUser {
+    /// The member of staff whose session the request's cookie names, read on `conn`.
+    pub async fn read(parts: &Parts, state: &AppState, conn: &mut sqlx::AnyConnection) -> Result<Self, WebError> {
+        let Some(token) = session_token(parts) else {
             return Err(WebError::SignInRequired);
         };
-        let mut conn = state.engine.db().pool.acquire().await?;
-        match users::session_user(&mut conn, &token, state.engine.now_ms()).await? {
+        match users::session_user(conn, &token, state.engine.now_ms()).await? {
             Some(user) => Ok(CurrentUser(user)),
             None => Err(WebError::SignInRequired),
         }

@@ -11,7 +11,7 @@ use axum::response::{IntoResponse, Redirect, Response};
 use axum_csrf::CsrfToken;
 
 use super::auth::{CurrentUser, check_csrf, render};
-use super::{AppState, WebError};
+use super::{AppState, RequestConnection, WebError};
 use crate::storage;
 use crate::workflow::TransitionRequest;
 use crate::workflow::wellknown::{self, unclassified};
@@ -81,6 +81,7 @@ pub async fn case_page(
     State(state): State<AppState>,
     user: CurrentUser,
     token: CsrfToken,
+    conn: RequestConnection,
     Path(reference): Path<String>,
     Query(query): Query<CaseQuery>,
 ) -> Result<Response, WebError> {
@@ -93,6 +94,7 @@ pub async fn case_page(
             done: query.done,
             back: query.back,
         },
+        conn,
     )
     .await
 }
@@ -146,7 +148,15 @@ async fn act_then_show_choosing(
     match result {
         Ok(()) => Ok(Redirect::to(&format!("/cases/{reference}?done={done}")).into_response()),
         Err(error @ (WebError::BadRequest(_) | WebError::Conflict(_) | WebError::Forbidden(_))) => {
-            show_case(state, user, token, reference, Outcome::Refused(error, chosen)).await
+            show_case(
+                state,
+                user,
+                token,
+                reference,
+                Outcome::Refused(error, chosen),
+                RequestConnection::default(),
+            )
+            .await
         }
         Err(other) => Err(other),
     }
@@ -158,20 +168,17 @@ async fn show_case(
     token: CsrfToken,
     reference: &str,
     outcome: Outcome,
+    conn: RequestConnection,
 ) -> Result<Response, WebError> {
     let state = state.clone();
     let reference = reference.to_string();
-    // One connection for the whole page (see `load_queue`).
-    let mut conn = state.engine.db().pool.acquire().await?;
+    // One connection for the whole page (see `load_queue`): a view reads on the one its
+    // session was read on.
+    let mut conn = conn.acquire(&state).await?;
     let file = storage::case_file(&mut conn, &reference)
         .await?
         .ok_or(WebError::NotFound)?;
-    let staff: Vec<String> = crate::users::list(&mut conn)
-        .await?
-        .into_iter()
-        .filter(|u| !u.disabled)
-        .map(|u| u.email)
-        .collect();
+    let staff = state.staff.active_emails(&mut conn).await?;
     // The next case after this one in the queue view the caseworker came from (the whole open
     // queue when none), for the "n" shortcut and the link.
     let back = match &outcome {
@@ -205,7 +212,7 @@ async fn show_case(
         .workflows()
         .state_label(file.case.workflow.as_deref(), &file.case.state);
     case_context(&state, file, &user.actor(), &mut context);
-    context.insert("staff", &staff);
+    context.insert("staff", staff.as_slice());
     context.insert("next_case", &next_case);
     // Links onward keep the view: `?back=<the queue's query>`.
     context.insert("view_suffix", &after.view_suffix());
@@ -890,11 +897,19 @@ pub async fn transition(
                         })
                         .collect(),
                 };
-                show_case(&state, &user, token, &reference, Outcome::Preview(shown)).await
+                show_case(
+                    &state,
+                    &user,
+                    token,
+                    &reference,
+                    Outcome::Preview(shown),
+                    RequestConnection::default(),
+                )
+                .await
             }
             Err(error) => {
                 let refused = Outcome::Refused(WebError::from(error), chosen);
-                show_case(&state, &user, token, &reference, refused).await
+                show_case(&state, &user, token, &reference, refused, RequestConnection::default()).await
             }
         };
     }
@@ -1009,7 +1024,15 @@ pub async fn claim(
         };
         drop(conn);
         if let Some(holder) = holder {
-            return show_case(&state, &user, token, &reference, Outcome::TakeOver(holder)).await;
+            return show_case(
+                &state,
+                &user,
+                token,
+                &reference,
+                Outcome::TakeOver(holder),
+                RequestConnection::default(),
+            )
+            .await;
         }
     }
     let result = assign_case(&state, &user, &reference, Some(&user.0)).await;

@@ -127,6 +127,7 @@ pub async fn metrics(State(state): State<AppState>) -> Result<Response, WebError
         sources,
         pool_size: i64::from(pool.size()),
         pool_idle: pool.num_idle() as i64,
+        pool_returns: engine.db().connections_returned(),
     };
     let text = crate::metrics::render(engine.metrics(), &snapshot).map_err(WebError::internal)?;
     let mut response = text.into_response();

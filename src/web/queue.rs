@@ -8,7 +8,7 @@ use chrono::{DateTime, Local};
 use sqlx::AnyConnection;
 
 use super::auth::{CurrentUser, check_csrf, render};
-use super::{AppState, WebError};
+use super::{AppState, RequestConnection, WebError};
 use crate::storage;
 
 use super::case::assign_case;
@@ -236,9 +236,10 @@ pub async fn queue(
     State(state): State<AppState>,
     user: CurrentUser,
     token: CsrfToken,
+    conn: RequestConnection,
     Query(filter): Query<QueueFilter>,
 ) -> Result<Response, WebError> {
-    let mut conn = state.engine.db().pool.acquire().await?;
+    let mut conn = conn.acquire(&state).await?;
     let (rows, next) = load_queue(&state, &mut conn, &filter, user.0.id).await?;
     let open_states = state.engine.workflows().open_states();
     let (state_counts, finding_counts) = queue_counts(&state, &mut conn, &open_states).await?;

@@ -1192,3 +1192,25 @@ async fn a_closed_case_is_due_no_more_and_older_closed_cases_are_cleared_at_star
     })
     .await;
 }
+
+/// A synthetic case is linked to its email as the email that opened it, as every real case is:
+/// the case page finds a case's emails by those links (an unlinked case took two reads more,
+/// and the million-case benchmark measured that instead of a real case's page).
+#[tokio::test]
+async fn seeded_cases_are_linked_to_their_email_as_the_one_that_opened_them() {
+    on_both_backends(|engine| async move {
+        let now = engine.now_ms();
+        // More than one statement's worth of cases (200).
+        let seeded = countersign::seed::cases(250, 1, now, 1, 7);
+        let mut conn = engine.db().pool.acquire().await.unwrap();
+        let origin = storage::seed_origin_message(&mut conn, now).await.unwrap();
+        storage::insert_seeded(&mut conn, &seeded, origin).await.unwrap();
+        for case in [&seeded[0], &seeded[249]] {
+            let file = storage::case_file(&mut conn, &case.reference).await.unwrap().unwrap();
+            let links: Vec<(i64, &str)> = file.messages.iter().map(|m| (m.id, m.relation.as_str())).collect();
+            assert_eq!(links, vec![(origin, "origin")], "{}", case.reference);
+            assert_eq!(file.message.subject, None, "the synthetic email, which has no subject");
+        }
+    })
+    .await;
+}

@@ -1392,10 +1392,41 @@ async fn admins_change_roles_enable_and_unlock_accounts_and_staff_have_nhs_addre
                 .as_deref()
                 .is_some_and(|l| l.starts_with("/sign-in"))
         );
-        // Disabled, then enabled again.
+        // Disabled, then enabled again: the case page's "Assign to" list, kept for a few
+        // seconds, follows each change made here at once.
+        let reference = engine.intake(&fixture("mail/gp_form.eml"), "test").await.unwrap().cases[0]
+            .reference
+            .clone();
+        let case_page = format!("/cases/{reference}");
+        let offered = "<option value=\"cw@nhs.net\">";
+        assert!(
+            admin.get(&case_page).await.body.contains(offered),
+            "offered while active"
+        );
         admin.post("/admin/users/cw@nhs.net/disable", &[("csrf", &csrf)]).await;
+        assert!(!admin.get(&case_page).await.body.contains(offered), "not once disabled");
         let enabled = admin.post("/admin/users/cw@nhs.net/enable", &[("csrf", &csrf)]).await;
         assert!(enabled.body.contains("cw@nhs.net is enabled again"), "{}", enabled.body);
+        assert!(admin.get(&case_page).await.body.contains(offered), "offered again");
+        admin
+            .post(
+                "/admin/users",
+                &[
+                    ("csrf", &csrf),
+                    ("email", "newcomer@nhs.net"),
+                    ("display_name", "N"),
+                    ("role", "caseworker"),
+                ],
+            )
+            .await;
+        assert!(
+            admin
+                .get(&case_page)
+                .await
+                .body
+                .contains("<option value=\"newcomer@nhs.net\">"),
+            "a new account is offered at once"
+        );
         let mut conn = engine.db().pool.acquire().await.unwrap();
         let user = countersign::users::find_by_email(&mut conn, "cw@nhs.net")
             .await
@@ -1598,6 +1629,104 @@ async fn all_at_once(app: &Router, cookies: &str, method: &str, path: &str, body
         .into_iter()
         .map(|done| done.unwrap())
         .collect()
+}
+
+/// Waits until every connection of the pool is back in it (a dropped connection goes back in a
+/// task of its own), then says how many times one has been handed back.
+async fn connections_returned_when_settled(engine: &Engine) -> u64 {
+    let pool = &engine.db().pool;
+    for _ in 0..500 {
+        if pool.num_idle() == pool.size() as usize {
+            return engine.db().connections_returned();
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    panic!("a connection was never handed back to the pool");
+}
+
+/// A read is served on one pooled connection: the access check lends the connection it read
+/// the session (or the API token) on to the handler, instead of returning it for the handler
+/// to take another (a ping and a return more per page). A POST lends none: its connection
+/// would be held for as long as its client took to send the body.
+#[tokio::test]
+async fn a_read_takes_one_pooled_connection_and_a_post_holds_none_while_its_body_arrives() {
+    on_both_backends(|engine| async move {
+        ingest_samples(&engine, 3).await;
+        let mut browser = Browser::new(&engine).await;
+        browser
+            .sign_in_as(&engine, "one-connection@nhs.net", ActorRole::Caseworker)
+            .await;
+        let reference = {
+            let mut conn = engine.db().pool.acquire().await.unwrap();
+            countersign::storage::list_cases(&mut conn, None, 1).await.unwrap()[0]
+                .reference
+                .clone()
+        };
+        let token = {
+            let mut conn = engine.db().pool.acquire().await.unwrap();
+            countersign::tokens::issue(
+                &mut conn,
+                "one-connection",
+                ActorRole::Caseworker,
+                None,
+                engine.now_ms(),
+            )
+            .await
+            .unwrap()
+            .1
+        };
+        let reads = [
+            format!("/cases/{reference}"),
+            "/".to_string(),
+            "/api/v1/cases".to_string(),
+            format!("/api/v1/cases/{reference}"),
+        ];
+        for path in &reads {
+            for bearer in [None, Some(&token)] {
+                if bearer.is_some() && !path.starts_with("/api/") {
+                    continue;
+                }
+                let before = connections_returned_when_settled(&engine).await;
+                let mut request = Request::get(path.as_str()).header(header::COOKIE, browser.cookie_header());
+                if let Some(token) = bearer {
+                    request = request.header(header::AUTHORIZATION, format!("Bearer {token}"));
+                }
+                let page = browser.send(request.body(Body::empty()).unwrap()).await;
+                assert_eq!(page.status, StatusCode::OK, "{path}: {}", page.body);
+                let taken = connections_returned_when_settled(&engine).await - before;
+                assert_eq!(
+                    taken,
+                    1,
+                    "{path} (by token: {}) took {taken} connections",
+                    bearer.is_some()
+                );
+            }
+        }
+
+        // A POST whose body never comes: its session is read and the connection given back,
+        // while the handler still waits for the form.
+        let before = connections_returned_when_settled(&engine).await;
+        let never_ending = Body::from_stream(futures::stream::pending::<Result<axum::body::Bytes, std::io::Error>>());
+        let request = Request::post(format!("/cases/{reference}/claim"))
+            .header(header::COOKIE, browser.cookie_header())
+            .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+            .body(never_ending)
+            .unwrap();
+        let waiting = tokio::spawn(browser.app.clone().oneshot(request));
+        let pool = &engine.db().pool;
+        let mut given_back = false;
+        for _ in 0..500 {
+            if engine.db().connections_returned() > before && pool.num_idle() == pool.size() as usize {
+                given_back = true;
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        assert!(given_back, "a POST held its connection while waiting for its body");
+        assert!(!waiting.is_finished(), "the POST is still waiting for its body");
+        waiting.abort();
+    })
+    .await;
 }
 
 /// A deadlock detector, not a timing test: every kind of page, 32 at once, answers while a

@@ -93,6 +93,7 @@ pub async fn add_user(
     let mut conn = state.engine.db().pool.acquire().await?;
     let (added, secret) =
         crate::users::add(&mut conn, &form.email, &form.display_name, role, state.engine.now_ms()).await?;
+    state.staff.forget();
     let link = crate::users::password_link(&state.base_url, &secret);
     drop(conn);
     users_view(&state, &user, token, Some((added.email, link))).await
@@ -129,6 +130,7 @@ pub async fn disable_user(
     }
     let mut conn = state.engine.db().pool.acquire().await?;
     crate::users::set_disabled(&mut conn, &email, true).await?;
+    state.staff.forget();
     Ok(Redirect::to("/admin/users").into_response())
 }
 
@@ -152,6 +154,7 @@ async fn act_on_account(
     let said = match action {
         AccountAction::Enable => {
             crate::users::set_disabled(&mut conn, email, false).await?;
+            state.staff.forget();
             format!("{email} is enabled again. Send them a new set-password link if they need one.")
         }
         AccountAction::Unlock => {

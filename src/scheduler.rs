@@ -179,7 +179,7 @@ impl Scheduler {
     async fn coverage_digest(&self) -> Result<String, SchedulerError> {
         let mut conn = self.engine.db().pool.acquire().await.context("connecting")?;
         let open = self.engine.workflows().open_states();
-        let short = storage::primary_user_coverage(&mut conn, &open).await?;
+        let short = storage::primary_user_coverage(&mut conn, open).await?;
         drop(conn);
         // Checked codes and references only: an organisation's name was first typed on a
         // form, and mail quotes no one's text (the coverage page shows the names).

@@ -355,8 +355,13 @@ pub async fn authenticate(
         Some(user) if good && !user.disabled => {
             for claim in &claims {
                 // The client's count across accounts is not cleared by one success: a
-                // guesser who knows one password must not reset their budget with it.
-                if !claim.key.starts_with("client:") {
+                // guesser who knows one password must not reset their budget with it. The
+                // success takes back only its own claim: kept, every sign-in counted as a
+                // failure, and twenty people signing in from one office's address (or through
+                // one load balancer) locked the next one out for a quarter of an hour.
+                if claim.key.starts_with("client:") {
+                    storage::release_throttle_claim(conn, &claim.key, claim.blocked_until).await?;
+                } else {
                     storage::clear_throttle(conn, &claim.key).await?;
                 }
             }

@@ -64,7 +64,7 @@ pub(super) async fn organisations_command(settings: &Settings, command: Organisa
         OrganisationsCommand::Coverage => {
             let mut conn = engine.db().pool.acquire().await?;
             let open = engine.workflows().open_states();
-            let mut short = crate::storage::primary_user_coverage(&mut conn, &open).await?;
+            let mut short = crate::storage::primary_user_coverage(&mut conn, open).await?;
             short.sort_by_key(|c| (c.primary_users, c.ods_code.clone()));
             for c in &short {
                 let replacing = c

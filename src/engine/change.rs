@@ -633,7 +633,7 @@ impl Engine {
         loop {
             let mut tx = self.db.begin_write().await.context("starting a transaction")?;
             // In slices, so that mail keeps being taken in while a large database catches up.
-            let done = storage::clear_due_times_in_states(&mut tx, &terminal, 10_000).await?;
+            let done = storage::clear_due_times_in_states(&mut tx, terminal, 10_000).await?;
             tx.commit().await.context("committing cleared due times")?;
             cleared += done;
             if done == 0 {

@@ -154,7 +154,7 @@ pub async fn keep_all_past_days(engine: &Engine) -> Result<usize, StorageError> 
 /// The cases open now: read once per page, for its dashboard and its report's backlog.
 pub async fn open_now(engine: &Engine) -> Result<Vec<super::OpenCase>, StorageError> {
     let mut conn = engine.db().pool.acquire().await.context("connecting")?;
-    storage::open_cases(&mut conn, &engine.workflows().open_states()).await
+    storage::open_cases(&mut conn, engine.workflows().open_states()).await
 }
 
 /// Works out the report for `period`: its days' facts, the cases open now.

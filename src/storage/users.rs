@@ -264,6 +264,26 @@ pub async fn clear_throttle(conn: &mut AnyConnection, key: &str) -> Result<(), S
     Ok(())
 }
 
+/// Takes back one claimed attempt on a throttle key (a sign-in that succeeded), and the lock
+/// that claim set, if it set one (`claimed_until`) and no later claim has set another.
+pub async fn release_throttle_claim(
+    conn: &mut AnyConnection,
+    key: &str,
+    claimed_until: i64,
+) -> Result<(), StorageError> {
+    sqlx::query(
+        "UPDATE sign_in_throttle SET failed = failed - 1,
+                blocked_until = CASE WHEN blocked_until = $2 THEN 0 ELSE blocked_until END
+         WHERE key = $1 AND failed > 0",
+    )
+    .bind(key)
+    .bind(claimed_until)
+    .execute(&mut *conn)
+    .await
+    .context("taking back a sign-in's claim")?;
+    Ok(())
+}
+
 /// Forgets every throttle key of an account (after a new password).
 pub async fn clear_account_throttles(conn: &mut AnyConnection, email: &str) -> Result<(), StorageError> {
     sqlx::query("DELETE FROM sign_in_throttle WHERE key LIKE $1")

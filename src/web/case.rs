@@ -170,12 +170,10 @@ async fn show_case(
     outcome: Outcome,
     conn: RequestConnection,
 ) -> Result<Response, WebError> {
-    let state = state.clone();
-    let reference = reference.to_string();
     // One connection for the whole page (see `load_queue`): a view reads on the one its
     // session was read on.
-    let mut conn = conn.acquire(&state).await?;
-    let file = storage::case_file(&mut conn, &reference)
+    let mut conn = conn.acquire(state).await?;
+    let file = storage::case_file(&mut conn, reference)
         .await?
         .ok_or(WebError::NotFound)?;
     let staff = state.staff.active_emails(&mut conn).await?;
@@ -192,7 +190,7 @@ async fn show_case(
         .map(|Query(view)| view)
         .unwrap_or_default();
     let terminal = state.engine.workflows().terminal_states();
-    let cursor = match view.scope(&terminal) {
+    let cursor = match view.scope(terminal) {
         storage::QueueScope::Open => format!("{}:{}", file.case.due_at.unwrap_or(0), file.case.id),
         _ => format!("0:{}", file.case.id),
     };
@@ -202,7 +200,7 @@ async fn show_case(
         left: String::new(),
         ..view
     };
-    let next_case = next_in_view(&state, &mut conn, &after, user.0.id).await?;
+    let next_case = next_in_view(state, &mut conn, &after, user.0.id).await?;
     let event_chain = crate::audit::verdict(file.case.id, file.chain.recorded_length, &file.chain.events);
     drop(conn);
     let mut context = base_context(user, &token)?;
@@ -211,7 +209,7 @@ async fn show_case(
         .engine
         .workflows()
         .state_label(file.case.workflow.as_deref(), &file.case.state);
-    case_context(&state, file, &user.actor(), &mut context);
+    case_context(state, file, &user.actor(), &mut context);
     context.insert("staff", staff.as_slice());
     context.insert("next_case", &next_case);
     // Links onward keep the view: `?back=<the queue's query>`.
@@ -258,7 +256,7 @@ async fn show_case(
             axum::http::StatusCode::OK
         }
     };
-    Ok((status, token, render(&state, "case.html.tera", &context)?).into_response())
+    Ok((status, token, render(state, "case.html.tera", &context)?).into_response())
 }
 
 /// The case page's template context, from its case file.

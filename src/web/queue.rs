@@ -131,7 +131,7 @@ pub async fn load_queue(
     user_id: i64,
 ) -> Result<(Vec<QueueRow>, Option<String>), WebError> {
     let terminal = state.engine.workflows().terminal_states();
-    let rows = read_queue(state, conn, filter, &terminal, user_id, PAGE_SIZE + 1).await?;
+    let rows = read_queue(state, conn, filter, terminal, user_id, PAGE_SIZE + 1).await?;
     let now = state.engine.now_ms();
     let today = state.engine.clock().now().date_naive();
     let at_risk_until = state.engine.working_days_from_now(1);
@@ -191,7 +191,7 @@ pub async fn next_in_view(
     user_id: i64,
 ) -> Result<Option<String>, WebError> {
     let terminal = state.engine.workflows().terminal_states();
-    let rows = read_queue(state, conn, filter, &terminal, user_id, 1).await?;
+    let rows = read_queue(state, conn, filter, terminal, user_id, 1).await?;
     Ok(rows.into_iter().next().map(|row| row.reference))
 }
 
@@ -242,7 +242,7 @@ pub async fn queue(
     let mut conn = conn.acquire(&state).await?;
     let (rows, next) = load_queue(&state, &mut conn, &filter, user.0.id).await?;
     let open_states = state.engine.workflows().open_states();
-    let (state_counts, finding_counts) = queue_counts(&state, &mut conn, &open_states).await?;
+    let (state_counts, finding_counts) = queue_counts(&state, &mut conn, open_states).await?;
     drop(conn);
     let mut context = base_context(&user, &token)?;
     let terminal = state.engine.workflows().terminal_states();
@@ -261,7 +261,7 @@ pub async fn queue(
         })
         .collect();
     findings.sort_by(|a, b| b.2.cmp(&a.2).then_with(|| a.1.cmp(b.1)));
-    let heading = match filter.scope(&terminal) {
+    let heading = match filter.scope(terminal) {
         storage::QueueScope::Open => "Open cases",
         storage::QueueScope::Closed => "Closed cases",
         storage::QueueScope::All => "All cases",

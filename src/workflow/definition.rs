@@ -1095,6 +1095,11 @@ impl WorkflowDef {
 #[derive(Debug, Clone, Default)]
 pub struct WorkflowSet {
     workflows: BTreeMap<String, WorkflowDef>,
+    /// Every workflow's final states, sorted: worked out once as each workflow is added (the
+    /// queue and the case page ask several times a view).
+    terminal: Vec<String>,
+    /// Every other state, sorted.
+    open: Vec<String>,
 }
 
 impl WorkflowSet {
@@ -1145,6 +1150,8 @@ impl WorkflowSet {
             });
         }
         self.workflows.insert(def.name.clone(), def);
+        self.terminal = self.worked_out_terminal_states();
+        self.open = self.worked_out_open_states();
         Ok(())
     }
 
@@ -1174,7 +1181,17 @@ impl WorkflowSet {
     }
 
     /// The names of every workflow's final states (where no case is open any more).
-    pub fn terminal_states(&self) -> Vec<String> {
+    pub fn terminal_states(&self) -> &[String] {
+        &self.terminal
+    }
+
+    /// The names of the states a case is still open in: every state no workflow calls final
+    /// (where an unclassified case waits among them).
+    pub fn open_states(&self) -> &[String] {
+        &self.open
+    }
+
+    fn worked_out_terminal_states(&self) -> Vec<String> {
         let mut states: Vec<String> = self
             .workflows
             .values()
@@ -1185,10 +1202,8 @@ impl WorkflowSet {
         states
     }
 
-    /// The names of the states a case is still open in: every state no workflow calls final
-    /// (where an unclassified case waits among them).
-    pub fn open_states(&self) -> Vec<String> {
-        let terminal = self.terminal_states();
+    fn worked_out_open_states(&self) -> Vec<String> {
+        let terminal = self.worked_out_terminal_states();
         let mut states: Vec<String> = self
             .workflows
             .values()
@@ -1299,6 +1314,38 @@ mod tests {
         ] {
             WorkflowDef::parse(Path::new(name), &shipped(name), &templates()).unwrap();
         }
+    }
+
+    /// The final and open states are worked out as each workflow is added: a state final in
+    /// one workflow is final for the set, and the rest are open, each named once.
+    #[test]
+    fn final_and_open_states_follow_each_workflow_added() {
+        let mut set = WorkflowSet::default();
+        assert!(set.terminal_states().is_empty() && set.open_states().is_empty());
+        let parse = |name: &str| WorkflowDef::parse(Path::new(name), &shipped(name), &templates()).unwrap();
+        let gp = parse("primary_user_gp.toml");
+        let gp_final: BTreeSet<String> = gp
+            .states
+            .iter()
+            .filter(|s| s.terminal)
+            .map(|s| s.name.clone())
+            .collect();
+        set.insert(gp).unwrap();
+        assert_eq!(set.terminal_states().iter().cloned().collect::<BTreeSet<_>>(), gp_final);
+        assert!(set.open_states().iter().all(|s| !gp_final.contains(s)));
+        let support = parse("support.toml");
+        let support_states: Vec<String> = support.states.iter().map(|s| s.name.clone()).collect();
+        set.insert(support).unwrap();
+        for state in &support_states {
+            assert!(
+                set.terminal_states().contains(state) || set.open_states().contains(state),
+                "{state} is in neither list"
+            );
+        }
+        let mut sorted = set.open_states().to_vec();
+        sorted.sort();
+        sorted.dedup();
+        assert_eq!(sorted, set.open_states(), "sorted, each once");
     }
 
     /// Parses a shipped workflow with one edit, and returns the error text.

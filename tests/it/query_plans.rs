@@ -114,7 +114,7 @@ async fn the_next_case_is_read_from_the_due_order_index() {
             overdue_before: None,
             search: "",
             after: (first.due_at.unwrap(), 1),
-            terminal_states: &terminal,
+            terminal_states: terminal,
             limit: 1,
         };
         for limit in [1, 51] {
@@ -172,7 +172,7 @@ async fn the_queue_counts_each_open_case_once_under_each_of_its_findings() {
             expected.len() >= 2,
             "the seed holds open cases with findings: {expected:?}"
         );
-        let counted = storage::finding_counts(&mut conn, &open).await.unwrap();
+        let counted = storage::finding_counts(&mut conn, open).await.unwrap();
         assert_eq!(counted, expected, "{:?}", engine.db().backend);
         assert!(storage::finding_counts(&mut conn, &[]).await.unwrap().is_empty());
     })
@@ -239,7 +239,7 @@ async fn the_unfiltered_queue_is_prepared_once_with_one_plan_and_a_filtered_view
             overdue_before: None,
             search: "",
             after: (-1, 0),
-            terminal_states: &terminal,
+            terminal_states: terminal,
             limit: 51,
         };
         // PostgreSQL plans a prepared statement for its values five times, then weighs its

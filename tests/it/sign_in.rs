@@ -135,6 +135,41 @@ async fn one_client_guessing_across_many_accounts_is_locked_out() {
     .await;
 }
 
+/// Colleagues signing in from one address (an office, a load balancer in front of two
+/// instances) never lock it: each success takes back its own claim on the address's count.
+/// Failures still count, and a guesser who knows one password cannot reset their budget with
+/// it: successes between failures leave the failures counted.
+#[tokio::test]
+async fn sign_ins_from_one_address_never_lock_it_but_failures_between_them_still_count() {
+    on_both_backends(|engine| async move {
+        accounts(&engine).await;
+        let office = "198.51.100.7";
+        for i in 0..users::MAX_FAILED_PER_CLIENT * 2 {
+            let answer = attempt(&engine, "admin@nhs.net", GOOD, office, T0 + i).await;
+            assert_eq!(answer, Ok(()), "sign-in {i} from the office");
+        }
+        // A guesser at another address: one short of the limit, a success, then one failure
+        // more is the limit.
+        let guesser = "203.0.113.9";
+        let mut at = T0;
+        for i in 0..users::MAX_FAILED_PER_CLIENT - 1 {
+            at += 1;
+            let answer = attempt(&engine, &format!("person{i}@nhs.net"), "guess guess guess", guesser, at).await;
+            assert_eq!(answer, Err(SignInRefusal::WrongCredentials), "guess {i}");
+        }
+        at += 1;
+        assert_eq!(attempt(&engine, "admin@nhs.net", GOOD, guesser, at).await, Ok(()));
+        at += 1;
+        let last = attempt(&engine, "someone@nhs.net", "guess guess guess", guesser, at).await;
+        assert!(matches!(last, Err(SignInRefusal::Locked { .. })), "{last:?}");
+        assert!(matches!(
+            attempt(&engine, "admin@nhs.net", GOOD, guesser, at + 1).await,
+            Err(SignInRefusal::Locked { .. })
+        ));
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn a_new_password_a_role_change_and_disabling_each_end_every_session() {
     on_both_backends(|engine| async move {

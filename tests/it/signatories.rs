@@ -175,7 +175,7 @@ async fn a_provisioned_primary_user_joins_the_register_and_only_a_real_one_signs
 
         // Coverage: A81001 has one Primary User now.
         let mut conn = app.db().pool.acquire().await.unwrap();
-        let short = storage::primary_user_coverage(&mut conn, &app.workflows().open_states())
+        let short = storage::primary_user_coverage(&mut conn, app.workflows().open_states())
             .await
             .unwrap();
         let practice = short
@@ -198,7 +198,7 @@ async fn a_provisioned_primary_user_joins_the_register_and_only_a_real_one_signs
         );
         let reference = app.receive(&replacement).await.cases[0].reference.clone();
         let mut conn = app.db().pool.acquire().await.unwrap();
-        let short = storage::primary_user_coverage(&mut conn, &app.workflows().open_states())
+        let short = storage::primary_user_coverage(&mut conn, app.workflows().open_states())
             .await
             .unwrap();
         let practice = short.iter().find(|c| c.ods_code == "A81001").unwrap();

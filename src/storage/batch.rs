@@ -103,6 +103,29 @@ pub async fn apply_change_deferred(
     Ok(())
 }
 
+/// Links messages to cases, `(case, message, relation)`, a multi-row statement per
+/// [`ROWS_PER_STATEMENT`] links; a link already made stays as it is.
+pub(super) async fn link_messages(
+    conn: &mut AnyConnection,
+    links: &[(i64, i64, &'static str)],
+) -> Result<(), StorageError> {
+    for chunk in links.chunks(ROWS_PER_STATEMENT) {
+        let sql = multi_row_insert(
+            super::Backend::of(conn),
+            "INSERT INTO case_messages (case_id, raw_message_id, relation) VALUES",
+            3,
+            chunk.len(),
+            " ON CONFLICT DO NOTHING",
+        );
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for (case_id, message, relation) in chunk {
+            query = query.bind(*case_id).bind(*message).bind(*relation);
+        }
+        query.execute(&mut *conn).await.context("linking messages to cases")?;
+    }
+    Ok(())
+}
+
 /// Writes everything held, one multi-row statement per table (in chunks that keep within
 /// both databases' limits on bound values).
 pub async fn flush(conn: &mut AnyConnection, deferred: &mut Deferred) -> Result<(), StorageError> {
@@ -118,20 +141,7 @@ pub async fn flush(conn: &mut AnyConnection, deferred: &mut Deferred) -> Result<
     }
     chains.retain(|_, (count, _)| *count > 0);
     super::cases::insert_cases(conn, &held.cases, &chains).await?;
-    for chunk in held.links.chunks(ROWS_PER_STATEMENT) {
-        let sql = multi_row_insert(
-            super::Backend::of(conn),
-            "INSERT INTO case_messages (case_id, raw_message_id, relation) VALUES",
-            3,
-            chunk.len(),
-            " ON CONFLICT DO NOTHING",
-        );
-        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
-        for (case_id, message, relation) in chunk {
-            query = query.bind(*case_id).bind(*message).bind(*relation);
-        }
-        query.execute(&mut *conn).await.context("linking messages to cases")?;
-    }
+    link_messages(conn, &held.links).await?;
     super::audit::append_events(conn, held.events, &chains).await?;
     for (signatory, at) in &held.signatories {
         super::add_signatories(conn, std::slice::from_ref(signatory), *at).await?;

@@ -78,23 +78,8 @@ pub async fn insert_seeded(conn: &mut AnyConnection, cases: &[SeedCase], origin:
         }
         // Each linked to its email as the email that opened it, as every real case is: the
         // case page finds a case's emails by these links.
-        if !ids.is_empty() {
-            let sql = multi_row_insert(
-                super::Backend::of(conn),
-                "INSERT INTO case_messages (case_id, raw_message_id, relation) VALUES",
-                3,
-                ids.len(),
-                "",
-            );
-            let mut links = sqlx::query(sqlx::AssertSqlSafe(sql));
-            for id in ids.values() {
-                links = links.bind(*id).bind(origin).bind("origin");
-            }
-            links
-                .execute(&mut *conn)
-                .await
-                .context("linking synthetic cases to their email")?;
-        }
+        let links: Vec<(i64, i64, &'static str)> = ids.values().map(|id| (*id, origin, "origin")).collect();
+        super::batch::link_messages(conn, &links).await?;
         // Each synthetic case's state moves, chained as the service chains events.
         let mut events = Vec::new();
         for case in chunk {

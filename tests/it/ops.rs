@@ -74,6 +74,10 @@ async fn metrics_are_scraped_and_parsed_after_real_work() {
         assert!(sample(&scrape, "countersign_outbox_messages", &[("status", "pending")]).unwrap() >= 1.0);
         assert!(sample(&scrape, "countersign_pending_timers", &[]).unwrap() >= 1.0);
         assert!(sample(&scrape, "countersign_db_pool_connections", &[("status", "open")]).unwrap() >= 1.0);
+        assert!(
+            sample(&scrape, "countersign_db_pool_returns_total", &[]).unwrap() >= 1.0,
+            "connections handed back to the pool are counted"
+        );
         assert!(sample(&scrape, "countersign_sla_cases", &[("sla", "breached")]).is_some());
     })
     .await;

@@ -36,11 +36,7 @@ impl FromRequestParts<AppState> for CurrentUser {
         if let Some(user) = parts.extensions.get::<CurrentUser>() {
             return Ok(user.clone());
         }
-        if session_token(parts).is_none() {
-            return Err(WebError::SignInRequired);
-        }
-        let mut conn = state.engine.db().pool.acquire().await?;
-        CurrentUser::read(parts, state, &mut conn).await
+        CurrentUser::signed_in(parts, state).await.map(|(user, _)| user)
     }
 }
 
@@ -52,13 +48,19 @@ fn session_token(parts: &Parts) -> Option<String> {
 }
 
 impl CurrentUser {
-    /// The member of staff whose session the request's cookie names, read on `conn`.
-    pub async fn read(parts: &Parts, state: &AppState, conn: &mut sqlx::AnyConnection) -> Result<Self, WebError> {
+    /// The member of staff whose session the request's cookie names, with the connection the
+    /// session was read on (for the access check to lend to a read's handler). A request with
+    /// no session cookie takes no connection.
+    pub async fn signed_in(
+        parts: &Parts,
+        state: &AppState,
+    ) -> Result<(Self, sqlx::pool::PoolConnection<sqlx::Any>), WebError> {
         let Some(token) = session_token(parts) else {
             return Err(WebError::SignInRequired);
         };
-        match users::session_user(conn, &token, state.engine.now_ms()).await? {
-            Some(user) => Ok(CurrentUser(user)),
+        let mut conn = state.engine.db().pool.acquire().await?;
+        match users::session_user(&mut conn, &token, state.engine.now_ms()).await? {
+            Some(user) => Ok((CurrentUser(user), conn)),
             None => Err(WebError::SignInRequired),
         }
     }

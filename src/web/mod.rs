@@ -14,6 +14,7 @@ pub mod auth;
 mod case;
 pub mod credential;
 pub mod error;
+mod kept;
 pub mod oidc;
 mod ops;
 pub mod queue;
@@ -156,7 +157,7 @@ pub struct AppState {
     pub mail: Arc<crate::outbox::render::Renderer>,
     /// The queue's counts by state and by finding, with when they were read (see
     /// `queue::COUNTS_FRESH_FOR`).
-    pub queue_counts: Arc<std::sync::Mutex<Option<(std::time::Instant, queue::QueueCounts)>>>,
+    pub queue_counts: Arc<kept::Kept<queue::QueueCounts>>,
     /// Held by the one request that counts the queue afresh (see `queue::queue_counts`).
     pub queue_counter: Arc<tokio::sync::Mutex<()>>,
     /// The active staff's addresses for the case page's assignee list (see `staff`).
@@ -274,6 +275,16 @@ impl LentConnection {
     }
 }
 
+/// A read (GET) lends the connection its session or token was read on to its handler, which
+/// would otherwise take a second from the pool (a ping and a return, a fifth of a page's
+/// database round trips). Anything else gives it back now: a request with a body would hold
+/// it while its client sent the body, at whatever pace it liked.
+fn lend_to_a_read(parts: &mut axum::http::request::Parts, conn: sqlx::pool::PoolConnection<sqlx::Any>) {
+    if parts.method == axum::http::Method::GET {
+        parts.extensions.insert(LentConnection::new(conn));
+    }
+}
+
 /// A handler's one database connection: the one its access check lent it, if there is one,
 /// else one from the pool when it asks ([`RequestConnection::acquire`]). The default lends
 /// nothing (a POST's page shown again after a refusal).
@@ -337,12 +348,7 @@ async fn enforce(state: AppState, access: Access, request: Request, next: Next) 
         {
             return refuse(error);
         }
-        // A read lends its connection to the handler (see below); anything else gives it back.
-        if parts.method == axum::http::Method::GET {
-            parts.extensions.insert(LentConnection::new(conn));
-        } else {
-            drop(conn);
-        }
+        lend_to_a_read(&mut parts, conn);
         let actor = api::token_actor(&token);
         tracing::info!(actor = %actor.name, method = %parts.method, path = %parts.uri.path(), "API call");
         parts.extensions.insert(api::ApiCaller {
@@ -352,30 +358,8 @@ async fn enforce(state: AppState, access: Access, request: Request, next: Next) 
         });
         return next.run(Request::from_parts(parts, body)).await;
     }
-    // A read (GET) lends the connection its session was read on to the handler, which would
-    // otherwise take a second from the pool (a ping and a return, a fifth of a page's database
-    // round trips). Only a GET: a request with a body would hold the connection while its
-    // client sends the body, at whatever pace it likes.
-    let lend = parts.method == axum::http::Method::GET;
-    let read = if lend {
-        match state.engine.db().pool.acquire().await {
-            Ok(mut conn) => auth::CurrentUser::read(&parts, &state, &mut conn)
-                .await
-                .map(|user| (user, Some(conn))),
-            Err(e) => Err(WebError::from(e)),
-        }
-    } else {
-        auth::CurrentUser::from_request_parts(&mut parts, &state)
-            .await
-            .map(|user| (user, None))
-    };
-    let user = match read {
-        Ok((user, conn)) => {
-            if let Some(conn) = conn {
-                parts.extensions.insert(LentConnection::new(conn));
-            }
-            user
-        }
+    let (user, conn) = match auth::CurrentUser::signed_in(&parts, &state).await {
+        Ok(signed_in) => signed_in,
         // A page asked for while signed out is where sign-in goes on to.
         Err(WebError::SignInRequired) if !api && parts.method == axum::http::Method::GET => {
             let asked = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
@@ -389,6 +373,7 @@ async fn enforce(state: AppState, access: Access, request: Request, next: Next) 
     {
         return refuse(error);
     }
+    lend_to_a_read(&mut parts, conn);
     if api {
         parts.extensions.insert(api::ApiCaller {
             actor: api::staff_actor(&user.0),

@@ -41,7 +41,7 @@ const REPORTS_KEPT: usize = 8;
 pub struct ReportCache {
     reports: tokio::sync::Mutex<Vec<KeptReport>>,
     /// The queue as it is now, with when it was read.
-    now: std::sync::Mutex<Option<(std::time::Instant, std::sync::Arc<QueueNow>)>>,
+    now: super::kept::Kept<std::sync::Arc<QueueNow>>,
     /// Held while the queue is read: one reading at a time.
     reading_now: std::sync::Arc<tokio::sync::Mutex<()>>,
     /// How long a reading of the queue is shown as it is ([`NOW_FRESH_FOR`]).
@@ -91,7 +91,7 @@ impl ReportCache {
         self: &std::sync::Arc<Self>,
         engine: &crate::engine::Engine,
     ) -> Result<std::sync::Arc<QueueNow>, crate::storage::StorageError> {
-        match self.kept_now() {
+        match self.now.last() {
             Some((at, now)) if at.elapsed() < self.now_fresh_for => Ok(now),
             Some((_, stale)) => {
                 if let Ok(reading) = self.reading_now.clone().try_lock_owned() {
@@ -107,16 +107,12 @@ impl ReportCache {
             }
             None => {
                 let _reading = self.reading_now.lock().await;
-                match self.kept_now() {
+                match self.now.last() {
                     Some((_, now)) => Ok(now),
                     None => self.read_now(engine).await,
                 }
             }
         }
-    }
-
-    fn kept_now(&self) -> Option<(std::time::Instant, std::sync::Arc<QueueNow>)> {
-        self.now.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).clone()
     }
 
     /// Reads the queue as it is now and keeps it (the caller holds `reading_now`).
@@ -127,8 +123,7 @@ impl ReportCache {
         let open = open_now(engine).await?;
         let dashboard = dashboard(engine, &open).await?;
         let now = std::sync::Arc::new(QueueNow { open, dashboard });
-        *self.now.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) =
-            Some((std::time::Instant::now(), now.clone()));
+        self.now.keep(now.clone());
         Ok(now)
     }
 

@@ -1091,6 +1091,16 @@ impl WorkflowDef {
     }
 }
 
+/// A state's name in words, capitalised: `awaiting_information` → "Awaiting information".
+pub fn state_in_words(state: &str) -> String {
+    let words = state.replace('_', " ");
+    let mut letters = words.chars();
+    letters
+        .next()
+        .map(|first| first.to_uppercase().chain(letters).collect())
+        .unwrap_or_default()
+}
+
 /// All loaded workflows, by name.
 #[derive(Debug, Clone, Default)]
 pub struct WorkflowSet {
@@ -1166,14 +1176,7 @@ impl WorkflowSet {
             .and_then(|w| self.get(w))
             .and_then(|w| w.state(state))
             .map(|s| s.label.clone())
-            .unwrap_or_else(|| {
-                let words = state.replace('_', " ");
-                let mut letters = words.chars();
-                letters
-                    .next()
-                    .map(|first| first.to_uppercase().chain(letters).collect())
-                    .unwrap_or_default()
-            })
+            .unwrap_or_else(|| state_in_words(state))
     }
 
     pub fn iter(&self) -> impl Iterator<Item = &WorkflowDef> {
@@ -1202,13 +1205,13 @@ impl WorkflowSet {
         states
     }
 
+    /// Every state not among `self.terminal` (worked out first).
     fn worked_out_open_states(&self) -> Vec<String> {
-        let terminal = self.worked_out_terminal_states();
         let mut states: Vec<String> = self
             .workflows
             .values()
             .flat_map(|w| w.states.iter().map(|s| s.name.clone()))
-            .filter(|s| !terminal.contains(s))
+            .filter(|s| !self.terminal.contains(s))
             .collect();
         states.sort();
         states.dedup();

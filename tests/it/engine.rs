@@ -1173,10 +1173,7 @@ async fn a_closed_case_is_due_no_more_and_older_closed_cases_are_cleared_at_star
             .map(|c| c.reference.as_str())
             .collect();
         assert!(!closed.is_empty() && !open.is_empty());
-        let mut conn = engine.db().pool.acquire().await.unwrap();
-        let origin = storage::seed_origin_message(&mut conn, now).await.unwrap();
-        storage::insert_seeded(&mut conn, &seeded, origin).await.unwrap();
-        drop(conn);
+        crate::common::store_seeded(&engine, &seeded).await;
         assert!(engine.case(closed[0]).await.due_at.is_some());
         let cleared = engine.clear_due_times_of_closed_cases().await.unwrap();
         assert_eq!(cleared as usize, closed.len());
@@ -1202,9 +1199,8 @@ async fn seeded_cases_are_linked_to_their_email_as_the_one_that_opened_them() {
         let now = engine.now_ms();
         // More than one statement's worth of cases (200).
         let seeded = countersign::seed::cases(250, 1, now, 1, 7);
+        let origin = crate::common::store_seeded(&engine, &seeded).await;
         let mut conn = engine.db().pool.acquire().await.unwrap();
-        let origin = storage::seed_origin_message(&mut conn, now).await.unwrap();
-        storage::insert_seeded(&mut conn, &seeded, origin).await.unwrap();
         for case in [&seeded[0], &seeded[249]] {
             let file = storage::case_file(&mut conn, &case.reference).await.unwrap().unwrap();
             let links: Vec<(i64, &str)> = file.messages.iter().map(|m| (m.id, m.relation.as_str())).collect();

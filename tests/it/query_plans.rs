@@ -91,10 +91,7 @@ async fn the_next_case_is_read_from_the_due_order_index() {
     on_both_backends(|engine| async move {
         let now = engine.now_ms();
         let seeded = countersign::seed::cases(3000, 1, now, 2, 11);
-        let mut conn = engine.db().pool.acquire().await.unwrap();
-        let origin = storage::seed_origin_message(&mut conn, now).await.unwrap();
-        storage::insert_seeded(&mut conn, &seeded, origin).await.unwrap();
-        drop(conn);
+        crate::common::store_seeded(&engine, &seeded).await;
         engine.clear_due_times_of_closed_cases().await.unwrap();
         let mut conn = engine.db().pool.acquire().await.unwrap();
         storage::refresh_statistics(&mut conn).await.unwrap();
@@ -155,9 +152,8 @@ async fn the_queue_counts_each_open_case_once_under_each_of_its_findings() {
         twice.findings_json =
             r#"[{"code":"declaration_not_ticked","message":"a"},{"code":"declaration_not_ticked","message":"b"}]"#
                 .into();
+        crate::common::store_seeded(&engine, &seeded).await;
         let mut conn = engine.db().pool.acquire().await.unwrap();
-        let origin = storage::seed_origin_message(&mut conn, now).await.unwrap();
-        storage::insert_seeded(&mut conn, &seeded, origin).await.unwrap();
         let mut expected = std::collections::BTreeMap::<String, usize>::new();
         for case in seeded.iter().filter(|c| open.contains(&c.state)) {
             let findings: Vec<serde_json::Value> = serde_json::from_str(&case.findings_json).unwrap();
@@ -225,9 +221,8 @@ async fn the_unfiltered_queue_is_prepared_once_with_one_plan_and_a_filtered_view
         }
         let now = engine.now_ms();
         let seeded = countersign::seed::cases(300, 1, now, 1, 3);
+        crate::common::store_seeded(&engine, &seeded).await;
         let mut conn = engine.db().pool.acquire().await.unwrap();
-        let origin = storage::seed_origin_message(&mut conn, now).await.unwrap();
-        storage::insert_seeded(&mut conn, &seeded, origin).await.unwrap();
         let terminal = engine.workflows().terminal_states();
         let mut query = storage::QueueQuery {
             scope: storage::QueueScope::Open,

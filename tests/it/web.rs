@@ -168,6 +168,20 @@ impl Browser {
         assert_eq!(signed_in.location.as_deref(), Some(landing), "{}", signed_in.body);
     }
 
+    /// Adds a staff account on the admin page, as an admin would.
+    async fn add_staff(&mut self, csrf: &str, email: &str, display_name: &str, role: &str) -> Page {
+        self.post(
+            "/admin/users",
+            &[
+                ("csrf", csrf),
+                ("email", email),
+                ("display_name", display_name),
+                ("role", role),
+            ],
+        )
+        .await
+    }
+
     /// Fills in and sends the sign-in form, as a person would.
     async fn try_sign_in(&mut self, email: &str, password: &str) -> Page {
         let csrf = self.get("/sign-in").await.csrf();
@@ -1357,17 +1371,7 @@ async fn admins_change_roles_enable_and_unlock_accounts_and_staff_have_nhs_addre
         worker.sign_in_as(&engine, "cw@nhs.net", ActorRole::Caseworker).await;
         let csrf = admin.get("/admin/users").await.csrf();
         // Not an NHS address: said on the page, and no account made.
-        let outsider = admin
-            .post(
-                "/admin/users",
-                &[
-                    ("csrf", &csrf),
-                    ("email", "someone@gmail.com"),
-                    ("display_name", "X"),
-                    ("role", "caseworker"),
-                ],
-            )
-            .await;
+        let outsider = admin.add_staff(&csrf, "someone@gmail.com", "X", "caseworker").await;
         assert_eq!(outsider.status, StatusCode::BAD_REQUEST);
         assert!(outsider.body.contains("need an NHS address") && outsider.body.contains("error-summary"));
         let mut conn = engine.db().pool.acquire().await.unwrap();
@@ -1408,17 +1412,7 @@ async fn admins_change_roles_enable_and_unlock_accounts_and_staff_have_nhs_addre
         let enabled = admin.post("/admin/users/cw@nhs.net/enable", &[("csrf", &csrf)]).await;
         assert!(enabled.body.contains("cw@nhs.net is enabled again"), "{}", enabled.body);
         assert!(admin.get(&case_page).await.body.contains(offered), "offered again");
-        admin
-            .post(
-                "/admin/users",
-                &[
-                    ("csrf", &csrf),
-                    ("email", "newcomer@nhs.net"),
-                    ("display_name", "N"),
-                    ("role", "caseworker"),
-                ],
-            )
-            .await;
+        admin.add_staff(&csrf, "newcomer@nhs.net", "N", "caseworker").await;
         assert!(
             admin
                 .get(&case_page)
@@ -1510,17 +1504,7 @@ async fn admins_edit_organisations_and_see_each_workflow_drawn() {
         assert!(
             workflows.body.contains("Awaiting information from sender") && workflows.body.contains("remind_sender")
         );
-        let added = admin
-            .post(
-                "/admin/users",
-                &[
-                    ("csrf", &csrf),
-                    ("email", "new.cw@nhs.net"),
-                    ("display_name", "New CW"),
-                    ("role", "caseworker"),
-                ],
-            )
-            .await;
+        let added = admin.add_staff(&csrf, "new.cw@nhs.net", "New CW", "caseworker").await;
         assert!(
             added.body.contains("set-password") && added.body.contains("new.cw@nhs.net"),
             "a one-time link to hand over"
@@ -1702,6 +1686,15 @@ async fn a_read_takes_one_pooled_connection_and_a_post_holds_none_while_its_body
                 );
             }
         }
+
+        // A page asked for with no session cookie (anyone on the internet) is sent to sign
+        // in without taking a connection at all.
+        let before = connections_returned_when_settled(&engine).await;
+        let anonymous = browser
+            .send(Request::get(format!("/cases/{reference}")).body(Body::empty()).unwrap())
+            .await;
+        assert_eq!(anonymous.status, StatusCode::SEE_OTHER);
+        assert_eq!(connections_returned_when_settled(&engine).await - before, 0);
 
         // A POST whose body never comes: its session is read and the connection given back,
         // while the handler still waits for the form.

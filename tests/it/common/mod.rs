@@ -351,3 +351,16 @@ pub mod logs;
 pub mod postfix;
 
 pub use app::TestApp;
+
+/// Stores synthetic cases (`countersign::seed::cases`) as `dev seed` does, each linked to the
+/// one synthetic email; returns that email's id.
+pub async fn store_seeded(engine: &Engine, seeded: &[countersign::seed::SeedCase]) -> i64 {
+    let mut conn = engine.db().pool.acquire().await.unwrap();
+    let origin = countersign::storage::seed_origin_message(&mut conn, engine.now_ms())
+        .await
+        .unwrap();
+    countersign::storage::insert_seeded(&mut conn, seeded, origin)
+        .await
+        .unwrap();
+    origin
+}

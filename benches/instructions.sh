@@ -10,6 +10,8 @@
 #   DATABASE_URL=postgres://postgres@127.0.0.1:5432/countersign_scale \
 #       benches/instructions.sh target/release/countersign /cases/SD-2022-0890718
 #
+# KEEP=FILE keeps the profile of the N counted requests.
+#
 # Needs: valgrind, python3, curl.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -41,3 +43,5 @@ callgrind_control -d "$pid" >/dev/null 2>&1
 sleep 1
 total=$(cat "$work"/callgrind.*.1 | awk '/^totals:/ {print $2}')
 echo "$(basename "$bin") GET $path: $((total / n)) instructions a request (callgrind, mean of $n)"
+# KEEP=FILE keeps callgrind's profile, for `callgrind_annotate --inclusive=yes FILE`.
+if [ -n "${KEEP:-}" ]; then cp "$work"/callgrind.*.1 "$KEEP"; fi

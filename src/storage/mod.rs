@@ -462,7 +462,7 @@ pub use registry::{
 };
 pub use reports::{
     cached_report_days, cases_received_since, clear_due_times_in_states, count_cases_in_states, finding_counts,
-    first_move_at, keep_report_days, kept_report_day_names, open_cases, report_lifecycles,
+    first_move_at, keep_report_days, kept_report_day_names, open_cases, open_cases_statement, report_lifecycles,
 };
 pub use seed::{insert_seeded, refresh_statistics, seed_origin_message, seeded_count};
 pub use signatories::{

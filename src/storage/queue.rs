@@ -5,7 +5,6 @@
 use sqlx::{AnyConnection, Row};
 
 use super::{Backend, QueryContext, StorageError};
-use crate::policy::Finding;
 
 /// What the queue is asked for. Empty strings mean "any".
 #[derive(Debug, Clone)]
@@ -137,7 +136,6 @@ pub async fn queue_page(conn: &mut AnyConnection, q: &QueueQuery<'_>) -> Result<
     rows.iter()
         .map(|row| {
             let findings_json: String = row.try_get(6)?;
-            let findings: Vec<Finding> = serde_json::from_str(&findings_json).unwrap_or_default();
             Ok(QueueRecord {
                 id: row.try_get(0)?,
                 reference: row.try_get(1)?,
@@ -145,7 +143,7 @@ pub async fn queue_page(conn: &mut AnyConnection, q: &QueueQuery<'_>) -> Result<
                 state: row.try_get(3)?,
                 org_name: row.try_get(4)?,
                 org_ods_code: row.try_get(5)?,
-                finding_codes: findings.iter().map(|f| f.code.as_str().to_string()).collect(),
+                finding_codes: super::reports::finding_codes(&findings_json),
                 created_at: row.try_get(7)?,
                 due_at: row.try_get(8)?,
                 assignee: row.try_get(9)?,

@@ -17,8 +17,10 @@ use crate::workflow::TransitionRequest;
 use crate::workflow::wellknown::{self, unclassified};
 
 use super::queue::{QueueFilter, next_in_view};
-use super::view::{base_context, closed_sla_status, sla_status, when};
+use super::view::{base_context_and_csrf, closed_sla_status, sla_status, when};
 use super::{Access, Route};
+
+mod draw;
 
 pub(super) fn routes() -> Vec<Route> {
     vec![
@@ -37,7 +39,7 @@ pub(super) fn routes() -> Vec<Route> {
     ]
 }
 
-#[derive(Debug, serde::Serialize)]
+#[derive(Debug)]
 struct TimelineEntry {
     at: i64,
     when: Option<String>,
@@ -46,7 +48,7 @@ struct TimelineEntry {
     text: String,
 }
 
-#[derive(Debug, serde::Serialize)]
+#[derive(Debug)]
 struct ActionView {
     to: String,
     label: String,
@@ -57,7 +59,7 @@ struct ActionView {
 }
 
 /// A value an action records, as its form asks for it.
-#[derive(Debug, serde::Serialize)]
+#[derive(Debug)]
 struct RecordView {
     name: String,
     label: String,
@@ -115,11 +117,22 @@ enum Outcome {
 
 /// An action's email, previewed: the reason box keeps what was typed, to change and preview
 /// again, or to send.
-#[derive(serde::Serialize)]
 struct Preview {
     to: String,
     reason: String,
-    mail: Vec<serde_json::Value>,
+    mail: Vec<PreviewedMail>,
+}
+
+/// One email of a preview, rendered from its template.
+struct PreviewedMail {
+    recipient: Option<String>,
+    subject: String,
+    /// Its words as they would go (the caseworker's, if they edited them).
+    text: String,
+    /// The template's own words, to tell later whether the caseworker changed them.
+    template_text: Option<String>,
+    /// Why it would be held back, if it would be.
+    held_back: Option<String>,
 }
 
 /// Acts on a case, then shows it: with a confirmation when it worked, or the case page with
@@ -203,20 +216,24 @@ async fn show_case(
     let next_case = next_in_view(state, &mut conn, &after, user.0.id).await?;
     let event_chain = crate::audit::verdict(file.case.id, file.chain.recorded_length, &file.chain.events);
     drop(conn);
-    let mut context = base_context(user, &token)?;
+    let (mut context, csrf) = base_context_and_csrf(user, &token)?;
     context.insert("event_chain", &event_chain);
     let state_label = state
         .engine
         .workflows()
         .state_label(file.case.workflow.as_deref(), &file.case.state);
-    case_context(state, file, &user.actor(), &mut context);
-    context.insert("staff", staff.as_slice());
+    let (case_reference, case_version) = (file.case.reference.clone(), file.case.version);
+    context.insert(
+        "assignee_options_html",
+        &draw::assignee_options(&staff, file.assignee.as_deref()),
+    );
+    let actions = case_context(state, file, &user.actor(), &mut context);
     context.insert("next_case", &next_case);
     // Links onward keep the view: `?back=<the queue's query>`.
     context.insert("view_suffix", &after.view_suffix());
     context.insert("queue_link", &format!("/?{}", after.query_string()));
-    context.insert("preview", &None::<Preview>);
-    context.insert("chosen", &None::<String>);
+    let mut chosen = None;
+    let mut preview = None;
     let status = match outcome {
         Outcome::Done { done, .. } => {
             let said = match done.as_str() {
@@ -240,8 +257,8 @@ async fn show_case(
             context.insert("success", &said);
             axum::http::StatusCode::OK
         }
-        Outcome::Refused(error, chosen) => {
-            context.insert("chosen", &chosen);
+        Outcome::Refused(error, refused_choice) => {
+            chosen = refused_choice;
             context.insert("problem", &error.to_string());
             context.insert("problem_heading", error.heading());
             error.status()
@@ -250,22 +267,41 @@ async fn show_case(
             context.insert("take_over", &holder);
             axum::http::StatusCode::OK
         }
-        Outcome::Preview(preview) => {
-            context.insert("chosen", &preview.to);
-            context.insert("preview", &preview);
+        Outcome::Preview(previewed) => {
+            chosen = Some(previewed.to.clone());
+            preview = Some(previewed);
             axum::http::StatusCode::OK
         }
     };
+    context.insert("has_actions", &!actions.is_empty());
+    context.insert("chosen", &chosen);
+    context.insert("action_options_html", &draw::action_options(&actions, chosen.as_deref()));
+    context.insert(
+        "action_forms_html",
+        &draw::action_forms(
+            &actions,
+            &draw::ActionFormsFor {
+                reference: &case_reference,
+                csrf: &csrf,
+                version: case_version,
+                preview: preview.as_ref(),
+                // The reason a request for information starts with; the mail lists the
+                // findings itself.
+                suggested_reason: crate::engine::notify::SUGGESTED_CORRECTION_REASON,
+            },
+        ),
+    );
     Ok((status, token, render(state, "case.html.tera", &context)?).into_response())
 }
 
-/// The case page's template context, from its case file.
+/// The case page's template context, from its case file; returns the actions this person
+/// may take, which are drawn once the page knows what it reports (a preview opens one).
 fn case_context(
     state: &AppState,
     file: storage::CaseFile,
     actor: &crate::workflow::Actor,
     context: &mut tera::Context,
-) {
+) -> Vec<ActionView> {
     let storage::CaseFile {
         case,
         message,
@@ -314,8 +350,6 @@ fn case_context(
         .into_iter()
         .map(|c| serde_json::json!({ "reference": c.reference, "state": c.state }))
         .collect();
-    // The reason a request for information starts with; the mail lists the findings itself.
-    let suggested_reason = crate::engine::notify::SUGGESTED_CORRECTION_REASON;
     context.insert(
         "workflow_title",
         &workflow
@@ -329,7 +363,7 @@ fn case_context(
             .map(|s| s.label.clone())
             .unwrap_or_else(|| case.state.clone()),
     );
-    context.insert("fields", &field_views(&case, workflow));
+    context.insert("field_rows_html", &draw::field_rows(&field_views(&case, workflow)));
     context.insert("general_findings", &general);
     context.insert("from", &message.from_address);
     context.insert("subject", &message.subject);
@@ -355,11 +389,14 @@ fn case_context(
     context.insert("digital_signatures", &digital_signatures);
     context.insert("body", &body);
     context.insert("attachments", &attachments);
-    context.insert("thread", &correspondence(state, &case, &messages, &mail));
-    context.insert("actions", &actions(&case, workflow, actor, &events));
+    context.insert(
+        "thread_html",
+        &draw::thread_items(&correspondence(state, &case, &messages, &mail)),
+    );
+    let actions = actions(&case, workflow, actor, &events);
     // A case keyed by hand stays correctable (each change logged) until it is authorised.
     let was_keyed = events.iter().any(|e| e.kind == EventKind::FieldKeyed);
-    context.insert("timeline", &timeline(events, mail, timers, workflow));
+    context.insert("timeline_html", &draw::timeline_items(&timeline(events, mail, timers, workflow)));
     context.insert("notes", &notes);
     // A password issued on the case: where its link went and whether it was opened, never it.
     let credentials: Vec<serde_json::Value> = credentials
@@ -418,22 +455,22 @@ fn case_context(
         .any(|f| f.code == crate::policy::FindingCode::FormHasNoFields)
         || case.workflow.is_none()
         || was_keyed;
-    context.insert(
-        "keyable",
-        &(needs_keying && wellknown::KEYABLE_STATES.contains(&case.state.as_str())),
-    );
-    context.insert("key_fields", &key_field_views(&case, workflow));
+    let keyable = needs_keying && wellknown::KEYABLE_STATES.contains(&case.state.as_str());
+    context.insert("keyable", &keyable);
     context.insert("was_keyed", &was_keyed);
-    context.insert(
-        "workflow_names",
-        &state
-            .engine
-            .workflows()
-            .iter()
-            .map(|w| (&w.name, &w.title))
-            .collect::<Vec<_>>(),
-    );
-    context.insert("suggested_reason", &suggested_reason);
+    // The keying form's fields and form types only for the page that shows the form.
+    if keyable {
+        context.insert("key_fields", &key_field_views(&case, workflow));
+        context.insert(
+            "workflow_names",
+            &state
+                .engine
+                .workflows()
+                .iter()
+                .map(|w| (&w.name, &w.title))
+                .collect::<Vec<_>>(),
+        );
+    }
     // A signatory the register does not know is verified by a caseworker, who says how.
     context.insert(
         "signatory_to_verify",
@@ -442,11 +479,51 @@ fn case_context(
             .iter()
             .any(|f| f.code == crate::policy::FindingCode::SignatoryNotKnown),
     );
-    context.insert("case", &case);
+    context.insert("case", &CaseHeading::of(&case));
+    actions
+}
+
+/// What the template itself shows of the case (the rest is drawn in [`draw`]): not its fields
+/// and findings, which it would otherwise turn into JSON for nothing.
+#[derive(serde::Serialize)]
+struct CaseHeading<'a> {
+    reference: &'a str,
+    state: &'a str,
+    version: i64,
+    workflow: Option<&'a str>,
+    sender: Option<&'a str>,
+    org_name: Option<&'a str>,
+    org_ods_code: Option<&'a str>,
+    duplicate_of: Option<i64>,
+}
+
+impl<'a> CaseHeading<'a> {
+    fn of(case: &'a storage::CaseRecord) -> Self {
+        Self {
+            reference: &case.reference,
+            state: &case.state,
+            version: case.version,
+            workflow: case.workflow.as_deref(),
+            sender: case.sender.as_deref(),
+            org_name: case.org_name.as_deref(),
+            org_ods_code: case.org_ods_code.as_deref(),
+            duplicate_of: case.duplicate_of,
+        }
+    }
+}
+
+/// A field of the form as the field table shows it.
+#[derive(Debug)]
+struct FieldView {
+    label: String,
+    /// What the form (or the caseworker) gave, in words; none when it was left empty.
+    value: Option<String>,
+    /// What the checks found about it.
+    findings: Vec<String>,
 }
 
 /// The workflow's fields with the findings about each, in the workflow's order.
-fn field_views(case: &storage::CaseRecord, workflow: Option<&crate::workflow::WorkflowDef>) -> Vec<serde_json::Value> {
+fn field_views(case: &storage::CaseRecord, workflow: Option<&crate::workflow::WorkflowDef>) -> Vec<FieldView> {
     let Some(workflow) = workflow else {
         return Vec::new();
     };
@@ -454,11 +531,11 @@ fn field_views(case: &storage::CaseRecord, workflow: Option<&crate::workflow::Wo
         .fields
         .iter()
         .map(|def| {
-            let about: Vec<&str> = case
+            let findings = case
                 .findings
                 .iter()
                 .filter(|f| f.field.as_deref() == Some(def.name.as_str()))
-                .map(|f| f.message.as_str())
+                .map(|f| f.message.clone())
                 .collect();
             // A plain email's problem is shown by its name in words, with whom its reply sends
             // the sender to.
@@ -474,13 +551,17 @@ fn field_views(case: &storage::CaseRecord, workflow: Option<&crate::workflow::Wo
                     })
                     .unwrap_or_else(|| value.clone())
             });
-            serde_json::json!({ "name": def.name, "label": def.label, "value": value, "findings": about })
+            FieldView {
+                label: def.label.clone(),
+                value,
+                findings,
+            }
         })
         .collect()
 }
 
 /// One message in a case's correspondence.
-#[derive(Debug, serde::Serialize)]
+#[derive(Debug)]
 struct ThreadEntry {
     at: i64,
     when: String,
@@ -494,7 +575,15 @@ struct ThreadEntry {
     text: String,
     /// Ours: sent, waiting, failed or held back (with why).
     status: String,
-    attachments: Vec<serde_json::Value>,
+    attachments: Vec<ThreadAttachment>,
+}
+
+/// An attachment of a received email, linked for download.
+#[derive(Debug)]
+struct ThreadAttachment {
+    name: String,
+    href: String,
+    size: i64,
 }
 
 /// Every message in and out of a case, in order: the emails linked to it (with their
@@ -533,12 +622,10 @@ fn correspondence(
                 attachments: m
                     .attachments
                     .iter()
-                    .map(|a| {
-                        serde_json::json!({
-                            "name": a.filename.clone().unwrap_or_else(|| format!("attachment {}", a.id)),
-                            "href": format!("/cases/{}/attachments/{}", case.reference, a.id),
-                            "size": a.size,
-                        })
+                    .map(|a| ThreadAttachment {
+                        name: a.filename.clone().unwrap_or_else(|| format!("attachment {}", a.id)),
+                        href: format!("/cases/{}/attachments/{}", case.reference, a.id),
+                        size: a.size,
                     })
                     .collect(),
             }
@@ -851,7 +938,7 @@ pub async fn transition(
         .collect();
     // The version check and the duplicate link are the engine's, inside its transaction.
     let request = TransitionRequest {
-        duplicate_of: (form.to == "duplicate").then(|| form.duplicate_of.clone()),
+        duplicate_of: (form.to == wellknown::DUPLICATE).then(|| form.duplicate_of.clone()),
         to: form.to,
         reason: Some(form.reason.trim().to_string()).filter(|r| !r.is_empty()),
         recorded,
@@ -887,11 +974,9 @@ pub async fn transition(
                     mail: mail
                         .iter()
                         .zip(template_words.iter().map(Some).chain(std::iter::repeat(None)))
-                        .map(|(m, plain)| {
-                            let mut shown = previewed(&state, m);
-                            shown["template_text"] =
-                                plain.map(|p| previewed(&state, p)["text"].clone()).unwrap_or_default();
-                            shown
+                        .map(|(m, plain)| PreviewedMail {
+                            template_text: plain.map(|p| previewed(&state, p).text),
+                            ..previewed(&state, m)
                         })
                         .collect(),
                 };
@@ -918,18 +1003,19 @@ pub async fn transition(
 
 /// A composed email as the preview shows it: rendered from its template, with whether it
 /// would be held back.
-fn previewed(state: &AppState, mail: &storage::NewMail) -> serde_json::Value {
+fn previewed(state: &AppState, mail: &storage::NewMail) -> PreviewedMail {
     let context: serde_json::Value = serde_json::from_str(&mail.context_json).unwrap_or_default();
     let (subject, text) = match state.mail.render(&mail.template, &context) {
         Ok(rendered) => (rendered.subject, rendered.text),
         Err(e) => (mail.template.clone(), format!("(this email cannot be shown: {e})")),
     };
-    serde_json::json!({
-        "recipient": mail.recipient,
-        "subject": subject,
-        "text": text,
-        "held_back": mail.suppressed_reason,
-    })
+    PreviewedMail {
+        recipient: mail.recipient.clone(),
+        subject,
+        text,
+        template_text: None,
+        held_back: mail.suppressed_reason.clone(),
+    }
 }
 
 #[derive(serde::Deserialize)]

@@ -12,7 +12,7 @@ use super::{AppState, RequestConnection, WebError};
 use crate::storage;
 
 use super::case::assign_case;
-use super::view::{base_context, push_escaped, sla_status, when};
+use super::view::{Html, base_context, push_escaped, sla_status, when};
 use super::{Access, Route};
 
 /// Cases on one page of the queue.
@@ -135,48 +135,49 @@ pub async fn load_queue(
     let now = state.engine.now_ms();
     let today = state.engine.clock().now().date_naive();
     let at_risk_until = state.engine.working_days_from_now(1);
-    let mut out = Vec::new();
-    for row in rows.iter().take(PAGE_SIZE as usize) {
+    let more = rows.len() as i64 > PAGE_SIZE;
+    let mut out = Vec::with_capacity(rows.len());
+    for row in rows.into_iter().take(PAGE_SIZE as usize) {
         let due_at = row.due_at;
         let created = DateTime::from_timestamp_millis(row.created_at)
             .map(|t| t.with_timezone(&Local).date_naive())
             .unwrap_or(today);
+        let state_label = state
+            .engine
+            .workflows()
+            .state_label(row.workflow.as_deref(), &row.state);
+        let sla = if terminal.contains(&row.state) {
+            "closed"
+        } else if row.workflow.is_none() {
+            // No workflow, no SLA: an unclassified case arms no SLA timers, so it shows none.
+            ""
+        } else {
+            sla_status(due_at, row.sla_paused, now, at_risk_until)
+        };
+        let mut findings: Vec<String> = row
+            .finding_codes
+            .iter()
+            .map(|c| crate::policy::finding_label(c))
+            .collect();
+        findings.sort();
+        findings.dedup();
         out.push(QueueRow {
             id: row.id,
-            reference: row.reference.clone(),
-            workflow: row.workflow.clone(),
-            state: row.state.clone(),
-            state_label: state
-                .engine
-                .workflows()
-                .state_label(row.workflow.as_deref(), &row.state),
-            org_name: row.org_name.clone(),
-            org_ods_code: row.org_ods_code.clone(),
-            findings: {
-                let mut labels: Vec<String> = row
-                    .finding_codes
-                    .iter()
-                    .map(|c| crate::policy::finding_label(c))
-                    .collect();
-                labels.sort();
-                labels.dedup();
-                labels
-            },
+            reference: row.reference,
+            workflow: row.workflow,
+            state: row.state,
+            state_label,
+            org_name: row.org_name,
+            org_ods_code: row.org_ods_code,
+            findings,
             age_working_days: state.engine.calendar().working_days_between(created, today),
             due: when(due_at),
             due_at,
-            sla: if terminal.contains(&row.state) {
-                "closed"
-            } else if row.workflow.is_none() {
-                // No workflow, no SLA: an unclassified case arms no SLA timers, so it shows none.
-                ""
-            } else {
-                sla_status(due_at, row.sla_paused, now, at_risk_until)
-            },
-            assignee: row.assignee.clone(),
+            sla,
+            assignee: row.assignee,
         });
     }
-    let next = (rows.len() as i64 > PAGE_SIZE)
+    let next = more
         .then(|| out.last().map(|r| format!("{}:{}", r.due_at.unwrap_or(0), r.id)))
         .flatten();
     Ok((out, next))
@@ -333,19 +334,6 @@ fn state_words(state: &str) -> String {
     state.replace('_', " ")
 }
 
-/// Appends `<option value="value"[ selected]>label</option>`, both escaped.
-fn push_option(html: &mut String, value: &str, label: &str, chosen: &str) {
-    html.push_str("<option value=\"");
-    push_escaped(html, value);
-    html.push('"');
-    if value == chosen {
-        html.push_str(" selected");
-    }
-    html.push('>');
-    push_escaped(html, label);
-    html.push_str("</option>");
-}
-
 impl FilterChoices<'_> {
     /// The open cases by state, each a link to its view (marked when it is this one); empty
     /// when there are none.
@@ -372,34 +360,37 @@ impl FilterChoices<'_> {
 
     /// The state select's options: any, then the open states and the closed ones in groups.
     fn state_options_html(&self, filter: &QueueFilter) -> String {
-        let mut html = String::from("<option value=\"\">Any</option><optgroup label=\"Open\">");
+        let mut html = Html::default();
+        html.markup("<option value=\"\">Any</option><optgroup label=\"Open\">");
         for state in self.open_states {
-            push_option(&mut html, state, &state_words(state), &filter.state);
+            html.option(state, &state_words(state), filter.state == *state);
         }
-        html.push_str("</optgroup><optgroup label=\"Closed\">");
+        html.markup("</optgroup><optgroup label=\"Closed\">");
         for state in self.closed_states {
-            push_option(&mut html, state, &state_words(state), &filter.state);
+            html.option(state, &state_words(state), filter.state == *state);
         }
-        html.push_str("</optgroup>");
-        html
+        html.markup("</optgroup>");
+        html.into_string()
     }
 
     /// The workflow select's options.
     fn workflow_options_html(&self, filter: &QueueFilter) -> String {
-        let mut html = String::from("<option value=\"\">Any</option>");
+        let mut html = Html::default();
+        html.markup("<option value=\"\">Any</option>");
         for (name, title) in self.workflows {
-            push_option(&mut html, name, title, &filter.workflow);
+            html.option(name, title, filter.workflow == *name);
         }
-        html
+        html.into_string()
     }
 
     /// The finding select's options, each with how many open cases have it.
     fn finding_options_html(&self, filter: &QueueFilter) -> String {
-        let mut html = String::from("<option value=\"\">Any</option>");
+        let mut html = Html::default();
+        html.markup("<option value=\"\">Any</option>");
         for (code, label, count) in self.findings {
-            push_option(&mut html, code, &format!("{label} ({count})"), &filter.finding);
+            html.option(code, &format!("{label} ({count})"), filter.finding == *code);
         }
-        html
+        html.into_string()
     }
 }
 

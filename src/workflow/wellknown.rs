@@ -13,6 +13,11 @@ pub const AWAITING_INFORMATION: &str = "awaiting_information";
 pub const AUTHORISED: &str = "authorised";
 /// The account exists.
 pub const PROVISIONED: &str = "provisioned";
+/// A case that repeats another: moving to it links the two (the form asks for the other's
+/// reference). Optional: a workflow without it has no duplicates.
+pub const DUPLICATE: &str = "duplicate";
+/// Refused: its action is drawn as the warning it is. Optional, like `DUPLICATE`.
+pub const REJECTED: &str = "rejected";
 
 /// The states every workflow file must declare.
 pub const REQUIRED_STATES: &[&str] = &[RECEIVED, VALIDATED, NEEDS_REVIEW, AUTHORISED, PROVISIONED];

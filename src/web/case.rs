@@ -275,7 +275,10 @@ async fn show_case(
     };
     context.insert("has_actions", &!actions.is_empty());
     context.insert("chosen", &chosen);
-    context.insert("action_options_html", &draw::action_options(&actions, chosen.as_deref()));
+    context.insert(
+        "action_options_html",
+        &draw::action_options(&actions, chosen.as_deref()),
+    );
     context.insert(
         "action_forms_html",
         &draw::action_forms(
@@ -396,7 +399,10 @@ fn case_context(
     let actions = actions(&case, workflow, actor, &events);
     // A case keyed by hand stays correctable (each change logged) until it is authorised.
     let was_keyed = events.iter().any(|e| e.kind == EventKind::FieldKeyed);
-    context.insert("timeline_html", &draw::timeline_items(&timeline(events, mail, timers, workflow)));
+    context.insert(
+        "timeline_html",
+        &draw::timeline_items(&timeline(events, mail, timers, workflow)),
+    );
     context.insert("notes", &notes);
     // A password issued on the case: where its link went and whether it was opened, never it.
     let credentials: Vec<serde_json::Value> = credentials

@@ -151,7 +151,10 @@ pub(super) fn base_context(user: &CurrentUser, token: &CsrfToken) -> Result<tera
 
 /// [`base_context`], and the CSRF token it holds, for the forms a page draws in Rust (worked
 /// out once: it is an HMAC).
-pub(super) fn base_context_and_csrf(user: &CurrentUser, token: &CsrfToken) -> Result<(tera::Context, String), WebError> {
+pub(super) fn base_context_and_csrf(
+    user: &CurrentUser,
+    token: &CsrfToken,
+) -> Result<(tera::Context, String), WebError> {
     let csrf = token.authenticity_token().map_err(WebError::internal)?;
     let mut context = tera::Context::new();
     context.insert("user", &user.0);
@@ -217,7 +220,14 @@ mod tests {
         let chrono_says = |ms: i64| {
             DateTime::from_timestamp_millis(ms).map(|t| t.with_timezone(&Local).format("%d/%m/%Y %H:%M").to_string())
         };
-        let mut samples = vec![0_i64, 1_709_164_800_000, 1_735_689_599_999, -62_135_596_800_000, 253_402_300_800_000, 1];
+        let mut samples = vec![
+            0_i64,
+            1_709_164_800_000,
+            1_735_689_599_999,
+            -62_135_596_800_000,
+            253_402_300_800_000,
+            1,
+        ];
         samples.extend((0..24 * 60).map(|minute| 1_709_164_800_000 + minute * 60_000 + 59_999));
         samples.extend((0..400).map(|day| 1_704_067_200_000 + day * 86_400_000 + 13 * 3_600_000));
         for ms in samples {

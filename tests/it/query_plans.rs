@@ -282,10 +282,7 @@ async fn the_open_cases_are_read_from_the_state_index_alone() {
         let plan = plan_with(&engine, &statement, &open, &["SET LOCAL enable_bitmapscan = off"]).await;
         let plan = plan.join("\n");
         match engine.db().backend {
-            Backend::Sqlite => assert!(
-                plan.contains("USING COVERING INDEX cases_state_due"),
-                "{plan}"
-            ),
+            Backend::Sqlite => assert!(plan.contains("USING COVERING INDEX cases_state_due"), "{plan}"),
             Backend::Postgres => assert!(
                 plan.contains("Index Only Scan using cases_state_due on cases"),
                 "{plan}"

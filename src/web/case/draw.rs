@@ -95,7 +95,9 @@ pub(super) fn action_forms(actions: &[ActionView], page: &ActionFormsFor<'_>) ->
                     .text(to)
                     .markup("-hint\">The practice reads this in the email.</p>");
             }
-            html.markup("<textarea id=\"reason-").text(to).markup("\" name=\"reason\" required");
+            html.markup("<textarea id=\"reason-")
+                .text(to)
+                .markup("\" name=\"reason\" required");
             if action.sends_mail {
                 html.markup(" aria-describedby=\"reason-").text(to).markup("-hint\"");
             }
@@ -115,7 +117,11 @@ pub(super) fn action_forms(actions: &[ActionView], page: &ActionFormsFor<'_>) ->
         for record in &action.records {
             // Each action's form asks for its own copy of a value: the ids name both.
             let id = format!("{}-{to}", record.name);
-            html.markup("<label for=\"").text(&id).markup("\">").text(&record.label).markup("</label>");
+            html.markup("<label for=\"")
+                .text(&id)
+                .markup("\">")
+                .text(&record.label)
+                .markup("</label>");
             let has_hint = !record.hint.is_empty();
             if has_hint {
                 html.markup("<p class=\"hint\" id=\"")
@@ -137,7 +143,9 @@ pub(super) fn action_forms(actions: &[ActionView], page: &ActionFormsFor<'_>) ->
             html.markup(">\n");
         }
         if action.sends_mail {
-            html.markup("<button type=\"submit\" name=\"preview\" value=\"1\" class=\"secondary\">Preview the email</button>\n");
+            html.markup(
+                "<button type=\"submit\" name=\"preview\" value=\"1\" class=\"secondary\">Preview the email</button>\n",
+            );
         }
         html.markup("<button type=\"submit\"")
             .markup_if(to == wellknown::REJECTED, " class=\"warning\"")
@@ -170,10 +178,14 @@ fn previewed_mail(html: &mut Html, to: &str, preview: &Preview) {
                 .text(mail.template_text.as_deref().unwrap_or(""))
                 .markup("\">\n");
         } else {
-            html.markup("<pre class=\"cs-email-body\">").text(&mail.text).markup("</pre>\n");
+            html.markup("<pre class=\"cs-email-body\">")
+                .text(&mail.text)
+                .markup("</pre>\n");
         }
         if let Some(why) = &mail.held_back {
-            html.markup("<p class=\"warning-panel\">It would be held back: ").text(why).markup("</p>\n");
+            html.markup("<p class=\"warning-panel\">It would be held back: ")
+                .text(why)
+                .markup("</p>\n");
         }
     }
     if preview.mail.is_empty() {
@@ -310,7 +322,10 @@ mod tests {
 
     #[test]
     fn the_action_list_selects_the_action_chosen_again() {
-        let actions = [action("authorised", "Authorise", false, true), action("rejected", "Reject", true, true)];
+        let actions = [
+            action("authorised", "Authorise", false, true),
+            action("rejected", "Reject", true, true),
+        ];
         let html = action_options(&actions, Some("rejected"));
         assert!(html.starts_with("<option value=\"\">Choose…</option>"));
         assert!(html.contains("<option value=\"rejected\" selected>Reject</option>"));
@@ -334,7 +349,11 @@ mod tests {
             record,
         ];
         let html = action_forms(&actions, &page(None));
-        assert_eq!(html.matches("<form method=\"post\" action=\"/cases/CS-2026-000001/transition\"").count(), 4);
+        assert_eq!(
+            html.matches("<form method=\"post\" action=\"/cases/CS-2026-000001/transition\"")
+                .count(),
+            4
+        );
         assert_eq!(html.matches("name=\"version\" value=\"7\"").count(), 4);
         assert_eq!(html.matches("name=\"csrf\" value=\"token&amp;1\"").count(), 4);
         // A request for information starts with the suggested reason; the sender reads it.
@@ -400,7 +419,9 @@ mod tests {
         assert!(asked.contains("<pre class=\"cs-email-body\">Second</pre>"));
         assert!(asked.contains("It would be held back: the address bounced"));
         // The reason typed before the preview is kept, not the suggested one.
-        assert!(asked.contains("aria-describedby=\"reason-awaiting_information-hint\">The signature is missing</textarea>"));
+        assert!(
+            asked.contains("aria-describedby=\"reason-awaiting_information-hint\">The signature is missing</textarea>")
+        );
 
         let silent = Preview {
             to: "authorised".into(),

@@ -418,6 +418,13 @@ pub struct TransitionBody {
 #[derive(Debug, serde::Deserialize, ToSchema)]
 pub struct VerificationBody {
     /// How the signatory was verified (for example: phoned the practice's listed number).
+    /// Not blank, at most 2,000 characters, no control characters but tab and line breaks
+    /// (the pattern says so, as `plain` checks it).
+    #[schema(
+        min_length = 1,
+        max_length = 2000,
+        pattern = r"^[^\u0000-\u0008\u000B\u000C\u000E-\u001F\u007F-\u009F]*[^\s\u0000-\u001F\u007F-\u009F][^\u0000-\u0008\u000B\u000C\u000E-\u001F\u007F-\u009F]*$"
+    )]
     pub how: String,
     pub expected_version: i64,
 }
@@ -425,6 +432,12 @@ pub struct VerificationBody {
 /// A note to add.
 #[derive(Debug, serde::Deserialize, ToSchema)]
 pub struct NoteBody {
+    /// Not blank, at most 10,000 characters, no control characters but tab and line breaks.
+    #[schema(
+        min_length = 1,
+        max_length = 10000,
+        pattern = r"^[^\u0000-\u0008\u000B\u000C\u000E-\u001F\u007F-\u009F]*[^\s\u0000-\u001F\u007F-\u009F][^\u0000-\u0008\u000B\u000C\u000E-\u001F\u007F-\u009F]*$"
+    )]
     pub text: String,
 }
 

@@ -348,7 +348,26 @@ async fn every_bad_input_is_a_json_error_and_the_old_addresses_redirect() {
         // The document is public, so that clients can be generated without a token.
         let document = browser.get("/api/v1/openapi.json").await;
         assert_eq!(document.status, StatusCode::OK);
-        assert!(json_of(&document)["paths"]["/api/v1/cases"].is_object());
+        let document = json_of(&document);
+        assert!(document["paths"]["/api/v1/cases"].is_object());
+        // What the API refuses in a note or a verification is declared, so that clients (and
+        // schemathesis) send what it takes: not blank, not too long, no control characters.
+        for (schema, field, longest) in [("NoteBody", "text", 10_000), ("VerificationBody", "how", 2_000)] {
+            let declared = &document["components"]["schemas"][schema]["properties"][field];
+            assert_eq!(declared["minLength"], 1, "{schema}: {declared}");
+            assert_eq!(declared["maxLength"], longest, "{schema}: {declared}");
+            let pattern = regex::Regex::new(declared["pattern"].as_str().unwrap()).unwrap();
+            for taken in [
+                "copied to the archive",
+                "  two\nlines\tand a tab  ",
+                "Siân Ó Briain-Åkesson",
+            ] {
+                assert!(pattern.is_match(taken), "{schema} refuses {taken:?}");
+            }
+            for refused in ["", "   ", "\n\t", "nul\u{0}here", "escape\u{1b}[31m", "c1\u{85}"] {
+                assert!(!pattern.is_match(refused), "{schema} takes {refused:?}");
+            }
+        }
     })
     .await;
 }

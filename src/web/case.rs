@@ -322,11 +322,13 @@ fn case_context(
     } = file;
     let events: Vec<storage::CaseEvent> = chain.events.into_iter().map(|stored| stored.event).collect();
     let workflow = case.workflow.as_deref().and_then(|w| state.engine.workflows().get(w));
-    let body = message
-        .raw
-        .as_deref()
-        .map(|r| crate::mail::parse(r, &state.engine.config().mail))
-        .and_then(|m| m.text_body);
+    // Each email's text, parsed once, for the thread; the one that opened the case is among
+    // them (parsed on its own only when it is not linked).
+    let texts = email_texts(state, &messages);
+    let body = match messages.iter().position(|m| m.id == case.origin_message_id) {
+        Some(origin) => texts[origin].clone().flatten(),
+        None => email_text(state, message.raw.as_deref()).flatten(),
+    };
     let sender = crate::dkim::SenderVerdict::from_stored(&message.sender_auth_json);
     let auth = sender.auth.clone();
     // A closed case is judged by when it closed (met or missed), not by the clock running on.
@@ -394,7 +396,7 @@ fn case_context(
     context.insert("attachments", &attachments);
     context.insert(
         "thread_html",
-        &draw::thread_items(&correspondence(state, &case, &messages, &mail)),
+        &draw::thread_items(&correspondence(state, &case, &messages, texts, &mail)),
     );
     let actions = actions(&case, workflow, actor, &events);
     // A case keyed by hand stays correctable (each change logged) until it is authorised.
@@ -592,6 +594,18 @@ struct ThreadAttachment {
     size: i64,
 }
 
+/// Each email's plain text, in order ([`email_text`]).
+fn email_texts(state: &AppState, messages: &[storage::CaseMessage]) -> Vec<Option<Option<String>>> {
+    messages.iter().map(|m| email_text(state, m.raw.as_deref())).collect()
+}
+
+/// An email's plain text: none when retention has cleared its bytes, `Some(None)` when it has
+/// no plain-text part. Parsing is the costly part of a case page with large emails, so each
+/// is parsed once.
+fn email_text(state: &AppState, raw: Option<&[u8]>) -> Option<Option<String>> {
+    raw.map(|raw| crate::mail::parse(raw, &state.engine.config().mail).text_body)
+}
+
 /// Every message in and out of a case, in order: the emails linked to it (with their
 /// attachments, linked for download) and our own mail, rendered as it reads, with what
 /// happened to it.
@@ -599,15 +613,15 @@ fn correspondence(
     state: &AppState,
     case: &storage::CaseRecord,
     messages: &[storage::CaseMessage],
+    texts: Vec<Option<Option<String>>>,
     mail: &[storage::OutboxRecord],
 ) -> Vec<ThreadEntry> {
     let mut thread: Vec<ThreadEntry> = messages
         .iter()
-        .map(|m| {
-            let text = match m.raw.as_deref() {
-                Some(raw) => crate::mail::parse(raw, &state.engine.config().mail)
-                    .text_body
-                    .unwrap_or_else(|| "(no plain-text part)".into()),
+        .zip(texts)
+        .map(|(m, text)| {
+            let text = match text {
+                Some(text) => text.unwrap_or_else(|| "(no plain-text part)".into()),
                 None => "(the email's text has been cleared by the retention policy)".into(),
             };
             ThreadEntry {

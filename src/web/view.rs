@@ -11,9 +11,9 @@ use super::WebError;
 use super::auth::CurrentUser;
 
 /// Escapes `text` for HTML text or a quoted attribute value, onto `out`: for the parts of pages
-/// drawn in Rust (the charts, the workflow diagrams, the queue's rows), which Tera's
-/// autoescaping does not reach. Every value from a sender passes through here or through Tera.
-pub(crate) fn push_escaped(out: &mut String, text: &str) {
+/// drawn in Rust (through [`Html`] or [`escape`]), which Tera's autoescaping does not reach.
+/// Every value from a sender passes through here or through Tera.
+fn push_escaped(out: &mut String, text: &str) {
     let mut done = 0;
     for (at, byte) in text.bytes().enumerate() {
         let entity = match byte {

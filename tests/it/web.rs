@@ -805,6 +805,11 @@ async fn the_case_page_shows_fields_findings_email_pdf_and_timeline() {
         );
         assert!(!page.body.contains("Record provisioning"), "and only those");
         assert!(page.headers.get(header::CONTENT_SECURITY_POLICY).is_some());
+        // The email's text, parsed once, under "the email that opened the case" and in the
+        // correspondence.
+        let said = "Please find our completed form attached.";
+        assert_eq!(page.body.matches(said).count(), 2, "{}", page.body);
+        assert!(!page.body.contains("cleared by the retention policy"));
 
         let pdf = browser.get(&format!("/cases/{reference}/form.pdf")).await;
         assert_eq!(pdf.status, StatusCode::OK);
@@ -842,6 +847,21 @@ async fn the_case_page_shows_fields_findings_email_pdf_and_timeline() {
             "{}",
             page.body
         );
+
+        // Once retention clears the email's bytes, the thread says so and the text is gone
+        // from both places.
+        let mut conn = engine.db().pool.acquire().await.unwrap();
+        let case = countersign::storage::case_by_reference(&mut conn, &reference)
+            .await
+            .unwrap()
+            .unwrap();
+        countersign::storage::clear_raw_message(&mut conn, case.origin_message_id)
+            .await
+            .unwrap();
+        drop(conn);
+        let page = browser.get(&format!("/cases/{reference}")).await;
+        assert!(page.body.contains("cleared by the retention policy"), "{}", page.body);
+        assert!(!page.body.contains(said));
     })
     .await;
 }
